@@ -39,6 +39,9 @@ class UnknownIdError(KeyError, CapsimError):
         self.close_matches = list(close_matches)
         super().__init__(self._message())
 
+    def __str__(self) -> str:  # KeyError.__str__ (first in the MRO) would quote the message
+        return str(self.args[0])
+
     def _message(self) -> str:
         msg = f"unknown {self.kind} {self.name!r}"
         if self.close_matches:

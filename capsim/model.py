@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Literal
 
+from .precision import kv_precision, weight_precision
+
 AttentionKind = Literal["gqa", "mla"]
 
 
@@ -38,6 +40,10 @@ WEIGHT_GROUPS: tuple[str, ...] = (
     "lm_head",
 )
 """The weight groups bytes are reported by, in display order."""
+
+QUANTISABLE_GROUPS: tuple[str, ...] = ("attention", "routed_experts", "shared_experts", "dense_ffn")
+"""The GEMM weights a ``--weight-dtype`` override applies to; router, norms, embeddings and lm_head stay bf16
+(as quantised checkpoints keep them, and as capsim.engine.weight_precisions does)."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,8 @@ class AttentionSpec:
     qk_norm: bool = False
     """Per-head RMSNorm on q and k (OLMoE: over the full q/k width; Qwen3: over head_dim)."""
     qk_norm_width: int = 0
+    k_norm_width: int | None = None
+    """Width of the k-norm weight where it differs from the q-norm's (OLMoE with GQA: H_kv·d_h); None: same."""
     # MLA only
     q_lora_rank: int | None = None
     kv_lora_rank: int = 0
@@ -115,7 +123,8 @@ class AttentionSpec:
         if self.sinks:
             total += self.num_heads
         if self.qk_norm:
-            total += 2 * self.qk_norm_width
+            k_width = self.qk_norm_width if self.k_norm_width is None else self.k_norm_width
+            total += self.qk_norm_width + k_width
         return total
 
 
@@ -169,6 +178,15 @@ class ModelSpec:
     native_dtypes: dict[str, str] = field(default_factory=dict)
     """Published storage precision per weight group (e.g. GPT-OSS routed_experts: mxfp4); default bf16."""
     notes: tuple[str, ...] = ()
+    norms_per_layer: int = 2
+    """Norm weight vectors per decoder layer: 2 (pre-attention, pre-FFN); Grok-1 has 4 (post-norms too)."""
+    norm_bias: bool = False
+    """LayerNorm with a bias vector (Phi-3.5-MoE) instead of a weight-only RMSNorm."""
+    lm_head_bias: bool = False
+    """A bias on the output projection (Phi-3.5-MoE ``lm_head_bias``): vocab_size extra parameters."""
+    window_kind: Literal["sliding", "chunked"] = "sliding"
+    """How windowed layers attend: a sliding window of the last W tokens (GPT-OSS) or fixed chunks of W
+    tokens (Llama-4 chunked attention). Both keep at most W tokens of KV per layer."""
 
     # ---- layer structure -------------------------------------------------------------------------------
     @property
@@ -233,24 +251,40 @@ class ModelSpec:
 
     @property
     def norm_params_per_layer(self) -> int:
-        """Two RMSNorm weight vectors per decoder layer (before attention and before the FFN)."""
-        return 2 * self.hidden_size
+        """Norm parameters per decoder layer: ``norms_per_layer`` vectors of hidden_size (x2 with a bias)."""
+        return self.norms_per_layer * self._norm_params
+
+    @property
+    def _norm_params(self) -> int:
+        return self.hidden_size * (2 if self.norm_bias else 1)
+
+    @property
+    def embedding_params(self) -> int:
+        """Parameters of the input embedding table, vocab_size x hidden_size."""
+        return self.vocab_size * self.hidden_size
+
+    @property
+    def _lm_head_params(self) -> int:
+        """The output projection as used per token: the (possibly tied) table plus an optional bias."""
+        return self.embedding_params + (self.vocab_size if self.lm_head_bias else 0)
 
     # ---- whole-model counts ----------------------------------------------------------------------------
     def params_by_group(self) -> dict[str, int]:
         """Total parameters per weight group (see :data:`WEIGHT_GROUPS`)."""
         n_moe, n_dense = self.num_moe_layers, self.num_dense_layers
         e = self.moe.num_experts if self.moe else 0
-        embed = self.vocab_size * self.hidden_size
+        embed = self.embedding_params
+        # a tied lm_head stores no matrix of its own, but a bias (Phi-3.5-MoE) is still a separate vector
+        lm_head = self._lm_head_params - (embed if self.tie_word_embeddings else 0)
         return {
             "attention": self.num_layers * self.attention_params_per_layer,
             "router": n_moe * self.router_params_per_moe_layer,
             "routed_experts": n_moe * e * self.expert_params,
             "shared_experts": n_moe * self.shared_params_per_moe_layer,
             "dense_ffn": n_dense * self.dense_ffn_params_per_layer,
-            "norms": self.num_layers * self.norm_params_per_layer + self.hidden_size,
+            "norms": self.num_layers * self.norm_params_per_layer + self._norm_params,
             "embeddings": embed,
-            "lm_head": 0 if self.tie_word_embeddings else embed,
+            "lm_head": lm_head,
         }
 
     def active_params_by_group(self) -> dict[str, int]:
@@ -259,8 +293,8 @@ class ModelSpec:
         k = self.moe.top_k if self.moe else 0
         groups["routed_experts"] = self.num_moe_layers * k * self.expert_params
         groups["embeddings"] = 0
-        if self.tie_word_embeddings:
-            groups["lm_head"] = self.vocab_size * self.hidden_size
+        # every token's logits read the whole output matrix, tied to the input table or not
+        groups["lm_head"] = self._lm_head_params
         return groups
 
     @property
@@ -286,3 +320,30 @@ class ModelSpec:
             w = self.window(layer)
             total += per_layer * (1.0 if w is None or context <= 0 else min(context, w) / context)
         return total
+
+    def kv_cache_bytes_per_token(self, kv_dtype: str = "bf16", context: int | None = None) -> float:
+        """KV-cache bytes per token of context: :meth:`kv_elements_per_token` x bytes per element of
+        ``kv_dtype`` (see :mod:`capsim.precision`). MLA-aware (compressed latent) and, with ``context``,
+        window-aware (average per token at that context length)."""
+        return self.kv_elements_per_token(context) * kv_precision(kv_dtype).bytes_per_element
+
+    # ---- weight storage ---------------------------------------------------------------------------------
+    def weight_dtype(self, group: str) -> str:
+        """Published storage precision of weight ``group`` (``native_dtypes``; bf16 where not listed)."""
+        return self.native_dtypes.get(group, "bf16")
+
+    def weight_dtypes(self, weight_dtype: str | None = None) -> dict[str, str]:
+        """Storage precision per weight group: the native dtypes, or ``weight_dtype`` for the
+        :data:`QUANTISABLE_GROUPS` with the other groups in bf16."""
+        if weight_dtype is None:
+            return {g: self.weight_dtype(g) for g in WEIGHT_GROUPS}
+        chosen = weight_precision(weight_dtype).name
+        return {g: chosen if g in QUANTISABLE_GROUPS else "bf16" for g in WEIGHT_GROUPS}
+
+    def weight_bytes_by_group(self, weight_dtype: str | None = None) -> dict[str, float]:
+        """Bytes of each weight group: params_by_group x bytes per element at :meth:`weight_dtypes`.
+        Block-scale overheads are included through ``Precision.bits_per_element`` (mxfp4: 4.25 bits)."""
+        dtypes = self.weight_dtypes(weight_dtype)
+        return {
+            g: n * weight_precision(dtypes[g]).bytes_per_element for g, n in self.params_by_group().items()
+        }
