@@ -9,7 +9,11 @@ from rich.console import Console
 
 
 def out_console() -> Console:
-    return Console(highlight=False)
+    # Tables are wide; when stdout is not a terminal (pipes, CI logs) rich would default to 80 columns.
+    import sys
+
+    width = None if sys.stdout.isatty() else 120
+    return Console(highlight=False, width=width)
 
 
 def err_console() -> Console:

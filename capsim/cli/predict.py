@@ -1,9 +1,146 @@
-"""CLI commands: predict (not yet implemented)."""
+"""``capsim predict``: one scenario -> a table, an assumptions block, or one JSON object."""
 
 from __future__ import annotations
 
+from dataclasses import fields
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
 import typer
+from rich.table import Table
+
+from ..scenario import Scenario
+from ._console import out_console, print_json
+
+_DEFAULTS = {f.name: f.default for f in fields(Scenario)}
+
+
+def _help(name: str) -> str:
+    return Scenario.help_for(name)
+
+
+HardwareDbOption = Annotated[
+    Optional[list[Path]],
+    typer.Option("--hardware-db", help="extra hardware entries: a TOML file or a folder (repeatable)"),
+]
+
+
+def load_db(paths: list[Path] | None):  # type: ignore[no-untyped-def]
+    """The hardware database with the user's extra entries (validated by the same loader)."""
+    from ..hardware import load_hardware_db
+
+    return load_hardware_db(extra=tuple(paths or ()))
+
+
+def _fmt_time(seconds: float | None) -> str:
+    if seconds is None:
+        return "n/a"
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:,.1f} µs"
+    if seconds < 1.0:
+        return f"{seconds * 1e3:,.2f} ms"
+    return f"{seconds:,.3f} s"
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def render_prediction(pred: Any) -> None:
+    """Rich tables for a :class:`capsim.metrics.Prediction`."""
+    console = out_console()
+    d = pred.to_dict()
+    sc = d["scenario"]
+    title = (
+        f"{sc['model']} on {sc['gpus']}x {d['assumptions']['hardware']['id']}  ·  batch {sc['batch']}  ·  "
+        f"prompt {sc['prompt_len']}  ·  gen {sc['gen_len']}  ·  weights {sc['weight_dtype']}  ·  KV {sc['kv_dtype']}"
+    )
+    console.print(f"[bold]{title}[/bold]")
+    perf = Table(show_header=True)
+    perf.add_column("metric")
+    perf.add_column("value", justify="right")
+    perf.add_row("TTFT (whole batch prefill)", _fmt_time(d["ttft_s"]))
+    perf.add_row("TPOT (per decode step)", _fmt_time(d["tpot_s"]))
+    perf.add_row("end-to-end latency", _fmt_time(d["e2e_latency_s"]))
+    perf.add_row("decode tokens/s (batch aggregate)",
+                 "n/a" if d["decode_tokens_per_s"] is None else f"{d['decode_tokens_per_s']:,.1f}")
+    perf.add_row("prefill tokens/s", f"{d['prefill_tokens_per_s']:,.0f}")
+    if d["waves"] > 1:
+        perf.add_row("[yellow]waves[/yellow]",
+                     f"[yellow]{d['waves']} waves of ≤{d['batch_per_wave']} (KV cache holds "
+                     f"{d['memory']['max_batch']} sequences); job {_fmt_time(d['job_time_s'])}[/yellow]")
+    console.print(perf)
+
+    util = Table(title="utilisation (dense vs sparse, MoE-CAP; docs/metrics.md)", title_justify="left")
+    for col in ("phase", "passes", "MBU", "S-MBU", "MFU", "S-MFU", "bottleneck", "time split"):
+        util.add_column(col, justify="left" if col in ("phase", "bottleneck", "time split") else "right")
+    for phase in ("prefill", "decode"):
+        p = d[phase]
+        if not p["passes"]:
+            continue
+        r = p["time_by_resource_s"]
+        total = sum(r.values()) or 1.0
+        split = "  ".join(f"{k} {100 * v / total:.0f}%" for k, v in r.items() if v > 0)
+        util.add_row(phase, str(p["passes"]), _pct(p["mbu"]), _pct(p["s_mbu"]), _pct(p["mfu"]), _pct(p["s_mfu"]),
+                     p["bottleneck"], split)
+    console.print(util)
+
+    if d["activated_experts_per_layer"]:
+        acts = d["activated_experts_per_layer"]
+        mean = sum(acts) / len(acts)
+        console.print(
+            f"activated experts per MoE layer per decode step: {mean:.2f} of {d['experts_per_layer']} "
+            f"(min {min(acts):.2f}, max {max(acts):.2f}, {len(acts)} MoE layers)"
+        )
+
+    m = d["memory"]
+    mem = Table(title=f"memory per device ({m['devices']} devices)", title_justify="left")
+    for col in ("weights", "KV cache", "buffers", "total", "usable", "capacity", "max batch"):
+        mem.add_column(col, justify="right")
+    mem.add_row(*(f"{m[k]:,.1f} GB" for k in ("weights_gb", "kv_cache_gb", "buffers_gb", "total_gb",
+                                                "usable_gb", "capacity_gb")), str(m["max_batch"]))
+    console.print(mem)
+
+    a = d["assumptions"]
+    console.print("[bold]assumptions[/bold]")
+    console.print(f"  model: {a['model']['id']} — {a['model']['source']}")
+    console.print(f"  hardware: {a['hardware']['id']} ({a['hardware']['node']}) — {a['hardware']['source']}")
+    console.print(f"  tensor parallel: {a['tensor_parallel']}; link {a['peaks']['link_gb_s_per_dir']:.1f} GB/s per direction")
+    console.print(f"  weights: {', '.join(f'{g}={p}' for g, p in a['weight_precision'].items())}; KV {a['kv_precision']}")
+    console.print(f"  routing: {a['routing']}")
+    for name, e in a["efficiency"].items():
+        soft = " (soft)" if e["soft"] else ""
+        console.print(f"  {name} = {e['value']:g}{soft} — {e['source']}")
+    console.print(f"  scope: {a['scope']}")
+    console.print("  metric definitions: docs/metrics.md")
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the top-level app."""
+    @app.command(help="Predict TTFT, TPOT, throughput, MBU/MFU, S-MBU/S-MFU and memory for one scenario.")
+    def predict(
+        model: Annotated[str, typer.Option(help=_help("model"))] = _DEFAULTS["model"],
+        hardware: Annotated[str, typer.Option(help=_help("hardware"))] = _DEFAULTS["hardware"],
+        gpus: Annotated[Optional[int], typer.Option(help=_help("gpus"))] = _DEFAULTS["gpus"],
+        batch: Annotated[int, typer.Option(help=_help("batch"))] = _DEFAULTS["batch"],
+        prompt_len: Annotated[int, typer.Option(help=_help("prompt_len"))] = _DEFAULTS["prompt_len"],
+        gen_len: Annotated[int, typer.Option(help=_help("gen_len"))] = _DEFAULTS["gen_len"],
+        weight_dtype: Annotated[Optional[str], typer.Option(help=_help("weight_dtype"))] = _DEFAULTS["weight_dtype"],
+        kv_dtype: Annotated[str, typer.Option(help=_help("kv_dtype"))] = _DEFAULTS["kv_dtype"],
+        routing: Annotated[str, typer.Option(help=_help("routing"))] = _DEFAULTS["routing"],
+        prefill_chunk: Annotated[int, typer.Option(help=_help("prefill_chunk_tokens"))] = _DEFAULTS["prefill_chunk_tokens"],
+        seed: Annotated[int, typer.Option(help=_help("seed"))] = _DEFAULTS["seed"],
+        hardware_db: HardwareDbOption = None,
+        json_out: Annotated[bool, typer.Option("--json", help="print one JSON object instead of tables")] = False,
+    ) -> None:
+        from ..engine import predict as run_predict
+
+        scenario = Scenario(
+            model=model, hardware=hardware, gpus=gpus, batch=batch, prompt_len=prompt_len, gen_len=gen_len,
+            weight_dtype=weight_dtype, kv_dtype=kv_dtype, routing=routing, prefill_chunk_tokens=prefill_chunk,
+            seed=seed,
+        )
+        prediction = run_predict(scenario, hardware_db=load_db(hardware_db))
+        if json_out:
+            print_json(prediction.to_dict())
+        else:
+            render_prediction(prediction)

@@ -1,0 +1,177 @@
+"""``predict``: scenario -> memory plan, prefill and decode costs -> metrics.
+
+This module wires the stages together (hardware + model + routing + scenario -> roofline -> metrics); the
+arithmetic lives in :mod:`capsim.roofline`, :mod:`capsim.memory` and :mod:`capsim.metrics`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .hardware import HardwareDB, load_hardware_db
+from .errors import DoesNotFitError, ScenarioError
+from .memory import MemoryPlan, plan_memory
+from .metrics import Prediction, build_prediction
+from .model import ModelSpec
+from .precision import Precision, kv_precision, weight_precision
+from .roofline import DeviceRates, PassCost, Placement, _layer_tables, causal_pairs, pass_cost
+from .routing import Router, make_router
+from .scenario import Scenario
+from .units import GB_PER_S, TFLOPS
+
+@dataclass(frozen=True)
+class ResolvedScenario:
+    """A scenario with every id resolved to database objects."""
+
+    scenario: Scenario
+    model: ModelSpec
+    node: object  # capsim.hardware.System
+    device: object  # capsim.hardware.Accelerator
+    efficiency: object  # capsim.hardware.Efficiency
+    placement: Placement
+    rates: DeviceRates
+    router: Router | None
+
+
+def resolve_model(model: str | ModelSpec) -> ModelSpec:
+    if isinstance(model, ModelSpec):
+        return model
+    from .model_db import resolve_model as _resolve
+
+    return _resolve(model)
+
+
+def weight_precisions(model: ModelSpec, weight_dtype: str | None) -> dict[str, Precision]:
+    """Precision per weight group (the rule lives in :meth:`ModelSpec.weight_dtypes`)."""
+    return {group: weight_precision(name) for group, name in model.weight_dtypes(weight_dtype).items()}
+
+
+AUTO_DEVICE_COUNTS = (1, 2, 4, 8)
+"""Tensor-parallel degrees tried when --gpus is not given for an accelerator id (common TP sizes)."""
+
+
+def _resolve_on(scenario: Scenario, db: HardwareDB, model: ModelSpec, count: int | None) -> ResolvedScenario:
+    node = db.node(scenario.hardware, count)
+    device = node.accelerator
+    if device is None:
+        raise ScenarioError(
+            f"{scenario.hardware!r} has no accelerator; CPU-only execution is not modelled yet — "
+            "choose a GPU system or accelerator id"
+        )
+    eff = db.efficiency_for(device)
+    tp = node.accelerator_count
+    placement = Placement(
+        tp=tp,
+        weight_precision=weight_precisions(model, scenario.weight_dtype),
+        kv_precision=kv_precision(scenario.kv_dtype),
+    )
+    rates = DeviceRates(
+        peak_flops={key: v * TFLOPS for key, v in device.peak_tflops_dense.items()},
+        memory_bandwidth=device.memory_bandwidth_gb_s * GB_PER_S,
+        compute_fraction=eff.compute_fraction,
+        memory_fraction=eff.memory_bw_fraction,
+        step_overhead_s=eff.step_overhead_s,
+        per_layer_overhead_s=eff.per_layer_overhead_s,
+        link_bandwidth=node.gpu_to_gpu_bandwidth() if tp > 1 else 0.0,
+        allreduce_hop_latency_s=eff.allreduce_latency_s,
+        allreduce_base_latency_s=eff.allreduce_base_latency_s,
+    )
+    router = make_router(scenario.routing, model, seed=scenario.seed) if model.is_moe else None
+    return ResolvedScenario(scenario, model, node, device, eff, placement, rates, router)
+
+
+def resolve(scenario: Scenario, hardware_db: HardwareDB | None = None) -> tuple[ResolvedScenario, MemoryPlan]:
+    """Validate ``scenario``, look up its model, hardware, efficiency factors and router, and plan memory.
+
+    With ``gpus`` unset on an accelerator id, the fewest of :data:`AUTO_DEVICE_COUNTS` devices that hold the
+    model is chosen (the last count's DoesNotFitError is raised if none does).
+    """
+    scenario.validate()
+    db = hardware_db if hardware_db is not None else load_hardware_db()
+    model = resolve_model(scenario.model)
+    is_accelerator = scenario.hardware in db.ids("accelerator")
+    if scenario.gpus is not None or not is_accelerator:
+        rs = _resolve_on(scenario, db, model, scenario.gpus)
+        return rs, plan_memory(rs)
+    last_error: DoesNotFitError | None = None
+    for count in AUTO_DEVICE_COUNTS:
+        rs = _resolve_on(scenario, db, model, count)
+        try:
+            return rs, plan_memory(rs)
+        except DoesNotFitError as exc:
+            last_error = exc
+    assert last_error is not None  # loop ran at least once: internal invariant, not user input
+    raise last_error
+
+
+def _activated(rs: ResolvedScenario, tokens: np.ndarray) -> np.ndarray:
+    if rs.router is None:
+        return np.zeros((0, tokens.shape[0]))
+    return rs.router.activated_per_layer(tokens)
+
+
+def prefill_cost(rs: ResolvedScenario, batch: int) -> PassCost:
+    """Prefill of ``batch`` prompts in chunks of ``prefill_chunk_tokens`` tokens.
+
+    Weights (and, for MoE, the experts the chunk activates) are read once per chunk; attention FLOPs are the
+    exact causal total, shared across chunks in proportion to their tokens; each chunk reads its own KV once.
+    The lm_head runs once per sequence, in the last chunk.
+    """
+    sc, model = rs.scenario, rs.model
+    total_tokens = batch * sc.prompt_len
+    chunk = sc.prefill_chunk_tokens
+    n_chunks = math.ceil(total_tokens / chunk)
+    tokens = np.full(n_chunks, float(chunk))
+    tokens[-1] = total_tokens - chunk * (n_chunks - 1)
+    share = tokens / total_tokens
+    _, windows = _layer_tables(model)
+    pairs_layer = batch * causal_pairs(float(sc.prompt_len), windows)  # (L,)
+    pairs = pairs_layer[:, None] * share[None, :]
+    kv_read = np.broadcast_to(tokens, (model.num_layers, n_chunks))
+    lm = np.zeros(n_chunks)
+    lm[-1] = batch
+    sequences = np.maximum(1.0, share * batch)
+    return pass_cost(
+        model, rs.placement, rs.rates, phase="prefill", tokens=tokens, sequences=sequences,
+        context=np.full(n_chunks, float(sc.prompt_len)), pairs_per_layer=pairs,
+        kv_read_tokens_per_layer=kv_read, activated=_activated(rs, tokens), lm_head_sequences=lm,
+    )
+
+
+def decode_cost(rs: ResolvedScenario, batch: int) -> PassCost:
+    """The gen_len − 1 decode steps after prefill; step j's new token attends to prompt_len + j tokens
+    (window-capped per layer)."""
+    sc, model = rs.scenario, rs.model
+    steps = max(sc.gen_len - 1, 0)
+    context = sc.prompt_len + np.arange(1, steps + 1, dtype=np.float64)
+    _, windows = _layer_tables(model)
+    c_eff = np.minimum(context[None, :], windows[:, None])  # (L, steps)
+    tokens = np.full(steps, float(batch))
+    return pass_cost(
+        model, rs.placement, rs.rates, phase="decode", tokens=tokens, sequences=tokens,
+        context=context, pairs_per_layer=batch * c_eff, kv_read_tokens_per_layer=batch * c_eff,
+        activated=_activated(rs, tokens), lm_head_sequences=tokens,
+    )
+
+
+def predict(scenario: Scenario, *, hardware_db: HardwareDB | None = None) -> Prediction:
+    """Predict TTFT, TPOT, throughput, MBU/MFU, S-MBU/S-MFU and memory for ``scenario``."""
+    rs, memory = resolve(scenario, hardware_db)
+    wave_batch = min(scenario.batch, memory.max_batch)
+    prefill = prefill_cost(rs, wave_batch)
+    decode = decode_cost(rs, wave_batch)
+    return build_prediction(rs, memory, wave_batch, prefill, decode)
+
+
+def decode_step_time(scenario: Scenario, context: int, *, hardware_db: HardwareDB | None = None) -> float:
+    """Seconds for one decode step of the scenario's batch at ``context`` tokens (all layers, lm_head,
+    all-reduces and overheads). Used by validation against measured steps."""
+    from dataclasses import replace
+
+    if context < 2:
+        raise ScenarioError(f"context must be >= 2 tokens for a decode step, got {context}")
+    rs, _ = resolve(replace(scenario, prompt_len=context - 1, gen_len=2), hardware_db)
+    return float(decode_cost(rs, scenario.batch).time[0])

@@ -1,0 +1,147 @@
+"""Memory footprint per device: weights, KV cache and buffers against what the serving engine may use.
+
+- Weights: every expert is resident (all E, not just the activated ones), split over the tensor-parallel
+  ranks; router and norms are replicated.
+- KV cache per sequence: (prompt + generated) tokens x KV elements per token (MLA- and window-aware) x
+  bytes, split over KV heads up to the TP degree (MLA's latent is replicated on every rank).
+- Buffers: the activation workspace of the largest forward pass (a prefill chunk): its widest intermediate
+  (fused q/k/v, the k routed experts' gate+up, or the dense FFN's) plus fp32 logits of the sequences that
+  emit a token. An estimate; shown as such.
+- Usable: capacity x gpu_memory_utilization (the fraction the engine pre-allocates; vLLM's default 0.9).
+A batch larger than the KV cache can hold runs in waves; the output says so.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .errors import DoesNotFitError
+from .roofline import ACTIVATION_BYTES
+from .units import GB
+
+if TYPE_CHECKING:
+    from .engine import ResolvedScenario
+
+_FP32_LOGIT_BYTES = 4.0
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Per-device bytes; ``max_batch`` sequences fit at full length; ``waves`` runs cover the batch."""
+
+    weights_bytes: float
+    weights_bytes_by_group: dict[str, float]
+    kv_bytes_per_sequence: float
+    buffers_bytes: float
+    capacity_bytes: float
+    usable_bytes: float
+    max_batch: int
+    batch: int
+    waves: int
+    devices: int
+
+    @property
+    def kv_bytes(self) -> float:
+        """KV cache of one wave (the sequences resident at once)."""
+        return self.kv_bytes_per_sequence * min(self.batch, self.max_batch)
+
+    @property
+    def total_bytes(self) -> float:
+        return self.weights_bytes + self.kv_bytes + self.buffers_bytes
+
+    def to_dict(self) -> dict[str, float | int]:
+        return {
+            "weights_gb": self.weights_bytes / GB,
+            "kv_cache_gb": self.kv_bytes / GB,
+            "buffers_gb": self.buffers_bytes / GB,
+            "total_gb": self.total_bytes / GB,
+            "capacity_gb": self.capacity_bytes / GB,
+            "usable_gb": self.usable_bytes / GB,
+            "per": "device",
+            "devices": self.devices,
+            "weights_gb_by_group": {g: b / GB for g, b in self.weights_bytes_by_group.items()},
+            "kv_cache_gb_per_sequence": self.kv_bytes_per_sequence / GB,
+            "max_batch": self.max_batch,
+            "waves": self.waves,
+        }
+
+
+def weight_bytes_per_device(rs: ResolvedScenario) -> dict[str, float]:
+    """Resident weight bytes per device by group (all experts), under TP."""
+    tp = rs.placement.tp
+    prec = rs.placement.weight_precision
+    replicated = {"router", "norms"}
+    return {
+        group: params * prec[group].bytes_per_element / (1 if group in replicated else tp)
+        for group, params in rs.model.params_by_group().items()
+    }
+
+
+def buffer_bytes_per_device(rs: ResolvedScenario) -> float:
+    model, sc = rs.model, rs.scenario
+    att = model.attention
+    chunk_tokens = min(sc.prefill_chunk_tokens, sc.batch * sc.prompt_len)
+    widths = [att.num_heads * att.qk_head_dim + 2 * att.num_kv_heads * att.head_dim]
+    if model.moe is not None:
+        widths.append(2 * model.moe.top_k * model.moe.expert_intermediate_size)
+        widths.append(2 * model.moe.shared_intermediate_size)
+    widths.append(2 * model.dense_intermediate_size)
+    act = chunk_tokens * (2 * model.hidden_size + max(widths)) * ACTIVATION_BYTES
+    logits = sc.batch * model.vocab_size * _FP32_LOGIT_BYTES
+    return (act + logits) / rs.placement.tp
+
+
+def kv_bytes_per_sequence(rs: ResolvedScenario) -> float:
+    sc, model = rs.scenario, rs.model
+    length = sc.prompt_len + sc.gen_len
+    elements = model.kv_elements_per_token(context=length) * length
+    return elements * rs.placement.kv_precision.bytes_per_element / rs.placement.kv_divisor(model)
+
+
+def _fit_hint(rs: ResolvedScenario, needed_per_device: float, usable: float) -> str:
+    tp = rs.placement.tp
+    total = needed_per_device * tp
+    min_devices = math.ceil(total / usable) if usable > 0 else 0
+    hint = f"try --gpus {min_devices} or more" if min_devices > tp else "try more GPUs"
+    if rs.scenario.weight_dtype not in ("int4", "mxfp4"):
+        hint += ", or a lower precision (--weight-dtype fp8/int4)"
+    return hint
+
+
+def plan_memory(rs: ResolvedScenario) -> MemoryPlan:
+    """Check the scenario fits; work out the largest batch the KV cache holds and the number of waves."""
+    device = rs.device
+    capacity = device.memory_capacity_gb * GB  # type: ignore[attr-defined]
+    usable = capacity * rs.efficiency.gpu_memory_utilization  # type: ignore[attr-defined]
+    by_group = weight_bytes_per_device(rs)
+    weights = sum(by_group.values())
+    buffers = buffer_bytes_per_device(rs)
+    per_seq = kv_bytes_per_sequence(rs)
+    fixed = weights + buffers
+    tp = rs.placement.tp
+    where = f"{tp}x {device.id}" if tp > 1 else device.id  # type: ignore[attr-defined]
+    if fixed + per_seq > usable:
+        needed = fixed + per_seq
+        raise DoesNotFitError(
+            needed * tp,
+            usable * tp,
+            f"{where} (usable {rs.efficiency.gpu_memory_utilization:.0%} of capacity)",  # type: ignore[attr-defined]
+            _fit_hint(rs, needed, usable),
+        )
+    max_batch = int((usable - fixed) // per_seq)
+    batch = rs.scenario.batch
+    waves = math.ceil(batch / max_batch)
+    return MemoryPlan(
+        weights_bytes=weights,
+        weights_bytes_by_group=by_group,
+        kv_bytes_per_sequence=per_seq,
+        buffers_bytes=buffers,
+        capacity_bytes=capacity,
+        usable_bytes=usable,
+        max_batch=max_batch,
+        batch=batch,
+        waves=waves,
+        devices=tp,
+    )

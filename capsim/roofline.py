@@ -1,0 +1,301 @@
+"""Per-layer FLOPs and bytes -> time on the devices, roofline-style.
+
+For each operation of each layer the engine evaluates the symbolic formulas of :mod:`capsim.formulas`
+(vectorised over steps or chunks), splits them over the tensor-parallel ranks, and charges
+
+    t_op = max(FLOPs_dev / (F_peak · η_compute), bytes_dev / (B_peak · η_memory))
+
+where η are the achievable fractions of peak from the hardware database (shown in every output). A step
+adds the tensor-parallel all-reduces (two per layer, ring model on the node's links) and fixed per-step and
+per-layer overheads (launch, scheduling, sampling), which is what makes small batches slower than a bare
+roofline says.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import NDArray
+
+from . import formulas
+from .model import FFNKind, ModelSpec
+from .precision import Precision, compute_key
+
+FloatArray = NDArray[np.float64]
+
+RESOURCES = ("compute", "memory", "interconnect", "overhead")
+ACTIVATION_BYTES = 2.0
+"""Activations are bf16/fp16 in every engine capsim models."""
+
+
+@dataclass(frozen=True)
+class DeviceRates:
+    """What one device can sustain, after efficiency factors. All SI (FLOP/s, bytes/s, seconds)."""
+
+    peak_flops: dict[str, float]
+    """Dense peak FLOP/s by precision key (bf16, fp8, ...), before efficiency."""
+    memory_bandwidth: float
+    compute_fraction: float
+    memory_fraction: float
+    step_overhead_s: float
+    per_layer_overhead_s: float
+    link_bandwidth: float
+    """Per-direction bytes/s between two tensor-parallel ranks (0 for a single device)."""
+    allreduce_hop_latency_s: float
+    allreduce_base_latency_s: float = 0.0
+
+    def flops_rate(self, key: str) -> float:
+        return self.peak_flops[key] * self.compute_fraction
+
+    @property
+    def bytes_rate(self) -> float:
+        return self.memory_bandwidth * self.memory_fraction
+
+
+@dataclass(frozen=True)
+class Placement:
+    """How the model is laid out: weight precision per group and the tensor-parallel degree."""
+
+    tp: int
+    weight_precision: dict[str, Precision]
+    kv_precision: Precision
+
+    def kv_divisor(self, model: ModelSpec) -> int:
+        """Ranks the KV cache is split over: KV heads are sharded up to H_kv ranks (then replicated);
+        MLA's single latent is replicated on every rank (vLLM/SGLang behaviour)."""
+        if model.attention.kind == "mla":
+            return 1
+        return max(1, min(self.tp, model.attention.num_kv_heads))
+
+
+@dataclass
+class PassCost:
+    """Cost of a sequence of forward passes (decode steps or prefill chunks), one entry per pass.
+
+    ``time_by_op`` and ``flops``/``bytes`` are per pass (arrays over passes); ``*_replica`` are for the whole
+    model replica (used by the MBU/MFU family of metrics), ``time`` is wall time on the devices.
+    """
+
+    time: FloatArray
+    time_by_op: dict[str, FloatArray]
+    time_by_resource: dict[str, FloatArray]
+    weight_bytes_sparse: FloatArray
+    weight_bytes_dense: FloatArray
+    kv_read_bytes: FloatArray
+    flops_sparse: FloatArray
+    flops_dense: FloatArray
+    activated_experts: FloatArray
+    """Expected distinct experts per MoE layer, shape (num_moe_layers, passes)."""
+    tokens: FloatArray
+    metric_peak_flops: float
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+def _layer_tables(model: ModelSpec) -> tuple[NDArray[np.bool_], FloatArray]:
+    is_moe = np.array([k is FFNKind.MOE for k in model.ffn_kinds], dtype=bool)
+    windows = np.array(
+        [np.inf if model.window(i) is None else float(model.window(i)) for i in range(model.num_layers)]  # type: ignore[arg-type]
+    )
+    return is_moe, windows
+
+
+def causal_pairs(length: FloatArray | float, window: FloatArray | float) -> FloatArray:
+    """Query-key pairs of causal attention over ``length`` tokens with each query seeing at most ``window``
+    keys (itself included): Σ_{i=1..P} min(i, w) = P(P+1)/2 if P ≤ w, else w(w+1)/2 + (P−w)·w."""
+    p = np.asarray(length, dtype=np.float64)
+    w = np.minimum(np.asarray(window, dtype=np.float64), p)
+    return w * (w + 1.0) / 2.0 + (p - w) * w
+
+
+def attention_dims(model: ModelSpec, phase: str) -> tuple[float, float]:
+    """(d_qk, d_v) of the score and weighted-sum products.
+
+    MLA decode uses the weight-absorbed form (DeepSeek-V2 §2.1.2; vLLM/SGLang MLA decode kernels): scores and
+    values live in the latent space, d_qk = kv_lora_rank + rope dim, d_v = kv_lora_rank. MLA prefill
+    decompresses K and V and runs ordinary attention with qk_nope+qk_rope and v_head_dim.
+    """
+    att = model.attention
+    if att.kind == "mla" and phase == "decode":
+        return float(att.kv_lora_rank + att.qk_rope_head_dim), float(att.kv_lora_rank)
+    return float(att.qk_head_dim), float(att.value_head_dim)
+
+
+def pass_cost(
+    model: ModelSpec,
+    placement: Placement,
+    rates: DeviceRates,
+    *,
+    phase: str,
+    tokens: FloatArray,
+    sequences: FloatArray,
+    context: FloatArray,
+    pairs_per_layer: FloatArray,
+    kv_read_tokens_per_layer: FloatArray,
+    activated: FloatArray,
+    lm_head_sequences: FloatArray,
+) -> PassCost:
+    """Cost of ``n`` forward passes at once (arrays of shape (n,); per-layer arrays (num_layers, n)).
+
+    ``activated`` is the expected distinct experts per MoE layer, shape (num_moe_layers, n).
+    """
+    att = model.attention
+    d = float(model.hidden_size)
+    n_layers = model.num_layers
+    tp = placement.tp
+    is_moe, _ = _layer_tables(model)
+    wp = placement.weight_precision
+    available = frozenset(rates.peak_flops)
+
+    def rate_for(group: str) -> float:
+        return rates.flops_rate(compute_key(wp[group], available))
+
+    attn_rate = rates.flops_rate(compute_key(wp["attention"], available))
+    # Attention core runs in the activation precision (bf16) whatever the weights are.
+    core_rate = rates.flops_rate(compute_key(Precision("bf16", 16, "bf16"), available))
+    bytes_rate = rates.bytes_rate
+    kv_div = placement.kv_divisor(model)
+    d_qk, d_v = attention_dims(model, phase)
+    w_qkv = float(att.num_heads * att.qk_head_dim + 2 * att.num_kv_heads * att.head_dim)
+    if att.kind == "mla":
+        w_qkv = float(att.num_heads * att.qk_head_dim + att.kv_lora_rank + att.qk_rope_head_dim)
+    w_o = float(att.num_heads * att.value_head_dim)
+    moe = model.moe
+    n_moe = model.num_moe_layers
+    n_dense = model.num_dense_layers
+
+    T = np.asarray(tokens, dtype=np.float64)
+    n = T.shape[0]
+    zeros = np.zeros(n)
+    time_by_op: dict[str, FloatArray] = {}
+    by_resource = {r: np.zeros(n) for r in RESOURCES}
+
+    def charge(name: str, flops: FloatArray, bytes_dev: FloatArray, rate: float) -> FloatArray:
+        t_compute = flops / rate
+        t_memory = bytes_dev / bytes_rate
+        t = np.maximum(t_compute, t_memory)
+        time_by_op[name] = time_by_op.get(name, zeros) + t
+        by_resource["compute"] += np.where(t_compute >= t_memory, t, 0.0)
+        by_resource["memory"] += np.where(t_compute >= t_memory, 0.0, t)
+        return t
+
+    common = {"T": T, "B": sequences, "d": d, "b_a": ACTIVATION_BYTES, "V": float(model.vocab_size)}
+
+    # --- attention projections (identical every layer) -------------------------------------------------
+    f, wb, ob = formulas.evaluate(
+        "attn_proj",
+        {**common, "N_attn": float(model.attention_params_per_layer), "w_qkv": w_qkv, "w_o": w_o,
+         "b_w": wp["attention"].bytes_per_element},
+    )
+    charge("attn_proj", n_layers * f / tp, n_layers * (wb + ob) / tp, attn_rate)
+    # Accumulators are explicit (n,) arrays: lambdified formulas return 0-d values for scalar inputs.
+    weight_sparse = zeros + n_layers * wb
+    flops_sparse = zeros + n_layers * f
+
+    # --- attention core, per layer (windows differ) ----------------------------------------------------
+    f, _, ob = formulas.evaluate(
+        "attn_core",
+        {"H": float(att.num_heads), "pairs": pairs_per_layer, "d_qk": d_qk, "d_v": d_v,
+         "kv_read_tokens": kv_read_tokens_per_layer, "T": T[None, :],
+         "kv_e": float(att.kv_elements_per_token()), "b_kv": placement.kv_precision.bytes_per_element},
+    )
+    f_core = f.sum(axis=0) if f.ndim == 2 else f * n_layers
+    kv_bytes = ob.sum(axis=0) if ob.ndim == 2 else ob * n_layers
+    charge("attn_core", f_core / tp, kv_bytes / kv_div, core_rate)
+    kv_read = (
+        np.asarray(kv_read_tokens_per_layer, dtype=np.float64).sum(axis=0)
+        * att.kv_elements_per_token() * placement.kv_precision.bytes_per_element
+    )
+    flops_sparse = flops_sparse + f_core
+
+    weight_dense = weight_sparse.copy()
+    flops_dense = flops_sparse.copy()
+
+    # --- MoE blocks -------------------------------------------------------------------------------------
+    if moe is not None and n_moe:
+        router_vals = {**common, "N_router": float(model.router_params_per_moe_layer),
+                       "E": float(moe.num_experts), "b_w": wp["router"].bytes_per_element}
+        f, wb, ob = formulas.evaluate("router", router_vals)
+        # the router is replicated on every rank (small), so its weights are not split
+        charge("router", n_moe * f, n_moe * (wb + ob / tp), rate_for("router"))
+        weight_sparse += n_moe * wb
+        weight_dense += n_moe * wb
+        flops_sparse += n_moe * f
+        flops_dense += n_moe * f
+
+        exp_vals = {**common, "k": float(moe.top_k), "E": float(moe.num_experts),
+                    "N_exp": float(model.expert_params), "b_w": wp["routed_experts"].bytes_per_element}
+        f, wb_layers, ob = formulas.evaluate("routed_experts", {**exp_vals, "A": activated})
+        wb_total = wb_layers.sum(axis=0)
+        charge("routed_experts", n_moe * f / tp, (wb_total + n_moe * ob) / tp, rate_for("routed_experts"))
+        weight_sparse += wb_total
+        flops_sparse += n_moe * f
+        f_d, wb_d, _ = formulas.evaluate("routed_experts_dense", exp_vals)
+        weight_dense += n_moe * wb_d
+        flops_dense += n_moe * f_d
+
+        if model.shared_params_per_moe_layer:
+            f, wb, ob = formulas.evaluate(
+                "shared_experts",
+                {**common, "N_sh": float(model.shared_params_per_moe_layer),
+                 "b_w": wp["shared_experts"].bytes_per_element},
+            )
+            charge("shared_experts", n_moe * f / tp, n_moe * (wb + ob) / tp, rate_for("shared_experts"))
+            weight_sparse = weight_sparse + n_moe * wb
+            weight_dense = weight_dense + n_moe * wb
+            flops_sparse += n_moe * f
+            flops_dense += n_moe * f
+
+    if n_dense and model.dense_ffn_params_per_layer:
+        f, wb, ob = formulas.evaluate(
+            "dense_ffn",
+            {**common, "N_dense": float(model.dense_ffn_params_per_layer),
+             "b_w": wp["dense_ffn"].bytes_per_element},
+        )
+        charge("dense_ffn", n_dense * f / tp, n_dense * (wb + ob) / tp, rate_for("dense_ffn"))
+        weight_sparse = weight_sparse + n_dense * wb
+        weight_dense = weight_dense + n_dense * wb
+        flops_sparse += n_dense * f
+        flops_dense += n_dense * f
+
+    # --- lm_head (only for passes that emit tokens) ------------------------------------------------------
+    lm_b = np.asarray(lm_head_sequences, dtype=np.float64)
+    f, wb, ob = formulas.evaluate("lm_head", {**common, "B": lm_b, "b_w": wp["lm_head"].bytes_per_element})
+    emits = lm_b > 0
+    charge("lm_head", f / tp, np.where(emits, wb + ob, 0.0) / tp, rate_for("lm_head"))
+    wb = np.where(emits, wb, 0.0)
+    weight_sparse = weight_sparse + wb
+    weight_dense = weight_dense + wb
+    flops_sparse = flops_sparse + f
+    flops_dense = flops_dense + f
+
+    # --- tensor-parallel all-reduces: after attention and after the FFN of every layer ------------------
+    if tp > 1:
+        message = T * d * ACTIVATION_BYTES
+        t_ar = 2 * n_layers * formulas.ring_allreduce_time(
+            message, tp, rates.link_bandwidth, rates.allreduce_hop_latency_s, rates.allreduce_base_latency_s
+        )
+        time_by_op["allreduce"] = t_ar
+        by_resource["interconnect"] += t_ar
+
+    overhead = np.full(n, rates.step_overhead_s + n_layers * rates.per_layer_overhead_s)
+    time_by_op["overhead"] = overhead
+    by_resource["overhead"] += overhead
+
+    total = np.sum(list(time_by_op.values()), axis=0)
+    # Metric denominators use the fastest rate any op ran at, so S-MFU <= 1 holds by construction.
+    used = {compute_key(p, available) for p in wp.values()} | {"bf16"} & set(available)
+    metric_peak = max(rates.peak_flops[key] for key in used if key in rates.peak_flops)
+    return PassCost(
+        time=total,
+        time_by_op=time_by_op,
+        time_by_resource=by_resource,
+        weight_bytes_sparse=weight_sparse,
+        weight_bytes_dense=weight_dense,
+        kv_read_bytes=kv_read,
+        flops_sparse=flops_sparse,
+        flops_dense=flops_dense,
+        activated_experts=np.asarray(activated, dtype=np.float64),
+        tokens=T,
+        metric_peak_flops=metric_peak,
+    )

@@ -1,0 +1,66 @@
+"""A scenario: what is being predicted. Every option is declared once here, with its help text; the CLI
+builds its flags from these fields so the defaults of the library and of the command line never drift."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from .errors import ScenarioError
+from .model import ModelSpec
+from .precision import KV_PRECISIONS, WEIGHT_PRECISIONS
+
+
+def _opt(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One inference configuration. Lengths are in tokens; ``batch`` is concurrent sequences."""
+
+    model: str | ModelSpec = _opt("mixtral-8x7b", "model id (capsim model list) or path to a config.json")
+    hardware: str = _opt("h100-sxm", "accelerator or system id (capsim hardware list)")
+    gpus: int | None = _opt(
+        None,
+        "devices used, tensor-parallel inside one node; default: all of a system, or for an accelerator id "
+        "the fewest of 1, 2, 4, 8 that hold the model",
+    )
+    batch: int = _opt(1, "concurrent sequences decoded together")
+    prompt_len: int = _opt(512, "prompt tokens per sequence")
+    gen_len: int = _opt(128, "generated tokens per sequence (the first comes from prefill)")
+    weight_dtype: str | None = _opt(
+        None, "weight precision of the transformer weights; default: the model's published precisions"
+    )
+    kv_dtype: str = _opt("bf16", "KV-cache precision")
+    routing: str = _opt("uniform", "routing model for activated experts (uniform, or see capsim trace)")
+    prefill_chunk_tokens: int = _opt(8192, "tokens per prefill forward pass (chunked prefill)")
+    seed: int = _opt(0, "seed for stochastic routers")
+
+    def validate(self) -> None:
+        """Raise :class:`ScenarioError` for values that cannot describe a real run."""
+        checks = (
+            (self.batch, "batch", 1),
+            (self.prompt_len, "prompt length", 1),
+            (self.gen_len, "generated length", 1),
+            (self.prefill_chunk_tokens, "prefill chunk", 1),
+        )
+        for value, label, minimum in checks:
+            if not isinstance(value, int) or value < minimum:
+                raise ScenarioError(f"{label} must be an integer >= {minimum}, got {value!r}")
+        if self.gpus is not None and (not isinstance(self.gpus, int) or self.gpus < 1):
+            raise ScenarioError(f"gpus must be an integer >= 1, got {self.gpus!r}")
+        if self.weight_dtype is not None and self.weight_dtype.lower() not in WEIGHT_PRECISIONS:
+            raise ScenarioError(
+                f"unknown weight dtype {self.weight_dtype!r}; choose one of {', '.join(WEIGHT_PRECISIONS)}"
+            )
+        if self.kv_dtype.lower() not in KV_PRECISIONS:
+            raise ScenarioError(f"unknown KV-cache dtype {self.kv_dtype!r}; choose one of {', '.join(KV_PRECISIONS)}")
+
+    @classmethod
+    def help_for(cls, name: str) -> str:
+        """The help text declared for field ``name`` (used by the CLI)."""
+        for f in fields(cls):
+            if f.name == name:
+                return str(f.metadata.get("help", ""))
+        raise KeyError(name)
