@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -20,7 +19,7 @@ from ._console import err_console
 class _CapsimGroup(TyperGroup):
     """Top-level command group: turns any CapsimError raised below it into one error line and exit 1."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: typer.Context) -> Any:  # typer vendors click; do not import it
         try:
             return super().invoke(ctx)
         except CapsimError as exc:
