@@ -1251,8 +1251,9 @@ def _build_system(r: _Record, db: HardwareDB) -> System:
     path = r.path
     acc = db.accelerator(_v(f, "accelerators.id")) if "accelerators.id" in f else None
     acc_count = _v(f, "accelerators.count") or (1 if acc else 0)
-    if acc is None and "accelerators.count" in f:
-        raise DataFileError(path, "field 'accelerators.count' given without 'accelerators.id'")
+    for table in ("accelerators", "cpus"):
+        if f"{table}.count" in f and f"{table}.id" not in f:
+            raise DataFileError(path, f"field '{table}.count' given without '{table}.id'")
     cpus: tuple[tuple[CPU, int], ...] = ()
     if "cpus.id" in f:
         cpus = ((db.cpu(_v(f, "cpus.id")), _v(f, "cpus.count") or 1),)
@@ -1261,10 +1262,11 @@ def _build_system(r: _Record, db: HardwareDB) -> System:
         if "dram.channels" not in f:
             raise DataFileError(path, "field 'dram.channels' is required with 'dram.kind'")
         dram = DramConfig(db.dram(_v(f, "dram.kind")), _v(f, "dram.channels"), _v(f, "dram.capacity_gb"))
-    ssds = tuple(
-        (db.ssd(_v(f, f"ssds.{i}.id")), _v(f, f"ssds.{i}.count") or 1)
-        for i in range(len([n for n in f if n.startswith("ssds.") and n.endswith(".id")]))
-    )
+    ssd_indices = sorted({int(name.split(".")[1]) for name in f if name.startswith("ssds.")})
+    for i in ssd_indices:
+        if f"ssds.{i}.id" not in f:
+            raise DataFileError(path, f"field 'ssds.{i}.id' is required in each ssds entry")
+    ssds = tuple((db.ssd(_v(f, f"ssds.{i}.id")), _v(f, f"ssds.{i}.count") or 1) for i in ssd_indices)
     fabric = _v(f, "fabric")
     scale_out = db.link(_v(f, "scale_out")) if "scale_out" in f else None
     graph = _system_graph(path, acc, acc_count, cpus, dram, ssds, fabric, db)
