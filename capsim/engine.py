@@ -107,10 +107,12 @@ def resolve(scenario: Scenario, hardware_db: HardwareDB | None = None) -> tuple[
     raise last_error
 
 
-def _activated(rs: ResolvedScenario, tokens: np.ndarray) -> np.ndarray:
+def _activated(rs: ResolvedScenario, tokens: np.ndarray, sequences: np.ndarray | None = None) -> np.ndarray:
+    """Expected distinct experts per MoE layer; ``sequences`` = runs of consecutive tokens (prefill chunks),
+    None = every token from its own sequence (decode)."""
     if rs.router is None:
         return np.zeros((0, tokens.shape[0]))
-    return rs.router.activated_per_layer(tokens)
+    return rs.router.activated_per_layer(tokens, sequences=sequences)
 
 
 def prefill_cost(rs: ResolvedScenario, batch: int) -> PassCost:
@@ -137,7 +139,7 @@ def prefill_cost(rs: ResolvedScenario, batch: int) -> PassCost:
     return pass_cost(
         model, rs.placement, rs.rates, phase="prefill", tokens=tokens, sequences=sequences,
         context=np.full(n_chunks, float(sc.prompt_len)), pairs_per_layer=pairs,
-        kv_read_tokens_per_layer=kv_read, activated=_activated(rs, tokens), lm_head_sequences=lm,
+        kv_read_tokens_per_layer=kv_read, activated=_activated(rs, tokens, sequences), lm_head_sequences=lm,
     )
 
 

@@ -1,9 +1,263 @@
-"""CLI commands: trace (not yet implemented)."""
+"""``capsim trace synth|stats|fit|list``: routing traces, formatted (the analytics live in capsim.routing).
+
+``synth`` samples a synthetic router into a trace file; ``stats`` prints per-layer activation, load
+imbalance and reuse distance as a rich table (or ``--json``) and writes a layers x experts heatmap PNG;
+``fit`` prints the router parameters estimated from a trace; ``list`` shows the shipped traces.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
 import typer
+from rich.table import Table
+
+from ..errors import ScenarioError
+from ..model import ModelSpec
+from ..routing import SyntheticRouter, fit_trace, make_router, resolve_trace_path, shipped_traces, trace_stats
+from ..routing.stats import TraceStats
+from ..traces import load_trace, write_trace
+from ._console import out_console, print_json
+
+trace_app = typer.Typer(
+    help="Routing traces: synthesise one, show its statistics and heatmap, fit router parameters.",
+    no_args_is_help=True,
+)
+
+_DEFAULT_STEPS: tuple[int, ...] = (1, 8, 32, 128)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the top-level app."""
+    """Add the ``trace`` command group to the top-level app."""
+    app.add_typer(trace_app, name="trace")
+
+
+def _resolve_model(model_id: str) -> ModelSpec:
+    """Look a model up by id or config.json path (indirection so tests can substitute a tiny model)."""
+    from ..model_db import resolve_model
+
+    return resolve_model(model_id)
+
+
+# ---- synth ---------------------------------------------------------------------------------------------
+@trace_app.command("synth")
+def synth(
+    model: Annotated[str, typer.Option("--model", "-m", help="Model id or config.json path.")],
+    router: Annotated[
+        str, typer.Option("--router", "-r", help="Synthetic router spec, e.g. zipf:1.2 (docs/routing.md).")
+    ],
+    tokens: Annotated[int, typer.Option("--tokens", "-n", help="Tokens to sample (one sequence).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Trace file to write (.npz).")],
+    seed: Annotated[int, typer.Option(help="Seed for the router's profile and the sampling.")] = 0,
+) -> None:
+    """Sample a synthetic router into a trace file (written atomically)."""
+    spec = _resolve_model(model)
+    r = make_router(router, spec, seed=seed)
+    if not isinstance(r, SyntheticRouter):
+        raise ScenarioError(
+            f"router {router!r} is not synthetic; synth takes uniform, zipf:S, dirichlet:A, hot:H, group, temporal:R, affinity:A or fit:PATH"
+        )
+    ids = r.sample(tokens, seed=seed)
+    command = (
+        f"capsim trace synth --model {model} --router {router} --tokens {tokens} --out {out} --seed {seed}"
+    )
+    path = write_trace(
+        out,
+        ids,
+        model_id=spec.id,
+        num_experts=r.num_experts,
+        top_k=r.top_k,
+        metadata={
+            "router": router,
+            "seed": seed,
+            "recorded_with": "capsim trace synth",
+            "command": command,
+            "router_params": r.to_dict(),
+        },
+    )
+    console = out_console()
+    console.print(
+        f"wrote {path} ({spec.id}: {r.num_moe_layers} MoE layers x {tokens} tokens x top-{r.top_k} of {r.num_experts})",
+        soft_wrap=True,
+        markup=False,
+    )
+
+
+# ---- stats ---------------------------------------------------------------------------------------------
+@trace_app.command("stats")
+def stats(
+    path: Annotated[
+        str, typer.Argument(help="Trace file, or the name of a shipped trace (capsim trace list).")
+    ],
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="Validate the trace against this model.")
+    ] = None,
+    tokens: Annotated[
+        list[int] | None, typer.Option("--tokens", "-t", help="Step sizes in tokens (repeatable).")
+    ] = None,
+    png: Annotated[
+        Path | None, typer.Option(help="Heatmap PNG path [default: ./<trace>-heatmap.png].")
+    ] = None,
+    no_png: Annotated[bool, typer.Option("--no-png", help="Do not write the heatmap.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of the table.")] = False,
+) -> None:
+    """Per-layer activated experts (vs the uniform bound), load imbalance and reuse distance of a trace."""
+    trace = load_trace(resolve_trace_path(path))
+    if model is not None:
+        trace.validate_against(_resolve_model(model))
+    steps = tuple(tokens) if tokens else _DEFAULT_STEPS
+    result = trace_stats(trace, steps)
+    png_path: Path | None = None
+    if not no_png:
+        png_path = (
+            png if png is not None else Path(f"{Path(trace.name).name.removesuffix('.npz')}-heatmap.png")
+        )
+        _write_heatmap(result, png_path)
+    if as_json:
+        payload = result.to_dict()
+        payload["heatmap_png"] = None if png_path is None else str(png_path)
+        print_json(payload)
+        return
+    _print_stats(result)
+    if png_path is not None:
+        out_console().print(f"heatmap: {png_path}", soft_wrap=True, markup=False)
+
+
+def _print_stats(st: TraceStats) -> None:
+    console = out_console()
+    tr = st.trace
+    console.print(tr.summary(), soft_wrap=True, markup=False)
+    t = st.steps[-1]
+    table = Table(title=f"per-layer routing statistics (step of T = {t} tokens)")
+    for col in (
+        "layer",
+        "experts used",
+        "max/mean load",
+        "max/mean per step",
+        f"A({t}) decode",
+        f"A({t}) window",
+        "vs uniform",
+        "reuse dist (median)",
+    ):
+        table.add_column(col, justify="right")
+    j = len(st.steps) - 1
+    for layer in range(st.counts.shape[0]):
+        table.add_row(
+            str(layer),
+            f"{st.experts_used[layer]}/{tr.num_experts}",
+            _fmt(st.load_imbalance[layer]),
+            _fmt(st.step_imbalance[layer, j]),
+            f"{st.activated_independent[layer, j]:.2f}",
+            f"{st.activated_window[layer, j]:.2f}",
+            f"{st.activated_independent[layer, j] / st.uniform[j]:.3f}",
+            _fmt(st.reuse_median[layer], ".0f"),
+        )
+    console.print(table)
+    mean_a = st.activated_independent.mean(axis=0)
+    mean_w = st.activated_window.mean(axis=0)
+    for i, steps in enumerate(st.steps):
+        console.print(
+            f"T={steps}: mean A decode {mean_a[i]:.2f}, window {mean_w[i]:.2f}, uniform bound {st.uniform[i]:.2f} "
+            f"(ratio {mean_a[i] / st.uniform[i]:.3f})",
+            soft_wrap=True,
+            markup=False,
+        )
+    fit = st.fit
+    alpha = "none (within noise)" if fit.dirichlet_alpha is None else f"{fit.dirichlet_alpha:.3g}"
+    console.print(
+        f"fitted: {fit.spec()} (zipf s={fit.zipf_s:.3g}, dirichlet alpha={alpha}, reuse={fit.reuse:.3g}, "
+        f"affinity={fit.affinity:.3g})",
+        soft_wrap=True,
+        markup=False,
+    )
+
+
+def _fmt(x: float, spec: str = ".2f") -> str:
+    return "-" if not np.isfinite(x) else format(x, spec)
+
+
+def _write_heatmap(st: TraceStats, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a window (CI and servers have no display)
+    import matplotlib.pyplot as plt
+
+    if not path.parent.is_dir():
+        raise ScenarioError(
+            f"cannot write {path}: directory {str(path.parent)!r} does not exist; create it first"
+        )
+    fig, ax = plt.subplots(
+        figsize=(min(4 + st.counts.shape[1] / 12, 16), min(2 + st.counts.shape[0] / 6, 12))
+    )
+    image = ax.imshow(st.counts, aspect="auto", interpolation="nearest", cmap="viridis")
+    ax.set_xlabel("expert")
+    ax.set_ylabel("MoE layer")
+    ax.set_title(f"tokens per expert: {st.trace.model_id}, {st.trace.num_tokens} tokens")
+    fig.colorbar(image, ax=ax, label="tokens routed")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# ---- fit -----------------------------------------------------------------------------------------------
+@trace_app.command("fit")
+def fit(
+    path: Annotated[str, typer.Argument(help="Trace file, or the name of a shipped trace.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Estimate synthetic-router parameters (Zipf exponent, Dirichlet concentration, reuse, affinity)."""
+    trace = load_trace(resolve_trace_path(path))
+    result = fit_trace(trace.topk_ids, trace.num_experts, source=trace.name)
+    if as_json:
+        print_json(result.to_dict())
+        return
+    console = out_console()
+    console.print(trace.summary(), soft_wrap=True, markup=False)
+    alpha = "none (within noise)" if result.dirichlet_alpha is None else f"{result.dirichlet_alpha:.3g}"
+    for label, value in (
+        ("zipf exponent", f"{result.zipf_s:.3g}"),
+        ("dirichlet alpha", alpha),
+        ("reuse", f"{result.reuse:.3g}"),
+        ("affinity", f"{result.affinity:.3g}"),
+        ("spec", result.spec()),
+        ("extend with", f"--routing fit:{trace.name}"),
+    ):
+        console.print(f"{label}: {value}", soft_wrap=True, markup=False)
+
+
+# ---- list ----------------------------------------------------------------------------------------------
+@trace_app.command("list")
+def list_traces(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """The traces shipped in traces/ (see traces/README.md for how each was made)."""
+    rows: list[dict[str, Any]] = []
+    for name, p in shipped_traces().items():
+        tr = load_trace(p)
+        rows.append(
+            {
+                "name": name,
+                "model_id": tr.model_id,
+                "num_layers": tr.num_layers,
+                "num_tokens": tr.num_tokens,
+                "top_k": tr.top_k,
+                "num_experts": tr.num_experts,
+                "router": tr.metadata.get("router"),
+            }
+        )
+    if as_json:
+        print_json(rows)
+        return
+    table = Table(title="shipped traces")
+    for col in ("name", "model", "layers", "tokens", "top-k of E", "router"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            r["name"],
+            r["model_id"],
+            str(r["num_layers"]),
+            str(r["num_tokens"]),
+            f"{r['top_k']} of {r['num_experts']}",
+            str(r["router"]),
+        )
+    out_console().print(table)
