@@ -19,6 +19,7 @@ from .errors import (
     UnknownHardwareError,
     UnknownIdError,
     UnknownModelError,
+    UnknownRouterError,
     UnsupportedModelError,
 )
 from .hardware import (
@@ -77,6 +78,7 @@ __all__ = [
     "UnknownHardwareError",
     "UnknownIdError",
     "UnknownModelError",
+    "UnknownRouterError",
     "UnsupportedModelError",
     "__version__",
     "decode_step_time",

@@ -6,7 +6,8 @@ Hierarchy::
     CapsimError
     ├── UnknownIdError (KeyError)            unknown hardware / model / router id, with close matches
     │   ├── UnknownHardwareError
-    │   └── UnknownModelError
+    │   ├── UnknownModelError
+    │   └── UnknownRouterError
     ├── DataFileError (ValueError)           a malformed data file (hardware entry, config.json, trace)
     │   ├── ConfigFieldError                 a config.json field missing or of the wrong type
     │   └── TraceError                       a corrupt, truncated or mismatched routing trace
@@ -62,6 +63,12 @@ class UnknownModelError(UnknownIdError):
     """A model id not found in the model database (``capsim model list`` shows them)."""
 
     kind = "model"
+
+
+class UnknownRouterError(UnknownIdError):
+    """A router kind that :func:`capsim.make_router` does not know (the message lists the close matches)."""
+
+    kind = "router"
 
 
 class DataFileError(ValueError, CapsimError):

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .._paths import data_dir
-from ..errors import ScenarioError, TraceError, UnknownIdError
+from ..errors import ScenarioError, TraceError, UnknownRouterError
 from ..model import ModelSpec
 from ..traces import Trace, load_trace
 from ._base import Router
@@ -44,12 +44,6 @@ from .popularity import (
 )
 from .synthetic import SyntheticRouter, UniformRouter
 from .trace_router import TraceRouter
-
-
-class UnknownRouterError(UnknownIdError):
-    """A router kind that :func:`make_router` does not know (the message lists the close matches)."""
-
-    kind = "router"
 
 
 @dataclass(frozen=True)
