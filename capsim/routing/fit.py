@@ -25,7 +25,6 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.optimize import linear_sum_assignment, minimize_scalar
 
 from ..errors import TraceError
 from ._base import FloatArray, IntArray
@@ -146,6 +145,8 @@ def _fit_zipf(freq: FloatArray, k: int) -> float:
         model = water_fill(ranks ** (-s), k)
         return float(((observed - model[None, :]) ** 2).sum())
 
+    from scipy.optimize import minimize_scalar  # deferred: scipy.optimize adds ~0.5 s to every CLI start
+
     res = minimize_scalar(loss, bounds=(0.0, 6.0), method="bounded", options={"xatol": 1e-4})
     return float(res.x)
 
@@ -173,6 +174,8 @@ def _fit_affinity(
         a_ids, b_ids = ids[layer], ids[layer + 1]
         pairs = (a_ids[:, :, None] * num_experts + b_ids[:, None, :]).ravel()
         co = np.bincount(pairs, minlength=num_experts * num_experts).reshape(num_experts, num_experts)
+        from scipy.optimize import linear_sum_assignment
+
         rows, cols = linear_sum_assignment(-co)
         f = np.empty(num_experts, dtype=np.int64)
         f[rows] = cols
