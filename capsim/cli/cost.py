@@ -1,9 +1,801 @@
-"""CLI commands: cost (not yet implemented)."""
+"""CLI commands ``capsim compare``, ``capsim plan`` and ``capsim radar`` (formatting only).
+
+The work happens in :mod:`capsim.plan` (options, search), :mod:`capsim.cost` (prices, energy, $/Mtok),
+:mod:`capsim.accuracy` and :mod:`capsim.report.plots`; JSON and CSV come from the results' ``to_dict`` /
+``to_row``. Cost formulas and the source of every default: docs/cost.md.
+"""
 
 from __future__ import annotations
 
+import csv
+import math
+from dataclasses import fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, cast
+
 import typer
+from rich import box
+from rich.markup import escape
+from rich.table import Table
+
+from .. import units
+from ..cost import CostInputs, load_cost_file, parse_price_assignments
+from ..errors import ScenarioError
+from ..scenario import Scenario
+from ._console import err_console, out_console, print_json
+from .hardware import HardwareDbOption, OverrideOption, load_db
+
+if TYPE_CHECKING:
+    from ..plan import Basis, Objective, Option, PlanPoint
+
+_SCENARIO_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(Scenario)}
+_COST_FIELDS = {f.name: f for f in fields(CostInputs)}
+_PROGRESS_MIN_POINTS = 50
+"""plan shows a progress bar when it evaluates at least this many points."""
+
+
+def _scenario_help(name: str) -> str:
+    return Scenario.help_for(name)
+
+
+def _cost_help(name: str) -> str:
+    f = _COST_FIELDS[name]
+    kind = "assumption" if f.metadata.get("assumption") else "source"
+    return f"{f.metadata['help']} (default {f.default:g}; {kind}: {f.metadata['source']})"
+
+
+# Options shared by the three commands. Declared once so that their help and defaults cannot drift.
+PriceOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--price",
+        metavar="ID=USD",
+        help="override a purchase price: accelerator/CPU/system id = USD each, DRAM id = USD/GB, "
+        "SSD id = USD/TB "
+        "(repeatable)",
+        show_default=False,
+    ),
+]
+CloudOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--cloud",
+        metavar="ID=USD_PER_HOUR",
+        help="override a cloud price: accelerator id = USD per device-hour, system id = USD per system-hour "
+        "(repeatable)",
+        show_default=False,
+    ),
+]
+PricesFileOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--prices",
+        metavar="FILE",
+        help="TOML file of cost inputs and purchase_usd / cloud_usd_per_hour tables (see docs/cost.md); "
+        "command-line values win",
+        show_default=False,
+    ),
+]
+ElectricityOption = Annotated[
+    float | None,
+    typer.Option("--electricity-usd-kwh", help=_cost_help("electricity_usd_per_kwh"), show_default=False),
+]
+PueOption = Annotated[float | None, typer.Option("--pue", help=_cost_help("pue"), show_default=False)]
+LifetimeOption = Annotated[
+    float | None, typer.Option("--lifetime-years", help=_cost_help("lifetime_years"), show_default=False)
+]
+UtilizationOption = Annotated[
+    float | None, typer.Option("--utilization", help=_cost_help("utilization"), show_default=False)
+]
+IdleOption = Annotated[
+    float | None,
+    typer.Option("--idle-power-fraction", help=_cost_help("idle_power_fraction"), show_default=False),
+]
+BasisOption = Annotated[
+    str,
+    typer.Option(
+        "--basis", help="rank by owned cost (amortised purchase + energy) or rented cost (cloud $/h)"
+    ),
+]
+BenchmarkOption = Annotated[
+    str,
+    typer.Option(
+        "--benchmark",
+        help="published accuracy benchmark shown (mmlu, gsm8k, humaneval, ...; see docs/cost.md)",
+    ),
+]
+SystemOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        help="comma-separated system ids, added to --hardware (capsim hardware list)", show_default=False
+    ),
+]
+JsonFlag = Annotated[bool, typer.Option("--json", help="print one JSON object instead of tables")]
+
+
+def cost_inputs(
+    prices_file: Path | None,
+    price: list[str] | None,
+    cloud: list[str] | None,
+    electricity_usd_kwh: float | None,
+    pue: float | None,
+    lifetime_years: float | None,
+    utilization: float | None,
+    idle_power_fraction: float | None,
+) -> CostInputs:
+    """CostInputs from the defaults, then the ``--prices`` file, then the command-line options."""
+    inputs = CostInputs()
+    if prices_file is not None:
+        inputs = inputs.override(**load_cost_file(prices_file))
+    scalars = {
+        "electricity_usd_per_kwh": electricity_usd_kwh,
+        "pue": pue,
+        "lifetime_years": lifetime_years,
+        "utilization": utilization,
+        "idle_power_fraction": idle_power_fraction,
+    }
+    return inputs.override(
+        **{k: v for k, v in scalars.items() if v is not None},
+        purchase_usd=parse_price_assignments(price, "--price"),
+        cloud_usd_per_hour=parse_price_assignments(cloud, "--cloud"),
+    )
+
+
+# --------------------------------------------------------------------------------------------- formatting
+
+
+def _ms(seconds: float | None) -> str:
+    if seconds is None:
+        return "n/a"
+    return f"{seconds / units.MS:,.1f}ms" if seconds < 1.0 else f"{seconds:,.2f}s"
+
+
+def _usd(value: float | None) -> str:
+    """Three significant figures below $100 ($0.00912, $0.109, $12.3), whole dollars above."""
+    if value is None or not math.isfinite(value):
+        return "missing"
+    if value >= 100:
+        return f"${value:,.0f}"
+    return f"${value:#.3g}".rstrip(".")
+
+
+def _print_cost_basis(inputs: CostInputs) -> None:
+    console = out_console()
+    console.print("[bold]cost basis[/bold] (docs/cost.md)")
+    for item in inputs.basis():
+        tag = "override" if item["overridden"] else ("assumption" if item["assumption"] else "sourced")
+        date = f", {item['date']}" if item["date"] else ""
+        console.print(
+            escape(f"  {item['name']} = {item['value']:g} {item['unit']} [{tag}{date}] — {item['source']}"),
+            soft_wrap=True,
+        )
+    for label, prices in (
+        ("price override", inputs.purchase_usd),
+        ("cloud override", inputs.cloud_usd_per_hour),
+    ):
+        for key, value in prices.items():
+            console.print(f"  {label}: {key} = {value:g}")
+
+
+def _print_parts_notes(options: Any) -> None:
+    console = out_console()
+    seen: set[str] = set()
+    for o in options:
+        if o.cost is None:
+            continue
+        rates = o.cost.rates
+        for text in [f"price of {p.part}: {p.missing}" for p in rates.purchase.missing] + [
+            f"power of {p.part}: {p.missing}" for p in rates.power.missing
+        ]:
+            if text not in seen:
+                seen.add(text)
+                console.print(
+                    f"  [yellow]missing[/yellow] {escape(o.hardware)}: {escape(text)}", soft_wrap=True
+                )
+        if rates.owned_missing and rates.owned_missing not in seen:
+            seen.add(rates.owned_missing)
+            console.print(
+                f"  [yellow]no owned cost[/yellow] {escape(o.hardware)}: {escape(rates.owned_missing)}",
+                soft_wrap=True,
+            )
+
+
+def render_comparison(result: Any) -> None:
+    """Rich table of a :class:`capsim.plan.Comparison`, then the notes behind its numbers."""
+    console = out_console()
+    first = result.options[0]
+    title = (
+        f"{result.model} · batch {first.batch} (full load) · ranked by {result.objective} ({result.basis}) · "
+        f"weights {first.weight_dtype}"
+    )
+    table = Table(
+        title=title,
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        collapse_padding=True,
+        caption="in/out$/M = owned USD per million input/output tokens at full load; user$/M = output "
+        "at batch 1; rent$/M = output at cloud prices; free = memory headroom per device",
+        caption_justify="left",
+    )
+    for col in (
+        "hardware",
+        "n",
+        "purchase",
+        "in$/M",
+        "out$/M",
+        "user$/M",
+        "rent$/M",
+        "TPOT",
+        "TTFT",
+        "tok/s",
+        "free",
+        result.benchmark.upper(),
+    ):
+        table.add_column(col, justify="left" if col == "hardware" else "right", no_wrap=True)
+    for o in result.options:
+        if not o.ok:
+            table.add_row(
+                o.hardware,
+                str(o.devices or "auto"),
+                f"[red]{'no fit' if 'does not fit' in o.problem else 'n/a'}[/red]",
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+                escape(o.accuracy.label()),
+            )
+            continue
+        full, user = o.cost.full_load, o.cost.per_user
+        table.add_row(
+            o.hardware,
+            str(o.devices),
+            escape(o.cost.rates.purchase.label()),
+            _usd(full.owned.usd_per_mtok_input),
+            _usd(full.owned.usd_per_mtok_output),
+            _usd(user.owned.usd_per_mtok_output),
+            _usd(full.rented.usd_per_mtok_output),
+            _ms(o.tpot_s),
+            _ms(o.ttft_s),
+            f"{o.throughput:,.0f}" if o.throughput else "n/a",
+            f"{o.headroom_gb:,.0f}GB",
+            escape(o.accuracy.label()),
+        )
+    console.print(table)
+    for o in result.options:
+        if not o.ok:
+            console.print(f"  [red]{escape(o.hardware)}[/red]: {escape(o.problem)}", soft_wrap=True)
+        elif o.prediction.memory.waves > 1:
+            console.print(
+                f"  [yellow]{o.hardware}[/yellow]: the KV cache holds {o.prediction.memory.max_batch} "
+                f"sequences; batch {o.batch} runs in {o.prediction.memory.waves} waves",
+                soft_wrap=True,
+            )
+    acc = first.accuracy
+    if acc.value is None:
+        console.print(f"accuracy: {acc.caveat} for {result.model} (missing, not estimated)")
+    else:
+        soft = "; (?) = uncertain in the reference" if acc.soft else ""
+        setting = f" {acc.setting}" if acc.setting else ""
+        console.print(
+            escape(f"accuracy: {acc.benchmark}{setting} ({acc.variant}) — {acc.source}{soft}"), soft_wrap=True
+        )
+        if acc.caveat:
+            console.print(escape(f"  * {acc.caveat}"), soft_wrap=True)
+    console.print(
+        "cost: prefill time charged to input tokens, decode time to output tokens; "
+        "'≥' = lower bound (a part has no price); ? = a soft price",
+        soft_wrap=True,
+    )
+    _print_parts_notes(result.options)
+    _print_cost_basis(result.inputs)
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    """Write flat records to ``path`` (header from the first record)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def render_plan(result: Any) -> None:
+    """Rich tables of a :class:`capsim.plan.PlanResult`."""
+    console = out_console()
+    slo = f"TPOT ≤ {_ms(result.slo.tpot_s)}" + (
+        f", TTFT ≤ {_ms(result.slo.ttft_s)}" if result.slo.ttft_s else ""
+    )
+    volume = f" · {result.tokens_per_day:,.0f} output tokens/day" if result.tokens_per_day else ""
+    budget = f" · budget ${result.budget_usd:,.0f}" if result.budget_usd else ""
+    console.print(
+        f"[bold]{result.model}[/bold]: {slo}{volume}{budget} · {result.basis} cost · "
+        f"{len(result.points)} points evaluated, {len(result.feasible)} meet the SLOs",
+        soft_wrap=True,
+    )
+    if not result.best:
+        console.print(
+            "[red]no priced configuration meets the SLOs[/red]"
+            + (" within the budget" if result.budget_usd else "")
+            + "; relax the SLOs, raise the budget or add prices (--price)"
+        )
+    first = next(iter(result.accuracy.values()), None)
+    bench = first.benchmark.upper() if first else "accuracy"
+    for title, rows in (
+        ("cheapest configurations", result.best),
+        ("Pareto front: cost vs TPOT", result.pareto),
+    ):
+        if not rows:
+            continue
+        table = Table(
+            title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, collapse_padding=True
+        )
+        for col in (
+            "hardware",
+            "n",
+            "weights",
+            "batch",
+            "replicas",
+            "purchase",
+            "out$/M",
+            "$/day",
+            "TPOT",
+            "TTFT",
+            "tok/s/replica",
+            "util",
+            bench,
+        ):
+            table.add_column(col, justify="left" if col in ("hardware", "weights") else "right", no_wrap=True)
+        for p in rows:
+            purchase = (
+                "missing"
+                if p.purchase_usd is None
+                else (("≥ " if p.purchase_is_lower_bound else "") + f"${p.purchase_usd:,.0f}")
+            )
+            table.add_row(
+                p.hardware,
+                str(p.devices),
+                p.weight_dtype,
+                str(p.batch),
+                str(p.replicas),
+                purchase,
+                _usd(p.usd_per_mtok),
+                _usd(p.usd_per_day),
+                _ms(p.tpot_s),
+                _ms(p.ttft_s),
+                f"{p.sustained_tokens_per_s:,.0f}",
+                f"{p.utilization:.0%}",
+                escape(result.accuracy[p.weight_dtype].label()) if p.weight_dtype in result.accuracy else "",
+            )
+        console.print(table)
+    if result.unpriced:
+        console.print(
+            f"meet the SLOs but have no {result.basis} price (not ranked): {', '.join(result.unpriced)}",
+            soft_wrap=True,
+        )
+    if result.skipped:
+        console.print(
+            f"{len(result.skipped)} configurations skipped (do not fit or cannot be built); "
+            "--json lists each with its reason"
+        )
+    console.print(
+        "out$/M: all-in USD per million generated tokens (prefill + decode busy time); n = devices per replica",
+        soft_wrap=True,
+    )
+    for dtype, acc in result.accuracy.items():
+        if acc.value is None:
+            console.print(
+                escape(f"accuracy ({dtype}): {acc.caveat} (missing, not estimated)"), soft_wrap=True
+            )
+        elif acc.caveat:
+            console.print(escape(f"accuracy ({dtype}): * {acc.caveat}"), soft_wrap=True)
+    _print_cost_basis(result.inputs)
+
+
+# --------------------------------------------------------------------------------------------- commands
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the top-level app."""
+    """Add ``compare``, ``plan`` and ``radar`` to the top-level app."""
+
+    @app.command(
+        help="Procurement table: one model on several hardware options, with purchase cost, $/Mtok "
+        "(input and output, per user and at full load, owned and rented), TPOT, TTFT, throughput, "
+        "memory headroom and published accuracy, ranked by an objective."
+    )
+    def compare(
+        model: Annotated[str, typer.Option(help=_scenario_help("model"))],
+        hardware: Annotated[
+            list[str] | None,
+            typer.Option(help="comma-separated accelerator or system ids (capsim hardware list); repeatable"),
+        ] = None,
+        system: SystemOption = None,
+        gpus: Annotated[
+            str,
+            typer.Option(
+                help="devices per option, or 'auto' (fewest of 1, 2, 4, 8 that fit; all of a system)"
+            ),
+        ] = "auto",
+        batch: Annotated[
+            int, typer.Option(help=_scenario_help("batch") + " (full load)")
+        ] = _SCENARIO_DEFAULTS["batch"],
+        prompt_len: Annotated[int, typer.Option(help=_scenario_help("prompt_len"))] = _SCENARIO_DEFAULTS[
+            "prompt_len"
+        ],
+        gen_len: Annotated[int, typer.Option(help=_scenario_help("gen_len"))] = _SCENARIO_DEFAULTS["gen_len"],
+        weight_dtype: Annotated[str | None, typer.Option(help=_scenario_help("weight_dtype"))] = None,
+        kv_dtype: Annotated[str, typer.Option(help=_scenario_help("kv_dtype"))] = _SCENARIO_DEFAULTS[
+            "kv_dtype"
+        ],
+        objective: Annotated[
+            str, typer.Option(help="rank by cost_per_mtok (output, full load), tpot, throughput or purchase")
+        ] = "cost_per_mtok",
+        basis: BasisOption = "owned",
+        benchmark: BenchmarkOption = "mmlu",
+        price: PriceOption = None,
+        cloud: CloudOption = None,
+        prices: PricesFileOption = None,
+        electricity_usd_kwh: ElectricityOption = None,
+        pue: PueOption = None,
+        lifetime_years: LifetimeOption = None,
+        utilization: UtilizationOption = None,
+        idle_power_fraction: IdleOption = None,
+        hardware_db: HardwareDbOption = None,
+        override: OverrideOption = False,
+        json_out: JsonFlag = False,
+        csv_path: Annotated[
+            Path | None,
+            typer.Option("--csv", help="also write one CSV row per option to PATH", show_default=False),
+        ] = None,
+    ) -> None:
+        from ..plan import compare as run_compare
+        from ..plan import parse_gpus, split_ids
+
+        inputs = cost_inputs(
+            prices, price, cloud, electricity_usd_kwh, pue, lifetime_years, utilization, idle_power_fraction
+        )
+        result = run_compare(
+            model,
+            split_ids([*(hardware or []), *(system or [])]),
+            hardware_db=load_db(hardware_db, override),
+            gpus=parse_gpus(gpus),
+            batch=batch,
+            prompt_len=prompt_len,
+            gen_len=gen_len,
+            weight_dtype=weight_dtype,
+            kv_dtype=kv_dtype,
+            objective=cast("Objective", objective),
+            basis=cast("Basis", basis),
+            benchmark=benchmark,
+            inputs=inputs,
+        )
+        if csv_path is not None:
+            write_csv([o.to_row() for o in result.options], csv_path)
+        if json_out:
+            print_json(result.to_dict())
+        else:
+            render_comparison(result)
+        if csv_path is not None:
+            err_console().print(f"CSV written to {csv_path}")
+
+    @app.command(
+        help="Search hardware x device count x weight precision x batch for the cheapest deployments "
+        "that meet TPOT (and TTFT) SLOs, with the Pareto front of cost vs TPOT."
+    )
+    def plan(
+        model: Annotated[str, typer.Option(help=_scenario_help("model"))],
+        slo_tpot: Annotated[str, typer.Option(help="TPOT target per decode step: 50ms, 0.05, 1s, 200us")],
+        slo_ttft: Annotated[
+            str | None,
+            typer.Option(help="TTFT target (the whole batch's prefill), e.g. 1s", show_default=False),
+        ] = None,
+        budget: Annotated[
+            float | None,
+            typer.Option(help="maximum purchase cost in USD of all replicas", show_default=False),
+        ] = None,
+        tokens_per_day: Annotated[
+            float | None,
+            typer.Option(
+                help="generated tokens per day to serve; sets the number of replicas and their utilisation",
+                show_default=False,
+            ),
+        ] = None,
+        hardware: Annotated[
+            list[str] | None,
+            typer.Option(
+                help="comma-separated ids to search (default: every accelerator and GPU system)",
+                show_default=False,
+            ),
+        ] = None,
+        weight_dtypes: Annotated[
+            str,
+            typer.Option(
+                help="comma-separated weight precisions to try ('native' = the published checkpoint)"
+            ),
+        ] = "native,fp8,int4",
+        prompt_len: Annotated[int, typer.Option(help=_scenario_help("prompt_len"))] = _SCENARIO_DEFAULTS[
+            "prompt_len"
+        ],
+        gen_len: Annotated[int, typer.Option(help=_scenario_help("gen_len"))] = _SCENARIO_DEFAULTS["gen_len"],
+        kv_dtype: Annotated[str, typer.Option(help=_scenario_help("kv_dtype"))] = _SCENARIO_DEFAULTS[
+            "kv_dtype"
+        ],
+        max_batch: Annotated[
+            int | None,
+            typer.Option(help="largest batch tried (default: what the KV cache holds)", show_default=False),
+        ] = None,
+        top: Annotated[int, typer.Option(help="configurations listed")] = 5,
+        basis: BasisOption = "owned",
+        benchmark: BenchmarkOption = "mmlu",
+        plot: Annotated[
+            Path | None,
+            typer.Option(
+                help="also write the cost-vs-TPOT Pareto plot to PATH (.png and .svg)", show_default=False
+            ),
+        ] = None,
+        price: PriceOption = None,
+        cloud: CloudOption = None,
+        prices: PricesFileOption = None,
+        electricity_usd_kwh: ElectricityOption = None,
+        pue: PueOption = None,
+        lifetime_years: LifetimeOption = None,
+        utilization: UtilizationOption = None,
+        idle_power_fraction: IdleOption = None,
+        hardware_db: HardwareDbOption = None,
+        override: OverrideOption = False,
+        json_out: JsonFlag = False,
+    ) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        from ..plan import SLO, parse_duration, split_ids
+        from ..plan import plan as run_plan
+
+        slo = SLO(parse_duration(slo_tpot), None if slo_ttft is None else parse_duration(slo_ttft))
+        if top < 1:
+            raise ScenarioError(f"--top must be >= 1, got {top}")
+        inputs = cost_inputs(
+            prices, price, cloud, electricity_usd_kwh, pue, lifetime_years, utilization, idle_power_fraction
+        )
+        console = err_console()
+        with Progress(
+            TextColumn("searching"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        ) as bar:
+            task = bar.add_task("search", total=None, visible=False)
+
+            def progress(done: int, total: int) -> None:
+                if total >= _PROGRESS_MIN_POINTS:
+                    bar.update(task, completed=done, total=total, visible=True)
+
+            result = run_plan(
+                model,
+                slo,
+                hardware_db=load_db(hardware_db, override),
+                hardware=split_ids(hardware) if hardware else None,
+                weight_dtypes=split_ids(weight_dtypes),
+                prompt_len=prompt_len,
+                gen_len=gen_len,
+                kv_dtype=kv_dtype,
+                max_batch=max_batch,
+                budget_usd=budget,
+                tokens_per_day=tokens_per_day,
+                basis=cast("Basis", basis),
+                inputs=inputs,
+                benchmark=benchmark,
+                top=top,
+                progress=progress,
+            )
+        paths = _plan_plot(result, plot) if plot is not None else None
+        if json_out:
+            payload = result.to_dict()
+            if paths:
+                payload["plot"] = [str(p) for p in paths]
+            print_json(payload)
+        else:
+            render_plan(result)
+            if paths:
+                out_console().print(f"Pareto plot: {paths[0]} and {paths[1]}")
+
+    @app.command(
+        help="The CAP radar (cost, accuracy, performance; normalised as MoE-CAP's draw_radar.py, "
+        "floor 20) of one model on several hardware options, to PNG and SVG; --pareto also writes "
+        "the cost-vs-TPOT Pareto plot over batch sizes."
+    )
+    def radar(
+        model: Annotated[str, typer.Option(help="model id, or comma-separated ids to compare models too")],
+        hardware: Annotated[
+            list[str] | None, typer.Option(help="comma-separated accelerator or system ids; repeatable")
+        ] = None,
+        system: SystemOption = None,
+        gpus: Annotated[str, typer.Option(help="devices per option, or 'auto'")] = "auto",
+        batch: Annotated[int, typer.Option(help=_scenario_help("batch"))] = _SCENARIO_DEFAULTS["batch"],
+        prompt_len: Annotated[int, typer.Option(help=_scenario_help("prompt_len"))] = _SCENARIO_DEFAULTS[
+            "prompt_len"
+        ],
+        gen_len: Annotated[int, typer.Option(help=_scenario_help("gen_len"))] = _SCENARIO_DEFAULTS["gen_len"],
+        weight_dtype: Annotated[str | None, typer.Option(help=_scenario_help("weight_dtype"))] = None,
+        benchmark: BenchmarkOption = "mmlu",
+        cost_axis: Annotated[
+            str,
+            typer.Option(
+                help="cost axis: purchase (USD, as MoE-CAP), power (W, TDP sum) or usd_per_mtok "
+                "(owned, output)"
+            ),
+        ] = "purchase",
+        cost_cap: Annotated[
+            float | None,
+            typer.Option(
+                help="cost at which the cost axis reaches its floor (MoE-CAP's second-to-last tick); "
+                "default: the "
+                "largest cost shown",
+                show_default=False,
+            ),
+        ] = None,
+        out: Annotated[
+            Path | None,
+            typer.Option(
+                help="output path; .png and .svg are both written (default: capsim-radar-<model>)",
+                show_default=False,
+            ),
+        ] = None,
+        pareto: Annotated[
+            bool, typer.Option("--pareto", help="also write the cost-vs-TPOT Pareto plot")
+        ] = False,
+        price: PriceOption = None,
+        cloud: CloudOption = None,
+        prices: PricesFileOption = None,
+        electricity_usd_kwh: ElectricityOption = None,
+        pue: PueOption = None,
+        lifetime_years: LifetimeOption = None,
+        utilization: UtilizationOption = None,
+        idle_power_fraction: IdleOption = None,
+        hardware_db: HardwareDbOption = None,
+        override: OverrideOption = False,
+    ) -> None:
+        from ..plan import compare as run_compare
+        from ..plan import parse_gpus, split_ids
+
+        if cost_axis not in _COST_AXES:
+            raise ScenarioError(f"--cost-axis {cost_axis!r} is not one of {', '.join(_COST_AXES)}")
+        if cost_cap is not None and not cost_cap > 0:
+            raise ScenarioError(f"--cost-cap must be a positive number, got {cost_cap}")
+        inputs = cost_inputs(
+            prices, price, cloud, electricity_usd_kwh, pue, lifetime_years, utilization, idle_power_fraction
+        )
+        db = load_db(hardware_db, override)
+        models = split_ids(model)
+        hw_ids = split_ids([*(hardware or []), *(system or [])])
+        options: list[tuple[str, Option]] = []
+        for m in models:
+            result = run_compare(
+                m,
+                hw_ids,
+                hardware_db=db,
+                gpus=parse_gpus(gpus),
+                batch=batch,
+                prompt_len=prompt_len,
+                gen_len=gen_len,
+                weight_dtype=weight_dtype,
+                benchmark=benchmark,
+                inputs=inputs,
+            )
+            options.extend((result.model if len(models) > 1 else "", o) for o in result.options)
+        radar_options, dropped = _radar_options(options, cost_axis)
+        for text in dropped:
+            err_console().print(f"[yellow]not drawn[/yellow]: {text}", soft_wrap=True)
+        if not radar_options:
+            raise ScenarioError(
+                "no option can be drawn (none fits, or none has a cost on this axis); "
+                "try more GPUs, another --cost-axis or --price"
+            )
+        from ..report.plots import output_stem, plot_radar
+
+        stem = output_stem(out or Path(f"capsim-radar-{models[0] if len(models) == 1 else 'models'}"))
+        png, svg = plot_radar(
+            radar_options,
+            stem,
+            title=f"CAP radar: {', '.join(models)} (batch {batch})",
+            cost_label=_COST_AXES[cost_axis],
+            accuracy_label=f"Accuracy ({benchmark})",
+            cost_cap=cost_cap,
+        )
+        console = out_console()
+        console.print(f"radar: {png} and {svg}")
+        if pareto:
+            paths = _radar_pareto(options, stem, db, inputs, prompt_len, gen_len)
+            console.print(f"Pareto plot: {paths[0]} and {paths[1]}")
+
+
+_COST_AXES = {
+    "purchase": "Cost (USD purchase)",
+    "power": "Cost (W, TDP)",
+    "usd_per_mtok": "Cost (USD/Mtok out)",
+}
+
+
+def _radar_options(options: list[tuple[str, Any]], cost_axis: str) -> tuple[list[Any], list[str]]:
+    """RadarOptions of the options that ran and have a value on the cost axis; the others with reasons."""
+    from ..report.plots import RadarOption
+
+    drawn, dropped = [], []
+    for prefix, o in options:
+        name = f"{prefix + ' on ' if prefix else ''}{o.hardware} x{o.devices or 'auto'}"
+        if not o.ok:
+            dropped.append(f"{name}: {o.problem}")
+            continue
+        if cost_axis == "purchase":
+            cost = o.purchase_usd
+        elif cost_axis == "power":
+            cost = o.cost.rates.power.busy_w if o.cost.rates.power.accelerators_known else None
+        else:
+            cost = o.cost.full_load.owned.usd_per_mtok_output
+        if cost is None:
+            dropped.append(f"{name}: no {cost_axis} value (a price or TDP is missing)")
+            continue
+        drawn.append(RadarOption(name, float(o.tpot_s), float(cost), o.accuracy.fraction))
+    return drawn, dropped
+
+
+def _radar_pareto(
+    options: list[tuple[str, Any]], stem: Path, db: Any, inputs: CostInputs, prompt_len: int, gen_len: int
+) -> tuple[Path, Path]:
+    """Sweep the batch of every drawable option (SLOs unbounded) and plot cost vs TPOT with the front."""
+    from ..plan import SLO, pareto_front
+    from ..plan import plan as run_plan
+    from ..report.plots import ParetoPoint, plot_pareto
+
+    points: list[tuple[str, PlanPoint, float]] = []
+    for prefix, o in options:
+        if not o.ok:
+            continue
+        result = run_plan(
+            o.model,
+            SLO(math.inf),
+            hardware_db=db,
+            hardware=[o.hardware],
+            weight_dtypes=[o.weight_dtype],
+            device_counts=[o.devices],
+            prompt_len=prompt_len,
+            gen_len=gen_len,
+            inputs=inputs,
+        )
+        group = f"{prefix + ' on ' if prefix else ''}{o.hardware} x{o.devices}"
+        points.extend((group, p, p.usd_per_mtok) for p in result.feasible if p.usd_per_mtok is not None)
+    if not points:
+        raise ScenarioError("no option has an owned cost to plot; add prices with --price")
+    front_ids = {id(p) for p in pareto_front(p for _, p, _ in points)}
+    plot_points = [ParetoPoint(g, p.tpot_s, cost, f"batch {p.batch}") for g, p, cost in points]
+    front_points = [ParetoPoint(g, p.tpot_s, cost) for g, p, cost in points if id(p) in front_ids]
+    return plot_pareto(
+        plot_points,
+        front_points,
+        stem.with_name(stem.name + "-pareto"),
+        title="Cost vs TPOT over batch sizes (all-in $/Mtok out)",
+    )
+
+
+def _plan_plot(result: Any, path: Path) -> tuple[Path, Path]:
+    from ..report.plots import ParetoPoint, plot_pareto
+
+    priced = [p for p in result.feasible if p.usd_per_mtok is not None]
+    if not priced:
+        raise ScenarioError("nothing to plot: no priced configuration meets the SLOs")
+    pts = [
+        ParetoPoint(p.hardware, p.tpot_s, p.usd_per_mtok, f"x{p.devices} {p.weight_dtype}") for p in priced
+    ]
+    front = [ParetoPoint("front", p.tpot_s, p.usd_per_mtok) for p in result.pareto]
+    return plot_pareto(
+        pts,
+        front,
+        path,
+        title=f"{result.model}: cost vs TPOT (feasible points)",
+        slo_tpot_s=result.slo.tpot_s,
+    )

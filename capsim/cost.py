@@ -1,0 +1,823 @@
+"""Cost model: purchase (sum of parts), energy, cloud rental, and cost per million tokens.
+
+Formulas (docs/cost.md has the derivation and every default's source):
+
+- Purchase  C_buy = Σ_parts price × quantity. An accelerator id with N devices is N accelerators. A system is
+  its whole-system price where the database has one, else the sum of its parts: accelerators, CPUs, DRAM at
+  $/GB × capacity, SSDs at $/TB × capacity. A part without a price is listed as *missing*, never as zero, and
+  the total is then a **lower bound** (shown as "≥ $X"). Without a price for the accelerators themselves there
+  is no meaningful total and owned costs raise :class:`~capsim.errors.MissingValueError`.
+- Power     P_busy = Σ_parts TDP × count (accelerators, CPUs, SSDs; an upper bound while serving, as MoE-CAP's
+  cost code assumes); P_idle = f_idle × P_busy; averaged over the duty cycle u (``utilization``):
+  P(u) = P_idle + (P_busy − P_idle) · u.
+- Owned $/h of wall-clock time  = C_buy / (lifetime_years × 8760 h) + P(u) × PUE × $/kWh.
+  Owned $/h of *busy* time       = that / u   (idle hours are paid for by the tokens of the busy ones).
+- Rented $/h of busy time        = cloud $/h / u (an instance is paid for whether busy or not).
+- Cost per million tokens: the busy rate is charged to tokens by the phase that uses the time, prefill time
+  to input tokens, decode time to output tokens:
+  $/Mtok_in = rate_busy / 3600 / prefill_tokens_per_s × 1e6,
+  $/Mtok_out = rate_busy / 3600 / decode_tokens_per_s × 1e6.
+  This is MoE-CAP's C_token = (C_hardware + C_energy·$/kWh) / (T_token·R) (paper §2.1) with the hardware
+  amortised over its lifetime (the paper's form), not charged in full to every run (its code's form).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from . import units
+from .errors import DataFileError, MissingValueError, ScenarioError, UnknownHardwareError
+
+if TYPE_CHECKING:
+    from .hardware import HardwareDB, System
+    from .metrics import Prediction
+    from .scenario import Scenario
+
+HOURS_PER_DAY = 24.0
+HOURS_PER_YEAR = 365 * HOURS_PER_DAY
+"""Hours in the 365-day year that ``lifetime_years`` counts."""
+TOKENS_PER_MTOK = 1e6
+
+
+def _input(
+    default: float, help: str, source: str, *, date: str = "", assumption: bool = False, unit: str = ""
+) -> Any:
+    return field(
+        default=default,
+        metadata={"help": help, "source": source, "date": date, "assumption": assumption, "unit": unit},
+    )
+
+
+_PRICE_HELP = (
+    "purchase price overrides: accelerator, CPU or system id -> USD each; DRAM id -> USD per GB; "
+    "SSD id -> USD per TB"
+)
+_CLOUD_HELP = "cloud price overrides: accelerator id -> USD per device-hour; system id -> USD per system-hour"
+
+
+@dataclass(frozen=True)
+class CostInputs:
+    """Every input of the cost model that is not in the hardware database, with its default's provenance.
+
+    Each scalar field's metadata holds ``source``, ``date`` and whether it is an ``assumption`` (a modelling
+    or user choice, not a fact); :meth:`basis` reports them, marking the ones the user overrode. Price
+    overrides replace database prices for the ids they name.
+    """
+
+    electricity_usd_per_kwh: float = _input(
+        0.08,
+        "electricity price in USD per kWh",
+        "hardware.md §8 suggested simulator default (industrial); US industrial average 8.04 c/kWh in 2023, "
+        "EIA Electric Power Monthly Table 5.3 https://www.eia.gov/electricity/monthly/epm_table_grapher.php?t=epmt_5_03",
+        date="2023",
+        assumption=True,
+        unit="USD/kWh",
+    )
+    pue: float = _input(
+        1.2,
+        "power usage effectiveness: facility power / IT power",
+        "hardware.md §8 suggested simulator default for a modern colocation site; the Uptime Institute "
+        "survey average was 1.58 in 2023, hyperscale ~1.1",
+        date="2023",
+        assumption=True,
+    )
+    lifetime_years: float = _input(
+        3.0,
+        "years the hardware serves; the purchase is amortised over them",
+        "user assumption (no published figure applies to every buyer)",
+        assumption=True,
+        unit="years",
+    )
+    utilization: float = _input(
+        1.0,
+        "fraction of the time the deployment serves at the modelled load (duty cycle)",
+        "user assumption: busy all the time, as MoE-CAP's C_token assumes continuous serving over R",
+        assumption=True,
+    )
+    idle_power_fraction: float = _input(
+        0.15,
+        "power drawn while idle, as a fraction of TDP",
+        "modelling assumption; not in the hardware reference. Order-of-magnitude cross-checks: a blog table "
+        "lists idle at ~15% of TDP (https://nemulai.com/blog/gpu-electricity-cost-per-training-run) and a "
+        "measured H200 idles at 80 W of its 700 W TDP (http://api.serialalice.pt/alice-benchmark)",
+        assumption=True,
+    )
+    purchase_usd: Mapping[str, float] = field(default_factory=dict, metadata={"help": _PRICE_HELP})
+    cloud_usd_per_hour: Mapping[str, float] = field(default_factory=dict, metadata={"help": _CLOUD_HELP})
+    overridden: frozenset[str] = frozenset()
+    """Names of the scalar fields the user set (reported as overrides in :meth:`basis`)."""
+
+    def __post_init__(self) -> None:
+        _check_inputs(self)
+
+    def override(self, **changes: Any) -> CostInputs:
+        """A copy with ``changes`` applied; scalar changes are recorded as user overrides, price maps are
+        merged into the existing ones (later wins)."""
+        scalars = {k: v for k, v in changes.items() if k in SCALAR_INPUTS}
+        unknown = set(changes) - set(SCALAR_INPUTS) - {"purchase_usd", "cloud_usd_per_hour"}
+        if unknown:
+            raise ScenarioError(
+                f"unknown cost input(s) {', '.join(sorted(unknown))}; "
+                f"choose from {', '.join(SCALAR_INPUTS)}, "
+                "purchase_usd, cloud_usd_per_hour"
+            )
+        purchase = {**self.purchase_usd, **changes.get("purchase_usd", {})}
+        cloud = {**self.cloud_usd_per_hour, **changes.get("cloud_usd_per_hour", {})}
+        return replace(
+            self,
+            **scalars,
+            purchase_usd=MappingProxyType(purchase),
+            cloud_usd_per_hour=MappingProxyType(cloud),
+            overridden=self.overridden | frozenset(scalars),
+        )
+
+    def basis(self) -> list[dict[str, Any]]:
+        """One entry per scalar input: value, unit, source, date, and whether it is an assumption/override."""
+        out = []
+        for f in fields(self):
+            if f.name not in SCALAR_INPUTS:
+                continue
+            user = f.name in self.overridden
+            out.append(
+                {
+                    "name": f.name,
+                    "value": getattr(self, f.name),
+                    "unit": f.metadata["unit"],
+                    "source": "user override" if user else f.metadata["source"],
+                    "date": "" if user else f.metadata["date"],
+                    "assumption": bool(f.metadata["assumption"]) and not user,
+                    "overridden": user,
+                }
+            )
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "inputs": self.basis(),
+            "purchase_usd_overrides": dict(self.purchase_usd),
+            "cloud_usd_per_hour_overrides": dict(self.cloud_usd_per_hour),
+        }
+
+
+SCALAR_INPUTS: tuple[str, ...] = (
+    "electricity_usd_per_kwh",
+    "pue",
+    "lifetime_years",
+    "utilization",
+    "idle_power_fraction",
+)
+"""The scalar fields of :class:`CostInputs`, in display order."""
+
+
+def _check_inputs(inputs: CostInputs) -> None:
+    def bad(name: str, rule: str) -> ScenarioError:
+        return ScenarioError(f"{name} must be {rule}, got {getattr(inputs, name)!r}; fix the value")
+
+    for name in SCALAR_INPUTS:
+        value = getattr(inputs, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise bad(name, "a finite number")
+    if inputs.electricity_usd_per_kwh < 0:
+        raise bad("electricity_usd_per_kwh", ">= 0")
+    if inputs.pue < 1:
+        raise bad("pue", ">= 1 (facility power includes the IT power)")
+    if inputs.lifetime_years <= 0:
+        raise bad("lifetime_years", "> 0")
+    if not 0 < inputs.utilization <= 1:
+        raise bad("utilization", "in (0, 1]")
+    if not 0 <= inputs.idle_power_fraction <= 1:
+        raise bad("idle_power_fraction", "in [0, 1]")
+    for label, prices in (("price", inputs.purchase_usd), ("cloud price", inputs.cloud_usd_per_hour)):
+        for key, value in prices.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ScenarioError(f"{label} for {key!r} must be a positive number, got {value!r}")
+
+
+def parse_price_assignments(items: list[str] | None, option: str) -> dict[str, float]:
+    """``["h100-sxm=25000", ...]`` -> ``{"h100-sxm": 25000.0}``; ScenarioError naming the bad item."""
+    out: dict[str, float] = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ScenarioError(f"{option} {item!r} is not ID=PRICE; write e.g. {option} h100-sxm=25000")
+        try:
+            number = float(value)
+        except ValueError:
+            raise ScenarioError(
+                f"{option} {item!r}: {value!r} is not a number; write e.g. {option} h100-sxm=25000"
+            ) from None
+        if not math.isfinite(number) or number <= 0:
+            raise ScenarioError(f"{option} {item!r}: the price must be a positive number")
+        out[key.strip()] = number
+    return out
+
+
+def load_cost_file(path: Path | str) -> dict[str, Any]:
+    """Read a prices/cost-inputs TOML file into :meth:`CostInputs.override` keyword arguments.
+
+    Format: top-level scalars named like the :class:`CostInputs` fields, plus optional tables
+    ``[purchase_usd]`` and ``[cloud_usd_per_hour]`` mapping hardware ids to prices. Unknown keys and
+    non-numbers raise DataFileError naming the field.
+    """
+    p = Path(path)
+    try:
+        with p.open("rb") as fh:
+            raw = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise DataFileError(str(p), f"not valid TOML ({exc}); fix the syntax") from None
+    except OSError as exc:
+        raise DataFileError(str(p), f"cannot be read ({exc.strerror}); check the --prices path") from None
+    allowed = (*SCALAR_INPUTS, "purchase_usd", "cloud_usd_per_hour")
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in allowed:
+            close = difflib.get_close_matches(key, allowed, n=2, cutoff=0.6)
+            hint = f"did you mean {' or '.join(close)}?" if close else f"allowed: {', '.join(allowed)}"
+            raise DataFileError(str(p), f"unknown field {key!r}; {hint}")
+        if key in SCALAR_INPUTS:
+            out[key] = _file_number(value, key, p)
+            continue
+        if not isinstance(value, dict):
+            raise DataFileError(str(p), f"field {key!r} must be a table [{key}] of id = price")
+        out[key] = {str(k): _file_number(v, f"{key}.{k}", p) for k, v in value.items()}
+    return out
+
+
+def _file_number(value: Any, name: str, path: Path) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise DataFileError(str(path), f"field {name!r} must be a number, got {value!r}")
+    return float(value)
+
+
+def check_price_ids(inputs: CostInputs, db: HardwareDB) -> None:
+    """Every id in the price overrides names a priceable database entry (UnknownHardwareError otherwise)."""
+    from .hardware import entry_kind
+
+    priceable = {"accelerator", "cpu", "dram", "ssd", "system"}
+    for option, prices, kinds in (
+        ("--price", inputs.purchase_usd, priceable),
+        ("--cloud", inputs.cloud_usd_per_hour, {"accelerator", "system"}),
+    ):
+        for key in prices:
+            if key not in db:
+                valid = [i for i in db.ids() if entry_kind(db.get(i)) in kinds]
+                raise UnknownHardwareError(key, valid, difflib.get_close_matches(key, valid, n=3, cutoff=0.6))
+            kind = entry_kind(db.get(key))
+            if kind not in kinds:
+                raise ScenarioError(
+                    f"{option} {key}: a {kind} entry has no price; price an {' or '.join(sorted(kinds))} id"
+                )
+
+
+# --------------------------------------------------------------------------------------------- purchase
+
+
+@dataclass(frozen=True)
+class PartCost:
+    """One line of a purchase: ``quantity`` units (devices, GB or TB) at ``unit_usd`` each, with provenance.
+    ``unit_usd`` is None when no price is known (``missing`` says why)."""
+
+    part: str
+    kind: str
+    quantity: float
+    unit: str
+    unit_usd: float | None
+    source: str = ""
+    date: str = ""
+    soft: bool = False
+    overridden: bool = False
+    missing: str = ""
+
+    @property
+    def total_usd(self) -> float | None:
+        return None if self.unit_usd is None else self.unit_usd * self.quantity
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "part": self.part,
+            "kind": self.kind,
+            "quantity": self.quantity,
+            "unit": self.unit,
+            "unit_usd": self.unit_usd,
+            "total_usd": self.total_usd,
+            "source": self.source,
+            "date": self.date,
+            "soft": self.soft,
+            "overridden": self.overridden,
+            "missing": self.missing,
+        }
+
+
+@dataclass(frozen=True)
+class PurchaseCost:
+    """The purchase of a deployment. ``total_usd`` sums the priced parts; with any part missing it is a lower
+    bound (``is_lower_bound``). ``accelerators_priced`` is False when the accelerators themselves lack a
+    price."""
+
+    parts: tuple[PartCost, ...]
+    scope: str
+
+    @property
+    def total_usd(self) -> float:
+        return float(sum(p.total_usd for p in self.parts if p.total_usd is not None))
+
+    @property
+    def missing(self) -> tuple[PartCost, ...]:
+        return tuple(p for p in self.parts if p.unit_usd is None)
+
+    @property
+    def is_lower_bound(self) -> bool:
+        return bool(self.missing)
+
+    @property
+    def accelerators_priced(self) -> bool:
+        return not any(p.kind in ("accelerator", "system") and p.unit_usd is None for p in self.parts)
+
+    @property
+    def is_soft(self) -> bool:
+        return any(p.soft for p in self.parts if p.unit_usd is not None)
+
+    def require_total(self, entry: str) -> float:
+        """``total_usd``, or MissingValueError when the accelerators (the dominant part) have no price."""
+        if not self.accelerators_priced:
+            part = next(p for p in self.parts if p.kind in ("accelerator", "system") and p.unit_usd is None)
+            raise MissingValueError(part.part, "price.purchase_usd", f"the purchase cost of {entry}")
+        return self.total_usd
+
+    def label(self) -> str:
+        """``$30,678`` or ``≥ $30,678`` (lower bound), a trailing ``?`` when a price used is soft (as
+        ``capsim hardware list`` marks soft values); ``missing`` when the accelerators have no price."""
+        if not self.accelerators_priced:
+            return "missing"
+        text = ("≥ " if self.is_lower_bound else "") + f"${self.total_usd:,.0f}"
+        return text + ("?" if self.is_soft else "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "total_usd": self.total_usd if self.accelerators_priced else None,
+            "is_lower_bound": self.is_lower_bound,
+            "scope": self.scope,
+            "parts": [p.to_dict() for p in self.parts],
+            "missing": [f"{p.part}: {p.missing}" for p in self.missing],
+        }
+
+
+def _priced(
+    entry: Any, field_name: str, inputs: CostInputs, kind: str, quantity: float, unit: str
+) -> PartCost:
+    """A part priced from the user's override, else the database field ``field_name`` (with provenance)."""
+    if entry.id in inputs.purchase_usd:
+        return PartCost(
+            entry.id,
+            kind,
+            quantity,
+            unit,
+            float(inputs.purchase_usd[entry.id]),
+            source="user override (--price)",
+            overridden=True,
+        )
+    value = getattr(entry, field_name)
+    prov = entry.provenance.get(_PRICE_FIELDS[field_name])
+    if value is None:
+        return PartCost(
+            entry.id,
+            kind,
+            quantity,
+            unit,
+            None,
+            missing=f"no {_PRICE_FIELDS[field_name]!r} in the database; set one with --price {entry.id}=…",
+        )
+    return PartCost(
+        entry.id,
+        kind,
+        quantity,
+        unit,
+        float(value),
+        source=getattr(prov, "source", entry.source),
+        date=getattr(prov, "date", ""),
+        soft=bool(getattr(prov, "soft", False)),
+    )
+
+
+_PRICE_FIELDS = {
+    "purchase_usd": "price.purchase_usd",
+    "usd_per_gb": "price.usd_per_gb",
+    "usd_per_tb": "price.usd_per_tb",
+    "cloud_usd_per_hour": "price.cloud_usd_per_hour",
+}
+
+
+def purchase_cost(hardware_id: str, devices: int, db: HardwareDB, inputs: CostInputs) -> PurchaseCost:
+    """What buying the deployment costs: ``devices`` accelerators for an accelerator id; for a system id the
+    whole system (bought whole even when fewer of its accelerators are used)."""
+    from .hardware import Accelerator
+
+    entry = db.get(hardware_id)
+    if isinstance(entry, Accelerator):
+        part = _priced(entry, "purchase_usd", inputs, "accelerator", devices, "each")
+        return PurchaseCost((part,), scope=f"{devices} accelerator(s) only; no host server")
+    system = db.system(hardware_id)
+    whole = _priced(system, "purchase_usd", inputs, "system", 1, "each")
+    if whole.unit_usd is not None:
+        return PurchaseCost((whole,), scope="whole system (its published price)")
+    return PurchaseCost(_system_parts(system, inputs), scope="sum of the system's parts")
+
+
+def _system_parts(system: System, inputs: CostInputs) -> tuple[PartCost, ...]:
+    parts: list[PartCost] = []
+    if system.accelerator is not None:
+        parts.append(
+            _priced(
+                system.accelerator, "purchase_usd", inputs, "accelerator", system.accelerator_count, "each"
+            )
+        )
+    if not system.cpus and system.accelerator is not None:
+        parts.append(
+            PartCost(
+                "host", "cpu", 1, "each", None, missing="the system entry lists no host CPUs, DRAM or chassis"
+            )
+        )
+    for cpu, count in system.cpus:
+        parts.append(_priced(cpu, "purchase_usd", inputs, "cpu", count, "each"))
+    if system.dram is not None:
+        dram = system.dram
+        if dram.capacity_gb is None:
+            parts.append(
+                PartCost(
+                    dram.dram.id,
+                    "dram",
+                    0,
+                    "GB",
+                    None,
+                    missing=f"{system.id} has no dram.capacity_gb, so its DRAM cannot be priced",
+                )
+            )
+        else:
+            parts.append(_priced(dram.dram, "usd_per_gb", inputs, "dram", dram.capacity_gb, "GB"))
+    for i, (ssd, count) in enumerate(system.ssds):
+        capacity = system.provenance.get(f"ssds.{i}.capacity_tb")
+        if capacity is None:
+            parts.append(
+                PartCost(
+                    ssd.id,
+                    "ssd",
+                    count,
+                    "TB",
+                    None,
+                    missing=f"{system.id} gives no drive capacity (ssds.capacity_tb), so "
+                    "$/TB cannot be applied",
+                )
+            )
+        else:
+            parts.append(_priced(ssd, "usd_per_tb", inputs, "ssd", count * float(capacity.value), "TB"))
+    return tuple(parts)
+
+
+# --------------------------------------------------------------------------------------------- power
+
+
+@dataclass(frozen=True)
+class PartPower:
+    """TDP of ``count`` identical parts in W, with provenance; ``watts_each`` None when unknown."""
+
+    part: str
+    kind: str
+    count: int
+    watts_each: float | None
+    source: str = ""
+    soft: bool = False
+    missing: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "part": self.part,
+            "kind": self.kind,
+            "count": self.count,
+            "watts_each": self.watts_each,
+            "source": self.source,
+            "soft": self.soft,
+            "missing": self.missing,
+        }
+
+
+@dataclass(frozen=True)
+class PowerDraw:
+    """Peak (TDP) power of the deployment's parts. ``busy_w`` sums the known ones; missing parts make it a
+    lower bound. ``accelerators_known`` is False when the accelerators' TDP itself is unknown."""
+
+    parts: tuple[PartPower, ...]
+
+    @property
+    def busy_w(self) -> float:
+        return float(sum(p.watts_each * p.count for p in self.parts if p.watts_each is not None))
+
+    @property
+    def missing(self) -> tuple[PartPower, ...]:
+        return tuple(p for p in self.parts if p.watts_each is None)
+
+    @property
+    def accelerators_known(self) -> bool:
+        return not any(p.kind == "accelerator" and p.watts_each is None for p in self.parts)
+
+    def average_w(self, utilization: float, idle_fraction: float) -> float:
+        """P(u) = P_idle + (P_busy − P_idle)·u with P_idle = idle_fraction·P_busy."""
+        return self.busy_w * (idle_fraction + (1.0 - idle_fraction) * utilization)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "busy_w": self.busy_w,
+            "is_lower_bound": bool(self.missing),
+            "parts": [p.to_dict() for p in self.parts],
+            "missing": [f"{p.part}: {p.missing}" for p in self.missing],
+        }
+
+
+def _tdp(entry: Any, kind: str, count: int, field_name: str = "tdp_w") -> PartPower:
+    value = getattr(entry, field_name)
+    prov = entry.provenance.get(field_name)
+    if value is None:
+        return PartPower(entry.id, kind, count, None, missing=f"no {field_name!r} in the database")
+    return PartPower(
+        entry.id,
+        kind,
+        count,
+        float(value),
+        getattr(prov, "source", entry.source),
+        bool(getattr(prov, "soft", False)),
+    )
+
+
+def power_draw(hardware_id: str, devices: int, db: HardwareDB) -> PowerDraw:
+    """TDP of what is bought (see :func:`purchase_cost`): the accelerators, and for a system its CPUs and SSDs
+    too; DRAM has no power figure in the database and is listed as missing."""
+    from .hardware import Accelerator
+
+    entry = db.get(hardware_id)
+    if isinstance(entry, Accelerator):
+        return PowerDraw((_tdp(entry, "accelerator", devices),))
+    system = db.system(hardware_id)
+    parts: list[PartPower] = []
+    if system.accelerator is not None:
+        parts.append(_tdp(system.accelerator, "accelerator", system.accelerator_count))
+    parts.extend(_tdp(cpu, "cpu", count) for cpu, count in system.cpus)
+    if system.dram is not None:
+        parts.append(
+            PartPower(
+                system.dram.dram.id,
+                "dram",
+                system.dram.channels,
+                None,
+                missing="no DRAM power figure in the database",
+            )
+        )
+    parts.extend(_tdp(ssd, "ssd", count, "power_active_w") for ssd, count in system.ssds)
+    return PowerDraw(tuple(parts))
+
+
+# --------------------------------------------------------------------------------------------- rates
+
+
+def cloud_rate(
+    hardware_id: str, devices: int, db: HardwareDB, inputs: CostInputs
+) -> tuple[float | None, str]:
+    """Cloud USD per hour of the deployment and its source; (None, reason) where no price is known.
+
+    Accelerator ids: the per-device price × devices. Systems: the system's own price where listed, else its
+    accelerator's per-device price × its accelerator count (a cloud GPU instance includes its host).
+    """
+    from .hardware import Accelerator
+
+    entry = db.get(hardware_id)
+    if hardware_id in inputs.cloud_usd_per_hour:
+        per = float(inputs.cloud_usd_per_hour[hardware_id])
+        n = devices if isinstance(entry, Accelerator) else 1
+        return per * n, "user override (--cloud)"
+    if isinstance(entry, Accelerator):
+        return _per_device_cloud(entry, devices, inputs)
+    system = db.system(hardware_id)
+    if system.cloud_usd_per_hour is not None:
+        prov = system.provenance.get("price.cloud_usd_per_hour")
+        return float(system.cloud_usd_per_hour), getattr(prov, "source", system.source)
+    if system.accelerator is None:
+        return None, f"{system.id} has no cloud price in the database"
+    return _per_device_cloud(system.accelerator, system.accelerator_count, inputs)
+
+
+def _per_device_cloud(acc: Any, devices: int, inputs: CostInputs) -> tuple[float | None, str]:
+    if acc.id in inputs.cloud_usd_per_hour:
+        return float(inputs.cloud_usd_per_hour[acc.id]) * devices, "user override (--cloud)"
+    if acc.cloud_usd_per_hour is None:
+        return (
+            None,
+            f"{acc.id} has no cloud price in the database; set one with --cloud {acc.id}=USD_PER_HOUR",
+        )
+    prov = acc.provenance.get("price.cloud_usd_per_hour")
+    return float(acc.cloud_usd_per_hour) * devices, getattr(prov, "source", acc.source)
+
+
+def owned_usd_per_hour(
+    purchase_usd: ArrayLike, busy_w: ArrayLike, inputs: CostInputs, utilization: ArrayLike | None = None
+) -> NDArray[np.float64]:
+    """Owned cost per hour of wall-clock time: C_buy / (lifetime × 8760 h) + P(u) × PUE × $/kWh.
+
+    Vectorised over ``purchase_usd`` (USD), ``busy_w`` (W, the deployment's TDP sum) and ``utilization``
+    (default: ``inputs.utilization``).
+    """
+    purchase = np.asarray(purchase_usd, dtype=np.float64)
+    watts = np.asarray(busy_w, dtype=np.float64)
+    u = np.asarray(inputs.utilization if utilization is None else utilization, dtype=np.float64)
+    amortised = purchase / (inputs.lifetime_years * HOURS_PER_YEAR)
+    average_w = watts * (inputs.idle_power_fraction + (1.0 - inputs.idle_power_fraction) * u)
+    # W x 1 h = W·h; / 1000 -> kWh (units.KWH is in joules: 1 kWh = 1000 W x 3600 s)
+    energy = average_w * units.HOURS / units.KWH * inputs.pue * inputs.electricity_usd_per_kwh
+    return amortised + energy
+
+
+def busy_rate(usd_per_wall_hour: ArrayLike, inputs: CostInputs) -> NDArray[np.float64]:
+    """USD per hour of busy time: the wall-clock rate / utilisation (idle hours are paid by busy ones)."""
+    return np.asarray(usd_per_wall_hour, dtype=np.float64) / inputs.utilization
+
+
+def usd_per_mtok(usd_per_busy_hour: ArrayLike, tokens_per_s: ArrayLike) -> NDArray[np.float64]:
+    """USD per million tokens = rate / 3600 s / (tokens/s) × 1e6 (vectorised; inf where tokens/s is 0)."""
+    rate = np.asarray(usd_per_busy_hour, dtype=np.float64)
+    tps = np.asarray(tokens_per_s, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        return rate / units.HOURS / tps * TOKENS_PER_MTOK
+
+
+# --------------------------------------------------------------------------------------------- reports
+
+
+@dataclass(frozen=True)
+class TokenCost:
+    """USD per million input and output tokens at one load (None where the rate is unknown)."""
+
+    usd_per_mtok_input: float | None
+    usd_per_mtok_output: float | None
+
+    def to_dict(self) -> dict[str, float | None]:
+        return {
+            "usd_per_mtok_input": self.usd_per_mtok_input,
+            "usd_per_mtok_output": self.usd_per_mtok_output,
+        }
+
+
+@dataclass(frozen=True)
+class LoadCost:
+    """Throughputs at one batch and what a million tokens cost there, owned and rented."""
+
+    batch: int
+    prefill_tokens_per_s: float
+    decode_tokens_per_s: float | None
+    owned: TokenCost
+    rented: TokenCost
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "batch": self.batch,
+            "prefill_tokens_per_s": self.prefill_tokens_per_s,
+            "decode_tokens_per_s": self.decode_tokens_per_s,
+            "owned": self.owned.to_dict(),
+            "rented": self.rented.to_dict(),
+        }
+
+
+@dataclass(frozen=True)
+class DeploymentRates:
+    """What a deployment costs per hour, owned and rented, with the parts and reasons behind each."""
+
+    hardware: str
+    devices: int
+    purchase: PurchaseCost
+    power: PowerDraw
+    owned_usd_per_busy_hour: float | None
+    owned_missing: str
+    cloud_usd_per_hour: float | None
+    rented_usd_per_busy_hour: float | None
+    rented_source: str
+    inputs: CostInputs
+
+    def token_cost(
+        self, prefill_tokens_per_s: float, decode_tokens_per_s: float | None
+    ) -> tuple[TokenCost, TokenCost]:
+        """(owned, rented) cost per million input and output tokens at these throughputs."""
+
+        def per(rate: float | None, tps: float | None) -> float | None:
+            return None if rate is None or not tps else float(usd_per_mtok(rate, tps))
+
+        owned = TokenCost(
+            per(self.owned_usd_per_busy_hour, prefill_tokens_per_s),
+            per(self.owned_usd_per_busy_hour, decode_tokens_per_s),
+        )
+        rented = TokenCost(
+            per(self.rented_usd_per_busy_hour, prefill_tokens_per_s),
+            per(self.rented_usd_per_busy_hour, decode_tokens_per_s),
+        )
+        return owned, rented
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "hardware": self.hardware,
+            "devices": self.devices,
+            "purchase": self.purchase.to_dict(),
+            "power": self.power.to_dict(),
+            "owned_usd_per_busy_hour": self.owned_usd_per_busy_hour,
+            "owned_missing": self.owned_missing,
+            "cloud_usd_per_hour": self.cloud_usd_per_hour,
+            "rented_usd_per_busy_hour": self.rented_usd_per_busy_hour,
+            "rented_source": self.rented_source,
+        }
+
+
+def deployment_rates(hardware_id: str, devices: int, db: HardwareDB, inputs: CostInputs) -> DeploymentRates:
+    """Purchase, power and the owned and rented USD per busy hour of ``devices`` of ``hardware_id``.
+
+    The owned rate is None (with the reason in ``owned_missing``) when the accelerators have no price or no
+    TDP; missing host parts only make it a lower bound.
+    """
+    purchase = purchase_cost(hardware_id, devices, db, inputs)
+    power = power_draw(hardware_id, devices, db)
+    owned: float | None = None
+    reason = ""
+    if not purchase.accelerators_priced:
+        reason = next(
+            f"{p.part}: {p.missing}" for p in purchase.missing if p.kind in ("accelerator", "system")
+        )
+    elif not power.accelerators_known:
+        reason = next(
+            f"{p.part}: {p.missing} (needed for energy)" for p in power.missing if p.kind == "accelerator"
+        )
+    else:
+        owned = float(busy_rate(owned_usd_per_hour(purchase.total_usd, power.busy_w, inputs), inputs))
+    cloud, source = cloud_rate(hardware_id, devices, db, inputs)
+    rented = None if cloud is None else float(busy_rate(cloud, inputs))
+    return DeploymentRates(
+        hardware_id, devices, purchase, power, owned, reason, cloud, rented, source, inputs
+    )
+
+
+@dataclass(frozen=True)
+class CostReport:
+    """A scenario's cost: the deployment's rates, and $/Mtok at full load (the scenario's batch) and per user
+    (batch 1)."""
+
+    rates: DeploymentRates
+    full_load: LoadCost
+    per_user: LoadCost
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rates": self.rates.to_dict(),
+            "full_load": self.full_load.to_dict(),
+            "per_user": self.per_user.to_dict(),
+            "cost_inputs": self.rates.inputs.to_dict(),
+        }
+
+
+def load_cost(rates: DeploymentRates, prediction: Prediction) -> LoadCost:
+    """$/Mtok of a prediction's throughputs under ``rates``."""
+    owned, rented = rates.token_cost(prediction.prefill_tokens_per_s, prediction.decode_tokens_per_s)
+    return LoadCost(
+        prediction.batch_per_wave,
+        prediction.prefill_tokens_per_s,
+        prediction.decode_tokens_per_s,
+        owned,
+        rented,
+    )
+
+
+def cost_report(
+    scenario: Scenario,
+    hardware_db: HardwareDB,
+    inputs: CostInputs | None = None,
+    *,
+    full: Prediction | None = None,
+    single: Prediction | None = None,
+) -> CostReport:
+    """Cost of ``scenario``: predicts it at its batch (full load) and at batch 1 (per user) unless the
+    predictions are given, and charges the deployment's busy rate to their throughputs."""
+    from .engine import predict
+
+    inputs = inputs or CostInputs()
+    check_price_ids(inputs, hardware_db)
+    full = full or predict(scenario, hardware_db=hardware_db)
+    devices = int(full.scenario["gpus"])
+    if single is None:
+        single = (
+            full
+            if scenario.batch == 1
+            else predict(replace(scenario, batch=1, gpus=devices), hardware_db=hardware_db)
+        )
+    rates = deployment_rates(scenario.hardware, devices, hardware_db, inputs)
+    return CostReport(rates, load_cost(rates, full), load_cost(rates, single))
