@@ -84,7 +84,7 @@ def test_group_limited_marginals_and_group_count():
     router = make_router("group", model)
     assert isinstance(router, SyntheticRouter)
     np.testing.assert_allclose(router.inclusion, 0.125)
-    assert router.activated_per_layer(5) == pytest.approx([uniform_expected_activated(16, 2, 5)] * 2)
+    assert router.activated_per_layer(5) == pytest.approx([float(uniform_expected_activated(16, 2, 5))] * 2)
     assert router.activated_groups_per_layer([1, 2])[0] == pytest.approx([2.0, 3.0])
     ids = router.sample(500, seed=1)
     groups = ids // 4
