@@ -115,48 +115,70 @@ def _activated(rs: ResolvedScenario, tokens: np.ndarray, sequences: np.ndarray |
     return rs.router.activated_per_layer(tokens, sequences=sequences)
 
 
-def prefill_cost(rs: ResolvedScenario, batch: int) -> PassCost:
-    """Prefill of ``batch`` prompts in chunks of ``prefill_chunk_tokens`` tokens.
+def prefill_passes(
+    rs: ResolvedScenario, batch: np.ndarray, prompt_len: np.ndarray, chunk_tokens: np.ndarray,
+    lm_sequences: np.ndarray,
+) -> PassCost:
+    """Cost of prefill chunks, one entry per chunk; each chunk belongs to a prefill of ``batch`` prompts of
+    ``prompt_len`` tokens and carries ``chunk_tokens`` of its B·P tokens (arrays broadcast together).
 
     Weights (and, for MoE, the experts the chunk activates) are read once per chunk; attention FLOPs are the
     exact causal total, shared across chunks in proportion to their tokens; each chunk reads its own KV once.
-    The lm_head runs once per sequence, in the last chunk.
+    ``lm_sequences`` sequences emit their first token in the chunk (the last chunk: all B).
     """
-    sc, model = rs.scenario, rs.model
-    total_tokens = batch * sc.prompt_len
-    chunk = sc.prefill_chunk_tokens
-    n_chunks = math.ceil(total_tokens / chunk)
-    tokens = np.full(n_chunks, float(chunk))
-    tokens[-1] = total_tokens - chunk * (n_chunks - 1)
-    share = tokens / total_tokens
+    model = rs.model
+    batch, prompt_len, tokens, lm = (np.asarray(a, dtype=np.float64) for a in
+                                     np.broadcast_arrays(batch, prompt_len, chunk_tokens, lm_sequences))
+    share = tokens / (batch * prompt_len)
     _, windows = _layer_tables(model)
-    pairs_layer = batch * causal_pairs(float(sc.prompt_len), windows)  # (L,)
-    pairs = pairs_layer[:, None] * share[None, :]
-    kv_read = np.broadcast_to(tokens, (model.num_layers, n_chunks))
-    lm = np.zeros(n_chunks)
-    lm[-1] = batch
+    pairs = batch[None, :] * causal_pairs(prompt_len[None, :], windows[:, None]) * share[None, :]
+    kv_read = np.broadcast_to(tokens, (model.num_layers, tokens.shape[0]))
     sequences = np.maximum(1.0, share * batch)
     return pass_cost(
         model, rs.placement, rs.rates, phase="prefill", tokens=tokens, sequences=sequences,
-        context=np.full(n_chunks, float(sc.prompt_len)), pairs_per_layer=pairs,
-        kv_read_tokens_per_layer=kv_read, activated=_activated(rs, tokens, sequences), lm_head_sequences=lm,
+        context=prompt_len, pairs_per_layer=pairs, kv_read_tokens_per_layer=kv_read,
+        activated=_activated(rs, tokens, sequences), lm_head_sequences=lm,
     )
+
+
+def decode_passes(rs: ResolvedScenario, batch: np.ndarray, context: np.ndarray) -> PassCost:
+    """Cost of decode steps, one entry per step: ``batch`` sequences each adding one token that attends to
+    ``context`` tokens (window-capped per layer); arrays broadcast together."""
+    model = rs.model
+    tokens, context = (np.asarray(a, dtype=np.float64) for a in np.broadcast_arrays(batch, context))
+    _, windows = _layer_tables(model)
+    c_eff = np.minimum(context[None, :], windows[:, None])  # (L, steps)
+    return pass_cost(
+        model, rs.placement, rs.rates, phase="decode", tokens=tokens, sequences=tokens,
+        context=context, pairs_per_layer=tokens[None, :] * c_eff, kv_read_tokens_per_layer=tokens[None, :] * c_eff,
+        activated=_activated(rs, tokens), lm_head_sequences=tokens,
+    )
+
+
+def prefill_chunks(total_tokens: int, chunk: int) -> np.ndarray:
+    """Tokens of each prefill chunk: full chunks of ``chunk`` then the remainder."""
+    n_chunks = math.ceil(total_tokens / chunk)
+    tokens = np.full(n_chunks, float(chunk))
+    tokens[-1] = total_tokens - chunk * (n_chunks - 1)
+    return tokens
+
+
+def prefill_cost(rs: ResolvedScenario, batch: int) -> PassCost:
+    """Prefill of ``batch`` prompts in chunks of ``prefill_chunk_tokens`` tokens (see :func:`prefill_passes`);
+    the lm_head runs once per sequence, in the last chunk."""
+    sc = rs.scenario
+    tokens = prefill_chunks(batch * sc.prompt_len, sc.prefill_chunk_tokens)
+    lm = np.zeros(tokens.shape[0])
+    lm[-1] = batch
+    return prefill_passes(rs, np.float64(batch), np.float64(sc.prompt_len), tokens, lm)
 
 
 def decode_cost(rs: ResolvedScenario, batch: int) -> PassCost:
-    """The gen_len − 1 decode steps after prefill; step j's new token attends to prompt_len + j tokens
-    (window-capped per layer)."""
-    sc, model = rs.scenario, rs.model
+    """The gen_len − 1 decode steps after prefill; step j's new token attends to prompt_len + j tokens."""
+    sc = rs.scenario
     steps = max(sc.gen_len - 1, 0)
     context = sc.prompt_len + np.arange(1, steps + 1, dtype=np.float64)
-    _, windows = _layer_tables(model)
-    c_eff = np.minimum(context[None, :], windows[:, None])  # (L, steps)
-    tokens = np.full(steps, float(batch))
-    return pass_cost(
-        model, rs.placement, rs.rates, phase="decode", tokens=tokens, sequences=tokens,
-        context=context, pairs_per_layer=batch * c_eff, kv_read_tokens_per_layer=batch * c_eff,
-        activated=_activated(rs, tokens), lm_head_sequences=tokens,
-    )
+    return decode_passes(rs, np.float64(batch), context)
 
 
 def predict(scenario: Scenario, *, hardware_db: HardwareDB | None = None) -> Prediction:
