@@ -53,7 +53,7 @@ AUTO_DEVICE_COUNTS = (1, 2, 4, 8)
 """Tensor-parallel degrees tried when --gpus is not given for an accelerator id (common TP sizes)."""
 
 
-def _resolve_on(scenario: Scenario, db: HardwareDB, model: ModelSpec, count: int | None) -> ResolvedScenario:
+def resolve_on(scenario: Scenario, db: HardwareDB, model: ModelSpec, count: int | None) -> ResolvedScenario:
     node = db.node(scenario.hardware, count)
     device = node.accelerator
     if device is None:
@@ -94,11 +94,11 @@ def resolve(scenario: Scenario, hardware_db: HardwareDB | None = None) -> tuple[
     model = resolve_model(scenario.model)
     is_accelerator = scenario.hardware in db.ids("accelerator")
     if scenario.gpus is not None or not is_accelerator:
-        rs = _resolve_on(scenario, db, model, scenario.gpus)
+        rs = resolve_on(scenario, db, model, scenario.gpus)
         return rs, plan_memory(rs)
     last_error: DoesNotFitError | None = None
     for count in AUTO_DEVICE_COUNTS:
-        rs = _resolve_on(scenario, db, model, count)
+        rs = resolve_on(scenario, db, model, count)
         try:
             return rs, plan_memory(rs)
         except DoesNotFitError as exc:

@@ -17,6 +17,9 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
 from .errors import DoesNotFitError
 from .roofline import ACTIVATION_BYTES
 from .units import GB
@@ -25,6 +28,7 @@ if TYPE_CHECKING:
     from .engine import ResolvedScenario
 
 _FP32_LOGIT_BYTES = 4.0
+FloatArray = NDArray[np.float64]
 
 
 @dataclass(frozen=True)
@@ -79,25 +83,59 @@ def weight_bytes_per_device(rs: ResolvedScenario) -> dict[str, float]:
     }
 
 
-def buffer_bytes_per_device(rs: ResolvedScenario) -> float:
-    model, sc = rs.model, rs.scenario
+def buffer_bytes(rs: ResolvedScenario, batch: ArrayLike, prompt_len: ArrayLike) -> FloatArray:
+    """Activation workspace of the largest prefill chunk plus fp32 logits of ``batch`` sequences, per device
+    (vectorised over batch and prompt length)."""
+    model = rs.model
     att = model.attention
-    chunk_tokens = min(sc.prefill_chunk_tokens, sc.batch * sc.prompt_len)
+    b = np.asarray(batch, dtype=np.float64)
+    chunk_tokens = np.minimum(float(rs.scenario.prefill_chunk_tokens), b * np.asarray(prompt_len, dtype=np.float64))
     widths = [att.num_heads * att.qk_head_dim + 2 * att.num_kv_heads * att.head_dim]
     if model.moe is not None:
         widths.append(2 * model.moe.top_k * model.moe.expert_intermediate_size)
         widths.append(2 * model.moe.shared_intermediate_size)
     widths.append(2 * model.dense_intermediate_size)
     act = chunk_tokens * (2 * model.hidden_size + max(widths)) * ACTIVATION_BYTES
-    logits = sc.batch * model.vocab_size * _FP32_LOGIT_BYTES
-    return (act + logits) / rs.placement.tp
+    logits = b * model.vocab_size * _FP32_LOGIT_BYTES
+    return np.asarray((act + logits) / rs.placement.tp, dtype=np.float64)
+
+
+def kv_bytes_per_sequence_at(rs: ResolvedScenario, length: ArrayLike) -> FloatArray:
+    """KV-cache bytes per device of one sequence of ``length`` tokens (window- and MLA-aware), vectorised;
+    the per-layer window sum is evaluated once per distinct length."""
+    model = rs.model
+    lengths = np.asarray(length, dtype=np.int64)
+    unique, inverse = np.unique(lengths, return_inverse=True)
+    per_unique = np.array([model.kv_elements_per_token(context=int(n)) * int(n) for n in unique], dtype=np.float64)
+    scale = rs.placement.kv_precision.bytes_per_element / rs.placement.kv_divisor(model)
+    return np.asarray(per_unique[inverse].reshape(lengths.shape) * scale, dtype=np.float64)
+
+
+def buffer_bytes_per_device(rs: ResolvedScenario) -> float:
+    return float(buffer_bytes(rs, rs.scenario.batch, rs.scenario.prompt_len))
 
 
 def kv_bytes_per_sequence(rs: ResolvedScenario) -> float:
-    sc, model = rs.scenario, rs.model
-    length = sc.prompt_len + sc.gen_len
-    elements = model.kv_elements_per_token(context=length) * length
-    return elements * rs.placement.kv_precision.bytes_per_element / rs.placement.kv_divisor(model)
+    sc = rs.scenario
+    return float(kv_bytes_per_sequence_at(rs, sc.prompt_len + sc.gen_len))
+
+
+def usable_bytes(rs: ResolvedScenario) -> float:
+    """Device memory the serving engine may use: capacity x gpu_memory_utilization."""
+    return rs.device.memory_capacity_gb * GB * rs.efficiency.gpu_memory_utilization  # type: ignore[attr-defined]
+
+
+def max_batch_that_fits(
+    rs: ResolvedScenario, batch: ArrayLike, prompt_len: ArrayLike, gen_len: ArrayLike
+) -> tuple[NDArray[np.int64], FloatArray]:
+    """(largest batch whose KV cache fits next to weights and buffers — 0 if not even one sequence fits —,
+    bytes needed for one sequence), vectorised over the scenario axes."""
+    weights = sum(weight_bytes_per_device(rs).values())
+    fixed = weights + buffer_bytes(rs, batch, prompt_len)
+    per_seq = kv_bytes_per_sequence_at(rs, np.asarray(prompt_len) + np.asarray(gen_len))
+    room = usable_bytes(rs) - fixed
+    max_batch = np.where(room >= per_seq, np.floor(room / per_seq), 0.0).astype(np.int64)
+    return max_batch, fixed + per_seq
 
 
 def _fit_hint(rs: ResolvedScenario, needed_per_device: float, usable: float) -> str:
@@ -114,7 +152,7 @@ def plan_memory(rs: ResolvedScenario) -> MemoryPlan:
     """Check the scenario fits; work out the largest batch the KV cache holds and the number of waves."""
     device = rs.device
     capacity = device.memory_capacity_gb * GB  # type: ignore[attr-defined]
-    usable = capacity * rs.efficiency.gpu_memory_utilization  # type: ignore[attr-defined]
+    usable = usable_bytes(rs)
     by_group = weight_bytes_per_device(rs)
     weights = sum(by_group.values())
     buffers = buffer_bytes_per_device(rs)

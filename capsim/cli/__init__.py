@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import typer
+from rich.markup import escape
 from typer.core import TyperGroup
 
 from ..errors import CapsimError
@@ -23,7 +24,8 @@ class _CapsimGroup(TyperGroup):
         try:
             return super().invoke(ctx)
         except CapsimError as exc:
-            err_console().print(f"[bold red]error[/bold red]: {exc}", markup=True, highlight=False, soft_wrap=True)
+            # escape: messages may contain [brackets] (e.g. capsim[profile]) that rich would eat as markup
+            err_console().print(f"[bold red]error[/bold red]: {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(code=1) from None
 
 
