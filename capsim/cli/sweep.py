@@ -1,9 +1,159 @@
-"""CLI commands: sweep (not yet implemented)."""
+"""``capsim sweep`` (grids of scenarios, resumable output) and ``capsim explain`` (the engine's formulas)."""
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
 import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from ._console import err_console, out_console, print_json
+from .hardware import HardwareDbOption, OverrideOption, load_db
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the top-level app."""
+    @app.command(help="Evaluate a grid of scenarios (vectorised) into CSV/JSONL/Parquet; resumable.")
+    def sweep(
+        out: Annotated[Path, typer.Option("--out", help="output file (.csv, .jsonl or .parquet)")],
+        model: Annotated[Optional[str], typer.Option(help="model ids, comma-separated")] = None,
+        hardware: Annotated[Optional[str], typer.Option(help="accelerator or system ids, comma-separated")] = None,
+        gpus: Annotated[str, typer.Option(help="device counts (0 = all of a system), e.g. 1,2,4,8")] = "1",
+        batch: Annotated[str, typer.Option(help="batch sizes, e.g. 1,8,64 or 1:1024:x2")] = "1",
+        prompt_len: Annotated[str, typer.Option(help="prompt lengths, e.g. 512 or 128:8192:x2")] = "512",
+        gen_len: Annotated[str, typer.Option(help="generated lengths")] = "128",
+        weight_dtype: Annotated[str, typer.Option(help="weight precisions, comma-separated; native = published")] = "native",
+        kv_dtype: Annotated[str, typer.Option(help="KV-cache precisions, comma-separated")] = "bf16",
+        grid_file: Annotated[Optional[Path], typer.Option("--grid", help="TOML grid file (overrides the axis options)")] = None,
+        fmt: Annotated[Optional[str], typer.Option("--format", help="csv, jsonl or parquet (default: from --out)")] = None,
+        chunk_rows: Annotated[int, typer.Option(help="rows per chunk (memory and resume granularity)")] = 50_000,
+        decode_samples: Annotated[int, typer.Option(help="decode steps evaluated per configuration (exact when gen_len-1 <= this)")] = 16,
+        feasible_only: Annotated[bool, typer.Option("--feasible-only", help="write only configurations that fit")] = False,
+        slo_tpot: Annotated[Optional[str], typer.Option(help="keep rows with TPOT <= this (e.g. 50ms)")] = None,
+        slo_ttft: Annotated[Optional[str], typer.Option(help="keep rows with TTFT <= this (e.g. 1s)")] = None,
+        pareto: Annotated[Optional[Path], typer.Option(help="also write the Pareto front (TPOT vs throughput) as JSON")] = None,
+        backend: Annotated[str, typer.Option(help="local or dask")] = "local",
+        scheduler: Annotated[Optional[str], typer.Option(help="Dask scheduler address (default: a local cluster)")] = None,
+        workers: Annotated[int, typer.Option(help="worker processes of the local Dask cluster")] = 2,
+        hardware_db: HardwareDbOption = None,
+        override: OverrideOption = False,
+        json_out: Annotated[bool, typer.Option("--json", help="print the run summary as JSON")] = False,
+    ) -> None:
+        from ..errors import ScenarioError
+        from ..plan import parse_duration
+        from ..sweep.grid import Grid, load_grid_toml, parse_int_axis, parse_str_axis
+        from ..sweep.run import Filters, SweepRun, format_of, resolve_groups, run_dask, run_local
+
+        if grid_file is not None:
+            grid = load_grid_toml(grid_file)
+        else:
+            if not model or not hardware:
+                raise ScenarioError("give --model and --hardware (comma-separated lists) or a --grid TOML file")
+            grid = Grid(
+                models=parse_str_axis(model), hardware=parse_str_axis(hardware),
+                gpus=tuple(int(g) for g in parse_str_axis(gpus)) if gpus.strip() != "0" else (0,),
+                batch=parse_int_axis(batch, "batch"), prompt_len=parse_int_axis(prompt_len, "prompt-len"),
+                gen_len=parse_int_axis(gen_len, "gen-len"), weight_dtype=parse_str_axis(weight_dtype),
+                kv_dtype=parse_str_axis(kv_dtype), decode_samples=decode_samples,
+            )
+        if chunk_rows < 1:
+            raise ScenarioError("--chunk-rows must be >= 1")
+        if backend not in ("local", "dask"):
+            raise ScenarioError(f"unknown backend {backend!r}; choose local or dask")
+        filters = Filters(
+            feasible_only=feasible_only,
+            slo_tpot_s=parse_duration(slo_tpot) if slo_tpot else None,
+            slo_ttft_s=parse_duration(slo_ttft) if slo_ttft else None,
+        )
+        db = load_db(hardware_db, override)
+        run = SweepRun(grid, out, format_of(out, fmt), chunk_rows, filters)
+        resolve_groups(grid, db)  # fail on unknown ids before creating anything
+        todo = run.prepare()
+        resumed = run.n_chunks - len(todo)
+        start = time.perf_counter()
+        progress = Progress(
+            TextColumn("sweep"), BarColumn(), MofNCompleteColumn(), TextColumn("rows"),
+            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+            console=err_console(), transient=True, disable=json_out,
+        )
+        done_rows = 0
+        with progress:
+            task = progress.add_task("sweep", total=grid.size, completed=grid.size - sum(
+                run.rows_of(i)[1] - run.rows_of(i)[0] for i in todo), rate="")
+
+            def on_chunk(index: int, rows: int) -> None:
+                nonlocal done_rows
+                done_rows += rows
+                elapsed = max(time.perf_counter() - start, 1e-9)
+                progress.update(task, advance=rows, rate=f"{done_rows / elapsed:,.0f} rows/s")
+
+            if backend == "dask":
+                written = run_dask(run, todo, scheduler, tuple(str(p) for p in hardware_db or ()), on_chunk, workers)
+            else:
+                written = run_local(run, db, todo, on_chunk)
+        elapsed = time.perf_counter() - start
+        front = run.pareto_front()
+        path = run.finish()
+        if pareto is not None:
+            import json
+
+            pareto.write_text(json.dumps(front, indent=2) + "\n")
+        summary = {
+            "output": str(path), "rows_in_grid": grid.size, "chunks": run.n_chunks, "resumed_chunks": resumed,
+            "rows_written_this_run": written, "seconds": elapsed,
+            "rows_per_s": done_rows / elapsed if elapsed > 0 else None, "pareto_front": front,
+        }
+        if json_out:
+            print_json(summary)
+            return
+        console = out_console()
+        console.print(f"wrote {path} ({grid.size:,} configurations in {run.n_chunks} chunks"
+                      + (f", {resumed} resumed" if resumed else "") + f"; {elapsed:.2f} s)")
+        if front:
+            table = Table(title="Pareto front: lowest TPOT vs highest decode tokens/s (feasible rows)",
+                          title_justify="left")
+            for col in ("model", "hardware", "gpus", "weight", "batch", "prompt", "gen", "TPOT ms", "tok/s"):
+                table.add_column(col, justify="right" if col not in ("model", "hardware", "weight") else "left")
+            for r in front[:20]:
+                table.add_row(r["model"], r["hardware"], str(r["gpus"]), r["weight_dtype"], str(r["batch"]),
+                              str(r["prompt_len"]), str(r["gen_len"]), f"{1e3 * r['tpot_s']:.2f}",
+                              f"{r['decode_tokens_per_s']:,.0f}")
+            console.print(table)
+            if len(front) > 20:
+                console.print(f"… {len(front) - 20} more on the front" + (f" (all in {pareto})" if pareto else ""))
+
+    @app.command(help="Print the per-operation FLOPs and bytes formulas the engine uses, for a model.")
+    def explain(
+        model: Annotated[str, typer.Option(help="model id or config.json path")] = "mixtral-8x7b",
+        phase: Annotated[str, typer.Option(help="decode or prefill (MLA attention differs)")] = "decode",
+        json_out: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    ) -> None:
+        from ..errors import ScenarioError
+        from ..explain import explain as explain_ops
+        from ..formulas import SYMBOL_MEANINGS
+        from ..model_db import resolve_model
+
+        if phase not in ("decode", "prefill"):
+            raise ScenarioError(f"unknown phase {phase!r}; choose decode or prefill")
+        spec = resolve_model(model)
+        ops = explain_ops(spec, phase)
+        if json_out:
+            print_json({
+                "model": spec.id, "phase": phase,
+                "ops": [{"name": o.name, "applies_to": o.applies_to, "flops": str(o.flops), "bytes": str(o.bytes),
+                         "flops_model": str(o.flops_model), "bytes_model": str(o.bytes_model)} for o in ops],
+                "symbols": {str(s): m for s, m in SYMBOL_MEANINGS.items()},
+            })
+            return
+        console = out_console()
+        console.print(f"[bold]{spec.id}[/bold] — per-layer operation costs ({phase}); time per op = "
+                      "max(FLOPs / (F_peak·η_c), bytes / (BW_peak·η_m)), split over TP ranks (docs/metrics.md)")
+        for o in ops:
+            console.print(f"[bold]{o.name}[/bold] — {o.description}; {o.applies_to}")
+            console.print(f"  FLOPs = {o.flops}  =  {o.flops_model}")
+            console.print(f"  bytes = {o.bytes}  =  {o.bytes_model}")
+        console.print("symbols:")
+        for s, meaning in SYMBOL_MEANINGS.items():
+            console.print(f"  {s} — {meaning}")

@@ -1,0 +1,9 @@
+"""Design-space sweeps: grids of scenarios evaluated with the engine's own formulas, vectorised over
+configurations, written in resumable chunks (see docs/sweep.md)."""
+
+from __future__ import annotations
+
+from .evaluate import COLUMNS, evaluate_segment, resolve_group
+from .grid import Grid, load_grid_toml, parse_int_axis
+
+__all__ = ["COLUMNS", "Grid", "evaluate_segment", "load_grid_toml", "parse_int_axis", "resolve_group"]

@@ -1,0 +1,168 @@
+"""Sweep grids: the product of scenario axes, ordered so that a row index names one configuration.
+
+Rows are ordered group-major: a *group* is one (model, hardware, gpus, weight dtype, KV dtype) combination
+(one resolved placement: same rates, same weights), and inside a group the numeric axes (batch x prompt x
+generated length) vary fastest. Row ``r`` is group ``r // n_numeric``, numeric point ``r % n_numeric``, so
+chunks of contiguous rows can be evaluated, written and resumed independently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import tomllib
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import DataFileError, ScenarioError
+
+
+def parse_int_axis(text: str, name: str) -> tuple[int, ...]:
+    """Parse ``1,2,4``, ``1:1024:x2`` (geometric, inclusive) or ``128:1024:+128`` (arithmetic, inclusive)."""
+    values: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            if ":" in part:
+                start_s, stop_s, step_s = part.split(":")
+                start, stop = int(start_s), int(stop_s)
+                if step_s.startswith("x"):
+                    factor = float(step_s[1:])
+                    if factor <= 1:
+                        raise ValueError
+                    v = float(start)
+                    while v <= stop:
+                        values.append(int(round(v)))
+                        v *= factor
+                else:
+                    step = int(step_s.lstrip("+"))
+                    if step <= 0:
+                        raise ValueError
+                    values.extend(range(start, stop + 1, step))
+            else:
+                values.append(int(part))
+        except ValueError:
+            raise ScenarioError(
+                f"cannot read --{name} {text!r}; write values like 1,2,4 or ranges 1:1024:x2 or 128:1024:+128"
+            ) from None
+    if not values:
+        raise ScenarioError(f"--{name} is empty; give at least one value")
+    bad = [v for v in values if v < 1]
+    if bad:
+        raise ScenarioError(f"--{name} values must be >= 1, got {bad[0]}")
+    return tuple(dict.fromkeys(values))
+
+
+def parse_str_axis(text: str) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(p.strip() for p in text.split(",") if p.strip()))
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A sweep grid. ``gpus`` entries of 0 mean "all devices of a system" (only valid for system ids)."""
+
+    models: tuple[str, ...]
+    hardware: tuple[str, ...]
+    gpus: tuple[int, ...] = (1,)
+    batch: tuple[int, ...] = (1,)
+    prompt_len: tuple[int, ...] = (512,)
+    gen_len: tuple[int, ...] = (128,)
+    weight_dtype: tuple[str, ...] = ("native",)
+    kv_dtype: tuple[str, ...] = ("bf16",)
+    routing: str = "uniform"
+    prefill_chunk_tokens: int = 8192
+    decode_samples: int = 16
+    """Decode steps evaluated per configuration; exact (every step) when gen_len − 1 ≤ decode_samples."""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("models", "hardware", "gpus", "batch", "prompt_len", "gen_len", "weight_dtype", "kv_dtype"):
+            if not getattr(self, name):
+                raise ScenarioError(f"sweep axis {name!r} is empty")
+        if self.decode_samples < 2:
+            raise ScenarioError("decode_samples must be >= 2")
+
+    @property
+    def group_keys(self) -> list[tuple[str, str, int, str, str]]:
+        return list(itertools.product(self.models, self.hardware, self.gpus, self.weight_dtype, self.kv_dtype))
+
+    @property
+    def numeric_size(self) -> int:
+        return len(self.batch) * len(self.prompt_len) * len(self.gen_len)
+
+    @property
+    def size(self) -> int:
+        return len(self.group_keys) * self.numeric_size
+
+    def numeric_points(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(batch, prompt_len, gen_len) of numeric points ``start:stop`` inside a group (gen fastest)."""
+        idx = np.arange(start, stop)
+        n_p, n_g = len(self.prompt_len), len(self.gen_len)
+        b = np.asarray(self.batch, dtype=np.int64)[idx // (n_p * n_g)]
+        p = np.asarray(self.prompt_len, dtype=np.int64)[(idx // n_g) % n_p]
+        g = np.asarray(self.gen_len, dtype=np.int64)[idx % n_g]
+        return b, p, g
+
+    def segments(self, start: int, stop: int) -> Iterator[tuple[int, int, int]]:
+        """Split rows ``start:stop`` into (group index, numeric start, numeric stop) segments."""
+        n = self.numeric_size
+        row = start
+        while row < stop:
+            group, offset = divmod(row, n)
+            end = min(stop, (group + 1) * n)
+            yield group, offset, offset + (end - row)
+            row = end
+
+    def fingerprint(self) -> str:
+        """Stable hash of everything that determines the rows (resume refuses a different grid)."""
+        payload = json.dumps(asdict(self), sort_keys=True, default=str)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    def chunks(self, chunk_rows: int) -> int:
+        return math.ceil(self.size / chunk_rows)
+
+
+_TOML_KEYS = {
+    "models", "hardware", "gpus", "batch", "prompt_len", "gen_len", "weight_dtype", "kv_dtype", "routing",
+    "prefill_chunk_tokens", "decode_samples",
+}
+
+
+def load_grid_toml(path: Path) -> Grid:
+    """Read a grid from TOML: lists (or axis strings like "1:1024:x2") under the Grid field names."""
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataFileError(str(path), "file not found") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise DataFileError(str(path), f"not valid TOML ({exc})") from None
+    unknown = set(raw) - _TOML_KEYS
+    if unknown:
+        raise DataFileError(str(path), f"unknown key {sorted(unknown)[0]!r}; valid keys: {', '.join(sorted(_TOML_KEYS))}")
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in ("models", "hardware", "weight_dtype", "kv_dtype"):
+            items = [value] if isinstance(value, str) else value
+            kwargs[key] = tuple(str(v) for v in items)
+        elif key in ("gpus", "batch", "prompt_len", "gen_len"):
+            kwargs[key] = parse_int_axis(value, key) if isinstance(value, str) else tuple(int(v) for v in value)
+        else:
+            kwargs[key] = value
+    if "models" not in kwargs or "hardware" not in kwargs:
+        raise DataFileError(str(path), "needs at least 'models' and 'hardware'")
+    return Grid(**kwargs)
+
+
+def describe_axes(grid: Grid) -> Sequence[str]:
+    return [
+        f"{name}: {len(getattr(grid, name))}"
+        for name in ("models", "hardware", "gpus", "batch", "prompt_len", "gen_len", "weight_dtype", "kv_dtype")
+    ]
