@@ -7,11 +7,12 @@ arithmetic lives in :mod:`capsim.roofline`, :mod:`capsim.memory` and :mod:`capsi
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from .hardware import HardwareDB, load_hardware_db
+from .deployment import Deployment, cpu_device, offloaded_layers, parse_layer_range
 from .errors import DoesNotFitError, ScenarioError
 from .memory import MemoryPlan, plan_memory
 from .metrics import Prediction, build_prediction
@@ -34,6 +35,9 @@ class ResolvedScenario:
     placement: Placement
     rates: DeviceRates
     router: Router | None
+    deployment: Deployment = Deployment()
+    offloaded: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    """Mask over MoE layers whose routed experts are off the GPU (offload / cpu-experts modes)."""
 
 
 def resolve_model(model: str | ModelSpec) -> ModelSpec:
@@ -55,14 +59,22 @@ AUTO_DEVICE_COUNTS = (1, 2, 4, 8)
 
 def resolve_on(scenario: Scenario, db: HardwareDB, model: ModelSpec, count: int | None) -> ResolvedScenario:
     node = db.node(scenario.hardware, count)
-    device = node.accelerator
-    if device is None:
-        raise ScenarioError(
-            f"{scenario.hardware!r} has no accelerator; CPU-only execution is not modelled yet — "
-            "choose a GPU system or accelerator id"
-        )
-    eff = db.efficiency_for(device)
-    tp = node.accelerator_count
+    deployment = scenario.deployment()
+    if node.accelerator is None and deployment.mode != "cpu":
+        if deployment.mode != "gpu":
+            raise ScenarioError(f"{scenario.hardware!r} has no GPU, so --mode {deployment.mode} cannot apply; use --mode cpu")
+        deployment = replace(deployment, mode="cpu")
+    if deployment.mode == "cpu":
+        device = cpu_device(node, deployment)
+        eff = db.efficiency("cpu")
+        tp = 1
+    else:
+        device = node.accelerator
+        eff = db.efficiency_for(device)
+        tp = node.accelerator_count
+    if deployment.mode in ("offload", "cpu-experts") and not model.is_moe:
+        raise ScenarioError(f"--mode {deployment.mode} moves routed experts; {model.id!r} has none")
+    deployment = replace(deployment, expert_layers=parse_layer_range(scenario.expert_layers, model.num_moe_layers))
     placement = Placement(
         tp=tp,
         weight_precision=weight_precisions(model, scenario.weight_dtype),
@@ -80,7 +92,8 @@ def resolve_on(scenario: Scenario, db: HardwareDB, model: ModelSpec, count: int 
         allreduce_base_latency_s=eff.allreduce_base_latency_s,
     )
     router = make_router(scenario.routing, model, seed=scenario.seed) if model.is_moe else None
-    return ResolvedScenario(scenario, model, node, device, eff, placement, rates, router)
+    offloaded = offloaded_layers(deployment, model.num_moe_layers)
+    return ResolvedScenario(scenario, model, node, device, eff, placement, rates, router, deployment, offloaded)
 
 
 def resolve(scenario: Scenario, hardware_db: HardwareDB | None = None) -> tuple[ResolvedScenario, MemoryPlan]:
@@ -187,7 +200,16 @@ def predict(scenario: Scenario, *, hardware_db: HardwareDB | None = None) -> Pre
     wave_batch = min(scenario.batch, memory.max_batch)
     prefill = prefill_cost(rs, wave_batch)
     decode = decode_cost(rs, wave_batch)
-    return build_prediction(rs, memory, wave_batch, prefill, decode)
+    offload = None
+    if rs.deployment.mode == "offload":
+        from .offload import apply_offload
+
+        offload = apply_offload(rs, memory, wave_batch, prefill, decode)
+    elif rs.deployment.mode == "cpu-experts":
+        from .offload import apply_cpu_experts
+
+        offload = apply_cpu_experts(rs, wave_batch, prefill, decode)
+    return build_prediction(rs, memory, wave_batch, prefill, decode, offload)
 
 
 def decode_step_time(scenario: Scenario, context: int, *, hardware_db: HardwareDB | None = None) -> float:

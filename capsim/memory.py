@@ -77,10 +77,14 @@ def weight_bytes_per_device(rs: ResolvedScenario) -> dict[str, float]:
     tp = rs.placement.tp
     prec = rs.placement.weight_precision
     replicated = {"router", "norms"}
-    return {
+    by_group = {
         group: params * prec[group].bytes_per_element / (1 if group in replicated else tp)
         for group, params in rs.model.params_by_group().items()
     }
+    if rs.offloaded.size and rs.offloaded.any():
+        # routed experts of offloaded MoE layers live in host DRAM / on SSD (offload, cpu-experts modes)
+        by_group["routed_experts"] *= 1.0 - rs.offloaded.mean()
+    return by_group
 
 
 def buffer_bytes(rs: ResolvedScenario, batch: ArrayLike, prompt_len: ArrayLike) -> FloatArray:

@@ -92,6 +92,7 @@ class Prediction:
     batch_per_wave: int
     decode_step_times_s: np.ndarray = field(repr=False)
     assumptions: dict[str, Any] = field(default_factory=dict)
+    deployment: dict[str, Any] = field(default_factory=dict)
 
     @property
     def prefill_time_s(self) -> float:
@@ -123,6 +124,7 @@ class Prediction:
             "memory": self.memory.to_dict(),
             "prefill": self.prefill.to_dict(),
             "decode": self.decode.to_dict(),
+            "deployment": self.deployment,
             "assumptions": self.assumptions,
         }
 
@@ -167,7 +169,8 @@ def _assumptions(rs: ResolvedScenario) -> dict[str, Any]:
 
 
 def build_prediction(
-    rs: ResolvedScenario, memory: MemoryPlan, wave_batch: int, prefill: PassCost, decode: PassCost
+    rs: ResolvedScenario, memory: MemoryPlan, wave_batch: int, prefill: PassCost, decode: PassCost,
+    deployment: dict[str, Any] | None = None,
 ) -> Prediction:
     """Assemble the :class:`Prediction` of one wave and scale job time by the number of waves."""
     devices = rs.placement.tp
@@ -187,7 +190,7 @@ def build_prediction(
         "model": rs.model.id, "hardware": sc.hardware, "gpus": devices, "batch": sc.batch,
         "prompt_len": sc.prompt_len, "gen_len": sc.gen_len,
         "weight_dtype": sc.weight_dtype or "native", "kv_dtype": sc.kv_dtype, "routing": sc.routing,
-        "prefill_chunk_tokens": sc.prefill_chunk_tokens,
+        "prefill_chunk_tokens": sc.prefill_chunk_tokens, "mode": rs.deployment.mode,
     }
     return Prediction(
         scenario=scenario,
@@ -205,4 +208,5 @@ def build_prediction(
         batch_per_wave=wave_batch,
         decode_step_times_s=decode.time,
         assumptions=_assumptions(rs),
+        deployment=deployment or {"mode": rs.deployment.mode},
     )

@@ -36,9 +36,27 @@ class Scenario:
     routing: str = _opt("uniform", "routing model for activated experts (uniform, or see capsim trace)")
     prefill_chunk_tokens: int = _opt(8192, "tokens per prefill forward pass (chunked prefill)")
     seed: int = _opt(0, "seed for stochastic routers")
+    mode: str = _opt("gpu", "execution mode: gpu (all weights resident), offload (experts in host DRAM/SSD, "
+                     "fetched into a GPU expert cache), cpu-experts (experts computed on the CPU), cpu (CPU only)")
+    expert_layers: str | None = _opt(None, "MoE layers whose routed experts leave the GPU, FIRST:LAST (default all)")
+    expert_tier: str = _opt("dram", "where offloaded experts live: dram or ssd")
+    cache_policy: str = _opt("lru", "GPU expert-cache policy for offload: lru, lfu or oracle (Belady)")
+    prefetch: bool = _opt(True, "offload: overlap expert copies with compute (optimistic) instead of serialising")
+    numa: str = _opt("single", "CPU execution: weights in one socket's DRAM (single) or a copy per socket (replicate)")
+    host_memory_gb: float | None = _opt(None, "host DRAM capacity in GB when the system entry does not give it")
+
+    def deployment(self):  # type: ignore[no-untyped-def]
+        """The execution mode and expert placement as a :class:`capsim.deployment.Deployment`."""
+        from .deployment import Deployment
+
+        return Deployment(
+            mode=self.mode, expert_tier=self.expert_tier, cache_policy=self.cache_policy, prefetch=self.prefetch,
+            numa=self.numa, host_memory_gb=self.host_memory_gb,
+        )
 
     def validate(self) -> None:
         """Raise :class:`ScenarioError` for values that cannot describe a real run."""
+        self.deployment().validate()
         checks = (
             (self.batch, "batch", 1),
             (self.prompt_len, "prompt length", 1),

@@ -19,17 +19,7 @@ def _help(name: str) -> str:
     return Scenario.help_for(name)
 
 
-HardwareDbOption = Annotated[
-    Optional[list[Path]],
-    typer.Option("--hardware-db", help="extra hardware entries: a TOML file or a folder (repeatable)"),
-]
-
-
-def load_db(paths: list[Path] | None):  # type: ignore[no-untyped-def]
-    """The hardware database with the user's extra entries (validated by the same loader)."""
-    from ..hardware import load_hardware_db
-
-    return load_hardware_db(extra=tuple(paths or ()))
+from .hardware import HardwareDbOption, OverrideOption, load_db  # noqa: E402  (one --hardware-db for all commands)
 
 
 def _fmt_time(seconds: float | None) -> str:
@@ -93,6 +83,23 @@ def render_prediction(pred: Any) -> None:
             f"(min {min(acts):.2f}, max {max(acts):.2f}, {len(acts)} MoE layers)"
         )
 
+    dep = d["deployment"]
+    if dep.get("mode", "gpu") != "gpu":
+        if dep["mode"] == "offload":
+            console.print(
+                f"offload: experts of {dep['offloaded_moe_layers']} MoE layers off the GPU via "
+                f"{dep['link_path']} ({dep['link_gb_s']:.1f} GB/s); GPU expert cache {dep['cache_experts']} experts "
+                f"({dep['policy']}); hit rate {100 * dep['hit_rate']:.1f}%; {dep['misses_per_step']:.1f} misses = "
+                f"{dep['link_gb_per_step']:.2f} GB over the link per decode step; prefetch {'on' if dep['prefetch'] else 'off'}"
+            )
+        elif dep["mode"] == "cpu-experts":
+            console.print(
+                f"cpu-experts: routed experts of {dep['offloaded_moe_layers']} MoE layers on {dep['cpu']} "
+                f"({dep['cpu_bandwidth_gb_s']:.1f} GB/s, {dep['cpu_peak_tflops']:.1f} TFLOPS {dep['cpu_precision']}; "
+                f"{dep['derivation']}); hand-off over {dep['handoff_link_gb_s']:.1f} GB/s"
+            )
+        if dep.get("note"):
+            console.print(f"[yellow]note: {dep['note']}[/yellow]")
     m = d["memory"]
     mem = Table(title=f"memory per device ({m['devices']} devices)", title_justify="left")
     for col in ("weights", "KV cache", "buffers", "total", "usable", "capacity", "max batch"):
@@ -129,7 +136,15 @@ def register(app: typer.Typer) -> None:
         routing: Annotated[str, typer.Option(help=_help("routing"))] = _DEFAULTS["routing"],
         prefill_chunk: Annotated[int, typer.Option(help=_help("prefill_chunk_tokens"))] = _DEFAULTS["prefill_chunk_tokens"],
         seed: Annotated[int, typer.Option(help=_help("seed"))] = _DEFAULTS["seed"],
+        mode: Annotated[str, typer.Option(help=_help("mode"))] = _DEFAULTS["mode"],
+        expert_layers: Annotated[Optional[str], typer.Option(help=_help("expert_layers"))] = _DEFAULTS["expert_layers"],
+        expert_tier: Annotated[str, typer.Option(help=_help("expert_tier"))] = _DEFAULTS["expert_tier"],
+        cache_policy: Annotated[str, typer.Option(help=_help("cache_policy"))] = _DEFAULTS["cache_policy"],
+        prefetch: Annotated[bool, typer.Option("--prefetch/--no-prefetch", help=_help("prefetch"))] = _DEFAULTS["prefetch"],
+        numa: Annotated[str, typer.Option(help=_help("numa"))] = _DEFAULTS["numa"],
+        host_memory_gb: Annotated[Optional[float], typer.Option(help=_help("host_memory_gb"))] = _DEFAULTS["host_memory_gb"],
         hardware_db: HardwareDbOption = None,
+        override: OverrideOption = False,
         json_out: Annotated[bool, typer.Option("--json", help="print one JSON object instead of tables")] = False,
     ) -> None:
         from ..engine import predict as run_predict
@@ -137,9 +152,10 @@ def register(app: typer.Typer) -> None:
         scenario = Scenario(
             model=model, hardware=hardware, gpus=gpus, batch=batch, prompt_len=prompt_len, gen_len=gen_len,
             weight_dtype=weight_dtype, kv_dtype=kv_dtype, routing=routing, prefill_chunk_tokens=prefill_chunk,
-            seed=seed,
+            seed=seed, mode=mode, expert_layers=expert_layers, expert_tier=expert_tier, cache_policy=cache_policy,
+            prefetch=prefetch, numa=numa, host_memory_gb=host_memory_gb,
         )
-        prediction = run_predict(scenario, hardware_db=load_db(hardware_db))
+        prediction = run_predict(scenario, hardware_db=load_db(hardware_db, override))
         if json_out:
             print_json(prediction.to_dict())
         else:
