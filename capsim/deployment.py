@@ -174,9 +174,10 @@ def step_accesses(router: Router, batch: int, steps: int, seed: int) -> list[lis
 
 def simulate_cache(
     accesses: list[list[np.ndarray]], layers: np.ndarray, capacity: int, policy: str
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Simulate one GPU expert cache of ``capacity`` experts over the access stream, in step then layer order,
-    for the offloaded ``layers`` (bool mask). Returns (accesses per step, misses per step).
+    for the offloaded ``layers`` (bool mask). Returns (accesses, misses, first-ever accesses) per step; the
+    first-ever (compulsory) misses happen once in a long-running server and are reported apart.
 
     LRU evicts the least recently used expert, LFU the least frequently used (ties: least recent), oracle is
     Belady's MIN (evict the expert used furthest in the future): the best any policy can do.
@@ -188,10 +189,16 @@ def simulate_cache(
     n_steps = len(accesses)
     hits = np.zeros(n_steps)
     total = np.zeros(n_steps)
+    first = np.zeros(n_steps)
+    seen: set[tuple[int, int]] = set()
+    for t, layer, e in stream:
+        if (layer, e) not in seen:
+            seen.add((layer, e))
+            first[t] += 1
     if capacity <= 0:
         for t, _, _ in stream:
             total[t] += 1
-        return total, total.copy()
+        return total, total.copy(), first
     next_use: list[float] = [math.inf] * len(stream)
     if policy == "oracle":
         last_seen: dict[tuple[int, int], int] = {}
@@ -220,7 +227,7 @@ def simulate_cache(
                 victim = max(cache, key=lambda k: cache[k])
                 del cache[victim]
         cache[key] = next_use[i]
-    return total, total - hits
+    return total, total - hits, first
 
 
 @dataclass(frozen=True)

@@ -73,11 +73,13 @@ def apply_offload(
         )
     steps = max(1, min(dep.cache_sample_steps, max(rs.scenario.gen_len - 1, 1)))
     accesses = step_accesses(rs.router, batch, steps, rs.scenario.seed)  # type: ignore[arg-type]
-    total, misses = simulate_cache(accesses, rs.offloaded, capacity, dep.cache_policy)
-    # Skip the cold start: the first pass over the layers fills the cache and says nothing of steady state.
-    warm = slice(1, None) if steps > 1 else slice(None)
-    miss_per_step = float(misses[warm].mean())
-    hit_rate = 1.0 - float(misses[warm].sum()) / max(float(total[warm].sum()), 1.0)
+    total, misses, first = simulate_cache(accesses, rs.offloaded, capacity, dep.cache_policy)
+    # Steady state: a serving engine runs far longer than the sample, so first-ever (compulsory) misses are
+    # excluded; the miss rate is taken over accesses to experts already seen, and applied to every access.
+    repeat = float((total - first).sum())
+    miss_rate = float((misses - first).sum()) / repeat if repeat > 0 else 0.0
+    miss_per_step = miss_rate * float(total.mean())
+    hit_rate = 1.0 - miss_rate
     link_bw, path = expert_link_bandwidth(rs.node, dep)  # type: ignore[arg-type]
     link_bytes = miss_per_step * expert_bytes * rs.placement.tp
     # every TP rank fetches its shard of each missing expert over its own link: per-device bytes / link

@@ -103,7 +103,8 @@ def test_cache_simulation_matches_brute_force(steps, layers, experts, capacity, 
     accesses = [[np.unique(rng.integers(0, experts, size=rng.integers(1, experts + 1))) for _ in range(layers)]
                 for _ in range(steps)]
     mask = np.ones(layers, dtype=bool)
-    total, misses = simulate_cache(accesses, mask, capacity, policy)
+    total, misses, first = simulate_cache(accesses, mask, capacity, policy)
+    assert first.sum() == len({(layer, int(e)) for per_layer in accesses for layer in range(layers) for e in per_layer[layer]})
     stream = [(layer, int(e)) for per_layer in accesses for layer in range(layers) for e in per_layer[layer]]
     assert total.sum() == len(stream)
     expected = len(stream) if capacity == 0 else brute_force_misses(stream, capacity, policy)

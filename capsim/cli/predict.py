@@ -90,13 +90,15 @@ def render_prediction(pred: Any) -> None:
                 f"offload: experts of {dep['offloaded_moe_layers']} MoE layers off the GPU via "
                 f"{dep['link_path']} ({dep['link_gb_s']:.1f} GB/s); GPU expert cache {dep['cache_experts']} experts "
                 f"({dep['policy']}); hit rate {100 * dep['hit_rate']:.1f}%; {dep['misses_per_step']:.1f} misses = "
-                f"{dep['link_gb_per_step']:.2f} GB over the link per decode step; prefetch {'on' if dep['prefetch'] else 'off'}"
+                f"{dep['link_gb_per_step']:.2f} GB over the link per decode step; prefetch {'on' if dep['prefetch'] else 'off'}",
+                soft_wrap=True,
             )
         elif dep["mode"] == "cpu-experts":
             console.print(
                 f"cpu-experts: routed experts of {dep['offloaded_moe_layers']} MoE layers on {dep['cpu']} "
                 f"({dep['cpu_bandwidth_gb_s']:.1f} GB/s, {dep['cpu_peak_tflops']:.1f} TFLOPS {dep['cpu_precision']}; "
-                f"{dep['derivation']}); hand-off over {dep['handoff_link_gb_s']:.1f} GB/s"
+                f"{dep['derivation']}); hand-off over {dep['handoff_link_gb_s']:.1f} GB/s",
+                soft_wrap=True,
             )
         if dep.get("note"):
             console.print(f"[yellow]note: {dep['note']}[/yellow]")

@@ -1,0 +1,70 @@
+"""``capsim fit``: fastest placement of a model on hardware, and the largest batch / longest context."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from ._console import out_console, print_json
+from .hardware import HardwareDbOption, OverrideOption, load_db
+
+
+def register(app: typer.Typer) -> None:
+    @app.command(help="Fastest way to run MODEL on HARDWARE (every mode ranked), and the largest batch and "
+                      "longest context that fit.")
+    def fit(
+        model: Annotated[str, typer.Option(help="model id or config.json path")] = "mixtral-8x7b",
+        hardware: Annotated[str, typer.Option(help="accelerator or system id")] = "workstation-4090",
+        gpus: Annotated[Optional[int], typer.Option(help="devices (default: fewest that fit / all of a system)")] = None,
+        batch: Annotated[int, typer.Option(help="concurrent sequences")] = 1,
+        prompt_len: Annotated[int, typer.Option(help="prompt tokens")] = 512,
+        gen_len: Annotated[int, typer.Option(help="generated tokens")] = 128,
+        weight_dtype: Annotated[Optional[str], typer.Option(help="weight precision (default: published)")] = None,
+        kv_dtype: Annotated[str, typer.Option(help="KV-cache precision")] = "bf16",
+        host_memory_gb: Annotated[Optional[float], typer.Option(help="host DRAM in GB if the system lacks it")] = None,
+        hardware_db: HardwareDbOption = None,
+        override: OverrideOption = False,
+        json_out: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    ) -> None:
+        from ..errors import CapsimError
+        from ..fit import max_batch_at, max_context_at, placements
+        from ..scenario import Scenario
+
+        db = load_db(hardware_db, override)
+        base = Scenario(model=model, hardware=hardware, gpus=gpus, batch=batch, prompt_len=prompt_len,
+                        gen_len=gen_len, weight_dtype=weight_dtype, kv_dtype=kv_dtype, host_memory_gb=host_memory_gb)
+        base.validate()
+        ranked = placements(base, db)
+        limits: dict[str, object] = {}
+        best = next((r for r in ranked if r.error is None), None)
+        if best is not None:
+            from dataclasses import replace
+
+            chosen = replace(base, mode=best.mode)
+            try:
+                limits = {"mode": best.mode, "max_batch": max_batch_at(chosen, db),
+                          "max_context_at_batch": max_context_at(chosen, db)}
+            except CapsimError as exc:
+                limits = {"mode": best.mode, "error": str(exc)}
+        if json_out:
+            print_json({"placements": [r.to_dict() for r in ranked], "limits": limits})
+            return
+        console = out_console()
+        table = Table(title=f"{model} on {hardware}: placements, fastest first", title_justify="left")
+        for col in ("mode", "devices", "TPOT", "tokens/s", "TTFT", "detail"):
+            table.add_column(col, justify="right" if col in ("devices", "TPOT", "tokens/s", "TTFT") else "left")
+        for r in ranked:
+            if r.error:
+                table.add_row(r.mode, "", "", "", "", f"[red]{r.error}[/red]")
+            else:
+                table.add_row(r.mode, str(r.gpus), f"{1e3 * r.tpot_s:,.2f} ms" if r.tpot_s else "n/a",
+                              f"{r.decode_tokens_per_s:,.1f}" if r.decode_tokens_per_s else "n/a",
+                              f"{1e3 * r.ttft_s:,.1f} ms" if r.ttft_s else "n/a", r.detail)
+        console.print(table)
+        if "max_batch" in limits:
+            console.print(f"{limits['mode']}: largest batch at prompt {prompt_len} + gen {gen_len}: {limits['max_batch']}; "
+                          f"longest context at batch {batch}: {limits['max_context_at_batch']:,} tokens")
+        elif "error" in limits:
+            console.print(f"[yellow]limits: {limits['error']}[/yellow]")
