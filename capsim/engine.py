@@ -120,12 +120,35 @@ def resolve(scenario: Scenario, hardware_db: HardwareDB | None = None) -> tuple[
     raise last_error
 
 
-def _activated(rs: ResolvedScenario, tokens: np.ndarray, sequences: np.ndarray | None = None) -> np.ndarray:
+def _activated(
+    rs: ResolvedScenario, tokens: np.ndarray, sequences: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Expected distinct experts per MoE layer; ``sequences`` = runs of consecutive tokens (prefill chunks),
-    None = every token from its own sequence (decode)."""
+    None = every token from its own sequence (decode). Returns (rows, weights): MoE layers whose activation
+    is identical (every layer of a homogeneous router) fold into one row with weight = their count, so grids
+    evaluate one row instead of all MoE layers."""
     if rs.router is None:
-        return np.zeros((0, tokens.shape[0]))
-    return rs.router.activated_per_layer(tokens, sequences=sequences)
+        return np.zeros((0, tokens.shape[0])), None
+    # grids repeat the same step shape many times: ask the router once per distinct (tokens, sequences)
+    if sequences is None:
+        unique, inverse = np.unique(tokens, return_inverse=True)
+        act = rs.router.activated_per_layer(unique)
+    else:
+        seqs = np.broadcast_to(np.asarray(sequences, dtype=np.float64), tokens.shape)
+        key = tokens * (float(seqs.max()) + 1.0) + seqs  # one sortable key per (T, s) pair, exact in float64
+        _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+        act = rs.router.activated_per_layer(tokens[first], sequences=seqs[first])
+    inverse = inverse.reshape(-1)
+    if act.shape[0] > 1 and np.all(act == act[:1]):
+        return act[:1, inverse], np.array([act.shape[0]], dtype=np.float64)
+    return act[:, inverse], None
+
+
+def _window_rows(model: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct attention windows (inf = full) and how many layers have each: per-layer arrays fold to these."""
+    _, windows = _layer_tables(model)
+    unique, counts = np.unique(windows, return_counts=True)
+    return unique, counts.astype(np.float64)
 
 
 def prefill_passes(
@@ -143,14 +166,15 @@ def prefill_passes(
     batch, prompt_len, tokens, lm = (np.asarray(a, dtype=np.float64) for a in
                                      np.broadcast_arrays(batch, prompt_len, chunk_tokens, lm_sequences))
     share = tokens / (batch * prompt_len)
-    _, windows = _layer_tables(model)
+    windows, counts = _window_rows(model)
     pairs = batch[None, :] * causal_pairs(prompt_len[None, :], windows[:, None]) * share[None, :]
-    kv_read = np.broadcast_to(tokens, (model.num_layers, tokens.shape[0]))
+    kv_read = np.broadcast_to(tokens, (windows.shape[0], tokens.shape[0]))
     sequences = np.maximum(1.0, share * batch)
+    activated, moe_weights = _activated(rs, tokens, sequences)
     return pass_cost(
         model, rs.placement, rs.rates, phase="prefill", tokens=tokens, sequences=sequences,
         context=prompt_len, pairs_per_layer=pairs, kv_read_tokens_per_layer=kv_read,
-        activated=_activated(rs, tokens, sequences), lm_head_sequences=lm,
+        activated=activated, lm_head_sequences=lm, layer_weights=counts, moe_layer_weights=moe_weights,
     )
 
 
@@ -159,12 +183,14 @@ def decode_passes(rs: ResolvedScenario, batch: np.ndarray, context: np.ndarray) 
     ``context`` tokens (window-capped per layer); arrays broadcast together."""
     model = rs.model
     tokens, context = (np.asarray(a, dtype=np.float64) for a in np.broadcast_arrays(batch, context))
-    _, windows = _layer_tables(model)
-    c_eff = np.minimum(context[None, :], windows[:, None])  # (L, steps)
+    windows, counts = _window_rows(model)
+    c_eff = np.minimum(context[None, :], windows[:, None])  # (distinct windows, steps)
+    activated, moe_weights = _activated(rs, tokens)
+    reads = tokens[None, :] * c_eff
     return pass_cost(
         model, rs.placement, rs.rates, phase="decode", tokens=tokens, sequences=tokens,
-        context=context, pairs_per_layer=tokens[None, :] * c_eff, kv_read_tokens_per_layer=tokens[None, :] * c_eff,
-        activated=_activated(rs, tokens), lm_head_sequences=tokens,
+        context=context, pairs_per_layer=reads, kv_read_tokens_per_layer=reads,
+        activated=activated, lm_head_sequences=tokens, layer_weights=counts, moe_layer_weights=moe_weights,
     )
 
 

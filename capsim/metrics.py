@@ -182,8 +182,8 @@ def build_prediction(
     tpot = dec.time_s / dec.passes if dec.passes else None
     e2e = ttft + dec.time_s
     activated = (
-        decode.activated_experts.mean(axis=1) if decode.activated_experts.size
-        else prefill.activated_experts.mean(axis=1) if prefill.activated_experts.size
+        decode.activated_by_layer().mean(axis=1) if decode.activated_experts.size
+        else prefill.activated_by_layer().mean(axis=1) if prefill.activated_experts.size
         else np.zeros(0)
     )
     scenario = {

@@ -128,7 +128,7 @@ def apply_cpu_experts(rs: ResolvedScenario, batch: int, prefill: PassCost, decod
     for cost in (prefill, decode):
         if cost.time.size == 0:
             continue
-        off_act = cost.activated_experts[rs.offloaded] if cost.activated_experts.size else np.zeros((0, cost.time.size))
+        off_act = cost.activated_by_layer()[rs.offloaded] if cost.activated_experts.size else np.zeros((0, cost.time.size))
         f, wb, ob = formulas.evaluate(
             "routed_experts",
             {"T": cost.tokens, "k": float(model.moe.top_k), "N_exp": float(model.expert_params),  # type: ignore[union-attr]

@@ -86,10 +86,17 @@ class PassCost:
     flops_sparse: FloatArray
     flops_dense: FloatArray
     activated_experts: FloatArray
-    """Expected distinct experts per MoE layer, shape (num_moe_layers, passes)."""
+    """Expected distinct experts, shape (rows, passes); row ``activated_rows[l]`` is MoE layer l's."""
     tokens: FloatArray
     metric_peak_flops: float
+    activated_rows: NDArray[np.int64] | None = None
     extra: dict[str, float] = field(default_factory=dict)
+
+    def activated_by_layer(self) -> FloatArray:
+        """Expected distinct experts per MoE layer and pass, shape (num_moe_layers, passes)."""
+        if self.activated_rows is None:
+            return self.activated_experts
+        return self.activated_experts[self.activated_rows]
 
 
 def _layer_tables(model: ModelSpec) -> tuple[NDArray[np.bool_], FloatArray]:
@@ -134,10 +141,15 @@ def pass_cost(
     kv_read_tokens_per_layer: FloatArray,
     activated: FloatArray,
     lm_head_sequences: FloatArray,
+    layer_weights: FloatArray | None = None,
+    moe_layer_weights: FloatArray | None = None,
 ) -> PassCost:
     """Cost of ``n`` forward passes at once (arrays of shape (n,); per-layer arrays (num_layers, n)).
 
     ``activated`` is the expected distinct experts per MoE layer, shape (num_moe_layers, n).
+    Layers that are identical may be folded: ``layer_weights`` (shape (rows,)) says how many decoder layers
+    each row of the per-layer arrays stands for, ``moe_layer_weights`` likewise for the rows of
+    ``activated`` (default: one layer per row). Folding changes no result, only the work.
     """
     att = model.attention
     d = float(model.hidden_size)
@@ -199,11 +211,13 @@ def pass_cost(
          "kv_read_tokens": kv_read_tokens_per_layer, "T": T[None, :],
          "kv_e": float(att.kv_elements_per_token()), "b_kv": placement.kv_precision.bytes_per_element},
     )
-    f_core = f.sum(axis=0) if f.ndim == 2 else f * n_layers
-    kv_bytes = ob.sum(axis=0) if ob.ndim == 2 else ob * n_layers
+    rows = np.asarray(pairs_per_layer).shape[0]
+    lw = (np.ones(rows) if layer_weights is None else np.asarray(layer_weights, dtype=np.float64))[:, None]
+    f_core = (np.broadcast_to(f, (rows, n)) * lw).sum(axis=0)
+    kv_bytes = (np.broadcast_to(ob, (rows, n)) * lw).sum(axis=0)
     charge("attn_core", f_core / tp, kv_bytes / kv_div, core_rate)
     kv_read = (
-        np.asarray(kv_read_tokens_per_layer, dtype=np.float64).sum(axis=0)
+        (np.broadcast_to(np.asarray(kv_read_tokens_per_layer, dtype=np.float64), (rows, n)) * lw).sum(axis=0)
         * att.kv_elements_per_token() * placement.kv_precision.bytes_per_element
     )
     flops_sparse = flops_sparse + f_core
@@ -226,7 +240,9 @@ def pass_cost(
         exp_vals = {**common, "k": float(moe.top_k), "E": float(moe.num_experts),
                     "N_exp": float(model.expert_params), "b_w": wp["routed_experts"].bytes_per_element}
         f, wb_layers, ob = formulas.evaluate("routed_experts", {**exp_vals, "A": activated})
-        wb_total = wb_layers.sum(axis=0)
+        moe_rows = np.asarray(activated).shape[0]
+        mw = np.ones(moe_rows) if moe_layer_weights is None else np.asarray(moe_layer_weights, dtype=np.float64)
+        wb_total = (np.broadcast_to(wb_layers, (moe_rows, n)) * mw[:, None]).sum(axis=0)
         charge("routed_experts", n_moe * f / tp, (wb_total + n_moe * ob) / tp, rate_for("routed_experts"))
         weight_sparse += wb_total
         flops_sparse += n_moe * f
@@ -296,6 +312,8 @@ def pass_cost(
         flops_sparse=flops_sparse,
         flops_dense=flops_dense,
         activated_experts=np.asarray(activated, dtype=np.float64),
+        activated_rows=None if moe_layer_weights is None else np.repeat(
+            np.arange(np.asarray(activated).shape[0]), np.asarray(moe_layer_weights, dtype=np.int64)),
         tokens=T,
         metric_peak_flops=metric_peak,
     )

@@ -103,10 +103,17 @@ def expected_activated_iid_runs(
     for independent tokens. ``t``, ``s``, ``m``: from :func:`step_geometry`, any shape. Returns (L, *shape).
     """
     shape = t.shape
+    num_layers, num_experts = inclusion.shape
+    if num_layers > 1 and np.all(inclusion == inclusion[:1]) and np.all(new_origin == new_origin[:1]):
+        # identical layers (uniform, or one profile for all): evaluate one and broadcast — sweeps ask this a lot
+        one = expected_activated_iid_runs(inclusion[:1], new_origin[:1], t, s, m)
+        return np.broadcast_to(one, (num_layers, *shape)).copy()
+    if np.all(new_origin == 1.0):
+        # no reuse: a run of m tokens is m independent tokens, so only T = s·m matters
+        s, m = t, np.ones_like(t)
     # engine sweeps repeat the same step size many times (every decode step of a wave): evaluate each once
     pairs, inverse = np.unique(np.stack([s.ravel(), m.ravel()]), axis=1, return_inverse=True)
     sf, mf = pairs[0], pairs[1]
-    num_layers, num_experts = inclusion.shape
     # π = 1 would make 0·log(0) = nan at T = 0; a 1e-12 shortfall changes A by < E·1e-12
     pi = np.clip(inclusion, 0.0, 1.0 - 1e-12)
     log_first = np.log1p(-pi)[:, :, None]  # (L, E, 1)
