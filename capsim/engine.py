@@ -90,6 +90,7 @@ def resolve_on(scenario: Scenario, db: HardwareDB, model: ModelSpec, count: int 
         link_bandwidth=node.gpu_to_gpu_bandwidth() if tp > 1 else 0.0,
         allreduce_hop_latency_s=eff.allreduce_latency_s,
         allreduce_base_latency_s=eff.allreduce_base_latency_s,
+        gemm_m_curve=eff.gemm_m_curve,
     )
     router = make_router(scenario.routing, model, seed=scenario.seed) if model.is_moe else None
     offloaded = offloaded_layers(deployment, model.num_moe_layers)

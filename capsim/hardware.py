@@ -112,9 +112,23 @@ class Efficiency:
     gpu_memory_utilization: float
     provenance: Provenance
 
+    @property
+    def gemm_m_curve(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+        """(token rows M, fraction of the sustained FLOP rate) of a ``[efficiency.gemm_m_efficiency]`` table,
+        ascending in M; None when absent (every GEMM then runs at ``compute_fraction`` of peak)."""
+        points = sorted(
+            (float(name.rsplit(".", 1)[1]), float(s.value))
+            for name, s in self.provenance.items() if name.startswith("gemm_m_efficiency.")
+        )
+        if not points:
+            return None
+        return tuple(m for m, _ in points), tuple(f for _, f in points)
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"device_class": self.device_class}
         out.update({name: getattr(self, name) for name in EFFICIENCY_FIELDS})
+        if self.gemm_m_curve is not None:
+            out["gemm_m_efficiency"] = dict(zip(*self.gemm_m_curve))
         out["provenance"] = _provenance_dict(self.provenance)
         return out
 
@@ -529,10 +543,13 @@ def _peaks(prefix: str) -> dict[str, _Field]:
 
 def _efficiency_fields(prefix: str, required: bool) -> dict[str, _Field]:
     fraction = {"memory_bw_fraction", "compute_fraction", "gpu_memory_utilization"}
-    return {
+    fields = {
         f"{prefix}{name}": _Field("fraction" if name in fraction else "float", required=required)
         for name in EFFICIENCY_FIELDS
     }
+    # optional curve: fraction of the sustained FLOP rate a GEMM with M token rows reaches (a calibration)
+    fields[f"{prefix}gemm_m_efficiency.#"] = _Field("fraction")
+    return fields
 
 
 _SCHEMAS: dict[str, dict[str, _Field]] = {

@@ -44,6 +44,16 @@ class DeviceRates:
     """Per-direction bytes/s between two tensor-parallel ranks (0 for a single device)."""
     allreduce_hop_latency_s: float
     allreduce_base_latency_s: float = 0.0
+    gemm_m_curve: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    """Optional calibration: fraction of the sustained FLOP rate a GEMM with M token rows reaches (M, fraction),
+    interpolated linearly in log M and clamped at the ends. None = every GEMM at ``compute_fraction``."""
+
+    def gemm_factor(self, rows: FloatArray) -> FloatArray | float:
+        """Multiplier on the FLOP rate of weight GEMMs with ``rows`` token rows (1 without a curve)."""
+        if self.gemm_m_curve is None:
+            return 1.0
+        ms, fractions = self.gemm_m_curve
+        return np.interp(np.log(np.maximum(rows, 1.0)), np.log(np.asarray(ms)), np.asarray(fractions))
 
     def flops_rate(self, key: str) -> float:
         return self.peak_flops[key] * self.compute_fraction
@@ -182,8 +192,11 @@ def pass_cost(
     time_by_op: dict[str, FloatArray] = {}
     by_resource = {r: np.zeros(n) for r in RESOURCES}
 
-    def charge(name: str, flops: FloatArray, bytes_dev: FloatArray, rate: float) -> FloatArray:
-        t_compute = flops / rate
+    def charge(
+        name: str, flops: FloatArray, bytes_dev: FloatArray, rate: float, rows: FloatArray | None = None
+    ) -> FloatArray:
+        # weight GEMMs with few token rows run below the sustained rate on some devices (calibrated curve)
+        t_compute = flops / (rate * (rates.gemm_factor(rows) if rows is not None else 1.0))
         t_memory = bytes_dev / bytes_rate
         t = np.maximum(t_compute, t_memory)
         time_by_op[name] = time_by_op.get(name, zeros) + t
@@ -199,7 +212,7 @@ def pass_cost(
         {**common, "N_attn": float(model.attention_params_per_layer), "w_qkv": w_qkv, "w_o": w_o,
          "b_w": wp["attention"].bytes_per_element},
     )
-    charge("attn_proj", n_layers * f / tp, n_layers * (wb + ob) / tp, attn_rate)
+    charge("attn_proj", n_layers * f / tp, n_layers * (wb + ob) / tp, attn_rate, T)
     # Accumulators are explicit (n,) arrays: lambdified formulas return 0-d values for scalar inputs.
     weight_sparse = zeros + n_layers * wb
     flops_sparse = zeros + n_layers * f
@@ -231,7 +244,7 @@ def pass_cost(
                        "E": float(moe.num_experts), "b_w": wp["router"].bytes_per_element}
         f, wb, ob = formulas.evaluate("router", router_vals)
         # the router is replicated on every rank (small), so its weights are not split
-        charge("router", n_moe * f, n_moe * (wb + ob / tp), rate_for("router"))
+        charge("router", n_moe * f, n_moe * (wb + ob / tp), rate_for("router"), T)
         weight_sparse += n_moe * wb
         weight_dense += n_moe * wb
         flops_sparse += n_moe * f
@@ -243,7 +256,10 @@ def pass_cost(
         moe_rows = np.asarray(activated).shape[0]
         mw = np.ones(moe_rows) if moe_layer_weights is None else np.asarray(moe_layer_weights, dtype=np.float64)
         wb_total = (np.broadcast_to(wb_layers, (moe_rows, n)) * mw[:, None]).sum(axis=0)
-        charge("routed_experts", n_moe * f / tp, (wb_total + n_moe * ob) / tp, rate_for("routed_experts"))
+        # rows per expert GEMM: the step's T·k token-expert pairs over the A experts that receive them
+        mean_active = wb_total / (n_moe * float(model.expert_params) * wp["routed_experts"].bytes_per_element)
+        expert_rows = np.divide(T * moe.top_k, mean_active, out=np.ones_like(T), where=mean_active > 0)
+        charge("routed_experts", n_moe * f / tp, (wb_total + n_moe * ob) / tp, rate_for("routed_experts"), expert_rows)
         weight_sparse += wb_total
         flops_sparse += n_moe * f
         f_d, wb_d, _ = formulas.evaluate("routed_experts_dense", exp_vals)
@@ -256,7 +272,7 @@ def pass_cost(
                 {**common, "N_sh": float(model.shared_params_per_moe_layer),
                  "b_w": wp["shared_experts"].bytes_per_element},
             )
-            charge("shared_experts", n_moe * f / tp, n_moe * (wb + ob) / tp, rate_for("shared_experts"))
+            charge("shared_experts", n_moe * f / tp, n_moe * (wb + ob) / tp, rate_for("shared_experts"), T)
             weight_sparse = weight_sparse + n_moe * wb
             weight_dense = weight_dense + n_moe * wb
             flops_sparse += n_moe * f
@@ -268,7 +284,7 @@ def pass_cost(
             {**common, "N_dense": float(model.dense_ffn_params_per_layer),
              "b_w": wp["dense_ffn"].bytes_per_element},
         )
-        charge("dense_ffn", n_dense * f / tp, n_dense * (wb + ob) / tp, rate_for("dense_ffn"))
+        charge("dense_ffn", n_dense * f / tp, n_dense * (wb + ob) / tp, rate_for("dense_ffn"), T)
         weight_sparse = weight_sparse + n_dense * wb
         weight_dense = weight_dense + n_dense * wb
         flops_sparse += n_dense * f
@@ -278,7 +294,7 @@ def pass_cost(
     lm_b = np.asarray(lm_head_sequences, dtype=np.float64)
     f, wb, ob = formulas.evaluate("lm_head", {**common, "B": lm_b, "b_w": wp["lm_head"].bytes_per_element})
     emits = lm_b > 0
-    charge("lm_head", f / tp, np.where(emits, wb + ob, 0.0) / tp, rate_for("lm_head"))
+    charge("lm_head", f / tp, np.where(emits, wb + ob, 0.0) / tp, rate_for("lm_head"), lm_b)
     wb = np.where(emits, wb, 0.0)
     weight_sparse = weight_sparse + wb
     weight_dense = weight_dense + wb

@@ -385,7 +385,25 @@ def entry_toml(cal: Calibration, entry_id: str | None = None) -> str:
         ),
         "",
     ]
+    lines += gemm_curve_lines(cal, src)
     return "\n".join(lines)
+
+
+def gemm_curve_lines(cal: Calibration, src: str) -> list[str]:
+    """``[efficiency.gemm_m_efficiency]``: for each measured token count M, the decode-shaped GEMM's FLOP rate
+    over the sustained matmul rate of the primary precision (the rate the engine charges at M = large)."""
+    sustained_gflops = cal.matmul[cal.primary_precision].value * 1e3
+    if not cal.skinny_gemm or sustained_gflops <= 0:
+        return []
+    out = ["[efficiency.gemm_m_efficiency]"]
+    for m, meas in sorted(cal.skinny_gemm.items(), key=lambda kv: int(kv[0])):
+        gflops = float(meas.detail.get("gflops", 0.0))
+        if gflops <= 0:
+            continue
+        fraction = min(gflops / sustained_gflops, 1.0)
+        out.append(f"{int(m)} = " + _sourced(
+            fraction, src, f"{gflops:.2f} GFLOPS at M={m} / {sustained_gflops:.2f} GFLOPS square matmul"))
+    return out + [""] if len(out) > 1 else []
 
 
 def entry_path(out: Path, cal: Calibration, entry_id: str | None = None) -> tuple[Path, str]:
