@@ -13,7 +13,7 @@ import numpy as np
 
 from .hardware import HardwareDB, load_hardware_db
 from .deployment import Deployment, cpu_device, offloaded_layers, parse_layer_range
-from .errors import DoesNotFitError, ScenarioError
+from .errors import DoesNotFitError, MissingValueError, ScenarioError
 from .memory import MemoryPlan, plan_memory
 from .metrics import Prediction, build_prediction
 from .model import ModelSpec
@@ -72,6 +72,10 @@ def resolve_on(scenario: Scenario, db: HardwareDB, model: ModelSpec, count: int 
         device = node.accelerator
         eff = db.efficiency_for(device)
         tp = node.accelerator_count
+    if not {"bf16", "fp16", "fp32"} & set(device.peak_tflops_dense):
+        raise MissingValueError(
+            device.id, "peak_tflops_dense.bf16", "the compute time of every GEMM; the vendor publishes no GPU FLOPS"
+        )
     if deployment.mode in ("offload", "cpu-experts") and not model.is_moe:
         raise ScenarioError(f"--mode {deployment.mode} moves routed experts; {model.id!r} has none")
     deployment = replace(deployment, expert_layers=parse_layer_range(scenario.expert_layers, model.num_moe_layers))

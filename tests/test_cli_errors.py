@@ -85,3 +85,10 @@ def test_malformed_config_names_the_field(tmp_path) -> None:  # type: ignore[no-
     assert result.exit_code == 1
     assert result.stderr.startswith("error: ")
     assert "field '" in result.stderr
+
+
+def test_device_without_published_flops_says_which_value_is_missing() -> None:
+    # Apple publishes no GPU FLOPS for the M3 Max (hardware.md §2): the value is absent, never invented
+    result = runner.invoke(app, ["predict", "--model", "qwen3-30b-a3b", "--hardware", "m3-max"])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: m3-max has no 'peak_tflops_dense.bf16' in its database entry")
