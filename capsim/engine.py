@@ -79,6 +79,12 @@ def resolve_on(scenario: Scenario, db: HardwareDB, model: ModelSpec, count: int 
     if deployment.mode in ("offload", "cpu-experts") and not model.is_moe:
         raise ScenarioError(f"--mode {deployment.mode} moves routed experts; {model.id!r} has none")
     deployment = replace(deployment, expert_layers=parse_layer_range(scenario.expert_layers, model.num_moe_layers))
+    if scenario.ep > 1:
+        from .parallel import check_layout
+
+        if not model.is_moe:
+            raise ScenarioError(f"--ep {scenario.ep} splits routed experts; {model.id!r} has none")
+        check_layout(model.moe.num_experts, scenario.ep, tp)  # type: ignore[union-attr]
     placement = Placement(
         tp=tp,
         weight_precision=weight_precisions(model, scenario.weight_dtype),
@@ -232,6 +238,13 @@ def predict(scenario: Scenario, *, hardware_db: HardwareDB | None = None) -> Pre
     prefill = prefill_cost(rs, wave_batch)
     decode = decode_cost(rs, wave_batch)
     offload = None
+    if scenario.ep > 1:
+        from .parallel import apply_expert_parallel
+
+        ep_info = apply_expert_parallel(rs, decode)
+        apply_expert_parallel(rs, prefill)
+    else:
+        ep_info = {}
     if rs.deployment.mode == "offload":
         from .offload import apply_offload
 
@@ -240,7 +253,8 @@ def predict(scenario: Scenario, *, hardware_db: HardwareDB | None = None) -> Pre
         from .offload import apply_cpu_experts
 
         offload = apply_cpu_experts(rs, wave_batch, prefill, decode)
-    return build_prediction(rs, memory, wave_batch, prefill, decode, offload)
+    deployment = {**(offload or {"mode": rs.deployment.mode}), **ep_info}
+    return build_prediction(rs, memory, wave_batch, prefill, decode, deployment)
 
 
 def decode_step_time(scenario: Scenario, context: int, *, hardware_db: HardwareDB | None = None) -> float:

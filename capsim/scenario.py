@@ -44,6 +44,8 @@ class Scenario:
     prefetch: bool = _opt(True, "offload: overlap expert copies with compute (optimistic) instead of serialising")
     numa: str = _opt("single", "CPU execution: weights in one socket's DRAM (single) or a copy per socket (replicate)")
     host_memory_gb: float | None = _opt(None, "host DRAM capacity in GB when the system entry does not give it")
+    ep: int = _opt(1, "expert-parallel degree: 1 (experts tensor-parallel) or the device count (experts split "
+                   "whole over the ranks, all-to-all dispatch)")
 
     def deployment(self):  # type: ignore[no-untyped-def]
         """The execution mode and expert placement as a :class:`capsim.deployment.Deployment`."""
@@ -66,6 +68,8 @@ class Scenario:
         for value, label, minimum in checks:
             if not isinstance(value, int) or value < minimum:
                 raise ScenarioError(f"{label} must be an integer >= {minimum}, got {value!r}")
+        if not isinstance(self.ep, int) or self.ep < 1:
+            raise ScenarioError(f"ep must be an integer >= 1, got {self.ep!r}")
         if self.gpus is not None and (not isinstance(self.gpus, int) or self.gpus < 1):
             raise ScenarioError(f"gpus must be an integer >= 1, got {self.gpus!r}")
         if self.weight_dtype is not None and self.weight_dtype.lower() not in WEIGHT_PRECISIONS:

@@ -84,7 +84,7 @@ def render_prediction(pred: Any) -> None:
         )
 
     dep = d["deployment"]
-    if dep.get("mode", "gpu") != "gpu":
+    if dep.get("mode", "gpu") != "gpu" or dep.get("ep"):
         if dep["mode"] == "offload":
             console.print(
                 f"offload: experts of {dep['offloaded_moe_layers']} MoE layers off the GPU via "
@@ -98,6 +98,12 @@ def render_prediction(pred: Any) -> None:
                 f"cpu-experts: routed experts of {dep['offloaded_moe_layers']} MoE layers on {dep['cpu']} "
                 f"({dep['cpu_bandwidth_gb_s']:.1f} GB/s, {dep['cpu_peak_tflops']:.1f} TFLOPS {dep['cpu_precision']}; "
                 f"{dep['derivation']}); hand-off over {dep['handoff_link_gb_s']:.1f} GB/s",
+                soft_wrap=True,
+            )
+        if dep.get("ep"):
+            console.print(
+                f"expert parallel over {dep['ep']} ranks: straggler factor {dep['straggler_factor_mean']:.2f} "
+                f"(max/mean tokens per rank), all-to-all {1e3 * dep['all_to_all_s_per_pass']:.3f} ms per pass",
                 soft_wrap=True,
             )
         if dep.get("note"):
@@ -145,6 +151,7 @@ def register(app: typer.Typer) -> None:
         prefetch: Annotated[bool, typer.Option("--prefetch/--no-prefetch", help=_help("prefetch"))] = _DEFAULTS["prefetch"],
         numa: Annotated[str, typer.Option(help=_help("numa"))] = _DEFAULTS["numa"],
         host_memory_gb: Annotated[Optional[float], typer.Option(help=_help("host_memory_gb"))] = _DEFAULTS["host_memory_gb"],
+        ep: Annotated[int, typer.Option(help=_help("ep"))] = _DEFAULTS["ep"],
         hardware_db: HardwareDbOption = None,
         override: OverrideOption = False,
         json_out: Annotated[bool, typer.Option("--json", help="print one JSON object instead of tables")] = False,
@@ -155,7 +162,7 @@ def register(app: typer.Typer) -> None:
             model=model, hardware=hardware, gpus=gpus, batch=batch, prompt_len=prompt_len, gen_len=gen_len,
             weight_dtype=weight_dtype, kv_dtype=kv_dtype, routing=routing, prefill_chunk_tokens=prefill_chunk,
             seed=seed, mode=mode, expert_layers=expert_layers, expert_tier=expert_tier, cache_policy=cache_policy,
-            prefetch=prefetch, numa=numa, host_memory_gb=host_memory_gb,
+            prefetch=prefetch, numa=numa, host_memory_gb=host_memory_gb, ep=ep,
         )
         prediction = run_predict(scenario, hardware_db=load_db(hardware_db, override))
         if json_out:
