@@ -152,6 +152,8 @@ def register(app: typer.Typer) -> None:
         numa: Annotated[str, typer.Option(help=_help("numa"))] = _DEFAULTS["numa"],
         host_memory_gb: Annotated[Optional[float], typer.Option(help=_help("host_memory_gb"))] = _DEFAULTS["host_memory_gb"],
         ep: Annotated[int, typer.Option(help=_help("ep"))] = _DEFAULTS["ep"],
+        system: Annotated[Optional[str], typer.Option(help="serving-system preset: vllm-like, vllm-ep-like, "
+                          "moe-infinity-like, mixtral-offloading-like, ktransformers-like, llamacpp-cpu-moe")] = None,
         hardware_db: HardwareDbOption = None,
         override: OverrideOption = False,
         json_out: Annotated[bool, typer.Option("--json", help="print one JSON object instead of tables")] = False,
@@ -164,8 +166,19 @@ def register(app: typer.Typer) -> None:
             seed=seed, mode=mode, expert_layers=expert_layers, expert_tier=expert_tier, cache_policy=cache_policy,
             prefetch=prefetch, numa=numa, host_memory_gb=host_memory_gb, ep=ep,
         )
+        preset = None
+        if system is not None:
+            from ..presets import apply_preset
+
+            scenario, preset = apply_preset(system, scenario)
         prediction = run_predict(scenario, hardware_db=load_db(hardware_db, override))
         if json_out:
-            print_json(prediction.to_dict())
+            payload = prediction.to_dict()
+            if preset is not None:
+                payload["assumptions"]["system_preset"] = {"name": preset.name, "settings": preset.settings,
+                                                           "assumes": preset.assumes, "source": preset.source}
+            print_json(payload)
         else:
             render_prediction(prediction)
+            if preset is not None:
+                out_console().print(f"  system preset {preset.name}: {preset.assumes} — {preset.source}", soft_wrap=True)

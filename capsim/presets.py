@@ -1,0 +1,87 @@
+"""Named presets for common serving systems: each sets the execution mode and cache behaviour the system
+documents, and says what it assumes. A preset fills in scenario options the user left at their defaults.
+
+Only the documented, structural behaviour is reproduced (where weights live, which device computes the
+experts, how missing experts are cached); kernel-level differences between engines are not modelled, so two
+presets with the same structure predict the same times.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from .errors import ScenarioError
+from .scenario import Scenario
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    settings: dict[str, Any]
+    assumes: str
+    source: str
+
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in (
+        Preset(
+            "vllm-like", {"mode": "gpu"},
+            "every weight resident in GPU memory, tensor parallel over the devices, 90 % of device memory "
+            "usable (gpu_memory_utilization default), continuous batching approximated by a fixed batch",
+            "https://docs.vllm.ai/en/latest/models/engine_args.html (--tensor-parallel-size, "
+            "--gpu-memory-utilization default 0.9)",
+        ),
+        Preset(
+            "vllm-ep-like", {"mode": "gpu", "ep": 0},
+            "as vllm-like, with experts split whole over the devices (expert parallel, all-to-all dispatch)",
+            "https://docs.vllm.ai/en/latest/models/engine_args.html (--enable-expert-parallel)",
+        ),
+        Preset(
+            "moe-infinity-like", {"mode": "offload", "cache_policy": "lfu", "prefetch": True},
+            "experts in host DRAM, a GPU expert cache kept by activation frequency (modelled as LFU), next "
+            "experts prefetched while the GPU computes (modelled as perfect overlap: optimistic)",
+            "https://github.com/EfficientMoE/MoE-Infinity (activation-aware expert prefetching and caching)",
+        ),
+        Preset(
+            "mixtral-offloading-like", {"mode": "offload", "cache_policy": "lru", "prefetch": False},
+            "experts in host DRAM, an LRU expert cache on the GPU, misses copied before use (no overlap)",
+            "https://github.com/dvmazur/mixtral-offloading (LRU expert cache; arXiv:2312.17238)",
+        ),
+        Preset(
+            "ktransformers-like", {"mode": "cpu-experts"},
+            "routed experts computed on the CPU from DRAM (AMX/AVX-512 kernels), attention and shared experts "
+            "on the GPU, activations handed over PCIe every MoE layer",
+            "https://github.com/kvcache-ai/ktransformers (CPU/GPU hybrid MoE inference)",
+        ),
+        Preset(
+            "llamacpp-cpu-moe", {"mode": "cpu-experts"},
+            "llama.cpp --cpu-moe: every routed expert on the CPU, the rest on the GPU; use --expert-layers 0:N "
+            "for --n-cpu-moe N (the first N layers' experts on the CPU)",
+            "ggml-org/llama.cpp PR #14992 (--cpu-moe) and PR #15077 (--n-cpu-moe)",
+        ),
+    )
+}
+
+
+def apply_preset(name: str, scenario: Scenario) -> tuple[Scenario, Preset]:
+    """``scenario`` with the preset's settings filled into options still at their defaults."""
+    key = name.strip().lower()
+    if key not in PRESETS:
+        close = difflib.get_close_matches(key, list(PRESETS), n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(repr(c) for c in close)}?" if close else f"choose one of {', '.join(PRESETS)}"
+        raise ScenarioError(f"unknown system preset {name!r}; {hint}")
+    preset = PRESETS[key]
+    defaults = {f.name: f.default for f in fields(Scenario)}
+    updates: dict[str, Any] = {}
+    for option, value in preset.settings.items():
+        if getattr(scenario, option) != defaults[option]:
+            continue  # the user chose this explicitly
+        if option == "ep" and value == 0:  # 0 = every device used
+            if scenario.gpus is None:
+                raise ScenarioError(f"preset {key!r} splits experts over the devices: give --gpus N")
+            value = scenario.gpus
+        updates[option] = value
+    return replace(scenario, **updates), preset

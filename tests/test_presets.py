@@ -1,0 +1,46 @@
+"""System presets fill in documented behaviour, keep explicit user choices, and say what they assume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from capsim import ScenarioError
+from capsim.cli import app
+from capsim.presets import PRESETS, apply_preset
+from capsim.scenario import Scenario
+
+runner = CliRunner()
+
+
+def test_every_preset_has_a_source_and_applies() -> None:
+    for name, preset in PRESETS.items():
+        assert preset.source and preset.assumes
+        sc, _ = apply_preset(name, Scenario(gpus=2))
+        assert sc.mode == preset.settings["mode"]
+
+
+def test_preset_keeps_explicit_choices() -> None:
+    sc, _ = apply_preset("moe-infinity-like", Scenario(cache_policy="oracle"))
+    assert sc.mode == "offload" and sc.cache_policy == "oracle" and sc.prefetch is True
+
+
+def test_unknown_preset_lists_close_matches() -> None:
+    with pytest.raises(ScenarioError, match="unknown system preset 'ktransformers'; did you mean 'ktransformers-like'"):
+        apply_preset("ktransformers", Scenario())
+
+
+def test_ep_preset_needs_gpus() -> None:
+    with pytest.raises(ScenarioError, match="give --gpus N"):
+        apply_preset("vllm-ep-like", Scenario())
+
+
+def test_cli_preset_json_reports_it() -> None:
+    result = runner.invoke(app, ["predict", "--model", "mixtral-8x7b", "--hardware", "workstation-4090", "--gpus", "1",
+                                 "--system", "ktransformers-like", "--weight-dtype", "int4", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["deployment"]["mode"] == "cpu-experts"
+    assert data["assumptions"]["system_preset"]["source"].startswith("https://github.com/kvcache-ai/ktransformers")
