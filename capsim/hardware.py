@@ -49,6 +49,8 @@ EFFICIENCY_FIELDS: tuple[str, ...] = (
     "allreduce_base_latency_s",
     "gpu_memory_utilization",
 )
+GEMM_CURVE_FIELD = "gemm_tokens_efficiency"
+"""Optional efficiency table: tokens per weight matrix M (integer keys >= 1, ascending) -> bandwidth fraction."""
 FABRICS: tuple[str, ...] = ("nvswitch", "full-mesh", "pcie", "none")
 LINK_TOPOLOGIES: tuple[str, ...] = ("switch", "mesh", "pair", "torus", "point-to-point", "network")
 LINK_SCOPES: tuple[str, ...] = ("per-device", "per-link", "per-port")
@@ -114,11 +116,14 @@ class Efficiency:
 
     @property
     def gemm_m_curve(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
-        """(token rows M, fraction of the sustained FLOP rate) of a ``[efficiency.gemm_m_efficiency]`` table,
-        ascending in M; None when absent (every GEMM then runs at ``compute_fraction`` of peak)."""
+        """(tokens M, fraction) of the ``[efficiency.gemm_tokens_efficiency]`` table, ascending in M; None when
+        absent (a factor of 1 at every M).
+
+        The fraction multiplies the achievable memory bandwidth (``memory_bw_fraction`` × peak) of a weight GEMM
+        that multiplies M token rows by one weight matrix; the roofline interpolates it linearly in log M."""
         points = sorted(
             (float(name.rsplit(".", 1)[1]), float(s.value))
-            for name, s in self.provenance.items() if name.startswith("gemm_m_efficiency.")
+            for name, s in self.provenance.items() if name.startswith(f"{GEMM_CURVE_FIELD}.")
         )
         if not points:
             return None
@@ -128,7 +133,7 @@ class Efficiency:
         out: dict[str, Any] = {"device_class": self.device_class}
         out.update({name: getattr(self, name) for name in EFFICIENCY_FIELDS})
         if self.gemm_m_curve is not None:
-            out["gemm_m_efficiency"] = dict(zip(*self.gemm_m_curve))
+            out[GEMM_CURVE_FIELD] = {str(int(m)): f for m, f in zip(*self.gemm_m_curve)}
         out["provenance"] = _provenance_dict(self.provenance)
         return out
 
@@ -547,8 +552,8 @@ def _efficiency_fields(prefix: str, required: bool) -> dict[str, _Field]:
         f"{prefix}{name}": _Field("fraction" if name in fraction else "float", required=required)
         for name in EFFICIENCY_FIELDS
     }
-    # optional curve: fraction of the sustained FLOP rate a GEMM with M token rows reaches (a calibration)
-    fields[f"{prefix}gemm_m_efficiency.#"] = _Field("fraction")
+    # optional calibrated curve: tokens M -> fraction of the achievable bandwidth a weight GEMM reaches
+    fields[f"{prefix}{GEMM_CURVE_FIELD}.#"] = _Field("fraction")
     return fields
 
 
@@ -661,6 +666,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
         raise DataFileError(str(path), f"not valid TOML ({exc}); fix the syntax") from None
+    except UnicodeDecodeError:
+        raise DataFileError(str(path), "not UTF-8 text (TOML must be UTF-8); save it as UTF-8") from None
     except OSError as exc:
         raise DataFileError(str(path), f"cannot be read ({exc.strerror})") from None
 
@@ -773,6 +780,26 @@ def _checked_value(spec: _Field, value: Any, name: str, path: Path) -> Value:
     return value
 
 
+def _check_gemm_curve(fields: Mapping[str, Sourced], prefix: str, path: Path) -> None:
+    """The ``gemm_tokens_efficiency`` keys are token counts: integers >= 1, written in ascending order."""
+    table = f"{prefix}{GEMM_CURVE_FIELD}."
+    previous = 0
+    for name in fields:
+        if not name.startswith(table):
+            continue
+        tokens = int(name[len(table):])
+        if tokens < 1:
+            raise DataFileError(
+                str(path), f"field {name!r}: token counts start at 1, got {tokens}; key the table by tokens >= 1"
+            )
+        if tokens <= previous:
+            raise DataFileError(
+                str(path),
+                f"field {name!r}: token counts must be ascending ({tokens} after {previous}); sort the table",
+            )
+        previous = tokens
+
+
 def _parse_entry(path: Path, raw: Mapping[str, Any]) -> _Record:
     _check_schema_version(raw, path)
     kind = _header_str(raw, "kind", path)
@@ -789,6 +816,7 @@ def _parse_entry(path: Path, raw: Mapping[str, Any]) -> _Record:
     body = {k: v for k, v in raw.items() if k not in _HEADER_KEYS}
     fields = _flatten(body, source, path)
     _validate_fields(kind, fields, _SCHEMAS[kind], path)
+    _check_gemm_curve(fields, "efficiency.", path)
     return _Record(kind, entry_id, MappingProxyType(fields), source, str(path))
 
 
@@ -805,6 +833,7 @@ def _parse_efficiency(path: Path, raw: Mapping[str, Any]) -> list[_EfficiencyRec
             )
         fields = _flatten(table, source, path)
         _validate_fields(f"efficiency class {device_class!r}", fields, _EFFICIENCY_SCHEMA, path)
+        _check_gemm_curve(fields, "", path)
         records.append(_EfficiencyRecord(device_class, MappingProxyType(fields), str(path)))
     return records
 
@@ -1131,6 +1160,9 @@ class HardwareDB:
         if not device.efficiency_overrides:
             return base
         prov = dict(base.provenance)
+        if any(name.startswith(f"{GEMM_CURVE_FIELD}.") for name in device.efficiency_overrides):
+            # a device's curve replaces its class's whole curve: mixing points of two curves means nothing
+            prov = {name: v for name, v in prov.items() if not name.startswith(f"{GEMM_CURVE_FIELD}.")}
         prov.update(device.efficiency_overrides)
         return _build_efficiency(device.device_class, MappingProxyType(prov))
 

@@ -3,12 +3,17 @@
 For each operation of each layer the engine evaluates the symbolic formulas of :mod:`capsim.formulas`
 (vectorised over steps or chunks), splits them over the tensor-parallel ranks, and charges
 
-    t_op = max(FLOPs_dev / (F_peak · η_compute), bytes_dev / (B_peak · η_memory))
+    t_op = max(FLOPs_dev / (F_peak · η_compute), bytes_dev / (B_peak · η_memory · g(M)))
 
-where η are the achievable fractions of peak from the hardware database (shown in every output). A step
-adds the tensor-parallel all-reduces (two per layer, ring model on the node's links) and fixed per-step and
-per-layer overheads (launch, scheduling, sampling), which is what makes small batches slower than a bare
-roofline says.
+where η are the achievable fractions of peak from the hardware database (shown in every output) and g(M) is the
+device's optional calibrated ``gemm_tokens_efficiency`` curve, applied to weight GEMMs only (attention
+projections, router, routed and shared experts, dense FFN, lm_head): M is the number of token rows multiplied
+by one weight matrix (dense ops: the pass's tokens T, the lm_head: the sequences that emit a token, routed
+experts: T·k/A per MoE layer, the mean tokens per activated expert). g is interpolated linearly in log M between
+the table's points and clamped outside them; without a table g = 1. It captures BLAS kernels that stream a
+weight for a few rows far slower than for one (CPUs pack the weight for M > 1). A step adds the
+tensor-parallel all-reduces (two per layer, ring model on the node's links) and fixed per-step and per-layer
+overheads (launch, scheduling, sampling), which is what makes small batches slower than a bare roofline says.
 """
 
 from __future__ import annotations
@@ -45,11 +50,14 @@ class DeviceRates:
     allreduce_hop_latency_s: float
     allreduce_base_latency_s: float = 0.0
     gemm_m_curve: tuple[tuple[float, ...], tuple[float, ...]] | None = None
-    """Optional calibration: fraction of the sustained FLOP rate a GEMM with M token rows reaches (M, fraction),
-    interpolated linearly in log M and clamped at the ends. None = every GEMM at ``compute_fraction``."""
+    """Optional calibration ``(tokens M, fraction)``, M ascending: the fraction of ``bytes_rate`` a weight GEMM
+    over M token rows sustains (``gemm_tokens_efficiency``). None = 1 at every M."""
 
-    def gemm_factor(self, rows: FloatArray) -> FloatArray | float:
-        """Multiplier on the FLOP rate of weight GEMMs with ``rows`` token rows (1 without a curve)."""
+    def gemm_factor(self, rows: FloatArray | float) -> FloatArray | float:
+        """g(M): multiplier on the memory bandwidth of weight GEMMs with ``rows`` = M token rows per weight.
+
+        g(M) = interpolation of the curve linear in ln M between its points, clamped to the first and last
+        fraction outside them (M < 1 counts as 1); exactly 1.0 (a float) without a curve."""
         if self.gemm_m_curve is None:
             return 1.0
         ms, fractions = self.gemm_m_curve
@@ -101,6 +109,9 @@ class PassCost:
     metric_peak_flops: float
     activated_rows: NDArray[np.int64] | None = None
     extra: dict[str, float] = field(default_factory=dict)
+    op_times: list[tuple[str, FloatArray, FloatArray]] = field(default_factory=list)
+    """(op, t_compute, t_memory) of every roofline charge, in order (arrays over passes); the op's time is
+    their max. Sweeps use them to find where an op's binding resource flips along the context."""
 
     def activated_by_layer(self) -> FloatArray:
         """Expected distinct experts per MoE layer and pass, shape (num_moe_layers, passes)."""
@@ -190,18 +201,23 @@ def pass_cost(
     n = T.shape[0]
     zeros = np.zeros(n)
     time_by_op: dict[str, FloatArray] = {}
+    op_times: list[tuple[str, FloatArray, FloatArray]] = []
     by_resource = {r: np.zeros(n) for r in RESOURCES}
 
     def charge(
         name: str, flops: FloatArray, bytes_dev: FloatArray, rate: float, rows: FloatArray | None = None
     ) -> FloatArray:
-        # weight GEMMs with few token rows run below the sustained rate on some devices (calibrated curve)
-        t_compute = flops / (rate * (rates.gemm_factor(rows) if rows is not None else 1.0))
-        t_memory = bytes_dev / bytes_rate
+        # weight GEMMs over few token rows stream their weights below the GEMV rate on some devices
+        # (calibrated curve g(M)); ops charged with bytes already divided by g pass rows=None
+        t_compute = flops / rate
+        t_memory = bytes_dev / (bytes_rate * (rates.gemm_factor(rows) if rows is not None else 1.0))
         t = np.maximum(t_compute, t_memory)
         time_by_op[name] = time_by_op.get(name, zeros) + t
-        by_resource["compute"] += np.where(t_compute >= t_memory, t, 0.0)
-        by_resource["memory"] += np.where(t_compute >= t_memory, 0.0, t)
+        op_times.append((name, t_compute, t_memory))
+        # t·mask, not np.where: the same values for finite t, without where's slow data-dependent branches
+        compute_bound = t_compute >= t_memory
+        by_resource["compute"] += t * compute_bound
+        by_resource["memory"] += t * ~compute_bound
         return t
 
     common = {"T": T, "B": sequences, "d": d, "b_a": ACTIVATION_BYTES, "V": float(model.vocab_size)}
@@ -255,11 +271,16 @@ def pass_cost(
         f, wb_layers, ob = formulas.evaluate("routed_experts", {**exp_vals, "A": activated})
         moe_rows = np.asarray(activated).shape[0]
         mw = np.ones(moe_rows) if moe_layer_weights is None else np.asarray(moe_layer_weights, dtype=np.float64)
-        wb_total = (np.broadcast_to(wb_layers, (moe_rows, n)) * mw[:, None]).sum(axis=0)
-        # rows per expert GEMM: the step's T·k token-expert pairs over the A experts that receive them
-        mean_active = wb_total / (n_moe * float(model.expert_params) * wp["routed_experts"].bytes_per_element)
-        expert_rows = np.divide(T * moe.top_k, mean_active, out=np.ones_like(T), where=mean_active > 0)
-        charge("routed_experts", n_moe * f / tp, (wb_total + n_moe * ob) / tp, rate_for("routed_experts"), expert_rows)
+        wb_rows = np.broadcast_to(wb_layers, (moe_rows, n)) * mw[:, None]
+        wb_total = wb_rows.sum(axis=0)
+        # each MoE layer's experts see M = T·k/A_l token rows on average (its T·k token-expert pairs over the
+        # A_l experts that receive them), so each layer's bytes go at its own g(M_l)
+        a = np.broadcast_to(np.asarray(activated, dtype=np.float64), (moe_rows, n))
+        expert_rows = np.divide(T * moe.top_k, a, out=np.ones_like(a), where=a > 0)
+        g = rates.gemm_factor(expert_rows)
+        ob_rows = np.broadcast_to(ob, (moe_rows, n)) * mw[:, None]
+        bytes_at_g = ((wb_rows + ob_rows) / g).sum(axis=0)
+        charge("routed_experts", n_moe * f / tp, bytes_at_g / tp, rate_for("routed_experts"))
         weight_sparse += wb_total
         flops_sparse += n_moe * f
         f_d, wb_d, _ = formulas.evaluate("routed_experts_dense", exp_vals)
@@ -332,4 +353,5 @@ def pass_cost(
             np.arange(np.asarray(activated).shape[0]), np.asarray(moe_layer_weights, dtype=np.int64)),
         tokens=T,
         metric_peak_flops=metric_peak,
+        op_times=op_times,
     )

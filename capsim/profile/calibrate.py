@@ -16,7 +16,10 @@ What goes into the entry (every value sourced ``measured on <date> by capsim cal
 - ``efficiency.per_layer_overhead_s`` and ``step_overhead_s``: the time of tiny models of the harness's own
   decoder layer (hidden 64, 64 experts, top-8, so a batch-1 step runs 8 experts like OLMoE's) with 1 and 3
   layers: per layer = (t₃ − t₁)/2, per step = t₁ − per layer. At that width the arithmetic is negligible, so
-  these are the dispatch and framework costs of eager PyTorch on this machine.
+  these are the dispatch and framework costs of eager PyTorch on this machine;
+- ``efficiency.gemm_tokens_efficiency``: for M = 1, 2, 4, 8, 16, 64 token rows, the weight bandwidth of
+  x·Wᵀ (W 2048×2048) at M over that at M = 1: how much slower than the GEMV rate a weight GEMM over M rows
+  streams its weight (the roofline multiplies the bandwidth of weight GEMMs by it).
 
 The entry is written atomically (temporary file + ``os.replace``) and then loaded back through
 :func:`capsim.hardware.load_hardware_db`, so a file that the database would reject is never left behind.
@@ -67,7 +70,8 @@ class Calibration:
     layer_overhead: dict[str, Measurement]
     host_device: dict[str, Measurement] = field(default_factory=dict)
     skinny_gemm: dict[str, Measurement] = field(default_factory=dict)
-    """Weight bandwidth of x·Wᵀ by token count M (decode-shaped GEMMs); reported, not used by the entry."""
+    """Weight bandwidth of x·Wᵀ by token count M (decode-shaped GEMMs); relative to M = 1 it becomes the
+    entry's ``gemm_tokens_efficiency`` curve."""
     nominal_bw_gb_s: float | None = None
     nominal_tflops: dict[str, float] = field(default_factory=dict)
 
@@ -155,6 +159,7 @@ class Calibration:
                 "per_layer_overhead_s": self.per_layer_overhead_s,
                 "step_overhead_s": self.step_overhead_s,
                 "memory_capacity_gb": self.memory_capacity_gb,
+                "gemm_tokens_efficiency": {str(k): v for k, v in gemm_tokens_efficiency(self).items()},
             },
         }
 
@@ -389,21 +394,35 @@ def entry_toml(cal: Calibration, entry_id: str | None = None) -> str:
     return "\n".join(lines)
 
 
+def gemm_tokens_efficiency(cal: Calibration) -> dict[int, float]:
+    """The ``gemm_tokens_efficiency`` curve: for each measured token count M, the weight bandwidth of the
+    decode-shaped GEMM x·Wᵀ at M over its bandwidth at M = 1, capped at 1 (the schema's range).
+
+    The M = 1 GEMM is the weight-streaming access that ``memory_bw_fraction`` describes, so the engine's rate
+    at M is ``memory_bandwidth × memory_bw_fraction × g(M)``; g(1) = 1 leaves batch-1 decode as it was. Empty
+    when the table lacks M = 1 (nothing to be relative to)."""
+    one = cal.skinny_gemm.get("1")
+    if one is None or not one.value > 0:
+        return {}
+    return {
+        int(m): min(meas.value / one.value, 1.0)
+        for m, meas in sorted(cal.skinny_gemm.items(), key=lambda kv: int(kv[0]))
+        if meas.value > 0
+    }
+
+
 def gemm_curve_lines(cal: Calibration, src: str) -> list[str]:
-    """``[efficiency.gemm_m_efficiency]``: for each measured token count M, the decode-shaped GEMM's FLOP rate
-    over the sustained matmul rate of the primary precision (the rate the engine charges at M = large)."""
-    sustained_gflops = cal.matmul[cal.primary_precision].value * 1e3
-    if not cal.skinny_gemm or sustained_gflops <= 0:
+    """``[efficiency.gemm_tokens_efficiency]`` lines of the entry (none without a decode-shaped GEMM table)."""
+    curve = gemm_tokens_efficiency(cal)
+    if not curve:
         return []
-    out = ["[efficiency.gemm_m_efficiency]"]
-    for m, meas in sorted(cal.skinny_gemm.items(), key=lambda kv: int(kv[0])):
-        gflops = float(meas.detail.get("gflops", 0.0))
-        if gflops <= 0:
-            continue
-        fraction = min(gflops / sustained_gflops, 1.0)
-        out.append(f"{int(m)} = " + _sourced(
-            fraction, src, f"{gflops:.2f} GFLOPS at M={m} / {sustained_gflops:.2f} GFLOPS square matmul"))
-    return out + [""] if len(out) > 1 else []
+    one = cal.skinny_gemm["1"].value
+    out = ["[efficiency.gemm_tokens_efficiency]"]
+    for tokens, fraction in curve.items():
+        gb_s = cal.skinny_gemm[str(tokens)].value
+        note = f"x·Wᵀ weight bandwidth {gb_s:.2f} GB/s at M={tokens} / {one:.2f} GB/s at M=1"
+        out.append(f"{tokens} = " + _sourced(fraction, src, note))
+    return out + [""]
 
 
 def entry_path(out: Path, cal: Calibration, entry_id: str | None = None) -> tuple[Path, str]:

@@ -6,10 +6,14 @@ length) are evaluated together in a handful of numpy calls through :func:`capsim
 
 - memory: :func:`capsim.memory.max_batch_that_fits`; a batch larger than the KV cache holds runs in waves;
 - TTFT: the (n−1) identical full prefill chunks are costed once and multiplied, plus the last chunk (which
-  carries the lm_head) — exactly predict's sum;
-- TPOT: the mean over the G−1 decode steps; every step is evaluated when G−1 ≤ ``decode_samples`` (then it
-  equals predict's TPOT), otherwise ``decode_samples`` evenly spaced steps (step time is piecewise linear
-  in the context, so the sample mean differs from the full mean by far less than the model's own error).
+  carries the lm_head) — predict's sum; configurations sharing (batch per wave, prompt) are costed once;
+- TPOT and the decode metrics: the *exact* sums over all G−1 decode steps (:func:`decode_totals`), from a few
+  evaluated steps per configuration. A decode step's cost is piecewise affine in its context c: only the
+  attention core depends on c, through min(c, window) per layer, and each roofline op charges
+  max(t_compute, t_memory) of two affine functions. Between the windows' kinks and the (at most one per op)
+  points where an op's binding resource flips, every summed quantity is affine in c, so its sum over the
+  integer steps of such a range is count·(f(first)+f(last))/2. The kinks are found from the evaluated
+  per-op compute and memory times themselves (:attr:`capsim.roofline.PassCost.op_times`), not re-derived.
 """
 
 from __future__ import annotations
@@ -22,8 +26,9 @@ import numpy as np
 from ..engine import decode_passes, prefill_passes, resolve_model, resolve_on
 from ..errors import CapsimError
 from ..hardware import HardwareDB
-from ..memory import max_batch_that_fits, weight_bytes_per_device
+from ..memory import max_batch_that_fits, usable_bytes, weight_bytes_per_device
 from ..metrics import RESOURCES
+from ..roofline import PassCost
 from ..scenario import Scenario
 from ..units import GB
 from .grid import Grid
@@ -34,6 +39,12 @@ COLUMNS: tuple[str, ...] = (
     "decode_tokens_per_s", "prefill_tokens_per_s", "s_mbu", "mbu", "s_mfu", "mfu", "bottleneck",
     "weights_gb", "memory_needed_gb", "usable_gb",
 )
+
+QUANTITIES: tuple[str, ...] = (
+    "time", *(f"time_{r}" for r in RESOURCES), "weight_bytes_sparse", "weight_bytes_dense", "kv_read_bytes",
+    "flops_sparse", "flops_dense",
+)
+"""Per-step quantities :func:`decode_totals` sums over the decode steps (seconds, bytes, FLOPs)."""
 
 
 @dataclass
@@ -94,11 +105,8 @@ def evaluate_segment(grid: Grid, group: Group, start: int, stop: int) -> dict[st
     if rs is None:
         cols["bottleneck"][:] = "does not run: " + (group.error or "")
         return cols
-    tp = rs.placement.tp
-    cols["gpus"][:] = tp
+    cols["gpus"][:] = rs.placement.tp
     cols["weights_gb"][:] = sum(weight_bytes_per_device(rs).values()) / GB
-    from ..memory import usable_bytes
-
     cols["usable_gb"][:] = usable_bytes(rs) / GB
     max_b, needed = max_batch_that_fits(rs, batch, prompt, gen)
     feasible = max_b >= 1
@@ -115,8 +123,8 @@ def evaluate_segment(grid: Grid, group: Group, start: int, stop: int) -> dict[st
     cols["waves"][idx] = -(-b // mb)
     cols["batch_per_wave"][idx] = wave_b
 
-    ttft = _ttft(grid, rs, wave_b, p)
-    tpot, decode_metrics = _decode(grid, rs, wave_b, p, g)
+    ttft = ttft_of(rs, wave_b, p, grid.prefill_chunk_tokens)
+    tpot, decode_metrics = _decode_columns(rs, wave_b, p, g)
     steps = g - 1
     cols["ttft_s"][idx] = ttft
     cols["tpot_s"][idx] = tpot
@@ -128,64 +136,149 @@ def evaluate_segment(grid: Grid, group: Group, start: int, stop: int) -> dict[st
     return cols
 
 
-def _ttft(grid: Grid, rs: Any, wave_b: np.ndarray, prompt: np.ndarray) -> np.ndarray:
-    chunk = grid.prefill_chunk_tokens
+def ttft_of(rs: Any, batch: np.ndarray, prompt_len: np.ndarray, chunk_tokens: int) -> np.ndarray:
+    """Seconds to prefill ``batch`` prompts of ``prompt_len`` tokens in chunks of ``chunk_tokens`` (arrays of
+    configurations): (n_chunks − 1)·t(full chunk) + t(last chunk, with the lm_head), as predict sums them.
+    Each distinct (batch, prompt_len) is costed once."""
+    key = batch.astype(np.int64) * (int(prompt_len.max()) + 1) + prompt_len.astype(np.int64)
+    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    wave_b, prompt = batch[first], prompt_len[first]
     total = wave_b * prompt
-    n_chunks = -(-total // chunk)
-    last = total - chunk * (n_chunks - 1)
-    n = wave_b.shape[0]
-    # Entry i: a full chunk without lm_head; entry n + i: the last chunk, which emits the first tokens.
+    n_chunks = -(-total // chunk_tokens)
+    last = total - chunk_tokens * (n_chunks - 1)
+    multi = np.nonzero(n_chunks > 1)[0]
+    n, m = wave_b.shape[0], multi.shape[0]
+    # Entries 0..n-1: each configuration's last chunk, which emits the first tokens; entries n..n+m-1: one full
+    # chunk (no lm_head) for the configurations whose prompts need more than one chunk.
     costs = prefill_passes(
         rs,
-        np.concatenate([wave_b, wave_b]).astype(np.float64),
-        np.concatenate([prompt, prompt]).astype(np.float64),
-        np.concatenate([np.full(n, float(chunk)), last.astype(np.float64)]),
-        np.concatenate([np.zeros(n), wave_b.astype(np.float64)]),
+        np.concatenate([wave_b, wave_b[multi]]).astype(np.float64),
+        np.concatenate([prompt, prompt[multi]]).astype(np.float64),
+        np.concatenate([last.astype(np.float64), np.full(m, float(chunk_tokens))]),
+        np.concatenate([wave_b.astype(np.float64), np.zeros(m)]),
     )
-    return (n_chunks - 1) * costs.time[:n] + costs.time[n:]
+    ttft = costs.time[:n].copy()
+    ttft[multi] += (n_chunks[multi] - 1) * costs.time[n:]
+    return ttft[inverse.reshape(-1)]
 
 
-def decode_sample_steps(gen_len: np.ndarray, samples: int) -> tuple[np.ndarray, np.ndarray]:
-    """(step indices (n, samples), weights (n, samples)): every step 1..G−1 when G−1 ≤ samples (padding
-    carries weight 0), else ``samples`` evenly spaced steps of equal weight."""
-    steps = (gen_len - 1).astype(np.float64)
-    k = np.arange(samples, dtype=np.float64)
-    exact = steps[:, None] <= samples
-    every = np.minimum(k[None, :] + 1.0, np.maximum(steps[:, None], 1.0))
-    spaced = np.rint(1.0 + (steps[:, None] - 1.0) * k[None, :] / (samples - 1))
-    positions = np.where(exact, every, spaced)
-    weights = np.where(exact, (k[None, :] < steps[:, None]).astype(np.float64), 1.0)
-    return positions, weights
+class _StepTable:
+    """Decode-step costs at (batch, context) points, each distinct point evaluated once by
+    :func:`capsim.engine.decode_passes`: the summed quantities (rows of ``values``) and, per roofline op,
+    t_compute − t_memory (rows of ``margin``; ≥ 0 means the op is compute-bound, as the roofline decides)."""
+
+    def __init__(self, rs: Any, max_context: int) -> None:
+        self.rs = rs
+        self.scale = np.int64(max_context + 2)
+        self.keys = np.zeros(0, dtype=np.int64)
+        self.values = np.zeros((len(QUANTITIES), 0))
+        self.margin = np.zeros((0, 0))
+        self.metric_peak_flops = 0.0
+
+    def ensure(self, batch: np.ndarray, context: np.ndarray) -> None:
+        keys = np.unique(batch * self.scale + context)
+        new = keys[~np.isin(keys, self.keys, assume_unique=True)] if self.keys.size else keys
+        if new.size == 0:
+            return
+        cost = decode_passes(self.rs, (new // self.scale).astype(np.float64), (new % self.scale).astype(np.float64))
+        self.metric_peak_flops = cost.metric_peak_flops
+        values = _step_quantities(cost, new.shape[0])
+        margin = np.stack([tc - tm for _, tc, tm in cost.op_times]) if cost.op_times else np.zeros((0, new.size))
+        keys = np.concatenate([self.keys, new])
+        order = np.argsort(keys, kind="stable")
+        self.keys = keys[order]
+        self.values = np.concatenate([self.values, values], axis=1)[:, order]
+        self.margin = (np.concatenate([self.margin, margin], axis=1) if self.margin.size else margin)[:, order]
+
+    def index(self, batch: np.ndarray, context: np.ndarray) -> np.ndarray:
+        return np.searchsorted(self.keys, batch * self.scale + context)
 
 
-def _decode(
-    grid: Grid, rs: Any, wave_b: np.ndarray, prompt: np.ndarray, gen: np.ndarray
+def _step_quantities(cost: PassCost, n: int) -> np.ndarray:
+    rows = [cost.time, *(cost.time_by_resource[r] for r in RESOURCES), cost.weight_bytes_sparse,
+            cost.weight_bytes_dense, cost.kv_read_bytes, cost.flops_sparse, cost.flops_dense]
+    return np.stack([np.broadcast_to(np.asarray(r, dtype=np.float64), (n,)) for r in rows])
+
+
+def _finite_windows(rs: Any) -> np.ndarray:
+    model = rs.model
+    windows = {model.window(i) for i in range(model.num_layers)} - {None}
+    return np.array(sorted(windows), dtype=np.int64)
+
+
+def decode_totals(
+    rs: Any, batch: np.ndarray, prompt_len: np.ndarray, gen_len: np.ndarray
+) -> tuple[dict[str, np.ndarray], float]:
+    """Exact sums over the gen_len − 1 decode steps of each configuration (step j attends to prompt_len + j
+    tokens, as :func:`capsim.engine.decode_cost`): ``({quantity: (n,) sums}, metric peak FLOP/s)`` with the
+    quantities of :data:`QUANTITIES`. Configurations with gen_len < 2 have no steps and sum to 0.
+
+    The steps are cut into integer context ranges on which every op keeps its binding resource and every
+    window min(c, w) one branch, so each quantity is affine there and its sum is count·(f(a)+f(b))/2; cuts
+    come from the windows and from linear interpolation of each op's t_compute − t_memory between a range's
+    ends, refined until no op flips inside any range (ranges only shrink, so this ends).
+    """
+    batch = np.asarray(batch, dtype=np.int64)
+    lo = np.asarray(prompt_len, dtype=np.int64) + 1
+    hi = np.asarray(prompt_len, dtype=np.int64) + np.asarray(gen_len, dtype=np.int64) - 1
+    n = batch.shape[0]
+    windows = _finite_windows(rs)
+    # ranges (config, first context, last context): the window kinks cut [lo, hi] first
+    bounds_lo = [lo, *(np.maximum(lo, w + 1) for w in windows)]
+    bounds_hi = [*(np.minimum(hi, w) for w in windows), hi]
+    cfg_parts, a_parts, b_parts = [], [], []
+    for s_lo, s_hi in zip(bounds_lo, bounds_hi):
+        ok = np.nonzero(s_lo <= s_hi)[0]
+        cfg_parts.append(ok)
+        a_parts.append(s_lo[ok])
+        b_parts.append(s_hi[ok])
+    cfg, a, b = (np.concatenate(x) for x in (cfg_parts, a_parts, b_parts))
+    table = _StepTable(rs, int(hi.max(initial=1)))
+    while True:
+        bb = batch[cfg]
+        table.ensure(np.concatenate([bb, bb]), np.concatenate([a, b]))
+        ia, ib = table.index(bb, a), table.index(bb, b)
+        da, db = table.margin[:, ia], table.margin[:, ib]
+        flips = (da >= 0) != (db >= 0)
+        split = np.nonzero(flips.any(axis=0))[0]
+        if split.size == 0:
+            break
+        op = np.argmax(flips[:, split], axis=0)
+        d_a, d_b = da[op, split], db[op, split]
+        a_s, b_s = a[split], b[split]
+        # the op's margin is affine in c on the range: it crosses 0 at a + d_a/(d_a − d_b)·(b − a)
+        cut = np.clip(np.floor(a_s + d_a / (d_a - d_b) * (b_s - a_s)), a_s, b_s - 1).astype(np.int64)
+        keep = np.ones(cfg.shape[0], dtype=bool)
+        keep[split] = False
+        cfg = np.concatenate([cfg[keep], cfg[split], cfg[split]])
+        a = np.concatenate([a[keep], a_s, cut + 1])
+        b = np.concatenate([b[keep], cut, b_s])
+    count = (b - a + 1).astype(np.float64)
+    ranged = count * (table.values[:, ia] + table.values[:, ib]) / 2.0
+    sums = {q: np.bincount(cfg, weights=ranged[i], minlength=n) for i, q in enumerate(QUANTITIES)}
+    return sums, table.metric_peak_flops
+
+
+def _decode_columns(
+    rs: Any, wave_b: np.ndarray, prompt: np.ndarray, gen: np.ndarray
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    n, s = wave_b.shape[0], grid.decode_samples
-    positions, weights = decode_sample_steps(gen, s)
-    context = prompt[:, None] + positions
-    cost = decode_passes(rs, np.repeat(wave_b.astype(np.float64), s), context.reshape(-1))
-    shape = (n, s)
-    w = weights
-    wsum = w.sum(axis=1)
-    time = (cost.time.reshape(shape) * w).sum(axis=1)
+    """TPOT and the decode metrics as :func:`capsim.metrics.phase_metrics` defines them, from the exact sums."""
+    sums, metric_peak = decode_totals(rs, wave_b, prompt, gen)
+    steps = (gen - 1).astype(np.float64)
+    time = sums["time"]
+    has = steps > 0
     with np.errstate(invalid="ignore", divide="ignore"):
-        tpot = np.where(wsum > 0, time / np.where(wsum > 0, wsum, 1.0), np.nan)
+        tpot = np.where(has, time / np.where(has, steps, 1.0), np.nan)
         devices = rs.placement.tp
         bw = devices * rs.rates.memory_bandwidth * time
-        fl = devices * cost.metric_peak_flops * time
-        kv = (cost.kv_read_bytes.reshape(shape) * w).sum(axis=1)
-
-        def wsum_of(a: np.ndarray) -> np.ndarray:
-            return (np.broadcast_to(a, (n * s,)).reshape(shape) * w).sum(axis=1)
-
+        fl = devices * metric_peak * time
         metrics = {
-            "s_mbu": (wsum_of(cost.weight_bytes_sparse) + kv) / bw,
-            "mbu": (wsum_of(cost.weight_bytes_dense) + kv) / bw,
-            "s_mfu": wsum_of(cost.flops_sparse) / fl,
-            "mfu": wsum_of(cost.flops_dense) / fl,
+            "s_mbu": (sums["weight_bytes_sparse"] + sums["kv_read_bytes"]) / bw,
+            "mbu": (sums["weight_bytes_dense"] + sums["kv_read_bytes"]) / bw,
+            "s_mfu": sums["flops_sparse"] / fl,
+            "mfu": sums["flops_dense"] / fl,
         }
-    by_resource = np.stack([wsum_of(cost.time_by_resource[r]) for r in RESOURCES])
+    by_resource = np.stack([sums[f"time_{r}"] for r in RESOURCES])
     names = np.array(RESOURCES, dtype=object)
-    metrics["bottleneck"] = np.where(wsum > 0, names[np.argmax(by_resource, axis=0)], "none")
+    metrics["bottleneck"] = np.where(has, names[np.argmax(by_resource, axis=0)], "none")
     return tpot, metrics
