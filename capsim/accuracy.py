@@ -363,6 +363,8 @@ def _read(path: Path) -> dict[str, Any]:
             return tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
         raise DataFileError(str(path), f"not valid TOML ({exc}); fix the syntax") from None
+    except UnicodeDecodeError:
+        raise DataFileError(str(path), "not UTF-8 text (TOML must be UTF-8); save it as UTF-8") from None
     except OSError as exc:
         raise DataFileError(str(path), f"cannot be read ({exc.strerror})") from None
 

@@ -37,15 +37,13 @@ from numpy.typing import ArrayLike, NDArray
 
 from . import units
 from .errors import DataFileError, MissingValueError, ScenarioError, UnknownHardwareError
+from .units import HOURS_PER_YEAR
 
 if TYPE_CHECKING:
     from .hardware import HardwareDB, System
     from .metrics import Prediction
     from .scenario import Scenario
 
-HOURS_PER_DAY = 24.0
-HOURS_PER_YEAR = 365 * HOURS_PER_DAY
-"""Hours in the 365-day year that ``lifetime_years`` counts."""
 TOKENS_PER_MTOK = 1e6
 
 
@@ -235,6 +233,8 @@ def load_cost_file(path: Path | str) -> dict[str, Any]:
             raw = tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
         raise DataFileError(str(p), f"not valid TOML ({exc}); fix the syntax") from None
+    except UnicodeDecodeError:
+        raise DataFileError(str(p), "not UTF-8 text (TOML must be UTF-8); save it as UTF-8") from None
     except OSError as exc:
         raise DataFileError(str(p), f"cannot be read ({exc.strerror}); check the --prices path") from None
     allowed = (*SCALAR_INPUTS, "purchase_usd", "cloud_usd_per_hour")
@@ -636,23 +636,36 @@ def owned_usd_per_hour(
     purchase = np.asarray(purchase_usd, dtype=np.float64)
     watts = np.asarray(busy_w, dtype=np.float64)
     u = np.asarray(inputs.utilization if utilization is None else utilization, dtype=np.float64)
-    amortised = purchase / (inputs.lifetime_years * HOURS_PER_YEAR)
-    average_w = watts * (inputs.idle_power_fraction + (1.0 - inputs.idle_power_fraction) * u)
-    # W x 1 h = W·h; / 1000 -> kWh (units.KWH is in joules: 1 kWh = 1000 W x 3600 s)
-    energy = average_w * units.HOURS / units.KWH * inputs.pue * inputs.electricity_usd_per_kwh
-    return amortised + energy
+    # absurd inputs may overflow to inf: finite_cost reports that as one error, without numpy's warning
+    with np.errstate(over="ignore"):
+        amortised = purchase / (inputs.lifetime_years * HOURS_PER_YEAR)
+        average_w = watts * (inputs.idle_power_fraction + (1.0 - inputs.idle_power_fraction) * u)
+        # W x 1 h = W·h; / 1000 -> kWh (units.KWH is in joules: 1 kWh = 1000 W x 3600 s)
+        energy = average_w * units.HOURS / units.KWH * inputs.pue * inputs.electricity_usd_per_kwh
+        return np.asarray(amortised + energy, dtype=np.float64)
+
+
+def finite_cost(usd: float, what: str = "USD per million tokens") -> float:
+    """``usd`` unchanged when finite; ScenarioError when the cost inputs made it overflow (JSON has no inf)."""
+    if not math.isfinite(usd):
+        raise ScenarioError(
+            f"{what} is not finite ({usd}); the cost inputs are out of range: check --electricity-usd-kwh, "
+            "--lifetime-years, --utilization and the prices"
+        )
+    return usd
 
 
 def busy_rate(usd_per_wall_hour: ArrayLike, inputs: CostInputs) -> NDArray[np.float64]:
     """USD per hour of busy time: the wall-clock rate / utilisation (idle hours are paid by busy ones)."""
-    return np.asarray(usd_per_wall_hour, dtype=np.float64) / inputs.utilization
+    with np.errstate(over="ignore"):
+        return np.asarray(usd_per_wall_hour, dtype=np.float64) / inputs.utilization
 
 
 def usd_per_mtok(usd_per_busy_hour: ArrayLike, tokens_per_s: ArrayLike) -> NDArray[np.float64]:
     """USD per million tokens = rate / 3600 s / (tokens/s) × 1e6 (vectorised; inf where tokens/s is 0)."""
     rate = np.asarray(usd_per_busy_hour, dtype=np.float64)
     tps = np.asarray(tokens_per_s, dtype=np.float64)
-    with np.errstate(divide="ignore"):
+    with np.errstate(divide="ignore", over="ignore"):
         return rate / units.HOURS / tps * TOKENS_PER_MTOK
 
 
@@ -714,7 +727,7 @@ class DeploymentRates:
         """(owned, rented) cost per million input and output tokens at these throughputs."""
 
         def per(rate: float | None, tps: float | None) -> float | None:
-            return None if rate is None or not tps else float(usd_per_mtok(rate, tps))
+            return None if rate is None or not tps else finite_cost(float(usd_per_mtok(rate, tps)))
 
         owned = TokenCost(
             per(self.owned_usd_per_busy_hour, prefill_tokens_per_s),

@@ -2,19 +2,22 @@
 
 Modes (``--mode``):
 
-- ``gpu``: every weight in GPU memory (vLLM/SGLang-like). The default.
-- ``offload``: the routed experts of the chosen MoE layers live in host DRAM (or on an NVMe SSD,
-  ``--expert-tier ssd``); the GPU keeps everything else plus an *expert cache* in the memory left after the KV
-  cache. Each step, the activated experts that miss the cache are copied over the host link (PCIe, or the
-  SSD->GPU path of the node graph). Hits/misses come from simulating the cache policy (LRU, LFU, or Belady's
-  oracle) on a routing sample of the scenario's router, in layer order. With ``prefetch`` the copies overlap
-  GPU compute perfectly (MoE-Infinity style; an optimistic bound), without it they serialise
-  (Mixtral-offloading style): step = GPU time + link time, or max(GPU time, link time).
-- ``cpu-experts``: the routed experts of the chosen layers are *computed on the CPU* from DRAM (KTransformers,
-  Fiddler, llama.cpp ``--n-cpu-moe``); attention, router and shared experts stay on the GPU. Per MoE layer the
-  activations cross PCIe twice (T·d·2 bytes each way). CPU time per layer = max(FLOPs / (CPU peak·η_c),
-  A·N_exp·b_w / (DRAM bandwidth·η_m)).
-- ``cpu``: everything on the CPU sockets (CPU-only serving).
+- ``gpu``: every weight in GPU memory (vLLM/SGLang-like). The default; a ``--placement`` that moves experts
+  off the GPU implies ``offload``.
+- ``offload``: the routed experts chosen by ``--placement`` (or ``--expert-layers``/``--expert-tier``) live in
+  host DRAM or on an NVMe SSD; the GPU keeps everything else plus an *expert cache* in the memory left after the
+  KV cache. Each step, the activated experts that miss the cache are copied to the GPU; an SSD expert that is
+  also missing from the host's page cache (the DRAM not holding DRAM-tier experts, LRU like the OS page cache)
+  is first read from the SSD. Hits/misses come from simulating the cache policy (LRU, LFU, Belady's oracle) on
+  a routing sample of the scenario's router, in layer order. With ``prefetch`` the copies overlap GPU compute
+  perfectly (MoE-Infinity style; an optimistic bound), without it they serialise (Mixtral-offloading style):
+  step = max(GPU time, each link's time) or GPU time + the links' times.
+- ``cpu-experts``: the off-GPU routed experts are *computed on the CPU* from DRAM (KTransformers, Fiddler,
+  llama.cpp ``--n-cpu-moe``); attention, router, shared and GPU-placed experts stay on the GPU. Per MoE layer
+  the activations cross PCIe twice (T·d·2 bytes each way). CPU time per layer = max(FLOPs / (CPU peak·η_c),
+  A_cpu·N_exp·b_w / (DRAM bandwidth·η_m)). SSD-placed experts are paged into DRAM on demand (mmap-style,
+  synchronous page faults).
+- ``cpu``: everything on the CPU sockets (CPU-only serving); SSD-placed experts are paged into DRAM.
 
 NUMA: a model copy in one socket's DRAM streams at one socket's bandwidth; ``--numa replicate`` keeps one copy
 per socket (memory x sockets) and streams at the sum. The inter-socket link is not in the database, so
@@ -23,17 +26,19 @@ interleaving across sockets is not modelled.
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
+from numpy.typing import NDArray
 
 from .errors import MissingValueError, ScenarioError
 from .hardware import Accelerator, Sourced, System
-from .units import GB_PER_S
+from .units import GB, GB_PER_S, TFLOPS
 
 if TYPE_CHECKING:
     from .routing import Router
@@ -57,6 +62,8 @@ class Deployment:
     numa: str = "single"
     host_memory_gb: float | None = None
     cache_sample_steps: int = 64
+    placement: str | None = None
+    """A ``--placement`` spec (:mod:`capsim.placement`); None = derived from mode, expert_layers, expert_tier."""
 
     def validate(self) -> None:
         checks = ((self.mode, MODES, "mode"), (self.cache_policy, CACHE_POLICIES, "cache policy"),
@@ -64,10 +71,12 @@ class Deployment:
         for value, valid, label in checks:
             if value not in valid:
                 raise ScenarioError(f"unknown {label} {value!r}; choose one of {', '.join(valid)}")
-        if self.mode == "cpu-experts" and self.expert_tier != "dram":
-            raise ScenarioError("cpu-experts computes experts from DRAM; --expert-tier ssd applies to --mode offload")
         if self.host_memory_gb is not None and self.host_memory_gb <= 0:
             raise ScenarioError(f"host memory must be > 0 GB, got {self.host_memory_gb}")
+        if self.placement is not None:
+            from .placement import parse_placement
+
+            parse_placement(self.placement)
 
 
 def parse_layer_range(text: str | None, num_moe_layers: int) -> tuple[int, int] | None:
@@ -87,24 +96,15 @@ def parse_layer_range(text: str | None, num_moe_layers: int) -> tuple[int, int] 
     return first, min(last, num_moe_layers)
 
 
-def offloaded_layers(deployment: Deployment, num_moe_layers: int) -> np.ndarray:
-    """Boolean mask over MoE layers whose routed experts are off the GPU (all False in gpu mode)."""
-    mask = np.zeros(num_moe_layers, dtype=bool)
-    if deployment.mode in ("offload", "cpu-experts"):
-        first, last = deployment.expert_layers or (0, num_moe_layers)
-        mask[first:last] = True
-    return mask
-
-
 def host_memory_bytes(node: System, deployment: Deployment) -> float:
     """Host DRAM capacity: --host-memory-gb, else the system's dram.capacity_gb (MissingValueError if neither)."""
     if deployment.host_memory_gb is not None:
-        return deployment.host_memory_gb * 1e9
+        return deployment.host_memory_gb * GB
     if node.dram is None:
         raise MissingValueError(node.id, "dram", "host-memory fit; pass --host-memory-gb")
     if node.dram.capacity_gb is None:
         raise MissingValueError(node.id, "dram.capacity_gb", "host-memory fit; pass --host-memory-gb")
-    return node.dram.capacity_gb * 1e9
+    return node.dram.capacity_gb * GB
 
 
 def cpu_rates(node: System, deployment: Deployment) -> tuple[float, dict[str, float], int, str]:
@@ -123,7 +123,7 @@ def cpu_rates(node: System, deployment: Deployment) -> tuple[float, dict[str, fl
             per_socket = populated
             how += f", limited by {node.dram.channels} populated channels of {node.dram.dram.id}"
     used = sockets if deployment.numa == "replicate" else 1
-    peaks = {key: v * 1e12 * used for key, v in cpu.peak_tflops_dense.items()}
+    peaks = {key: v * TFLOPS * used for key, v in cpu.peak_tflops_dense.items()}
     return per_socket * used, peaks, used, how + f"; {used} socket(s) streaming ({deployment.numa})"
 
 
@@ -134,121 +134,179 @@ def cpu_device(node: System, deployment: Deployment) -> Accelerator:
     capacity = host_memory_bytes(node, deployment) / (sockets if deployment.numa == "replicate" else 1)
     source = f"derived from {node.id}: {how}"
     prov = {"memory_bandwidth_gb_s": Sourced(bandwidth / GB_PER_S, source),
-            "memory_capacity_gb": Sourced(capacity / 1e9, source)}
+            "memory_capacity_gb": Sourced(capacity / GB, source)}
     return Accelerator(
         id=f"{node.id}-cpu", name=f"{cpu.name} x{used}", vendor=cpu.vendor, device_class="cpu",
-        memory_capacity_gb=capacity / 1e9, memory_bandwidth_gb_s=bandwidth / GB_PER_S,
-        peak_tflops_dense=MappingProxyType({k: v / 1e12 for k, v in peaks.items()}),
+        memory_capacity_gb=capacity / GB, memory_bandwidth_gb_s=bandwidth / GB_PER_S,
+        peak_tflops_dense=MappingProxyType({k: v / TFLOPS for k, v in peaks.items()}),
         peak_tflops_sparse=MappingProxyType({}), tdp_w=None, unified_memory=True, scale_up_link=None,
         scale_up_gb_s_per_dir=None, host_link=None, purchase_usd=None, cloud_usd_per_hour=None, source=source,
         provenance=MappingProxyType(prov),
     )
 
 
+def _host_source(node: System) -> str | None:
+    nodes = set(node.graph.nodes)
+    return next((n for n in ("dram0", "cpu0", "host0") if n in nodes), None)
+
+
 def expert_link_bandwidth(node: System, deployment: Deployment) -> tuple[float, str]:
-    """Bytes/s per direction from the experts' tier to GPU 0, on the node's topology graph."""
+    """Bytes/s per direction from the experts' tier (``deployment.expert_tier``) to GPU 0, on the node's
+    topology graph (the widest path's narrowest edge)."""
     nodes = set(node.graph.nodes)
     if deployment.expert_tier == "ssd":
         if "ssd0" not in nodes:
             raise MissingValueError(node.id, "ssds", "SSD-backed experts (the node lists no SSD)")
         return node.bandwidth_between("ssd0", "gpu0"), "ssd0 -> gpu0"
-    for source in ("dram0", "cpu0", "host0"):
-        if source in nodes:
-            return node.bandwidth_between(source, "gpu0"), f"{source} -> gpu0"
+    source = _host_source(node)
+    if source is not None and "gpu0" in nodes:
+        return node.bandwidth_between(source, "gpu0"), f"{source} -> gpu0"
     return node.host_to_gpu_bandwidth(), "host -> gpu0"
+
+
+def ssd_read_bandwidth(node: System) -> tuple[float, str]:
+    """Bytes/s from the node's SSDs into host memory: the widest path from ssd0 to DRAM (or the CPU), times
+    the number of SSDs (assumed striped, RAID-0 style). MissingValueError when the node lists no SSD."""
+    ssds = sorted(n for n in node.graph.nodes if str(n).startswith("ssd"))
+    if not ssds:
+        raise MissingValueError(node.id, "ssds", "SSD-backed experts (the node lists no SSD)")
+    target = _host_source(node)
+    if target is None:
+        raise MissingValueError(node.id, "a path from ssd0 to host memory", "SSD-backed experts")
+    width = node.bandwidth_between(ssds[0], target)
+    striped = f" x {len(ssds)} SSDs striped" if len(ssds) > 1 else ""
+    return width * len(ssds), f"{ssds[0]} -> {target}{striped}"
 
 
 # ---- expert cache simulation -------------------------------------------------------------------------------
 
 
 def step_accesses(router: Router, batch: int, steps: int, seed: int) -> list[list[np.ndarray]]:
-    """Per decode step, per MoE layer, the distinct experts the batch activates, sampled from ``router``
-    (``batch`` independent sequences; each sequence's tokens are consecutive samples of the router)."""
+    """Per decode step, per MoE layer, the distinct experts the batch activates.
+
+    Synthetic routers are sampled once for ``batch`` x ``steps`` consecutive tokens, cut into ``batch`` runs
+    of ``steps`` tokens, one per sequence (one draw costs about as much as a short one; runs of a stationary
+    router are independent sequences but for the state carried across a run boundary). A trace router replays
+    its trace the same way (fewer steps when the trace is short)."""
     sample = getattr(router, "sample", None)
-    if sample is None:
+    trace = getattr(router, "trace", None)
+    if sample is not None or trace is not None:
+        # (L, N, k) token-expert ids in token order
+        topk = np.asarray(sample(batch * steps, seed=seed) if sample is not None else trace.topk_ids)  # type: ignore[union-attr]
+        steps = min(steps, topk.shape[1] // batch)
+        if steps < 1:
+            raise ScenarioError(
+                f"trace {trace.name!r} has {topk.shape[1]} tokens, fewer than the batch of {batch}; "  # type: ignore[union-attr]
+                "use a longer trace or a smaller --batch for the cache simulation"
+            )
+        runs = topk[:, : batch * steps].reshape(topk.shape[0], batch, steps, topk.shape[2])
+        ids = runs.transpose(0, 2, 1, 3)
+    else:
         raise ScenarioError(f"router {router.name!r} cannot be sampled for a cache simulation; use a synthetic router")
-    per_seq = [sample(steps, seed=seed + s) for s in range(batch)]  # each (L, steps, k)
-    ids = np.stack(per_seq, axis=2)  # (L, steps, batch, k)
-    return [[np.unique(ids[layer, t]) for layer in range(ids.shape[0])] for t in range(steps)]
+    return [[np.unique(ids[layer, t]) for layer in range(ids.shape[0])] for t in range(ids.shape[1])]
+
+
+@dataclass(frozen=True)
+class AccessStream:
+    """The accesses a cache sees, in order: decode step, MoE layer and expert id of each."""
+
+    step: NDArray[np.int64]
+    layer: NDArray[np.int64]
+    expert: NDArray[np.int64]
+    steps: int
+
+    def __len__(self) -> int:
+        return int(self.step.size)
+
+    def subset(self, keep: NDArray[np.bool_]) -> AccessStream:
+        return AccessStream(self.step[keep], self.layer[keep], self.expert[keep], self.steps)
+
+    def first_ever(self) -> NDArray[np.bool_]:
+        """True where the (layer, expert) is accessed for the first time (a compulsory miss)."""
+        keys = self.layer * (int(self.expert.max(initial=0)) + 1) + self.expert
+        _, first_index = np.unique(keys, return_index=True)
+        first = np.zeros(len(self), dtype=bool)
+        first[first_index] = True
+        return first
+
+    def per_step(self, mask: NDArray[np.bool_]) -> NDArray[np.float64]:
+        """How many of the masked accesses fall in each step."""
+        return np.bincount(self.step[mask], minlength=self.steps).astype(np.float64)
+
+
+def access_stream(accesses: list[list[np.ndarray]], cacheable: np.ndarray) -> AccessStream:
+    """Flatten per-step, per-layer expert sets into the order a cache sees them, keeping only the experts
+    that go through the cache: ``cacheable`` is a bool mask over MoE layers or over (layer, expert)."""
+    step, layer, expert = [], [], []
+    mask = np.asarray(cacheable, dtype=bool)
+    for t, per_layer in enumerate(accesses):
+        for ell, experts in enumerate(per_layer):
+            e = np.asarray(experts, dtype=np.int64)
+            keep = e[mask[ell, e]] if mask.ndim == 2 else (e if mask[ell] else e[:0])
+            step.append(np.full(keep.size, t, dtype=np.int64))
+            layer.append(np.full(keep.size, ell, dtype=np.int64))
+            expert.append(keep)
+    cat = (lambda parts: np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64))
+    return AccessStream(cat(step), cat(layer), cat(expert), len(accesses))
+
+
+def cache_hits(stream: AccessStream, capacity: int, policy: str) -> NDArray[np.bool_]:
+    """Simulate a cache of ``capacity`` entries over ``stream``; True where an access hits.
+
+    LRU evicts the least recently used entry; LFU the least frequently used (frequency counts every access
+    so far, cached or not; ties: least recently used); oracle is Belady's MIN (evict the entry used furthest
+    in the future; ties: least recently used), the best any policy can do. Heaps with lazy deletion keep LFU
+    and oracle at O(log capacity) per access."""
+    n = len(stream)
+    hits = np.zeros(n, dtype=bool)
+    if capacity <= 0 or n == 0:
+        return hits
+    keys = list(zip(stream.layer.tolist(), stream.expert.tolist()))
+    if policy == "lru":
+        lru: OrderedDict[tuple[int, int], None] = OrderedDict()
+        for i, key in enumerate(keys):
+            if key in lru:
+                hits[i] = True
+                lru.move_to_end(key)
+                continue
+            if len(lru) >= capacity:
+                lru.popitem(last=False)
+            lru[key] = None
+        return hits
+    next_use = [math.inf] * n
+    if policy == "oracle":
+        seen_at: dict[tuple[int, int], int] = {}
+        for i in range(n - 1, -1, -1):
+            next_use[i] = seen_at.get(keys[i], math.inf)
+            seen_at[keys[i]] = i
+    freq: dict[tuple[int, int], int] = {}
+    current: dict[tuple[int, int], tuple[float, int]] = {}  # cached key -> its live heap priority
+    heap: list[tuple[float, int, tuple[int, int]]] = []
+    for i, key in enumerate(keys):
+        freq[key] = freq.get(key, 0) + 1
+        # heap minimum = victim: LFU (fewest uses, least recent), oracle (furthest next use, least recent)
+        prio = (float(freq[key]), i) if policy == "lfu" else (-next_use[i], i)
+        if key in current:
+            hits[i] = True
+        elif len(current) >= capacity:
+            while True:
+                p0, p1, victim = heapq.heappop(heap)
+                if current.get(victim) == (p0, p1):
+                    del current[victim]
+                    break
+        current[key] = prio
+        heapq.heappush(heap, (prio[0], prio[1], key))
+    return hits
 
 
 def simulate_cache(
     accesses: list[list[np.ndarray]], layers: np.ndarray, capacity: int, policy: str
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Simulate one GPU expert cache of ``capacity`` experts over the access stream, in step then layer order,
-    for the offloaded ``layers`` (bool mask). Returns (accesses, misses, first-ever accesses) per step; the
-    first-ever (compulsory) misses happen once in a long-running server and are reported apart.
-
-    LRU evicts the least recently used expert, LFU the least frequently used (ties: least recent), oracle is
-    Belady's MIN (evict the expert used furthest in the future): the best any policy can do.
-    """
-    stream: list[tuple[int, int, int]] = [
-        (t, layer, int(e)) for t, per_layer in enumerate(accesses) for layer in np.nonzero(layers)[0]
-        for e in per_layer[layer]
-    ]
-    n_steps = len(accesses)
-    hits = np.zeros(n_steps)
-    total = np.zeros(n_steps)
-    first = np.zeros(n_steps)
-    seen: set[tuple[int, int]] = set()
-    for t, layer, e in stream:
-        if (layer, e) not in seen:
-            seen.add((layer, e))
-            first[t] += 1
-    if capacity <= 0:
-        for t, _, _ in stream:
-            total[t] += 1
-        return total, total.copy(), first
-    next_use: list[float] = [math.inf] * len(stream)
-    if policy == "oracle":
-        last_seen: dict[tuple[int, int], int] = {}
-        for i in range(len(stream) - 1, -1, -1):
-            key = stream[i][1:]
-            next_use[i] = last_seen.get(key, math.inf)
-            last_seen[key] = i
-    cache: OrderedDict[tuple[int, int], float] = OrderedDict()
-    freq: dict[tuple[int, int], int] = {}
-    for i, (t, layer, e) in enumerate(stream):
-        key = (layer, e)
-        total[t] += 1
-        freq[key] = freq.get(key, 0) + 1
-        if key in cache:
-            hits[t] += 1
-            cache.move_to_end(key)
-            cache[key] = next_use[i]
-            continue
-        if len(cache) >= capacity:
-            if policy == "lru":
-                cache.popitem(last=False)
-            elif policy == "lfu":
-                victim = min(cache, key=lambda k: freq[k])  # first in recency order among the least frequent
-                del cache[victim]
-            else:
-                victim = max(cache, key=lambda k: cache[k])
-                del cache[victim]
-        cache[key] = next_use[i]
-    return total, total - hits, first
-
-
-@dataclass(frozen=True)
-class OffloadPlan:
-    """What the offload simulation decided: cache size, hit rate, bytes over the link per decode step."""
-
-    cache_experts: int
-    hit_rate: float
-    misses_per_step: float
-    link_bytes_per_step: float
-    link_bytes_s: float
-    link_path: str
-    expert_bytes: float
-    offloaded_moe_layers: int
-    policy: str
-    prefetch: bool
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "cache_experts": self.cache_experts, "hit_rate": self.hit_rate, "misses_per_step": self.misses_per_step,
-            "link_gb_per_step": self.link_bytes_per_step / 1e9, "link_gb_s": self.link_bytes_s / 1e9,
-            "link_path": self.link_path, "expert_gb": self.expert_bytes / 1e9,
-            "offloaded_moe_layers": self.offloaded_moe_layers, "policy": self.policy, "prefetch": self.prefetch,
-        }
+    """Simulate one expert cache of ``capacity`` experts over the access stream, in step then layer order,
+    for the experts that go through it (``layers``: bool mask over MoE layers or over (layer, expert)).
+    Returns (accesses, misses, first-ever accesses) per step; the first-ever (compulsory) misses happen once
+    in a long-running server and are reported apart. Policies: :func:`cache_hits`."""
+    stream = access_stream(accesses, layers)
+    hits = cache_hits(stream, capacity, policy)
+    every = np.ones(len(stream), dtype=bool)
+    return stream.per_step(every), stream.per_step(~hits), stream.per_step(stream.first_ever())

@@ -11,17 +11,20 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from .hardware import HardwareDB, load_hardware_db
-from .deployment import Deployment, cpu_device, offloaded_layers, parse_layer_range
+from .deployment import Deployment, cpu_device, host_memory_bytes, parse_layer_range
 from .errors import DoesNotFitError, MissingValueError, ScenarioError
+from .hardware import HardwareDB, load_hardware_db
 from .memory import MemoryPlan, plan_memory
 from .metrics import Prediction, build_prediction
 from .model import ModelSpec
+from .parallel import Layout, layout_for
+from .placement import DEVICE, TierMap, auto_tier_map, expert_tier_map, legacy_spec, parse_placement
 from .precision import Precision, kv_precision, weight_precision
 from .roofline import DeviceRates, PassCost, Placement, _layer_tables, causal_pairs, pass_cost
 from .routing import Router, make_router
 from .scenario import Scenario
 from .units import GB_PER_S, TFLOPS
+
 
 @dataclass(frozen=True)
 class ResolvedScenario:
@@ -36,8 +39,33 @@ class ResolvedScenario:
     rates: DeviceRates
     router: Router | None
     deployment: Deployment = Deployment()
-    offloaded: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
-    """Mask over MoE layers whose routed experts are off the GPU (offload / cpu-experts modes)."""
+    expert_tiers: TierMap = field(default_factory=lambda: np.zeros((0, 0), dtype=np.int8))
+    """Tier of every routed expert, (MoE layers x experts): capsim.placement.DEVICE, DRAM or SSD."""
+    notes: tuple[str, ...] = ()
+    """What the resolution assumed or changed (implied mode, unknown capacities), shown with the output."""
+    layout: Layout = Layout()
+    """TP x PP x DP over nodes (capsim.parallel)."""
+    scale_out_bytes_s: float = 0.0
+    """Per-device bytes/s on the network joining nodes (0 for one node)."""
+
+    @property
+    def offloaded(self) -> np.ndarray:
+        """Mask over MoE layers holding any routed expert off the device."""
+        return (self.expert_tiers != DEVICE).any(axis=1) if self.expert_tiers.size else np.zeros(0, dtype=bool)
+
+    @property
+    def device_is_dram(self) -> bool:
+        """The computing device's memory is host DRAM: CPU-only execution or unified memory."""
+        return self.deployment.mode == "cpu" or bool(getattr(self.device, "unified_memory", False))
+
+    def inclusion(self) -> np.ndarray:
+        """π (MoE layers x experts): the router's per-token inclusion probabilities (uniform k/E if it has none)."""
+        moe = self.model.moe
+        assert moe is not None  # callers check is_moe: internal invariant
+        pi = getattr(self.router, "inclusion", None)
+        if pi is None:
+            return np.full((self.model.num_moe_layers, moe.num_experts), moe.top_k / moe.num_experts)
+        return np.asarray(pi, dtype=np.float64)
 
 
 def resolve_model(model: str | ModelSpec) -> ModelSpec:
@@ -48,46 +76,75 @@ def resolve_model(model: str | ModelSpec) -> ModelSpec:
     return _resolve(model)
 
 
-def weight_precisions(model: ModelSpec, weight_dtype: str | None) -> dict[str, Precision]:
-    """Precision per weight group (the rule lives in :meth:`ModelSpec.weight_dtypes`)."""
-    return {group: weight_precision(name) for group, name in model.weight_dtypes(weight_dtype).items()}
+def weight_precisions(model: ModelSpec, weight_dtype: str | None, expert_dtype: str | None = None) -> dict[str, Precision]:
+    """Precision per weight group (the rule lives in :meth:`ModelSpec.weight_dtypes`); ``expert_dtype``
+    overrides the routed experts only (e.g. int4 experts next to bf16 attention, as llama.cpp/KTransformers
+    quantise them)."""
+    chosen = {group: weight_precision(name) for group, name in model.weight_dtypes(weight_dtype).items()}
+    if expert_dtype is not None:
+        chosen["routed_experts"] = weight_precision(expert_dtype)
+    return chosen
 
 
 AUTO_DEVICE_COUNTS = (1, 2, 4, 8)
 """Tensor-parallel degrees tried when --gpus is not given for an accelerator id (common TP sizes)."""
 
 
-def resolve_on(scenario: Scenario, db: HardwareDB, model: ModelSpec, count: int | None) -> ResolvedScenario:
-    node = db.node(scenario.hardware, count)
-    deployment = scenario.deployment()
-    if node.accelerator is None and deployment.mode != "cpu":
+def _mode_for(scenario: Scenario, node: object, deployment: Deployment) -> Deployment:
+    """The execution mode the node allows: CPU-only nodes run ``cpu``; unified memory has no host tier."""
+    accelerator = getattr(node, "accelerator", None)
+    if accelerator is None and deployment.mode != "cpu":
         if deployment.mode != "gpu":
             raise ScenarioError(f"{scenario.hardware!r} has no GPU, so --mode {deployment.mode} cannot apply; use --mode cpu")
-        deployment = replace(deployment, mode="cpu")
+        return replace(deployment, mode="cpu")
+    if accelerator is not None and accelerator.unified_memory and deployment.mode == "cpu-experts":
+        raise ScenarioError(
+            f"{accelerator.id} has unified memory: CPU and GPU read the same DRAM, so --mode cpu-experts moves "
+            "nothing; use --mode gpu (or --placement with ssd tiers for SSD paging)"
+        )
+    return deployment
+
+
+def resolve_on(scenario: Scenario, db: HardwareDB, model: ModelSpec, count: int | None) -> ResolvedScenario:
+    """Resolve ``scenario`` on ``count`` devices per node (None: all of a system, one accelerator)."""
+    node = db.node(scenario.hardware, count)
+    deployment = _mode_for(scenario, node, scenario.deployment())
     if deployment.mode == "cpu":
+        if (scenario.tp or 1) * scenario.pp * scenario.dp * scenario.nodes > 1:
+            raise ScenarioError("CPU-only execution runs on one node's sockets; drop --tp/--pp/--dp/--nodes")
         device = cpu_device(node, deployment)
         eff = db.efficiency("cpu")
-        tp = 1
+        layout = Layout()
     else:
         device = node.accelerator
         eff = db.efficiency_for(device)
-        tp = node.accelerator_count
+        layout = layout_for(scenario.tp, scenario.pp, scenario.dp, scenario.ep, scenario.nodes,
+                            node.accelerator_count, model.num_layers)
+    tp = layout.tp
     if not {"bf16", "fp16", "fp32"} & set(device.peak_tflops_dense):
         raise MissingValueError(
             device.id, "peak_tflops_dense.bf16", "the compute time of every GEMM; the vendor publishes no GPU FLOPS"
         )
-    if deployment.mode in ("offload", "cpu-experts") and not model.is_moe:
-        raise ScenarioError(f"--mode {deployment.mode} moves routed experts; {model.id!r} has none")
+    moves_experts = deployment.mode in ("offload", "cpu-experts") or scenario.placement is not None
+    if moves_experts and not model.is_moe:
+        what = f"--mode {deployment.mode}" if scenario.placement is None else "--placement"
+        raise ScenarioError(f"{what} moves routed experts; {model.id!r} has none")
+    if scenario.expert_dtype is not None and not model.is_moe:
+        raise ScenarioError(f"--expert-dtype sets the routed experts' precision; {model.id!r} has none")
+    if moves_experts and layout.devices_per_replica * layout.dp > layout.tp:
+        raise ScenarioError("--pp/--dp with experts off the GPU is not modelled; use one TP group with offload modes")
     deployment = replace(deployment, expert_layers=parse_layer_range(scenario.expert_layers, model.num_moe_layers))
     if scenario.ep > 1:
         from .parallel import check_layout
 
         if not model.is_moe:
             raise ScenarioError(f"--ep {scenario.ep} splits routed experts; {model.id!r} has none")
+        if deployment.mode != "gpu" or scenario.placement not in (None, "gpu"):
+            raise ScenarioError("--ep with experts off the GPU is not modelled; use --ep 1 with offload modes")
         check_layout(model.moe.num_experts, scenario.ep, tp)  # type: ignore[union-attr]
     placement = Placement(
         tp=tp,
-        weight_precision=weight_precisions(model, scenario.weight_dtype),
+        weight_precision=weight_precisions(model, scenario.weight_dtype, scenario.expert_dtype),
         kv_precision=kv_precision(scenario.kv_dtype),
     )
     rates = DeviceRates(
@@ -102,16 +159,117 @@ def resolve_on(scenario: Scenario, db: HardwareDB, model: ModelSpec, count: int 
         allreduce_base_latency_s=eff.allreduce_base_latency_s,
         gemm_m_curve=eff.gemm_m_curve,
     )
+    scale_out = 0.0
+    if layout.nodes > 1:
+        from .parallel import scale_out_bandwidth
+
+        scale_out, _ = scale_out_bandwidth(node, db, scenario.network)
     router = make_router(scenario.routing, model, seed=scenario.seed) if model.is_moe else None
-    offloaded = offloaded_layers(deployment, model.num_moe_layers)
-    return ResolvedScenario(scenario, model, node, device, eff, placement, rates, router, deployment, offloaded)
+    rs = ResolvedScenario(scenario, model, node, device, eff, placement, rates, router, deployment,
+                          layout=layout, scale_out_bytes_s=scale_out)
+    return _with_expert_tiers(rs) if model.is_moe else rs
+
+
+def _with_expert_tiers(rs: ResolvedScenario) -> ResolvedScenario:
+    """Place every routed expert (``--placement``, or the legacy --expert-layers/--expert-tier of the offload
+    modes) and settle the mode the placement implies."""
+    sc, dep, model = rs.scenario, rs.deployment, rs.model
+    moe = model.moe
+    assert moe is not None  # only called for MoE models
+    shape = (model.num_moe_layers, moe.num_experts)
+    if sc.placement is not None:
+        if sc.expert_layers is not None or sc.expert_tier != "dram":
+            raise ScenarioError("give either --placement or --expert-layers/--expert-tier, not both")
+        spec = parse_placement(sc.placement)
+        if dep.mode == "cpu" and any(c.tier == "gpu" for c in spec.clauses):
+            raise ScenarioError("--mode cpu runs without a GPU: place experts on dram or ssd, not gpu")
+        if spec.auto:
+            return _auto_tiers(rs)
+        tiers = expert_tier_map(spec, *shape, rs.inclusion(), device_is_dram=rs.device_is_dram)
+        if rs.device_is_dram and dep.mode != "cpu" and any(c.tier == "dram" for c in spec.clauses):
+            note = f"{rs.device.id} has unified memory: experts placed in dram are in device memory"  # type: ignore[attr-defined]
+            rs = replace(rs, notes=rs.notes + (note,))
+    elif dep.mode in ("offload", "cpu-experts"):
+        tiers = expert_tier_map(legacy_spec(dep.expert_layers, dep.expert_tier), *shape, rs.inclusion(),
+                                device_is_dram=rs.device_is_dram)
+    else:
+        tiers = np.full(shape, DEVICE, dtype=np.int8)
+    return _settle_mode(replace(rs, expert_tiers=tiers))
+
+
+def _settle_mode(rs: ResolvedScenario) -> ResolvedScenario:
+    """GPU mode with experts off the device becomes offload; offload modes with none off the device, gpu."""
+    off = bool((rs.expert_tiers != DEVICE).any())
+    mode = rs.deployment.mode
+    if off and mode == "gpu":
+        note = "experts placed off the GPU: --mode offload assumed (--mode cpu-experts computes them on the CPU)"
+        return replace(rs, deployment=replace(rs.deployment, mode="offload"), notes=rs.notes + (note,))
+    if not off and mode in ("offload", "cpu-experts"):
+        note = f"the placement keeps every expert on the GPU: --mode {mode} has nothing to move (gpu mode)"
+        return replace(rs, deployment=replace(rs.deployment, mode="gpu"), notes=rs.notes + (note,))
+    return rs
+
+
+def expert_bytes(rs: ResolvedScenario) -> float:
+    """Bytes of one whole routed expert at its weight precision (not split over ranks)."""
+    return rs.model.expert_params * rs.placement.weight_precision["routed_experts"].bytes_per_element
+
+
+def _staging_experts(rs: ResolvedScenario) -> int:
+    """Cache slots offload needs beyond pinned experts: one MoE layer's activated experts at the batch."""
+    moe = rs.model.moe
+    assert moe is not None and rs.router is not None  # MoE only
+    active = rs.router.activated_per_layer(np.array([float(rs.scenario.batch)]))
+    return max(moe.top_k, math.ceil(float(np.max(active))))
+
+
+def _auto_tiers(rs: ResolvedScenario) -> ResolvedScenario:
+    """``--placement auto``: as many experts on the device as fit next to the rest of the model, the KV cache
+    of the batch and the buffers (hottest by π first; offload keeps room for one layer's activated experts),
+    then host DRAM, then the SSD."""
+    from .memory import buffer_bytes_per_device, kv_bytes_per_sequence, usable_bytes, weight_bytes_per_device
+
+    model, moe, sc = rs.model, rs.model.moe, rs.scenario
+    assert moe is not None
+    everything = replace(rs, expert_tiers=np.full((model.num_moe_layers, moe.num_experts), DEVICE, dtype=np.int8))
+    groups = weight_bytes_per_device(everything)
+    rest = sum(v for g, v in groups.items() if g != "routed_experts")
+    free = (usable_bytes(everything) - rest - buffer_bytes_per_device(everything)
+            - kv_bytes_per_sequence(everything) * sc.batch)
+    per_device_expert = expert_bytes(rs) / rs.placement.tp
+    slots = int(max(free, 0.0) // per_device_expert)
+    total = model.num_moe_layers * moe.num_experts
+    notes = rs.notes
+    if slots >= total:
+        return _settle_mode(everything)
+    mode = rs.deployment.mode
+    if mode == "gpu":
+        mode = "offload"
+        notes += (
+            "--placement auto: the experts do not all fit on the GPU; --mode offload assumed "
+            "(--mode cpu-experts computes them on the CPU)",
+        )
+    if mode in ("offload", "cpu"):
+        # experts off the device are fetched into a cache that must hold one layer's activated experts
+        slots = max(slots - _staging_experts(rs), 0)
+    dram_slots: int | None = None
+    if not rs.device_is_dram:
+        try:
+            dram_slots = int(host_memory_bytes(rs.node, rs.deployment) // expert_bytes(rs))  # type: ignore[arg-type]
+        except MissingValueError:
+            pass  # every off-GPU expert goes to DRAM; the offload report notes the unknown capacity
+    has_ssd = any(str(n).startswith("ssd") for n in rs.node.graph.nodes)  # type: ignore[attr-defined]
+    tiers = auto_tier_map(rs.inclusion(), slots, dram_slots, has_ssd=has_ssd, device_is_dram=rs.device_is_dram)
+    dep = replace(rs.deployment, mode=mode)
+    return _settle_mode(replace(rs, deployment=dep, expert_tiers=tiers, notes=notes))
 
 
 def resolve(scenario: Scenario, hardware_db: HardwareDB | None = None) -> tuple[ResolvedScenario, MemoryPlan]:
     """Validate ``scenario``, look up its model, hardware, efficiency factors and router, and plan memory.
 
-    With ``gpus`` unset on an accelerator id, the fewest of :data:`AUTO_DEVICE_COUNTS` devices that hold the
-    model is chosen (the last count's DoesNotFitError is raised if none does).
+    With ``gpus`` unset on an accelerator id, the devices per node are ``tp x pp x dp / nodes`` when ``--tp``
+    is given, else the fewest of :data:`AUTO_DEVICE_COUNTS` that hold the model and suit the layout (the last
+    count's DoesNotFitError is raised if none does).
     """
     scenario.validate()
     db = hardware_db if hardware_db is not None else load_hardware_db()
@@ -120,14 +278,29 @@ def resolve(scenario: Scenario, hardware_db: HardwareDB | None = None) -> tuple[
     if scenario.gpus is not None or not is_accelerator:
         rs = resolve_on(scenario, db, model, scenario.gpus)
         return rs, plan_memory(rs)
+    if scenario.tp is not None:
+        total = scenario.tp * scenario.pp * scenario.dp
+        if total % scenario.nodes:
+            raise ScenarioError(
+                f"--tp {scenario.tp} x --pp {scenario.pp} x --dp {scenario.dp} = {total} devices do not split over "
+                f"{scenario.nodes} nodes; give --gpus per node"
+            )
+        rs = resolve_on(scenario, db, model, total // scenario.nodes)
+        return rs, plan_memory(rs)
     last_error: DoesNotFitError | None = None
     for count in AUTO_DEVICE_COUNTS:
+        if (count * scenario.nodes) % (scenario.pp * scenario.dp):
+            continue
         rs = resolve_on(scenario, db, model, count)
         try:
             return rs, plan_memory(rs)
         except DoesNotFitError as exc:
             last_error = exc
-    assert last_error is not None  # loop ran at least once: internal invariant, not user input
+    if last_error is None:
+        raise ScenarioError(
+            f"no device count of {', '.join(map(str, AUTO_DEVICE_COUNTS))} per node suits --pp {scenario.pp} x "
+            f"--dp {scenario.dp} on {scenario.nodes} node(s); give --gpus"
+        )
     raise last_error
 
 
@@ -232,12 +405,18 @@ def decode_cost(rs: ResolvedScenario, batch: int) -> PassCost:
 
 
 def predict(scenario: Scenario, *, hardware_db: HardwareDB | None = None) -> Prediction:
-    """Predict TTFT, TPOT, throughput, MBU/MFU, S-MBU/S-MFU and memory for ``scenario``."""
-    rs, memory = resolve(scenario, hardware_db)
-    wave_batch = min(scenario.batch, memory.max_batch)
+    """Predict TTFT, TPOT, throughput, MBU/MFU, S-MBU/S-MFU and memory for ``scenario``.
+
+    With ``dp`` replicas each serves ceil(batch / dp) sequences (the numbers are one replica's; throughput
+    counts all). With ``pp`` stages a replica's batch runs as min(batch, pp) micro-batches
+    (:mod:`capsim.parallel`)."""
+    replicas = scenario.dp
+    replica = replace(scenario, batch=math.ceil(scenario.batch / replicas)) if replicas > 1 else scenario
+    rs, memory = resolve(replica, hardware_db)
+    wave_batch = min(replica.batch, memory.max_batch)
+    micro = min(wave_batch, rs.layout.pp)
     prefill = prefill_cost(rs, wave_batch)
-    decode = decode_cost(rs, wave_batch)
-    offload = None
+    decode = decode_cost(rs, math.ceil(wave_batch / micro))
     if scenario.ep > 1:
         from .parallel import apply_expert_parallel
 
@@ -245,16 +424,35 @@ def predict(scenario: Scenario, *, hardware_db: HardwareDB | None = None) -> Pre
         apply_expert_parallel(rs, prefill)
     else:
         ep_info = {}
-    if rs.deployment.mode == "offload":
+    deployment = {**_apply_mode(rs, memory, wave_batch, prefill, decode), **ep_info}
+    if rs.layout.pp > 1:
+        from .parallel import apply_pipeline_decode, apply_pipeline_prefill
+
+        apply_pipeline_decode(rs, decode, micro)
+        apply_pipeline_prefill(rs, prefill)
+        deployment["micro_batches"] = micro
+    if rs.layout.devices > 1:
+        deployment["layout"] = rs.layout.to_dict()
+    if rs.notes:
+        deployment["note"] = "; ".join(rs.notes + ((deployment["note"],) if "note" in deployment else ()))
+    return build_prediction(rs, memory, wave_batch, prefill, decode, deployment, replicas=replicas,
+                            total_batch=scenario.batch)
+
+
+def _apply_mode(rs: ResolvedScenario, memory: MemoryPlan, batch: int, prefill: PassCost, decode: PassCost) -> dict:
+    """Adjust the device-resident pass costs for the mode: expert fetches (offload, or SSD paging of a DRAM
+    device) or CPU-computed experts. Returns what the mode decided, for the output."""
+    mode = rs.deployment.mode
+    off_device = bool(rs.expert_tiers.size and (rs.expert_tiers != DEVICE).any())
+    if mode == "offload" or (mode in ("cpu", "gpu") and off_device):
         from .offload import apply_offload
 
-        offload = apply_offload(rs, memory, wave_batch, prefill, decode)
-    elif rs.deployment.mode == "cpu-experts":
+        return apply_offload(rs, memory, batch, prefill, decode)
+    if mode == "cpu-experts":
         from .offload import apply_cpu_experts
 
-        offload = apply_cpu_experts(rs, wave_batch, prefill, decode)
-    deployment = {**(offload or {"mode": rs.deployment.mode}), **ep_info}
-    return build_prediction(rs, memory, wave_batch, prefill, decode, deployment)
+        return apply_cpu_experts(rs, batch, prefill, decode)
+    return {"mode": mode}
 
 
 def decode_step_time(scenario: Scenario, context: int, *, hardware_db: HardwareDB | None = None) -> float:

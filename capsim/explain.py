@@ -1,18 +1,25 @@
 """``capsim explain``: the formulas the engine evaluates, with a model's values substituted.
 
-The expressions are the sympy objects of :mod:`capsim.formulas` (the ones predict and sweeps lambdify), so
-what this prints is what runs.
+The expressions are the sympy objects of :mod:`capsim.formulas` (the ones predict and sweeps lambdify), and
+the model constants come from the same helpers the roofline uses (:func:`capsim.roofline.attention_dims`,
+:func:`capsim.roofline.projection_widths`), so what this prints is what runs.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import sympy as sp
 
 from . import formulas as F
 from .model import ModelSpec
-from .roofline import attention_dims
+from .roofline import attention_dims, projection_widths
+
+CONTEXT = sp.Symbol("c", positive=True)
+"""Decode: tokens each new token attends to (prompt + tokens generated so far)."""
+PROMPT = sp.Symbol("P", positive=True)
+"""Prefill: prompt length of each sequence."""
 
 
 @dataclass(frozen=True)
@@ -28,16 +35,32 @@ class ExplainedOp:
     bytes_model: sp.Expr
 
 
+@dataclass(frozen=True)
+class AttentionKind:
+    """Layers sharing one attention window, and the attention core's inputs the engine gives them.
+
+    Decode (B sequences, one new token each at context c): pairs = kv_read_tokens = B·min(c, w).
+    Prefill of B prompts of P tokens: pairs = B·Σ_{i=1..P} min(i, w) (causal, window-capped), shared among the
+    prefill chunks in proportion to their tokens; each chunk reads its own T tokens of KV.
+    """
+
+    window: int | None
+    layers: int
+    pairs: sp.Expr
+    kv_read_tokens: sp.Expr
+
+
 def model_values(model: ModelSpec, phase: str = "decode") -> dict[sp.Symbol, int]:
     """The model constants each formula needs (dims, parameter counts); bytes per element stay symbolic."""
     att = model.attention
     d_qk, d_v = attention_dims(model, phase)
+    w_qkv, w_o = projection_widths(model)
     values: dict[sp.Symbol, int] = {
         F.d: model.hidden_size,
         F.V: model.vocab_size,
         F.N_attn: model.attention_params_per_layer,
-        F.w_qkv: att.num_heads * att.qk_head_dim + 2 * att.num_kv_heads * att.head_dim,
-        F.w_o: att.num_heads * att.value_head_dim,
+        F.w_qkv: int(w_qkv),
+        F.w_o: int(w_o),
         F.H: att.num_heads,
         F.d_qk: int(d_qk),
         F.d_v: int(d_v),
@@ -52,6 +75,30 @@ def model_values(model: ModelSpec, phase: str = "decode") -> dict[sp.Symbol, int
     return values
 
 
+def causal_pairs_expr(window: int | None) -> sp.Expr:
+    """Σ_{i=1..P} min(i, w) as a sympy expression in P (the formula of :func:`capsim.roofline.causal_pairs`)."""
+    full = PROMPT * (PROMPT + 1) / 2
+    if window is None:
+        return full
+    w = sp.Integer(window)
+    return sp.Piecewise((full, PROMPT <= w), (w * (w + 1) / 2 + (PROMPT - w) * w, True))
+
+
+def attention_kinds(model: ModelSpec, phase: str = "decode") -> list[AttentionKind]:
+    """One entry per distinct attention window (None = full attention), with its layer count."""
+    counts = Counter(model.window(i) for i in range(model.num_layers))
+    kinds = []
+    for window in sorted(counts, key=lambda w: (w is None, w or 0)):
+        if phase == "decode":
+            seen = CONTEXT if window is None else sp.Min(CONTEXT, sp.Integer(window))
+            pairs = kv_read = F.B * seen
+        else:
+            pairs = F.B * causal_pairs_expr(window)
+            kv_read = F.T
+        kinds.append(AttentionKind(window, counts[window], pairs, kv_read))
+    return kinds
+
+
 def explain(model: ModelSpec, phase: str = "decode") -> list[ExplainedOp]:
     """Every operation of ``model``'s layers with its formulas, generic and substituted."""
     values = model_values(model, phase)
@@ -63,13 +110,13 @@ def explain(model: ModelSpec, phase: str = "decode") -> list[ExplainedOp]:
         "routed_experts_dense": "dense MBU/MFU only",
         "shared_experts": f"MoE layers ({model.num_moe_layers})",
         "dense_ffn": f"dense layers ({model.num_dense_layers})",
-        "lm_head": "once per step",
+        "lm_head": "once per step, for the sequences that emit a token",
     }
     ops = []
     for name, op in F.OPS.items():
         if name in ("router", "routed_experts", "routed_experts_dense") and not model.is_moe:
             continue
-        if name == "shared_experts" and not model.shared_params_per_moe_layer:
+        if name == "shared_experts" and not (model.is_moe and model.shared_params_per_moe_layer):
             continue
         if name == "dense_ffn" and not (model.num_dense_layers and model.dense_ffn_params_per_layer):
             continue

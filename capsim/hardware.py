@@ -432,11 +432,16 @@ class System(_EntryMixin):
 
     def _gpu_to_gpu_or_none(self) -> float | None:
         gpus = self.accelerator_nodes
-        widths = []
-        for g in gpus:
-            reach = _widest_from(self.graph, g)
-            widths.extend(reach.get(h, 0.0) for h in gpus if h != g)
-        return min(widths) if widths and min(widths) > 0.0 else None
+        if len(gpus) < 2:
+            return None
+        narrowest = _min_pair_bottleneck(self.graph, gpus)
+        if narrowest is None:
+            # direction-dependent links: one widest-path search per accelerator (O(n^2) pairs)
+            narrowest = math.inf
+            for g in gpus:
+                reach = _widest_from(self.graph, g)
+                narrowest = min(narrowest, min(reach.get(h, 0.0) for h in gpus if h != g))
+        return narrowest if narrowest > 0.0 else None
 
     def _host_to_gpu_or_none(self) -> float | None:
         if self.accelerator is None:
@@ -446,10 +451,8 @@ class System(_EntryMixin):
         sources = [n for n, d in self.graph.nodes(data=True) if d["kind"] == "dram"] or [
             n for n, d in self.graph.nodes(data=True) if d["kind"] in ("cpu", "host")
         ]
-        widths = []
-        for gpu in self.accelerator_nodes:
-            best = max((_widest_from(self.graph, s).get(gpu, 0.0) for s in sources), default=0.0)
-            widths.append(best)
+        reach = [_widest_from(self.graph, s) for s in sources]  # one search per source, not per GPU
+        widths = [max((r.get(gpu, 0.0) for r in reach), default=0.0) for gpu in self.accelerator_nodes]
         return min(widths) if widths and min(widths) > 0.0 else None
 
     def _check_node(self, name: str) -> None:
@@ -1016,6 +1019,49 @@ def _widest_from(graph: nx.DiGraph, source: str) -> dict[str, float]:
                 heapq.heappush(heap, (-cand, nxt))
     del best[source]
     return best
+
+
+def _min_pair_bottleneck(graph: nx.DiGraph, terminals: Sequence[str]) -> float | None:
+    """min over pairs of ``terminals`` of the widest-path bandwidth (bytes/s); None when an edge between
+    inner nodes differs by direction (the caller then searches pairwise).
+
+    For an undirected graph the widest path between two nodes runs along a maximum spanning tree, so the
+    narrowest pair is joined by the edge at which Kruskal's algorithm (widest edge first) first puts every
+    terminal in one component: O(E log E) instead of one search per terminal. Non-terminal leaves (SSDs,
+    DRAM) are skipped: a simple path never passes through them, so their asymmetric read/write edges do not
+    matter. Returns 0.0 when the terminals are not all connected.
+    """
+    wanted = set(terminals)
+    inner = {n for n in graph if n in wanted or graph.out_degree(n) > 1}
+    edges: dict[tuple[str, str], float] = {}
+    for u, v, d in graph.edges(data=True):
+        if u not in inner or v not in inner:
+            continue
+        back = graph.get_edge_data(v, u)
+        if back is None or back["bandwidth_bytes_s"] != d["bandwidth_bytes_s"]:
+            return None
+        edges[(min(u, v), max(u, v))] = d["bandwidth_bytes_s"]
+    parent = {n: n for n in inner}
+    has_terminal = {n: n in wanted for n in inner}
+    components = len(wanted)
+
+    def root(n: str) -> str:
+        while parent[n] != n:
+            parent[n] = parent[parent[n]]
+            n = parent[n]
+        return n
+
+    for (u, v), width in sorted(edges.items(), key=lambda e: -e[1]):
+        ru, rv = root(u), root(v)
+        if ru == rv:
+            continue
+        if has_terminal[ru] and has_terminal[rv]:
+            components -= 1
+            if components == 1:
+                return width
+        parent[ru] = rv
+        has_terminal[rv] = has_terminal[rv] or has_terminal[ru]
+    return 0.0
 
 
 def _connect(

@@ -796,7 +796,40 @@ def spec_from_config(
         "family": key,
         "source": source if isinstance(source, str) else path,
     }
-    return _BUILDERS[key](_Fields(config, path, key), spec)
+    model = _BUILDERS[key](_Fields(config, path, key), spec)
+    _check_moe(model, config, path)
+    return model
+
+
+_TOP_K_KEYS = ("num_experts_per_tok", "experts_per_token", "moe_top_k", "ffn_config.moe_top_k")
+
+
+def _check_moe(model: ModelSpec, config: Mapping[str, Any], path: str) -> None:
+    """Routing must be possible: top-k <= E, and DeepSeek's groups must split E and hold the top-k."""
+    moe = model.moe
+    if moe is None:
+        return
+    if moe.top_k > moe.num_experts:
+        key = next((k for k in _TOP_K_KEYS if k.split(".")[0] in config), _TOP_K_KEYS[0])
+        raise ConfigFieldError(
+            path, key, f"({moe.top_k}) exceeds the {moe.num_experts} routed experts; correct the config file"
+        )
+    if moe.n_group > 1:
+        if moe.num_experts % moe.n_group:
+            raise ConfigFieldError(
+                path, "n_group", f"({moe.n_group}) must divide the {moe.num_experts} routed experts; "
+                "correct the config file"
+            )
+        if not 1 <= moe.topk_group <= moe.n_group:
+            raise ConfigFieldError(
+                path, "topk_group", f"({moe.topk_group}) must be in [1, n_group={moe.n_group}]; "
+                "correct the config file"
+            )
+        if moe.top_k > moe.topk_group * (moe.num_experts // moe.n_group):
+            raise ConfigFieldError(
+                path, "topk_group", f"({moe.topk_group}) groups of {moe.num_experts // moe.n_group} experts "
+                f"cannot hold top-{moe.top_k}; correct the config file"
+            )
 
 
 def read_config_json(path: Path) -> dict[str, Any]:

@@ -1,9 +1,12 @@
 """Memory footprint per device: weights, KV cache and buffers against what the serving engine may use.
 
-- Weights: every expert is resident (all E, not just the activated ones), split over the tensor-parallel
-  ranks; router and norms are replicated.
+- Weights: every expert placed on the device is resident (all of them, not just the activated ones), split
+  over the tensor-parallel ranks; router and norms are replicated. Experts placed in host DRAM or on an SSD
+  (capsim.placement) are not counted here; an offload expert cache takes the memory left after the KV cache.
 - KV cache per sequence: (prompt + generated) tokens x KV elements per token (MLA- and window-aware) x
   bytes, split over KV heads up to the TP degree (MLA's latent is replicated on every rank).
+- Pipeline stages (--pp) hold ceil(L/pp)/L of the layers' weights and KV, plus the heavier of the embeddings
+  and the lm_head (the first and last stage); the largest stage is the one that must fit.
 - Buffers: the activation workspace of the largest forward pass (a prefill chunk): its widest intermediate
   (fused q/k/v, the k routed experts' gate+up, or the dense FFN's) plus fp32 logits of the sequences that
   emit a token. An estimate; shown as such.
@@ -21,6 +24,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from .errors import DoesNotFitError
+from .placement import DEVICE
 from .roofline import ACTIVATION_BYTES
 from .units import GB
 
@@ -81,9 +85,18 @@ def weight_bytes_per_device(rs: ResolvedScenario) -> dict[str, float]:
         group: params * prec[group].bytes_per_element / (1 if group in replicated else tp)
         for group, params in rs.model.params_by_group().items()
     }
-    if rs.offloaded.size and rs.offloaded.any():
-        # routed experts of offloaded MoE layers live in host DRAM / on SSD (offload, cpu-experts modes)
-        by_group["routed_experts"] *= 1.0 - rs.offloaded.mean()
+    pp = rs.layout.pp
+    if pp > 1:
+        # the largest pipeline stage: ceil(L/pp) layers plus the heavier of the embeddings (first stage) and
+        # the lm_head (last stage)
+        share = rs.layout.stage_layers(rs.model.num_layers) / rs.model.num_layers
+        ends = ("embeddings", "lm_head")
+        heavier = max(ends, key=lambda g: by_group.get(g, 0.0))
+        by_group = {g: (b if g == heavier else 0.0) if g in ends else b * share for g, b in by_group.items()}
+    tiers = rs.expert_tiers
+    if tiers.size and (tiers != DEVICE).any():
+        # experts placed in host DRAM or on an SSD take no device memory (an offload cache is sized apart)
+        by_group["routed_experts"] *= float((tiers == DEVICE).mean())
     return by_group
 
 
@@ -112,6 +125,9 @@ def kv_bytes_per_sequence_at(rs: ResolvedScenario, length: ArrayLike) -> FloatAr
     unique, inverse = np.unique(lengths, return_inverse=True)
     per_unique = np.array([model.kv_elements_per_token(context=int(n)) * int(n) for n in unique], dtype=np.float64)
     scale = rs.placement.kv_precision.bytes_per_element / rs.placement.kv_divisor(model)
+    if rs.layout.pp > 1:
+        # a pipeline stage keeps the KV of its own layers only
+        scale *= rs.layout.stage_layers(model.num_layers) / model.num_layers
     return np.asarray(per_unique[inverse].reshape(lengths.shape) * scale, dtype=np.float64)
 
 
@@ -143,7 +159,7 @@ def max_batch_that_fits(
 
 
 def _fit_hint(rs: ResolvedScenario, needed_per_device: float, usable: float) -> str:
-    tp = rs.placement.tp
+    tp = rs.placement.tp * rs.layout.pp
     total = needed_per_device * tp
     min_devices = math.ceil(total / usable) if usable > 0 else 0
     hint = f"try --gpus {min_devices} or more" if min_devices > tp else "try more GPUs"
@@ -185,5 +201,5 @@ def plan_memory(rs: ResolvedScenario) -> MemoryPlan:
         max_batch=max_batch,
         batch=batch,
         waves=waves,
-        devices=tp,
+        devices=rs.layout.devices,
     )

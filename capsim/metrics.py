@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .memory import MemoryPlan
+from .precision import compute_key
 from .roofline import RESOURCES, PassCost
 
 if TYPE_CHECKING:
@@ -146,7 +147,11 @@ def _assumptions(rs: ResolvedScenario) -> dict[str, Any]:
         "model": {"id": model.id, "source": model.source},
         "hardware": {"id": device.id, "node": node.id, "source": device.source},
         "tensor_parallel": rs.placement.tp,
+        "layout": rs.layout.to_dict(),
         "weight_precision": {g: p.name for g, p in rs.placement.weight_precision.items()},
+        # the GEMM rate each group runs at: its own format where the device has one, else dequantised to bf16
+        "compute_precision": {g: compute_key(p, frozenset(rs.rates.peak_flops))
+                              for g, p in rs.placement.weight_precision.items()},
         "kv_precision": rs.placement.kv_precision.name,
         "routing": rs.router.describe() if rs.router else "dense model: no routing",
         "efficiency": {
@@ -170,10 +175,12 @@ def _assumptions(rs: ResolvedScenario) -> dict[str, Any]:
 
 def build_prediction(
     rs: ResolvedScenario, memory: MemoryPlan, wave_batch: int, prefill: PassCost, decode: PassCost,
-    deployment: dict[str, Any] | None = None,
+    deployment: dict[str, Any] | None = None, *, replicas: int = 1, total_batch: int | None = None,
 ) -> Prediction:
-    """Assemble the :class:`Prediction` of one wave and scale job time by the number of waves."""
-    devices = rs.placement.tp
+    """Assemble the :class:`Prediction` of one wave of one replica and scale job time by the number of waves.
+
+    Utilisation is per replica (its tp x pp devices); throughputs count all ``replicas`` data-parallel copies."""
+    devices = rs.layout.devices_per_replica
     bw_peak = rs.rates.memory_bandwidth
     pre = phase_metrics(prefill, devices, bw_peak)
     dec = phase_metrics(decode, devices, bw_peak)
@@ -187,7 +194,8 @@ def build_prediction(
         else np.zeros(0)
     )
     scenario = {
-        "model": rs.model.id, "hardware": sc.hardware, "gpus": devices, "batch": sc.batch,
+        "model": rs.model.id, "hardware": sc.hardware, "gpus": devices * replicas,
+        "batch": sc.batch if total_batch is None else total_batch,
         "prompt_len": sc.prompt_len, "gen_len": sc.gen_len,
         "weight_dtype": sc.weight_dtype or "native", "kv_dtype": sc.kv_dtype, "routing": sc.routing,
         "prefill_chunk_tokens": sc.prefill_chunk_tokens, "mode": rs.deployment.mode,
@@ -198,8 +206,8 @@ def build_prediction(
         tpot_s=tpot,
         e2e_latency_s=e2e,
         job_time_s=e2e * memory.waves,
-        decode_tokens_per_s=wave_batch / tpot if tpot else None,
-        prefill_tokens_per_s=wave_batch * sc.prompt_len / ttft,
+        decode_tokens_per_s=replicas * wave_batch / tpot if tpot else None,
+        prefill_tokens_per_s=replicas * wave_batch * sc.prompt_len / ttft,
         prefill=pre,
         decode=dec,
         activated_experts_per_layer=[float(a) for a in activated],

@@ -230,4 +230,9 @@ def resolve_model(id_or_path: str, family: str | None = None) -> ModelSpec:
         raise DataFileError(
             id_or_path, "no such file; give an existing config.json path or a model id (capsim model list)"
         )
-    return load_model_db().get(id_or_path)
+    db = load_model_db()
+    if path.is_dir() and id_or_path not in db:
+        raise DataFileError(
+            id_or_path, "is a folder without a config.json; give a config.json path or a model id (capsim model list)"
+        )
+    return db.get(id_or_path)

@@ -28,7 +28,6 @@ import numpy as np
 from . import units
 from .accuracy import AccuracyValue, check_benchmark, load_accuracy_db
 from .cost import (
-    HOURS_PER_DAY,
     TOKENS_PER_MTOK,
     CostInputs,
     CostReport,
@@ -36,6 +35,7 @@ from .cost import (
     check_price_ids,
     cost_report,
     deployment_rates,
+    finite_cost,
 )
 from .errors import DoesNotFitError, MissingValueError, ScenarioError
 from .scenario import Scenario
@@ -53,7 +53,7 @@ DEVICE_COUNTS: tuple[int, ...] = (1, 2, 4, 8)
 """Device counts ``plan`` tries for an accelerator id (tensor parallel within one node)."""
 PLAN_WEIGHT_DTYPES: tuple[str, ...] = ("native", "fp8", "int4")
 """Weight precisions ``plan`` tries by default (``native`` = the model's published checkpoint)."""
-SECONDS_PER_DAY = HOURS_PER_DAY * units.HOURS
+SECONDS_PER_DAY = units.HOURS_PER_DAY * units.HOURS
 
 _DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(ms|us|µs|s|min)?\s*$")
 _DURATION_UNITS = {None: 1.0, "s": 1.0, "ms": units.MS, "us": units.US, "µs": units.US, "min": 60.0}
@@ -93,13 +93,34 @@ def parse_gpus(text: str | int | None) -> int | None:
     return value
 
 
-def split_ids(text: str | Sequence[str]) -> list[str]:
-    """``"a,b, c"`` (or a list of such strings) -> ``["a", "b", "c"]``; ScenarioError when empty."""
+def split_ids(
+    text: str | Sequence[str], option: str = "--hardware", example: str = "h100-sxm,mi300x"
+) -> list[str]:
+    """``"a,b, c"`` (or a list of such strings) -> ``["a", "b", "c"]``; ScenarioError naming ``option`` and
+    showing ``example`` when empty."""
     items = [text] if isinstance(text, str) else list(text)
     ids = [part.strip() for item in items for part in item.split(",") if part.strip()]
     if not ids:
-        raise ScenarioError("no ids given; write a comma-separated list, e.g. --hardware h100-sxm,mi300x")
+        raise ScenarioError(f"no ids given; write a comma-separated list, e.g. {option} {example}")
     return list(dict.fromkeys(ids))
+
+
+NODE_KINDS: tuple[str, ...] = ("accelerator", "system")
+"""Database kinds a deployment is built from (the others are parts: CPUs, DRAM, SSDs, links)."""
+
+
+def check_node_ids(hardware: Sequence[str], db: HardwareDB) -> None:
+    """Every id exists (UnknownHardwareError with close matches) and names an accelerator or a system
+    (ScenarioError otherwise), before any prediction runs."""
+    from .hardware import entry_kind
+
+    for hw in hardware:
+        kind = entry_kind(db.get(hw))
+        if kind not in NODE_KINDS:
+            raise ScenarioError(
+                f"{hw!r} is a {kind} entry, not a deployment; give accelerator or system ids "
+                "(capsim hardware list --kind accelerator / --kind system)"
+            )
 
 
 def _check_choice(value: str, choices: Sequence[str], option: str) -> None:
@@ -363,8 +384,7 @@ def compare(
     key = check_benchmark(benchmark)
     inputs = inputs or CostInputs()
     check_price_ids(inputs, hardware_db)
-    for hw in hardware:
-        hardware_db.get(hw)
+    check_node_ids(hardware, hardware_db)
     scenarios = [
         Scenario(
             model=model,
@@ -594,13 +614,13 @@ def plan(
         ("--tokens-per-day", tokens_per_day),
         ("--max-batch", max_batch),
     ):
-        if value is not None and not value > 0:
-            raise ScenarioError(f"{label} must be positive, got {value}")
+        # inf would reach int(replicas) and JSON (which has no Infinity); nan compares false
+        if value is not None and not (value > 0 and math.isfinite(value)):
+            raise ScenarioError(f"{label} must be positive and finite, got {value}")
     inputs = inputs or CostInputs()
     check_price_ids(inputs, hardware_db)
     hw_ids = list(hardware) if hardware else candidate_hardware(hardware_db)
-    for hw in hw_ids:
-        hardware_db.get(hw)
+    check_node_ids(hw_ids, hardware_db)
     base = Scenario(model=model, prompt_len=prompt_len, gen_len=gen_len, kv_dtype=kv_dtype)
     for dtype in weight_dtypes:
         if dtype != "native":
@@ -706,8 +726,12 @@ def _price_points(
         per_hour = owned_usd_per_hour(purchase, busy_w, inputs, utilization=util)
     else:
         per_hour = cloud
-    usd_per_day = replicas * per_hour * HOURS_PER_DAY
-    usd_per_mtok = usd_per_day / volume * TOKENS_PER_MTOK
+    with np.errstate(over="ignore"):
+        usd_per_day = replicas * per_hour * units.HOURS_PER_DAY
+        usd_per_mtok = usd_per_day / volume * TOKENS_PER_MTOK
+    overflowed = usd_per_mtok[np.isinf(usd_per_mtok)]
+    if overflowed.size:  # absurd cost inputs: one clear error rather than inf in the results
+        finite_cost(float(overflowed[0]))
     points = []
     for i, (cfg, batch, pred, ok) in enumerate(raw):
         fleet_purchase = None if np.isnan(purchase[i]) else float(purchase[i] * replicas[i])

@@ -35,6 +35,14 @@ PRESETS: dict[str, Preset] = {
             "--gpu-memory-utilization default 0.9)",
         ),
         Preset(
+            "sglang-like", {"mode": "gpu"},
+            "every weight resident in GPU memory, tensor parallel over the devices (--tp), 90 % of device "
+            "memory for weights and KV pool (--mem-fraction-static 0.9), a fixed batch for continuous batching; "
+            "data-parallel attention is not modelled",
+            "https://docs.sglang.io/advanced_features/server_arguments.html (--tp, --dp, --mem-fraction-static "
+            "default 0.9)",
+        ),
+        Preset(
             "vllm-ep-like", {"mode": "gpu", "ep": 0},
             "as vllm-like, with experts split whole over the devices (expert parallel, all-to-all dispatch)",
             "https://docs.vllm.ai/en/latest/models/engine_args.html (--enable-expert-parallel)",
@@ -58,30 +66,37 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             "llamacpp-cpu-moe", {"mode": "cpu-experts"},
-            "llama.cpp --cpu-moe: every routed expert on the CPU, the rest on the GPU; use --expert-layers 0:N "
-            "for --n-cpu-moe N (the first N layers' experts on the CPU)",
-            "ggml-org/llama.cpp PR #14992 (--cpu-moe) and PR #15077 (--n-cpu-moe)",
+            "llama.cpp --cpu-moe: every routed expert computed on the CPU, the rest on the GPU; "
+            "llamacpp-cpu-moe:N is --n-cpu-moe N, the routed experts of the first N MoE layers on the CPU",
+            "ggml-org/llama.cpp PR #14992 (--cpu-moe) and PR #15077 (--n-cpu-moe: first N layers' experts)",
         ),
     )
 }
 
 
 def apply_preset(name: str, scenario: Scenario) -> tuple[Scenario, Preset]:
-    """``scenario`` with the preset's settings filled into options still at their defaults."""
-    key = name.strip().lower()
+    """``scenario`` with the preset's settings filled into options still at their defaults.
+
+    ``llamacpp-cpu-moe:N`` takes llama.cpp's --n-cpu-moe N: the routed experts of MoE layers 0..N-1 on the CPU."""
+    key, _, arg = name.strip().lower().partition(":")
     if key not in PRESETS:
         close = difflib.get_close_matches(key, list(PRESETS), n=3, cutoff=0.5)
         hint = f"did you mean {', '.join(repr(c) for c in close)}?" if close else f"choose one of {', '.join(PRESETS)}"
         raise ScenarioError(f"unknown system preset {name!r}; {hint}")
     preset = PRESETS[key]
+    settings = dict(preset.settings)
+    if arg:
+        if key != "llamacpp-cpu-moe" or not arg.isdigit() or int(arg) < 1:
+            raise ScenarioError(f"preset {name!r}: only llamacpp-cpu-moe takes a count, as llamacpp-cpu-moe:N (N >= 1)")
+        settings["placement"] = f"experts[0:{int(arg)}]:dram"
     defaults = {f.name: f.default for f in fields(Scenario)}
     updates: dict[str, Any] = {}
-    for option, value in preset.settings.items():
+    for option, value in settings.items():
         if getattr(scenario, option) != defaults[option]:
             continue  # the user chose this explicitly
-        if option == "ep" and value == 0:  # 0 = every device used
-            if scenario.gpus is None:
+        if option == "ep" and value == 0:  # 0 = every device of the TP group
+            if scenario.gpus is None and scenario.tp is None:
                 raise ScenarioError(f"preset {key!r} splits experts over the devices: give --gpus N")
-            value = scenario.gpus
+            value = scenario.tp or scenario.gpus
         updates[option] = value
-    return replace(scenario, **updates), preset
+    return replace(scenario, **updates), replace(preset, settings=settings)

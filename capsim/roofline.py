@@ -149,6 +149,20 @@ def attention_dims(model: ModelSpec, phase: str) -> tuple[float, float]:
     return float(att.qk_head_dim), float(att.value_head_dim)
 
 
+def projection_widths(model: ModelSpec) -> tuple[float, float]:
+    """(w_qkv, w_o): output width of the fused q/k/v projection and input width of the output projection.
+
+    GQA/MHA: w_qkv = H·d_qk + 2·H_kv·d_head. MLA: the queries plus the compressed latent and the shared rope
+    key, w_qkv = H·d_qk + kv_lora_rank + d_rope (K and V are decompressed from the latent). w_o = H·d_v.
+    """
+    att = model.attention
+    if att.kind == "mla":
+        w_qkv = float(att.num_heads * att.qk_head_dim + att.kv_lora_rank + att.qk_rope_head_dim)
+    else:
+        w_qkv = float(att.num_heads * att.qk_head_dim + 2 * att.num_kv_heads * att.head_dim)
+    return w_qkv, float(att.num_heads * att.value_head_dim)
+
+
 def pass_cost(
     model: ModelSpec,
     placement: Placement,
@@ -176,7 +190,6 @@ def pass_cost(
     d = float(model.hidden_size)
     n_layers = model.num_layers
     tp = placement.tp
-    is_moe, _ = _layer_tables(model)
     wp = placement.weight_precision
     available = frozenset(rates.peak_flops)
 
@@ -189,10 +202,7 @@ def pass_cost(
     bytes_rate = rates.bytes_rate
     kv_div = placement.kv_divisor(model)
     d_qk, d_v = attention_dims(model, phase)
-    w_qkv = float(att.num_heads * att.qk_head_dim + 2 * att.num_kv_heads * att.head_dim)
-    if att.kind == "mla":
-        w_qkv = float(att.num_heads * att.qk_head_dim + att.kv_lora_rank + att.qk_rope_head_dim)
-    w_o = float(att.num_heads * att.value_head_dim)
+    w_qkv, w_o = projection_widths(model)
     moe = model.moe
     n_moe = model.num_moe_layers
     n_dense = model.num_dense_layers

@@ -23,8 +23,8 @@ class Scenario:
     hardware: str = _opt("h100-sxm", "accelerator or system id (capsim hardware list)")
     gpus: int | None = _opt(
         None,
-        "devices used, tensor-parallel inside one node; default: all of a system, or for an accelerator id "
-        "the fewest of 1, 2, 4, 8 that hold the model",
+        "devices used per node; default: all of a system, or for an accelerator id the fewest of 1, 2, 4, 8 "
+        "that hold the model",
     )
     batch: int = _opt(1, "concurrent sequences decoded together")
     prompt_len: int = _opt(512, "prompt tokens per sequence")
@@ -44,8 +44,20 @@ class Scenario:
     prefetch: bool = _opt(True, "offload: overlap expert copies with compute (optimistic) instead of serialising")
     numa: str = _opt("single", "CPU execution: weights in one socket's DRAM (single) or a copy per socket (replicate)")
     host_memory_gb: float | None = _opt(None, "host DRAM capacity in GB when the system entry does not give it")
-    ep: int = _opt(1, "expert-parallel degree: 1 (experts tensor-parallel) or the device count (experts split "
-                   "whole over the ranks, all-to-all dispatch)")
+    placement: str | None = _opt(
+        None, "where routed experts live, e.g. auto, gpu, experts:dram, experts[10:60]:dram, cold-experts:32:ssd, "
+        "comma-separated clauses applied in order (docs/deployment.md); experts off the GPU imply --mode offload"
+    )
+    ep: int = _opt(1, "expert-parallel degree: 1 (experts tensor-parallel) or the tensor-parallel degree "
+                   "(experts split whole over the ranks, all-to-all dispatch)")
+    tp: int | None = _opt(None, "tensor-parallel degree, inside one node; default: the devices left by --pp and --dp")
+    pp: int = _opt(1, "pipeline-parallel stages (layers split; micro-batches in flight)")
+    dp: int = _opt(1, "data-parallel replicas; --batch is split over them")
+    nodes: int = _opt(1, "nodes, joined by the system's scale-out network (or --network)")
+    network: str | None = _opt(None, "link id joining the nodes (e.g. ib-ndr, roce-400g); default: the system's")
+    expert_dtype: str | None = _opt(
+        None, "weight precision of the routed experts only (e.g. int4 with bf16 attention); default: --weight-dtype"
+    )
 
     def deployment(self):  # type: ignore[no-untyped-def]
         """The execution mode and expert placement as a :class:`capsim.deployment.Deployment`."""
@@ -53,7 +65,7 @@ class Scenario:
 
         return Deployment(
             mode=self.mode, expert_tier=self.expert_tier, cache_policy=self.cache_policy, prefetch=self.prefetch,
-            numa=self.numa, host_memory_gb=self.host_memory_gb,
+            numa=self.numa, host_memory_gb=self.host_memory_gb, placement=self.placement,
         )
 
     def validate(self) -> None:
@@ -68,14 +80,18 @@ class Scenario:
         for value, label, minimum in checks:
             if not isinstance(value, int) or value < minimum:
                 raise ScenarioError(f"{label} must be an integer >= {minimum}, got {value!r}")
-        if not isinstance(self.ep, int) or self.ep < 1:
-            raise ScenarioError(f"ep must be an integer >= 1, got {self.ep!r}")
+        for value, label in ((self.ep, "ep"), (self.pp, "pp"), (self.dp, "dp"), (self.nodes, "nodes")):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ScenarioError(f"{label} must be an integer >= 1, got {value!r}")
+        if self.tp is not None and (not isinstance(self.tp, int) or self.tp < 1):
+            raise ScenarioError(f"tp must be an integer >= 1, got {self.tp!r}")
         if self.gpus is not None and (not isinstance(self.gpus, int) or self.gpus < 1):
             raise ScenarioError(f"gpus must be an integer >= 1, got {self.gpus!r}")
-        if self.weight_dtype is not None and self.weight_dtype.lower() not in WEIGHT_PRECISIONS:
-            raise ScenarioError(
-                f"unknown weight dtype {self.weight_dtype!r}; choose one of {', '.join(WEIGHT_PRECISIONS)}"
-            )
+        for dtype, flag in ((self.weight_dtype, "weight"), (self.expert_dtype, "expert")):
+            if dtype is not None and dtype.lower() not in WEIGHT_PRECISIONS:
+                raise ScenarioError(
+                    f"unknown {flag} dtype {dtype!r}; choose one of {', '.join(WEIGHT_PRECISIONS)}"
+                )
         if self.kv_dtype.lower() not in KV_PRECISIONS:
             raise ScenarioError(f"unknown KV-cache dtype {self.kv_dtype!r}; choose one of {', '.join(KV_PRECISIONS)}")
 

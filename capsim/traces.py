@@ -277,7 +277,12 @@ def write_trace(
     }
     if not target.parent.is_dir():
         raise TraceError(str(target), f"directory {str(target.parent)!r} does not exist; create it first")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    if target.is_dir():
+        raise TraceError(str(target), f"is a directory; give a file name, e.g. {target / 'trace.npz'}")
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:
+        raise TraceError(str(target), f"cannot be written ({exc.strerror}); choose another path") from None
     try:
         with os.fdopen(fd, "wb") as fh:
             with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED) as zf:

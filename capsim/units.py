@@ -24,5 +24,9 @@ GB_PER_S = GB
 """Bytes per second in one vendor GB/s."""
 
 HOURS = 3600.0
+"""Seconds in one hour."""
+HOURS_PER_DAY = 24.0
+HOURS_PER_YEAR = 8760.0
+"""Hours in a 365-day year (the year that cost lifetimes count; no leap days)."""
 KWH = 3.6e6
 """Joules in one kilowatt-hour."""

@@ -62,8 +62,9 @@ def test_cli_predict_offload_table() -> None:
     result = runner.invoke(app, ["predict", "--model", "mixtral-8x7b", "--hardware", "workstation-4090",
                                  "--gpus", "1", "--mode", "offload"])
     assert result.exit_code == 0, result.output
-    assert "offload: experts of 32 MoE layers off the GPU via dram0 -> gpu0 (31.5 GB/s)" in result.stdout
+    assert "offload: experts of 32 MoE layers off the device" in result.stdout
     assert "hit rate 0.0%" in result.stdout
+    assert "dram0 -> gpu0" in result.stdout and "31.5 GB/s" in result.stdout
 
 
 def test_cli_predict_cpu_only_needs_host_memory() -> None:
@@ -78,3 +79,21 @@ def test_cli_predict_cpu_only_needs_host_memory() -> None:
 def test_nothing_fits_raises(default_hardware_db) -> None:
     with pytest.raises(DoesNotFitError):
         max_batch_at(Scenario(model="deepseek-v3", hardware="rtx-4090", gpus=1), default_hardware_db)
+
+
+def test_fit_tries_auto_placements(default_hardware_db) -> None:
+    """Mixtral int4 on a 24 GB card: auto keeps the hottest experts on the GPU, which must beat computing
+    every expert on the CPU (the GPU reads its experts at 1008 GB/s, the CPU at 83.2 GB/s)."""
+    base = Scenario(model="mixtral-8x7b", hardware="workstation-4090", gpus=1, weight_dtype="int4",
+                    host_memory_gb=64, gen_len=16)
+    ranked = placements(base, default_hardware_db)
+    auto = next(r for r in ranked if r.mode == "cpu-experts" and r.placement == "auto")
+    every = next(r for r in ranked if r.mode == "cpu-experts" and r.placement is None)
+    assert "experts on gpu" in auto.detail
+    assert auto.tpot_s < every.tpot_s
+
+
+def test_fit_lists_a_model_that_fits_once(default_hardware_db) -> None:
+    # auto placement of a model the GPUs hold is the gpu row, not a second one
+    ranked = placements(Scenario(model="mixtral-8x7b", hardware="h100-sxm", gpus=2), default_hardware_db)
+    assert [r.mode for r in ranked if r.error is None].count("gpu") == 1

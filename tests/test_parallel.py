@@ -43,7 +43,7 @@ def test_straggler_factor_uniform_shrinks_with_tokens() -> None:
 @pytest.mark.parametrize(
     "kw,match",
     [
-        (dict(model="mixtral-8x7b", hardware="h100-sxm", gpus=2, ep=4), "must equal the devices used"),
+        (dict(model="mixtral-8x7b", hardware="h100-sxm", gpus=2, ep=4), r"must equal the tensor-parallel degree \(2\)"),
         (dict(model="qwen1.5-moe-a2.7b", hardware="dgx-h100", ep=8), "60 experts do not split evenly over 8"),
         (dict(model="mixtral-8x7b", hardware="h100-sxm", gpus=2, ep=0), "ep must be an integer >= 1"),
     ],

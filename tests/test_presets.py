@@ -44,3 +44,20 @@ def test_cli_preset_json_reports_it() -> None:
     data = json.loads(result.stdout)
     assert data["deployment"]["mode"] == "cpu-experts"
     assert data["assumptions"]["system_preset"]["source"].startswith("https://github.com/kvcache-ai/ktransformers")
+
+
+def test_llamacpp_n_cpu_moe_count_places_the_first_layers(default_hardware_db) -> None:
+    from capsim import predict
+
+    sc, preset = apply_preset("llamacpp-cpu-moe:12", Scenario(model="mixtral-8x7b", hardware="workstation-4090",
+                                                              gpus=1, weight_dtype="int4", gen_len=8))
+    assert sc.placement == "experts[0:12]:dram" and preset.settings["placement"] == sc.placement
+    pred = predict(sc, hardware_db=default_hardware_db)
+    assert pred.deployment["mode"] == "cpu-experts" and pred.deployment["offloaded_moe_layers"] == 12
+    assert pred.deployment["tiers"]["dram"]["experts"] == 12 * 8
+
+
+@pytest.mark.parametrize("name", ["vllm-like:3", "llamacpp-cpu-moe:x", "llamacpp-cpu-moe:0"])
+def test_preset_count_errors(name: str) -> None:
+    with pytest.raises(ScenarioError, match="only llamacpp-cpu-moe takes a count"):
+        apply_preset(name, Scenario())

@@ -113,6 +113,35 @@ SystemOption = Annotated[
 JsonFlag = Annotated[bool, typer.Option("--json", help="print one JSON object instead of tables")]
 
 
+def option_ids(hardware: list[str] | None, system: list[str] | None, db: Any) -> list[str]:
+    """The ids of ``--hardware`` then ``--system`` (comma-separated, deduplicated); ``--system`` ids must
+    name system entries."""
+    from ..hardware import entry_kind
+    from ..plan import split_ids
+
+    systems = split_ids(system) if system else []
+    for sid in systems:
+        kind = entry_kind(db.get(sid))
+        if kind != "system":
+            raise ScenarioError(
+                f"--system {sid}: a {kind} entry, not a system; pass it with --hardware "
+                "(capsim hardware list --kind system shows the systems)"
+            )
+    return split_ids([*(hardware or []), *systems])
+
+
+def check_output_file(path: Path, option: str, example: str) -> None:
+    """Fail before any work when ``path`` cannot be an output file (a directory, or under a file);
+    ``example`` is a file name to suggest inside a directory."""
+    if path.is_dir():
+        raise ScenarioError(f"{option} {path} is a directory; give a file name, e.g. {path / example}")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ScenarioError(f"{option} {path}: {parent} is a file, not a directory; choose another path")
+            break
+
+
 def cost_inputs(
     prices_file: Path | None,
     price: list[str] | None,
@@ -297,11 +326,14 @@ def render_comparison(result: Any) -> None:
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
     """Write flat records to ``path`` (header from the first record)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    except OSError as exc:
+        raise ScenarioError(f"cannot write {path} ({exc.strerror}); choose another --csv path") from None
 
 
 def render_plan(result: Any) -> None:
@@ -453,15 +485,18 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         from ..plan import compare as run_compare
-        from ..plan import parse_gpus, split_ids
+        from ..plan import parse_gpus
 
+        if csv_path is not None:
+            check_output_file(csv_path, "--csv", "compare.csv")
         inputs = cost_inputs(
             prices, price, cloud, electricity_usd_kwh, pue, lifetime_years, utilization, idle_power_fraction
         )
+        db = load_db(hardware_db, override)
         result = run_compare(
             model,
-            split_ids([*(hardware or []), *(system or [])]),
-            hardware_db=load_db(hardware_db, override),
+            option_ids(hardware, system, db),
+            hardware_db=db,
             gpus=parse_gpus(gpus),
             batch=batch,
             prompt_len=prompt_len,
@@ -557,6 +592,8 @@ def register(app: typer.Typer) -> None:
         slo = SLO(parse_duration(slo_tpot), None if slo_ttft is None else parse_duration(slo_ttft))
         if top < 1:
             raise ScenarioError(f"--top must be >= 1, got {top}")
+        if plot is not None:
+            check_output_file(plot, "--plot", "pareto.png")
         inputs = cost_inputs(
             prices, price, cloud, electricity_usd_kwh, pue, lifetime_years, utilization, idle_power_fraction
         )
@@ -568,6 +605,8 @@ def register(app: typer.Typer) -> None:
             TimeElapsedColumn(),
             console=console,
             transient=True,
+            # off a terminal rich still ends the live display with a newline: stderr must stay one error line
+            disable=not console.is_terminal,
         ) as bar:
             task = bar.add_task("search", total=None, visible=False)
 
@@ -580,7 +619,7 @@ def register(app: typer.Typer) -> None:
                 slo,
                 hardware_db=load_db(hardware_db, override),
                 hardware=split_ids(hardware) if hardware else None,
-                weight_dtypes=split_ids(weight_dtypes),
+                weight_dtypes=split_ids(weight_dtypes, "--weight-dtypes", "native,fp8"),
                 prompt_len=prompt_len,
                 gen_len=gen_len,
                 kv_dtype=kv_dtype,
@@ -663,6 +702,8 @@ def register(app: typer.Typer) -> None:
         from ..plan import compare as run_compare
         from ..plan import parse_gpus, split_ids
 
+        if out is not None:
+            check_output_file(out, "--out", "radar.png")
         if cost_axis not in _COST_AXES:
             raise ScenarioError(f"--cost-axis {cost_axis!r} is not one of {', '.join(_COST_AXES)}")
         if cost_cap is not None and not cost_cap > 0:
@@ -671,9 +712,10 @@ def register(app: typer.Typer) -> None:
             prices, price, cloud, electricity_usd_kwh, pue, lifetime_years, utilization, idle_power_fraction
         )
         db = load_db(hardware_db, override)
-        models = split_ids(model)
-        hw_ids = split_ids([*(hardware or []), *(system or [])])
+        models = split_ids(model, "--model", "mixtral-8x7b,qwen3-30b-a3b")
+        hw_ids = option_ids(hardware, system, db)
         options: list[tuple[str, Option]] = []
+        model_ids: list[str] = []
         for m in models:
             result = run_compare(
                 m,
@@ -687,18 +729,21 @@ def register(app: typer.Typer) -> None:
                 benchmark=benchmark,
                 inputs=inputs,
             )
+            model_ids.append(result.model)
             options.extend((result.model if len(models) > 1 else "", o) for o in result.options)
         radar_options, dropped = _radar_options(options, cost_axis)
-        for text in dropped:
-            err_console().print(f"[yellow]not drawn[/yellow]: {text}", soft_wrap=True)
         if not radar_options:
+            # one error line: the reasons go into it rather than onto separate "not drawn" lines
             raise ScenarioError(
-                "no option can be drawn (none fits, or none has a cost on this axis); "
+                f"no option can be drawn ({'; '.join(dropped)}); "
                 "try more GPUs, another --cost-axis or --price"
             )
+        for text in dropped:
+            err_console().print(f"[yellow]not drawn[/yellow]: {escape(text)}", soft_wrap=True)
         from ..report.plots import output_stem, plot_radar
 
-        stem = output_stem(out or Path(f"capsim-radar-{models[0] if len(models) == 1 else 'models'}"))
+        # the resolved id, not the argument: a config.json path must not become a directory in the name
+        stem = output_stem(out or Path(f"capsim-radar-{model_ids[0] if len(models) == 1 else 'models'}"))
         png, svg = plot_radar(
             radar_options,
             stem,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from ._console import out_console, print_json
@@ -42,7 +43,9 @@ def register(app: typer.Typer) -> None:
         if best is not None:
             from dataclasses import replace
 
-            chosen = replace(base, mode=best.mode)
+            # auto trades GPU-resident experts for KV cache, so its limits are those of the mode with every
+            # expert off the GPU (the most room for KV)
+            chosen = replace(base, mode=best.mode, placement=None)
             try:
                 limits = {"mode": best.mode, "max_batch": max_batch_at(chosen, db),
                           "max_context_at_batch": max_context_at(chosen, db)}
@@ -53,18 +56,20 @@ def register(app: typer.Typer) -> None:
             return
         console = out_console()
         table = Table(title=f"{model} on {hardware}: placements, fastest first", title_justify="left")
-        for col in ("mode", "devices", "TPOT", "tokens/s", "TTFT", "detail"):
+        for col in ("mode", "placement", "devices", "TPOT", "tokens/s", "TTFT", "detail"):
             table.add_column(col, justify="right" if col in ("devices", "TPOT", "tokens/s", "TTFT") else "left")
         for r in ranked:
+            where = r.placement or "default"
             if r.error:
-                table.add_row(r.mode, "", "", "", "", f"[red]{r.error}[/red]")
+                table.add_row(r.mode, where, "", "", "", "", f"[red]{escape(r.error)}[/red]")
             else:
-                table.add_row(r.mode, str(r.gpus), f"{1e3 * r.tpot_s:,.2f} ms" if r.tpot_s else "n/a",
+                table.add_row(r.mode, where, str(r.gpus), f"{1e3 * r.tpot_s:,.2f} ms" if r.tpot_s else "n/a",
                               f"{r.decode_tokens_per_s:,.1f}" if r.decode_tokens_per_s else "n/a",
                               f"{1e3 * r.ttft_s:,.1f} ms" if r.ttft_s else "n/a", r.detail)
         console.print(table)
         if "max_batch" in limits:
-            console.print(f"{limits['mode']}: largest batch at prompt {prompt_len} + gen {gen_len}: {limits['max_batch']}; "
+            moved = " (experts moved off the GPU as needed)" if best.placement == "auto" else ""
+            console.print(f"{limits['mode']}{moved}: largest batch at prompt {prompt_len} + gen {gen_len}: {limits['max_batch']}; "
                           f"longest context at batch {batch}: {limits['max_context_at_batch']:,} tokens")
         elif "error" in limits:
             console.print(f"[yellow]limits: {limits['error']}[/yellow]")

@@ -206,16 +206,23 @@ def _provenance_table(items: Any, title: str, entry_source: str | None) -> Table
     return table
 
 
+_MAX_TOPOLOGY_ROWS = 1024
+"""Edges shown in the topology table (the 72-GPU NVL72 has 288); a table of 10^5 rows takes rich minutes."""
+
+
 def _print_topology(s: System, payload: dict[str, Any]) -> None:
     console = out_console()
     table = Table(title=f"topology ({s.fabric})", title_justify="left")
     for column, justify in (("from", "left"), ("to", "left"), ("GB/s per dir", "right"), ("link", "left")):
         table.add_column(column, justify=justify)
-    for edge in payload["topology"]["edges"]:
+    edges = payload["topology"]["edges"]
+    for edge in edges[:_MAX_TOPOLOGY_ROWS]:
         table.add_row(
             Text(edge["from"]), Text(edge["to"]), Text(f"{edge['bandwidth_gb_s']:,.2f}"), Text(edge["link"])
         )
     console.print(table)
+    if len(edges) > _MAX_TOPOLOGY_ROWS:
+        console.print(Text(f"… {len(edges) - _MAX_TOPOLOGY_ROWS:,} more edges; --json lists all {len(edges):,}"))
     computed = payload["computed"]
     for label, key in (("GPU-GPU", "gpu_to_gpu_gb_s"), ("host-GPU", "host_to_gpu_gb_s")):
         value = computed[key]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import fields
-from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
@@ -83,31 +82,7 @@ def render_prediction(pred: Any) -> None:
             f"(min {min(acts):.2f}, max {max(acts):.2f}, {len(acts)} MoE layers)"
         )
 
-    dep = d["deployment"]
-    if dep.get("mode", "gpu") != "gpu" or dep.get("ep"):
-        if dep["mode"] == "offload":
-            console.print(
-                f"offload: experts of {dep['offloaded_moe_layers']} MoE layers off the GPU via "
-                f"{dep['link_path']} ({dep['link_gb_s']:.1f} GB/s); GPU expert cache {dep['cache_experts']} experts "
-                f"({dep['policy']}); hit rate {100 * dep['hit_rate']:.1f}%; {dep['misses_per_step']:.1f} misses = "
-                f"{dep['link_gb_per_step']:.2f} GB over the link per decode step; prefetch {'on' if dep['prefetch'] else 'off'}",
-                soft_wrap=True,
-            )
-        elif dep["mode"] == "cpu-experts":
-            console.print(
-                f"cpu-experts: routed experts of {dep['offloaded_moe_layers']} MoE layers on {dep['cpu']} "
-                f"({dep['cpu_bandwidth_gb_s']:.1f} GB/s, {dep['cpu_peak_tflops']:.1f} TFLOPS {dep['cpu_precision']}; "
-                f"{dep['derivation']}); hand-off over {dep['handoff_link_gb_s']:.1f} GB/s",
-                soft_wrap=True,
-            )
-        if dep.get("ep"):
-            console.print(
-                f"expert parallel over {dep['ep']} ranks: straggler factor {dep['straggler_factor_mean']:.2f} "
-                f"(max/mean tokens per rank), all-to-all {1e3 * dep['all_to_all_s_per_pass']:.3f} ms per pass",
-                soft_wrap=True,
-            )
-        if dep.get("note"):
-            console.print(f"[yellow]note: {dep['note']}[/yellow]")
+    _render_deployment(d)
     m = d["memory"]
     mem = Table(title=f"memory per device ({m['devices']} devices)", title_justify="left")
     for col in ("weights", "KV cache", "buffers", "total", "usable", "capacity", "max batch"):
@@ -121,13 +96,89 @@ def render_prediction(pred: Any) -> None:
     console.print(f"  model: {a['model']['id']} — {a['model']['source']}")
     console.print(f"  hardware: {a['hardware']['id']} ({a['hardware']['node']}) — {a['hardware']['source']}")
     console.print(f"  tensor parallel: {a['tensor_parallel']}; link {a['peaks']['link_gb_s_per_dir']:.1f} GB/s per direction")
-    console.print(f"  weights: {', '.join(f'{g}={p}' for g, p in a['weight_precision'].items())}; KV {a['kv_precision']}")
+    lay = a.get("layout", {})
+    if lay.get("devices", 1) > 1 and (lay["pp"] > 1 or lay["dp"] > 1 or lay["nodes"] > 1):
+        console.print(f"  layout: tp {lay['tp']} x pp {lay['pp']} x dp {lay['dp']} on {lay['nodes']} node(s) of "
+                      f"{lay['devices_per_node']} devices (docs/deployment.md)")
+    computes = a.get("compute_precision", {})
+
+    def weight(group: str, prec: str) -> str:
+        key = computes.get(group)
+        return f"{group}={prec}" + (f" ({key} compute)" if key and key != prec else "")
+
+    console.print(f"  weights: {', '.join(weight(g, p) for g, p in a['weight_precision'].items())}; "
+                  f"KV {a['kv_precision']}")
     console.print(f"  routing: {a['routing']}")
     for name, e in a["efficiency"].items():
         soft = " (soft)" if e["soft"] else ""
         console.print(f"  {name} = {e['value']:g}{soft} — {e['source']}")
     console.print(f"  scope: {a['scope']}")
     console.print("  metric definitions: docs/metrics.md")
+
+
+def _render_deployment(d: dict[str, Any]) -> None:
+    """Mode summary, experts per tier, load per link and where a decode step's time goes."""
+    console = out_console()
+    dep = d["deployment"]
+    mode = dep.get("mode", "gpu")
+    if "cache_experts" in dep:
+        console.print(
+            f"{mode}: experts of {dep['offloaded_moe_layers']} MoE layers off the device; expert cache "
+            f"{dep['cache_experts']} experts ({dep['policy']}), steady-state hit rate {100 * dep['hit_rate']:.1f}%, "
+            f"{dep['misses_per_step']:.1f} misses per decode step; prefetch {'on' if dep['prefetch'] else 'off'}",
+            soft_wrap=True,
+        )
+    elif mode == "cpu-experts":
+        console.print(
+            f"cpu-experts: routed experts of {dep['offloaded_moe_layers']} MoE layers on {dep['cpu']} "
+            f"({dep['cpu_bandwidth_gb_s']:.1f} GB/s, {dep['cpu_peak_tflops']:.1f} TFLOPS {dep['cpu_precision']}; "
+            f"{dep['derivation']}); hand-off over {dep['handoff_link_gb_s']:.1f} GB/s",
+            soft_wrap=True,
+        )
+    if dep.get("ep"):
+        console.print(
+            f"expert parallel over {dep['ep']} ranks: straggler factor {dep['straggler_factor_mean']:.2f} "
+            f"(max/mean tokens per rank), all-to-all {1e3 * dep['all_to_all_s_per_pass']:.3f} ms per pass",
+            soft_wrap=True,
+        )
+    if dep.get("tiers"):
+        tiers = Table(title="routed experts per tier", title_justify="left")
+        for col in ("tier", "experts", "GB", "capacity GB"):
+            tiers.add_column(col, justify="left" if col == "tier" else "right")
+        for name, t in dep["tiers"].items():
+            if "capacity_gb" not in t:
+                cap_text = "memory table"  # the device's own memory plan
+            else:
+                cap_text = "unknown" if t["capacity_gb"] is None else f"{t['capacity_gb']:,.1f}"
+            tiers.add_row(name, str(t["experts"]), f"{t['gb']:,.1f}", cap_text)
+        console.print(tiers)
+    _render_step_time(d)
+    if dep.get("note"):
+        console.print(f"[yellow]note: {dep['note']}[/yellow]")
+
+
+def _render_step_time(d: dict[str, Any]) -> None:
+    """Per decode step: time on each resource (device, CPU, links as exposed after overlap) and each link's
+    busy time, and the bottleneck."""
+    phase = d["decode"] if d["decode"]["passes"] else d["prefill"]
+    passes = phase["passes"]
+    links = d["deployment"].get("links", {})
+    if not passes or (set(phase["time_by_resource_s"]) <= {"compute", "memory", "interconnect", "overhead"}
+                      and not links):
+        return
+    label = "decode step" if d["decode"]["passes"] else "prefill pass"
+    table = Table(title=f"time per {label} (bottleneck: {phase['bottleneck']})", title_justify="left")
+    for col in ("where", "time", "detail"):
+        table.add_column(col, justify="right" if col == "time" else "left")
+    names = {"compute": "device compute", "memory": "device memory", "interconnect": "device interconnect",
+             "overhead": "overheads", "cpu": "CPU (experts)", "link": "links (time not hidden by compute)"}
+    for resource, seconds in phase["time_by_resource_s"].items():
+        if seconds > 0:
+            table.add_row(names.get(resource, resource), _fmt_time(seconds / passes), "")
+    for name, link in links.items():
+        table.add_row(f"link {name}", _fmt_time(link["s_per_step"]),
+                      f"{link['path']}: {link['gb_per_step']:,.2f} GB at {link['gb_s']:,.1f} GB/s (busy time)")
+    out_console().print(table)
 
 
 def register(app: typer.Typer) -> None:
@@ -151,9 +202,16 @@ def register(app: typer.Typer) -> None:
         prefetch: Annotated[bool, typer.Option("--prefetch/--no-prefetch", help=_help("prefetch"))] = _DEFAULTS["prefetch"],
         numa: Annotated[str, typer.Option(help=_help("numa"))] = _DEFAULTS["numa"],
         host_memory_gb: Annotated[Optional[float], typer.Option(help=_help("host_memory_gb"))] = _DEFAULTS["host_memory_gb"],
+        placement: Annotated[Optional[str], typer.Option(help=_help("placement"))] = _DEFAULTS["placement"],
         ep: Annotated[int, typer.Option(help=_help("ep"))] = _DEFAULTS["ep"],
-        system: Annotated[Optional[str], typer.Option(help="serving-system preset: vllm-like, vllm-ep-like, "
-                          "moe-infinity-like, mixtral-offloading-like, ktransformers-like, llamacpp-cpu-moe")] = None,
+        tp: Annotated[Optional[int], typer.Option(help=_help("tp"))] = _DEFAULTS["tp"],
+        pp: Annotated[int, typer.Option(help=_help("pp"))] = _DEFAULTS["pp"],
+        dp: Annotated[int, typer.Option(help=_help("dp"))] = _DEFAULTS["dp"],
+        nodes: Annotated[int, typer.Option(help=_help("nodes"))] = _DEFAULTS["nodes"],
+        network: Annotated[Optional[str], typer.Option(help=_help("network"))] = _DEFAULTS["network"],
+        expert_dtype: Annotated[Optional[str], typer.Option(help=_help("expert_dtype"))] = _DEFAULTS["expert_dtype"],
+        system: Annotated[Optional[str], typer.Option(help="serving-system preset: vllm-like, sglang-like, vllm-ep-like, "
+                          "moe-infinity-like, mixtral-offloading-like, ktransformers-like, llamacpp-cpu-moe[:N] (--n-cpu-moe N)")] = None,
         hardware_db: HardwareDbOption = None,
         override: OverrideOption = False,
         json_out: Annotated[bool, typer.Option("--json", help="print one JSON object instead of tables")] = False,
@@ -164,7 +222,8 @@ def register(app: typer.Typer) -> None:
             model=model, hardware=hardware, gpus=gpus, batch=batch, prompt_len=prompt_len, gen_len=gen_len,
             weight_dtype=weight_dtype, kv_dtype=kv_dtype, routing=routing, prefill_chunk_tokens=prefill_chunk,
             seed=seed, mode=mode, expert_layers=expert_layers, expert_tier=expert_tier, cache_policy=cache_policy,
-            prefetch=prefetch, numa=numa, host_memory_gb=host_memory_gb, ep=ep,
+            prefetch=prefetch, numa=numa, host_memory_gb=host_memory_gb, placement=placement, ep=ep,
+            tp=tp, pp=pp, dp=dp, nodes=nodes, network=network, expert_dtype=expert_dtype,
         )
         preset = None
         if system is not None:

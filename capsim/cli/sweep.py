@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from ._console import err_console, out_console, print_json
@@ -18,24 +25,23 @@ def register(app: typer.Typer) -> None:
     @app.command(help="Evaluate a grid of scenarios (vectorised) into CSV/JSONL/Parquet; resumable.")
     def sweep(
         out: Annotated[Path, typer.Option("--out", help="output file (.csv, .jsonl or .parquet)")],
-        model: Annotated[Optional[str], typer.Option(help="model ids, comma-separated")] = None,
-        hardware: Annotated[Optional[str], typer.Option(help="accelerator or system ids, comma-separated")] = None,
+        model: Annotated[str | None, typer.Option(help="model ids, comma-separated")] = None,
+        hardware: Annotated[str | None, typer.Option(help="accelerator or system ids, comma-separated")] = None,
         gpus: Annotated[str, typer.Option(help="device counts (0 = all of a system), e.g. 1,2,4,8")] = "1",
         batch: Annotated[str, typer.Option(help="batch sizes, e.g. 1,8,64 or 1:1024:x2")] = "1",
         prompt_len: Annotated[str, typer.Option(help="prompt lengths, e.g. 512 or 128:8192:x2")] = "512",
         gen_len: Annotated[str, typer.Option(help="generated lengths")] = "128",
         weight_dtype: Annotated[str, typer.Option(help="weight precisions, comma-separated; native = published")] = "native",
         kv_dtype: Annotated[str, typer.Option(help="KV-cache precisions, comma-separated")] = "bf16",
-        grid_file: Annotated[Optional[Path], typer.Option("--grid", help="TOML grid file (overrides the axis options)")] = None,
-        fmt: Annotated[Optional[str], typer.Option("--format", help="csv, jsonl or parquet (default: from --out)")] = None,
+        grid_file: Annotated[Path | None, typer.Option("--grid", help="TOML grid file (overrides the axis options)")] = None,
+        fmt: Annotated[str | None, typer.Option("--format", help="csv, jsonl or parquet (default: from --out)")] = None,
         chunk_rows: Annotated[int, typer.Option(help="rows per chunk (memory and resume granularity)")] = 50_000,
-        decode_samples: Annotated[int, typer.Option(help="decode steps evaluated per configuration (exact when gen_len-1 <= this)")] = 16,
         feasible_only: Annotated[bool, typer.Option("--feasible-only", help="write only configurations that fit")] = False,
-        slo_tpot: Annotated[Optional[str], typer.Option(help="keep rows with TPOT <= this (e.g. 50ms)")] = None,
-        slo_ttft: Annotated[Optional[str], typer.Option(help="keep rows with TTFT <= this (e.g. 1s)")] = None,
-        pareto: Annotated[Optional[Path], typer.Option(help="also write the Pareto front (TPOT vs throughput) as JSON")] = None,
+        slo_tpot: Annotated[str | None, typer.Option(help="keep rows with TPOT <= this (e.g. 50ms)")] = None,
+        slo_ttft: Annotated[str | None, typer.Option(help="keep rows with TTFT <= this (e.g. 1s)")] = None,
+        pareto: Annotated[Path | None, typer.Option(help="also write the Pareto front (TPOT vs throughput) as JSON")] = None,
         backend: Annotated[str, typer.Option(help="local or dask")] = "local",
-        scheduler: Annotated[Optional[str], typer.Option(help="Dask scheduler address (default: a local cluster)")] = None,
+        scheduler: Annotated[str | None, typer.Option(help="Dask scheduler address (default: a local cluster)")] = None,
         workers: Annotated[int, typer.Option(help="worker processes of the local Dask cluster")] = 2,
         hardware_db: HardwareDbOption = None,
         override: OverrideOption = False,
@@ -43,7 +49,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         from ..errors import ScenarioError
         from ..plan import parse_duration
-        from ..sweep.grid import Grid, load_grid_toml, parse_int_axis, parse_str_axis
+        from ..sweep.grid import Grid, load_grid_toml, parse_gpus_axis, parse_int_axis, parse_str_axis
         from ..sweep.run import Filters, SweepRun, format_of, resolve_groups, run_dask, run_local
 
         if grid_file is not None:
@@ -53,10 +59,10 @@ def register(app: typer.Typer) -> None:
                 raise ScenarioError("give --model and --hardware (comma-separated lists) or a --grid TOML file")
             grid = Grid(
                 models=parse_str_axis(model), hardware=parse_str_axis(hardware),
-                gpus=tuple(int(g) for g in parse_str_axis(gpus)) if gpus.strip() != "0" else (0,),
+                gpus=parse_gpus_axis(gpus),
                 batch=parse_int_axis(batch, "batch"), prompt_len=parse_int_axis(prompt_len, "prompt-len"),
                 gen_len=parse_int_axis(gen_len, "gen-len"), weight_dtype=parse_str_axis(weight_dtype),
-                kv_dtype=parse_str_axis(kv_dtype), decode_samples=decode_samples,
+                kv_dtype=parse_str_axis(kv_dtype),
             )
         if chunk_rows < 1:
             raise ScenarioError("--chunk-rows must be >= 1")
@@ -90,7 +96,8 @@ def register(app: typer.Typer) -> None:
                 progress.update(task, advance=rows, rate=f"{done_rows / elapsed:,.0f} rows/s")
 
             if backend == "dask":
-                written = run_dask(run, todo, scheduler, tuple(str(p) for p in hardware_db or ()), on_chunk, workers)
+                extra = tuple(str(p.resolve()) for p in hardware_db or ())
+                written = run_dask(run, todo, scheduler, extra, on_chunk, workers, override)
             else:
                 written = run_local(run, db, todo, on_chunk)
         elapsed = time.perf_counter() - start
@@ -131,6 +138,7 @@ def register(app: typer.Typer) -> None:
         json_out: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
     ) -> None:
         from ..errors import ScenarioError
+        from ..explain import attention_kinds
         from ..explain import explain as explain_ops
         from ..formulas import SYMBOL_MEANINGS
         from ..model_db import resolve_model
@@ -139,21 +147,30 @@ def register(app: typer.Typer) -> None:
             raise ScenarioError(f"unknown phase {phase!r}; choose decode or prefill")
         spec = resolve_model(model)
         ops = explain_ops(spec, phase)
+        kinds = attention_kinds(spec, phase)
         if json_out:
             print_json({
                 "model": spec.id, "phase": phase,
                 "ops": [{"name": o.name, "applies_to": o.applies_to, "flops": str(o.flops), "bytes": str(o.bytes),
                          "flops_model": str(o.flops_model), "bytes_model": str(o.bytes_model)} for o in ops],
+                "attention_layers": [{"window": k.window, "layers": k.layers, "pairs": str(k.pairs),
+                                      "kv_read_tokens": str(k.kv_read_tokens)} for k in kinds],
                 "symbols": {str(s): m for s, m in SYMBOL_MEANINGS.items()},
             })
             return
         console = out_console()
-        console.print(f"[bold]{spec.id}[/bold] — per-layer operation costs ({phase}); time per op = "
-                      "max(FLOPs / (F_peak·η_c), bytes / (BW_peak·η_m)), split over TP ranks (docs/metrics.md)")
+        console.print(f"[bold]{spec.id}[/bold] — per-layer operation costs ({phase}); each op takes "
+                      "max(FLOPs / (F_peak·η_c), bytes / (BW_peak·η_m)), split over the TP ranks (docs/metrics.md)")
         for o in ops:
             console.print(f"[bold]{o.name}[/bold] — {o.description}; {o.applies_to}")
             console.print(f"  FLOPs = {o.flops}  =  {o.flops_model}")
             console.print(f"  bytes = {o.bytes}  =  {o.bytes_model}")
+        where = ("c = context of the new token" if phase == "decode"
+                 else "P = prompt length; pairs of the whole prefill, shared among its chunks by tokens; T = chunk tokens")
+        console.print(f"attention core inputs per layer kind ({where}):")
+        for k in kinds:
+            label = "full attention" if k.window is None else f"sliding window {k.window}"
+            console.print(f"  {label} ({k.layers} layers): pairs = {k.pairs}, kv_read_tokens = {k.kv_read_tokens}")
         console.print("symbols:")
         for s, meaning in SYMBOL_MEANINGS.items():
             console.print(f"  {s} — {meaning}")

@@ -14,7 +14,7 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from ..errors import ScenarioError
+from ..errors import ScenarioError, TraceError
 from ..model import ModelSpec
 from ..routing import SyntheticRouter, fit_trace, make_router, resolve_trace_path, shipped_traces, trace_stats
 from ..routing.stats import TraceStats
@@ -63,20 +63,23 @@ def synth(
     command = (
         f"capsim trace synth --model {model} --router {router} --tokens {tokens} --out {out} --seed {seed}"
     )
-    path = write_trace(
-        out,
-        ids,
-        model_id=spec.id,
-        num_experts=r.num_experts,
-        top_k=r.top_k,
-        metadata={
-            "router": router,
-            "seed": seed,
-            "recorded_with": "capsim trace synth",
-            "command": command,
-            "router_params": r.to_dict(),
-        },
-    )
+    try:
+        path = write_trace(
+            out,
+            ids,
+            model_id=spec.id,
+            num_experts=r.num_experts,
+            top_k=r.top_k,
+            metadata={
+                "router": router,
+                "seed": seed,
+                "recorded_with": "capsim trace synth",
+                "command": command,
+                "router_params": r.to_dict(),
+            },
+        )
+    except OSError as exc:  # disk full, permissions: write_trace has already removed its temporary file
+        raise TraceError(str(out), f"cannot be written ({exc.strerror or exc}); choose another path") from None
     console = out_console()
     console.print(
         f"wrote {path} ({spec.id}: {r.num_moe_layers} MoE layers x {tokens} tokens x top-{r.top_k} of {r.num_experts})",
@@ -114,7 +117,7 @@ def stats(
         png_path = (
             png if png is not None else Path(f"{Path(trace.name).name.removesuffix('.npz')}-heatmap.png")
         )
-        _write_heatmap(result, png_path)
+        png_path = _write_heatmap(result, png_path)
     if as_json:
         payload = result.to_dict()
         payload["heatmap_png"] = None if png_path is None else str(png_path)
@@ -178,7 +181,8 @@ def _fmt(x: float, spec: str = ".2f") -> str:
     return "-" if not np.isfinite(x) else format(x, spec)
 
 
-def _write_heatmap(st: TraceStats, path: Path) -> None:
+def _write_heatmap(st: TraceStats, path: Path) -> Path:
+    """Write the layers x experts heatmap to ``path`` (``.png`` appended when it has no suffix); the path written."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, never a window (CI and servers have no display)
@@ -188,6 +192,15 @@ def _write_heatmap(st: TraceStats, path: Path) -> None:
         raise ScenarioError(
             f"cannot write {path}: directory {str(path.parent)!r} does not exist; create it first"
         )
+    if path.is_dir():
+        raise ScenarioError(f"--png {path} is a directory; give a file name, e.g. {path / 'heatmap.png'}")
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    # matplotlib picks the format from the suffix; without one it would append .png behind our back
+    if not path.suffix:
+        path = path.with_name(path.name + ".png")
+    if path.suffix[1:].lower() not in FigureCanvasBase.get_supported_filetypes():
+        raise ScenarioError(f"--png {path}: cannot write a {path.suffix!r} image; use a .png (or .svg/.pdf) name")
     fig, ax = plt.subplots(
         figsize=(min(4 + st.counts.shape[1] / 12, 16), min(2 + st.counts.shape[0] / 6, 12))
     )
@@ -197,8 +210,13 @@ def _write_heatmap(st: TraceStats, path: Path) -> None:
     ax.set_title(f"tokens per expert: {st.trace.model_id}, {st.trace.num_tokens} tokens")
     fig.colorbar(image, ax=ax, label="tokens routed")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        fig.savefig(path, dpi=100)
+    except OSError as exc:
+        raise ScenarioError(f"cannot write {path} ({exc.strerror}); choose another --png path") from None
+    finally:
+        plt.close(fig)
+    return path
 
 
 # ---- fit -----------------------------------------------------------------------------------------------

@@ -180,7 +180,7 @@ def skinny_gemm(
     through distinct weights totalling ``total_bytes`` (default: the memory-bandwidth array size, far above
     the last-level cache), as successive experts do, so no GEMM finds its weight in cache. A roofline charges
     max(2·M·N / F, N·b / B); on CPUs whose BLAS packs the weight for M > 1 the measured time is well above that,
-    and this table shows by how much (reported, not used by the entry).
+    and this table shows by how much (relative to M = 1 it is the entry's ``gemm_tokens_efficiency`` curve).
     """
     torch = require_torch("measuring skinny GEMMs")
     dtype = dtype_of(torch, precision)

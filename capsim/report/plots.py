@@ -93,18 +93,28 @@ def radar_scores(options: Sequence[RadarOption], cost_cap: float | None = None) 
 
 
 def _save(fig: object, out: Path) -> tuple[Path, Path]:
-    """Write ``out`` with .png and .svg suffixes; returns both paths."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    png, svg = out.with_suffix(".png"), out.with_suffix(".svg")
-    fig.savefig(png, dpi=120)  # type: ignore[attr-defined]
-    fig.savefig(svg)  # type: ignore[attr-defined]
+    """Write ``out``.png and ``out``.svg (suffixes appended: a stem such as ``radar-qwen1.5-moe-a2.7b`` keeps
+    its dots); returns both paths. An unwritable path raises ScenarioError."""
+    from ..errors import ScenarioError
+
+    png, svg = out.with_name(out.name + ".png"), out.with_name(out.name + ".svg")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(png, dpi=120)  # type: ignore[attr-defined]
+        fig.savefig(svg)  # type: ignore[attr-defined]
+    except OSError as exc:
+        raise ScenarioError(f"cannot write {png} ({exc.strerror}); choose another output path") from None
     return png, svg
 
 
+_IMAGE_SUFFIXES = (".png", ".svg", ".pdf", ".jpg", ".jpeg", ".webp", ".eps")
+
+
 def output_stem(path: Path | str) -> Path:
-    """``radar.png`` / ``radar.svg`` / ``radar`` -> ``radar`` (both formats are always written)."""
+    """``radar.png`` / ``radar.svg`` / ``radar`` -> ``radar`` (both formats are always written; another image
+    suffix such as ``.pdf`` is dropped too, other dots are kept: ``run.v2`` stays ``run.v2``)."""
     p = Path(path)
-    return p.with_suffix("") if p.suffix.lower() in (".png", ".svg") else p
+    return p.with_suffix("") if p.suffix.lower() in _IMAGE_SUFFIXES else p
 
 
 def plot_radar(

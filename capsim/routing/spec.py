@@ -172,9 +172,19 @@ def _base_profile(spec: RouterSpec, L: int, E: int, k: int, rng: np.random.Gener
     return uniform_popularity(L, E, k)
 
 
+def _seed(spec: RouterSpec, default: int) -> int:
+    """The ``seed=`` option, else ``default``; numpy seeds must be integers >= 0."""
+    if "seed" not in spec.options:
+        return default
+    seed = _int(spec, "seed", spec.options["seed"])
+    if seed < 0:
+        raise ScenarioError(f"router spec {spec.text!r}: seed must be an integer >= 0, got {seed}")
+    return seed
+
+
 def _synthetic(spec: RouterSpec, model: ModelSpec, seed: int) -> SyntheticRouter:
     assert model.moe is not None  # checked by make_router before dispatch
-    seed = _int(spec, "seed", spec.options["seed"]) if "seed" in spec.options else seed
+    seed = _seed(spec, seed)
     rng = np.random.default_rng(seed)
     L, E, k = model.num_moe_layers, model.moe.num_experts, model.moe.top_k
     reuse = _float(spec, "reuse", spec.options["reuse"]) if "reuse" in spec.options else 0.0
@@ -225,6 +235,8 @@ def shipped_traces() -> dict[str, Path]:
 
 def resolve_trace_path(text: str) -> Path:
     """A trace path, or the name of a shipped trace (with or without ``.npz``)."""
+    if not text.strip():
+        raise ScenarioError("empty trace path; give a trace file or a shipped trace name (capsim trace list)")
     path = Path(text).expanduser()
     if path.is_file():
         return path
@@ -250,7 +262,7 @@ def _trace(spec: RouterSpec, model: ModelSpec, seed: int) -> Router:
 
 def _fit(spec: RouterSpec, model: ModelSpec, seed: int) -> Router:
     trace = _trace_for(spec, model)
-    seed = _int(spec, "seed", spec.options["seed"]) if "seed" in spec.options else seed
+    seed = _seed(spec, seed)
     return fit_trace(trace.topk_ids, trace.num_experts, source=trace.name).router(seed=seed, spec=spec.text)
 
 
@@ -270,11 +282,22 @@ ROUTER_KINDS: tuple[str, ...] = tuple(_BUILDERS)
 """The router kinds :func:`make_router` accepts."""
 
 
+def _looks_like_trace_path(kind: str) -> bool:
+    return kind.endswith(".npz") or "/" in kind or "\\" in kind or kind in shipped_traces()
+
+
 def make_router(spec: str, model: ModelSpec, *, seed: int = 0) -> Router:
     """Build the router named by ``spec`` (module docstring) for ``model``; ``seed`` unless ``seed=`` is given."""
     if model.moe is None or model.num_moe_layers == 0:
         raise ScenarioError(f"model {model.id!r} has no MoE layers; routing does not apply")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ScenarioError(f"seed must be an integer >= 0, got {seed!r}; pass e.g. --seed 0")
     parsed = parse_router_spec(spec)
+    if parsed.kind not in _BUILDERS and _looks_like_trace_path(parsed.kind):
+        raise ScenarioError(
+            f"router spec {spec.strip()!r} looks like a trace file; write trace:{spec.strip()} "
+            f"(or fit:{spec.strip()} for a router fitted to it)"
+        )
     if parsed.kind not in _BUILDERS:
         close = difflib.get_close_matches(parsed.kind, ROUTER_KINDS, n=3)
         raise UnknownRouterError(parsed.kind, ROUTER_KINDS, close)

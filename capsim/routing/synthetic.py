@@ -146,8 +146,12 @@ class SyntheticRouter:
             raise ScenarioError(
                 f"a trace needs at least 1 token, got {num_tokens}; pass --tokens N with N >= 1"
             )
+        _check_sample_size(self.num_moe_layers, num_tokens, self.top_k)
         rng = np.random.default_rng(self.seed if seed is None else seed)
-        out = np.empty((self.num_moe_layers, num_tokens, self.top_k), dtype=np.int64)
+        try:
+            out = np.empty((self.num_moe_layers, num_tokens, self.top_k), dtype=np.int64)
+        except MemoryError:
+            raise ScenarioError(_too_large(self.num_moe_layers, num_tokens, self.top_k)) from None
         pop = self.popularity
         for layer in range(self.num_moe_layers):
             custom = (
@@ -230,3 +234,32 @@ class UniformRouter(SyntheticRouter):
             f"uniform independent routing, E·(1−(1−k/E)^T) with E={self.num_experts}, k={self.top_k} "
             "(optimistic bound: real routers activate fewer experts)"
         )
+
+
+def _physical_memory_bytes() -> float | None:
+    """This machine's RAM in bytes, or None where the OS does not say (then only MemoryError guards)."""
+    import os
+
+    try:
+        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _too_large(num_layers: int, num_tokens: int, top_k: int) -> str:
+    from ..units import GB
+
+    need = num_layers * num_tokens * top_k * np.dtype(np.int64).itemsize
+    return (
+        f"a trace of {num_tokens:,} tokens holds {num_layers} x {num_tokens:,} x {top_k} expert ids "
+        f"({need / GB:,.1f} GB in memory), more than this machine can sample; use fewer --tokens"
+    )
+
+
+def _check_sample_size(num_layers: int, num_tokens: int, top_k: int) -> None:
+    """Refuse a sample whose id array alone exceeds half of the RAM: numpy may over-commit and the OS would
+    kill the process later instead of raising."""
+    ram = _physical_memory_bytes()
+    need = float(num_layers) * num_tokens * top_k * np.dtype(np.int64).itemsize
+    if ram is not None and need > ram / 2:
+        raise ScenarioError(_too_large(num_layers, num_tokens, top_k))

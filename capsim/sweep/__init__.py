@@ -3,7 +3,11 @@ configurations, written in resumable chunks (see docs/sweep.md)."""
 
 from __future__ import annotations
 
-from .evaluate import COLUMNS, evaluate_segment, resolve_group
+from .decode import QUANTITIES, decode_totals
+from .evaluate import COLUMNS, evaluate_segment, resolve_group, ttft_of
 from .grid import Grid, load_grid_toml, parse_int_axis
 
-__all__ = ["COLUMNS", "Grid", "evaluate_segment", "load_grid_toml", "parse_int_axis", "resolve_group"]
+__all__ = [
+    "COLUMNS", "QUANTITIES", "Grid", "decode_totals", "evaluate_segment", "load_grid_toml", "parse_int_axis",
+    "resolve_group", "ttft_of",
+]

@@ -7,13 +7,8 @@ length) are evaluated together in a handful of numpy calls through :func:`capsim
 - memory: :func:`capsim.memory.max_batch_that_fits`; a batch larger than the KV cache holds runs in waves;
 - TTFT: the (n−1) identical full prefill chunks are costed once and multiplied, plus the last chunk (which
   carries the lm_head) — predict's sum; configurations sharing (batch per wave, prompt) are costed once;
-- TPOT and the decode metrics: the *exact* sums over all G−1 decode steps (:func:`decode_totals`), from a few
-  evaluated steps per configuration. A decode step's cost is piecewise affine in its context c: only the
-  attention core depends on c, through min(c, window) per layer, and each roofline op charges
-  max(t_compute, t_memory) of two affine functions. Between the windows' kinks and the (at most one per op)
-  points where an op's binding resource flips, every summed quantity is affine in c, so its sum over the
-  integer steps of such a range is count·(f(first)+f(last))/2. The kinks are found from the evaluated
-  per-op compute and memory times themselves (:attr:`capsim.roofline.PassCost.op_times`), not re-derived.
+- TPOT and the decode metrics: the *exact* sums over all G−1 decode steps, from a few steps evaluated per
+  batch size (:func:`capsim.sweep.decode.decode_totals`: a step's cost is piecewise affine in its context).
 """
 
 from __future__ import annotations
@@ -23,14 +18,14 @@ from typing import Any
 
 import numpy as np
 
-from ..engine import decode_passes, prefill_passes, resolve_model, resolve_on
+from ..engine import prefill_passes, resolve_model, resolve_on
 from ..errors import CapsimError
 from ..hardware import HardwareDB
-from ..memory import max_batch_that_fits, usable_bytes, weight_bytes_per_device
+from ..memory import kv_bytes_per_sequence_at, max_batch_that_fits, usable_bytes, weight_bytes_per_device
 from ..metrics import RESOURCES
-from ..roofline import PassCost
 from ..scenario import Scenario
 from ..units import GB
+from .decode import QUANTITIES, decode_totals
 from .grid import Grid
 
 COLUMNS: tuple[str, ...] = (
@@ -39,12 +34,6 @@ COLUMNS: tuple[str, ...] = (
     "decode_tokens_per_s", "prefill_tokens_per_s", "s_mbu", "mbu", "s_mfu", "mfu", "bottleneck",
     "weights_gb", "memory_needed_gb", "usable_gb",
 )
-
-QUANTITIES: tuple[str, ...] = (
-    "time", *(f"time_{r}" for r in RESOURCES), "weight_bytes_sparse", "weight_bytes_dense", "kv_read_bytes",
-    "flops_sparse", "flops_dense",
-)
-"""Per-step quantities :func:`decode_totals` sums over the decode steps (seconds, bytes, FLOPs)."""
 
 
 @dataclass
@@ -67,21 +56,44 @@ def resolve_group(grid: Grid, key: tuple[str, str, int, str, str], db: HardwareD
     scenario.validate()
     model = resolve_model(model_id)
     try:
-        return Group(key, resolve_on(scenario, db, model, gpus or None), None)
-    except (CapsimError,) as exc:
+        rs = resolve_on(scenario, db, model, gpus or None)
+    except CapsimError as exc:
         if exc.__class__.__name__.startswith("Unknown"):
             raise
         return Group(key, None, str(exc))
+    reason = _outside_sweep_model(rs)
+    return Group(key, None, reason) if reason else Group(key, rs, None)
 
 
-def _empty(n: int) -> dict[str, np.ndarray]:
+def _outside_sweep_model(rs: Any) -> str | None:
+    """Why predict would add costs the vectorised path does not (None when it adds none): sweeps model one
+    tensor-parallel group with every weight in device memory, which is all a sweep's scenarios ask for."""
+    if rs.offloaded.size and rs.offloaded.any():
+        return "experts placed off the device (offload) are not swept; use capsim predict"
+    if rs.layout.pp > 1 or rs.layout.dp > 1:
+        return "pipeline or data parallelism is not swept; use capsim predict"
+    if rs.deployment.mode not in ("gpu", "cpu"):
+        return f"--mode {rs.deployment.mode} is not swept; use capsim predict"
+    return None
+
+
+STRING_COLUMNS = ("model", "hardware", "weight_dtype", "kv_dtype", "bottleneck")
+INT_COLUMNS = ("gpus", "batch", "prompt_len", "gen_len", "max_batch", "waves", "batch_per_wave")
+_BOTTLENECK_WIDTH = max(len(v) for v in (*RESOURCES, "none", "does not fit"))
+
+
+def _empty(n: int, strings: dict[str, str]) -> dict[str, np.ndarray]:
+    """Columns of ``n`` rows: ``strings`` filled in (fixed-width unicode: far cheaper than object arrays),
+    integers 0, flags False, floats NaN (what a row that does not run reports)."""
     cols: dict[str, np.ndarray] = {}
     for name in COLUMNS:
-        if name in ("model", "hardware", "weight_dtype", "kv_dtype", "bottleneck"):
-            cols[name] = np.full(n, "", dtype=object)
+        if name in STRING_COLUMNS:
+            value = strings[name]
+            width = max(len(value), _BOTTLENECK_WIDTH) if name == "bottleneck" else len(value)
+            cols[name] = np.full(n, value, dtype=f"<U{max(width, 1)}")
         elif name == "feasible":
             cols[name] = np.zeros(n, dtype=bool)
-        elif name in ("gpus", "batch", "prompt_len", "gen_len", "max_batch", "waves", "batch_per_wave"):
+        elif name in INT_COLUMNS:
             cols[name] = np.zeros(n, dtype=np.int64)
         else:
             cols[name] = np.full(n, np.nan)
@@ -92,39 +104,38 @@ def evaluate_segment(grid: Grid, group: Group, start: int, stop: int) -> dict[st
     """Columns for numeric points ``start:stop`` of ``group``."""
     batch, prompt, gen = grid.numeric_points(start, stop)
     n = batch.shape[0]
-    cols = _empty(n)
-    model_id, hardware, gpus, wdt, kvdt = group.key
-    cols["model"][:] = model_id
-    cols["hardware"][:] = hardware
-    cols["weight_dtype"][:] = wdt
-    cols["kv_dtype"][:] = kvdt
+    model_id, hardware, _, wdt, kvdt = group.key
+    rs = group.resolved
+    cols = _empty(n, {
+        "model": model_id, "hardware": hardware, "weight_dtype": wdt, "kv_dtype": kvdt,
+        "bottleneck": "does not fit" if rs is not None else "does not run: " + (group.error or ""),
+    })
     cols["batch"][:] = batch
     cols["prompt_len"][:] = prompt
     cols["gen_len"][:] = gen
     rs = group.resolved
     if rs is None:
-        cols["bottleneck"][:] = "does not run: " + (group.error or "")
         return cols
     cols["gpus"][:] = rs.placement.tp
     cols["weights_gb"][:] = sum(weight_bytes_per_device(rs).values()) / GB
     cols["usable_gb"][:] = usable_bytes(rs) / GB
-    max_b, needed = max_batch_that_fits(rs, batch, prompt, gen)
+    max_b, needed_one = max_batch_that_fits(rs, batch, prompt, gen)
     feasible = max_b >= 1
     cols["feasible"][:] = feasible
     cols["max_batch"][:] = max_b
-    cols["memory_needed_gb"][:] = needed / GB
+    # weights + buffers + the KV cache of one wave (of one sequence where not even that fits)
+    per_seq = kv_bytes_per_sequence_at(rs, prompt + gen)
+    cols["memory_needed_gb"][:] = (needed_one + per_seq * (np.clip(np.minimum(batch, max_b), 1, None) - 1)) / GB
     idx = np.nonzero(feasible)[0]
     if idx.size == 0:
-        cols["bottleneck"][:] = "does not fit"
         return cols
-    cols["bottleneck"][~feasible] = "does not fit"
     b, p, g, mb = batch[idx], prompt[idx], gen[idx], max_b[idx]
     wave_b = np.minimum(b, mb)
     cols["waves"][idx] = -(-b // mb)
     cols["batch_per_wave"][idx] = wave_b
 
     ttft = ttft_of(rs, wave_b, p, grid.prefill_chunk_tokens)
-    tpot, decode_metrics = _decode_columns(rs, wave_b, p, g)
+    tpot, decode_metrics = _decode_columns(rs, wave_b, p, g, grid.decode_context_span)
     steps = g - 1
     cols["ttft_s"][idx] = ttft
     cols["tpot_s"][idx] = tpot
@@ -139,9 +150,8 @@ def evaluate_segment(grid: Grid, group: Group, start: int, stop: int) -> dict[st
 def ttft_of(rs: Any, batch: np.ndarray, prompt_len: np.ndarray, chunk_tokens: int) -> np.ndarray:
     """Seconds to prefill ``batch`` prompts of ``prompt_len`` tokens in chunks of ``chunk_tokens`` (arrays of
     configurations): (n_chunks − 1)·t(full chunk) + t(last chunk, with the lm_head), as predict sums them.
-    Each distinct (batch, prompt_len) is costed once."""
-    key = batch.astype(np.int64) * (int(prompt_len.max()) + 1) + prompt_len.astype(np.int64)
-    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    Runs of equal consecutive (batch, prompt_len) are costed once."""
+    first, run = _first_of_runs(batch, prompt_len)
     wave_b, prompt = batch[first], prompt_len[first]
     total = wave_b * prompt
     n_chunks = -(-total // chunk_tokens)
@@ -159,111 +169,28 @@ def ttft_of(rs: Any, batch: np.ndarray, prompt_len: np.ndarray, chunk_tokens: in
     )
     ttft = costs.time[:n].copy()
     ttft[multi] += (n_chunks[multi] - 1) * costs.time[n:]
-    return ttft[inverse.reshape(-1)]
+    return ttft[run]
 
 
-class _StepTable:
-    """Decode-step costs at (batch, context) points, each distinct point evaluated once by
-    :func:`capsim.engine.decode_passes`: the summed quantities (rows of ``values``) and, per roofline op,
-    t_compute − t_memory (rows of ``margin``; ≥ 0 means the op is compute-bound, as the roofline decides)."""
+def _first_of_runs(*keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(positions where a run of equal consecutive key tuples starts, run number of every position).
 
-    def __init__(self, rs: Any, max_context: int) -> None:
-        self.rs = rs
-        self.scale = np.int64(max_context + 2)
-        self.keys = np.zeros(0, dtype=np.int64)
-        self.values = np.zeros((len(QUANTITIES), 0))
-        self.margin = np.zeros((0, 0))
-        self.metric_peak_flops = 0.0
-
-    def ensure(self, batch: np.ndarray, context: np.ndarray) -> None:
-        keys = np.unique(batch * self.scale + context)
-        new = keys[~np.isin(keys, self.keys, assume_unique=True)] if self.keys.size else keys
-        if new.size == 0:
-            return
-        cost = decode_passes(self.rs, (new // self.scale).astype(np.float64), (new % self.scale).astype(np.float64))
-        self.metric_peak_flops = cost.metric_peak_flops
-        values = _step_quantities(cost, new.shape[0])
-        margin = np.stack([tc - tm for _, tc, tm in cost.op_times]) if cost.op_times else np.zeros((0, new.size))
-        keys = np.concatenate([self.keys, new])
-        order = np.argsort(keys, kind="stable")
-        self.keys = keys[order]
-        self.values = np.concatenate([self.values, values], axis=1)[:, order]
-        self.margin = (np.concatenate([self.margin, margin], axis=1) if self.margin.size else margin)[:, order]
-
-    def index(self, batch: np.ndarray, context: np.ndarray) -> np.ndarray:
-        return np.searchsorted(self.keys, batch * self.scale + context)
-
-
-def _step_quantities(cost: PassCost, n: int) -> np.ndarray:
-    rows = [cost.time, *(cost.time_by_resource[r] for r in RESOURCES), cost.weight_bytes_sparse,
-            cost.weight_bytes_dense, cost.kv_read_bytes, cost.flops_sparse, cost.flops_dense]
-    return np.stack([np.broadcast_to(np.asarray(r, dtype=np.float64), (n,)) for r in rows])
-
-
-def _finite_windows(rs: Any) -> np.ndarray:
-    model = rs.model
-    windows = {model.window(i) for i in range(model.num_layers)} - {None}
-    return np.array(sorted(windows), dtype=np.int64)
-
-
-def decode_totals(
-    rs: Any, batch: np.ndarray, prompt_len: np.ndarray, gen_len: np.ndarray
-) -> tuple[dict[str, np.ndarray], float]:
-    """Exact sums over the gen_len − 1 decode steps of each configuration (step j attends to prompt_len + j
-    tokens, as :func:`capsim.engine.decode_cost`): ``({quantity: (n,) sums}, metric peak FLOP/s)`` with the
-    quantities of :data:`QUANTITIES`. Configurations with gen_len < 2 have no steps and sum to 0.
-
-    The steps are cut into integer context ranges on which every op keeps its binding resource and every
-    window min(c, w) one branch, so each quantity is affine there and its sum is count·(f(a)+f(b))/2; cuts
-    come from the windows and from linear interpolation of each op's t_compute − t_memory between a range's
-    ends, refined until no op flips inside any range (ranges only shrink, so this ends).
-    """
-    batch = np.asarray(batch, dtype=np.int64)
-    lo = np.asarray(prompt_len, dtype=np.int64) + 1
-    hi = np.asarray(prompt_len, dtype=np.int64) + np.asarray(gen_len, dtype=np.int64) - 1
-    n = batch.shape[0]
-    windows = _finite_windows(rs)
-    # ranges (config, first context, last context): the window kinks cut [lo, hi] first
-    bounds_lo = [lo, *(np.maximum(lo, w + 1) for w in windows)]
-    bounds_hi = [*(np.minimum(hi, w) for w in windows), hi]
-    cfg_parts, a_parts, b_parts = [], [], []
-    for s_lo, s_hi in zip(bounds_lo, bounds_hi):
-        ok = np.nonzero(s_lo <= s_hi)[0]
-        cfg_parts.append(ok)
-        a_parts.append(s_lo[ok])
-        b_parts.append(s_hi[ok])
-    cfg, a, b = (np.concatenate(x) for x in (cfg_parts, a_parts, b_parts))
-    table = _StepTable(rs, int(hi.max(initial=1)))
-    while True:
-        bb = batch[cfg]
-        table.ensure(np.concatenate([bb, bb]), np.concatenate([a, b]))
-        ia, ib = table.index(bb, a), table.index(bb, b)
-        da, db = table.margin[:, ia], table.margin[:, ib]
-        flips = (da >= 0) != (db >= 0)
-        split = np.nonzero(flips.any(axis=0))[0]
-        if split.size == 0:
-            break
-        op = np.argmax(flips[:, split], axis=0)
-        d_a, d_b = da[op, split], db[op, split]
-        a_s, b_s = a[split], b[split]
-        # the op's margin is affine in c on the range: it crosses 0 at a + d_a/(d_a − d_b)·(b − a)
-        cut = np.clip(np.floor(a_s + d_a / (d_a - d_b) * (b_s - a_s)), a_s, b_s - 1).astype(np.int64)
-        keep = np.ones(cfg.shape[0], dtype=bool)
-        keep[split] = False
-        cfg = np.concatenate([cfg[keep], cfg[split], cfg[split]])
-        a = np.concatenate([a[keep], a_s, cut + 1])
-        b = np.concatenate([b[keep], cut, b_s])
-    count = (b - a + 1).astype(np.float64)
-    ranged = count * (table.values[:, ia] + table.values[:, ib]) / 2.0
-    sums = {q: np.bincount(cfg, weights=ranged[i], minlength=n) for i, q in enumerate(QUANTITIES)}
-    return sums, table.metric_peak_flops
+    Grid rows vary the generated length fastest, so equal step shapes sit next to each other: collapsing runs
+    removes most repeats in O(n), without the sort a full ``np.unique`` costs."""
+    n = keys[0].shape[0]
+    starts = np.ones(n, dtype=bool)
+    for k in keys:
+        starts[1:] &= k[1:] == k[:-1]
+    starts[1:] = ~starts[1:]
+    return np.nonzero(starts)[0], np.cumsum(starts) - 1
 
 
 def _decode_columns(
-    rs: Any, wave_b: np.ndarray, prompt: np.ndarray, gen: np.ndarray
+    rs: Any, wave_b: np.ndarray, prompt: np.ndarray, gen: np.ndarray, context_span: tuple[int, int]
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """TPOT and the decode metrics as :func:`capsim.metrics.phase_metrics` defines them, from the exact sums."""
-    sums, metric_peak = decode_totals(rs, wave_b, prompt, gen)
+    totals, metric_peak = decode_totals(rs, wave_b, prompt, gen, context_span)
+    sums = dict(zip(QUANTITIES, totals))
     steps = (gen - 1).astype(np.float64)
     time = sums["time"]
     has = steps > 0
@@ -279,6 +206,6 @@ def _decode_columns(
             "mfu": sums["flops_dense"] / fl,
         }
     by_resource = np.stack([sums[f"time_{r}"] for r in RESOURCES])
-    names = np.array(RESOURCES, dtype=object)
+    names = np.array(RESOURCES)
     metrics["bottleneck"] = np.where(has, names[np.argmax(by_resource, axis=0)], "none")
     return tpot, metrics

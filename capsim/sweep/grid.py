@@ -40,7 +40,7 @@ def parse_int_axis(text: str, name: str) -> tuple[int, ...]:
                         raise ValueError
                     v = float(start)
                     while v <= stop:
-                        values.append(int(round(v)))
+                        values.append(round(v))
                         v *= factor
                 else:
                     step = int(step_s.lstrip("+"))
@@ -61,6 +61,11 @@ def parse_int_axis(text: str, name: str) -> tuple[int, ...]:
     return tuple(dict.fromkeys(values))
 
 
+def parse_gpus_axis(text: str) -> tuple[int, ...]:
+    """Device counts like :func:`parse_int_axis`, or ``0`` alone: all devices of a system id."""
+    return (0,) if text.strip() == "0" else parse_int_axis(text, "gpus")
+
+
 def parse_str_axis(text: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(p.strip() for p in text.split(",") if p.strip()))
 
@@ -79,16 +84,14 @@ class Grid:
     kv_dtype: tuple[str, ...] = ("bf16",)
     routing: str = "uniform"
     prefill_chunk_tokens: int = 8192
-    decode_samples: int = 16
-    """Decode steps evaluated per configuration; exact (every step) when gen_len − 1 ≤ decode_samples."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in ("models", "hardware", "gpus", "batch", "prompt_len", "gen_len", "weight_dtype", "kv_dtype"):
             if not getattr(self, name):
                 raise ScenarioError(f"sweep axis {name!r} is empty")
-        if self.decode_samples < 2:
-            raise ScenarioError("decode_samples must be >= 2")
+        if self.prefill_chunk_tokens < 1:
+            raise ScenarioError(f"prefill_chunk_tokens must be >= 1, got {self.prefill_chunk_tokens}")
 
     @property
     def group_keys(self) -> list[tuple[str, str, int, str, str]]:
@@ -101,6 +104,12 @@ class Grid:
     @property
     def size(self) -> int:
         return len(self.group_keys) * self.numeric_size
+
+    @property
+    def decode_context_span(self) -> tuple[int, int]:
+        """(first, last) context any decode step of the grid attends to: min prompt + 1, max prompt + max gen − 1
+        (first > last when no configuration generates a second token)."""
+        return min(self.prompt_len) + 1, max(self.prompt_len) + max(self.gen_len) - 1
 
     def numeric_points(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(batch, prompt_len, gen_len) of numeric points ``start:stop`` inside a group (gen fastest)."""
@@ -132,7 +141,7 @@ class Grid:
 
 _TOML_KEYS = {
     "models", "hardware", "gpus", "batch", "prompt_len", "gen_len", "weight_dtype", "kv_dtype", "routing",
-    "prefill_chunk_tokens", "decode_samples",
+    "prefill_chunk_tokens",
 }
 
 
@@ -146,7 +155,7 @@ def load_grid_toml(path: Path) -> Grid:
         raise DataFileError(str(path), f"not valid TOML ({exc})") from None
     unknown = set(raw) - _TOML_KEYS
     if unknown:
-        raise DataFileError(str(path), f"unknown key {sorted(unknown)[0]!r}; valid keys: {', '.join(sorted(_TOML_KEYS))}")
+        raise DataFileError(str(path), f"unknown key {min(unknown)!r}; valid keys: {', '.join(sorted(_TOML_KEYS))}")
     kwargs: dict[str, Any] = {}
     for key, value in raw.items():
         if key in ("models", "hardware", "weight_dtype", "kv_dtype"):

@@ -12,16 +12,16 @@ Memory stays bounded by the chunk: only one chunk's columns are alive at a time 
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -95,7 +95,7 @@ def evaluate_chunk(grid: Grid, groups: list[Group], start: int, stop: int) -> di
 def _cell(value: Any) -> Any:
     if isinstance(value, (np.floating, float)):
         v = float(value)
-        return None if np.isnan(v) else v
+        return v if np.isfinite(v) else None
     if isinstance(value, (np.integer,)):
         return int(value)
     if isinstance(value, (np.bool_,)):
@@ -104,39 +104,97 @@ def _cell(value: Any) -> Any:
 
 
 def encode_part(cols: dict[str, np.ndarray], fmt: str, header: bool) -> bytes:
+    """One chunk's rows as CSV (with a header line when asked), JSON lines or Parquet.
+
+    Text is built column by column (one ``repr`` per float, one escape per distinct string), not cell by cell:
+    formatting, not evaluation, would otherwise bound a sweep's speed. A value that is not finite (a row that
+    does not run) is an empty CSV field and JSON ``null``. Each JSON line is what ``json.dumps`` writes for
+    the row's dict (same separators, shortest-repr floats)."""
     n = cols["batch"].shape[0]
     if fmt == "parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        table = pa.table({k: [_cell(v) for v in cols[k]] for k in COLUMNS})
-        sink = io.BytesIO()
-        pq.write_table(table, sink)
-        return sink.getvalue()
-    buf = io.StringIO()
+        return _encode_parquet(cols)
+    if n == 0:
+        return (",".join(COLUMNS) + "\n").encode() if (fmt == "csv" and header) else b""
+    texts = [_column_text(cols[name], fmt) for name in COLUMNS]
     if fmt == "csv":
-        writer = csv.writer(buf, lineterminator="\n")
-        if header:
-            writer.writerow(COLUMNS)
-        for i in range(n):
-            writer.writerow(["" if (c := _cell(cols[k][i])) is None else c for k in COLUMNS])
-    else:
-        for i in range(n):
-            buf.write(json.dumps({k: _cell(cols[k][i]) for k in COLUMNS}) + "\n")
-    return buf.getvalue().encode()
+        lines = map(",".join, zip(*texts))
+        head = ",".join(COLUMNS) + "\n" if header else ""
+        return (head + "\n".join(lines) + "\n").encode()
+    keyed = [[f"{json.dumps(name)}: " + t for t in text] for name, text in zip(COLUMNS, texts)]
+    return ("\n".join("{" + ", ".join(row) + "}" for row in zip(*keyed)) + "\n").encode()
 
 
-def atomic_write(path: Path, data: bytes) -> None:
+def _column_text(values: np.ndarray, fmt: str) -> list[str]:
+    """Text of every cell of one column, for CSV or JSON."""
+    missing = "" if fmt == "csv" else "null"
+    if values.dtype.kind == "f":
+        text = list(map(float.__repr__, values.tolist()))
+        for i in np.nonzero(~np.isfinite(values))[0].tolist():
+            text[i] = missing
+        return text
+    if values.dtype.kind == "b":
+        words = ("False", "True") if fmt == "csv" else ("false", "true")
+        return [words[v] for v in values.tolist()]
+    if values.dtype.kind in "iu":
+        return list(map(str, values.tolist()))
+    escape = _csv_field if fmt == "csv" else json.dumps
+    cache: dict[str, str] = {}
+    return [cache[v] if v in cache else cache.setdefault(v, escape(v)) for v in map(str, values.tolist())]
+
+
+def _csv_field(text: str) -> str:
+    """A CSV field as the csv module's minimal quoting writes it."""
+    if any(ch in text for ch in ',"\n\r'):
+        return '"' + text.replace('"', '""') + '"'
+    return text
+
+
+def _encode_parquet(cols: dict[str, np.ndarray]) -> bytes:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    arrays = {}
+    for name in COLUMNS:
+        values = cols[name]
+        if values.dtype.kind == "f":
+            arrays[name] = pa.array(values, mask=~np.isfinite(values))
+        elif values.dtype.kind in "biu":
+            arrays[name] = pa.array(values)
+        else:
+            arrays[name] = pa.array(values.astype(str).tolist(), type=pa.string())
+    sink = io.BytesIO()
+    pq.write_table(pa.table(arrays), sink)
+    return sink.getvalue()
+
+
+@contextmanager
+def atomic_output(path: Path) -> Iterator[BinaryIO]:
+    """A file handle whose content appears at ``path`` whole or not at all: written to a temporary file
+    beside it, flushed to disk, then renamed over ``path`` (a crash leaves only a ``.tmp`` file, which a
+    resumed sweep ignores). The file gets the usual permissions (0666 less the umask)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_output`)."""
+    with atomic_output(path) as fh:
+        fh.write(data)
 
 
 @dataclass
@@ -218,23 +276,24 @@ class SweepRun:
         missing = [i for i in range(self.n_chunks) if not self.part_path(i).exists()]
         if missing:
             raise DataFileError(str(self.parts_dir), f"part {missing[0]} is missing; rerun the sweep to resume")
-        if self.fmt == "parquet":
-            import pyarrow as pa
-            import pyarrow.parquet as pq
+        # one part in memory at a time: the output may be far larger than memory
+        with atomic_output(self.out) as fh:
+            if self.fmt == "parquet":
+                import pyarrow.parquet as pq
 
-            tables = [pq.read_table(self.part_path(i)) for i in range(self.n_chunks)]
-            sink = io.BytesIO()
-            pq.write_table(pa.concat_tables(tables), sink)
-            atomic_write(self.out, sink.getvalue())
-        else:
-            fd, tmp = tempfile.mkstemp(dir=self.out.parent, prefix=f".{self.out.name}.", suffix=".tmp")
-            with os.fdopen(fd, "wb") as fh:
+                writer = None
+                for i in range(self.n_chunks):
+                    table = pq.read_table(self.part_path(i))
+                    writer = writer or pq.ParquetWriter(fh, table.schema)
+                    writer.write_table(table)
+                if writer is not None:
+                    writer.close()
+            else:
                 for i in range(self.n_chunks):
                     data = self.part_path(i).read_bytes()
                     if self.fmt == "csv" and i > 0:
                         data = data.split(b"\n", 1)[1] if b"\n" in data else b""
                     fh.write(data)
-            os.replace(tmp, self.out)
         shutil.rmtree(self.parts_dir)
         return self.out
 
@@ -258,20 +317,31 @@ def run_local(
     return written
 
 
-def _dask_chunk(grid: Grid, start: int, stop: int, extra_db: tuple[str, ...]) -> dict[str, np.ndarray]:
-    from ..hardware import load_hardware_db
+_WORKER_GROUPS: dict[tuple[str, tuple[str, ...], bool], list[Group]] = {}
+"""Resolved groups per (grid fingerprint, extra databases), kept by each worker process across its chunks."""
 
-    db = load_hardware_db(extra=tuple(Path(p) for p in extra_db))
-    groups = resolve_groups(grid, db)
-    return evaluate_chunk(grid, groups, start, stop)
+
+def _dask_chunk(
+    grid: Grid, start: int, stop: int, extra_db: tuple[str, ...], override: bool
+) -> dict[str, np.ndarray]:
+    """Evaluate rows ``start:stop`` on a Dask worker (resolving the grid's groups once per worker)."""
+    key = (grid.fingerprint(), extra_db, override)
+    if key not in _WORKER_GROUPS:
+        from ..hardware import load_hardware_db
+
+        db = load_hardware_db(tuple(Path(p) for p in extra_db), on_redefinition="replace" if override else "raise")
+        _WORKER_GROUPS.clear()
+        _WORKER_GROUPS[key] = resolve_groups(grid, db)
+    return evaluate_chunk(grid, _WORKER_GROUPS[key], start, stop)
 
 
 def run_dask(
     run: SweepRun, todo: list[int], scheduler: str | None, extra_db: tuple[str, ...],
-    on_chunk: Callable[[int, int], None] | None = None, workers: int = 2,
+    on_chunk: Callable[[int, int], None] | None = None, workers: int = 2, override: bool = False,
 ) -> int:
     """Evaluate chunks on a Dask cluster (``scheduler`` address, or a local cluster of ``workers`` processes);
-    the parts are written here as results arrive, so output and resume guarantees are the local ones."""
+    the parts are written here as results arrive, so output and resume guarantees are the local ones.
+    Workers load the hardware database themselves: ``extra_db`` files must be readable at the same paths."""
     try:
         from dask.distributed import Client, LocalCluster, as_completed
     except ImportError:
@@ -284,13 +354,28 @@ def run_dask(
         client = Client(cluster)
     written = 0
     try:
-        futures = {}
-        for index in todo:
+        # a bounded number of chunks in flight: results wait in memory only until this process writes them
+        in_flight = max(2, 2 * len(client.scheduler_info().get("workers", {})) or 2 * workers)
+        pending = iter(todo)
+        futures: dict[Any, int] = {}
+
+        def submit_next() -> Any | None:
+            index = next(pending, None)
+            if index is None:
+                return None
             start, stop = run.rows_of(index)
-            futures[client.submit(_dask_chunk, run.grid, start, stop, extra_db, pure=False)] = index
-        for future in as_completed(futures):
-            index = futures[future]
+            future = client.submit(_dask_chunk, run.grid, start, stop, extra_db, override, pure=False)
+            futures[future] = index
+            return future
+
+        running = as_completed([f for f in (submit_next() for _ in range(in_flight)) if f is not None])
+        for future in running:
+            index = futures.pop(future)
             written += run.write_part(index, future.result())
+            future.release()
+            following = submit_next()
+            if following is not None:
+                running.add(following)
             if on_chunk:
                 start, stop = run.rows_of(index)
                 on_chunk(index, stop - start)

@@ -1,0 +1,194 @@
+"""Exact sums over every decode step of many configurations, from a few evaluated steps per batch size.
+
+A decode step of ``B`` sequences at context ``c`` (each new token attends to ``c`` tokens) costs what
+:func:`capsim.engine.decode_passes` says; predict sums that over the steps c = P+1 … P+G−1. For a fixed B the
+step is a *piecewise affine* function of c, because
+
+- only the attention core depends on c, through min(c, w) per layer (FLOPs ∝ B·min(c, w), KV bytes
+  ∝ B·(min(c, w) + 1)): affine between the model's finite windows w;
+- every roofline op is charged max(t_compute, t_memory) of two such affine functions: affine on each side of
+  the point where t_compute − t_memory changes sign (at most one per op between two windows).
+
+So each summed quantity (time, time per resource, bytes, FLOPs) is affine between *knots*: the smallest and
+largest context any configuration of that batch needs, the windows, and each op's flip, located by linear
+interpolation of its t_compute − t_memory (:attr:`capsim.roofline.PassCost.op_times`) between two knots and
+bracketed by the integers either side. The sum of an affine f over the integers x … y is
+(y − x + 1)·(f(x) + f(y))/2, so a configuration's total needs no further evaluation. Nothing here re-derives
+a formula: the knots' values come from ``decode_passes`` itself, and the flips from the roofline's own
+comparison, refined until no op flips between two adjacent knots.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..engine import decode_passes
+from ..metrics import RESOURCES
+from ..roofline import PassCost
+
+QUANTITIES: tuple[str, ...] = (
+    "time", *(f"time_{r}" for r in RESOURCES), "weight_bytes_sparse", "weight_bytes_dense", "kv_read_bytes",
+    "flops_sparse", "flops_dense",
+)
+"""Per-step quantities :func:`decode_totals` sums over the decode steps (seconds, bytes, FLOPs)."""
+
+
+def step_quantities(cost: PassCost, n: int) -> np.ndarray:
+    """The :data:`QUANTITIES` of ``n`` passes as an (n, len(QUANTITIES)) matrix."""
+    out = np.empty((n, len(QUANTITIES)))
+    rows = [cost.time, *(cost.time_by_resource[r] for r in RESOURCES), cost.weight_bytes_sparse,
+            cost.weight_bytes_dense, cost.kv_read_bytes, cost.flops_sparse, cost.flops_dense]
+    for i, row in enumerate(rows):
+        out[:, i] = row
+    return out
+
+
+def finite_windows(model: Any) -> np.ndarray:
+    """The model's distinct finite attention windows, ascending (empty for full attention everywhere)."""
+    windows = {model.window(i) for i in range(model.num_layers)} - {None}
+    return np.array(sorted(windows), dtype=np.int64)
+
+
+class Knots:
+    """Decode steps evaluated at knots (batch id, context), kept sorted by (batch id, context)."""
+
+    def __init__(self, rs: Any, batches: np.ndarray) -> None:
+        self.rs = rs
+        self.batches = batches
+        self.bid = np.zeros(0, dtype=np.int64)
+        self.context = np.zeros(0, dtype=np.int64)
+        self.values = np.zeros((0, len(QUANTITIES)))
+        self.margin = np.zeros((0, 0))
+        self.code = np.zeros(0, dtype=np.int64)
+        self.metric_peak_flops = 0.0
+
+    def add(self, bid: np.ndarray, context: np.ndarray) -> None:
+        """Evaluate the (batch id, context) knots not yet present and merge them in order."""
+        scale = np.int64(max(int(context.max(initial=0)), int(self.context.max(initial=0))) + 1)
+        new_keys = np.unique(bid * scale + context)
+        if self.bid.size:
+            new_keys = new_keys[~np.isin(new_keys, self.bid * scale + self.context)]
+        if new_keys.size == 0:
+            return
+        b, c = new_keys // scale, new_keys % scale
+        cost = decode_passes(self.rs, self.batches[b].astype(np.float64), c.astype(np.float64))
+        self.metric_peak_flops = cost.metric_peak_flops
+        margin = np.stack([tc - tm for _, tc, tm in cost.op_times], axis=1)  # (knots, ops)
+        bits = np.left_shift(np.int64(1), np.arange(margin.shape[1], dtype=np.int64))
+        code = ((margin >= 0) * bits).sum(axis=1)  # bit k set: op k compute-bound there
+        bid_all = np.concatenate([self.bid, b])
+        ctx_all = np.concatenate([self.context, c])
+        order = np.lexsort((ctx_all, bid_all))
+        self.bid, self.context = bid_all[order], ctx_all[order]
+        self.values = np.concatenate([self.values, step_quantities(cost, b.size)])[order]
+        self.margin = np.concatenate([self.margin, margin])[order] if self.margin.size else margin[order]
+        self.code = np.concatenate([self.code, code])[order]
+
+    def flip_cuts(self) -> tuple[np.ndarray, np.ndarray]:
+        """Knots to add: for each pair of adjacent knots of one batch more than one step apart where some op's
+        binding resource differs, the integers either side of that op's interpolated flip."""
+        same = (self.bid[1:] == self.bid[:-1]) & (self.context[1:] > self.context[:-1] + 1)
+        j = np.nonzero(same & (self.code[1:] != self.code[:-1]))[0]
+        if j.size == 0:
+            return j, j
+        differs = self.code[j] ^ self.code[j + 1]
+        op = np.log2(differs & -differs).astype(np.int64)  # the lowest op that flips
+        d0, d1 = self.margin[j, op], self.margin[j + 1, op]
+        k0, k1 = self.context[j], self.context[j + 1]
+        # the op's margin is affine between the knots: it crosses 0 at k0 + d0/(d0 − d1)·(k1 − k0)
+        cut = np.clip(np.floor(k0 + d0 / (d0 - d1) * (k1 - k0)), k0, k1 - 1).astype(np.int64)
+        return np.concatenate([self.bid[j], self.bid[j]]), np.concatenate([cut, cut + 1])
+
+
+def decode_totals(
+    rs: Any, batch: np.ndarray, prompt_len: np.ndarray, gen_len: np.ndarray,
+    context_span: tuple[int, int] | None = None,
+) -> tuple[np.ndarray, float]:
+    """Exact sums over the gen_len − 1 decode steps of each configuration (step j attends to prompt_len + j
+    tokens, as :func:`capsim.engine.decode_cost` evaluates them one by one): a (len(QUANTITIES), n) matrix,
+    one row per quantity, and the metric peak FLOP/s of the passes. Configurations with gen_len < 2 have no
+    steps and sum to 0.
+
+    ``context_span`` = (first, last) context the knots of every batch span (default: those of this call's
+    configurations). A sweep passes its whole grid's, so a row's value does not depend on which other rows
+    share its chunk: knots in the same places give the same bits, so any chunking or backend writes the same
+    output."""
+    batch = np.asarray(batch, dtype=np.int64)
+    lo = np.asarray(prompt_len, dtype=np.int64) + 1
+    hi = np.asarray(prompt_len, dtype=np.int64) + np.asarray(gen_len, dtype=np.int64) - 1
+    n = batch.shape[0]
+    totals = np.zeros((len(QUANTITIES), n))
+    idx = np.nonzero(lo <= hi)[0]
+    if idx.size == 0:
+        return totals, 0.0
+    lo, hi = lo[idx], hi[idx]
+    batches, bid = _distinct(batch[idx])
+    first_c, last_c = context_span if context_span is not None else (int(lo.min()), int(hi.max()))
+    if first_c > int(lo.min()) or last_c < int(hi.max()):
+        raise ValueError(f"context_span {context_span} does not cover the steps' contexts")
+    c_min = np.full(batches.size, first_c, dtype=np.int64)
+    c_max = np.full(batches.size, last_c, dtype=np.int64)
+
+    knots = Knots(rs, batches)
+    ids = np.arange(batches.size)
+    kb, kc = [ids, ids], [c_min, c_max]
+    for w in finite_windows(rs.model):
+        inside = np.nonzero((c_min < w) & (w < c_max))[0]
+        kb.append(inside)
+        kc.append(np.full(inside.size, w))
+    knots.add(np.concatenate(kb), np.concatenate(kc))
+    while True:  # each round splits every flipping gap; gaps only shrink, so this ends
+        cut_bid, cut_ctx = knots.flip_cuts()
+        if cut_bid.size == 0:
+            break
+        knots.add(cut_bid, cut_ctx)
+
+    # pieces: adjacent knots of one batch; piece j covers the integers [k_j, k_{j+1} − 1] (the last of its
+    # batch also k_{j+1}); a batch with one knot (one context) gets a one-point piece of slope 0
+    first = np.searchsorted(knots.bid, ids)
+    last = np.searchsorted(knots.bid, ids, side="right") - 1
+    start = knots.context
+    nxt = np.minimum(np.arange(knots.bid.size) + 1, knots.bid.size - 1)
+    is_last = np.zeros(knots.bid.size, dtype=bool)
+    is_last[last] = True
+    end_knot = np.where(is_last, np.arange(knots.bid.size), nxt)
+    span = (knots.context[end_knot] - start).astype(np.float64)
+    slope = np.divide(knots.values[end_knot] - knots.values, span[:, None],
+                      out=np.zeros_like(knots.values), where=span[:, None] > 0)
+    dom_hi = np.where(is_last, start, knots.context[end_knot] - 1)
+    pieces_of = np.maximum(last - first, 1)  # a batch's pieces start at its first knot
+
+    values_t, slope_t = np.ascontiguousarray(knots.values.T), np.ascontiguousarray(slope.T)
+    sums = np.zeros((len(QUANTITIES), idx.size))
+    for m in range(int(pieces_of.max())):
+        j = first[bid] + m
+        valid = m < pieces_of[bid]
+        j = np.where(valid, j, first[bid])
+        # the last piece of a batch runs to its last knot inclusive
+        top = np.where(j + 1 == last[bid], knots.context[last[bid]], dom_hi[j])
+        x = np.maximum(lo, start[j])
+        y = np.minimum(hi, top)
+        count = np.where(valid, np.maximum(y - x + 1, 0), 0).astype(np.float64)
+        # Σ_{c=x..y} (V_j + slope_j·(c − k_j)) = count·(V_j + slope_j·((x + y)/2 − k_j)), in place
+        piece = np.take(slope_t, j, axis=1)
+        piece *= (x + y) / 2.0 - start[j]
+        piece += np.take(values_t, j, axis=1)
+        piece *= count
+        sums += piece
+    totals[:, idx] = sums
+    return totals, knots.metric_peak_flops
+
+
+def _distinct(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted distinct values, index of each value among them) of non-negative integers; a presence table
+    instead of a sort when the values are small (batch sizes are)."""
+    top = int(values.max())
+    if top > 8 * values.size + 1024:
+        distinct, inverse = np.unique(values, return_inverse=True)
+        return distinct, inverse.reshape(-1)
+    present = np.zeros(top + 1, dtype=bool)
+    present[values] = True
+    rank = np.cumsum(present) - 1
+    return np.nonzero(present)[0], rank[values]
