@@ -817,18 +817,22 @@ def _check_moe(model: ModelSpec, config: Mapping[str, Any], path: str) -> None:
     if moe.n_group > 1:
         if moe.num_experts % moe.n_group:
             raise ConfigFieldError(
-                path, "n_group", f"({moe.n_group}) must divide the {moe.num_experts} routed experts; "
-                "correct the config file"
+                path,
+                "n_group",
+                f"({moe.n_group}) must divide the {moe.num_experts} routed experts; correct the config file",
             )
         if not 1 <= moe.topk_group <= moe.n_group:
             raise ConfigFieldError(
-                path, "topk_group", f"({moe.topk_group}) must be in [1, n_group={moe.n_group}]; "
-                "correct the config file"
+                path,
+                "topk_group",
+                f"({moe.topk_group}) must be in [1, n_group={moe.n_group}]; correct the config file",
             )
         if moe.top_k > moe.topk_group * (moe.num_experts // moe.n_group):
             raise ConfigFieldError(
-                path, "topk_group", f"({moe.topk_group}) groups of {moe.num_experts // moe.n_group} experts "
-                f"cannot hold top-{moe.top_k}; correct the config file"
+                path,
+                "topk_group",
+                f"({moe.topk_group}) groups of {moe.num_experts // moe.n_group} experts "
+                f"cannot hold top-{moe.top_k}; correct the config file",
             )
 
 

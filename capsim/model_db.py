@@ -233,6 +233,7 @@ def resolve_model(id_or_path: str, family: str | None = None) -> ModelSpec:
     db = load_model_db()
     if path.is_dir() and id_or_path not in db:
         raise DataFileError(
-            id_or_path, "is a folder without a config.json; give a config.json path or a model id (capsim model list)"
+            id_or_path,
+            "is a folder without a config.json; give a config.json path or a model id (capsim model list)",
         )
     return db.get(id_or_path)

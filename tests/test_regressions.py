@@ -58,7 +58,18 @@ def test_negative_seed_is_one_error_line() -> None:
 
 def test_negative_seed_option_in_router_spec_is_one_error_line(tmp_path: Path) -> None:
     line = _one_error_line(
-        ["trace", "synth", "-m", "mixtral-8x7b", "-r", "zipf:1.2,seed=-3", "-n", "10", "-o", str(tmp_path / "t.npz")]
+        [
+            "trace",
+            "synth",
+            "-m",
+            "mixtral-8x7b",
+            "-r",
+            "zipf:1.2,seed=-3",
+            "-n",
+            "10",
+            "-o",
+            str(tmp_path / "t.npz"),
+        ]
     )
     assert line == "error: router spec 'zipf:1.2,seed=-3': seed must be an integer >= 0, got -3"
     assert list(tmp_path.iterdir()) == []
@@ -97,9 +108,9 @@ def test_non_utf8_prices_file_is_one_error_line(tmp_path: Path) -> None:
     bad.write_bytes(b"\xff\xfe\x00garbage")
     with pytest.raises(DataFileError, match="not UTF-8 text"):
         load_cost_file(bad)
-    assert _one_error_line(["compare", "--model", "mixtral-8x7b", "--hardware", "h100-sxm", "--prices", str(bad)]) == (
-        f"error: {bad}: not UTF-8 text (TOML must be UTF-8); save it as UTF-8"
-    )
+    assert _one_error_line(
+        ["compare", "--model", "mixtral-8x7b", "--hardware", "h100-sxm", "--prices", str(bad)]
+    ) == (f"error: {bad}: not UTF-8 text (TOML must be UTF-8); save it as UTF-8")
 
 
 def test_non_utf8_accuracy_file_is_a_data_file_error(tmp_path: Path) -> None:
@@ -116,15 +127,21 @@ def test_non_utf8_accuracy_file_is_a_data_file_error(tmp_path: Path) -> None:
 
 def test_compare_csv_to_a_directory_fails_before_any_work(tmp_path: Path) -> None:
     # was IsADirectoryError with a traceback, after the whole comparison had run
-    line = _one_error_line(["compare", "--model", "mixtral-8x7b", "--hardware", "h100-sxm", "--csv", str(tmp_path)])
-    assert line == f"error: --csv {tmp_path} is a directory; give a file name, e.g. {tmp_path / 'compare.csv'}"
+    line = _one_error_line(
+        ["compare", "--model", "mixtral-8x7b", "--hardware", "h100-sxm", "--csv", str(tmp_path)]
+    )
+    assert (
+        line == f"error: --csv {tmp_path} is a directory; give a file name, e.g. {tmp_path / 'compare.csv'}"
+    )
 
 
 def test_compare_csv_under_a_file_fails_before_any_work(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")
     target = blocker / "out.csv"
-    line = _one_error_line(["compare", "--model", "mixtral-8x7b", "--hardware", "h100-sxm", "--csv", str(target)])
+    line = _one_error_line(
+        ["compare", "--model", "mixtral-8x7b", "--hardware", "h100-sxm", "--csv", str(target)]
+    )
     assert line == f"error: --csv {target}: {blocker} is a file, not a directory; choose another path"
 
 
@@ -143,7 +160,17 @@ def test_cost_overflow_is_one_error_line_not_infinity_in_json() -> None:
 def test_plan_tokens_per_day_infinity_is_one_error_line() -> None:
     # was OverflowError: cannot convert float infinity to integer (replicas), after a RuntimeWarning
     line = _one_error_line(
-        ["plan", "--model", "mixtral-8x7b", "--hardware", "h100-sxm", "--slo-tpot", "50ms", "--tokens-per-day", "inf"]
+        [
+            "plan",
+            "--model",
+            "mixtral-8x7b",
+            "--hardware",
+            "h100-sxm",
+            "--slo-tpot",
+            "50ms",
+            "--tokens-per-day",
+            "inf",
+        ]
     )
     assert line == "error: --tokens-per-day must be positive and finite, got inf"
 
@@ -158,7 +185,17 @@ def test_plan_budget_infinity_is_one_error_line() -> None:
 def test_plan_empty_weight_dtypes_names_that_option() -> None:
     # the message named --hardware
     line = _one_error_line(
-        ["plan", "--model", "mixtral-8x7b", "--hardware", "h100-sxm", "--slo-tpot", "50ms", "--weight-dtypes", ","]
+        [
+            "plan",
+            "--model",
+            "mixtral-8x7b",
+            "--hardware",
+            "h100-sxm",
+            "--slo-tpot",
+            "50ms",
+            "--weight-dtypes",
+            ",",
+        ]
     )
     assert line == "error: no ids given; write a comma-separated list, e.g. --weight-dtypes native,fp8"
 
@@ -200,7 +237,9 @@ def test_radar_with_nothing_drawable_is_one_error_line(tmp_path: Path) -> None:
 
 
 def test_radar_out_directory_fails_before_any_work(tmp_path: Path) -> None:
-    line = _one_error_line(["radar", "--model", "mixtral-8x7b", "--hardware", "h100-sxm", "--out", str(tmp_path)])
+    line = _one_error_line(
+        ["radar", "--model", "mixtral-8x7b", "--hardware", "h100-sxm", "--out", str(tmp_path)]
+    )
     assert line == f"error: --out {tmp_path} is a directory; give a file name, e.g. {tmp_path / 'radar.png'}"
 
 
@@ -238,7 +277,9 @@ def test_config_with_top_k_above_the_expert_count_is_rejected_at_load() -> None:
         ({"topk_group": 9}, "field 'topk_group' (9) must be in [1, n_group=8]; correct the config file"),
     ],
 )
-def test_deepseek_config_with_impossible_groups_is_rejected_at_load(change: dict[str, int], message: str) -> None:
+def test_deepseek_config_with_impossible_groups_is_rejected_at_load(
+    change: dict[str, int], message: str
+) -> None:
     config = json.loads((REPO / "model_db" / "deepseek-v3.json").read_text()) | change
     with pytest.raises(ConfigFieldError) as info:
         spec_from_config(config, model_id="bad", path="bad.json")
@@ -253,14 +294,25 @@ def test_model_folder_without_config_json_says_so(tmp_path: Path) -> None:
     )
 
 
+def test_family_with_a_database_id_is_refused_not_ignored() -> None:
+    # `model show mixtral-8x7b --family grok1` printed Mixtral's family and counts as if --family were absent
+    assert _one_error_line(["model", "show", "mixtral-8x7b", "--family", "grok1"]) == (
+        "error: --family applies to a config.json; 'mixtral-8x7b' is a database model of family 'mixtral' "
+        "(drop --family, or give --config PATH)"
+    )
+
+
 # ---- traces -------------------------------------------------------------------------------------------------
 
 
 def test_trace_synth_to_a_directory_is_one_error_line(tmp_path: Path) -> None:
     # was IsADirectoryError from os.replace with a traceback
-    assert _one_error_line(
-        ["trace", "synth", "-m", "mixtral-8x7b", "-r", "zipf:1.2", "-n", "10", "-o", str(tmp_path)]
-    ) == f"error: {tmp_path}: is a directory; give a file name, e.g. {tmp_path / 'trace.npz'}"
+    assert (
+        _one_error_line(
+            ["trace", "synth", "-m", "mixtral-8x7b", "-r", "zipf:1.2", "-n", "10", "-o", str(tmp_path)]
+        )
+        == f"error: {tmp_path}: is a directory; give a file name, e.g. {tmp_path / 'trace.npz'}"
+    )
     assert list(tmp_path.iterdir()) == []  # no temporary file left behind
 
 
@@ -272,7 +324,18 @@ def test_write_trace_to_a_directory_raises_trace_error(tmp_path: Path) -> None:
 def test_trace_synth_with_more_tokens_than_memory_is_one_error_line(tmp_path: Path) -> None:
     # was numpy's _ArrayMemoryError with a traceback. 32 MoE layers x 1e10 tokens x top-2 x 8 bytes = 5,120 GB
     assert _one_error_line(
-        ["trace", "synth", "-m", "mixtral-8x7b", "-r", "zipf:1.2", "-n", "10000000000", "-o", str(tmp_path / "t.npz")]
+        [
+            "trace",
+            "synth",
+            "-m",
+            "mixtral-8x7b",
+            "-r",
+            "zipf:1.2",
+            "-n",
+            "10000000000",
+            "-o",
+            str(tmp_path / "t.npz"),
+        ]
     ) == (
         "error: a trace of 10,000,000,000 tokens holds 32 x 10,000,000,000 x 2 expert ids (5,120.0 GB in "
         "memory), more than this machine can sample; use fewer --tokens"
@@ -292,7 +355,9 @@ def test_trace_stats_png_directory_and_bad_suffix(tmp_path: Path) -> None:
 
 def test_trace_stats_reports_the_png_it_wrote(tmp_path: Path) -> None:
     # matplotlib appends .png to a name without a suffix; the JSON reported the name without it
-    result = runner.invoke(app, ["trace", "stats", "mixtral-8x7b-zipf1.2", "--png", str(tmp_path / "heat"), "--json"])
+    result = runner.invoke(
+        app, ["trace", "stats", "mixtral-8x7b-zipf1.2", "--png", str(tmp_path / "heat"), "--json"]
+    )
     assert result.exit_code == 0, result.stderr
     reported = json.loads(result.stdout)["heatmap_png"]
     assert reported == str(tmp_path / "heat.png")
@@ -375,7 +440,9 @@ def test_min_pair_bottleneck_declines_direction_dependent_links() -> None:
 
 def test_topology_table_is_capped(tmp_path: Path) -> None:
     # 2,000 GPUs -> 8,004 directed edges; rich took minutes to draw 400,000 rows for 100,000 GPUs
-    result = runner.invoke(app, ["hardware", "show", "big-node", "--hardware-db", str(_huge_system(tmp_path, 2000))])
+    result = runner.invoke(
+        app, ["hardware", "show", "big-node", "--hardware-db", str(_huge_system(tmp_path, 2000))]
+    )
     assert result.exit_code == 0, result.stderr
     assert "… 6,980 more edges; --json lists all 8,004" in result.stdout
 

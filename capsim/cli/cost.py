@@ -138,7 +138,9 @@ def check_output_file(path: Path, option: str, example: str) -> None:
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():
-                raise ScenarioError(f"{option} {path}: {parent} is a file, not a directory; choose another path")
+                raise ScenarioError(
+                    f"{option} {path}: {parent} is a file, not a directory; choose another path"
+                )
             break
 
 

@@ -222,7 +222,9 @@ def _print_topology(s: System, payload: dict[str, Any]) -> None:
         )
     console.print(table)
     if len(edges) > _MAX_TOPOLOGY_ROWS:
-        console.print(Text(f"… {len(edges) - _MAX_TOPOLOGY_ROWS:,} more edges; --json lists all {len(edges):,}"))
+        console.print(
+            Text(f"… {len(edges) - _MAX_TOPOLOGY_ROWS:,} more edges; --json lists all {len(edges):,}")
+        )
     computed = payload["computed"]
     for label, key in (("GPU-GPU", "gpu_to_gpu_gb_s"), ("host-GPU", "host_to_gpu_gb_s")):
         value = computed[key]

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from ..errors import ScenarioError
 from ..ingest_hf import load_config_file
 from ..model import WEIGHT_GROUPS, ModelSpec
 from ..model_db import PublishedCounts, load_model_db, resolve_model
@@ -352,7 +353,14 @@ def show_model(
     else:
         spec = resolve_model(model, family=family)
         db = load_model_db()
-        if spec.id in db and Path(model).suffix != ".json" and not Path(model).exists():
+        from_db = spec.id in db and Path(model).suffix != ".json" and not Path(model).exists()
+        if from_db and family is not None:
+            # resolve_model only applies --family to files: silently showing the database family misleads
+            raise ScenarioError(
+                f"--family applies to a config.json; {model!r} is a database model of family {spec.family!r} "
+                "(drop --family, or give --config PATH)"
+            )
+        if from_db:
             published = db.published(spec.id)
     payload = _show_payload(spec, published, weight_dtype, kv_dtype)
     if as_json:

@@ -79,7 +79,9 @@ def synth(
             },
         )
     except OSError as exc:  # disk full, permissions: write_trace has already removed its temporary file
-        raise TraceError(str(out), f"cannot be written ({exc.strerror or exc}); choose another path") from None
+        raise TraceError(
+            str(out), f"cannot be written ({exc.strerror or exc}); choose another path"
+        ) from None
     console = out_console()
     console.print(
         f"wrote {path} ({spec.id}: {r.num_moe_layers} MoE layers x {tokens} tokens x top-{r.top_k} of {r.num_experts})",
@@ -200,7 +202,9 @@ def _write_heatmap(st: TraceStats, path: Path) -> Path:
     if not path.suffix:
         path = path.with_name(path.name + ".png")
     if path.suffix[1:].lower() not in FigureCanvasBase.get_supported_filetypes():
-        raise ScenarioError(f"--png {path}: cannot write a {path.suffix!r} image; use a .png (or .svg/.pdf) name")
+        raise ScenarioError(
+            f"--png {path}: cannot write a {path.suffix!r} image; use a .png (or .svg/.pdf) name"
+        )
     fig, ax = plt.subplots(
         figsize=(min(4 + st.counts.shape[1] / 12, 16), min(2 + st.counts.shape[0] / 6, 12))
     )
