@@ -459,3 +459,24 @@ def test_hour_constants_live_in_units_and_drive_the_owned_cost() -> None:
     assert rate == pytest.approx(20_000 / 17_520 + 1.0 * 1.5 * 0.10)
     assert KWH / HOURS == 1000.0  # a kWh is 1,000 W for one hour
     assert math.isclose(rate, 1.2915525, rel_tol=1e-7)
+
+
+def test_error_messages_keep_colon_words_verbatim() -> None:
+    """rich would turn ':thumbs_up:' into an emoji in the one-line error; the consoles disable emoji codes."""
+    from typer.testing import CliRunner
+
+    from capsim.cli import app
+
+    result = CliRunner().invoke(app, ["model", "show", ":thumbs_up:"])
+    assert result.exit_code == 1
+    assert "':thumbs_up:'" in result.stderr
+
+
+def test_sweep_grid_that_is_a_directory(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from typer.testing import CliRunner
+
+    from capsim.cli import app
+
+    result = CliRunner().invoke(app, ["sweep", "--grid", str(tmp_path), "--out", str(tmp_path / "x.csv")])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: ") and "is a directory" in result.stderr

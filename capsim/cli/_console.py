@@ -13,11 +13,11 @@ def out_console() -> Console:
     import sys
 
     width = None if sys.stdout.isatty() else 120
-    return Console(highlight=False, width=width)
+    return Console(highlight=False, width=width, emoji=False)
 
 
 def err_console() -> Console:
-    return Console(stderr=True, highlight=False)
+    return Console(stderr=True, highlight=False, emoji=False)
 
 
 def print_json(payload: Any) -> None:

@@ -151,6 +151,8 @@ def load_grid_toml(path: Path) -> Grid:
         raw = tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise DataFileError(str(path), "file not found") from None
+    except IsADirectoryError:
+        raise DataFileError(str(path), "is a directory; give the grid's TOML file") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise DataFileError(str(path), f"not valid TOML ({exc})") from None
     unknown = set(raw) - _TOML_KEYS
