@@ -100,6 +100,17 @@ def weight_bytes_per_device(rs: ResolvedScenario) -> dict[str, float]:
     return by_group
 
 
+def logit_bytes_per_sequence(rs: ResolvedScenario) -> float:
+    """fp32 logits of one resident sequence, per device: they grow with the resident batch, so the fit counts
+    them per sequence next to its KV cache (a batch larger than memory runs in waves, not out of memory)."""
+    return rs.model.vocab_size * _FP32_LOGIT_BYTES / rs.placement.tp
+
+
+def activation_bytes(rs: ResolvedScenario, batch: ArrayLike, prompt_len: ArrayLike) -> FloatArray:
+    """Activation workspace of the largest prefill chunk (capped at the chunk size), per device."""
+    return buffer_bytes(rs, batch, prompt_len) - np.asarray(batch, dtype=np.float64) * logit_bytes_per_sequence(rs)
+
+
 def buffer_bytes(rs: ResolvedScenario, batch: ArrayLike, prompt_len: ArrayLike) -> FloatArray:
     """Activation workspace of the largest prefill chunk plus fp32 logits of ``batch`` sequences, per device
     (vectorised over batch and prompt length)."""
@@ -151,8 +162,8 @@ def max_batch_that_fits(
     """(largest batch whose KV cache fits next to weights and buffers — 0 if not even one sequence fits —,
     bytes needed for one sequence), vectorised over the scenario axes."""
     weights = sum(weight_bytes_per_device(rs).values())
-    fixed = weights + buffer_bytes(rs, batch, prompt_len)
-    per_seq = kv_bytes_per_sequence_at(rs, np.asarray(prompt_len) + np.asarray(gen_len))
+    fixed = weights + activation_bytes(rs, batch, prompt_len)
+    per_seq = kv_bytes_per_sequence_at(rs, np.asarray(prompt_len) + np.asarray(gen_len)) + logit_bytes_per_sequence(rs)
     room = usable_bytes(rs) - fixed
     max_batch = np.where(room >= per_seq, np.floor(room / per_seq), 0.0).astype(np.int64)
     return max_batch, fixed + per_seq
@@ -175,9 +186,10 @@ def plan_memory(rs: ResolvedScenario) -> MemoryPlan:
     usable = usable_bytes(rs)
     by_group = weight_bytes_per_device(rs)
     weights = sum(by_group.values())
-    buffers = buffer_bytes_per_device(rs)
-    per_seq = kv_bytes_per_sequence(rs)
-    fixed = weights + buffers
+    kv_per_seq = kv_bytes_per_sequence(rs)
+    logits_per_seq = logit_bytes_per_sequence(rs)
+    per_seq = kv_per_seq + logits_per_seq
+    fixed = weights + float(activation_bytes(rs, rs.scenario.batch, rs.scenario.prompt_len))
     tp = rs.placement.tp
     where = f"{tp}x {device.id}" if tp > 1 else device.id  # type: ignore[attr-defined]
     if fixed + per_seq > usable:
@@ -194,8 +206,8 @@ def plan_memory(rs: ResolvedScenario) -> MemoryPlan:
     return MemoryPlan(
         weights_bytes=weights,
         weights_bytes_by_group=by_group,
-        kv_bytes_per_sequence=per_seq,
-        buffers_bytes=buffers,
+        kv_bytes_per_sequence=kv_per_seq,
+        buffers_bytes=fixed - weights + logits_per_seq * min(batch, max_batch),
         capacity_bytes=capacity,
         usable_bytes=usable,
         max_batch=max_batch,

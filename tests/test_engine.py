@@ -131,3 +131,17 @@ def test_sliding_window_caps_kv_reads(default_hardware_db):
     pred = predict(sc, hardware_db=default_hardware_db)
     t = pred.decode_step_times_s
     assert np.all(np.diff(t) >= 0)
+
+
+def test_huge_batch_runs_in_waves_not_out_of_memory(default_hardware_db):
+    """Regression (QA): fp32 logits were sized by the whole requested batch, so batch 1e9 'did not fit'
+    (1e9 x 32,000 x 4 B = 128 TB) and a larger batch shrank the resident one. Logits are per resident sequence."""
+    big = predict(Scenario(batch=10**9, prompt_len=512, gen_len=4), hardware_db=default_hardware_db)
+    assert big.memory.waves == math.ceil(10**9 / big.memory.max_batch)
+    resident = [
+        predict(Scenario(model="llama-4-scout", hardware="h200-sxm", gpus=2, batch=b, prompt_len=512, gen_len=4),
+                hardware_db=default_hardware_db)
+        for b in (512, 1024, 2048)
+    ]
+    assert len({p.batch_per_wave for p in resident}) == 1
+    assert resident[0].tpot_s == resident[2].tpot_s

@@ -21,7 +21,13 @@ import numpy as np
 from ..engine import prefill_passes, resolve_model, resolve_on
 from ..errors import CapsimError
 from ..hardware import HardwareDB
-from ..memory import kv_bytes_per_sequence_at, max_batch_that_fits, usable_bytes, weight_bytes_per_device
+from ..memory import (
+    kv_bytes_per_sequence_at,
+    logit_bytes_per_sequence,
+    max_batch_that_fits,
+    usable_bytes,
+    weight_bytes_per_device,
+)
 from ..metrics import RESOURCES
 from ..scenario import Scenario
 from ..units import GB
@@ -124,7 +130,7 @@ def evaluate_segment(grid: Grid, group: Group, start: int, stop: int) -> dict[st
     cols["feasible"][:] = feasible
     cols["max_batch"][:] = max_b
     # weights + buffers + the KV cache of one wave (of one sequence where not even that fits)
-    per_seq = kv_bytes_per_sequence_at(rs, prompt + gen)
+    per_seq = kv_bytes_per_sequence_at(rs, prompt + gen) + logit_bytes_per_sequence(rs)
     cols["memory_needed_gb"][:] = (needed_one + per_seq * (np.clip(np.minimum(batch, max_b), 1, None) - 1)) / GB
     idx = np.nonzero(feasible)[0]
     if idx.size == 0:
