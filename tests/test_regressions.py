@@ -480,3 +480,15 @@ def test_sweep_grid_that_is_a_directory(tmp_path) -> None:  # type: ignore[no-un
     result = CliRunner().invoke(app, ["sweep", "--grid", str(tmp_path), "--out", str(tmp_path / "x.csv")])
     assert result.exit_code == 1
     assert result.stderr.startswith("error: ") and "is a directory" in result.stderr
+
+
+def test_fit_unknown_or_link_hardware_is_one_error_line() -> None:
+    from typer.testing import CliRunner
+
+    from capsim.cli import app
+
+    runner = CliRunner()
+    unknown = runner.invoke(app, ["fit", "--hardware", "h10"])
+    assert unknown.exit_code == 1 and unknown.stderr.startswith("error: unknown hardware 'h10'")
+    link = runner.invoke(app, ["fit", "--hardware", "nvlink4"])
+    assert link.exit_code == 1 and "is a link entry, not a deployment" in link.stderr

@@ -34,6 +34,9 @@ def register(app: typer.Typer) -> None:
         from ..scenario import Scenario
 
         db = load_db(hardware_db, override)
+        from ..plan import check_node_ids
+
+        check_node_ids([hardware], db)  # unknown ids and non-deployable entries: one error line, exit 1
         base = Scenario(model=model, hardware=hardware, gpus=gpus, batch=batch, prompt_len=prompt_len,
                         gen_len=gen_len, weight_dtype=weight_dtype, kv_dtype=kv_dtype, host_memory_gb=host_memory_gb)
         base.validate()
