@@ -47,6 +47,8 @@ class ResolvedScenario:
     """TP x PP x DP over nodes (capsim.parallel)."""
     scale_out_bytes_s: float = 0.0
     """Per-device bytes/s on the network joining nodes (0 for one node)."""
+    cpu_efficiency: object = None
+    """Efficiency of the ``cpu`` class from the same database (for CPU-computed experts); None if absent."""
 
     @property
     def offloaded(self) -> np.ndarray:
@@ -165,8 +167,9 @@ def resolve_on(scenario: Scenario, db: HardwareDB, model: ModelSpec, count: int 
 
         scale_out, _ = scale_out_bandwidth(node, db, scenario.network)
     router = make_router(scenario.routing, model, seed=scenario.seed) if model.is_moe else None
+    cpu_eff = db.efficiency("cpu") if "cpu" in db.efficiency_classes() else None
     rs = ResolvedScenario(scenario, model, node, device, eff, placement, rates, router, deployment,
-                          layout=layout, scale_out_bytes_s=scale_out)
+                          layout=layout, scale_out_bytes_s=scale_out, cpu_efficiency=cpu_eff)
     return _with_expert_tiers(rs) if model.is_moe else rs
 
 

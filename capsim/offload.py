@@ -327,9 +327,9 @@ def apply_cpu_experts(rs: ResolvedScenario, batch: int, prefill: PassCost, decod
     host = host_tiers(rs, dram_copies=copies)
     bandwidth, peaks, sockets, how = cpu_rates(rs.node, dep)  # type: ignore[arg-type]
     cpu, _ = rs.node.cpus[0]  # type: ignore[attr-defined]
-    from .hardware import load_hardware_db
-
-    cpu_eff = load_hardware_db().efficiency("cpu")
+    cpu_eff = rs.cpu_efficiency  # from the database the scenario was resolved against (--hardware-db included)
+    if cpu_eff is None:
+        raise MissingValueError(rs.node.id, "efficiency class 'cpu'", "CPU-computed experts")  # type: ignore[attr-defined]
     prec = rs.placement.weight_precision["routed_experts"]
     key = compute_key(prec, frozenset(peaks))
     flops_rate = peaks[key] * cpu_eff.compute_fraction
