@@ -122,6 +122,9 @@ def resolve_on(scenario: Scenario, db: HardwareDB, model: ModelSpec, count: int 
         eff = db.efficiency_for(device)
         layout = layout_for(scenario.tp, scenario.pp, scenario.dp, scenario.ep, scenario.nodes,
                             node.accelerator_count, model.num_layers)
+    from .scenario_checks import check_scenario
+
+    check_scenario(scenario, model, layout)  # the one validation layer shared by predict, sweep, fit and plan
     tp = layout.tp
     if not {"bf16", "fp16", "fp32"} & set(device.peak_tflops_dense):
         raise MissingValueError(

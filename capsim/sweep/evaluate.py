@@ -30,6 +30,7 @@ from ..memory import (
 )
 from ..metrics import RESOURCES
 from ..scenario import Scenario
+from ..scenario_checks import context_window_exceeded
 from ..units import GB
 from .decode import QUANTITIES, decode_totals
 from .grid import Grid
@@ -119,13 +120,21 @@ def evaluate_segment(grid: Grid, group: Group, start: int, stop: int) -> dict[st
     cols["batch"][:] = batch
     cols["prompt_len"][:] = prompt
     cols["gen_len"][:] = gen
+    # the device count asked for, also on rows that do not run (0 = all of a system, resolved below)
+    cols["gpus"][:] = group.key[2]
     rs = group.resolved
     if rs is None:
         return cols
-    cols["gpus"][:] = rs.placement.tp
+    cols["gpus"][:] = rs.layout.devices
     cols["weights_gb"][:] = sum(weight_bytes_per_device(rs).values()) / GB
     cols["usable_gb"][:] = usable_bytes(rs) / GB
     max_b, needed_one = max_batch_that_fits(rs, batch, prompt, gen)
+    # rows beyond the model's context window do not run (the check predict applies, vectorised)
+    too_long = context_window_exceeded(rs.model, prompt, gen)
+    if too_long.any():
+        cols["bottleneck"] = cols["bottleneck"].astype(f"<U{max(cols['bottleneck'].dtype.itemsize // 4, 64)}")
+        cols["bottleneck"][too_long] = f"does not run: exceeds the {rs.model.max_context}-token context window"
+        max_b = np.where(too_long, 0, max_b)
     feasible = max_b >= 1
     cols["feasible"][:] = feasible
     cols["max_batch"][:] = max_b
