@@ -342,7 +342,7 @@ def test_plan_table_and_budget(cost_dir: Path) -> None:
             "--model",
             MODEL,
             "--slo-tpot",
-            "0.05",
+            "0.05s",
             "--budget",
             "25000",
             "--tokens-per-day",
@@ -390,8 +390,9 @@ def test_plan_nothing_feasible_says_what_to_do(cost_dir: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--slo-tpot", "fast"], "error: bad duration 'fast'; write seconds (0.05) or a number with a unit"),
-        (["--slo-tpot", "50ms", "--slo-ttft", "-1s"], "error: bad duration '-1s'"),
+        (["--slo-tpot", "fast"], "error: bad --slo-tpot 'fast'; write a number with a unit: 50ms"),
+        (["--slo-tpot", "50"], "error: --slo-tpot '50' has no unit; write 50ms or 50s"),
+        (["--slo-tpot", "50ms", "--slo-ttft", "-1s"], "error: bad --slo-ttft '-1s'"),
         (["--slo-tpot", "50ms", "--basis", "leased"], "error: --basis 'leased' is not one of owned, rented"),
         (["--slo-tpot", "50ms", "--weight-dtypes", "native,int3"], "error: unknown weight dtype 'int3'"),
         (["--slo-tpot", "50ms", "--top", "0"], "error: --top must be >= 1"),

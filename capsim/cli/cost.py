@@ -525,7 +525,7 @@ def register(app: typer.Typer) -> None:
     )
     def plan(
         model: Annotated[str, typer.Option(help=_scenario_help("model"))],
-        slo_tpot: Annotated[str, typer.Option(help="TPOT target per decode step: 50ms, 0.05, 1s, 200us")],
+        slo_tpot: Annotated[str, typer.Option(help="TPOT target per decode step, with its unit: 50ms, 0.05s, 200us")],
         slo_ttft: Annotated[
             str | None,
             typer.Option(help="TTFT target (the whole batch's prefill), e.g. 1s", show_default=False),
@@ -591,7 +591,8 @@ def register(app: typer.Typer) -> None:
         from ..plan import SLO, parse_duration, split_ids
         from ..plan import plan as run_plan
 
-        slo = SLO(parse_duration(slo_tpot), None if slo_ttft is None else parse_duration(slo_ttft))
+        slo = SLO(parse_duration(slo_tpot, "--slo-tpot"),
+                  None if slo_ttft is None else parse_duration(slo_ttft, "--slo-ttft"))
         if top < 1:
             raise ScenarioError(f"--top must be >= 1, got {top}")
         if plot is not None:

@@ -62,6 +62,8 @@ def resolve_group(grid: Grid, key: tuple[str, str, int, str, str], db: HardwareD
     )
     scenario.validate()
     model = resolve_model(model_id)
+    if gpus == 0 and hardware in db.ids("accelerator"):
+        return Group(key, None, f"--gpus 0 means all devices of a system; {hardware} is one accelerator, so give a count")
     try:
         rs = resolve_on(scenario, db, model, gpus or None)
     except CapsimError as exc:
