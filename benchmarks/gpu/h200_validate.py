@@ -82,10 +82,13 @@ def stage_calibrate(out: Path, device: str, tiny: bool) -> None:
 
 PROFILES: tuple[tuple[str, int, tuple[int, ...], tuple[int, ...], tuple[tuple[int, int], ...]], ...] = (
     # model, layers, decode batches, decode contexts, prefills (batch, prompt)
-    ("mixtral-8x7b", 4, (1, 4, 16, 64, 256), (1024, 4096), ((1, 512), (1, 2048), (4, 2048), (16, 2048))),
-    ("qwen3-30b-a3b", 8, (1, 4, 16, 64, 256), (1024, 4096), ((1, 512), (1, 2048), (4, 2048), (16, 2048))),
-    # DeepSeek-V3's first three layers are dense: four layers hold one MoE layer (22.5 GB of bf16 experts)
-    ("deepseek-v3", 4, (1, 16, 64, 256), (1024,), ((1, 512), (1, 2048), (4, 2048))),
+    ("mixtral-8x7b", 4, (1, 2, 4, 8, 16, 32, 64, 128, 256), (1024, 4096),
+     ((1, 512), (1, 2048), (4, 2048), (16, 2048))),
+    ("qwen3-30b-a3b", 8, (1, 2, 4, 8, 16, 32, 64, 128, 256), (1024, 4096),
+     ((1, 512), (1, 2048), (4, 2048), (16, 2048))),
+    # DeepSeek-V3's first three layers are dense: four layers hold one MoE layer (22.5 GB of bf16 experts).
+    # The harness's MLA decode (SDPA over the latent with 128 query heads) needs 64 GiB at batch 64: batch <= 16.
+    ("deepseek-v3", 4, (1, 4, 16), (1024,), ((1, 512), (1, 2048), (4, 2048))),
 )
 
 
