@@ -7,7 +7,8 @@ Every command module under ``capsim.cli`` exposes ``register(app)``. Errors: lib
 
 from __future__ import annotations
 
-from typing import Any
+import sys
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -18,7 +19,40 @@ from ._console import err_console
 
 
 class _CapsimGroup(TyperGroup):
-    """Top-level command group: turns any CapsimError raised below it into one error line and exit 1."""
+    """Top-level command group: turns any CapsimError raised below it into one error line and exit 1, and a
+    usage error (unknown option or command, a value of the wrong type) into one error line and exit 2."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        from typer import _click  # the click typer ships (its exceptions are what the parser raises)
+
+        try:
+            result = super().main(*args, standalone_mode=False, **kwargs)
+        except _click.exceptions.NoArgsIsHelpError as exc:
+            if not standalone_mode:
+                raise
+            sys.exit(exc.exit_code)  # bare `capsim` / `capsim hardware`: the help text was printed, as before
+        except _click.exceptions.UsageError as exc:
+            if not standalone_mode:
+                raise
+            where = exc.ctx.command_path if exc.ctx is not None else "capsim"
+            message = " ".join(exc.format_message().split())  # one line, however the parser wrapped it
+            err_console().print(f"[bold red]error[/bold red]: {escape(message)} (see: {escape(where)} --help)",
+                                highlight=False, soft_wrap=True)
+            sys.exit(exc.exit_code)
+        except _click.exceptions.ClickException as exc:  # e.g. a file option that cannot be opened
+            if not standalone_mode:
+                raise
+            err_console().print(f"[bold red]error[/bold red]: {escape(exc.format_message())}", highlight=False,
+                                soft_wrap=True)
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            if not standalone_mode:
+                raise
+            err_console().print("aborted", highlight=False)
+            sys.exit(1)
+        if not standalone_mode:
+            return result
+        sys.exit(result if isinstance(result, int) else 0)
 
     def invoke(self, ctx: typer.Context) -> Any:  # typer vendors click; do not import it
         try:
@@ -37,6 +71,23 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from .. import __version__
+
+        print(f"capsim {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Analytical simulator and cost model for sparse MoE LLM inference. Metrics: see docs/metrics.md."""
 
 
 def _register_all() -> None:

@@ -22,6 +22,7 @@ from ..engine import prefill_passes, resolve_model, resolve_on
 from ..errors import CapsimError
 from ..hardware import HardwareDB
 from ..memory import (
+    activation_bytes,
     kv_bytes_per_sequence_at,
     logit_bytes_per_sequence,
     max_batch_that_fits,
@@ -130,7 +131,7 @@ def evaluate_segment(grid: Grid, group: Group, start: int, stop: int) -> dict[st
     cols["gpus"][:] = rs.layout.devices
     cols["weights_gb"][:] = sum(weight_bytes_per_device(rs).values()) / GB
     cols["usable_gb"][:] = usable_bytes(rs) / GB
-    max_b, needed_one = max_batch_that_fits(rs, batch, prompt, gen)
+    max_b, _ = max_batch_that_fits(rs, batch, prompt, gen)
     # rows beyond the model's context window do not run (the check predict applies, vectorised)
     too_long = context_window_exceeded(rs.model, prompt, gen)
     if too_long.any():
@@ -140,9 +141,11 @@ def evaluate_segment(grid: Grid, group: Group, start: int, stop: int) -> dict[st
     feasible = max_b >= 1
     cols["feasible"][:] = feasible
     cols["max_batch"][:] = max_b
-    # weights + buffers + the KV cache of one wave (of one sequence where not even that fits)
+    # weights + buffers + the KV cache of one wave (of one sequence where not even that fits), as predict's plan
     per_seq = kv_bytes_per_sequence_at(rs, prompt + gen) + logit_bytes_per_sequence(rs)
-    cols["memory_needed_gb"][:] = (needed_one + per_seq * (np.clip(np.minimum(batch, max_b), 1, None) - 1)) / GB
+    resident = np.clip(np.minimum(batch, max_b), 1, None)
+    cols["memory_needed_gb"][:] = (sum(weight_bytes_per_device(rs).values()) + activation_bytes(rs, resident, prompt)
+                                   + per_seq * resident) / GB
     idx = np.nonzero(feasible)[0]
     if idx.size == 0:
         return cols
