@@ -48,7 +48,7 @@ def _imported(argv: list[str]) -> list[str]:
     if argv[1:3] != ["-m", "capsim"]:
         return []
     code = _PROBE.format(heavy=HEAVY)
-    done = subprocess.run([sys.executable, "-c", code, *argv[3:]], cwd=REPO, capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-c", code, *argv[3:]], cwd=REPO, capture_output=True, text=True, check=False,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
     line = [ln for ln in done.stderr.splitlines() if ln.startswith("HEAVY")]
     return line[-1].split()[1:] if line else ["?"]

@@ -174,7 +174,7 @@ def compiled(name: str) -> CompiledOp:
 
 # The numeric path (evaluate, ring_allreduce_time) lives in capsim.formulas_eval so that predict runs
 # without importing sympy; re-exported here for callers that use the table and its evaluation together.
-from .formulas_eval import evaluate, ring_allreduce_time  # noqa: E402
+from .formulas_eval import evaluate, ring_allreduce_time  # noqa: F401  (re-exported)
 
 
 def compiled_source() -> str:

@@ -13,7 +13,14 @@ from capsim import Scenario, predict
 from capsim.engine import resolve
 from capsim.fit import max_batch_at
 from capsim.hardware import load_hardware_db
-from capsim.memory import activation_bytes, kv_bytes_per_sequence_at, largest_batch, logit_bytes_per_sequence, usable_bytes, weight_bytes_per_device
+from capsim.memory import (
+    activation_bytes,
+    kv_bytes_per_sequence_at,
+    largest_batch,
+    logit_bytes_per_sequence,
+    usable_bytes,
+    weight_bytes_per_device,
+)
 from capsim.plan import _configs
 from capsim.sweep.evaluate import evaluate_segment, resolve_group
 from capsim.sweep.grid import Grid

@@ -51,7 +51,13 @@ def register(app: typer.Typer) -> None:
         from ..errors import ScenarioError
         from ..plan import parse_duration
         from ..sweep.grid import Grid, load_grid_toml, parse_gpus_axis, parse_int_axis, parse_str_axis
-        from ..sweep.guard import check_output_path, check_size, discard_parts_on_failure, estimate, sweep_lock
+        from ..sweep.guard import (
+            check_output_path,
+            check_size,
+            discard_parts_on_failure,
+            estimate,
+            sweep_lock,
+        )
         from ..sweep.run import Filters, SweepRun, format_of, resolve_groups
 
         if grid_file is not None:

@@ -22,7 +22,6 @@ import numpy as np
 
 from ..errors import DataFileError, ScenarioError
 
-
 MAX_AXIS_VALUES = 1_000_000
 """Values one numeric axis may hold (counted before the range is expanded, so 1:100000000:+1 costs nothing)."""
 
@@ -51,7 +50,7 @@ def _range_values(name: str, part: str, minimum: int) -> list[int]:
             raise ScenarioError(f"--{name} range {part!r}: the factor after x must be a number > 1, e.g. x2")
         count = math.floor(math.log(stop / start) / math.log(factor) + 1e-9) + 1
     else:
-        step = int(step_s[1:] if step_s.startswith("+") else step_s)
+        step = int(step_s.removeprefix("+"))
         if step <= 0:
             raise ScenarioError(f"--{name} range {part!r}: the step after + must be >= 1, e.g. +128")
         count = (stop - start) // step + 1
