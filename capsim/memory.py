@@ -4,7 +4,11 @@
   over the tensor-parallel ranks; router and norms are replicated. Experts placed in host DRAM or on an SSD
   (capsim.placement) are not counted here; an offload expert cache takes the memory left after the KV cache.
 - KV cache per sequence: (prompt + generated) tokens x KV elements per token (MLA- and window-aware) x
-  bytes, split over KV heads up to the TP degree (MLA's latent is replicated on every rank).
+  bytes, split over KV heads up to the TP degree (MLA's latent is replicated on every rank of a TP group).
+- Attention data parallelism (N ranks of tp devices): each rank keeps the KV of its own sequences only (no
+  copy on the other ranks), so the replica holds N x the sequences one rank holds; attention, dense-FFN,
+  shared-expert, embedding and lm_head weights are copied on every rank (split over its tp devices), the
+  routed experts (and EPLB's redundant replicas) are split over all tp x N devices.
 - Pipeline stages (--pp) hold ceil(L/pp)/L of the layers' weights and KV, plus the heavier of the embeddings
   and the lm_head (the first and last stage); the largest stage is the one that must fit.
 - Buffers: the activation workspace of the largest forward pass (a prefill chunk): its widest intermediate
@@ -49,11 +53,13 @@ class MemoryPlan:
     batch: int
     waves: int
     devices: int
+    attention_dp: int = 1
+    """Attention data-parallel ranks: ``max_batch`` is theirs together, the bytes one rank's."""
 
     @property
     def kv_bytes(self) -> float:
-        """KV cache of one wave (the sequences resident at once)."""
-        return self.kv_bytes_per_sequence * min(self.batch, self.max_batch)
+        """KV cache of one wave on the busiest device (its attention rank's share of the resident sequences)."""
+        return self.kv_bytes_per_sequence * math.ceil(min(self.batch, self.max_batch) / self.attention_dp)
 
     @property
     def total_bytes(self) -> float:
@@ -73,6 +79,7 @@ class MemoryPlan:
             "kv_cache_gb_per_sequence": self.kv_bytes_per_sequence / GB,
             "max_batch": self.max_batch,
             "waves": self.waves,
+            "attention_dp": self.attention_dp,
         }
 
 
@@ -85,6 +92,12 @@ def weight_bytes_per_device(rs: ResolvedScenario) -> dict[str, float]:
         group: params * prec[group].bytes_per_element / (1 if group in replicated else tp)
         for group, params in rs.model.params_by_group().items()
     }
+    placement = rs.placement
+    if "routed_experts" in by_group and (placement.attention_dp > 1 or placement.redundant_experts):
+        # experts (plus EPLB's redundant replicas) over all tp x attention-dp devices, not one rank's tp
+        moe = rs.model.moe
+        slots = (moe.num_experts + placement.redundant_experts) / moe.num_experts if moe else 1.0
+        by_group["routed_experts"] *= slots * tp / placement.expert_ranks
     pp = rs.layout.pp
     if pp > 1:
         # the largest pipeline stage: ceil(L/pp) layers plus the heavier of the embeddings (first stage) and
@@ -168,6 +181,9 @@ def largest_batch(rs: ResolvedScenario, prompt_len: ArrayLike, gen_len: ArrayLik
 
     - B·P >= C (full chunks): B1 = floor((U − W − A·C) / s), valid when B1·P >= C;
     - B·P <  C (one short chunk): B2 = min(floor((U − W) / (A·P + s)), ceil(C/P) − 1).
+
+    Under attention data parallelism each of the N attention ranks holds its own sequences (and their KV
+    cache, logits and workspace), so the batch is N times one rank's.
     """
     p = np.asarray(prompt_len, dtype=np.float64)
     g = np.asarray(gen_len, dtype=np.float64)
@@ -180,7 +196,8 @@ def largest_batch(rs: ResolvedScenario, prompt_len: ArrayLike, gen_len: ArrayLik
         full = np.floor((usable - weights - per_token * chunk) / per_seq)
         short = np.minimum(np.floor((usable - weights) / (per_token * p + per_seq)), np.ceil(chunk / p) - 1)
     best = np.where(full * p >= chunk, full, short)
-    return np.asarray(np.clip(np.nan_to_num(best, nan=0.0, posinf=0.0, neginf=0.0), 0, None), dtype=np.int64)
+    per_rank = np.clip(np.nan_to_num(best, nan=0.0, posinf=0.0, neginf=0.0), 0, None)
+    return np.asarray(per_rank * rs.placement.attention_dp, dtype=np.int64)
 
 
 def max_batch_that_fits(
@@ -228,14 +245,16 @@ def plan_memory(rs: ResolvedScenario) -> MemoryPlan:
             f"{where} (usable {rs.efficiency.gpu_memory_utilization:.0%} of capacity)",  # type: ignore[attr-defined]
             _fit_hint(rs, needed, usable),
         )
+    adp = rs.placement.attention_dp
     batch = sc.batch
     waves = math.ceil(batch / max_batch)
-    resident = min(batch, max_batch)  # one wave
+    resident = math.ceil(min(batch, max_batch) / adp)  # one wave's sequences on the busiest attention rank
     return MemoryPlan(
         weights_bytes=weights,
         weights_bytes_by_group=by_group,
         kv_bytes_per_sequence=kv_per_seq,
         buffers_bytes=float(activation_bytes(rs, resident, sc.prompt_len)) + logits_per_seq * resident,
+        attention_dp=adp,
         capacity_bytes=capacity,
         usable_bytes=usable,
         max_batch=max_batch,

@@ -74,10 +74,6 @@ def check_context_window(scenario: Scenario, model: ModelSpec, layout: Layout) -
 
 
 # ---- tensor parallelism: heads -------------------------------------------------------------------------
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
-
-
 def valid_tp_degrees(model: ModelSpec, limit: int = 64) -> list[int]:
     """Tensor-parallel degrees (up to ``limit``) that split the attention heads evenly: the query heads must
     divide by TP, and the KV heads must either divide by TP or be replicated (TP a multiple of them), as
@@ -98,12 +94,13 @@ def check_heads_divisible(scenario: Scenario, model: ModelSpec, layout: Layout) 
     att = model.attention
     if att.num_heads % tp == 0 and (att.num_kv_heads % tp == 0 or tp % att.num_kv_heads == 0):
         return
-    choices = ", ".join(str(d) for d in valid_tp_degrees(model, max(tp, 8)))
+    # the degrees that fit in this node's devices (the devices a TP group can span)
+    choices = ", ".join(str(d) for d in valid_tp_degrees(model, max(layout.devices_per_node, 1)))
     what = (f"{att.num_heads} attention heads" if att.num_heads % tp
             else f"{att.num_kv_heads} KV heads (neither divisible by it nor a divisor of it)")
     raise ScenarioError(
-        f"tensor parallelism {tp} does not split {model.id}'s {what}; valid tensor-parallel degrees: {choices} "
-        f"(set --gpus or --tp to one of them)"
+        f"--tp {tp} does not divide the model's {what}; valid --tp: {choices} (set --gpus or --tp to one of "
+        "them, or put the other devices in --attention-dp, --pp or --dp)"
     )
 
 
@@ -115,12 +112,11 @@ def check_experts_divisible(scenario: Scenario, model: ModelSpec, layout: Layout
         return
     if model.moe is None:
         raise ScenarioError(f"--ep {ep} splits routed experts; {model.id!r} has none (use --ep 1)")
-    experts = model.moe.num_experts
-    if experts % ep:
-        raise ScenarioError(
-            f"{experts} experts do not split evenly over {ep} EP ranks; valid --ep: "
-            f"{', '.join(str(d) for d in _divisors(experts) if d <= max(ep, 8))}"
-        )
+    from .parallel import check_expert_layout
+
+    # EP divides the devices the MoE layers run on (tp x attention-dp) and the expert slots
+    expert_ranks = getattr(layout, "expert_ranks", layout.tp)
+    check_expert_layout(model.moe.num_experts, ep, expert_ranks, getattr(scenario, "redundant_experts", 0))
 
 
 # ---- layout product ------------------------------------------------------------------------------------
@@ -128,11 +124,13 @@ def check_experts_divisible(scenario: Scenario, model: ModelSpec, layout: Layout
 def check_layout_product(scenario: Scenario, model: ModelSpec, layout: Layout) -> None:
     """TP x PP x DP covers exactly the devices of the nodes (capsim.parallel.layout_for builds layouts so;
     this guards layouts built any other way)."""
-    want = layout.tp * layout.pp * layout.dp
+    adp = getattr(layout, "attention_dp", 1)
+    want = layout.tp * adp * layout.pp * layout.dp
     have = layout.nodes * layout.devices_per_node
     if want != have:
+        adp_text = f" x --attention-dp {adp}" if adp > 1 else ""
         raise ScenarioError(
-            f"--tp {layout.tp} x --pp {layout.pp} x --dp {layout.dp} = {want} devices, but the layout has "
+            f"--tp {layout.tp}{adp_text} x --pp {layout.pp} x --dp {layout.dp} = {want} devices, but the layout has "
             f"{layout.nodes} node(s) x {layout.devices_per_node} = {have}; make the product equal the devices"
         )
     if layout.pp > model.num_layers:

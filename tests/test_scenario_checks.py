@@ -3,6 +3,8 @@ the same impossible configuration is refused with the same line everywhere (issu
 
 from __future__ import annotations
 
+import csv
+
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -43,7 +45,7 @@ def test_context_window_mask_is_vectorised() -> None:
 
 @pytest.mark.parametrize("model,gpus,heads", [("mixtral-8x7b", 3, 32), ("qwen3-30b-a3b", 6, 32)])
 def test_tp_not_dividing_heads_is_refused(model: str, gpus: int, heads: int) -> None:
-    with pytest.raises(ScenarioError, match=rf"tensor parallelism {gpus} does not split {model}'s {heads} attention heads"):
+    with pytest.raises(ScenarioError, match=rf"--tp {gpus} does not divide the model's {heads} attention heads"):
         predict(Scenario(model=model, hardware="h100-sxm", gpus=gpus))
 
 
@@ -54,14 +56,16 @@ def test_valid_tp_degrees_name_the_choices() -> None:
 
 
 def test_same_line_from_predict_sweep_and_fit(tmp_path) -> None:
-    expected = "tensor parallelism 3 does not split mixtral-8x7b's 32 attention heads"
+    expected = "--tp 3 does not divide the model's 32 attention heads; valid --tp: 1, 2 "
     r = runner.invoke(app, ["predict", "--gpus", "3"])
     assert r.exit_code == 1 and expected in r.stderr
     out = tmp_path / "g.csv"
     r = runner.invoke(app, ["sweep", "--model", "mixtral-8x7b", "--hardware", "h100-sxm", "--gpus", "3",
                             "--out", str(out)])
     assert r.exit_code == 0, r.output
-    assert expected in out.read_text()  # the rows of that group do not run, with the reason
+    assert [row["bottleneck"] for row in csv.DictReader(out.read_text().splitlines())] == [
+        "does not run: " + expected.rstrip() + " (set --gpus or --tp to one of them, or put the other devices in "
+        "--attention-dp, --pp or --dp)"]
     r = runner.invoke(app, ["fit", "--hardware", "h100-sxm", "--gpus", "3", "--json"])
     assert expected in r.stdout
 
@@ -71,10 +75,9 @@ def test_sweep_rows_beyond_the_context_window_do_not_run(tmp_path) -> None:
     r = runner.invoke(app, ["sweep", "--model", "mixtral-8x7b", "--hardware", "h100-sxm", "--gpus", "2",
                             "--prompt-len", "512,40000", "--out", str(out)])
     assert r.exit_code == 0, r.output
-    rows = out.read_text().splitlines()[1:]
-    assert len(rows) == 2
-    assert ",512,128,True," in rows[0]
-    assert ",40000,128,False," in rows[1] and "exceeds the 32768-token context window" in rows[1]
+    rows = list(csv.DictReader(out.read_text().splitlines()))
+    assert [(r["prompt_len"], r["feasible"].lower()) for r in rows] == [("512", "true"), ("40000", "false")]
+    assert rows[1]["bottleneck"] == "does not run: exceeds the 32768-token context window"
 
 
 def test_checks_are_extensible() -> None:
@@ -100,7 +103,8 @@ def test_layout_product_is_checked() -> None:
 
 
 def test_expert_divisibility_names_valid_degrees() -> None:
-    # Qwen1.5-MoE-A2.7B: 16 heads (TP 8 splits them), 60 experts: divisors of 60 up to 8 are 1, 2, 3, 4, 5, 6
+    # Qwen1.5-MoE-A2.7B: 16 heads (TP 8 splits them), 60 experts
     model = resolve_model("qwen1.5-moe-a2.7b")
-    with pytest.raises(ScenarioError, match=r"60 experts do not split evenly over 8 EP ranks; valid --ep: 1, 2, 3, 4, 5, 6$"):
+    # (the divisors of 60 among the 8 devices: 1, 2, 4)
+    with pytest.raises(ScenarioError, match=r"--ep 8 must divide both the 8 devices .* and the 60 experts; valid --ep: 1, 2, 4$"):
         check_scenario(Scenario(model=model), model, Layout(tp=8, devices_per_node=8, ep=8))

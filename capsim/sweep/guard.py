@@ -151,8 +151,18 @@ def sweep_lock(parts_dir: Path) -> Iterator[None]:
 
 
 def has_finished_parts(parts_dir: Path) -> bool:
-    """Whether a parts folder holds any finished chunk (a ``part-*`` file that is not a temporary)."""
-    return parts_dir.is_dir() and any(p.name.startswith("part-") for p in parts_dir.iterdir())
+    """Whether a parts folder holds any finished chunk: one committed to the streamed output (its
+    ``progress.json`` counts chunks > 0) or a ``part-*`` file waiting for its turn."""
+    if not parts_dir.is_dir():
+        return False
+    if any(p.name.startswith("part-") for p in parts_dir.iterdir()):
+        return True
+    try:
+        import json
+
+        return int(json.loads((parts_dir / "progress.json").read_text()).get("chunks", 0)) > 0
+    except (OSError, ValueError, AttributeError, TypeError):
+        return False
 
 
 def discard_if_empty(parts_dir: Path) -> None:
