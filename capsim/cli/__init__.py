@@ -61,6 +61,15 @@ class _CapsimGroup(TyperGroup):
             # escape: messages may contain [brackets] (e.g. capsim[profile]) that rich would eat as markup
             err_console().print(f"[bold red]error[/bold red]: {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(code=1) from None
+        except OSError as exc:
+            # a path the user gave that the system refuses (name too long, permission denied, disk full):
+            # the system's reason and the path, as one line
+            where = f"{exc.filename}: " if exc.filename else ""
+            if len(where) > 120:
+                where = where[:100] + "…: "
+            err_console().print(f"[bold red]error[/bold red]: {escape(where + (exc.strerror or str(exc)))}; "
+                                "check the path and try again", highlight=False, soft_wrap=True)
+            raise typer.Exit(code=1) from None
 
 
 app = typer.Typer(

@@ -43,6 +43,7 @@ def register(app: typer.Typer) -> None:
         backend: Annotated[str, typer.Option(help="local or dask")] = "local",
         scheduler: Annotated[str | None, typer.Option(help="Dask scheduler address (default: a local cluster)")] = None,
         workers: Annotated[int, typer.Option(help="worker processes of the local Dask cluster")] = 2,
+        host_memory_gb: Annotated[float | None, typer.Option(help="host DRAM in GB for systems whose entry lacks it")] = None,
         force: Annotated[bool, typer.Option("--force", help="run even above the size limits (rows, disk, memory)")] = False,
         hardware_db: HardwareDbOption = None,
         override: OverrideOption = False,
@@ -70,8 +71,12 @@ def register(app: typer.Typer) -> None:
                 gpus=parse_gpus_axis(gpus),
                 batch=parse_int_axis(batch, "batch"), prompt_len=parse_int_axis(prompt_len, "prompt-len"),
                 gen_len=parse_int_axis(gen_len, "gen-len"), weight_dtype=parse_str_axis(weight_dtype),
-                kv_dtype=parse_str_axis(kv_dtype),
+                kv_dtype=parse_str_axis(kv_dtype), host_memory_gb=host_memory_gb,
             )
+        if grid_file is not None and host_memory_gb is not None:
+            from dataclasses import replace
+
+            grid = replace(grid, host_memory_gb=host_memory_gb)
         if chunk_rows < 1:
             raise ScenarioError("--chunk-rows must be >= 1")
         if backend not in ("local", "dask"):

@@ -60,6 +60,7 @@ def resolve_group(grid: Grid, key: tuple[str, str, int, str, str], db: HardwareD
     scenario = Scenario(
         model=model_id, hardware=hardware, gpus=gpus or None, weight_dtype=None if wdt == "native" else wdt,
         kv_dtype=kvdt, routing=grid.routing, prefill_chunk_tokens=grid.prefill_chunk_tokens,
+        host_memory_gb=getattr(grid, "host_memory_gb", None),
     )
     scenario.validate()
     model = resolve_model(model_id)

@@ -116,6 +116,8 @@ class Grid:
     kv_dtype: tuple[str, ...] = ("bf16",)
     routing: str = "uniform"
     prefill_chunk_tokens: int = 8192
+    host_memory_gb: float | None = None
+    """Host DRAM in GB for systems whose entry does not give it (CPU-only rows)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -124,6 +126,8 @@ class Grid:
                 raise ScenarioError(f"sweep axis {name!r} is empty")
         if self.prefill_chunk_tokens < 1:
             raise ScenarioError(f"prefill_chunk_tokens must be >= 1, got {self.prefill_chunk_tokens}")
+        if self.host_memory_gb is not None and not (0 < self.host_memory_gb < float("inf")):
+            raise ScenarioError(f"--host-memory-gb must be a positive number of GB, got {self.host_memory_gb}")
 
     @property
     def group_keys(self) -> list[tuple[str, str, int, str, str]]:
@@ -173,7 +177,7 @@ class Grid:
 
 _TOML_KEYS = {
     "models", "hardware", "gpus", "batch", "prompt_len", "gen_len", "weight_dtype", "kv_dtype", "routing",
-    "prefill_chunk_tokens",
+    "prefill_chunk_tokens", "host_memory_gb",
 }
 
 
@@ -185,6 +189,8 @@ def load_grid_toml(path: Path) -> Grid:
         raise DataFileError(str(path), "file not found") from None
     except IsADirectoryError:
         raise DataFileError(str(path), "is a directory; give the grid's TOML file") from None
+    except OSError as exc:  # a file used as a folder on the way, permissions, a name too long
+        raise DataFileError(str(path), f"cannot be read ({exc.strerror or exc}); give the grid's TOML file") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise DataFileError(str(path), f"not valid TOML ({exc})") from None
     unknown = set(raw) - _TOML_KEYS
@@ -207,6 +213,8 @@ def load_grid_toml(path: Path) -> Grid:
             raise DataFileError(str(path), "'routing' must be a string, e.g. \"uniform\"")
         elif key == "prefill_chunk_tokens" and (not isinstance(value, int) or isinstance(value, bool)):
             raise DataFileError(str(path), "'prefill_chunk_tokens' must be an integer")
+        elif key == "host_memory_gb" and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+            raise DataFileError(str(path), "'host_memory_gb' must be a number of GB")
         else:
             kwargs[key] = value
     if "models" not in kwargs or "hardware" not in kwargs:
