@@ -54,6 +54,34 @@ class _CapsimGroup(TyperGroup):
             return result
         sys.exit(result if isinstance(result, int) else 0)
 
+    # Commands are converted from their typer declarations to click commands on first use: typer would
+    # otherwise build every command's parameters (signature and annotation evaluation, ~0.2 s) at each start,
+    # though one run uses one command.
+    def list_commands(self, ctx: typer.Context) -> list[str]:
+        return list(dict.fromkeys([*super().list_commands(ctx), *_declared_names()]))
+
+    def get_command(self, ctx: typer.Context, cmd_name: str) -> Any:
+        command = super().get_command(ctx, cmd_name)
+        if command is None:
+            command = _convert(cmd_name)
+            if command is not None:
+                self.add_command(command, cmd_name)
+        return command
+
+    def resolve_command(self, ctx: typer.Context, args: list[str]) -> Any:
+        from difflib import get_close_matches
+
+        from typer import _click
+
+        try:
+            return super().resolve_command(ctx, args)
+        except _click.exceptions.UsageError as exc:
+            # typer suggests among the commands built so far; suggest among all of them
+            matches = get_close_matches(args[0], self.list_commands(ctx)) if args else []
+            if matches and "Did you mean" not in exc.message:
+                exc.message = f"{exc.message.rstrip('.')}. Did you mean {', '.join(repr(m) for m in matches)}?"
+            raise
+
     def invoke(self, ctx: typer.Context) -> Any:  # typer vendors click; do not import it
         try:
             return super().invoke(ctx)
@@ -99,11 +127,37 @@ def _root(
     """Analytical simulator and cost model for sparse MoE LLM inference. Metrics: see docs/metrics.md."""
 
 
+_COMMANDS = typer.Typer()
+"""Where the command modules declare their commands; :class:`_CapsimGroup` converts each on first use."""
+
+
+def _declared_names() -> list[str]:
+    from typer.main import get_command_name
+
+    names = [info.name or get_command_name(info.callback.__name__)  # type: ignore[union-attr]
+             for info in _COMMANDS.registered_commands]
+    return names + [str(info.name) for info in _COMMANDS.registered_groups]
+
+
+def _convert(name: str) -> Any:
+    from typer.main import get_command_from_info, get_command_name, get_group_from_info
+
+    for info in _COMMANDS.registered_commands:
+        if (info.name or get_command_name(info.callback.__name__)) == name:  # type: ignore[union-attr]
+            return get_command_from_info(info, pretty_exceptions_short=app.pretty_exceptions_short,
+                                         rich_markup_mode=app.rich_markup_mode)
+    for group in _COMMANDS.registered_groups:
+        if group.name == name:
+            return get_group_from_info(group, pretty_exceptions_short=app.pretty_exceptions_short,
+                                       suggest_commands=app.suggest_commands, rich_markup_mode=app.rich_markup_mode)
+    return None
+
+
 def _register_all() -> None:
     from . import cost, fit, hardware, model, predict, profile, sweep, trace
 
     for module in (predict, fit, hardware, model, trace, profile, cost, sweep):
-        module.register(app)
+        module.register(_COMMANDS)
 
 
 _register_all()
