@@ -107,9 +107,14 @@ def test_compare_json_by_hand(cost_dir: Path) -> None:
     # 20,000 / (4 x 8,760) + 0.5 kW x 1.5 x 0.10 = 0.5707763 + 0.075 (tests/test_cost.py)
     assert _rates(payload)["owned_usd_per_busy_hour"] == pytest.approx(20000 / 35040 + 0.075, rel=1e-9)
     full = option["cost"]["full_load"]
+    # per token, energy is charged at the decode phase's modelled draw (capsim.energy), not at TDP:
+    # 20,000 / 35,040 + P_decode kW x 1.5 x 0.10
+    watts = full["energy"]["decode"]["watts"]
+    assert 100.0 < watts < 500.0  # between idle (0.2 x 500 W) and TDP
     assert full["owned"]["usd_per_mtok_output"] == pytest.approx(
-        (20000 / 35040 + 0.075) / 3600 / option["decode_tokens_per_s"] * 1e6, rel=1e-9
+        (20000 / 35040 + watts / 1000 * 0.15) / 3600 / option["decode_tokens_per_s"] * 1e6, rel=1e-9
     )
+    assert full["energy"]["j_per_output_token"] == pytest.approx(watts / option["decode_tokens_per_s"])
     assert option["accuracy"]["value"] == 62.5 and option["accuracy"]["soft"] is True
     names = {i["name"]: i for i in payload["cost_inputs"]["inputs"]}
     assert names["pue"]["overridden"] and not names["utilization"]["overridden"]
