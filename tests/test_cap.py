@@ -237,3 +237,147 @@ def test_cli_measure_json() -> None:
     assert data["decode_tokens_per_s"] == pytest.approx(400.0)
     bad = CliRunner().invoke(app, ["measure", "--model", "mixtral-8x7b", "--tpot", "fast"])
     assert bad.exit_code == 1
+
+
+# --------------------------------------------------------------------------------------------- options, CAP class
+
+from capsim.options import cap_class, collect_options, load_options_file, parse_option  # noqa: E402
+
+BASE = Scenario(model="qwen3-30b-a3b", batch=8)
+
+
+def test_option_string_carries_every_predict_setting() -> None:
+    o = parse_option(
+        "name=kt;hardware=epyc-9654-4090;system=ktransformers-like;weight-dtype=int4;host-memory-gb=256;"
+        "quant-method=Q4_K_M;prompt-len=1024",
+        BASE,
+    )
+    assert o.name == "kt" and o.system == "ktransformers-like" and o.quant_method == "Q4_K_M"
+    sc = o.scenario
+    assert (sc.hardware, sc.weight_dtype, sc.host_memory_gb, sc.prompt_len, sc.batch) == (
+        "epyc-9654-4090", "int4", 256.0, 1024, 8)
+    assert sc.mode == "cpu-experts"  # filled in by the ktransformers-like preset
+    # an explicit key wins over the preset (as `capsim predict --system` does)
+    assert parse_option("hardware=workstation-4090;system=ktransformers-like;mode=offload", BASE).scenario.mode == (
+        "offload")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("hardware=h100-sxm;gpus=two", "gpus='two' is not an integer"),
+        ("hardware=h100-sxm;weight-dtyp=int4", "did you mean weight-dtype"),
+        ("gpus=2", "give hardware="),
+        ("hardware=h100-sxm;hardware=b200", "given twice"),
+        ("hardware=h100-sxm;system=vllm", "unknown system preset"),
+        ("hardware h100-sxm", "is not KEY=VALUE"),
+    ],
+)
+def test_bad_options_are_one_line_errors(text: str, message: str) -> None:
+    with pytest.raises(ScenarioError, match=message):
+        parse_option(text, BASE)
+
+
+def test_options_file_and_unique_names(tmp_path: Path) -> None:
+    f = tmp_path / "options.toml"
+    f.write_text(
+        '[[option]]\nname = "server"\nhardware = "dgx-h200"\ngpus = 1\nsystem = "vllm-like"\n\n'
+        '[[option]]\nname = "desktop"\nhardware = "workstation-4090"\nsystem = "moe-infinity-like"\n'
+        'host_memory_gb = 128\n'
+    )
+    opts = load_options_file(f, BASE)
+    assert [o.name for o in opts] == ["server", "desktop"]
+    assert opts[1].scenario.mode == "offload" and opts[1].scenario.host_memory_gb == 128
+    with pytest.raises(ScenarioError, match="two options are named 'server'"):
+        collect_options(["name=server;hardware=h100-sxm"], f, BASE)
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[option]]\nhardware = "h100-sxm"\ngpus = "x"\n')
+    with pytest.raises(DataFileError, match="gpus='x' is not an integer"):
+        load_options_file(bad, BASE)
+
+
+@pytest.mark.parametrize(
+    ("settings", "mode", "expected"),
+    [
+        # published precision, everything on the accelerators: performance + accuracy
+        ({"hardware": "h100-sxm"}, None, "PA"),
+        # quantised below the published bf16: accuracy given up for cost and speed (SGLang-FP8/AWQ, KTransformers)
+        ({"hardware": "h100-sxm", "weight_dtype": "fp8"}, None, "PC"),
+        ({"hardware": "epyc-9654-4090", "weight_dtype": "int4", "mode": "cpu-experts"}, None, "PC"),
+        ({"hardware": "h100-sxm", "expert_dtype": "int4"}, None, "PC"),
+        # published precision with experts off the GPU: latency given up (MoE-Infinity, Fiddler)
+        ({"hardware": "workstation-4090", "mode": "offload"}, None, "CA"),
+        ({"hardware": "workstation-4090", "mode": "cpu-experts"}, None, "CA"),
+        ({"hardware": "workstation-4090", "placement": "experts[0:24]:dram"}, None, "CA"),
+        # the mode the engine resolved (e.g. offload implied by a placement) decides
+        ({"hardware": "workstation-4090"}, "offload", "CA"),
+        # bf16 served at its own precision is not quantisation
+        ({"hardware": "h100-sxm", "weight_dtype": "bf16"}, None, "PA"),
+    ],
+)
+def test_pa_pc_ca_labels_of_constructed_options(settings: dict, mode: str | None, expected: str) -> None:
+    from dataclasses import replace
+
+    assert cap_class(replace(BASE, **settings), "bf16", mode) == expected
+
+
+RADAR_OPTIONS = [
+    "--option", "name=GPU server (vLLM);hardware=dgx-h200;gpus=1;system=vllm-like",
+    "--option", "name=CPU-GPU (KTransformers);hardware=epyc-9654-4090;system=ktransformers-like;weight-dtype=int4;"
+                "quant-method=Q4_K_M",
+    "--option", "name=offloading desktop (MoE-Infinity);hardware=workstation-4090;system=moe-infinity-like;"
+                "weight-dtype=int8;host-memory-gb=64",
+]
+
+
+def test_radar_three_deployments_differ_on_every_axis(tmp_path: Path) -> None:
+    out = tmp_path / "radar"
+    result = CliRunner().invoke(
+        app,
+        ["radar", "--model", "qwen3-30b-a3b", "--batch", "8", "--cost-cap", "20000", "--out", str(out), "--json",
+         *RADAR_OPTIONS],
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert Path(data["png"]).stat().st_size > 0 and Path(data["svg"]).stat().st_size > 0
+    opts = {o["option"]["name"]: o for o in data["options"]}
+    assert set(opts) == {"GPU server (vLLM)", "CPU-GPU (KTransformers)", "offloading desktop (MoE-Infinity)"}
+    for axis in ("performance", "cost", "accuracy"):
+        scores = [o["scores"][axis] for o in opts.values()]
+        assert len(set(round(v, 6) for v in scores)) == 3, (axis, scores)
+    server, kt, desk = (opts[k] for k in ("GPU server (vLLM)", "CPU-GPU (KTransformers)",
+                                          "offloading desktop (MoE-Infinity)"))
+    # accuracy moves with precision (one published study, same harness): 78.7 bf16, 71.1 Q8_0, 69.1 Q4_K_M
+    assert server["accuracy"] == pytest.approx(0.787)
+    assert desk["accuracy"] == pytest.approx(0.711) and kt["accuracy"] == pytest.approx(0.691)
+    # cost axis: linear from 0, clipped at the 20,000 cap: 20 + (20,000 - min(v, 20,000)) / 20,000 x 80
+    assert kt["scores"]["cost"] == pytest.approx(20 + (20000 - kt["cost"]) / 20000 * 80)
+    assert server["scores"]["cost"] == pytest.approx(20.0)
+    assert kt["cost_is_lower_bound"] and desk["cost_is_lower_bound"]
+    # MoE-CAP classes: the GPU server serves bf16 all on the GPU (PA), the other two are quantised (PC)
+    assert [o["option"]["cap_class"] for o in (server, kt, desk)] == ["PA", "PC", "PC"]
+    # performance: the server is fastest, the offloading desktop slowest
+    assert server["tpot_s"] < kt["tpot_s"] < desk["tpot_s"]
+
+
+def test_compare_with_options_prices_whole_systems(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app, ["compare", "--model", "qwen3-30b-a3b", "--batch", "8", "--json", "--grid-gco2-kwh", "400",
+              *RADAR_OPTIONS],
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    server = next(o for o in data["options"] if o["name"] == "GPU server (vLLM)")
+    purchase = server["cost"]["rates"]["purchase"]
+    parts = {p["part"]: p["total_usd"] for p in purchase["parts"]}
+    # DGX H200 from parts: 8 x 35,000 + 2 x 10,710 + 2,048 GB x 4 + platform (10,908 + 563 + 875 + 463 + 1,200
+    # + 1,485 = 15,494) = 280,000 + 21,420 + 8,192 + 15,494 = 325,106
+    assert purchase["total_usd"] == pytest.approx(325_106)
+    assert parts["nics"] == 10_908 and parts["xeon-8480"] == 21_420
+    energy = server["cost"]["full_load"]["energy"]
+    # gCO2 per token = J/token / 3.6e6 x PUE 1.2 x 400 g/kWh
+    assert energy["decode"]["gco2_per_token"] == pytest.approx(
+        energy["j_per_output_token"] / 3.6e6 * 1.2 * 400, rel=1e-9)
+    # 7 of the DGX's 8 GPUs are unused by a 1-GPU option: they idle at the sourced 80.3 W each
+    unused = next(p for p in server["cost"]["rates"]["power"]["parts"] if p["role"] == "accelerator-unused")
+    assert unused["count"] == 7 and unused["idle_w_each"] == 80.3

@@ -336,7 +336,7 @@ def test_plan_json_carries_accuracy_per_precision(cost_dir: Path) -> None:
     accuracy = json.loads(result.stdout)["accuracy"]
     # models.md §2: Qwen1.5-MoE-A2.7B MMLU 62.5 (?); int4 has no published delta
     assert accuracy["native"]["status"] == "published" and accuracy["native"]["value"] == 62.5
-    assert accuracy["int4"]["status"] == "native-only"
+    assert accuracy["int4"]["status"] == "unknown" and accuracy["int4"]["value"] is None
 
 
 def test_plan_table_and_budget(cost_dir: Path) -> None:
