@@ -267,8 +267,9 @@ def test_compare_missing_accuracy_and_quantisation_caveat() -> None:
         ],
     )
     assert result.exit_code == 0, result.output
-    assert "62.5 (?)*" in result.output
-    assert "no published delta for int4 weights" in result.output
+    # issue 14: a quantised precision with nothing published is "unknown", not the bf16 62.5 with a star
+    assert "62.5" not in result.output.split("accuracy")[0] and "unknown" in result.output
+    assert "no published MMLU score for int4 weights; the native 62.5 is not copied" in result.output
 
 
 # --------------------------------------------------------------------------------------------- plan
@@ -467,7 +468,7 @@ def test_radar_reports_what_it_cannot_draw(cost_dir: Path, tmp_path: Path) -> No
         ],
     )
     assert result.exit_code == 0, result.output
-    assert "not drawn: cost-test-gpu-unpriced x1: no purchase value" in result.output
+    assert "not drawn: cost-test-gpu-unpriced x1 [PA]: no purchase value" in result.output  # + MoE-CAP class
     assert (tmp_path / "r.svg").exists()
 
 

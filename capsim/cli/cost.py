@@ -365,7 +365,10 @@ def render_comparison(result: Any) -> None:
         acc = o.accuracy
         lines = []
         if acc.value is None:
-            lines.append(f"accuracy ({o.label}): {acc.caveat or 'none published'} ({acc.status}, not estimated)")
+            if acc.status == "missing":
+                lines.append(f"accuracy: {acc.caveat} for {result.model} (missing, not estimated)")
+            else:
+                lines.append(f"accuracy ({o.label}): {acc.caveat} ({acc.status}, not estimated)")
         else:
             soft = "; (?) = uncertain in the reference" if acc.soft else ""
             setting = f" {acc.setting}" if acc.setting else ""
