@@ -160,6 +160,7 @@ def resolve_on(scenario: Scenario, db: HardwareDB, model: ModelSpec, count: int 
         allreduce_hop_latency_s=eff.allreduce_latency_s,
         allreduce_base_latency_s=eff.allreduce_base_latency_s,
         gemm_m_curve=eff.gemm_m_curve,
+        gemm_overlap=getattr(eff, "gemm_overlap_exponent", None),
     )
     scale_out = 0.0
     if layout.nodes > 1:
