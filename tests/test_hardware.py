@@ -47,7 +47,7 @@ EXPECTED_IDS = {
     "accelerator": [
         "h100-sxm",
         "h100-pcie",
-        "h200-sxm",
+        "h200-sxm", "h200-sxm-calibrated",
         "b200",
         "gb200",
         "a100-sxm-80gb",
@@ -58,6 +58,12 @@ EXPECTED_IDS = {
         "rtx-4090",
         "rtx-5090",
         "rtx-3090",
+        # added for the published-measurement set (validation/published)
+        "gb10",
+        "rtx-4090d",
+        "rtx-2080",
+        "rtx-a5000",
+        "m2-max",
         "mi300x",
         "mi325x",
         "gaudi3",
@@ -67,7 +73,8 @@ EXPECTED_IDS = {
         "tpu-v5e",
         "tpu-v5p",
     ],
-    "cpu": ["epyc-9654", "epyc-9754", "epyc-9965", "xeon-8480", "xeon-6980p", "ryzen-9-7950x"],
+    "cpu": ["epyc-9654", "epyc-9754", "epyc-9965", "xeon-8480", "xeon-6980p", "ryzen-9-7950x",
+            "xeon-6454s", "epyc-9b14", "core-i9-10900x"],
     "dram": ["ddr4-3200", "ddr5-4800", "ddr5-5200", "ddr5-5600", "ddr5-6400", "mrdimm-8800"],
     "ssd": ["samsung-990-pro", "samsung-9100-pro", "micron-9550", "solidigm-d7-ps1010", "micron-7450-pro"],
     "link": [
