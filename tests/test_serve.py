@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 from hypothesis import assume, given, settings
@@ -15,10 +17,15 @@ from capsim.serving.simulate import simulate_replica
 MIXTRAL = Scenario(model="mixtral-8x7b", hardware="h100-sxm", gpus=8)
 
 
+@functools.cache
+def _replica():
+    return build_replica(MIXTRAL, SchedulerConfig(max_num_seqs=1024, max_batched_tokens=8192))
+
+
 @pytest.fixture(scope="module")
 def replica():
     """Mixtral-8x7B on 8x H100 with vLLM's limits (1024 sequences, 8192 tokens, 16-token blocks). Read-only."""
-    return build_replica(MIXTRAL, SchedulerConfig(max_num_seqs=1024, max_batched_tokens=8192))
+    return _replica()
 
 
 def _fixed(n, prompt, output, rate=None, concurrency=None, seed=0):
@@ -59,7 +66,7 @@ def test_chunked_prefill_interleaves_with_decodes(replica):
     """With a small budget a long prompt is split: its TTFT grows over the unchunked one, while requests
     already decoding keep getting one token per step (their ITL stays a step, no multi-step stall)."""
     work = Workload(np.array([0.0, 0.05]), np.array([64, 6000]), np.array([400, 4]))
-    small = SchedulerConfig(max_num_seqs=1024, max_batched_tokens=512)
+    small = SchedulerConfig(max_num_seqs=256, max_batched_tokens=512)
     big = SchedulerConfig(max_num_seqs=1024, max_batched_tokens=8192)
     r_small = simulate_replica(replica.cost, replica.kv_blocks, small, work)
     r_big = simulate_replica(replica.cost, replica.kv_blocks, big, work)
@@ -99,7 +106,8 @@ def workloads(draw):
     rng = np.random.default_rng(draw(st.integers(0, 2**31)))
     send = np.zeros(n) if kind != "poisson" else np.cumsum(rng.exponential(1 / draw(st.floats(0.5, 200.0)), n))
     conc = draw(st.integers(1, 8)) if kind == "closed" else None
-    sched = SchedulerConfig(max_num_seqs=draw(st.integers(1, 64)), max_batched_tokens=draw(st.integers(16, 4096)),
+    seqs = draw(st.integers(1, 64))
+    sched = SchedulerConfig(max_num_seqs=seqs, max_batched_tokens=draw(st.integers(max(16, seqs), 4096)),
                             chunked_prefill=draw(st.booleans()), block_size=draw(st.sampled_from([1, 16, 32])))
     blocks = draw(st.integers(1, 2000))
     return Workload(send, prompts, outputs, conc), sched, blocks
@@ -107,9 +115,10 @@ def workloads(draw):
 
 @settings(max_examples=40, deadline=None)
 @given(case=workloads())
-def test_invariants_over_random_workloads(replica, case):
+def test_invariants_over_random_workloads(case):
     """No request lost or finished twice, causality (arrival ≤ first token ≤ finish), KV use within the cache,
     and tokens conserved (every ITL sample is one output token after the first)."""
+    replica = _replica()
     work, sched, blocks = case
     longest = int((work.prompt_tokens + work.output_tokens).max())
     assume(longest <= blocks * sched.block_size)
@@ -154,3 +163,31 @@ def test_fleet_of_replicas_splits_the_load(replica):
     assert two.completed == 800
     assert two.latency["tpot"]["mean"] == pytest.approx(one.latency["tpot"]["mean"], rel=0.1)
     assert two.request_throughput == pytest.approx(2 * one.request_throughput, rel=0.15)
+
+
+@settings(max_examples=40, deadline=None)
+@given(case=workloads(), prefilled=st.booleans())
+def test_event_driven_equals_stepwise(case, prefilled):
+    """The fast event-driven simulator and the step-wise one give the same times for every request, the
+    same ITL samples, steps, preemptions and utilisation totals (two independent bookkeepings of one
+    scheduler)."""
+    from capsim.serving.events import simulate_events
+    from capsim.serving.simulate import simulate_stepwise
+
+    replica = _replica()
+    work, sched, blocks = case
+    assume(int((work.prompt_tokens + work.output_tokens).max()) + 1 <= blocks * sched.block_size)
+    if not sched.chunked_prefill:
+        assume(int((work.prompt_tokens + work.output_tokens).max()) <= sched.max_batched_tokens)
+    assume(sched.max_batched_tokens >= sched.max_num_seqs)
+    first = work.send_s + 0.01 if prefilled else None
+    a = simulate_stepwise(replica.cost, blocks, sched, work, prefilled_first_token_s=first)
+    b = simulate_events(replica.cost, blocks, sched, work, prefilled_first_token_s=first)
+    for name in ("arrival_s", "first_token_s", "finish_s"):
+        assert np.allclose(getattr(a, name), getattr(b, name), rtol=1e-9, atol=1e-12, equal_nan=True), name
+    assert np.array_equal(a.preemptions, b.preemptions)
+    assert a.steps == b.steps
+    assert np.allclose(np.sort(a.itl_samples()), np.sort(b.itl_samples()), rtol=1e-9)
+    assert a.max_kv_blocks_used == b.max_kv_blocks_used
+    for name in ("busy_s", "weight_bytes_sparse", "flops_sparse", "kv_read_bytes"):
+        assert getattr(a, name) == pytest.approx(getattr(b, name), rel=1e-9), name

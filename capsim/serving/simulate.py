@@ -49,6 +49,13 @@ class SchedulerConfig:
                             (self.block_size, "--block-size")):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ScenarioError(f"{flag} must be an integer >= 1, got {value!r}")
+        if self.max_batched_tokens < self.max_num_seqs:
+            # vLLM refuses this too (SchedulerConfig: max_num_batched_tokens must be >= max_num_seqs): every
+            # running request must be able to decode in each step
+            raise ScenarioError(
+                f"--max-batched-tokens {self.max_batched_tokens} is smaller than --max-num-seqs {self.max_num_seqs}; "
+                "a step must hold one decode token per running request: raise the budget or lower --max-num-seqs"
+            )
 
 
 @dataclass
@@ -108,7 +115,23 @@ def simulate_replica(
     cost: StepCost, kv_blocks: int, sched: SchedulerConfig, work: Workload, *,
     prefilled_first_token_s: np.ndarray | None = None, timeline: bool = True,
 ) -> ReplicaRun:
-    """Simulate one replica serving ``work``.
+    """Simulate one replica serving ``work``: the event-driven form (capsim.serving.events) for
+    full-attention models, the step-wise form otherwise; both give the same results."""
+    sched.validate()
+    if bool(np.all(np.isinf(cost.windows))):
+        from .events import simulate_events
+
+        return simulate_events(cost, kv_blocks, sched, work, prefilled_first_token_s=prefilled_first_token_s,
+                               timeline=timeline)
+    return simulate_stepwise(cost, kv_blocks, sched, work, prefilled_first_token_s=prefilled_first_token_s,
+                             timeline=timeline)
+
+
+def simulate_stepwise(
+    cost: StepCost, kv_blocks: int, sched: SchedulerConfig, work: Workload, *,
+    prefilled_first_token_s: np.ndarray | None = None, timeline: bool = True,
+) -> ReplicaRun:
+    """Simulate one replica serving ``work``, one scheduler iteration at a time (any attention windows).
 
     ``prefilled_first_token_s``: requests arrive (at their send times) with their prompt's KV cache and first
     token already made at these times, as on the decode side of a disaggregated deployment."""
