@@ -20,7 +20,7 @@ from .model import ModelSpec
 from .parallel import Layout, layout_for
 from .placement import DEVICE, TierMap, auto_tier_map, expert_tier_map, legacy_spec, parse_placement
 from .precision import Precision, kv_precision, weight_precision
-from .roofline import DeviceRates, PassCost, Placement, _layer_tables, causal_pairs, pass_cost
+from .roofline import DeviceRates, PassCost, Placement, _layer_tables, attention_dims, causal_pairs, pass_cost
 from .routing import Router, make_router
 from .scenario import Scenario
 from .units import GB_PER_S, TFLOPS
@@ -178,6 +178,7 @@ def resolve_on(scenario: Scenario, db: HardwareDB, model: ModelSpec, count: int 
         allreduce_hop_latency_s=eff.allreduce_latency_s,
         allreduce_base_latency_s=eff.allreduce_base_latency_s,
         gemm_m_curve=eff.gemm_m_curve,
+        gemm_overlap=getattr(eff, "gemm_overlap_exponent", None),
     )
     scale_out = 0.0
     if layout.nodes > 1:
@@ -414,6 +415,47 @@ def decode_passes(rs: ResolvedScenario, batch: np.ndarray, context: np.ndarray,
         context=context, pairs_per_layer=reads * q if q != 1.0 else reads, kv_read_tokens_per_layer=reads,
         activated=activated, lm_head_sequences=tokens, layer_weights=counts, moe_layer_weights=moe_weights,
         expert_tokens=batch_all * q if adp > 1 else None,
+    )
+
+
+def attention_window_rows(model: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct attention windows, inf = full attention; how many layers have each): the rows of the
+    per-window arrays :func:`mixed_passes` takes."""
+    return _window_rows(model)
+
+
+def mixed_passes(
+    rs: ResolvedScenario, tokens: np.ndarray, sequences: np.ndarray, lm_sequences: np.ndarray,
+    decode_pairs: np.ndarray, prefill_pairs: np.ndarray, kv_read: np.ndarray,
+) -> PassCost:
+    """Cost of continuous-batching steps, one entry per step: each step is ONE forward pass over ``tokens``
+    tokens (decode tokens plus prefill-chunk tokens) from ``sequences`` sequences, so weights are read once
+    and the activated experts are counted over all the step's tokens. ``lm_sequences`` sequences emit a
+    token. ``decode_pairs``, ``prefill_pairs`` and ``kv_read`` (shape (distinct windows of
+    :func:`attention_window_rows`, steps)) are the query-key pairs scored by decode tokens and by prefill
+    chunks and the KV tokens read, per layer of each window: a decode sequence at context c adds min(c, w)
+    to its pairs and reads; a prefill chunk covering prompt positions [s, e) adds causal_pairs(e, w) −
+    causal_pairs(s, w) pairs and reads (e − s) + min(s, w) tokens. The two kinds of pairs differ only for
+    MLA, whose decode scores in the absorbed latent space (roofline.attention_dims): decode pairs are
+    converted to prefill-equivalent pairs by the ratio of the FLOPs per pair, exact since FLOPs are linear
+    in pairs.
+
+    A step of decode sequences only is exactly :func:`decode_passes`; one chunk holding whole prompts is
+    exactly :func:`prefill_passes` (tests/test_serve_engine.py checks both)."""
+    tokens, sequences, lm = (np.asarray(a, dtype=np.float64)
+                             for a in np.broadcast_arrays(tokens, sequences, lm_sequences))
+    _, counts = _window_rows(rs.model)
+    shape = (counts.shape[0], tokens.shape[0])
+    d_qk, d_v = attention_dims(rs.model, "decode")
+    p_qk, p_v = attention_dims(rs.model, "prefill")
+    pairs = (np.broadcast_to(np.asarray(prefill_pairs, dtype=np.float64), shape)
+             + np.broadcast_to(np.asarray(decode_pairs, dtype=np.float64), shape) * ((d_qk + d_v) / (p_qk + p_v)))
+    kv_read = np.broadcast_to(np.asarray(kv_read, dtype=np.float64), shape)
+    activated, moe_weights = _activated(rs, tokens, sequences)
+    return pass_cost(
+        rs.model, rs.placement, rs.rates, phase="prefill", tokens=tokens, sequences=sequences,
+        context=tokens, pairs_per_layer=pairs, kv_read_tokens_per_layer=kv_read,
+        activated=activated, lm_head_sequences=lm, layer_weights=counts, moe_layer_weights=moe_weights,
     )
 
 
