@@ -8,7 +8,10 @@ in one place (:func:`load_published`), maps each case's configuration onto a :cl
 
 Metrics (SI units; ``value`` of a case is one of them):
 
-- ``tpot_s``, ``ttft_s``: seconds; the prediction's TPOT (mean decode step) and TTFT;
+- ``tpot_s``, ``ttft_s``: seconds; the prediction's TPOT (mean decode step) and TTFT. A ``tpot_s`` case with
+  ``includes_prefill`` was measured under continuous (in-flight) batching, whose decode steps also carry the
+  prefill chunks of arriving requests: predicted as TPOT + TTFT(batch) / (gen_len − 1), the batch's whole
+  prefill work spread over the steps of one generation;
 - ``decode_tokens_per_s_per_replica`` / ``decode_tokens_per_s_total``: generated tokens per second of one
   replica or of all ``replicas`` together. With ``includes_prefill`` the measured window is a whole run
   (output tokens / wall time, prompts' prefill included): predicted as batch × gen_len / job time, where job
@@ -55,7 +58,7 @@ PLACEMENTS = ("gpu", "cpu-experts", "cpu-only", "offload-pcie", "unified-memory"
 
 FEATURE_FIELDS: dict[str, str] = {
     "attention_dp": "attention_dp",
-    "speculative": "mtp_draft_tokens",
+    "speculative": "spec",
 }
 """Case field -> the Scenario field that would express it. Until the Scenario has that field, a case that
 uses the feature (attention_dp > 1, speculative = true) is not expressible."""
@@ -69,6 +72,7 @@ _OPTIONAL: dict[str, type | tuple[type, ...]] = {
     "commit": str, "published": str, "system": str, "hardware": str, "attention_dp": int, "pp": int,
     "cpu": str, "cpu_sockets": int, "dram": str, "host_memory_gb": (int, float), "cpu_expert_layers": int, "batch_upper_bound": bool,
     "includes_prefill": bool, "speculative": bool, "engine": str, "notes": list,
+    "redundant_experts": int, "all_to_all": str, "network": str, "spec": str,
 }
 
 
@@ -110,6 +114,14 @@ class PublishedCase:
     speculative: bool = False
     engine: str | None = None
     notes: tuple[str, ...] = ()
+    redundant_experts: int = 0
+    """EPLB's extra expert replicas (--redundant-experts)."""
+    all_to_all: str | None = None
+    """Dispatch/combine kernels (--all-to-all): nccl or deepep."""
+    network: str | None = None
+    """Link id joining the nodes when the hardware entry names none (--network)."""
+    spec: str | None = None
+    """How a speculative case drafted (--spec), e.g. mtp:3."""
 
     @property
     def is_time(self) -> bool:
@@ -156,6 +168,8 @@ def _parse_case(raw: Mapping[str, Any], where: str) -> PublishedCase:
         raise DataFileError(where, f"{raw['placement']} cases name cpu, cpu_sockets and dram")
     if raw["metric"].startswith("decode_tokens") and "includes_prefill" not in raw:
         raise DataFileError(where, "decode throughput cases say includes_prefill = true or false")
+    if raw.get("includes_prefill") and raw["metric"] not in ("tpot_s", *[m for m in METRICS if m.startswith("decode")]):
+        raise DataFileError(where, f"includes_prefill applies to decode throughput and tpot_s, not {raw['metric']}")
     values = dict(raw)
     values["value"] = float(values["value"])
     values["notes"] = tuple(str(n) for n in values.get("notes", ()))
@@ -232,6 +246,10 @@ def scenario_for(case: PublishedCase, db: HardwareDB) -> tuple[Scenario, Hardwar
             what = {"attention_dp": f"attention data parallelism ({attr} = {value})",
                     "speculative": "speculative decoding with MTP draft layers"}[attr]
             raise NotExpressible(f"{what} is not modelled by capsim yet")
+        if attr == "speculative":
+            if case.spec is None:
+                raise NotExpressible("speculative decoding: the case does not say how (give spec = \"mtp:K\")")
+            value = case.spec
         extra[scenario_field] = value
     ids = set(db.ids())
     for what, hw in (("hardware", case.hardware), ("cpu", case.cpu)):
@@ -254,6 +272,9 @@ def scenario_for(case: PublishedCase, db: HardwareDB) -> tuple[Scenario, Hardwar
         if domain and case.gpus_per_replica > domain:
             nodes = math.ceil(case.gpus_per_replica / domain)
             settings.update(gpus=case.gpus_per_replica // nodes, nodes=nodes)
+    for name in ("redundant_experts", "all_to_all", "network"):
+        if getattr(case, name):
+            settings[name] = getattr(case, name)
     if case.host_memory_gb is not None:
         settings["host_memory_gb"] = float(case.host_memory_gb)
     if case.placement == "cpu-only" and case.cpu_sockets and case.cpu_sockets > 1:
@@ -325,7 +346,13 @@ def predict_case(case: PublishedCase, db: HardwareDB | None = None) -> CaseResul
         return CaseResult(case, None, "not expressible", f"{type(exc).__name__}: {exc}")
     batch_resident = p.batch_per_wave
     metric = case.metric
-    if metric == "tpot_s":
+    if metric == "tpot_s" and case.includes_prefill and p.tpot_s:
+        # continuous batching: the steps that decode a sequence also prefill the prompts of the sequences that
+        # replace finished ones; over one generation of the batch that is all B·P prompt tokens spread over the
+        # gen_len - 1 steps a request's TPOT covers
+        steps = max(case.gen_len - 1, 1)
+        value = p.tpot_s + p.ttft_s / steps
+    elif metric == "tpot_s":
         value = p.tpot_s
     elif metric == "ttft_s":
         value = p.ttft_s

@@ -147,13 +147,13 @@ def test_two_identical_sweeps_started_together(tmp_path: Path) -> None:
         time.sleep(0.01)
     second = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True,
                             check=False)
-    first_out, first_err = first.communicate(timeout=300)
+    _, first_err = first.communicate(timeout=300)
     assert first.returncode == 0, first_err
     if second.returncode != 0:  # it met the first run's lock
         assert second.returncode == 1
         assert second.stderr.strip().splitlines() == [
-            "error: another capsim sweep is writing g.csv right now; wait for it to finish (it resumes from the "
-            "same parts), or write to another --out"]
+            ("error: another capsim sweep is writing g.csv right now; wait for it to finish (it resumes from the "
+             "same parts), or write to another --out")]
     assert "Traceback" not in second.stderr
     rows = list(csv.DictReader(out.read_text().splitlines()))
     assert len(rows) == 4 * 4096 * 2  # every row once
@@ -164,9 +164,9 @@ def test_lock_is_exclusive_in_one_process(tmp_path: Path) -> None:
     from capsim.errors import ScenarioError
     from capsim.sweep.guard import sweep_lock
 
-    with sweep_lock(tmp_path / "x.csv.parts"), pytest.raises(ScenarioError, match="another capsim sweep"):
-        with sweep_lock(tmp_path / "x.csv.parts"):
-            pass
+    with (sweep_lock(tmp_path / "x.csv.parts"), pytest.raises(ScenarioError, match="another capsim sweep"),
+          sweep_lock(tmp_path / "x.csv.parts")):
+        pass
     with sweep_lock(tmp_path / "x.csv.parts"):  # released with its holder
         pass
 

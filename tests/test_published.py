@@ -135,13 +135,34 @@ def test_report_gates() -> None:
 
 def test_features_capsim_lacks_are_listed_not_dropped() -> None:
     db = load_hardware_db()
-    r = predict_case(_case(attention_dp=8, gpus_per_replica=8, tp=1, ep=8), db)
-    assert r.status == "not expressible"
-    assert r.reason == "attention data parallelism (attention_dp = 8) is not modelled by capsim yet"
+    # attention DP became a Scenario field (issue 12): such a case now maps onto it
+    scenario, _ = scenario_for(_case(attention_dp=8, gpus_per_replica=8, tp=1, ep=8), db)
+    assert (scenario.attention_dp, scenario.tp, scenario.ep) == (8, 1, 8)
     r = predict_case(_case(speculative=True), db)
-    assert r.reason == "speculative decoding with MTP draft layers is not modelled by capsim yet"
+    assert r.reason == 'speculative decoding: the case does not say how (give spec = "mtp:K")'
+    scenario, _ = scenario_for(_case(model="deepseek-r1", speculative=True, spec="mtp:3"), db)
+    assert scenario.spec == "mtp:3"
     r = predict_case(_case(hardware="no-such-gpu"), db)
     assert r.reason == "hardware 'no-such-gpu' is not in the hardware database"
+
+
+def test_a_feature_is_used_once_the_scenario_has_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """attention_dp is passed through as soon as Scenario has the field FEATURE_FIELDS names (it does now);
+    a feature whose field is missing makes the case not expressible, naming the feature."""
+    from dataclasses import fields
+
+    from capsim import Scenario
+    from capsim import published
+
+    db = load_hardware_db()
+    case = _case(attention_dp=8, gpus_per_replica=8, tp=1, ep=8, hardware="h200-sxm", model="deepseek-r1",
+                 batch=64)
+    assert "attention_dp" in {f.name for f in fields(Scenario)}
+    scenario, _ = scenario_for(case, db)
+    assert scenario.attention_dp == 8 and scenario.ep == 8 and scenario.tp == 1
+    monkeypatch.setitem(published.FEATURE_FIELDS, "attention_dp", "no_such_field")
+    with pytest.raises(published.NotExpressible, match=r"attention data parallelism \(attention_dp = 8\)"):
+        scenario_for(case, db)
 
 
 def test_cpu_cases_get_a_system_from_their_parts() -> None:

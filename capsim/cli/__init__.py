@@ -154,9 +154,9 @@ def _convert(name: str) -> Any:
 
 
 def _register_all() -> None:
-    from . import cost, fit, hardware, model, predict, profile, sweep, trace
+    from . import cost, fit, hardware, measure, model, predict, profile, serve, sweep, trace
 
-    for module in (predict, fit, hardware, model, trace, profile, cost, sweep):
+    for module in (predict, fit, hardware, model, trace, profile, cost, sweep, measure, serve):
         module.register(_COMMANDS)
 
 

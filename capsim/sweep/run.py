@@ -30,6 +30,7 @@ from .grid import Grid
 from .guard import has_finished_parts
 from .writers import FORMATS, StreamedOutput, atomic_write, cell, encode_chunk, remove_folder, require_pyarrow
 
+
 @dataclass(frozen=True)
 class Filters:
     """Row filters applied before writing (deterministic, so resumed runs write the same rows)."""
