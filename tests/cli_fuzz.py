@@ -240,6 +240,28 @@ COMMANDS: list[Command] = [
         "--batch": ints(["1", "8"]), "--cost-axis": choice(["purchase", "power", "usd_per_mtok"]),
         "--cost-cap": floats(["1e6"]), "--out": paths(["radar.png", "sub/r"]),
     }, required=("--model", "--out"), outputs=("--out",), weight=1, forced=("--hardware",)),
+    Command(("serve",), {
+        "--model": choice(MODELS[:3]), "--hardware": choice(["h100-sxm", "mi300x", "l4"]),
+        "--gpus": ints(["2", "8"]), "--system": choice(["vllm", "sglang", "trt-llm"]),
+        "--max-num-seqs": ints(["8", "256"]), "--max-batched-tokens": ints(["512", "8192"]),
+        "--chunked-prefill": None, "--no-chunked-prefill": None, "--block-size": ints(["16", "1"]),
+        "--rate": choice(["4", "1:8:x2", "0", "inf", "-1"]), "--burstiness": floats(["1", "0.5"]),
+        "--concurrency": ints(["4"]), "--offline": None, "--duration": durations(),
+        "--prompt-len": choice(["512", "128:1024", "0"]), "--output-len": choice(["64", "1:128"]),
+        "--dataset": choice(["sharegpt", "nosuch"]), "--requests": paths(["existing.json", "corrupt.toml"]),
+        "--replicas": ints(["1", "2"]), "--slo": choice(["ttft=200ms,tpot=50ms", "tpot=50", "latency=1s"]),
+        "--figure": paths(["timeline.png", "sub/t"]), "--json": None,
+    }, required=("--model",), outputs=("--figure",), weight=2, forced=("--num-prompts",),
+        extra={"fixed": {"--num-prompts": "16"}}),
+    Command(("measure",), {
+        "--model": choice(MODELS[:3]), "--hardware": choice(["h100-sxm", "h200-sxm"]), "--gpus": ints(["1", "2"]),
+        "--batch": ints(["1", "64"]), "--prompt-len": ints(["512"]), "--gen-len": ints(["128"]),
+        "--tpot": durations(), "--throughput": floats(["1000"]), "--ttft": durations(),
+        "--activated-experts": choice(["2", "6.5", "x", "-1"]),
+        "--expert-counts": paths(["corrupt.npz", "existing.json"]),
+        "--moecap-records": paths(["existing.json", "empty.json"]), "--moecap-compat": None,
+        "--engine": choice(["sglang", "vllm", "x"]), "--json": None,
+    }, weight=2),
     Command(("profile",), {}, parse_only=True),
     Command(("validate",), {}, parse_only=True),
     Command(("calibrate",), {}, parse_only=True),
@@ -260,8 +282,12 @@ def argv_for(draw: st.DrawFn, command: Command) -> list[str]:
     if draw(st.integers(0, 9)) > 0:
         chosen |= set(command.required)
     chosen |= set(command.forced)
+    fixed = command.extra.get("fixed", {})
     never = command.extra.get("never_with", {})
     for name in sorted(chosen, key=lambda n: draw(st.integers(0, 100))):
+        if name in fixed:  # type: ignore[operator]
+            args += [name, fixed[name]]  # type: ignore[index]
+            continue
         strategy = command.options[name]
         if strategy is None:
             args.append(name)
