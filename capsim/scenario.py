@@ -125,6 +125,16 @@ class Scenario:
                                    (self.dp, "--dp", MAX_DEGREE), (self.nodes, "--nodes", MAX_DEGREE)):
             if isinstance(value, int) and value > most:
                 raise ScenarioError(f"{label} {value:,} is beyond what capsim models (at most {most:,}); use a smaller value")
+        degrees = [self.tp, self.pp, self.dp, getattr(self, "attention_dp", 1), self.nodes]
+        if all(isinstance(v, int) for v in degrees) and self.tp is not None:
+            tp, pp, dp, adp, nodes = degrees
+            per_node = -(-tp * adp * pp * dp // nodes)
+            if per_node > MAX_DEVICES_PER_NODE:
+                raise ScenarioError(
+                    f"--tp {tp} x --attention-dp {adp} x --pp {pp} x --dp {dp} over {nodes} node(s) = {per_node:,} "
+                    f"devices per node, beyond what capsim models (at most {MAX_DEVICES_PER_NODE:,}); use more "
+                    "--nodes or smaller degrees"
+                )
         for value, label in ((self.batch, "batch"), (self.prompt_len, "prompt length"), (self.gen_len, "generated length"),
                              (self.prefill_chunk_tokens, "prefill chunk")):
             if isinstance(value, int) and value > MAX_COUNT:

@@ -319,7 +319,7 @@ def _outputs_named(argv: list[str], sandbox: Path) -> set[str]:
     """Sandbox-relative paths an invocation may write: the values of output options (with image suffixes
     for plot stems) and files the commands name by default in the working folder."""
     named: set[str] = set()
-    output_flags = {"--out", "--pareto", "--png", "--csv", "--plot"}
+    output_flags = {"--out", "--pareto", "--png", "--csv", "--plot", "--figure"}
     for flag, value in itertools.pairwise(argv):
         if flag in output_flags:
             p = Path(value)

@@ -43,6 +43,11 @@ def _run(argv: list[str]) -> None:
 @example(argv=["fit", "--model", "nosuch"])
 @example(argv=["plan", "--model", "mixtral-8x7b", "--slo-tpot", "50", "--hardware", "h100-sxm"])
 @example(argv=["predict", "--batch", "x"])
+# found by the long run: a node of 2^31 (or 219 x 21,750) devices was built before the layout was refused
+@example(argv=["predict", "--expert-layers", "5:1", "--gpus", "2147483648", "--tp", "20", "--batch", "1"])
+@example(argv=["predict", "--tp", "219", "--pp", "21750", "--prompt-len", "675"])
+@example(argv=["explain", "--model", "x" * 300])
+@example(argv=["sweep", "--grid", "existing.csv/inner.csv", "--out", "o.csv"])
 def test_any_command_keeps_the_contract(argv: list[str]) -> None:
     _run(argv)
 
