@@ -467,9 +467,13 @@ def layout_for(tp: int | None, pp: int, dp: int, ep: int, nodes: int, devices_pe
     if tp * adp * pp * dp != total:
         want = tp * adp * pp * dp
         fix = f"--gpus {want // nodes} per node" if want % nodes == 0 else "a product that --nodes divides"
+        # the degrees that would fill the devices with the others kept
+        fills = [f"--{flag} {total // rest}" for flag, rest in (("dp", tp * adp * pp), ("attention-dp", tp * pp * dp))
+                 if total % rest == 0 and total // rest >= 1]
+        options = f" ({' or '.join(fills)} fills them)" if fills else ""
         raise ScenarioError(
             f"--tp {tp}{adp_text} x --pp {pp} x --dp {dp} = {want} devices, but {nodes} node(s) x {devices_per_node} "
-            f"devices = {total}; use {fix}, or change the degrees"
+            f"devices = {total}; use {fix}, or change the degrees{options}"
         )
     if tp > devices_per_node:
         raise ScenarioError(
