@@ -90,6 +90,7 @@ EXPECTED_IDS = {
         "ib-ndr",
         "ib-xdr",
         "roce-400g",
+        "efa-v2",
         "gaudi3-roce",
         "tpu-v5e-ici",
         "tpu-v5p-ici",
