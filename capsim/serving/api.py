@@ -121,8 +121,11 @@ def workload_for(req: ServeRequest, rate: float | None) -> Workload:
     if rate is None and not req.offline and req.concurrency is None:
         raise ScenarioError("say how requests arrive: --rate R (req/s), --concurrency N (closed loop) or --offline")
     duration = parse_duration(req.duration) if req.duration is not None else None
-    return build_workload(num_prompts=req.num_prompts, prompt=prompt, output=output, rate=rate,
+    work = build_workload(num_prompts=req.num_prompts, prompt=prompt, output=output, rate=rate,
                           burstiness=req.burstiness, concurrency=req.concurrency, seed=req.seed, duration_s=duration)
+    if req.dataset is not None:
+        work = replace(work, description=f"{work.description} (dataset profile {req.dataset})")
+    return work
 
 
 @dataclass
