@@ -89,7 +89,7 @@ def scheduler_for(req: ServeRequest, scenario: Scenario, hardware_db: HardwareDB
     node = db.node(scenario.hardware, scenario.gpus)
     device = getattr(node, "accelerator", None)
     memory = float(device.memory_capacity_gb) * GB if device is not None else 0.0
-    base = preset.config(memory)
+    base = preset.config(memory, device_id=getattr(device, "id", ""))
     return SchedulerConfig(
         max_num_seqs=req.max_num_seqs if req.max_num_seqs is not None else base.max_num_seqs,
         max_batched_tokens=req.max_batched_tokens if req.max_batched_tokens is not None else base.max_batched_tokens,
