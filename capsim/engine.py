@@ -178,6 +178,7 @@ def resolve_on(scenario: Scenario, db: HardwareDB, model: ModelSpec, count: int 
         allreduce_hop_latency_s=eff.allreduce_latency_s,
         allreduce_base_latency_s=eff.allreduce_base_latency_s,
         gemm_m_curve=eff.gemm_m_curve,
+        gemm_overlap=getattr(eff, "gemm_overlap_exponent", None),
     )
     scale_out = 0.0
     if layout.nodes > 1:
@@ -477,6 +478,24 @@ def prefill_cost(rs: ResolvedScenario, batch: int) -> PassCost:
     return prefill_passes(rs, np.float64(batch), np.float64(sc.prompt_len), tokens, lm)
 
 
+def decode_steps(rs: ResolvedScenario, batch: np.ndarray, context: np.ndarray) -> PassCost:
+    """Decode steps as predict charges them, one entry per step: the target's pass (a verify pass of K + 1
+    tokens per sequence under ``--spec``), the MoE layers' communication and load balance of EP/attention-DP
+    layouts (capsim.parallel), and the draft passes (capsim.speculative). What the layout and the drafts
+    decided is left in ``cost.extra`` ("ep", "speculative")."""
+    spec = rs.speculation
+    cost = decode_passes(rs, batch, context, spec.draft_tokens + 1 if spec is not None else 1)  # type: ignore[attr-defined]
+    if rs.layout.ep > 1 or rs.layout.attention_dp > 1:
+        from .parallel import apply_expert_parallel
+
+        cost.extra["ep"] = apply_expert_parallel(rs, cost, "decode")  # type: ignore[assignment]
+    if spec is not None:
+        from .speculative import add_draft_passes
+
+        cost.extra["speculative"] = add_draft_passes(rs, cost, batch, context)  # type: ignore[assignment]
+    return cost
+
+
 def decode_cost(rs: ResolvedScenario, batch: int) -> PassCost:
     """The gen_len − 1 decode steps after prefill; step j's new token attends to prompt_len + j tokens."""
     sc = rs.scenario
@@ -486,10 +505,10 @@ def decode_cost(rs: ResolvedScenario, batch: int) -> PassCost:
         per_step = spec.tokens_per_step  # type: ignore[attr-defined]
         steps = math.ceil(max(sc.gen_len - 1, 0) / per_step)
         context = sc.prompt_len + per_step * np.arange(1, steps + 1, dtype=np.float64)
-        return decode_passes(rs, np.float64(batch), context, spec.draft_tokens + 1)  # type: ignore[attr-defined]
-    steps = max(sc.gen_len - 1, 0)
-    context = sc.prompt_len + np.arange(1, steps + 1, dtype=np.float64)
-    return decode_passes(rs, np.float64(batch), context)
+    else:
+        steps = max(sc.gen_len - 1, 0)
+        context = sc.prompt_len + np.arange(1, steps + 1, dtype=np.float64)
+    return decode_steps(rs, np.float64(batch), context)
 
 
 def predict(scenario: Scenario, *, hardware_db: HardwareDB | None = None) -> Prediction:
@@ -508,15 +527,11 @@ def predict(scenario: Scenario, *, hardware_db: HardwareDB | None = None) -> Pre
     if rs.layout.ep > 1 or rs.layout.attention_dp > 1:
         from .parallel import apply_expert_parallel
 
-        ep_info = apply_expert_parallel(rs, decode, "decode")
         apply_expert_parallel(rs, prefill, "prefill")
-    else:
-        ep_info = {}
-    deployment = {**_apply_mode(rs, memory, wave_batch, prefill, decode), **ep_info}
+    ep_info = decode.extra.get("ep", {})
+    deployment = {**_apply_mode(rs, memory, wave_batch, prefill, decode), **ep_info}  # type: ignore[dict-item]
     if rs.speculation is not None:
-        from .speculative import add_draft_passes
-
-        deployment["speculative"] = add_draft_passes(rs, decode, math.ceil(wave_batch / micro))
+        deployment["speculative"] = decode.extra.get("speculative", rs.speculation.to_dict())  # type: ignore[attr-defined]
     if rs.layout.pp > 1:
         from .parallel import apply_pipeline_decode, apply_pipeline_prefill
 
