@@ -121,7 +121,10 @@ def expected_activated_iid_runs(
     out = np.empty((num_layers, sf.size))
     for sl in chunks(sf.size, num_layers * num_experts):
         log_miss = sf[None, None, sl] * (log_first + (mf[None, None, sl] - 1.0) * log_next)
-        out[:, sl] = -np.expm1(log_miss).sum(axis=1) + 0.0  # + 0.0 turns -0.0 into 0.0
+        # a sequential sum (cumsum) over experts, not numpy's pairwise/SIMD one, whose grouping depends on the
+        # array's shape: each column's bits are then the same whatever else is in the call, so values can be
+        # cached per step shape (capsim.engine) and a sweep's rows do not depend on their chunk
+        out[:, sl] = -np.cumsum(np.expm1(log_miss), axis=1)[:, -1, :] + 0.0  # + 0.0 turns -0.0 into 0.0
     return out[:, inverse.ravel()].reshape((num_layers, *shape))
 
 
