@@ -58,7 +58,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import MissingValueError, ScenarioError
-from .formulas import ring_allreduce_time
+from .formulas_eval import ring_allreduce_time
 from .roofline import ACTIVATION_BYTES, PassCost
 
 if TYPE_CHECKING:

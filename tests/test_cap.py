@@ -399,3 +399,53 @@ def test_plan_searches_the_batch_of_deployment_options() -> None:
     assert kt["purchase_is_lower_bound"] and data["accuracy"]["kt"]["value"] == pytest.approx(69.1)
     # both options' accuracy from the same evaluation: the server's bf16 baseline of that study, 78.7
     assert data["accuracy"]["server"]["value"] == pytest.approx(78.7)
+
+
+def test_moecap_records_use_the_per_pass_formula_and_skip_rules(tmp_path: Path) -> None:
+    from capsim.measure import load_moecap_records
+
+    recs = [
+        # two decode passes identical to the hand-computed case above: S-MBU 0.469795 each
+        {"forward_mode": "decode", "expert_activation": 6.44, "batch_size": 16, "seq_lens_sum": 10240,
+         "latency": 0.04},
+        {"forward_mode": "decode", "expert_activation": 6.44, "batch_size": 16, "seq_lens_sum": 10240,
+         "latency": 0.04},
+        # skipped as MoE-CAP's code skips them: no activation, negative activation, a warm-up prefill probe
+        {"forward_mode": "decode", "batch_size": 16, "seq_lens_sum": 10240, "latency": 0.04},
+        {"forward_mode": "decode", "expert_activation": -1, "batch_size": 16, "seq_lens_sum": 10240,
+         "latency": 0.04},
+        {"forward_mode": "prefill", "expert_activation": 8, "batch_size": 1, "seq_lens_sum": 5, "latency": 0.01},
+    ]
+    path = tmp_path / "detailed_results_x.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    rec = load_moecap_records(path)
+    assert rec.decode_latency_s.size == 2 and rec.prefill_latency_s.size == 0 and rec.skipped == 3
+    r = measure(MIXTRAL_A100, Measurement(), convention="moecap-compat", records=rec)
+    assert r.decode.s_mbu == pytest.approx(0.469795, rel=1e-5)
+    assert r.decode.s_mfu == pytest.approx(0.0123893, rel=1e-5)
+    assert r.tpot_s == pytest.approx(0.04)
+    # the unweighted mean over passes: a second pass twice as slow halves its own S-MBU only
+    recs[1]["latency"] = 0.08
+    path.write_text("\n".join(json.dumps(x) for x in recs) + "\n")
+    r2 = measure(MIXTRAL_A100, Measurement(), convention="moecap-compat", records=load_moecap_records(path))
+    assert r2.decode.s_mbu == pytest.approx((0.469795 + 0.469795 / 2) / 2, rel=1e-5)
+    with pytest.raises(ScenarioError, match="read with --moecap-compat"):
+        measure(MIXTRAL_A100, Measurement(tpot_s=0.04), records=rec)
+
+
+def test_published_quantised_accuracy_moves_with_precision_and_cites_its_source() -> None:
+    from capsim.accuracy import load_accuracy_db
+
+    db = load_accuracy_db()
+    # Neural Magic's model card: OpenLLM v1 average 79.93 unquantised, 79.04 for its FP8 checkpoint
+    bf16 = db.lookup("mixtral-8x22b", "open_llm_leaderboard", native_dtype="bf16")
+    fp8 = db.lookup("mixtral-8x22b", "open_llm_leaderboard", weight_dtype="fp8", native_dtype="bf16")
+    assert (bf16.value, bf16.status) == (79.93, "published")
+    assert fp8.status == "published-delta" and fp8.value == pytest.approx(79.04)
+    assert "neuralmagic/Mixtral-8x22B-Instruct-v0.1-FP8" in fp8.caveat
+    # Qwen3-30B-A3B MMLU ladder of one study: FP16 78.7, Q8_0 71.1, Q4_K_M 69.1 (joshua8.ai)
+    q = {d: db.lookup("qwen3-30b-a3b", "mmlu", weight_dtype=d, native_dtype="bf16", variant=v).value
+         for d, v in ((None, None), ("int8", None), ("int4", None))}
+    assert q["int8"] == pytest.approx(71.1) and q["int4"] == pytest.approx(69.1)
+    # an unpublished precision is unknown, not the bf16 score
+    assert db.lookup("mixtral-8x22b", "open_llm_leaderboard", weight_dtype="int4", native_dtype="bf16").value is None
