@@ -82,9 +82,9 @@ def weight_precisions(model: ModelSpec, weight_dtype: str | None, expert_dtype: 
     """Precision per weight group (the rule lives in :meth:`ModelSpec.weight_dtypes`); ``expert_dtype``
     overrides the routed experts only (e.g. int4 experts next to bf16 attention, as llama.cpp/KTransformers
     quantise them)."""
-    chosen = {group: weight_precision(name) for group, name in model.weight_dtypes(weight_dtype).items()}
+    chosen = model.weight_precisions(weight_dtype)
     if expert_dtype is not None:
-        chosen["routed_experts"] = weight_precision(expert_dtype)
+        chosen["routed_experts"] = model.weight_precisions(expert_dtype)["routed_experts"]
     return chosen
 
 

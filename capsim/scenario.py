@@ -8,7 +8,7 @@ from typing import Any
 
 from .errors import ScenarioError
 from .model import ModelSpec
-from .precision import KV_PRECISIONS, WEIGHT_PRECISIONS
+from .precision import KV_PRECISIONS, is_weight_dtype, weight_dtype_choices
 
 
 def _opt(default: Any, help: str) -> Any:
@@ -88,9 +88,9 @@ class Scenario:
         if self.gpus is not None and (not isinstance(self.gpus, int) or self.gpus < 1):
             raise ScenarioError(f"gpus must be an integer >= 1, got {self.gpus!r}")
         for dtype, flag in ((self.weight_dtype, "weight"), (self.expert_dtype, "expert")):
-            if dtype is not None and dtype.lower() not in WEIGHT_PRECISIONS:
+            if dtype is not None and not is_weight_dtype(dtype):
                 raise ScenarioError(
-                    f"unknown {flag} dtype {dtype!r}; choose one of {', '.join(WEIGHT_PRECISIONS)}"
+                    f"unknown {flag} dtype {dtype!r}; choose one of {weight_dtype_choices()}"
                 )
         if self.kv_dtype.lower() not in KV_PRECISIONS:
             raise ScenarioError(f"unknown KV-cache dtype {self.kv_dtype!r}; choose one of {', '.join(KV_PRECISIONS)}")
