@@ -47,7 +47,7 @@ EXPECTED_IDS = {
     "accelerator": [
         "h100-sxm",
         "h100-pcie",
-        "h200-sxm",
+        "h200-sxm", "h200-sxm-calibrated",
         "b200",
         "gb200",
         "a100-sxm-80gb",

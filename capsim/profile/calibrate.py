@@ -17,8 +17,8 @@ What goes into the entry (every value sourced ``measured on <date> by capsim cal
   decoder layer (hidden 64, 64 experts, top-8, so a batch-1 step runs 8 experts like OLMoE's) with 1 and 3
   layers: per layer = (t₃ − t₁)/2, per step = t₁ − per layer. At that width the arithmetic is negligible, so
   these are the dispatch and framework costs of eager PyTorch on this machine;
-- ``efficiency.gemm_tokens_efficiency``: for M = 1, 2, 4, 8, 16, 64 token rows, the weight bandwidth of
-  x·Wᵀ (W 2048×2048) at M over that at M = 1: how much slower than the GEMV rate a weight GEMM over M rows
+- ``efficiency.gemm_tokens_efficiency``: for M = 1, 2, 4, 8, 16, 64 token rows (GPU: 1 … 256), the weight
+  bandwidth of x·Wᵀ (W 2048×2048; GPU: 8192×8192, see microbench.GPU_GEMV_WIDTH) at M over that at M = 1: how much slower than the GEMV rate a weight GEMM over M rows
   streams its weight (the roofline multiplies the bandwidth of weight GEMMs by it).
 
 The entry is written atomically (temporary file + ``os.replace``) and then loaded back through
@@ -329,7 +329,7 @@ def entry_toml(cal: Calibration, entry_id: str | None = None) -> str:
         lines.append(f"# Host-device copy {k}: {m.value:.1f} GB/s")
     if cal.skinny_gemm:
         lines.append(
-            "# Decode-shaped GEMM x·Wᵀ (W 2048x2048), weight GB/s by tokens M: "
+            "# Decode-shaped GEMM x·Wᵀ, weight GB/s by tokens M: "
             + ", ".join(f"M={k} {m.value:.1f}" for k, m in cal.skinny_gemm.items())
         )
     left_out = [p for p in cal.matmul if p not in cal.native_precisions()]

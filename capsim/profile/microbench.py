@@ -26,6 +26,10 @@ from .timing import Timing, time_op
 
 CPU_ARRAY_BYTES = 256 * units.MIB
 GEMV_WIDTH = 2048
+GPU_GEMV_WIDTH = 8192
+"""On a GPU a 2048x2048 weight (16 MiB fp32) is read in a few microseconds, so its GEMV times the kernel launch,
+not the memory (an H200 read 1.0 TB/s there against 4.0 TB/s in the STREAM read); 8192x8192 weights (256 MiB
+fp32, 128 MiB bf16) are the size of real projections and experts and stream at the memory's rate."""
 """Side of the square weights of the GEMV figure: 16 MiB in fp32, the size of one expert projection of the
 small MoE models (OLMoE, Qwen3-30B-A3B, DeepSeek-V2-Lite have hidden 2048)."""
 GPU_ARRAY_BYTES = 1 * units.GIB
@@ -75,7 +79,7 @@ def memory_bandwidth(
     n = int(array_bytes // 4)
     sync = synchronizer(torch, device)
     out = _stream(torch, device, n, warmup, repetitions, sync)
-    width = GEMV_WIDTH
+    width = GPU_GEMV_WIDTH if device.type == "cuda" else GEMV_WIDTH
     count = max(2, n // (width * width))
     weights = torch.empty(count, width, width, dtype=torch.float32, device=device).uniform_()
     x = torch.empty(1, width, dtype=torch.float32, device=device).uniform_()
@@ -163,14 +167,17 @@ def matmul_flops(
 
 
 SKINNY_ROWS = (1, 2, 4, 8, 16, 64)
+GPU_SKINNY_ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+"""A GPU streams a bf16 weight at full bandwidth up to M ≈ peak FLOPS / bandwidth (≈ 170 rows on an H100/H200),
+so its table runs to 256 rows to show where the knee is."""
 
 
 def skinny_gemm(
     device: Any,
     precision: str,
     *,
-    rows: tuple[int, ...] = SKINNY_ROWS,
-    width: int = 2048,
+    rows: tuple[int, ...] | None = None,
+    width: int | None = None,
     total_bytes: float | None = None,
     repetitions: int = 7,
 ) -> dict[str, Measurement]:
@@ -183,6 +190,10 @@ def skinny_gemm(
     and this table shows by how much (relative to M = 1 it is the entry's ``gemm_tokens_efficiency`` curve).
     """
     torch = require_torch("measuring skinny GEMMs")
+    if rows is None:
+        rows = GPU_SKINNY_ROWS if device.type == "cuda" else SKINNY_ROWS
+    if width is None:
+        width = GPU_GEMV_WIDTH if device.type == "cuda" else GEMV_WIDTH
     dtype = dtype_of(torch, precision)
     sync = synchronizer(torch, device)
     if total_bytes is None:

@@ -257,7 +257,9 @@ def engine_predictor(
             weight_dtype=None,  # the truncated spec stores every group in the harness's dtype
             kv_dtype=run.dtype,
             routing=router,
-            prefill_chunk_tokens=max(8192, case.batch * case.context),
+            # a prefill case runs as one pass; a decode case's (unmodelled) prefill keeps the default chunk, or
+            # its activation workspace (B x c tokens) would be charged against memory the step never uses
+            prefill_chunk_tokens=max(8192, case.batch * case.context) if case.phase == "prefill" else 8192,
         )
         if case.phase == "decode":
             return float(decode_step_time(scenario, case.context, hardware_db=hardware_db))

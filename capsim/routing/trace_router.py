@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
-from scipy.special import gammaln
 
 from ..traces import Trace
 from ._base import FloatArray, IntArray, chunks, step_geometry
@@ -106,6 +105,8 @@ class TraceRouter:
         return self._windows(s, m)
 
     def _independent(self, t: FloatArray) -> FloatArray:
+        from scipy.special import gammaln  # deferred: scipy costs start-up time and only trace replay needs it
+
         shape = t.shape
         tf, inverse = np.unique(t.ravel(), return_inverse=True)  # each distinct step size once
         n_total = float(self.trace.num_tokens)
