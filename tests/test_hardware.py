@@ -67,7 +67,8 @@ EXPECTED_IDS = {
         "tpu-v5e",
         "tpu-v5p",
     ],
-    "cpu": ["epyc-9654", "epyc-9754", "epyc-9965", "xeon-8480", "xeon-6980p", "ryzen-9-7950x"],
+    "cpu": ["epyc-9654", "epyc-9754", "epyc-9965", "xeon-8480", "xeon-6980p", "ryzen-9-7950x",
+            "xeon-6454s", "epyc-9b14", "core-i9-10900x"],
     "dram": ["ddr4-3200", "ddr5-4800", "ddr5-5200", "ddr5-5600", "ddr5-6400", "mrdimm-8800"],
     "ssd": ["samsung-990-pro", "samsung-9100-pro", "micron-9550", "solidigm-d7-ps1010", "micron-7450-pro"],
     "link": [
