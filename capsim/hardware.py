@@ -1573,3 +1573,21 @@ def load_hardware_db(
         _merge(records, ((r.id, r, r.path) for r in new_records), on_redefinition, "id")
         _merge(classes, ((e.device_class, e, e.path) for e in new_eff), on_redefinition, "efficiency class")
     return _assemble([r for r, _ in records.values()], [e for e, _ in classes.values()])
+
+
+def load_hardware_db_with(db: HardwareDB, entries: Sequence[Mapping[str, Any]]) -> HardwareDB:
+    """``db`` plus in-memory ``entries`` (dicts in the TOML files' schema), validated like files.
+
+    For entries built by code from sourced parts (e.g. the CPU system of a published measurement); an id
+    already in ``db`` raises DataFileError. Accelerators and CPUs first, then systems (which refer to them)."""
+    added = dict(db._entries)
+    order = sorted(entries, key=lambda raw: raw.get("kind") == "system")
+    for raw in order:
+        path = Path(f"{raw.get('id', '?')}")  # _parse_entry checks id == file stem: an in-memory entry has no file
+        record = _parse_entry(path, raw)
+        if record.id in added:
+            raise DataFileError(str(path), f"id {record.id!r} is already in the database")
+        current = HardwareDB(added, db._efficiency)
+        added[record.id] = (_build_system(record, current) if record.kind == "system"
+                            else _BUILDERS[record.kind](record))
+    return HardwareDB(added, db._efficiency)

@@ -60,7 +60,7 @@ def test_list_shows_every_entry(default_hardware_db: HardwareDB) -> None:
 def test_list_kind_filter_and_soft_marks() -> None:
     result = runner.invoke(app, ["hardware", "list", "--kind", "cpu"])
     assert result.exit_code == 0, result.output
-    assert "9 entries" in result.output  # 6 CPUs + xeon-6454s, epyc-9b14, core-i9-10900x
+    assert "9 entries" in result.output  # 6 + xeon-6454s, epyc-9b14, core-i9-10900x (published set)
     row = next(line for line in _lines(result.output) if line.startswith("│ epyc-9965 "))
     assert "55.3?" in row  # §4: 55.3 TF BF16 (?) -> soft -> trailing '?'
     assert "h100-sxm" not in result.output

@@ -58,6 +58,12 @@ EXPECTED_IDS = {
         "rtx-4090",
         "rtx-5090",
         "rtx-3090",
+        # added for the published-measurement set (validation/published)
+        "gb10",
+        "rtx-4090d",
+        "rtx-2080",
+        "rtx-a5000",
+        "m2-max",
         "mi300x",
         "mi325x",
         "gaudi3",

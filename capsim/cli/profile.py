@@ -326,12 +326,35 @@ def validate_command(
     ] = 0.25,
     out_dir: Annotated[Path, typer.Option("--out-dir", help="where results go.")] = DEFAULT_OUT,
     as_json: JsonOption = False,
+    published: Annotated[
+        bool,
+        typer.Option(
+            "--published",
+            help="score capsim on published third-party measurements instead (no torch needed; "
+            "docs/validation.md); exit 1 when a gate of issue 13 is missed",
+        ),
+    ] = False,
+    published_file: Annotated[
+        Path | None,
+        typer.Option("--published-file", help="measurement set to score (default: the shipped one)",
+                     show_default=False),
+    ] = None,
+    group: Annotated[
+        list[str] | None,
+        typer.Option("--group", help="with --published: score only this group (repeatable)", show_default=False),
+    ] = None,
 ) -> None:
     """Calibrate this machine, profile real MoE steps, predict each with capsim and compare.
 
     Writes validation/<machine>-<date>[-quick].json and .md; exits with status 1 when the median error of
-    decode-step time exceeds the threshold.
+    decode-step time exceeds the threshold. With --published: score capsim on the published measurement set.
     """
+    if published or published_file is not None:
+        from .published import run_published
+
+        db = load_db(list(hardware_db or []), override) if hardware_db else None
+        run_published(published_file, group or [], db, as_json)
+        return
     from ..profile.calibrate import calibrate, write_entry, write_report
     from ..profile.harness import load_run, run_profile
     from ..profile.validate import compare, engine_predictor, report_stem, write_validation
