@@ -50,6 +50,9 @@ EFFICIENCY_FIELDS: tuple[str, ...] = (
     "gpu_memory_utilization",
 )
 GEMM_CURVE_FIELD = "gemm_tokens_efficiency"
+KERNEL_BW_FIELD = "kernel_bw_fraction"
+"""Optional efficiency field: the fraction of the sustained bandwidth (``memory_bw_fraction`` x peak) that an
+engine's inference kernels reach when streaming weights (1 when absent); fitted for the ``cpu`` class."""
 """Optional efficiency table: tokens per weight matrix M (integer keys >= 1, ascending) -> bandwidth fraction."""
 FABRICS: tuple[str, ...] = ("nvswitch", "full-mesh", "pcie", "none")
 LINK_TOPOLOGIES: tuple[str, ...] = ("switch", "mesh", "pair", "torus", "point-to-point", "network")
@@ -129,9 +132,17 @@ class Efficiency:
             return None
         return tuple(m for m, _ in points), tuple(f for _, f in points)
 
+    @property
+    def kernel_bw_fraction(self) -> float:
+        """Fraction of the sustained bandwidth the engine's kernels reach streaming weights (1 when absent)."""
+        entry = self.provenance.get(KERNEL_BW_FIELD)
+        return 1.0 if entry is None else float(entry.value)
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"device_class": self.device_class}
         out.update({name: getattr(self, name) for name in EFFICIENCY_FIELDS})
+        if KERNEL_BW_FIELD in self.provenance:
+            out[KERNEL_BW_FIELD] = self.kernel_bw_fraction
         if self.gemm_m_curve is not None:
             out[GEMM_CURVE_FIELD] = {str(int(m)): f for m, f in zip(*self.gemm_m_curve)}
         out["provenance"] = _provenance_dict(self.provenance)
@@ -244,6 +255,8 @@ class CPU(_EntryMixin):
     provenance: Provenance
     efficiency_overrides: Provenance = field(default_factory=lambda: _EMPTY)
     file: str = ""
+    socket_link_gb_s_per_dir: float | None = None
+    """Bandwidth per direction between two sockets of this CPU (all UPI / Infinity Fabric links together)."""
 
     def peak_flops(self, key: str) -> float:
         """Derived peak FLOP/s per socket for ``key``; MissingValueError where not derivable."""
@@ -557,6 +570,7 @@ def _efficiency_fields(prefix: str, required: bool) -> dict[str, _Field]:
     }
     # optional calibrated curve: tokens M -> fraction of the achievable bandwidth a weight GEMM reaches
     fields[f"{prefix}{GEMM_CURVE_FIELD}.#"] = _Field("fraction")
+    fields[f"{prefix}{KERNEL_BW_FIELD}"] = _Field("fraction")
     return fields
 
 
@@ -592,6 +606,7 @@ _SCHEMAS: dict[str, dict[str, _Field]] = {
         "memory_channels": _Field("int", True),
         "dram_kind": _Field("ref:dram"),
         "memory_bandwidth_gb_s": _Field("float", True),
+        "socket_link_gb_s_per_dir": _Field("float"),
         **_peaks("peak_tflops_dense"),
         "tdp_w": _Field("float"),
         "price.purchase_usd": _Field("float"),
@@ -933,6 +948,7 @@ def _build_cpu(r: _Record) -> CPU:
         provenance=f,
         efficiency_overrides=_overrides(f),
         file=r.path,
+        socket_link_gb_s_per_dir=_v(f, "socket_link_gb_s_per_dir"),
     )
 
 

@@ -42,6 +42,10 @@ WEIGHT_PRECISIONS: dict[str, Precision] = {
         Precision("fp16", 16.0, "fp16"),
         Precision("fp8", 8.0, "fp8"),
         Precision("int8", 8.0, "bf16"),  # weight-only W8A16: dequantised, bf16 GEMM
+        # W8A8: int8 weights and dynamically quantised int8 activations, int8 GEMMs (AMX-INT8 / AVX-512 VNNI on
+        # Xeon as SGLang's CPU backend runs DeepSeek-R1, lmsys.org/blog/2025-07-14-intel-xeon-optimization;
+        # int8 tensor cores on GPUs)
+        Precision("w8a8", 8.0, "int8"),
         Precision("int4", 4.125, "bf16"),  # weight-only W4A16, group 128 fp16 scales
         Precision("mxfp4", 4.25, "fp4"),
     )

@@ -42,7 +42,9 @@ class Scenario:
     expert_tier: str = _opt("dram", "where offloaded experts live: dram or ssd")
     cache_policy: str = _opt("lru", "GPU expert-cache policy for offload: lru, lfu or oracle (Belady)")
     prefetch: bool = _opt(True, "offload: overlap expert copies with compute (optimistic) instead of serialising")
-    numa: str = _opt("single", "CPU execution: weights in one socket's DRAM (single) or a copy per socket (replicate)")
+    numa: str = _opt("single", "CPU execution over sockets: single (one socket), replicate (a weight copy per socket), "
+                     "interleave (pages spread over the sockets), tp (tensor parallel across sockets)")
+    threads: int | None = _opt(None, "CPU threads (physical cores) computing; default: every core of the sockets used")
     host_memory_gb: float | None = _opt(None, "host DRAM capacity in GB when the system entry does not give it")
     placement: str | None = _opt(
         None, "where routed experts live, e.g. auto, gpu, experts:dram, experts[10:60]:dram, cold-experts:32:ssd, "
@@ -65,7 +67,7 @@ class Scenario:
 
         return Deployment(
             mode=self.mode, expert_tier=self.expert_tier, cache_policy=self.cache_policy, prefetch=self.prefetch,
-            numa=self.numa, host_memory_gb=self.host_memory_gb, placement=self.placement,
+            numa=self.numa, host_memory_gb=self.host_memory_gb, placement=self.placement, threads=self.threads,
         )
 
     def validate(self) -> None:

@@ -201,6 +201,7 @@ def register(app: typer.Typer) -> None:
         cache_policy: Annotated[str, typer.Option(help=_help("cache_policy"))] = _DEFAULTS["cache_policy"],
         prefetch: Annotated[bool, typer.Option("--prefetch/--no-prefetch", help=_help("prefetch"))] = _DEFAULTS["prefetch"],
         numa: Annotated[str, typer.Option(help=_help("numa"))] = _DEFAULTS["numa"],
+        threads: Annotated[Optional[int], typer.Option(help=_help("threads"))] = _DEFAULTS["threads"],
         host_memory_gb: Annotated[Optional[float], typer.Option(help=_help("host_memory_gb"))] = _DEFAULTS["host_memory_gb"],
         placement: Annotated[Optional[str], typer.Option(help=_help("placement"))] = _DEFAULTS["placement"],
         ep: Annotated[int, typer.Option(help=_help("ep"))] = _DEFAULTS["ep"],
@@ -223,7 +224,7 @@ def register(app: typer.Typer) -> None:
             weight_dtype=weight_dtype, kv_dtype=kv_dtype, routing=routing, prefill_chunk_tokens=prefill_chunk,
             seed=seed, mode=mode, expert_layers=expert_layers, expert_tier=expert_tier, cache_policy=cache_policy,
             prefetch=prefetch, numa=numa, host_memory_gb=host_memory_gb, placement=placement, ep=ep,
-            tp=tp, pp=pp, dp=dp, nodes=nodes, network=network, expert_dtype=expert_dtype,
+            tp=tp, pp=pp, dp=dp, nodes=nodes, network=network, expert_dtype=expert_dtype, threads=threads,
         )
         preset = None
         if system is not None:
