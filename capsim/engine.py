@@ -121,8 +121,17 @@ def resolve_on(scenario: Scenario, db: HardwareDB, model: ModelSpec, count: int 
         device = node.accelerator
         eff = db.efficiency_for(device)
         layout = layout_for(scenario.tp, scenario.pp, scenario.dp, scenario.ep, scenario.nodes,
-                            node.accelerator_count, model.num_layers)
+                            node.accelerator_count, model.num_layers, scenario.attention_dp)
     tp = layout.tp
+    heads = model.attention.num_heads
+    if heads % tp:
+        from .parallel import divisors
+
+        valid = [d for d in divisors(heads) if d <= max(layout.devices_per_node, 1)]
+        raise ScenarioError(
+            f"--tp {tp} does not divide the model's {heads} attention heads; valid --tp: {', '.join(map(str, valid))} "
+            "(put the other devices in --attention-dp, --pp or --dp)"
+        )
     if not {"bf16", "fp16", "fp32"} & set(device.peak_tflops_dense):
         raise MissingValueError(
             device.id, "peak_tflops_dense.bf16", "the compute time of every GEMM; the vendor publishes no GPU FLOPS"
@@ -133,21 +142,26 @@ def resolve_on(scenario: Scenario, db: HardwareDB, model: ModelSpec, count: int 
         raise ScenarioError(f"{what} moves routed experts; {model.id!r} has none")
     if scenario.expert_dtype is not None and not model.is_moe:
         raise ScenarioError(f"--expert-dtype sets the routed experts' precision; {model.id!r} has none")
-    if moves_experts and layout.devices_per_replica * layout.dp > layout.tp:
+    if moves_experts and layout.devices > layout.tp:
         raise ScenarioError("--pp/--dp with experts off the GPU is not modelled; use one TP group with offload modes")
     deployment = replace(deployment, expert_layers=parse_layer_range(scenario.expert_layers, model.num_moe_layers))
-    if scenario.ep > 1:
-        from .parallel import check_layout
+    if scenario.ep > 1 or scenario.redundant_experts or layout.attention_dp > 1:
+        from .parallel import check_expert_layout
 
-        if not model.is_moe:
+        what = "--ep" if scenario.ep > 1 or scenario.redundant_experts else "--attention-dp"
+        if what == "--ep" and not model.is_moe:
             raise ScenarioError(f"--ep {scenario.ep} splits routed experts; {model.id!r} has none")
         if deployment.mode != "gpu" or scenario.placement not in (None, "gpu"):
-            raise ScenarioError("--ep with experts off the GPU is not modelled; use --ep 1 with offload modes")
-        check_layout(model.moe.num_experts, scenario.ep, tp)  # type: ignore[union-attr]
+            raise ScenarioError(f"{what} with experts off the GPU is not modelled; use one TP group with offload modes")
+        if model.is_moe:
+            check_expert_layout(model.moe.num_experts, scenario.ep, layout.expert_ranks,  # type: ignore[union-attr]
+                                scenario.redundant_experts)
     placement = Placement(
         tp=tp,
         weight_precision=weight_precisions(model, scenario.weight_dtype, scenario.expert_dtype),
         kv_precision=kv_precision(scenario.kv_dtype),
+        attention_dp=layout.attention_dp,
+        redundant_experts=scenario.redundant_experts,
     )
     rates = DeviceRates(
         peak_flops={key: v * TFLOPS for key, v in device.peak_tflops_dense.items()},
@@ -157,7 +171,7 @@ def resolve_on(scenario: Scenario, db: HardwareDB, model: ModelSpec, count: int 
         memory_fraction=eff.memory_bw_fraction * eff.kernel_bw_fraction,
         step_overhead_s=eff.step_overhead_s,
         per_layer_overhead_s=eff.per_layer_overhead_s,
-        link_bandwidth=node.gpu_to_gpu_bandwidth() if tp > 1 else 0.0,
+        link_bandwidth=node.gpu_to_gpu_bandwidth() if min(layout.expert_ranks, node.accelerator_count) > 1 else 0.0,
         allreduce_hop_latency_s=eff.allreduce_latency_s,
         allreduce_base_latency_s=eff.allreduce_base_latency_s,
         gemm_m_curve=eff.gemm_m_curve,
@@ -352,6 +366,8 @@ def prefill_passes(
     Weights (and, for MoE, the experts the chunk activates) are read once per chunk; attention FLOPs are the
     exact causal total, shared across chunks in proportion to their tokens; each chunk reads its own KV once.
     ``lm_sequences`` sequences emit their first token in the chunk (the last chunk: all B).
+    Under attention data parallelism (N ranks) the arguments are one attention rank's: the N ranks prefill
+    their own chunks in lock-step, so the MoE layers see N x the chunk's tokens.
     """
     model = rs.model
     batch, prompt_len, tokens, lm = (np.asarray(a, dtype=np.float64) for a in
@@ -361,27 +377,34 @@ def prefill_passes(
     pairs = batch[None, :] * causal_pairs(prompt_len[None, :], windows[:, None]) * share[None, :]
     kv_read = np.broadcast_to(tokens, (windows.shape[0], tokens.shape[0]))
     sequences = np.maximum(1.0, share * batch)
-    activated, moe_weights = _activated(rs, tokens, sequences)
+    adp = rs.placement.attention_dp
+    expert_tokens = tokens * adp if adp > 1 else None
+    activated, moe_weights = _activated(rs, tokens * adp, sequences * adp)
     return pass_cost(
         model, rs.placement, rs.rates, phase="prefill", tokens=tokens, sequences=sequences,
         context=prompt_len, pairs_per_layer=pairs, kv_read_tokens_per_layer=kv_read,
         activated=activated, lm_head_sequences=lm, layer_weights=counts, moe_layer_weights=moe_weights,
+        expert_tokens=expert_tokens,
     )
 
 
 def decode_passes(rs: ResolvedScenario, batch: np.ndarray, context: np.ndarray) -> PassCost:
     """Cost of decode steps, one entry per step: ``batch`` sequences each adding one token that attends to
-    ``context`` tokens (window-capped per layer); arrays broadcast together."""
+    ``context`` tokens (window-capped per layer); arrays broadcast together. Under attention data parallelism
+    (N ranks) the busiest rank decodes ceil(batch / N) sequences and the MoE layers see all ``batch`` tokens."""
     model = rs.model
-    tokens, context = (np.asarray(a, dtype=np.float64) for a in np.broadcast_arrays(batch, context))
+    batch_all, context = (np.asarray(a, dtype=np.float64) for a in np.broadcast_arrays(batch, context))
+    adp = rs.placement.attention_dp
+    tokens = np.ceil(batch_all / adp) if adp > 1 else batch_all
     windows, counts = _window_rows(model)
     c_eff = np.minimum(context[None, :], windows[:, None])  # (distinct windows, steps)
-    activated, moe_weights = _activated(rs, tokens)
+    activated, moe_weights = _activated(rs, batch_all)
     reads = tokens[None, :] * c_eff
     return pass_cost(
         model, rs.placement, rs.rates, phase="decode", tokens=tokens, sequences=tokens,
         context=context, pairs_per_layer=reads, kv_read_tokens_per_layer=reads,
         activated=activated, lm_head_sequences=tokens, layer_weights=counts, moe_layer_weights=moe_weights,
+        expert_tokens=batch_all if adp > 1 else None,
     )
 
 
@@ -397,6 +420,7 @@ def prefill_cost(rs: ResolvedScenario, batch: int) -> PassCost:
     """Prefill of ``batch`` prompts in chunks of ``prefill_chunk_tokens`` tokens (see :func:`prefill_passes`);
     the lm_head runs once per sequence, in the last chunk."""
     sc = rs.scenario
+    batch = math.ceil(batch / rs.placement.attention_dp)  # the busiest attention rank's prompts
     tokens = prefill_chunks(batch * sc.prompt_len, sc.prefill_chunk_tokens)
     lm = np.zeros(tokens.shape[0])
     lm[-1] = batch
@@ -424,11 +448,11 @@ def predict(scenario: Scenario, *, hardware_db: HardwareDB | None = None) -> Pre
     micro = min(wave_batch, rs.layout.pp)
     prefill = prefill_cost(rs, wave_batch)
     decode = decode_cost(rs, math.ceil(wave_batch / micro))
-    if scenario.ep > 1:
+    if rs.layout.ep > 1 or rs.layout.attention_dp > 1:
         from .parallel import apply_expert_parallel
 
-        ep_info = apply_expert_parallel(rs, decode)
-        apply_expert_parallel(rs, prefill)
+        ep_info = apply_expert_parallel(rs, decode, "decode")
+        apply_expert_parallel(rs, prefill, "prefill")
     else:
         ep_info = {}
     deployment = {**_apply_mode(rs, memory, wave_batch, prefill, decode), **ep_info}

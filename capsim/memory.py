@@ -4,7 +4,11 @@
   over the tensor-parallel ranks; router and norms are replicated. Experts placed in host DRAM or on an SSD
   (capsim.placement) are not counted here; an offload expert cache takes the memory left after the KV cache.
 - KV cache per sequence: (prompt + generated) tokens x KV elements per token (MLA- and window-aware) x
-  bytes, split over KV heads up to the TP degree (MLA's latent is replicated on every rank).
+  bytes, split over KV heads up to the TP degree (MLA's latent is replicated on every rank of a TP group).
+- Attention data parallelism (N ranks of tp devices): each rank keeps the KV of its own sequences only (no
+  copy on the other ranks), so the replica holds N x the sequences one rank holds; attention, dense-FFN,
+  shared-expert, embedding and lm_head weights are copied on every rank (split over its tp devices), the
+  routed experts (and EPLB's redundant replicas) are split over all tp x N devices.
 - Pipeline stages (--pp) hold ceil(L/pp)/L of the layers' weights and KV, plus the heavier of the embeddings
   and the lm_head (the first and last stage); the largest stage is the one that must fit.
 - Buffers: the activation workspace of the largest forward pass (a prefill chunk): its widest intermediate
@@ -49,11 +53,13 @@ class MemoryPlan:
     batch: int
     waves: int
     devices: int
+    attention_dp: int = 1
+    """Attention data-parallel ranks: ``max_batch`` is theirs together, the bytes one rank's."""
 
     @property
     def kv_bytes(self) -> float:
-        """KV cache of one wave (the sequences resident at once)."""
-        return self.kv_bytes_per_sequence * min(self.batch, self.max_batch)
+        """KV cache of one wave on the busiest device (its attention rank's share of the resident sequences)."""
+        return self.kv_bytes_per_sequence * math.ceil(min(self.batch, self.max_batch) / self.attention_dp)
 
     @property
     def total_bytes(self) -> float:
@@ -73,6 +79,7 @@ class MemoryPlan:
             "kv_cache_gb_per_sequence": self.kv_bytes_per_sequence / GB,
             "max_batch": self.max_batch,
             "waves": self.waves,
+            "attention_dp": self.attention_dp,
         }
 
 
@@ -85,6 +92,12 @@ def weight_bytes_per_device(rs: ResolvedScenario) -> dict[str, float]:
         group: params * prec[group].bytes_per_element / (1 if group in replicated else tp)
         for group, params in rs.model.params_by_group().items()
     }
+    placement = rs.placement
+    if "routed_experts" in by_group and (placement.attention_dp > 1 or placement.redundant_experts):
+        # experts (plus EPLB's redundant replicas) over all tp x attention-dp devices, not one rank's tp
+        moe = rs.model.moe
+        slots = (moe.num_experts + placement.redundant_experts) / moe.num_experts if moe else 1.0
+        by_group["routed_experts"] *= slots * tp / placement.expert_ranks
     pp = rs.layout.pp
     if pp > 1:
         # the largest pipeline stage: ceil(L/pp) layers plus the heavier of the embeddings (first stage) and
@@ -166,7 +179,8 @@ def max_batch_that_fits(
     per_seq = kv_bytes_per_sequence_at(rs, np.asarray(prompt_len) + np.asarray(gen_len)) + logit_bytes_per_sequence(rs)
     room = usable_bytes(rs) - fixed
     max_batch = np.where(room >= per_seq, np.floor(room / per_seq), 0.0).astype(np.int64)
-    return max_batch, fixed + per_seq
+    # each attention-DP rank holds its own sequences
+    return max_batch * rs.placement.attention_dp, fixed + per_seq
 
 
 def _fit_hint(rs: ResolvedScenario, needed_per_device: float, usable: float) -> str:
@@ -200,14 +214,17 @@ def plan_memory(rs: ResolvedScenario) -> MemoryPlan:
             f"{where} (usable {rs.efficiency.gpu_memory_utilization:.0%} of capacity)",  # type: ignore[attr-defined]
             _fit_hint(rs, needed, usable),
         )
-    max_batch = int((usable - fixed) // per_seq)
+    adp = rs.placement.attention_dp
+    # KV capacity: one rank's sequences x the attention-DP ranks (no rank holds another's KV)
+    max_batch = int((usable - fixed) // per_seq) * adp
     batch = rs.scenario.batch
     waves = math.ceil(batch / max_batch)
     return MemoryPlan(
         weights_bytes=weights,
         weights_bytes_by_group=by_group,
         kv_bytes_per_sequence=kv_per_seq,
-        buffers_bytes=fixed - weights + logits_per_seq * min(batch, max_batch),
+        buffers_bytes=fixed - weights + logits_per_seq * math.ceil(min(batch, max_batch) / adp),
+        attention_dp=adp,
         capacity_bytes=capacity,
         usable_bytes=usable,
         max_batch=max_batch,

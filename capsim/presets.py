@@ -38,7 +38,7 @@ PRESETS: dict[str, Preset] = {
             "sglang-like", {"mode": "gpu"},
             "every weight resident in GPU memory, tensor parallel over the devices (--tp), 90 % of device "
             "memory for weights and KV pool (--mem-fraction-static 0.9), a fixed batch for continuous batching; "
-            "data-parallel attention is not modelled",
+            "data-parallel attention: the sglang-dp-attention preset",
             "https://docs.sglang.io/advanced_features/server_arguments.html (--tp, --dp, --mem-fraction-static "
             "default 0.9)",
         ),
@@ -46,6 +46,29 @@ PRESETS: dict[str, Preset] = {
             "vllm-ep-like", {"mode": "gpu", "ep": 0},
             "as vllm-like, with experts split whole over the devices (expert parallel, all-to-all dispatch)",
             "https://docs.vllm.ai/en/latest/models/engine_args.html (--enable-expert-parallel)",
+        ),
+        Preset(
+            "sglang-dp-attention", {"mode": "gpu", "attention_dp": 0, "ep": 0},
+            "SGLang --enable-dp-attention --dp N with --ep-size N (DeepSeek recipe): attention data parallel over "
+            "every device (each rank its own sequences and KV cache), routed experts expert-parallel over every "
+            "device; --all-to-all deepep for --moe-a2a-backend deepep",
+            "https://docs.sglang.io/advanced_features/server_arguments.html (--enable-dp-attention, --dp-size, "
+            "--ep-size, --moe-a2a-backend, --ep-num-redundant-experts)",
+        ),
+        Preset(
+            "trtllm-dep", {"mode": "gpu", "attention_dp": 0, "ep": 0},
+            "TensorRT-LLM 'DEP' layout (enable_attention_dp with moe_expert_parallel_size = GPUs, e.g. DEP8): "
+            "attention data parallel and experts expert-parallel over every device",
+            "NVIDIA/TensorRT-LLM docs/source/developer-guide/perf-overview.md (commit 03e27c7d, 'H200 DEP8 (FP8)' "
+            "columns; the page's llm_options enable_attention_dp)",
+        ),
+        Preset(
+            "vllm-dp-ep", {"mode": "gpu", "attention_dp": 0, "ep": 0},
+            "vLLM --data-parallel-size N --enable-expert-parallel: attention data parallel over the N ranks, expert "
+            "layers expert-parallel over DP x TP devices (without --enable-expert-parallel they form a DP x TP "
+            "tensor-parallel group: --ep 1)",
+            "https://docs.vllm.ai/en/latest/serving/data_parallel_deployment/ and "
+            "https://docs.vllm.ai/en/latest/serving/expert_parallel_deployment/",
         ),
         Preset(
             "moe-infinity-like", {"mode": "offload", "cache_policy": "lfu", "prefetch": True},
@@ -94,9 +117,16 @@ def apply_preset(name: str, scenario: Scenario) -> tuple[Scenario, Preset]:
     for option, value in settings.items():
         if getattr(scenario, option) != defaults[option]:
             continue  # the user chose this explicitly
-        if option == "ep" and value == 0:  # 0 = every device of the TP group
+        if option in ("ep", "attention_dp") and value == 0:  # 0 = every device the layer can use
             if scenario.gpus is None and scenario.tp is None:
-                raise ScenarioError(f"preset {key!r} splits experts over the devices: give --gpus N")
-            value = scenario.tp or scenario.gpus
+                raise ScenarioError(f"preset {key!r} splits the model over the devices: give --gpus N")
+            if option == "attention_dp":
+                devices = (scenario.gpus or scenario.tp or 1) * scenario.nodes // (scenario.pp * scenario.dp)
+                value = max(devices // (scenario.tp or 1), 1)
+            else:  # EP over the devices the MoE layers run on: tp x attention-dp
+                adp = updates.get("attention_dp", scenario.attention_dp)
+                value = (scenario.tp or 1) * adp if adp > 1 else scenario.tp or scenario.gpus
         updates[option] = value
+    if updates.get("attention_dp", scenario.attention_dp) > 1 and scenario.tp is None:
+        updates["tp"] = 1  # attention DP over every device: one device per attention rank
     return replace(scenario, **updates), replace(preset, settings=settings)

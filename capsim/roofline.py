@@ -78,6 +78,16 @@ class Placement:
     tp: int
     weight_precision: dict[str, Precision]
     kv_precision: Precision
+    attention_dp: int = 1
+    """Attention data-parallel ranks (capsim.parallel): each holds a ``tp``-way copy of the attention, dense
+    and shared weights and its own sequences; the routed experts are split over all ``tp x attention_dp``."""
+    redundant_experts: int = 0
+    """Extra expert replicas (EPLB) held next to the E experts, spread over the expert ranks."""
+
+    @property
+    def expert_ranks(self) -> int:
+        """Devices the routed experts are split over (whole experts under EP, slices under TP)."""
+        return self.tp * self.attention_dp
 
     def kv_divisor(self, model: ModelSpec) -> int:
         """Ranks the KV cache is split over: KV heads are sharded up to H_kv ranks (then replicated);
@@ -178,6 +188,7 @@ def pass_cost(
     lm_head_sequences: FloatArray,
     layer_weights: FloatArray | None = None,
     moe_layer_weights: FloatArray | None = None,
+    expert_tokens: FloatArray | None = None,
 ) -> PassCost:
     """Cost of ``n`` forward passes at once (arrays of shape (n,); per-layer arrays (num_layers, n)).
 
@@ -185,6 +196,12 @@ def pass_cost(
     Layers that are identical may be folded: ``layer_weights`` (shape (rows,)) says how many decoder layers
     each row of the per-layer arrays stands for, ``moe_layer_weights`` likewise for the rows of
     ``activated`` (default: one layer per row). Folding changes no result, only the work.
+
+    Under attention data parallelism (``placement.attention_dp`` = N > 1) ``tokens``, ``sequences`` and the
+    per-layer arrays are one attention rank's (its share of the sequences), and ``expert_tokens`` the tokens
+    all N ranks send to the MoE layers together (default ``tokens``): times are one rank's, with the routed
+    experts split over tp x N devices; the replica totals of bytes, FLOPs and tokens (for the MBU family)
+    count N copies of the attention-side weights and expert_tokens/tokens times its per-token work.
     """
     att = model.attention
     d = float(model.hidden_size)
@@ -209,6 +226,11 @@ def pass_cost(
 
     T = np.asarray(tokens, dtype=np.float64)
     n = T.shape[0]
+    T_exp = T if expert_tokens is None else np.broadcast_to(np.asarray(expert_tokens, dtype=np.float64), T.shape)
+    adp = placement.attention_dp
+    # replica totals: attention-side work runs on every attention-DP rank (weights read adp times, per-token
+    # work in proportion to the tokens); 1 without attention DP
+    work_scale = T_exp / T if expert_tokens is not None else 1.0
     zeros = np.zeros(n)
     time_by_op: dict[str, FloatArray] = {}
     op_times: list[tuple[str, FloatArray, FloatArray]] = []
@@ -276,7 +298,7 @@ def pass_cost(
         flops_sparse += n_moe * f
         flops_dense += n_moe * f
 
-        exp_vals = {**common, "k": float(moe.top_k), "E": float(moe.num_experts),
+        exp_vals = {**common, "T": T_exp, "k": float(moe.top_k), "E": float(moe.num_experts),
                     "N_exp": float(model.expert_params), "b_w": wp["routed_experts"].bytes_per_element}
         f, wb_layers, ob = formulas.evaluate("routed_experts", {**exp_vals, "A": activated})
         moe_rows = np.asarray(activated).shape[0]
@@ -286,16 +308,15 @@ def pass_cost(
         # each MoE layer's experts see M = T·k/A_l token rows on average (its T·k token-expert pairs over the
         # A_l experts that receive them), so each layer's bytes go at its own g(M_l)
         a = np.broadcast_to(np.asarray(activated, dtype=np.float64), (moe_rows, n))
-        expert_rows = np.divide(T * moe.top_k, a, out=np.ones_like(a), where=a > 0)
+        expert_rows = np.divide(T_exp * moe.top_k, a, out=np.ones_like(a), where=a > 0)
         g = rates.gemm_factor(expert_rows)
         ob_rows = np.broadcast_to(ob, (moe_rows, n)) * mw[:, None]
         bytes_at_g = ((wb_rows + ob_rows) / g).sum(axis=0)
-        charge("routed_experts", n_moe * f / tp, bytes_at_g / tp, rate_for("routed_experts"))
-        weight_sparse += wb_total
-        flops_sparse += n_moe * f
+        ranks = placement.expert_ranks
+        charge("routed_experts", n_moe * f / ranks, bytes_at_g / ranks, rate_for("routed_experts"))
         f_d, wb_d, _ = formulas.evaluate("routed_experts_dense", exp_vals)
-        weight_dense += n_moe * wb_d
-        flops_dense += n_moe * f_d
+        # routed experts are counted for the whole replica already: set aside from the attention-side scaling
+        experts = (wb_total, zeros + n_moe * wb_d, zeros + n_moe * f, zeros + n_moe * f_d)
 
         if model.shared_params_per_moe_layer:
             f, wb, ob = formulas.evaluate(
@@ -345,6 +366,17 @@ def pass_cost(
     time_by_op["overhead"] = overhead
     by_resource["overhead"] += overhead
 
+    if moe is not None and n_moe:
+        w_s, w_d, f_s, f_d = experts
+        weight_sparse = weight_sparse * adp + w_s
+        weight_dense = weight_dense * adp + w_d
+        flops_sparse = flops_sparse * work_scale + f_s
+        flops_dense = flops_dense * work_scale + f_d
+    else:
+        weight_sparse, weight_dense = weight_sparse * adp, weight_dense * adp
+        flops_sparse, flops_dense = flops_sparse * work_scale, flops_dense * work_scale
+    kv_read = kv_read * work_scale
+
     total = np.sum(list(time_by_op.values()), axis=0)
     # Metric denominators use the fastest rate any op ran at, so S-MFU <= 1 holds by construction.
     used = {compute_key(p, available) for p in wp.values()} | {"bf16"} & set(available)
@@ -361,7 +393,7 @@ def pass_cost(
         activated_experts=np.asarray(activated, dtype=np.float64),
         activated_rows=None if moe_layer_weights is None else np.repeat(
             np.arange(np.asarray(activated).shape[0]), np.asarray(moe_layer_weights, dtype=np.int64)),
-        tokens=T,
+        tokens=T_exp,
         metric_peak_flops=metric_peak,
         op_times=op_times,
     )

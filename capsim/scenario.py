@@ -50,8 +50,15 @@ class Scenario:
         None, "where routed experts live, e.g. auto, gpu, experts:dram, experts[10:60]:dram, cold-experts:32:ssd, "
         "comma-separated clauses applied in order (docs/deployment.md); experts off the GPU imply --mode offload"
     )
-    ep: int = _opt(1, "expert-parallel degree: 1 (experts tensor-parallel) or the tensor-parallel degree "
-                   "(experts split whole over the ranks, all-to-all dispatch)")
+    ep: int = _opt(1, "expert-parallel degree: 1 (experts tensor-parallel) or any E dividing tp x attention-dp and the "
+                   "expert slots (E groups of whole experts, each expert split over tp x attention-dp / E devices; "
+                   "all-to-all dispatch)")
+    attention_dp: int = _opt(1, "attention data-parallel ranks inside a replica: each holds the attention weights and "
+                             "1/N of the sequences and their KV cache; the MoE layers span all tp x N devices "
+                             "(SGLang --enable-dp-attention, TensorRT-LLM attention DP)")
+    redundant_experts: int = _opt(0, "extra expert replicas placed EPLB-style over the EP groups (--ep > 1)")
+    all_to_all: str = _opt("nccl", "dispatch/combine kernels for --ep > 1: nccl, or deepep (DeepEP normal kernels "
+                           "for prefill, low-latency kernels for decode)")
     tp: int | None = _opt(None, "tensor-parallel degree, inside one node; default: the devices left by --pp and --dp")
     pp: int = _opt(1, "pipeline-parallel stages (layers split; micro-batches in flight)")
     dp: int = _opt(1, "data-parallel replicas; --batch is split over them")
@@ -82,9 +89,16 @@ class Scenario:
         for value, label, minimum in checks:
             if not isinstance(value, int) or value < minimum:
                 raise ScenarioError(f"{label} must be an integer >= {minimum}, got {value!r}")
-        for value, label in ((self.ep, "ep"), (self.pp, "pp"), (self.dp, "dp"), (self.nodes, "nodes")):
+        for value, label in ((self.ep, "ep"), (self.pp, "pp"), (self.dp, "dp"), (self.nodes, "nodes"),
+                             (self.attention_dp, "attention-dp")):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ScenarioError(f"{label} must be an integer >= 1, got {value!r}")
+        if not isinstance(self.redundant_experts, int) or self.redundant_experts < 0:
+            raise ScenarioError(f"redundant-experts must be an integer >= 0, got {self.redundant_experts!r}")
+        from .parallel import ALL_TO_ALL_BACKENDS
+
+        if self.all_to_all not in ALL_TO_ALL_BACKENDS:
+            raise ScenarioError(f"unknown --all-to-all {self.all_to_all!r}; choose one of {', '.join(ALL_TO_ALL_BACKENDS)}")
         if self.tp is not None and (not isinstance(self.tp, int) or self.tp < 1):
             raise ScenarioError(f"tp must be an integer >= 1, got {self.tp!r}")
         if self.gpus is not None and (not isinstance(self.gpus, int) or self.gpus < 1):

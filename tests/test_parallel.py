@@ -43,8 +43,17 @@ def test_straggler_factor_uniform_shrinks_with_tokens() -> None:
 @pytest.mark.parametrize(
     "kw,match",
     [
-        (dict(model="mixtral-8x7b", hardware="h100-sxm", gpus=2, ep=4), r"must equal the tensor-parallel degree \(2\)"),
-        (dict(model="qwen1.5-moe-a2.7b", hardware="dgx-h100", ep=8), "60 experts do not split evenly over 8"),
+        (dict(model="mixtral-8x7b", hardware="h100-sxm", gpus=2, ep=4),
+         r"--ep 4 must divide both the 2 devices .* and the 8 experts; valid --ep: 1, 2$"),
+        (dict(model="qwen1.5-moe-a2.7b", hardware="dgx-h100", ep=8),
+         "--ep 8 must divide both the 8 devices .* and the 60 experts; valid --ep: 1, 2, 4$"),
+        (dict(model="deepseek-v3", hardware="h100-sxm", gpus=8, nodes=9, attention_dp=72, ep=72),
+         "--ep 72 must divide both the 72 devices .* and the 256 experts; valid --ep: 1, 2, 4, 8$"),
+        (dict(model="deepseek-v3", hardware="h100-sxm", gpus=8, nodes=9, attention_dp=72, ep=72,
+              redundant_experts=30, network="ib-ndr"),
+         r"the 286 expert slots \(256 experts \+ 30 redundant\); valid --ep: 1, 2$"),
+        (dict(model="mixtral-8x7b", hardware="h100-sxm", gpus=2, ep=2, all_to_all="mpi"),
+         "unknown --all-to-all 'mpi'; choose one of nccl, deepep"),
         (dict(model="mixtral-8x7b", hardware="h100-sxm", gpus=2, ep=0), "ep must be an integer >= 1"),
     ],
 )

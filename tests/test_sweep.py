@@ -264,20 +264,23 @@ def _columns_with_awkward_values():  # type: ignore[no-untyped-def]
 
 def test_text_encoders_write_what_csv_and_json_modules_would(tmp_path) -> None:
     from capsim.sweep.evaluate import COLUMNS
-    from capsim.sweep.run import _cell, encode_part
+    from capsim.sweep.writers import cell, csv_header, encode_chunk
 
     cols = _columns_with_awkward_values()
-    lines = encode_part(cols, "jsonl", header=False).decode().splitlines()
+    lines = encode_chunk(cols, "jsonl").decode().splitlines()
     for i, line in enumerate(lines):
-        assert line == json.dumps({k: _cell(cols[k][i]) for k in COLUMNS})
+        assert line == json.dumps({k: cell(cols[k][i]) for k in COLUMNS})
     path = tmp_path / "x.csv"
-    path.write_bytes(encode_part(cols, "csv", header=True))
+    path.write_bytes(csv_header() + encode_chunk(cols, "csv"))
     with path.open(newline="") as fh:
         rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == list(COLUMNS)
     assert [r["bottleneck"] for r in rows] == ["memory", 'does not run: "x", y', "compute"]
-    assert [r["ttft_s"] for r in rows] == ["0.1", "", repr(1 / 3)]  # shortest repr, missing = empty
-    assert [r["tpot_s"] for r in rows] == ["0.0025", "", ""]
-    assert [r["feasible"] for r in rows] == ["True", "False", "True"]
+    # pyarrow writes a float's shortest round-trip digits, as repr does: 1/3 parses back to the same double
+    assert [r["ttft_s"] for r in rows] == ["0.1", "", repr(1 / 3)]  # missing = empty
+    assert float(rows[2]["ttft_s"]) == 1 / 3
+    assert [r["tpot_s"] for r in rows] == ["0.0025", "", ""]  # inf is not a value a row reports: missing
+    assert [r["feasible"] for r in rows] == ["true", "false", "true"]
 
 
 def test_parquet_output_round_trips(tmp_path) -> None:
@@ -294,7 +297,7 @@ def test_parquet_output_round_trips(tmp_path) -> None:
     with csv_out.open() as fh:
         rows = list(csv.DictReader(fh))
     assert [None if r["tpot_s"] == "" else float(r["tpot_s"]) for r in rows] == table["tpot_s"]
-    assert [r["feasible"] == "True" for r in rows] == table["feasible"]
+    assert [r["feasible"] == "true" for r in rows] == table["feasible"]
 
 
 def test_rows_do_not_depend_on_chunking(default_hardware_db) -> None:

@@ -97,9 +97,11 @@ def render_prediction(pred: Any) -> None:
     console.print(f"  hardware: {a['hardware']['id']} ({a['hardware']['node']}) — {a['hardware']['source']}")
     console.print(f"  tensor parallel: {a['tensor_parallel']}; link {a['peaks']['link_gb_s_per_dir']:.1f} GB/s per direction")
     lay = a.get("layout", {})
-    if lay.get("devices", 1) > 1 and (lay["pp"] > 1 or lay["dp"] > 1 or lay["nodes"] > 1):
-        console.print(f"  layout: tp {lay['tp']} x pp {lay['pp']} x dp {lay['dp']} on {lay['nodes']} node(s) of "
-                      f"{lay['devices_per_node']} devices (docs/deployment.md)")
+    adp = lay.get("attention_dp", 1)
+    if lay.get("devices", 1) > 1 and (lay["pp"] > 1 or lay["dp"] > 1 or lay["nodes"] > 1 or adp > 1 or lay["ep"] > 1):
+        console.print(f"  layout: tp {lay['tp']} x attention-dp {adp} x pp {lay['pp']} x dp {lay['dp']} on "
+                      f"{lay['nodes']} node(s) of {lay['devices_per_node']} devices; MoE layers: ep {lay['ep']} over "
+                      f"{lay['tp'] * adp} devices (docs/deployment.md)")
     computes = a.get("compute_precision", {})
 
     def weight(group: str, prec: str) -> str:
@@ -135,12 +137,25 @@ def _render_deployment(d: dict[str, Any]) -> None:
             f"{dep['derivation']}); hand-off over {dep['handoff_link_gb_s']:.1f} GB/s",
             soft_wrap=True,
         )
-    if dep.get("ep"):
+    if dep.get("ep", 1) > 1:
         console.print(
-            f"expert parallel over {dep['ep']} ranks: straggler factor {dep['straggler_factor_mean']:.2f} "
-            f"(max/mean tokens per rank), all-to-all {1e3 * dep['all_to_all_s_per_pass']:.3f} ms per pass",
+            f"expert parallel over {dep['ep']} groups of {dep['expert_ranks'] // dep['ep']} device(s) "
+            f"({dep.get('all_to_all', 'nccl')}): straggler factor {dep['straggler_factor_mean']:.2f} (max/mean "
+            f"token-expert pairs per group), {dep['straggler_activated_factor_mean']:.2f} (activated experts); "
+            f"dispatch + combine {1e3 * dep['all_to_all_s_per_pass']:.3f} ms per decode step",
             soft_wrap=True,
         )
+    elif dep.get("attention_dp", 1) > 1:
+        console.print(
+            f"attention data parallel over {dep['attention_dp']} ranks, experts split over all {dep['expert_ranks']} "
+            f"devices: token gather/scatter {1e3 * dep['all_to_all_s_per_pass']:.3f} ms per decode step",
+            soft_wrap=True,
+        )
+    lay = d["assumptions"].get("layout", {})
+    if lay.get("devices", 1) > 1 and d["decode_tokens_per_s"]:
+        per_gpu = d["decode_tokens_per_s"] / lay["devices"]
+        console.print(f"decode tokens/s per GPU {per_gpu:,.1f}, per node ({lay['devices_per_node']} GPUs) "
+                      f"{per_gpu * lay['devices_per_node']:,.1f}, all {lay['devices']} GPUs {d['decode_tokens_per_s']:,.1f}")
     if dep.get("tiers"):
         tiers = Table(title="routed experts per tier", title_justify="left")
         for col in ("tier", "experts", "GB", "capacity GB"):
@@ -205,6 +220,9 @@ def register(app: typer.Typer) -> None:
         host_memory_gb: Annotated[Optional[float], typer.Option(help=_help("host_memory_gb"))] = _DEFAULTS["host_memory_gb"],
         placement: Annotated[Optional[str], typer.Option(help=_help("placement"))] = _DEFAULTS["placement"],
         ep: Annotated[int, typer.Option(help=_help("ep"))] = _DEFAULTS["ep"],
+        attention_dp: Annotated[int, typer.Option(help=_help("attention_dp"))] = _DEFAULTS["attention_dp"],
+        redundant_experts: Annotated[int, typer.Option(help=_help("redundant_experts"))] = _DEFAULTS["redundant_experts"],
+        all_to_all: Annotated[str, typer.Option(help=_help("all_to_all"))] = _DEFAULTS["all_to_all"],
         tp: Annotated[Optional[int], typer.Option(help=_help("tp"))] = _DEFAULTS["tp"],
         pp: Annotated[int, typer.Option(help=_help("pp"))] = _DEFAULTS["pp"],
         dp: Annotated[int, typer.Option(help=_help("dp"))] = _DEFAULTS["dp"],
@@ -212,6 +230,7 @@ def register(app: typer.Typer) -> None:
         network: Annotated[Optional[str], typer.Option(help=_help("network"))] = _DEFAULTS["network"],
         expert_dtype: Annotated[Optional[str], typer.Option(help=_help("expert_dtype"))] = _DEFAULTS["expert_dtype"],
         system: Annotated[Optional[str], typer.Option(help="serving-system preset: vllm-like, sglang-like, vllm-ep-like, "
+                          "sglang-dp-attention, trtllm-dep, vllm-dp-ep, "
                           "moe-infinity-like, mixtral-offloading-like, ktransformers-like, llamacpp-cpu-moe[:N] (--n-cpu-moe N)")] = None,
         hardware_db: HardwareDbOption = None,
         override: OverrideOption = False,
@@ -224,6 +243,7 @@ def register(app: typer.Typer) -> None:
             weight_dtype=weight_dtype, kv_dtype=kv_dtype, routing=routing, prefill_chunk_tokens=prefill_chunk,
             seed=seed, mode=mode, expert_layers=expert_layers, expert_tier=expert_tier, cache_policy=cache_policy,
             prefetch=prefetch, numa=numa, host_memory_gb=host_memory_gb, placement=placement, ep=ep,
+            attention_dp=attention_dp, redundant_experts=redundant_experts, all_to_all=all_to_all,
             tp=tp, pp=pp, dp=dp, nodes=nodes, network=network, expert_dtype=expert_dtype, threads=threads,
         )
         preset = None

@@ -1,27 +1,25 @@
 """Run a sweep in chunks with resumable, exactly-once output.
 
-Rows are cut into chunks of ``chunk_rows`` contiguous row indices. Each finished chunk is written to its own
-part file ``<out>.parts/part-<index>.<fmt>`` atomically (temporary file + ``os.replace``), so a part either
-exists whole or not at all. ``manifest.json`` in the parts folder records the grid fingerprint, chunk size,
-format and filters; a restarted sweep with the same grid skips the parts that exist and computes the rest
-(never losing or duplicating a row), and refuses to resume a different grid. When every part exists they are
-concatenated in chunk order into ``<out>`` (atomically) and the parts folder is removed.
+Rows are cut into chunks of ``chunk_rows`` contiguous row indices, evaluated, filtered, encoded and streamed in
+chunk order into the output (:class:`capsim.sweep.writers.StreamedOutput`: one file under ``<out>.parts/``,
+committed after every chunk, renamed to ``<out>`` when complete). ``manifest.json`` in the parts folder records
+the grid fingerprint, chunk size, format and filters; a restarted sweep with the same grid continues after the
+last committed chunk (never losing or duplicating a row), and refuses to resume a different grid.
+
+Dask workers evaluate, encode and write their chunks themselves, each as ``part-<index>.<fmt>`` (atomically,
+with its row count and Pareto rows in a sidecar written first); this process appends the parts in order as
+their turn comes and deletes them, so only chunks finished ahead of their turn wait on disk.
 
 Memory stays bounded by the chunk: only one chunk's columns are alive at a time per worker.
 """
 
 from __future__ import annotations
 
-import io
 import json
-import os
-import shutil
-import tempfile
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 
@@ -29,9 +27,7 @@ from ..errors import DataFileError, ScenarioError
 from ..hardware import HardwareDB
 from .evaluate import COLUMNS, Group, evaluate_segment, resolve_group
 from .grid import Grid
-
-FORMATS = ("csv", "jsonl", "parquet")
-
+from .writers import FORMATS, StreamedOutput, atomic_write, cell, encode_chunk, remove_folder, require_pyarrow
 
 @dataclass(frozen=True)
 class Filters:
@@ -71,18 +67,15 @@ def pareto_rows(cols: dict[str, np.ndarray]) -> list[dict[str, Any]]:
     mask = pareto_mask(cols["tpot_s"][idx].astype(np.float64), cols["decode_tokens_per_s"][idx].astype(np.float64))
     chosen = idx[mask]
     chosen = chosen[np.argsort(cols["tpot_s"][chosen].astype(np.float64), kind="stable")]
-    return [{k: _cell(cols[k][i]) for k in COLUMNS} for i in chosen]
+    return [{k: cell(cols[k][i]) for k in COLUMNS} for i in chosen]
 
 
 def format_of(path: Path, fmt: str | None) -> str:
     chosen = fmt or {".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet"}.get(path.suffix, "")
     if chosen not in FORMATS:
         raise ScenarioError(f"cannot tell the output format of {path}; use a .csv, .jsonl or .parquet name or --format")
-    if chosen == "parquet":
-        try:
-            import pyarrow  # noqa: F401
-        except ImportError:
-            raise ScenarioError("parquet output needs pyarrow: pip install pyarrow (or write .csv / .jsonl)") from None
+    if chosen in ("csv", "parquet"):
+        require_pyarrow(chosen)
     return chosen
 
 
@@ -92,120 +85,37 @@ def evaluate_chunk(grid: Grid, groups: list[Group], start: int, stop: int) -> di
     return {name: np.concatenate([p[name] for p in parts]) for name in COLUMNS}
 
 
-def _cell(value: Any) -> Any:
-    if isinstance(value, (np.floating, float)):
-        v = float(value)
-        return v if np.isfinite(v) else None
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.bool_,)):
-        return bool(value)
-    return value
+def merge_fronts(*fronts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Pareto front of the union of fronts (row dicts, as :func:`pareto_rows` returns them, so feasible with
+    a finite TPOT), ordered by TPOT."""
+    rows = [r for front in fronts for r in front]
+    if not rows:
+        return []
+    tpot = np.array([r["tpot_s"] for r in rows], dtype=np.float64)
+    throughput = np.array([r["decode_tokens_per_s"] for r in rows], dtype=np.float64)
+    chosen = np.nonzero(pareto_mask(tpot, throughput))[0]
+    return [rows[i] for i in chosen[np.argsort(tpot[chosen], kind="stable")]]
 
 
-def encode_part(cols: dict[str, np.ndarray], fmt: str, header: bool) -> bytes:
-    """One chunk's rows as CSV (with a header line when asked), JSON lines or Parquet.
-
-    Text is built column by column (one ``repr`` per float, one escape per distinct string), not cell by cell:
-    formatting, not evaluation, would otherwise bound a sweep's speed. A value that is not finite (a row that
-    does not run) is an empty CSV field and JSON ``null``. Each JSON line is what ``json.dumps`` writes for
-    the row's dict (same separators, shortest-repr floats)."""
-    n = cols["batch"].shape[0]
-    if fmt == "parquet":
-        return _encode_parquet(cols)
-    if n == 0:
-        return (",".join(COLUMNS) + "\n").encode() if (fmt == "csv" and header) else b""
-    texts = [_column_text(cols[name], fmt) for name in COLUMNS]
-    if fmt == "csv":
-        lines = map(",".join, zip(*texts))
-        head = ",".join(COLUMNS) + "\n" if header else ""
-        return (head + "\n".join(lines) + "\n").encode()
-    keyed = [[f"{json.dumps(name)}: " + t for t in text] for name, text in zip(COLUMNS, texts)]
-    return ("\n".join("{" + ", ".join(row) + "}" for row in zip(*keyed)) + "\n").encode()
-
-
-def _column_text(values: np.ndarray, fmt: str) -> list[str]:
-    """Text of every cell of one column, for CSV or JSON."""
-    missing = "" if fmt == "csv" else "null"
-    if values.dtype.kind == "f":
-        text = list(map(float.__repr__, values.tolist()))
-        for i in np.nonzero(~np.isfinite(values))[0].tolist():
-            text[i] = missing
-        return text
-    if values.dtype.kind == "b":
-        words = ("False", "True") if fmt == "csv" else ("false", "true")
-        return [words[v] for v in values.tolist()]
-    if values.dtype.kind in "iu":
-        return list(map(str, values.tolist()))
-    escape = _csv_field if fmt == "csv" else json.dumps
-    cache: dict[str, str] = {}
-    return [cache[v] if v in cache else cache.setdefault(v, escape(v)) for v in map(str, values.tolist())]
-
-
-def _csv_field(text: str) -> str:
-    """A CSV field as the csv module's minimal quoting writes it."""
-    if any(ch in text for ch in ',"\n\r'):
-        return '"' + text.replace('"', '""') + '"'
-    return text
-
-
-def _encode_parquet(cols: dict[str, np.ndarray]) -> bytes:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    arrays = {}
-    for name in COLUMNS:
-        values = cols[name]
-        if values.dtype.kind == "f":
-            arrays[name] = pa.array(values, mask=~np.isfinite(values))
-        elif values.dtype.kind in "biu":
-            arrays[name] = pa.array(values)
-        else:
-            arrays[name] = pa.array(values.astype(str).tolist(), type=pa.string())
-    sink = io.BytesIO()
-    pq.write_table(pa.table(arrays), sink)
-    return sink.getvalue()
-
-
-@contextmanager
-def atomic_output(path: Path) -> Iterator[BinaryIO]:
-    """A file handle whose content appears at ``path`` whole or not at all: written to a temporary file
-    beside it, flushed to disk, then renamed over ``path`` (a crash leaves only a ``.tmp`` file, which a
-    resumed sweep ignores). The file gets the usual permissions (0666 less the umask)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (see :func:`atomic_output`)."""
-    with atomic_output(path) as fh:
-        fh.write(data)
+def filter_and_encode(cols: dict[str, np.ndarray], fmt: str, filters: Filters) -> tuple[bytes, list[dict[str, Any]], int]:
+    """(encoded kept rows, their Pareto rows, how many) of one evaluated chunk."""
+    keep = filters.mask(cols)
+    kept = cols if keep.all() else {k: v[keep] for k, v in cols.items()}
+    return encode_chunk(kept, fmt), pareto_rows(kept), int(keep.sum())
 
 
 @dataclass
 class SweepRun:
-    """State of one sweep: where parts go and which are done."""
+    """State of one sweep: where the output is built and which chunks are done."""
 
     grid: Grid
     out: Path
     fmt: str
     chunk_rows: int
     filters: Filters
+
+    def __post_init__(self) -> None:
+        self.stream = StreamedOutput(self.parts_dir, self.fmt)
 
     @property
     def parts_dir(self) -> Path:
@@ -214,9 +124,17 @@ class SweepRun:
     def part_path(self, index: int) -> Path:
         return self.parts_dir / f"part-{index:07d}.{self.fmt}"
 
+    def part_info_path(self, index: int) -> Path:
+        return self.parts_dir / f"part-{index:07d}.json"
+
     @property
     def n_chunks(self) -> int:
         return self.grid.chunks(self.chunk_rows)
+
+    @property
+    def committed(self) -> int:
+        """Chunks already in the output (0 … committed − 1)."""
+        return self.stream.chunks
 
     def manifest(self) -> dict[str, Any]:
         return {
@@ -226,7 +144,8 @@ class SweepRun:
         }
 
     def prepare(self) -> list[int]:
-        """Create or check the parts folder; return the chunk indices still to compute."""
+        """Create or check the parts folder, open the output where it stopped, append any parts waiting for
+        their turn; return the chunk indices still to compute."""
         self.out.parent.mkdir(parents=True, exist_ok=True)
         manifest_path = self.parts_dir / "manifest.json"
         if self.parts_dir.exists() and manifest_path.exists():
@@ -239,63 +158,56 @@ class SweepRun:
         else:
             self.parts_dir.mkdir(parents=True, exist_ok=True)
             atomic_write(manifest_path, json.dumps(self.manifest()).encode())
-        return [i for i in range(self.n_chunks) if not self.part_path(i).exists()]
+        self.stream = StreamedOutput(self.parts_dir, self.fmt)
+        self.stream.open()
+        self.collect()
+        return [i for i in range(self.committed, self.n_chunks) if not self.part_path(i).exists()]
 
     def rows_of(self, index: int) -> tuple[int, int]:
         start = index * self.chunk_rows
         return start, min(self.grid.size, start + self.chunk_rows)
 
     def write_part(self, index: int, cols: dict[str, np.ndarray]) -> int:
-        keep = self.filters.mask(cols)
-        kept = {k: v[keep] for k, v in cols.items()}
-        # The chunk's Pareto rows go to a sidecar first, the part last: a part that exists implies its sidecar.
-        front = pareto_rows(kept)
-        atomic_write(self.front_path(index), json.dumps(front).encode())
-        atomic_write(self.part_path(index), encode_part(kept, self.fmt, header=(self.fmt == "csv")))
-        return int(keep.sum())
+        """Filter, encode and deliver chunk ``index``; returns the rows kept."""
+        payload, front, kept = filter_and_encode(cols, self.fmt, self.filters)
+        self.deliver(index, payload, front, kept)
+        return kept
 
-    def front_path(self, index: int) -> Path:
-        return self.parts_dir / f"part-{index:07d}.front.json"
+    def deliver(self, index: int, payload: bytes, front: list[dict[str, Any]], kept: int) -> None:
+        """Append chunk ``index`` if it is next in order (then any waiting parts), else park it as a part."""
+        if index == self.committed:
+            self.stream.append(payload, front, kept)
+            self.collect()
+        else:
+            write_part_file(self, index, payload, front, kept)
+
+    def collect(self) -> None:
+        """Append, in order, the parts whose turn has come, deleting each once it is committed."""
+        while self.committed < self.n_chunks and self.part_path(self.committed).exists():
+            index = self.committed
+            info = json.loads(self.part_info_path(index).read_text())
+            self.stream.append(self.part_path(index).read_bytes(), info["front"], info["rows"])
+            self.part_path(index).unlink()
+            self.part_info_path(index).unlink()
 
     def pareto_front(self) -> list[dict[str, Any]]:
-        """Pareto front (lowest TPOT, highest decode tokens/s) over every written part."""
-        rows: list[dict[str, Any]] = []
-        for i in range(self.n_chunks):
-            if self.front_path(i).exists():
-                rows.extend(json.loads(self.front_path(i).read_text()))
-        if not rows:
-            return []
-        cols = {k: np.array([r[k] for r in rows], dtype=object) for k in COLUMNS}
-        for k in ("tpot_s", "decode_tokens_per_s"):
-            cols[k] = cols[k].astype(np.float64)
-        cols["feasible"] = cols["feasible"].astype(bool)
-        return pareto_rows(cols)
+        """Pareto front (lowest TPOT, highest decode tokens/s) over every written chunk."""
+        return self.stream.front
 
     def finish(self) -> Path:
-        """Concatenate the parts in order into the output file and remove the parts folder."""
-        missing = [i for i in range(self.n_chunks) if not self.part_path(i).exists()]
-        if missing:
-            raise DataFileError(str(self.parts_dir), f"part {missing[0]} is missing; rerun the sweep to resume")
-        # one part in memory at a time: the output may be far larger than memory
-        with atomic_output(self.out) as fh:
-            if self.fmt == "parquet":
-                import pyarrow.parquet as pq
-
-                writer = None
-                for i in range(self.n_chunks):
-                    table = pq.read_table(self.part_path(i))
-                    writer = writer or pq.ParquetWriter(fh, table.schema)
-                    writer.write_table(table)
-                if writer is not None:
-                    writer.close()
-            else:
-                for i in range(self.n_chunks):
-                    data = self.part_path(i).read_bytes()
-                    if self.fmt == "csv" and i > 0:
-                        data = data.split(b"\n", 1)[1] if b"\n" in data else b""
-                    fh.write(data)
-        shutil.rmtree(self.parts_dir)
+        """Complete the output file, move it to ``out`` and remove the parts folder."""
+        if self.committed < self.n_chunks:
+            raise DataFileError(str(self.parts_dir), f"part {self.committed} is missing; rerun the sweep to resume")
+        self.stream.finish(self.out)
+        remove_folder(self.parts_dir)
         return self.out
+
+
+def write_part_file(run: SweepRun, index: int, payload: bytes, front: list[dict[str, Any]], kept: int) -> None:
+    """Park chunk ``index`` as a part file: its sidecar (rows, Pareto rows) first, the part last, each atomic,
+    so a part that exists is whole and has its sidecar."""
+    atomic_write(run.part_info_path(index), json.dumps({"rows": kept, "front": front}).encode())
+    atomic_write(run.part_path(index), payload)
 
 
 def resolve_groups(grid: Grid, db: HardwareDB) -> list[Group]:
@@ -322,9 +234,11 @@ _WORKER_GROUPS: dict[tuple[str, tuple[str, ...], bool], list[Group]] = {}
 
 
 def _dask_chunk(
-    grid: Grid, start: int, stop: int, extra_db: tuple[str, ...], override: bool
-) -> dict[str, np.ndarray]:
-    """Evaluate rows ``start:stop`` on a Dask worker (resolving the grid's groups once per worker)."""
+    run: SweepRun, index: int, extra_db: tuple[str, ...], override: bool
+) -> tuple[int, int, list[dict[str, Any]]]:
+    """On a Dask worker: evaluate chunk ``index`` (resolving the grid's groups once per worker), filter and
+    encode it, and write it as a part file. Returns (index, rows kept, its Pareto rows)."""
+    grid = run.grid
     key = (grid.fingerprint(), extra_db, override)
     if key not in _WORKER_GROUPS:
         from ..hardware import load_hardware_db
@@ -332,16 +246,24 @@ def _dask_chunk(
         db = load_hardware_db(tuple(Path(p) for p in extra_db), on_redefinition="replace" if override else "raise")
         _WORKER_GROUPS.clear()
         _WORKER_GROUPS[key] = resolve_groups(grid, db)
-    return evaluate_chunk(grid, _WORKER_GROUPS[key], start, stop)
+    start, stop = run.rows_of(index)
+    payload, front, kept = filter_and_encode(evaluate_chunk(grid, _WORKER_GROUPS[key], start, stop), run.fmt,
+                                             run.filters)
+    write_part_file(run, index, payload, front, kept)
+    return index, kept, front
 
 
 def run_dask(
     run: SweepRun, todo: list[int], scheduler: str | None, extra_db: tuple[str, ...],
     on_chunk: Callable[[int, int], None] | None = None, workers: int = 2, override: bool = False,
 ) -> int:
-    """Evaluate chunks on a Dask cluster (``scheduler`` address, or a local cluster of ``workers`` processes);
-    the parts are written here as results arrive, so output and resume guarantees are the local ones.
-    Workers load the hardware database themselves: ``extra_db`` files must be readable at the same paths."""
+    """Evaluate chunks on a Dask cluster (``scheduler`` address, or a local cluster of ``workers`` processes).
+
+    Workers write their chunks as part files in the parts folder and return only their row counts and Pareto
+    rows; this process appends the parts to the output in order as their turn comes. So the parts folder must
+    be on a filesystem the workers share (any local cluster does), and workers load the hardware database
+    themselves: ``extra_db`` files must be readable at the same paths. Output and resume guarantees are the
+    local ones."""
     try:
         from dask.distributed import Client, LocalCluster, as_completed
     except ImportError:
@@ -353,29 +275,30 @@ def run_dask(
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
         client = Client(cluster)
     written = 0
+    # the run travels once to each worker, not once per chunk (its stream's file handles stay here)
+    shipped = SweepRun(run.grid, run.out.resolve(), run.fmt, run.chunk_rows, run.filters)
     try:
-        # a bounded number of chunks in flight: results wait in memory only until this process writes them
-        in_flight = max(2, 2 * len(client.scheduler_info().get("workers", {})) or 2 * workers)
+        [remote_run] = client.scatter([shipped], broadcast=True)
+        # a bounded number of chunks in flight: parts wait on disk only until their turn
+        n_workers = len(client.scheduler_info().get("workers", {})) or workers
+        in_flight = max(2, 4 * n_workers)
         pending = iter(todo)
-        futures: dict[Any, int] = {}
 
         def submit_next() -> Any | None:
             index = next(pending, None)
             if index is None:
                 return None
-            start, stop = run.rows_of(index)
-            future = client.submit(_dask_chunk, run.grid, start, stop, extra_db, override, pure=False)
-            futures[future] = index
-            return future
+            return client.submit(_dask_chunk, remote_run, index, extra_db, override, pure=False)
 
         running = as_completed([f for f in (submit_next() for _ in range(in_flight)) if f is not None])
         for future in running:
-            index = futures.pop(future)
-            written += run.write_part(index, future.result())
+            index, kept, _ = future.result()
             future.release()
+            written += kept
             following = submit_next()
             if following is not None:
                 running.add(following)
+            run.collect()
             if on_chunk:
                 start, stop = run.rows_of(index)
                 on_chunk(index, stop - start)

@@ -1,0 +1,132 @@
+"""Issue 12: attention data parallelism, any EP degree, dispatch/combine, expert load balance (hand-computed)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from capsim import ScenarioError, predict
+from capsim.parallel import all_to_all_bytes, eplb_slots, imbalance
+from capsim.routing import make_router
+from capsim.model_db import resolve_model
+from capsim.scenario import Scenario
+
+NVLINK4 = 450e9  # H100/H200 SXM NVLink 4 per direction through NVSwitch (hardware_db/links/nvlink4.toml)
+NCCL_BASE, NCCL_HOP = 6.6e-6, 0.6e-6  # NCCL baseLat[Ring][LL], hwLat[NVLINK][Ring][LL] (hardware_db/efficiency.toml)
+DSV3 = dict(model="deepseek-v3", hardware="h200-sxm", gpus=8, weight_dtype="fp8", prompt_len=1000, gen_len=1000)
+
+
+def test_kv_capacity_under_attention_dp_is_per_rank_capacity_times_dp(default_hardware_db) -> None:
+    """DeepSeek-V3 (MLA) on 8 H200, attention-DP 8 x EP 8. Each rank keeps only its own sequences' KV: per
+    sequence 61 layers x 576 latent elements (512 + 64 rope) x 2 bytes x 2000 tokens = 140,544,000 bytes (the
+    whole latent, tp = 1), and the replica holds 8 x what one rank holds. Under TP 8 every rank would hold the
+    same latent of every sequence (MLA is replicated on TP ranks), so the replica holds one rank's count."""
+    adp = predict(Scenario(**DSV3, batch=20_000, attention_dp=8, ep=8), hardware_db=default_hardware_db).memory
+    tp8 = predict(Scenario(**DSV3, batch=20_000), hardware_db=default_hardware_db).memory
+    kv_seq = 61 * 576 * 2 * 2000
+    assert kv_seq == 140_544_000
+    assert adp.kv_bytes_per_sequence == pytest.approx(kv_seq) == tp8.kv_bytes_per_sequence
+    logits = 129_280 * 4  # fp32 logits of one resident sequence on a tp = 1 rank
+    resident = min(20_000, adp.max_batch)
+    fixed = adp.weights_bytes + adp.buffers_bytes - logits * math.ceil(resident / 8)
+    per_rank = math.floor((adp.usable_bytes - fixed) / (kv_seq + logits))
+    assert adp.max_batch == 8 * per_rank
+    # the attention-side weights are whole on every rank (tp = 1), the routed experts split 8 ways either way
+    g_adp, g_tp = adp.weights_bytes_by_group, tp8.weights_bytes_by_group
+    assert g_adp["attention"] == pytest.approx(8 * g_tp["attention"])
+    assert g_adp["routed_experts"] == pytest.approx(g_tp["routed_experts"])
+    # the KV cache on a device is its rank's share of the resident sequences
+    assert adp.kv_bytes == pytest.approx(kv_seq * math.ceil(resident / 8))
+    # 26 GB of room per rank x 8 ranks against 42 GB on each TP rank holding every sequence: 4.6x the sequences
+    assert adp.max_batch > 4 * tp8.max_batch
+
+
+def test_all_to_all_bytes_per_token_per_layer() -> None:
+    """EP = M = 72, one token per rank, top-8, d = 7168, bf16: 7168 x 8 x 2 x 71/72 bytes each way."""
+    one_way = all_to_all_bytes(np.array([72.0]), 72, 72, 8, 7168)
+    assert one_way[0] == pytest.approx(7168 * 8 * 2 * 71 / 72)
+    # EP 4 over 8 devices: every expert split over 2 devices, so a token copy goes to both slices
+    split = all_to_all_bytes(np.array([8.0]), 8, 4, 8, 7168)
+    assert split[0] == pytest.approx(1 * 8 * 2 * 7168 * 2 * 3 / 4)
+
+
+def test_dispatch_combine_time_in_predict(default_hardware_db) -> None:
+    """DeepSeek-V3 on one 8 x H200 node, attention-DP 8, EP 8, NCCL, batch 64: 8 tokens per rank. One way:
+    8 x 8 x 7168 x 2 x 7/8 = 802,816 bytes over NVLink (450 GB/s) + 6.6 us base + 7 x 0.6 us hops; dispatch +
+    combine in each of the 58 MoE layers. tp = 1, so there is no all-reduce to take out."""
+    p = predict(Scenario(**{**DSV3, "gen_len": 3}, batch=64, attention_dp=8, ep=8), hardware_db=default_hardware_db)
+    one_way = 8 * 8 * 7168 * 2 * 7 / 8
+    assert one_way == 802_816
+    per_step = 58 * 2 * (NCCL_BASE + 7 * NCCL_HOP + one_way / NVLINK4)
+    assert p.decode.time_by_op_s["all_to_all"] / p.decode.passes == pytest.approx(per_step, rel=1e-9)
+    assert "allreduce" not in p.decode.time_by_op_s
+    assert p.deployment["ep"] == 8 and p.deployment["attention_dp"] == 8
+
+
+def test_busiest_attention_rank_sets_the_step(default_hardware_db) -> None:
+    """Batch 9 over 8 attention ranks: one rank decodes ceil(9/8) = 2 sequences, as with batch 16."""
+    nine = predict(Scenario(**{**DSV3, "gen_len": 3}, batch=9, attention_dp=8, ep=8), hardware_db=default_hardware_db)
+    sixteen = predict(Scenario(**{**DSV3, "gen_len": 3}, batch=16, attention_dp=8, ep=8), hardware_db=default_hardware_db)
+    eight = predict(Scenario(**{**DSV3, "gen_len": 3}, batch=8, attention_dp=8, ep=8), hardware_db=default_hardware_db)
+    assert nine.decode.time_by_op_s["attn_core"] == pytest.approx(sixteen.decode.time_by_op_s["attn_core"])
+    assert nine.decode.time_by_op_s["attn_core"] > eight.decode.time_by_op_s["attn_core"]
+
+
+def test_uniform_routing_with_eplb_is_balanced_and_skew_is_not() -> None:
+    """E = 256, EP 8, R = 8 redundant: 264 slots, 33 per group. Uniform π = 8/256: EPLB replicates 8 experts
+    (half load each) and packs 31 whole + 2 halves per group = 32 x π, the mean: only the multinomial spread
+    is left, which vanishes at a million tokens. A Zipf(1.2)-skewed router on contiguous blocks (no EPLB) puts
+    the hot experts' groups far above the mean; EPLB with 8 redundant slots brings it down."""
+    uniform = np.full((1, 256), 8 / 256)
+    q, _ = eplb_slots(uniform[0], 8, 8)
+    assert np.allclose(q.sum(axis=1), 32 * 8 / 256)
+    tok, act = imbalance(uniform, 8, np.array([1e6]), redundant=8)
+    assert 1.0 <= tok[0] < 1.01 and act[0] == pytest.approx(1.0)
+    skew = make_router("zipf:1.2", resolve_model("deepseek-v3"), seed=0).inclusion
+    plain, _ = imbalance(skew, 8, np.array([4096.0]))
+    balanced, _ = imbalance(skew, 8, np.array([4096.0]), redundant=8)
+    assert plain[0] > 1.3
+    assert 1.0 <= balanced[0] < plain[0]
+
+
+@settings(max_examples=30, deadline=None)
+@given(t=st.integers(1, 100_000), ep=st.sampled_from([2, 4, 8, 16, 32]))
+def test_straggler_factor_bounds(t: int, ep: int) -> None:
+    """1 <= max/mean <= ep (a group can hold at most all pairs); activated experts' factor likewise."""
+    uniform = np.full((1, 256), 8 / 256)
+    tok, act = imbalance(uniform, ep, np.array([float(t)]))
+    assert 1.0 <= tok[0] <= ep + 1e-9
+    assert 1.0 <= act[0] <= ep + 1e-9
+
+
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        (dict(model="mixtral-8x7b", hardware="h100-sxm", gpus=6, tp=6),
+         "--tp 6 does not divide the model's 32 attention heads; valid --tp: 1, 2, 4 "),
+        (dict(model="deepseek-v3", hardware="h200-sxm", gpus=8, attention_dp=8, ep=3),
+         "--ep 3 must divide both the 8 devices .* and the 256 experts; valid --ep: 1, 2, 4, 8$"),
+        (dict(model="deepseek-v3", hardware="h200-sxm", gpus=8, tp=2, attention_dp=2),
+         r"--tp 2 x --attention-dp 2 x --pp 1 x --dp 1 = 4 devices, but 1 node\(s\) x 8 devices = 8"),
+        (dict(model="deepseek-v3", hardware="h200-sxm", gpus=8, attention_dp=8, redundant_experts=8),
+         "--redundant-experts places extra expert replicas over EP groups; give --ep > 1"),
+    ],
+)
+def test_impossible_layouts_name_the_valid_choices(default_hardware_db, kw, match) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ScenarioError, match=match):
+        predict(Scenario(**kw), hardware_db=default_hardware_db)
+
+
+@pytest.mark.parametrize("name", ["sglang-dp-attention", "trtllm-dep", "vllm-dp-ep"])
+def test_attention_dp_presets_fill_the_layout(name: str) -> None:
+    """9 nodes x 8 GPUs: attention DP over all 72 devices (tp 1) and EP 72; with --tp 2 on one node: 4 x 2."""
+    from capsim.presets import apply_preset
+
+    wide, _ = apply_preset(name, Scenario(model="deepseek-v3", hardware="h100-sxm", gpus=8, nodes=9))
+    assert (wide.tp, wide.attention_dp, wide.ep) == (1, 72, 72)
+    tp2, _ = apply_preset(name, Scenario(model="deepseek-v3", hardware="h100-sxm", gpus=8, tp=2))
+    assert (tp2.tp, tp2.attention_dp, tp2.ep) == (2, 4, 8)
