@@ -33,7 +33,9 @@ class Scenario:
         None, "weight precision of the transformer weights; default: the model's published precisions"
     )
     kv_dtype: str = _opt("bf16", "KV-cache precision")
-    routing: str = _opt("uniform", "routing model for activated experts (uniform, or see capsim trace)")
+    routing: str = _opt("default", "routing model for activated experts: default (the model family's router fitted "
+                        "to measured activated-expert counts, docs/routing.md), uniform (the upper bound), or see "
+                        "capsim trace")
     prefill_chunk_tokens: int = _opt(8192, "tokens per prefill forward pass (chunked prefill)")
     seed: int = _opt(0, "seed for stochastic routers")
     mode: str = _opt("gpu", "execution mode: gpu (all weights resident), offload (experts in host DRAM/SSD, "

@@ -82,7 +82,7 @@ class Grid:
     gen_len: tuple[int, ...] = (128,)
     weight_dtype: tuple[str, ...] = ("native",)
     kv_dtype: tuple[str, ...] = ("bf16",)
-    routing: str = "uniform"
+    routing: str = "default"
     prefill_chunk_tokens: int = 8192
     extra: dict[str, Any] = field(default_factory=dict)
 
