@@ -167,8 +167,9 @@ def resolve_on(scenario: Scenario, db: HardwareDB, model: ModelSpec, count: int 
         peak_flops={key: v * TFLOPS for key, v in device.peak_tflops_dense.items()},
         memory_bandwidth=device.memory_bandwidth_gb_s * GB_PER_S,
         compute_fraction=eff.compute_fraction,
-        # sustained streaming (memory_bw_fraction) x what the engine's kernels reach of it (1 unless fitted)
-        memory_fraction=eff.memory_bw_fraction * eff.kernel_bw_fraction,
+        # CPU execution: sustained streaming (memory_bw_fraction) x what CPU MoE engines' kernels reach of it
+        # (fitted); an accelerator entry (a calibrated machine included) carries its own measured fractions
+        memory_fraction=eff.memory_bw_fraction * (eff.kernel_bw_fraction if deployment.mode == "cpu" else 1.0),
         step_overhead_s=eff.step_overhead_s,
         per_layer_overhead_s=eff.per_layer_overhead_s,
         link_bandwidth=node.gpu_to_gpu_bandwidth() if min(layout.expert_ranks, node.accelerator_count) > 1 else 0.0,

@@ -45,6 +45,13 @@ MAX_SAMPLED_ACCESSES = 200_000
 for the largest MoEs at large batches; at least :data:`MIN_SAMPLED_STEPS` steps are always sampled."""
 MIN_SAMPLED_STEPS = 8
 
+PCIE_COPY_EFFICIENCY = 0.78
+"""Share of a PCIe link's nominal per-direction rate that large pinned host-to-device copies reach, measured:
+PCIe 3.0 x16, 12.15 of 15.75 GB/s = 0.77 (CUDA bandwidthTest, pinned, 32 MB, Tesla P100;
+mpicbg-scicomp/gearshifft PR #82); PCIe 4.0 x16, 25 of 32 GB/s = 0.78 ("measured peak", A100, BaM authors,
+ZaidQureshi/bam issue #54). Offloading engines copy experts from pinned host buffers (MoE-Infinity,
+Mixtral-offloading, llama.cpp); pageable copies are slower still and are not modelled."""
+
 
 def sample_steps(rs: ResolvedScenario, batch: int, cacheable: np.ndarray) -> int:
     """Decode steps to simulate: --cache-sample-steps (64), at most gen_len − 1, and no more than keep the
@@ -163,7 +170,9 @@ def _links(rs: ResolvedScenario) -> tuple[tuple[float, str] | None, tuple[float,
     tiers = rs.expert_tiers
     host = None
     if not rs.device_is_dram and (tiers != DEVICE).any():
-        host = expert_link_bandwidth(rs.node, replace(rs.deployment, expert_tier="dram"))  # type: ignore[arg-type]
+        width, path = expert_link_bandwidth(rs.node, replace(rs.deployment, expert_tier="dram"))  # type: ignore[arg-type]
+        # copies reach the measured pinned-copy share of the link's nominal rate
+        host = (width * PCIE_COPY_EFFICIENCY, f"{path} (x{PCIE_COPY_EFFICIENCY} pinned-copy efficiency)")
     ssd = ssd_read_bandwidth(rs.node) if (tiers == SSD).any() else None  # type: ignore[arg-type]
     return host, ssd
 
@@ -336,7 +345,7 @@ def apply_cpu_experts(rs: ResolvedScenario, batch: int, prefill: PassCost, decod
     flops_rate = peaks[key] * cpu_eff.compute_fraction
     # sustained streaming (per CPU entry) x the fraction CPU MoE kernels reach of it (fitted, efficiency.toml)
     bytes_rate = bandwidth * cpu_eff.memory_bw_fraction * cpu_eff.kernel_bw_fraction
-    link_bw = rs.node.host_to_gpu_bandwidth()  # type: ignore[attr-defined]
+    link_bw = rs.node.host_to_gpu_bandwidth() * PCIE_COPY_EFFICIENCY  # type: ignore[attr-defined]
     # one small host<->device copy: NCCL's base latency plus one PCI hop (the GPU's efficiency entry), standing
     # in for a DMA launch; no measured figure for KTransformers-style hand-offs is in the reference
     handoff_latency = rs.rates.allreduce_base_latency_s + rs.rates.allreduce_hop_latency_s

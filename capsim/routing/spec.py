@@ -13,6 +13,7 @@ spec                   router
 ``affinity:A``         uniform popularity; layer l's experts predict layer l+1's w.p. A
 ``trace:PATH``         a recorded trace (a path, or the name of a shipped trace in traces/)
 ``fit:PATH``           a synthetic router fitted to a trace (extends it to any length)
+``counts:PATH``        an engine's expert-load dump (SGLang expert distribution recorder, vLLM EPLB load)
 ``default``            the model family's router fitted to measured activated-expert counts
                        (``model_db/routing.toml``; the pooled fit for families without one)
 =====================  ===========================================================================
@@ -41,6 +42,7 @@ from .popularity import (
     GroupPopularity,
     Popularity,
     dirichlet_popularity,
+    empirical_popularity,
     hot_popularity,
     uniform_popularity,
     zipf_popularity,
@@ -80,7 +82,7 @@ def parse_router_spec(spec: str) -> RouterSpec:
         arg = None
         if pieces and "=" not in pieces[0]:
             arg = pieces.pop(0).strip()
-        if kind in ("trace", "fit") and rest and not any("=" in p for p in pieces):
+        if kind in ("trace", "fit", "counts") and rest and not any("=" in p for p in pieces):
             arg, pieces = rest.strip(), []
     options: dict[str, str] = {}
     for piece in pieces:
@@ -140,6 +142,7 @@ _VALID_OPTIONS: dict[str, set[str]] = {
     "trace": set(),
     "fit": {"seed"},
     "default": {"reuse", "affinity", "seed"},
+    "counts": {"seed"},
 }
 
 
@@ -331,8 +334,20 @@ def _default_router(text: str, shape: tuple[int, ...], seed: int, model: ModelSp
     return _DEFAULT_ROUTERS[key]
 
 
+def _counts(spec: RouterSpec, model: ModelSpec, seed: int) -> Router:
+    from .expert_counts import check_against, load_expert_counts
+
+    assert model.moe is not None  # checked by make_router before dispatch
+    counts = load_expert_counts(_need_arg(spec, "an expert-load dump path"))
+    check_against(counts, model)
+    pop = empirical_popularity(counts.inclusion(model.moe.top_k))
+    return SyntheticRouter(pop, name="counts", spec=f"{spec.text} ({counts.num_passes} passes of {counts.key})",
+                           seed=_seed(spec, seed))
+
+
 _BUILDERS: dict[str, Callable[[RouterSpec, ModelSpec, int], Router]] = {
     "default": _default,
+    "counts": _counts,
     "uniform": _synthetic,
     "zipf": _synthetic,
     "dirichlet": _synthetic,
