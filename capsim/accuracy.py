@@ -5,8 +5,9 @@ the number is:
 
 - ``published``: the authors' figure for the native checkpoint;
 - ``published-delta``: a quantised precision whose published delta (percentage points) has been applied;
-- ``native-only``: a quantised precision with no published delta; the value shown is the native figure and
-  the caveat says so (quantisation usually costs accuracy, by an amount capsim cannot know);
+- ``unknown``: a quantised precision (or quantisation method) with no published figure; ``value`` is None and
+  the caveat says so. The native score is *not* copied: quantisation usually costs accuracy, by an amount
+  capsim cannot know;
 - ``missing``: nothing published for this model and benchmark; ``value`` is None.
 
 Scores are percentages (0-100) as published, with the authors' own settings (shots, maj@k): they are
@@ -55,7 +56,7 @@ BENCHMARKS: dict[str, str] = {
 }
 """Benchmark keys of accuracy.toml and their display names. Every score is a percentage."""
 
-Status = Literal["published", "published-delta", "native-only", "missing"]
+Status = Literal["published", "published-delta", "unknown", "missing"]
 
 _VARIANT_KEYS = frozenset({"variant", "source", "note", "quantization"})
 _SCORE_KEYS = frozenset({"value", "setting", "soft", "source", "note"})
@@ -120,14 +121,15 @@ class AccuracyValue:
         return None if self.value is None else self.value / 100.0
 
     def label(self) -> str:
-        """Short text for tables: ``70.6``, ``77.8 (?)``, ``70.6*`` (native-only) or ``missing``."""
+        """Short text for tables: ``70.6``, ``77.8 (?)``, ``68.5Δ`` (published delta applied), ``unknown``
+        (quantised, nothing published) or ``missing``."""
         if self.value is None:
-            return "missing"
+            return "unknown" if self.status == "unknown" else "missing"
         text = f"{self.value:.1f}"
+        if self.status == "published-delta":
+            text += "Δ"
         if self.soft:
             text += " (?)"
-        if self.status == "native-only":
-            text += "*"
         return text
 
     def to_dict(self) -> dict[str, Any]:
@@ -166,13 +168,16 @@ class AccuracyDB:
         weight_dtype: str | None = None,
         native_dtype: str | None = None,
         variant: str | None = None,
+        method: str | None = None,
     ) -> AccuracyValue:
         """The published ``benchmark`` score of ``model_id``.
 
         ``weight_dtype`` is the precision the model is served at (None = its published checkpoint);
         ``native_dtype`` is the precision of that checkpoint's transformer weights, so serving at the native
         precision is not treated as quantisation. ``variant`` picks an evaluation by name (default: the first
-        evaluation that has the benchmark).
+        evaluation that has the benchmark; for a quantised precision, the first that also publishes a delta
+        for it, so the delta is applied to the score measured the same way). ``method`` (``GPTQ``, ``AWQ``,
+        ``Q4_K_M`` ...) restricts the deltas to that quantisation method.
         """
         key = check_benchmark(benchmark)
         evals = self.evaluations(model_id)
@@ -184,7 +189,13 @@ class AccuracyDB:
                     f"no evaluation variant {variant!r} for {model_id}; published variants: "
                     f"{', '.join(repr(n) for n in names) or 'none'}"
                 )
-        found = next((e for e in evals if key in e.scores), None)
+        quantised = weight_dtype is not None and weight_dtype.lower() != (native_dtype or "").lower()
+        found = None
+        if quantised and variant is None:
+            found = next(
+                (e for e in evals if key in e.scores and _delta_for(e, weight_dtype or "", key, method)), None
+            )
+        found = found or next((e for e in evals if key in e.scores), None)
         if found is None:
             return AccuracyValue(
                 model_id, key, "missing", None, caveat=f"no published {BENCHMARKS[key]} score"
@@ -197,15 +208,17 @@ class AccuracyDB:
             "setting": score.setting,
             "source": score.source,
         }
-        if weight_dtype is None or weight_dtype.lower() == (native_dtype or "").lower():
+        if not quantised:
             return AccuracyValue(status="published", value=score.value, soft=score.soft, **base)
-        delta = found.deltas.get((weight_dtype.lower(), key))
+        delta = _delta_for(found, weight_dtype or "", key, method)
         if delta is None:
+            how = f"{weight_dtype} ({method})" if method else str(weight_dtype)
             return AccuracyValue(
-                status="native-only",
-                value=score.value,
-                soft=score.soft,
-                caveat=f"published for the native checkpoint; no published delta for {weight_dtype} weights",
+                status="unknown",
+                value=None,
+                soft=False,
+                caveat=f"no published {BENCHMARKS[key]} score for {how} weights; the native "
+                f"{score.value:.1f} is not copied (quantisation may cost accuracy)",
                 **base,
             )
         return AccuracyValue(
@@ -218,6 +231,34 @@ class AccuracyDB:
             ),
             **base,
         )
+
+
+def comparable_variant(
+    db: AccuracyDB,
+    model_id: str,
+    benchmark: str,
+    quantised: list[tuple[str, str | None]],
+) -> str | None:
+    """The variant to read every option of one comparison from, so that native and quantised scores come
+    from the same evaluation (same harness and setting): the first evaluation with ``benchmark`` that
+    publishes a delta for every (dtype, method) in ``quantised``; None (= the default rule) when there is
+    none or nothing is quantised."""
+    key = check_benchmark(benchmark)
+    if not quantised:
+        return None
+    for e in db.evaluations(model_id):
+        if key in e.scores and all(_delta_for(e, d, key, m) for d, m in quantised):
+            return e.variant
+    return None
+
+
+def _delta_for(evaluation: Evaluation, weight_dtype: str, key: str, method: str | None) -> QuantDelta | None:
+    """The evaluation's published delta for (dtype, benchmark), of ``method`` when given (case-insensitive)."""
+    delta = evaluation.deltas.get((weight_dtype.lower(), key))
+    if delta is None or method is None:
+        return delta
+    wanted = method.strip().lower()
+    return delta if wanted and wanted in delta.method.lower() else None
 
 
 def check_benchmark(name: str) -> str:

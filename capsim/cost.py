@@ -36,6 +36,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from . import units
+from .energy import EnergyReport, PartPower, energy_report, idle_draw_w
 from .errors import DataFileError, MissingValueError, ScenarioError, UnknownHardwareError
 from .units import HOURS_PER_YEAR
 
@@ -110,6 +111,10 @@ class CostInputs:
         "measured H200 idles at 80 W of its 700 W TDP (http://api.serialalice.pt/alice-benchmark)",
         assumption=True,
     )
+    grid_gco2_per_kwh: float | None = field(
+        default=None,
+        metadata={"help": "grid carbon intensity in gCO2 per kWh (optional; enables gCO2/token)"},
+    )
     purchase_usd: Mapping[str, float] = field(default_factory=dict, metadata={"help": _PRICE_HELP})
     cloud_usd_per_hour: Mapping[str, float] = field(default_factory=dict, metadata={"help": _CLOUD_HELP})
     overridden: frozenset[str] = frozenset()
@@ -122,7 +127,9 @@ class CostInputs:
         """A copy with ``changes`` applied; scalar changes are recorded as user overrides, price maps are
         merged into the existing ones (later wins)."""
         scalars = {k: v for k, v in changes.items() if k in SCALAR_INPUTS}
-        unknown = set(changes) - set(SCALAR_INPUTS) - {"purchase_usd", "cloud_usd_per_hour"}
+        if "grid_gco2_per_kwh" in changes:
+            scalars["grid_gco2_per_kwh"] = changes["grid_gco2_per_kwh"]
+        unknown = set(changes) - set(SCALAR_INPUTS) - {"purchase_usd", "cloud_usd_per_hour", "grid_gco2_per_kwh"}
         if unknown:
             raise ScenarioError(
                 f"unknown cost input(s) {', '.join(sorted(unknown))}; "
@@ -195,6 +202,11 @@ def _check_inputs(inputs: CostInputs) -> None:
         raise bad("utilization", "in (0, 1]")
     if not 0 <= inputs.idle_power_fraction <= 1:
         raise bad("idle_power_fraction", "in [0, 1]")
+    grid = inputs.grid_gco2_per_kwh
+    if grid is not None and (
+        isinstance(grid, bool) or not isinstance(grid, (int, float)) or not math.isfinite(grid) or grid < 0
+    ):
+        raise ScenarioError(f"grid_gco2_per_kwh must be a finite number >= 0, got {grid!r}; fix the value")
     for label, prices in (("price", inputs.purchase_usd), ("cloud price", inputs.cloud_usd_per_hour)):
         for key, value in prices.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
@@ -417,23 +429,75 @@ _PRICE_FIELDS = {
 }
 
 
-def purchase_cost(hardware_id: str, devices: int, db: HardwareDB, inputs: CostInputs) -> PurchaseCost:
-    """What buying the deployment costs: ``devices`` accelerators for an accelerator id; for a system id the
-    whole system (bought whole even when fewer of its accelerators are used)."""
+def purchase_cost(
+    hardware_id: str,
+    devices: int,
+    db: HardwareDB,
+    inputs: CostInputs,
+    *,
+    host_memory_gb: float | None = None,
+) -> PurchaseCost:
+    """What buying the deployment costs: ``devices`` accelerators for an accelerator id (plus a host server
+    the database cannot price: named as missing, so the total is a lower bound); for a system id the whole
+    system (bought whole even when fewer of its accelerators are used), its published price or the sum of
+    its parts. ``host_memory_gb`` is the DRAM bought when the system entry leaves the capacity to the buyer."""
     from .hardware import Accelerator
 
     entry = db.get(hardware_id)
     if isinstance(entry, Accelerator):
         part = _priced(entry, "purchase_usd", inputs, "accelerator", devices, "each")
-        return PurchaseCost((part,), scope=f"{devices} accelerator(s) only; no host server")
+        host = PartCost("host", "platform", 1, "each", None, missing=_NO_HOST)
+        return PurchaseCost((part, host), scope=f"{devices} accelerator(s); host server not priced")
     system = db.system(hardware_id)
     whole = _priced(system, "purchase_usd", inputs, "system", 1, "each")
     if whole.unit_usd is not None:
         return PurchaseCost((whole,), scope="whole system (its published price)")
-    return PurchaseCost(_system_parts(system, inputs), scope="sum of the system's parts")
+    return PurchaseCost(_system_parts(system, inputs, host_memory_gb), scope="sum of the system's parts")
 
 
-def _system_parts(system: System, inputs: CostInputs) -> tuple[PartCost, ...]:
+def _platform_parts(system: System) -> list[PartCost]:
+    """Chassis, motherboard, PSU, cooling, NICs and assembly from ``platform.<part>_usd``; with none given,
+    one missing line names them all (a system with accelerators needs them; a CPU box too)."""
+    from .hardware import PLATFORM_PARTS
+
+    given = {part: system.provenance.get(f"platform.{part}_usd") for part in PLATFORM_PARTS}
+    if not any(v is not None for v in given.values()):
+        return [
+            PartCost(
+                "platform",
+                "platform",
+                1,
+                "each",
+                None,
+                missing="no platform prices (chassis, motherboard, PSU, cooling, NICs) in the database; "
+                "add platform.<part>_usd to the system entry",
+            )
+        ]
+    out = []
+    for part, value in given.items():
+        if value is None:
+            out.append(
+                PartCost(part, "platform", 1, "each", None, missing=f"no platform.{part}_usd in the database")
+            )
+        else:
+            out.append(
+                PartCost(
+                    part,
+                    "platform",
+                    1,
+                    "each",
+                    float(value.value),
+                    source=getattr(value, "source", system.source),
+                    date=getattr(value, "date", ""),
+                    soft=bool(getattr(value, "soft", False)),
+                )
+            )
+    return out
+
+
+def _system_parts(
+    system: System, inputs: CostInputs, host_memory_gb: float | None = None
+) -> tuple[PartCost, ...]:
     parts: list[PartCost] = []
     if system.accelerator is not None:
         parts.append(
@@ -451,7 +515,9 @@ def _system_parts(system: System, inputs: CostInputs) -> tuple[PartCost, ...]:
         parts.append(_priced(cpu, "purchase_usd", inputs, "cpu", count, "each"))
     if system.dram is not None:
         dram = system.dram
-        if dram.capacity_gb is None:
+        if dram.capacity_gb is None and host_memory_gb is not None:
+            parts.append(_priced(dram.dram, "usd_per_gb", inputs, "dram", float(host_memory_gb), "GB"))
+        elif dram.capacity_gb is None:
             parts.append(
                 PartCost(
                     dram.dram.id,
@@ -480,6 +546,7 @@ def _system_parts(system: System, inputs: CostInputs) -> tuple[PartCost, ...]:
             )
         else:
             parts.append(_priced(ssd, "usd_per_tb", inputs, "ssd", count * float(capacity.value), "TB"))
+    parts.extend(_platform_parts(system))
     return tuple(parts)
 
 
@@ -487,33 +554,10 @@ def _system_parts(system: System, inputs: CostInputs) -> tuple[PartCost, ...]:
 
 
 @dataclass(frozen=True)
-class PartPower:
-    """TDP of ``count`` identical parts in W, with provenance; ``watts_each`` None when unknown."""
-
-    part: str
-    kind: str
-    count: int
-    watts_each: float | None
-    source: str = ""
-    soft: bool = False
-    missing: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "part": self.part,
-            "kind": self.kind,
-            "count": self.count,
-            "watts_each": self.watts_each,
-            "source": self.source,
-            "soft": self.soft,
-            "missing": self.missing,
-        }
-
-
-@dataclass(frozen=True)
 class PowerDraw:
-    """Peak (TDP) power of the deployment's parts. ``busy_w`` sums the known ones; missing parts make it a
-    lower bound. ``accelerators_known`` is False when the accelerators' TDP itself is unknown."""
+    """Power of the deployment's parts (:class:`capsim.energy.PartPower`). ``busy_w`` sums the known TDPs (the
+    upper bound MoE-CAP's cost code uses); missing parts make every sum a lower bound. ``accelerators_known``
+    is False when the accelerators' TDP itself is unknown."""
 
     parts: tuple[PartPower, ...]
 
@@ -529,9 +573,14 @@ class PowerDraw:
     def accelerators_known(self) -> bool:
         return not any(p.kind == "accelerator" and p.watts_each is None for p in self.parts)
 
+    def idle_w(self, idle_fraction: float) -> float:
+        """Σ count × P_idle (sourced idle watts, else idle_fraction × TDP) over the known parts."""
+        return idle_draw_w(self.parts, idle_fraction)
+
     def average_w(self, utilization: float, idle_fraction: float) -> float:
-        """P(u) = P_idle + (P_busy − P_idle)·u with P_idle = idle_fraction·P_busy."""
-        return self.busy_w * (idle_fraction + (1.0 - idle_fraction) * utilization)
+        """P(u) = P_idle + (P_busy − P_idle)·u with P_busy = Σ TDP (every part flat out while busy)."""
+        idle = self.idle_w(idle_fraction)
+        return idle + (self.busy_w - idle) * utilization
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -542,11 +591,17 @@ class PowerDraw:
         }
 
 
-def _tdp(entry: Any, kind: str, count: int, field_name: str = "tdp_w") -> PartPower:
-    value = getattr(entry, field_name)
-    prov = entry.provenance.get(field_name)
+def _tdp(entry: Any, kind: str, count: int, field_name: str = "tdp_w", role: str = "") -> PartPower:
+    value = getattr(entry, field_name, None)
     if value is None:
-        return PartPower(entry.id, kind, count, None, missing=f"no {field_name!r} in the database")
+        prov_value = entry.provenance.get(field_name)
+        value = None if prov_value is None else prov_value.value
+    prov = entry.provenance.get(field_name)
+    idle = entry.provenance.get("idle_w")
+    idle_w = None if idle is None else float(idle.value)
+    idle_source = "" if idle is None else getattr(idle, "source", "") or entry.source
+    if value is None:
+        return PartPower(entry.id, kind, count, None, missing=f"no {field_name!r} in the database", role=role)
     return PartPower(
         entry.id,
         kind,
@@ -554,22 +609,37 @@ def _tdp(entry: Any, kind: str, count: int, field_name: str = "tdp_w") -> PartPo
         float(value),
         getattr(prov, "source", entry.source),
         bool(getattr(prov, "soft", False)),
+        idle_w=idle_w,
+        idle_source=idle_source,
+        role=role,
     )
 
 
-def power_draw(hardware_id: str, devices: int, db: HardwareDB) -> PowerDraw:
-    """TDP of what is bought (see :func:`purchase_cost`): the accelerators, and for a system its CPUs and SSDs
-    too; DRAM has no power figure in the database and is listed as missing."""
+def power_draw(
+    hardware_id: str, devices: int, db: HardwareDB, *, used_devices: int | None = None
+) -> PowerDraw:
+    """Power of what is bought (see :func:`purchase_cost`): the accelerators (those beyond ``used_devices``
+    idle), and for a system its CPUs, SSDs, DRAM (no power figure: missing) and platform (``platform.power_w``
+    where given, else missing); an accelerator id has no host, which is listed as missing."""
     from .hardware import Accelerator
 
     entry = db.get(hardware_id)
     if isinstance(entry, Accelerator):
-        return PowerDraw((_tdp(entry, "accelerator", devices),))
+        return PowerDraw(
+            (
+                _tdp(entry, "accelerator", devices, role="accelerator"),
+                PartPower("host", "platform", 1, None, missing=_NO_HOST, role="platform"),
+            )
+        )
     system = db.system(hardware_id)
     parts: list[PartPower] = []
     if system.accelerator is not None:
-        parts.append(_tdp(system.accelerator, "accelerator", system.accelerator_count))
-    parts.extend(_tdp(cpu, "cpu", count) for cpu, count in system.cpus)
+        n = system.accelerator_count
+        used = n if used_devices is None else min(max(used_devices, 0), n)
+        parts.append(_tdp(system.accelerator, "accelerator", used, role="accelerator"))
+        if n - used:
+            parts.append(_tdp(system.accelerator, "accelerator", n - used, role="accelerator-unused"))
+    parts.extend(_tdp(cpu, "cpu", count, role="cpu") for cpu, count in system.cpus)
     if system.dram is not None:
         parts.append(
             PartPower(
@@ -578,11 +648,41 @@ def power_draw(hardware_id: str, devices: int, db: HardwareDB) -> PowerDraw:
                 system.dram.channels,
                 None,
                 missing="no DRAM power figure in the database",
+                role="dram",
             )
         )
-    parts.extend(_tdp(ssd, "ssd", count, "power_active_w") for ssd, count in system.ssds)
+    parts.extend(_tdp(ssd, "ssd", count, "power_active_w", role="ssd") for ssd, count in system.ssds)
+    platform = system.provenance.get("platform.power_w")
+    if platform is not None:
+        parts.append(
+            PartPower(
+                "platform",
+                "platform",
+                1,
+                float(platform.value),
+                getattr(platform, "source", system.source),
+                bool(getattr(platform, "soft", False)),
+                role="platform",
+            )
+        )
+    elif system.accelerator is not None:
+        parts.append(
+            PartPower(
+                "platform",
+                "platform",
+                1,
+                None,
+                missing="no platform.power_w (fans, NICs, board) in the database",
+                role="platform",
+            )
+        )
     return PowerDraw(tuple(parts))
 
+
+_NO_HOST = (
+    "an accelerator id has no host server (CPU, DRAM, chassis, power supply) in the database; "
+    "use a system id (capsim hardware list --kind system) for a whole-machine figure"
+)
 
 # --------------------------------------------------------------------------------------------- rates
 
@@ -626,20 +726,27 @@ def _per_device_cloud(acc: Any, devices: int, inputs: CostInputs) -> tuple[float
 
 
 def owned_usd_per_hour(
-    purchase_usd: ArrayLike, busy_w: ArrayLike, inputs: CostInputs, utilization: ArrayLike | None = None
+    purchase_usd: ArrayLike,
+    busy_w: ArrayLike,
+    inputs: CostInputs,
+    utilization: ArrayLike | None = None,
+    idle_w: ArrayLike | None = None,
 ) -> NDArray[np.float64]:
-    """Owned cost per hour of wall-clock time: C_buy / (lifetime × 8760 h) + P(u) × PUE × $/kWh.
+    """Owned cost per hour of wall-clock time: C_buy / (lifetime × 8760 h) + P(u) × PUE × $/kWh, with
+    P(u) = P_idle + (P_busy − P_idle)·u.
 
-    Vectorised over ``purchase_usd`` (USD), ``busy_w`` (W, the deployment's TDP sum) and ``utilization``
-    (default: ``inputs.utilization``).
+    Vectorised over ``purchase_usd`` (USD), ``busy_w`` (W drawn while serving: the TDP sum, or the
+    activity-scaled draw of :mod:`capsim.energy`), ``utilization`` (default: ``inputs.utilization``) and
+    ``idle_w`` (W; default ``inputs.idle_power_fraction × busy_w``).
     """
     purchase = np.asarray(purchase_usd, dtype=np.float64)
     watts = np.asarray(busy_w, dtype=np.float64)
     u = np.asarray(inputs.utilization if utilization is None else utilization, dtype=np.float64)
+    idle = inputs.idle_power_fraction * watts if idle_w is None else np.asarray(idle_w, dtype=np.float64)
     # absurd inputs may overflow to inf: finite_cost reports that as one error, without numpy's warning
     with np.errstate(over="ignore"):
         amortised = purchase / (inputs.lifetime_years * HOURS_PER_YEAR)
-        average_w = watts * (inputs.idle_power_fraction + (1.0 - inputs.idle_power_fraction) * u)
+        average_w = idle + (watts - idle) * u
         # W x 1 h = W·h; / 1000 -> kWh (units.KWH is in joules: 1 kWh = 1000 W x 3600 s)
         energy = average_w * units.HOURS / units.KWH * inputs.pue * inputs.electricity_usd_per_kwh
         return np.asarray(amortised + energy, dtype=np.float64)
@@ -688,13 +795,15 @@ class TokenCost:
 
 @dataclass(frozen=True)
 class LoadCost:
-    """Throughputs at one batch and what a million tokens cost there, owned and rented."""
+    """Throughputs at one batch and what a million tokens cost there, owned and rented, with the energy
+    behind the owned figure (None when the accelerators' TDP is unknown)."""
 
     batch: int
     prefill_tokens_per_s: float
     decode_tokens_per_s: float | None
     owned: TokenCost
     rented: TokenCost
+    energy: EnergyReport | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -703,6 +812,7 @@ class LoadCost:
             "decode_tokens_per_s": self.decode_tokens_per_s,
             "owned": self.owned.to_dict(),
             "rented": self.rented.to_dict(),
+            "energy": None if self.energy is None else self.energy.to_dict(),
         }
 
 
@@ -753,14 +863,22 @@ class DeploymentRates:
         }
 
 
-def deployment_rates(hardware_id: str, devices: int, db: HardwareDB, inputs: CostInputs) -> DeploymentRates:
+def deployment_rates(
+    hardware_id: str,
+    devices: int,
+    db: HardwareDB,
+    inputs: CostInputs,
+    *,
+    host_memory_gb: float | None = None,
+) -> DeploymentRates:
     """Purchase, power and the owned and rented USD per busy hour of ``devices`` of ``hardware_id``.
 
-    The owned rate is None (with the reason in ``owned_missing``) when the accelerators have no price or no
-    TDP; missing host parts only make it a lower bound.
+    The owned rate here charges energy at TDP (every part flat out: an upper bound when no prediction is at
+    hand); :func:`load_cost` charges the modelled draw. It is None (with the reason in ``owned_missing``)
+    when the accelerators have no price or no TDP; missing host parts only make it a lower bound.
     """
-    purchase = purchase_cost(hardware_id, devices, db, inputs)
-    power = power_draw(hardware_id, devices, db)
+    purchase = purchase_cost(hardware_id, devices, db, inputs, host_memory_gb=host_memory_gb)
+    power = power_draw(hardware_id, devices, db, used_devices=devices)
     owned: float | None = None
     reason = ""
     if not purchase.accelerators_priced:
@@ -799,14 +917,45 @@ class CostReport:
 
 
 def load_cost(rates: DeploymentRates, prediction: Prediction) -> LoadCost:
-    """$/Mtok of a prediction's throughputs under ``rates``."""
-    owned, rented = rates.token_cost(prediction.prefill_tokens_per_s, prediction.decode_tokens_per_s)
+    """$/Mtok of a prediction's throughputs under ``rates``.
+
+    The owned figure charges energy at each phase's modelled draw (:mod:`capsim.energy`: idle plus the
+    activity-scaled dynamic power of every part) rather than at TDP: busy rate of a phase =
+    [C_buy / (lifetime × 8760 h) + (P_idle + (P_phase − P_idle)·u) × PUE × $/kWh] / u."""
+    inputs = rates.inputs
+    _, rented = rates.token_cost(prediction.prefill_tokens_per_s, prediction.decode_tokens_per_s)
+    energy = None
+    owned = TokenCost(None, None)
+    if rates.power.accelerators_known:
+        energy = energy_report(
+            rates.power.parts,
+            prediction,
+            idle_fraction=inputs.idle_power_fraction,
+            pue=inputs.pue,
+            electricity_usd_per_kwh=inputs.electricity_usd_per_kwh,
+            grid_gco2_per_kwh=inputs.grid_gco2_per_kwh,
+            lower_bound=bool(rates.power.missing),
+        )
+    if energy is not None and rates.owned_usd_per_busy_hour is not None:
+        purchase = rates.purchase.total_usd
+
+        def per(watts: float, tps: float | None) -> float | None:
+            if not tps:
+                return None
+            rate = busy_rate(owned_usd_per_hour(purchase, watts, inputs, idle_w=energy.idle_w), inputs)
+            return finite_cost(float(usd_per_mtok(rate, tps)))
+
+        owned = TokenCost(
+            per(energy.prefill.watts, prediction.prefill_tokens_per_s),
+            per(energy.decode.watts, prediction.decode_tokens_per_s),
+        )
     return LoadCost(
         prediction.batch_per_wave,
         prediction.prefill_tokens_per_s,
         prediction.decode_tokens_per_s,
         owned,
         rented,
+        energy,
     )
 
 
@@ -832,5 +981,7 @@ def cost_report(
             if scenario.batch == 1
             else predict(replace(scenario, batch=1, gpus=devices), hardware_db=hardware_db)
         )
-    rates = deployment_rates(scenario.hardware, devices, hardware_db, inputs)
+    rates = deployment_rates(
+        scenario.hardware, devices, hardware_db, inputs, host_memory_gb=scenario.host_memory_gb
+    )
     return CostReport(rates, load_cost(rates, full), load_cost(rates, single))

@@ -38,6 +38,9 @@ from .errors import DataFileError, MissingValueError, ScenarioError, UnknownHard
 
 SCHEMA_VERSION = 1
 KINDS: tuple[str, ...] = ("accelerator", "cpu", "dram", "ssd", "link", "system")
+PLATFORM_PARTS: tuple[str, ...] = ("chassis", "motherboard", "psu", "cooling", "nics", "assembly")
+"""Host-platform parts a system entry may price (``platform.<part>_usd``): chassis/case, motherboard, power
+supplies, cooling, network cards, assembly and test."""
 PRECISION_KEYS: tuple[str, ...] = ("fp64", "fp32", "tf32", "bf16", "fp16", "fp8", "int8", "fp4")
 """Keys of the peak-FLOPS tables. ``int8`` is in TOPS (integer ops), the others in TFLOPS."""
 EFFICIENCY_FIELDS: tuple[str, ...] = (
@@ -583,6 +586,7 @@ _SCHEMAS: dict[str, dict[str, _Field]] = {
         "memory_bandwidth_gb_s": _Field("float", True),
         "memory_type": _Field("str"),
         "tdp_w": _Field("float"),
+        "idle_w": _Field("float"),
         "unified_memory": _Field("bool"),
         **_peaks("peak_tflops_dense"),
         **_peaks("peak_tflops_sparse"),
@@ -609,6 +613,7 @@ _SCHEMAS: dict[str, dict[str, _Field]] = {
         "socket_link_gb_s_per_dir": _Field("float"),
         **_peaks("peak_tflops_dense"),
         "tdp_w": _Field("float"),
+        "idle_w": _Field("float"),
         "price.purchase_usd": _Field("float"),
         **_efficiency_fields("efficiency.", required=False),
     },
@@ -647,11 +652,15 @@ _SCHEMAS: dict[str, dict[str, _Field]] = {
         "dram.capacity_gb": _Field("float"),
         "ssds.#.id": _Field("ref:ssd"),
         "ssds.#.count": _Field("int"),
+        "ssds.#.capacity_tb": _Field("float"),
         "fabric": _Field("str", True, FABRICS),
         "scale_out": _Field("ref:link"),
         "scale_out_ports": _Field("int"),
         "price.purchase_usd": _Field("float"),
         "price.cloud_usd_per_hour": _Field("float"),
+        # host platform parts around the accelerators, CPUs, DRAM and drives (capsim.cost prices them)
+        **{f"platform.{part}_usd": _Field("float") for part in PLATFORM_PARTS},
+        "platform.power_w": _Field("float"),
     },
 }
 _EFFICIENCY_SCHEMA = _efficiency_fields("", required=True)

@@ -44,6 +44,7 @@ from .units import GB
 if TYPE_CHECKING:
     from .hardware import HardwareDB
     from .metrics import Prediction
+    from .options import DeploymentOption
 
 Objective = Literal["cost_per_mtok", "tpot", "throughput", "purchase"]
 Basis = Literal["owned", "rented"]
@@ -133,15 +134,23 @@ def native_weight_dtype(model: Any) -> str:
     return model.weight_dtype("routed_experts" if model.is_moe else "dense_ffn")
 
 
-def accuracy_for(model_id: str, benchmark: str, weight_dtype: str | None) -> AccuracyValue:
-    """Published accuracy of a model served at ``weight_dtype`` (None = native), with the quantisation
-    caveat."""
+def accuracy_for(
+    model_id: str,
+    benchmark: str,
+    weight_dtype: str | None,
+    *,
+    method: str | None = None,
+    variant: str | None = None,
+) -> AccuracyValue:
+    """Published accuracy of a model served at ``weight_dtype`` (None = native) quantised with ``method``;
+    ``unknown`` (no value) for a quantised precision nothing was published for."""
     from .engine import resolve_model
 
     model = resolve_model(model_id)
     dtype = None if weight_dtype in (None, "native") else weight_dtype
     return load_accuracy_db().lookup(
-        model.id, benchmark, weight_dtype=dtype, native_dtype=native_weight_dtype(model)
+        model.id, benchmark, weight_dtype=dtype, native_dtype=native_weight_dtype(model), variant=variant,
+        method=method,
     )
 
 
@@ -164,6 +173,18 @@ class Option:
     fits: bool
     problem: str = ""
     basis: Basis = "owned"
+    name: str = ""
+    """The deployment option's name (``--option name=...``); the hardware id for a bare ``--hardware``."""
+    system: str | None = None
+    """Serving-system preset of the option (``vllm-like``, ``ktransformers-like`` ...), if any."""
+    cap_class: str = ""
+    """MoE-CAP's PA / PC / CA class of the deployment (capsim.options.cap_class)."""
+    settings: dict[str, Any] = field(default_factory=dict)
+    """The option's predict settings that differ from the defaults."""
+
+    @property
+    def label(self) -> str:
+        return self.name or self.hardware
 
     @property
     def ok(self) -> bool:
@@ -206,6 +227,10 @@ class Option:
     def to_dict(self) -> dict[str, Any]:
         p = self.prediction
         return {
+            "name": self.label,
+            "system": self.system,
+            "cap_class": self.cap_class,
+            "settings": self.settings,
             "model": self.model,
             "hardware": self.hardware,
             "devices": self.devices,
@@ -230,7 +255,11 @@ class Option:
         full = c.full_load if c else None
         user = c.per_user if c else None
         purchase = c.rates.purchase if c else None
+        energy = None if full is None else full.energy
         return {
+            "name": self.label,
+            "system": self.system,
+            "cap_class": self.cap_class,
             "model": self.model,
             "hardware": self.hardware,
             "devices": self.devices,
@@ -239,6 +268,8 @@ class Option:
             "fits": self.fits,
             "problem": self.problem,
             "purchase_usd": self.purchase_usd,
+            "j_per_output_token": None if energy is None else energy.decode.j_per_token,
+            "decode_watts": None if energy is None else energy.decode.watts,
             "purchase_is_lower_bound": None if purchase is None else purchase.is_lower_bound,
             "owned_usd_per_mtok_input": None if full is None else full.owned.usd_per_mtok_input,
             "owned_usd_per_mtok_output": None if full is None else full.owned.usd_per_mtok_output,
@@ -305,15 +336,25 @@ def evaluate_option(
     inputs: CostInputs,
     benchmark: str,
     basis: Basis = "owned",
+    deployment: DeploymentOption | None = None,
+    variant: str | None = None,
 ) -> Option:
     """Predict, cost and look up accuracy for one scenario. A scenario that does not fit, or whose node cannot
     be built from the database, becomes an Option with ``problem`` set rather than an error, so one bad option
     does not hide the others."""
-    from .engine import predict
+    from .engine import predict, resolve_model
+    from .options import cap_class
 
     model_id = scenario.model if isinstance(scenario.model, str) else scenario.model.id
-    accuracy = accuracy_for(model_id, benchmark, scenario.weight_dtype)
+    method = deployment.quant_method if deployment else None
+    accuracy = accuracy_for(model_id, benchmark, scenario.weight_dtype, method=method, variant=variant)
     dtype = scenario.weight_dtype or "native"
+    native = native_weight_dtype(resolve_model(scenario.model))
+    named = {
+        "name": deployment.name if deployment else "",
+        "system": deployment.system if deployment else None,
+        "settings": deployment.to_dict()["settings"] if deployment else {},
+    }
     try:
         prediction = predict(scenario, hardware_db=db)
     except DoesNotFitError as exc:
@@ -329,6 +370,8 @@ def evaluate_option(
             fits=False,
             problem=str(exc),
             basis=basis,
+            cap_class=cap_class(scenario, native),
+            **named,
         )
     except (MissingValueError, ScenarioError) as exc:
         # e.g. more devices than the scale-up domain joins: this option cannot be built, the others can
@@ -344,6 +387,8 @@ def evaluate_option(
             fits=False,
             problem=str(exc),
             basis=basis,
+            cap_class=cap_class(scenario, native),
+            **named,
         )
     report = cost_report(scenario, db, inputs, full=prediction)
     return Option(
@@ -357,6 +402,8 @@ def evaluate_option(
         accuracy,
         fits=True,
         basis=basis,
+        cap_class=cap_class(scenario, native, str(prediction.scenario.get("mode", scenario.mode))),
+        **named,
     )
 
 
@@ -375,32 +422,62 @@ def compare(
     basis: Basis = "owned",
     benchmark: str = "mmlu",
     inputs: CostInputs | None = None,
+    deployments: Sequence[DeploymentOption] = (),
+    host_memory_gb: float | None = None,
 ) -> Comparison:
-    """Evaluate ``model`` on each hardware id and rank the options by ``objective`` (cost per million output
-    tokens at full load, TPOT, decode throughput, or purchase cost). Unknown ids and bad values raise before
-    any prediction runs."""
+    """Evaluate ``model`` on each hardware id and on each deployment option (:mod:`capsim.options`, which
+    carry their own predict settings) and rank the options by ``objective`` (cost per million output tokens
+    at full load, TPOT, decode throughput, or purchase cost). Unknown ids and bad values raise before any
+    prediction runs. Accuracy of all options comes from one published evaluation where one covers every
+    quantised option (:func:`capsim.accuracy.comparable_variant`)."""
+    from .accuracy import comparable_variant
+    from .engine import resolve_model
+
     _check_choice(objective, OBJECTIVES, "--objective")
     _check_choice(basis, BASES, "--basis")
     key = check_benchmark(benchmark)
     inputs = inputs or CostInputs()
     check_price_ids(inputs, hardware_db)
-    check_node_ids(hardware, hardware_db)
-    scenarios = [
-        Scenario(
-            model=model,
-            hardware=hw,
-            gpus=gpus,
-            batch=batch,
-            prompt_len=prompt_len,
-            gen_len=gen_len,
-            weight_dtype=weight_dtype,
-            kv_dtype=kv_dtype,
+    check_node_ids(list(hardware) + [d.scenario.hardware for d in deployments], hardware_db)
+    if not hardware and not deployments:
+        raise ScenarioError("nothing to compare; give --hardware ids or --option deployments")
+    plain = [
+        (
+            Scenario(
+                model=model,
+                hardware=hw,
+                gpus=gpus,
+                batch=batch,
+                prompt_len=prompt_len,
+                gen_len=gen_len,
+                weight_dtype=weight_dtype,
+                kv_dtype=kv_dtype,
+                host_memory_gb=host_memory_gb,
+            ),
+            None,
         )
         for hw in hardware
     ]
-    for sc in scenarios:
+    runs: list[tuple[Scenario, DeploymentOption | None]] = [
+        *plain,
+        *((replace(d.scenario, model=model), d) for d in deployments),
+    ]
+    for sc, _ in runs:
         sc.validate()
-    options = [evaluate_option(sc, hardware_db, inputs, key, basis) for sc in scenarios]
+    spec = resolve_model(model)
+    native = native_weight_dtype(spec)
+    from .options import is_quantised
+
+    quantised = sorted(
+        {
+            (str(sc.weight_dtype), d.quant_method if d else None)
+            for sc, d in runs
+            if is_quantised(sc, native) and sc.weight_dtype
+        },
+        key=str,
+    )
+    variant = comparable_variant(load_accuracy_db(), spec.id, key, quantised)
+    options = [evaluate_option(sc, hardware_db, inputs, key, basis, d, variant) for sc, d in runs]
     ranked = sorted(options, key=_objective_key(objective))
     from .engine import resolve_model
 

@@ -165,11 +165,14 @@ def test_missing_model_and_benchmark_show_as_missing(tmp_path: Path) -> None:
     assert got.caveat == "no published MMLU score"
 
 
-def test_quantised_weights_keep_the_native_score_with_a_caveat(db: AccuracyDB) -> None:
+def test_quantised_weights_without_a_published_figure_are_unknown(db: AccuracyDB) -> None:
+    # issue 14: never copy the bf16 score to a quantised deployment
     got = db.lookup("mixtral-8x7b", "mmlu", weight_dtype="int4", native_dtype="bf16")
-    assert got.status == "native-only" and got.value == 70.6
-    assert got.caveat == "published for the native checkpoint; no published delta for int4 weights"
-    assert got.label() == "70.6*"
+    assert got.status == "unknown" and got.value is None and got.fraction is None
+    assert got.caveat == (
+        "no published MMLU score for int4 weights; the native 70.6 is not copied (quantisation may cost accuracy)"
+    )
+    assert got.label() == "unknown"
     # serving at the published precision is not quantisation
     assert db.lookup("deepseek-v3", "mmlu", weight_dtype="fp8", native_dtype="fp8").status == "published"
 
@@ -197,7 +200,11 @@ def test_published_delta_is_applied() -> None:
     assert got.status == "published-delta"
     assert got.value == pytest.approx(68.5)  # 70.0 - 1.5 points
     assert "GPTQ" in got.caveat and "test delta source" in got.caveat
-    assert db.lookup("mixtral-8x7b", "mmlu", weight_dtype="fp8", native_dtype="bf16").status == "native-only"
+    assert got.label() == "68.5Δ"
+    assert db.lookup("mixtral-8x7b", "mmlu", weight_dtype="fp8", native_dtype="bf16").status == "unknown"
+    # a method that was not published for int4 is unknown too; the published one matches case-insensitively
+    assert db.lookup("mixtral-8x7b", "mmlu", weight_dtype="int4", native_dtype="bf16", method="AWQ").value is None
+    assert db.lookup("mixtral-8x7b", "mmlu", weight_dtype="int4", native_dtype="bf16", method="gptq").value == 68.5
 
 
 @pytest.mark.parametrize(

@@ -107,9 +107,14 @@ def test_compare_json_by_hand(cost_dir: Path) -> None:
     # 20,000 / (4 x 8,760) + 0.5 kW x 1.5 x 0.10 = 0.5707763 + 0.075 (tests/test_cost.py)
     assert _rates(payload)["owned_usd_per_busy_hour"] == pytest.approx(20000 / 35040 + 0.075, rel=1e-9)
     full = option["cost"]["full_load"]
+    # per token, energy is charged at the decode phase's modelled draw (capsim.energy), not at TDP:
+    # 20,000 / 35,040 + P_decode kW x 1.5 x 0.10
+    watts = full["energy"]["decode"]["watts"]
+    assert 100.0 < watts < 500.0  # between idle (0.2 x 500 W) and TDP
     assert full["owned"]["usd_per_mtok_output"] == pytest.approx(
-        (20000 / 35040 + 0.075) / 3600 / option["decode_tokens_per_s"] * 1e6, rel=1e-9
+        (20000 / 35040 + watts / 1000 * 0.15) / 3600 / option["decode_tokens_per_s"] * 1e6, rel=1e-9
     )
+    assert full["energy"]["j_per_output_token"] == pytest.approx(watts / option["decode_tokens_per_s"])
     assert option["accuracy"]["value"] == 62.5 and option["accuracy"]["soft"] is True
     names = {i["name"]: i for i in payload["cost_inputs"]["inputs"]}
     assert names["pue"]["overridden"] and not names["utilization"]["overridden"]
@@ -262,8 +267,9 @@ def test_compare_missing_accuracy_and_quantisation_caveat() -> None:
         ],
     )
     assert result.exit_code == 0, result.output
-    assert "62.5 (?)*" in result.output
-    assert "no published delta for int4 weights" in result.output
+    # issue 14: a quantised precision with nothing published is "unknown", not the bf16 62.5 with a star
+    assert "62.5" not in result.output.split("accuracy")[0] and "unknown" in result.output
+    assert "no published MMLU score for int4 weights; the native 62.5 is not copied" in result.output
 
 
 # --------------------------------------------------------------------------------------------- plan
@@ -331,7 +337,7 @@ def test_plan_json_carries_accuracy_per_precision(cost_dir: Path) -> None:
     accuracy = json.loads(result.stdout)["accuracy"]
     # models.md §2: Qwen1.5-MoE-A2.7B MMLU 62.5 (?); int4 has no published delta
     assert accuracy["native"]["status"] == "published" and accuracy["native"]["value"] == 62.5
-    assert accuracy["int4"]["status"] == "native-only"
+    assert accuracy["int4"]["status"] == "unknown" and accuracy["int4"]["value"] is None
 
 
 def test_plan_table_and_budget(cost_dir: Path) -> None:
@@ -462,7 +468,7 @@ def test_radar_reports_what_it_cannot_draw(cost_dir: Path, tmp_path: Path) -> No
         ],
     )
     assert result.exit_code == 0, result.output
-    assert "not drawn: cost-test-gpu-unpriced x1: no purchase value" in result.output
+    assert "not drawn: cost-test-gpu-unpriced x1 [PA]: no purchase value" in result.output  # + MoE-CAP class
     assert (tmp_path / "r.svg").exists()
 
 

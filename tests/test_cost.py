@@ -128,6 +128,28 @@ dram = {{ kind = "cost-test-dram", channels = 24, capacity_gb = 1024 }}
 ssds = [ {{ id = "cost-test-ssd", count = 2 }} ]
 fabric = "nvswitch"
 """,
+    # A whole server with every part priced: 2 GPUs, 1 CPU, 512 GB DRAM, 2 x 3.84 TB SSD, the platform parts
+    # (chassis, motherboard, PSU, cooling, NICs, assembly) and a platform power figure; CPU idle is sourced.
+    "cost-test-full-server.toml": f"""
+schema = 1
+id = "cost-test-full-server"
+kind = "system"
+name = "Cost test server, every part priced"
+source = "{TEST_SOURCE}"
+accelerators = {{ id = "cost-test-gpu", count = 2 }}
+cpus = {{ id = "cost-test-cpu", count = 1 }}
+dram = {{ kind = "cost-test-dram", channels = 12, capacity_gb = 512 }}
+ssds = [ {{ id = "cost-test-ssd", count = 2, capacity_tb = 3.84 }} ]
+fabric = "pcie"
+[platform]
+chassis_usd = 600
+motherboard_usd = 900
+psu_usd = 1200
+cooling_usd = 450
+nics_usd = 1500
+assembly_usd = 350
+power_w = 150
+""",
     # The same server with a whole-system purchase price and a system cloud price.
     "cost-test-priced-server.toml": f"""
 schema = 1
@@ -215,24 +237,38 @@ def test_cost_report_charges_each_phase_to_its_tokens(cost_db: HardwareDB, hand:
         model="qwen1.5-moe-a2.7b", hardware="cost-test-gpu", gpus=1, batch=8, prompt_len=256, gen_len=32
     )
     report = cost_report(scenario, cost_db, hand)
-    rate = 20000 / 35040 + 0.075  # USD per busy hour, as in test_owned_rate_one_gpu_by_hand
     full = report.full_load
     assert full.batch == 8 and report.per_user.batch == 1
+    # Energy is charged at each phase's modelled draw, not at TDP: P = P_idle + (TDP - P_idle) x a with
+    # P_idle = 0.2 x 500 W = 100 W and a = the share of the phase in which a kernel runs.
+    from capsim.engine import predict
+
+    pred = predict(scenario, hardware_db=cost_db)
+    energy = full.energy
+    assert energy is not None
+    for phase, metrics in (("prefill", pred.prefill), ("decode", pred.decode)):
+        by = metrics.time_by_resource_s
+        a = (by["compute"] + by["memory"] + by["interconnect"]) / metrics.time_s
+        assert getattr(energy, phase).watts == pytest.approx(100 + 400 * a, rel=1e-9)
+    # (the host of a bare accelerator id has no power figure: the draw is a lower bound)
+    assert energy.decode.is_lower_bound
+
+    def rate(watts: float) -> float:  # USD per busy hour at u = 1, as in test_owned_rate_one_gpu_by_hand
+        return 20000 / 35040 + watts / 1000 * 1.5 * 0.10
+
+    rate_in, rate_out = rate(energy.prefill.watts), rate(energy.decode.watts)
     assert full.owned.usd_per_mtok_input == pytest.approx(
-        rate / 3600 / full.prefill_tokens_per_s * 1e6, rel=1e-6
+        rate_in / 3600 / full.prefill_tokens_per_s * 1e6, rel=1e-6
     )
     assert full.owned.usd_per_mtok_output == pytest.approx(
-        rate / 3600 / full.decode_tokens_per_s * 1e6, rel=1e-6
+        rate_out / 3600 / full.decode_tokens_per_s * 1e6, rel=1e-6
     )
     # batching raises throughput, so a user alone pays more per token than at full load
     assert report.per_user.owned.usd_per_mtok_output > full.owned.usd_per_mtok_output
     # What one batch costs, split by phase, adds back up to the busy time it took:
-    # in$ x B·P + out$ x B·(G-1) = rate x (TTFT + (G-1)·TPOT)
-    from capsim.engine import predict
-
-    pred = predict(scenario, hardware_db=cost_db)
+    # in$ x B·P + out$ x B·(G-1) = rate_in x TTFT + rate_out x (G-1)·TPOT
     charged = (full.owned.usd_per_mtok_input * 8 * 256 + full.owned.usd_per_mtok_output * 8 * 31) / 1e6
-    assert charged == pytest.approx(rate / 3600 * (pred.ttft_s + 31 * pred.tpot_s), rel=1e-9)
+    assert charged == pytest.approx((rate_in * pred.ttft_s + rate_out * 31 * pred.tpot_s) / 3600, rel=1e-9)
 
 
 # --------------------------------------------------------------------------------------------- parts
@@ -257,7 +293,8 @@ def test_system_power_by_hand(cost_db: HardwareDB, hand: CostInputs) -> None:
     rates = deployment_rates("cost-test-server", 4, cost_db, hand)
     # 4 x 500 W + 2 x 300 W + 2 x 10 W (SSD active) = 2,620 W; DRAM has no power figure -> listed missing
     assert rates.power.busy_w == 2620.0
-    assert [p.part for p in rates.power.missing] == ["cost-test-dram"]
+    # DRAM and the platform (fans, NICs, board) have no power figure -> listed missing
+    assert [p.part for p in rates.power.missing] == ["cost-test-dram", "platform"]
     # owned: 92,560 / 35,040 + 2.62 kW x 1.5 x 0.10 = 2.6415525 + 0.393 = 3.0345525 USD/h
     assert rates.owned_usd_per_busy_hour == pytest.approx(3.0345525, rel=1e-6)
     # no system cloud price: the accelerator's 2.0 USD/h x 4 devices
@@ -290,7 +327,10 @@ def test_unpriced_accelerator_has_no_owned_cost(cost_db: HardwareDB, hand: CostI
 
 def test_shipped_accelerator_uses_database_price_with_provenance(default_hardware_db: HardwareDB) -> None:
     purchase = purchase_cost("h100-sxm", 2, default_hardware_db, CostInputs())
-    (part,) = purchase.parts
+    part, host = purchase.parts
+    # a bare accelerator id has no host server: named as missing, so the total is a lower bound
+    assert host.part == "host" and host.unit_usd is None and "host server" in host.missing
+    assert purchase.is_lower_bound and purchase.label().startswith("≥ $")
     acc = default_hardware_db.accelerator("h100-sxm")
     assert part.unit_usd == acc.purchase_usd and part.quantity == 2
     assert part.source == acc.provenance["price.purchase_usd"].source

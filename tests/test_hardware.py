@@ -108,6 +108,7 @@ EXPECTED_IDS = {
         "gaudi3-platform",
         "workstation-4090",
         "epyc-9654-2s",
+        "epyc-9654-4090",  # issue 14: the CPU-GPU (KTransformers-style) reference server
     ],
 }
 

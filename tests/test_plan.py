@@ -341,7 +341,7 @@ def test_compare_headroom_and_quantisation_caveat(default_hardware_db: HardwareD
     m = o.prediction.memory
     assert o.headroom_gb == pytest.approx((m.usable_bytes - m.total_bytes) / 1e9)
     assert o.headroom_gb > 0
-    assert o.accuracy.status == "native-only" and "int4" in o.accuracy.caveat
+    assert o.accuracy.status == "unknown" and o.accuracy.value is None and "int4" in o.accuracy.caveat
 
 
 def test_compare_rejects_bad_input_before_predicting(default_hardware_db: HardwareDB) -> None:

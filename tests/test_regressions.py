@@ -231,7 +231,7 @@ def test_radar_with_nothing_drawable_is_one_error_line(tmp_path: Path) -> None:
     line = _one_error_line(
         ["radar", "--model", "deepseek-v3", "--hardware", "rtx-4090", "--out", str(tmp_path / "r")]
     )
-    assert line.startswith("error: no option can be drawn (rtx-4090 xauto: does not fit: needs ")
+    assert line.startswith("error: no option can be drawn (rtx-4090 xauto [PA]: does not fit: needs ")
     assert line.endswith("); try more GPUs, another --cost-axis or --price")
     assert list(tmp_path.iterdir()) == []
 

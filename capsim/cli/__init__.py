@@ -40,9 +40,9 @@ app = typer.Typer(
 
 
 def _register_all() -> None:
-    from . import cost, fit, hardware, model, predict, profile, sweep, trace
+    from . import cost, fit, hardware, measure, model, predict, profile, sweep, trace
 
-    for module in (predict, fit, hardware, model, trace, profile, cost, sweep):
+    for module in (predict, fit, hardware, model, trace, profile, cost, sweep, measure):
         module.register(app)
 
 

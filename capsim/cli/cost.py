@@ -111,6 +111,46 @@ SystemOption = Annotated[
     ),
 ]
 JsonFlag = Annotated[bool, typer.Option("--json", help="print one JSON object instead of tables")]
+DeploymentOptionsOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--option",
+        metavar="KEY=VALUE;...",
+        help="a deployment option carrying any predict setting, e.g. "
+        "'name=kt;hardware=epyc-9654-4090;system=ktransformers-like;weight-dtype=int4;quant-method=Q4_K_M' "
+        "(repeatable; keys: name, system, quant-method and every predict option; see docs/cap.md)",
+        show_default=False,
+    ),
+]
+OptionsFileOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--options",
+        metavar="FILE",
+        help="TOML file of [[option]] tables with the same keys as --option",
+        show_default=False,
+    ),
+]
+HostMemoryOption = Annotated[
+    float | None, typer.Option(help=_scenario_help("host_memory_gb"), show_default=False)
+]
+GridOption = Annotated[
+    float | None,
+    typer.Option(
+        "--grid-gco2-kwh",
+        help="grid carbon intensity in gCO2 per kWh; adds gCO2 per output token (optional, no default)",
+        show_default=False,
+    ),
+]
+
+
+def deployment_options(
+    option: list[str] | None, options_file: Path | None, base: Scenario
+) -> list[Any]:
+    """The ``--option`` / ``--options`` deployments over ``base`` (the command's own flags)."""
+    from ..options import collect_options
+
+    return collect_options(option, options_file, base)
 
 
 def option_ids(hardware: list[str] | None, system: list[str] | None, db: Any) -> list[str]:
@@ -153,6 +193,7 @@ def cost_inputs(
     lifetime_years: float | None,
     utilization: float | None,
     idle_power_fraction: float | None,
+    grid_gco2_kwh: float | None = None,
 ) -> CostInputs:
     """CostInputs from the defaults, then the ``--prices`` file, then the command-line options."""
     inputs = CostInputs()
@@ -164,6 +205,7 @@ def cost_inputs(
         "lifetime_years": lifetime_years,
         "utilization": utilization,
         "idle_power_fraction": idle_power_fraction,
+        "grid_gco2_per_kwh": grid_gco2_kwh,
     }
     return inputs.override(
         **{k: v for k, v in scalars.items() if v is not None},
@@ -235,9 +277,10 @@ def render_comparison(result: Any) -> None:
     """Rich table of a :class:`capsim.plan.Comparison`, then the notes behind its numbers."""
     console = out_console()
     first = result.options[0]
+    dtypes = sorted({o.weight_dtype for o in result.options})
     title = (
-        f"{result.model} · batch {first.batch} (full load) · ranked by {result.objective} ({result.basis}) · "
-        f"weights {first.weight_dtype}"
+        f"{result.model} · batch {first.batch} (full load) · ranked by {result.objective} ({result.basis})"
+        + (f" · weights {dtypes[0]}" if len(dtypes) == 1 else "")
     )
     table = Table(
         title=title,
@@ -249,9 +292,11 @@ def render_comparison(result: Any) -> None:
         "at batch 1; rent$/M = output at cloud prices; free = memory headroom per device",
         caption_justify="left",
     )
+    named = any(o.name for o in result.options)
     for col in (
-        "hardware",
+        "option" if named else "hardware",
         "n",
+        "CAP",
         "purchase",
         "in$/M",
         "out$/M",
@@ -260,16 +305,22 @@ def render_comparison(result: Any) -> None:
         "TPOT",
         "TTFT",
         "tok/s",
+        "J/tok",
         "free",
         result.benchmark.upper(),
     ):
-        table.add_column(col, justify="left" if col == "hardware" else "right", no_wrap=True)
+        if col == "option":  # option names are free text: wrap them rather than squeeze the numbers
+            table.add_column(col, justify="left", max_width=20, overflow="fold")
+        else:
+            table.add_column(col, justify="left" if col == "hardware" else "right", no_wrap=True)
     for o in result.options:
         if not o.ok:
             table.add_row(
-                o.hardware,
+                escape(o.label),
                 str(o.devices or "auto"),
+                o.cap_class,
                 f"[red]{'no fit' if 'does not fit' in o.problem else 'n/a'}[/red]",
+                "",
                 "",
                 "",
                 "",
@@ -282,9 +333,11 @@ def render_comparison(result: Any) -> None:
             )
             continue
         full, user = o.cost.full_load, o.cost.per_user
+        joules = None if full.energy is None else full.energy.decode.j_per_token
         table.add_row(
-            o.hardware,
+            escape(o.label),
             str(o.devices),
+            o.cap_class,
             escape(o.cost.rates.purchase.label()),
             _usd(full.owned.usd_per_mtok_input),
             _usd(full.owned.usd_per_mtok_output),
@@ -293,30 +346,52 @@ def render_comparison(result: Any) -> None:
             _ms(o.tpot_s),
             _ms(o.ttft_s),
             f"{o.throughput:,.0f}" if o.throughput else "n/a",
+            "n/a" if joules is None else (("≥" if full.energy.decode.is_lower_bound else "") + f"{joules:.3g}"),
             f"{o.headroom_gb:,.0f}GB",
             escape(o.accuracy.label()),
         )
     console.print(table)
     for o in result.options:
         if not o.ok:
-            console.print(f"  [red]{escape(o.hardware)}[/red]: {escape(o.problem)}", soft_wrap=True)
+            console.print(f"  [red]{escape(o.label)}[/red]: {escape(o.problem)}", soft_wrap=True)
         elif o.prediction.memory.waves > 1:
             console.print(
                 f"  [yellow]{o.hardware}[/yellow]: the KV cache holds {o.prediction.memory.max_batch} "
                 f"sequences; batch {o.batch} runs in {o.prediction.memory.waves} waves",
                 soft_wrap=True,
             )
-    acc = first.accuracy
-    if acc.value is None:
-        console.print(f"accuracy: {acc.caveat} for {result.model} (missing, not estimated)")
-    else:
-        soft = "; (?) = uncertain in the reference" if acc.soft else ""
-        setting = f" {acc.setting}" if acc.setting else ""
-        console.print(
-            escape(f"accuracy: {acc.benchmark}{setting} ({acc.variant}) — {acc.source}{soft}"), soft_wrap=True
-        )
-        if acc.caveat:
-            console.print(escape(f"  * {acc.caveat}"), soft_wrap=True)
+    seen_acc: set[str] = set()
+    for o in result.options:
+        acc = o.accuracy
+        lines = []
+        if acc.value is None:
+            if acc.status == "missing":
+                lines.append(f"accuracy: {acc.caveat} for {result.model} (missing, not estimated)")
+            else:
+                lines.append(f"accuracy ({o.label}): {acc.caveat} ({acc.status}, not estimated)")
+        else:
+            soft = "; (?) = uncertain in the reference" if acc.soft else ""
+            setting = f" {acc.setting}" if acc.setting else ""
+            lines.append(f"accuracy: {acc.benchmark}{setting} ({acc.variant}) — {acc.source}{soft}")
+            if acc.caveat:
+                lines.append(f"  Δ {o.label}: {acc.caveat}")
+        for text in lines:
+            if text not in seen_acc:
+                seen_acc.add(text)
+                console.print(escape(text), soft_wrap=True)
+    if named:
+        for o in result.options:
+            if o.system or o.settings:
+                console.print(
+                    escape(f"  {o.label}: {o.hardware}" + (f", system {o.system}" if o.system else "")
+                           + "".join(f", {k}={v}" for k, v in o.settings.items() if k != "hardware")),
+                    soft_wrap=True,
+                )
+    console.print(
+        "CAP = MoE-CAP class: PA performance+accuracy, PC performance+cost (quantised), "
+        "CA cost+accuracy (offloaded); J/tok = joules per output token at full load (docs/cap.md)",
+        soft_wrap=True,
+    )
     console.print(
         "cost: prefill time charged to input tokens, decode time to output tokens; "
         "'≥' = lower bound (a part has no price); ? = a soft price",
@@ -470,6 +545,10 @@ def register(app: typer.Typer) -> None:
         ] = "cost_per_mtok",
         basis: BasisOption = "owned",
         benchmark: BenchmarkOption = "mmlu",
+        option: DeploymentOptionsOption = None,
+        options_file: OptionsFileOption = None,
+        host_memory_gb: HostMemoryOption = None,
+        grid_gco2_kwh: GridOption = None,
         price: PriceOption = None,
         cloud: CloudOption = None,
         prices: PricesFileOption = None,
@@ -492,12 +571,18 @@ def register(app: typer.Typer) -> None:
         if csv_path is not None:
             check_output_file(csv_path, "--csv", "compare.csv")
         inputs = cost_inputs(
-            prices, price, cloud, electricity_usd_kwh, pue, lifetime_years, utilization, idle_power_fraction
+            prices, price, cloud, electricity_usd_kwh, pue, lifetime_years, utilization, idle_power_fraction,
+            grid_gco2_kwh,
         )
         db = load_db(hardware_db, override)
+        base = Scenario(
+            model=model, gpus=parse_gpus(gpus), batch=batch, prompt_len=prompt_len, gen_len=gen_len,
+            weight_dtype=weight_dtype, kv_dtype=kv_dtype, host_memory_gb=host_memory_gb,
+        )
+        deployments = deployment_options(option, options_file, base)
         result = run_compare(
             model,
-            option_ids(hardware, system, db),
+            option_ids(hardware, system, db) if (hardware or system or not deployments) else [],
             hardware_db=db,
             gpus=parse_gpus(gpus),
             batch=batch,
@@ -509,6 +594,8 @@ def register(app: typer.Typer) -> None:
             basis=cast("Basis", basis),
             benchmark=benchmark,
             inputs=inputs,
+            deployments=deployments,
+            host_memory_gb=host_memory_gb,
         )
         if csv_path is not None:
             write_csv([o.to_row() for o in result.options], csv_path)
@@ -690,6 +777,13 @@ def register(app: typer.Typer) -> None:
         pareto: Annotated[
             bool, typer.Option("--pareto", help="also write the cost-vs-TPOT Pareto plot")
         ] = False,
+        option: DeploymentOptionsOption = None,
+        options_file: OptionsFileOption = None,
+        host_memory_gb: HostMemoryOption = None,
+        grid_gco2_kwh: GridOption = None,
+        json_out: Annotated[
+            bool, typer.Option("--json", help="also print the radar's data (raw values and scores) as JSON")
+        ] = False,
         price: PriceOption = None,
         cloud: CloudOption = None,
         prices: PricesFileOption = None,
@@ -711,11 +805,17 @@ def register(app: typer.Typer) -> None:
         if cost_cap is not None and not cost_cap > 0:
             raise ScenarioError(f"--cost-cap must be a positive number, got {cost_cap}")
         inputs = cost_inputs(
-            prices, price, cloud, electricity_usd_kwh, pue, lifetime_years, utilization, idle_power_fraction
+            prices, price, cloud, electricity_usd_kwh, pue, lifetime_years, utilization, idle_power_fraction,
+            grid_gco2_kwh,
         )
         db = load_db(hardware_db, override)
         models = split_ids(model, "--model", "mixtral-8x7b,qwen3-30b-a3b")
-        hw_ids = option_ids(hardware, system, db)
+        base = Scenario(
+            model=models[0], gpus=parse_gpus(gpus), batch=batch, prompt_len=prompt_len, gen_len=gen_len,
+            weight_dtype=weight_dtype, host_memory_gb=host_memory_gb,
+        )
+        deployments = deployment_options(option, options_file, base)
+        hw_ids = option_ids(hardware, system, db) if (hardware or system or not deployments) else []
         options: list[tuple[str, Option]] = []
         model_ids: list[str] = []
         for m in models:
@@ -730,6 +830,8 @@ def register(app: typer.Typer) -> None:
                 weight_dtype=weight_dtype,
                 benchmark=benchmark,
                 inputs=inputs,
+                deployments=deployments,
+                host_memory_gb=host_memory_gb,
             )
             model_ids.append(result.model)
             options.extend((result.model if len(models) > 1 else "", o) for o in result.options)
@@ -742,7 +844,7 @@ def register(app: typer.Typer) -> None:
             )
         for text in dropped:
             err_console().print(f"[yellow]not drawn[/yellow]: {escape(text)}", soft_wrap=True)
-        from ..report.plots import output_stem, plot_radar
+        from ..report.plots import output_stem, plot_radar, radar_scores
 
         # the resolved id, not the argument: a config.json path must not become a directory in the name
         stem = output_stem(out or Path(f"capsim-radar-{model_ids[0] if len(models) == 1 else 'models'}"))
@@ -754,6 +856,37 @@ def register(app: typer.Typer) -> None:
             accuracy_label=f"Accuracy ({benchmark})",
             cost_cap=cost_cap,
         )
+        if json_out:
+            scores = radar_scores(radar_options, cost_cap)
+            drawn = [o for _, o in options if _radar_name(_, o) in {r.label for r in radar_options}]
+            print_json(
+                {
+                    "models": model_ids,
+                    "batch": batch,
+                    "axes": {"performance": "TPOT (s), reversed min-max", "cost": _COST_AXES[cost_axis],
+                             "accuracy": f"{benchmark} (fraction), min-max up to 1"},
+                    "cost_axis": cost_axis,
+                    "cost_cap": cost_cap if cost_cap is not None else max(r.cost for r in radar_options),
+                    "floor": 20.0,
+                    "png": str(png),
+                    "svg": str(svg),
+                    "options": [
+                        {
+                            "label": r.label,
+                            "tpot_s": r.tpot_s,
+                            "cost": r.cost,
+                            "accuracy": r.accuracy,
+                            "cost_is_lower_bound": r.cost_is_lower_bound,
+                            "scores": {"performance": float(sc[0]), "cost": float(sc[1]), "accuracy": float(sc[2])},
+                            "option": o.to_dict(),
+                        }
+                        for r, sc, o in zip(radar_options, scores, drawn)
+                    ],
+                    "not_drawn": dropped,
+                }
+            )
+            err_console().print(f"radar: {png} and {svg}")
+            return
         console = out_console()
         console.print(f"radar: {png} and {svg}")
         if pareto:
@@ -768,13 +901,19 @@ _COST_AXES = {
 }
 
 
+def _radar_name(prefix: str, o: Any) -> str:
+    """Legend name: the option's name (or hardware x devices) and its MoE-CAP class."""
+    base = o.name or f"{o.hardware} x{o.devices or 'auto'}"
+    return f"{prefix + ' on ' if prefix else ''}{base} [{o.cap_class}]" if o.cap_class else base
+
+
 def _radar_options(options: list[tuple[str, Any]], cost_axis: str) -> tuple[list[Any], list[str]]:
     """RadarOptions of the options that ran and have a value on the cost axis; the others with reasons."""
     from ..report.plots import RadarOption
 
     drawn, dropped = [], []
     for prefix, o in options:
-        name = f"{prefix + ' on ' if prefix else ''}{o.hardware} x{o.devices or 'auto'}"
+        name = _radar_name(prefix, o)
         if not o.ok:
             dropped.append(f"{name}: {o.problem}")
             continue
@@ -787,7 +926,10 @@ def _radar_options(options: list[tuple[str, Any]], cost_axis: str) -> tuple[list
         if cost is None:
             dropped.append(f"{name}: no {cost_axis} value (a price or TDP is missing)")
             continue
-        drawn.append(RadarOption(name, float(o.tpot_s), float(cost), o.accuracy.fraction))
+        lower = (
+            o.cost.rates.purchase.is_lower_bound if cost_axis != "power" else bool(o.cost.rates.power.missing)
+        )
+        drawn.append(RadarOption(name, float(o.tpot_s), float(cost), o.accuracy.fraction, lower))
     return drawn, dropped
 
 

@@ -71,6 +71,8 @@ class RadarOption:
     tpot_s: float
     cost: float
     accuracy: float | None
+    cost_is_lower_bound: bool = False
+    """True when a part of the cost has no price (the legend shows "≥")."""
 
 
 def radar_scores(options: Sequence[RadarOption], cost_cap: float | None = None) -> NDArray[np.float64]:
@@ -148,7 +150,7 @@ def plot_radar(
     for opt, row in zip(options, scores):
         values = np.append(row, row[0])
         name = opt.label + ("  (accuracy missing)" if opt.accuracy is None else "")
-        raw = f"TPOT {opt.tpot_s / units.MS:.1f} ms, cost {opt.cost:,.0f}"
+        raw = f"TPOT {opt.tpot_s / units.MS:.1f} ms, cost {'≥' if opt.cost_is_lower_bound else ''}{opt.cost:,.0f}"
         if opt.accuracy is not None:
             raw += f", acc {opt.accuracy:.3f}"
         (line,) = ax.plot(closed, values, linewidth=2, label=f"{name}: {raw}")
