@@ -335,7 +335,7 @@ def _default_router(text: str, shape: tuple[int, ...], seed: int, model: ModelSp
 
 
 def _counts(spec: RouterSpec, model: ModelSpec, seed: int) -> Router:
-    from .expert_counts import check_against, load_expert_counts
+    from .engine_dumps import check_against, load_expert_counts
 
     assert model.moe is not None  # checked by make_router before dispatch
     counts = load_expert_counts(_need_arg(spec, "an expert-load dump path"))

@@ -1,4 +1,4 @@
-"""Expert-load dumps of serving engines as routers (capsim.routing.expert_counts, ``--routing counts:PATH``)."""
+"""Expert-load dumps of serving engines as routers (capsim.routing.engine_dumps, ``--routing counts:PATH``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from capsim import make_router
 from capsim.errors import TraceError
-from capsim.routing.expert_counts import load_expert_counts
+from capsim.routing.engine_dumps import load_expert_counts
 from strategies import tiny_moe_model
 
 torch = pytest.importorskip("torch")
