@@ -49,6 +49,10 @@ class ResolvedScenario:
     """Per-device bytes/s on the network joining nodes (0 for one node)."""
     cpu_efficiency: object = None
     """Efficiency of the ``cpu`` class from the same database (for CPU-computed experts); None if absent."""
+    speculation: object = None
+    """capsim.speculative.Speculation of ``--spec`` (None: plain decoding)."""
+    draft: object = None
+    """The draft model resolved on the same devices (``--spec draft:MODEL:K``), else None."""
 
     @property
     def offloaded(self) -> np.ndarray:
@@ -189,6 +193,10 @@ def resolve_on(scenario: Scenario, db: HardwareDB, model: ModelSpec, count: int 
         cpu_eff = db.efficiency_for(cpus[0][0]) if cpus else db.efficiency("cpu")
     rs = ResolvedScenario(scenario, model, node, device, eff, placement, rates, router, deployment,
                           layout=layout, scale_out_bytes_s=scale_out, cpu_efficiency=cpu_eff)
+    if scenario.spec is not None:
+        from .speculative import resolve_speculation
+
+        rs = resolve_speculation(rs, db, count)
     return _with_expert_tiers(rs) if model.is_moe else rs
 
 
@@ -389,23 +397,28 @@ def prefill_passes(
     )
 
 
-def decode_passes(rs: ResolvedScenario, batch: np.ndarray, context: np.ndarray) -> PassCost:
+def decode_passes(rs: ResolvedScenario, batch: np.ndarray, context: np.ndarray,
+                  tokens_per_sequence: int = 1) -> PassCost:
     """Cost of decode steps, one entry per step: ``batch`` sequences each adding one token that attends to
     ``context`` tokens (window-capped per layer); arrays broadcast together. Under attention data parallelism
-    (N ranks) the busiest rank decodes ceil(batch / N) sequences and the MoE layers see all ``batch`` tokens."""
+    (N ranks) the busiest rank decodes ceil(batch / N) sequences and the MoE layers see all ``batch`` tokens.
+    A speculative verify step has ``tokens_per_sequence`` = K + 1 query tokens per sequence: they attend to the
+    same cached context (its KV read once) and all get logits."""
     model = rs.model
     batch_all, context = (np.asarray(a, dtype=np.float64) for a in np.broadcast_arrays(batch, context))
     adp = rs.placement.attention_dp
-    tokens = np.ceil(batch_all / adp) if adp > 1 else batch_all
+    q = float(tokens_per_sequence)
+    sequences = np.ceil(batch_all / adp) if adp > 1 else batch_all
+    tokens = sequences * q if q != 1.0 else sequences
     windows, counts = _window_rows(model)
     c_eff = np.minimum(context[None, :], windows[:, None])  # (distinct windows, steps)
-    activated, moe_weights = _activated(rs, batch_all)
-    reads = tokens[None, :] * c_eff
+    activated, moe_weights = _activated(rs, batch_all * q if q != 1.0 else batch_all)
+    reads = sequences[None, :] * c_eff
     return pass_cost(
-        model, rs.placement, rs.rates, phase="decode", tokens=tokens, sequences=tokens,
-        context=context, pairs_per_layer=reads, kv_read_tokens_per_layer=reads,
+        model, rs.placement, rs.rates, phase="decode", tokens=tokens, sequences=sequences,
+        context=context, pairs_per_layer=reads * q if q != 1.0 else reads, kv_read_tokens_per_layer=reads,
         activated=activated, lm_head_sequences=tokens, layer_weights=counts, moe_layer_weights=moe_weights,
-        expert_tokens=batch_all if adp > 1 else None,
+        expert_tokens=batch_all * q if adp > 1 else None,
     )
 
 
@@ -431,6 +444,13 @@ def prefill_cost(rs: ResolvedScenario, batch: int) -> PassCost:
 def decode_cost(rs: ResolvedScenario, batch: int) -> PassCost:
     """The gen_len − 1 decode steps after prefill; step j's new token attends to prompt_len + j tokens."""
     sc = rs.scenario
+    spec = rs.speculation
+    if spec is not None:
+        # verify steps: each yields E tokens per sequence on average (capsim.speculative)
+        per_step = spec.tokens_per_step  # type: ignore[attr-defined]
+        steps = math.ceil(max(sc.gen_len - 1, 0) / per_step)
+        context = sc.prompt_len + per_step * np.arange(1, steps + 1, dtype=np.float64)
+        return decode_passes(rs, np.float64(batch), context, spec.draft_tokens + 1)  # type: ignore[attr-defined]
     steps = max(sc.gen_len - 1, 0)
     context = sc.prompt_len + np.arange(1, steps + 1, dtype=np.float64)
     return decode_passes(rs, np.float64(batch), context)
@@ -457,6 +477,10 @@ def predict(scenario: Scenario, *, hardware_db: HardwareDB | None = None) -> Pre
     else:
         ep_info = {}
     deployment = {**_apply_mode(rs, memory, wave_batch, prefill, decode), **ep_info}
+    if rs.speculation is not None:
+        from .speculative import add_draft_passes
+
+        deployment["speculative"] = add_draft_passes(rs, decode, math.ceil(wave_batch / micro))
     if rs.layout.pp > 1:
         from .parallel import apply_pipeline_decode, apply_pipeline_prefill
 
@@ -467,8 +491,14 @@ def predict(scenario: Scenario, *, hardware_db: HardwareDB | None = None) -> Pre
         deployment["layout"] = rs.layout.to_dict()
     if rs.notes:
         deployment["note"] = "; ".join(rs.notes + ((deployment["note"],) if "note" in deployment else ()))
-    return build_prediction(rs, memory, wave_batch, prefill, decode, deployment, replicas=replicas,
-                            total_batch=scenario.batch)
+    prediction = build_prediction(rs, memory, wave_batch, prefill, decode, deployment, replicas=replicas,
+                                  total_batch=scenario.batch)
+    if rs.speculation is not None and prediction.tpot_s:
+        # a verify step yields E tokens per sequence: TPOT = step time / E (capsim.speculative)
+        per_step = rs.speculation.tokens_per_step  # type: ignore[attr-defined]
+        prediction = replace(prediction, tpot_s=prediction.tpot_s / per_step,
+                             decode_tokens_per_s=(prediction.decode_tokens_per_s or 0.0) * per_step)
+    return prediction
 
 
 def _apply_mode(rs: ResolvedScenario, memory: MemoryPlan, batch: int, prefill: PassCost, decode: PassCost) -> dict:

@@ -357,10 +357,11 @@ def _deepseek(f: _Fields, spec: dict[str, Any]) -> ModelSpec:
         n_group=n_group,
         topk_group=f.int("topk_group", default=n_group),
     )
-    if f.int("num_nextn_predict_layers", default=0, minimum=0):
+    mtp_modules = f.int("num_nextn_predict_layers", default=0, minimum=0)
+    if mtp_modules:
         notes.append(
             "multi-token-prediction module (num_nextn_predict_layers) not counted: plain decoding "
-            "does not run it"
+            "does not run it (--spec mtp:K does)"
         )
     return ModelSpec(
         **spec,
@@ -375,6 +376,7 @@ def _deepseek(f: _Fields, spec: dict[str, Any]) -> ModelSpec:
         max_context=_max_context(f),
         native_dtypes=_native_dtypes(f, notes),
         notes=tuple(notes),
+        mtp_modules=mtp_modules,
     )
 
 

@@ -106,6 +106,11 @@ def weight_bytes_per_device(rs: ResolvedScenario) -> dict[str, float]:
         ends = ("embeddings", "lm_head")
         heavier = max(ends, key=lambda g: by_group.get(g, 0.0))
         by_group = {g: (b if g == heavier else 0.0) if g in ends else b * share for g, b in by_group.items()}
+    if getattr(rs, "speculation", None) is not None:
+        # the drafter: DeepSeek's MTP module (one MoE layer + projection) or a whole draft model
+        from .speculative import draft_weight_bytes_per_device
+
+        by_group["speculative_draft"] = draft_weight_bytes_per_device(rs)
     tiers = rs.expert_tiers
     if tiers.size and (tiers != DEVICE).any():
         # experts placed in host DRAM or on an SSD take no device memory (an offload cache is sized apart)
@@ -152,7 +157,13 @@ def kv_bytes_per_sequence_at(rs: ResolvedScenario, length: ArrayLike) -> FloatAr
     if rs.layout.pp > 1:
         # a pipeline stage keeps the KV of its own layers only
         scale *= rs.layout.stage_layers(model.num_layers) / model.num_layers
-    return np.asarray(per_unique[inverse].reshape(lengths.shape) * scale, dtype=np.float64)
+    spec = getattr(rs, "speculation", None)
+    if spec is not None and spec.kind == "mtp":
+        scale *= (model.num_layers + 1) / model.num_layers  # the MTP module's layer keeps its own KV
+    kv = per_unique[inverse].reshape(lengths.shape) * scale
+    if spec is not None and spec.kind == "draft":
+        kv = kv + kv_bytes_per_sequence_at(rs.draft, lengths)  # type: ignore[attr-defined]
+    return np.asarray(kv, dtype=np.float64)
 
 
 def buffer_bytes_per_device(rs: ResolvedScenario) -> float:

@@ -184,6 +184,10 @@ class ModelSpec:
     """LayerNorm with a bias vector (Phi-3.5-MoE) instead of a weight-only RMSNorm."""
     lm_head_bias: bool = False
     """A bias on the output projection (Phi-3.5-MoE ``lm_head_bias``): vocab_size extra parameters."""
+    mtp_modules: int = 0
+    """Multi-token-prediction modules in the checkpoint (DeepSeek-V3 ``num_nextn_predict_layers``): one decoder
+    layer each plus a 2d x d projection, sharing the embedding and lm_head. Plain decoding does not run them;
+    ``--spec mtp:K`` drafts with them (capsim.speculative)."""
     window_kind: Literal["sliding", "chunked"] = "sliding"
     """How windowed layers attend: a sliding window of the last W tokens (GPT-OSS) or fixed chunks of W
     tokens (Llama-4 chunked attention). Both keep at most W tokens of KV per layer."""

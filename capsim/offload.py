@@ -144,6 +144,9 @@ class CacheOutcome:
     misses_per_step: float
     ssd_reads_per_step: float
     hit_rate: float
+    model: str = "simulated"
+    """"analytic" (capsim.cache_model) or "simulated" (a routing sample through the policy)."""
+    sampled_steps: int = 0
 
 
 def simulate_tiers(stream: AccessStream, tiers: np.ndarray, capacity: int, page_slots: int, policy: str,
@@ -163,6 +166,34 @@ def simulate_tiers(stream: AccessStream, tiers: np.ndarray, capacity: int, page_
     miss_rate = float((miss & steady).sum()) / n_steady if n_steady else 0.0
     disk_rate = float((from_disk & steady).sum()) / n_steady if n_steady else 0.0
     return CacheOutcome(per_step, miss_rate * per_step, disk_rate * per_step, 1.0 - miss_rate)
+
+
+def cache_outcome(rs: ResolvedScenario, batch: int, cacheable: np.ndarray, capacity: int, page_slots: int,
+                  policy: str, two_level: bool) -> CacheOutcome:
+    """Steady-state cache outcome of a decode batch: analytic for LRU on a synthetic router
+    (:mod:`capsim.cache_model`, sub-millisecond), else simulated on a routing sample (LFU, Belady's oracle,
+    trace replay)."""
+    router, tiers = rs.router, rs.expert_tiers
+    n_ssd = int((cacheable & (tiers == SSD)).sum())
+    # a host page cache holding some but not all SSD experts sees the device cache's misses, which are
+    # correlated with its own content (an expert missed is one unused for long): simulated, not modelled
+    partial_page_cache = two_level and 0 < page_slots < n_ssd
+    if policy == "lru" and hasattr(router, "new_origin") and not partial_page_cache:
+        from .cache_model import device_cache_misses
+
+        moe = rs.model.moe
+        assert moe is not None and router is not None
+        accesses, misses, missed = device_cache_misses(router.inclusion, router.new_origin, cacheable, batch,  # type: ignore[attr-defined]
+                                                       capacity, moe.top_k)
+        if accesses <= 0:
+            return CacheOutcome(0.0, 0.0, 0.0, 1.0, "analytic")
+        on_ssd = tiers[np.nonzero(cacheable)] == SSD
+        # SSD experts' misses are disk reads unless a page cache holds every SSD expert (then none, steadily)
+        reads = 0.0 if (two_level and page_slots >= n_ssd) else float(missed[on_ssd].sum())
+        return CacheOutcome(accesses, misses, reads, 1.0 - misses / accesses, "analytic")
+    steps = sample_steps(rs, batch, cacheable)
+    stream = access_stream(step_accesses(rs.router, batch, steps, rs.scenario.seed), cacheable)  # type: ignore[arg-type]
+    return replace(simulate_tiers(stream, tiers, capacity, page_slots, policy, two_level), sampled_steps=stream.steps)
 
 
 def _links(rs: ResolvedScenario) -> tuple[tuple[float, str] | None, tuple[float, str] | None]:
@@ -213,10 +244,8 @@ def apply_offload(
             memory.usable_bytes, f"the {'memory' if rs.device_is_dram else 'GPU'} of {rs.node.id}",  # type: ignore[attr-defined]
             "no room for even top-k experts in the expert cache; lower --batch, offload more experts or quantise",
         )
-    steps = sample_steps(rs, batch, cacheable)
-    stream = access_stream(step_accesses(rs.router, batch, steps, rs.scenario.seed), cacheable)  # type: ignore[arg-type]
     two_level = not rs.device_is_dram
-    outcome = simulate_tiers(stream, tiers, capacity, host.page_cache_experts, dep.cache_policy, two_level)
+    outcome = cache_outcome(rs, batch, cacheable, capacity, host.page_cache_experts, dep.cache_policy, two_level)
     host_link, ssd_link = _links(rs)
     full = _expert_bytes(rs)
     links: dict[str, dict[str, float | str]] = {}
@@ -241,7 +270,7 @@ def apply_offload(
         "link_gb_per_step": outcome.misses_per_step * full / GB, "link_gb_s": primary[0] / GB,
         "link_path": primary[1], "expert_gb": full / GB,
         "offloaded_moe_layers": int(rs.offloaded.sum()), "policy": dep.cache_policy, "prefetch": dep.prefetch,
-        "sampled_steps": stream.steps,
+        "cache_model": outcome.model, "sampled_steps": outcome.sampled_steps,
         "ssd_reads_per_step": outcome.ssd_reads_per_step if ssd_link is not None else 0.0,
         "page_cache_experts": host.page_cache_experts, "links": links, "tiers": host.to_dict(rs),
     }
@@ -397,9 +426,7 @@ def _ssd_paging(rs: ResolvedScenario, batch: int, host: HostTiers) -> dict[str, 
     if n_ssd == 0:
         return {"decode_s": 0.0, "prefill_s": 0.0, "reads_per_step": 0.0, "links": {}}
     bw, path = ssd_read_bandwidth(rs.node)  # type: ignore[arg-type]
-    steps = sample_steps(rs, batch, tiers == SSD)
-    stream = access_stream(step_accesses(rs.router, batch, steps, rs.scenario.seed), tiers == SSD)  # type: ignore[arg-type]
-    outcome = simulate_tiers(stream, tiers, host.page_cache_experts, 0, "lru", two_level=False)
+    outcome = cache_outcome(rs, batch, tiers == SSD, host.page_cache_experts, 0, "lru", two_level=False)
     full = _expert_bytes(rs)
     reads = outcome.misses_per_step
     prefill_reads = max(n_ssd - host.page_cache_experts, 0)

@@ -55,7 +55,7 @@ PLACEMENTS = ("gpu", "cpu-experts", "cpu-only", "offload-pcie", "unified-memory"
 
 FEATURE_FIELDS: dict[str, str] = {
     "attention_dp": "attention_dp",
-    "speculative": "mtp_draft_tokens",
+    "speculative": "spec",
 }
 """Case field -> the Scenario field that would express it. Until the Scenario has that field, a case that
 uses the feature (attention_dp > 1, speculative = true) is not expressible."""
@@ -69,6 +69,7 @@ _OPTIONAL: dict[str, type | tuple[type, ...]] = {
     "commit": str, "published": str, "system": str, "hardware": str, "attention_dp": int, "pp": int,
     "cpu": str, "cpu_sockets": int, "dram": str, "host_memory_gb": (int, float), "cpu_expert_layers": int, "batch_upper_bound": bool, "numa": str,
     "includes_prefill": bool, "speculative": bool, "engine": str, "notes": list,
+    "redundant_experts": int, "all_to_all": str, "network": str, "spec": str,
 }
 
 
@@ -112,6 +113,14 @@ class PublishedCase:
     speculative: bool = False
     engine: str | None = None
     notes: tuple[str, ...] = ()
+    redundant_experts: int = 0
+    """EPLB's extra expert replicas (--redundant-experts)."""
+    all_to_all: str | None = None
+    """Dispatch/combine kernels (--all-to-all): nccl or deepep."""
+    network: str | None = None
+    """Link id joining the nodes when the hardware entry names none (--network)."""
+    spec: str | None = None
+    """How a speculative case drafted (--spec), e.g. mtp:3."""
 
     @property
     def is_time(self) -> bool:
@@ -234,6 +243,10 @@ def scenario_for(case: PublishedCase, db: HardwareDB) -> tuple[Scenario, Hardwar
             what = {"attention_dp": f"attention data parallelism ({attr} = {value})",
                     "speculative": "speculative decoding with MTP draft layers"}[attr]
             raise NotExpressible(f"{what} is not modelled by capsim yet")
+        if attr == "speculative":
+            if case.spec is None:
+                raise NotExpressible("speculative decoding: the case does not say how (give spec = \"mtp:K\")")
+            value = case.spec
         extra[scenario_field] = value
     ids = set(db.ids())
     for what, hw in (("hardware", case.hardware), ("cpu", case.cpu)):
@@ -256,6 +269,9 @@ def scenario_for(case: PublishedCase, db: HardwareDB) -> tuple[Scenario, Hardwar
         if domain and case.gpus_per_replica > domain:
             nodes = math.ceil(case.gpus_per_replica / domain)
             settings.update(gpus=case.gpus_per_replica // nodes, nodes=nodes)
+    for name in ("redundant_experts", "all_to_all", "network"):
+        if getattr(case, name):
+            settings[name] = getattr(case, name)
     if case.host_memory_gb is not None:
         settings["host_memory_gb"] = float(case.host_memory_gb)
     if case.numa is not None:

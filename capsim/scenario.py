@@ -61,6 +61,10 @@ class Scenario:
     redundant_experts: int = _opt(0, "extra expert replicas placed EPLB-style over the EP groups (--ep > 1)")
     all_to_all: str = _opt("nccl", "dispatch/combine kernels for --ep > 1: nccl, or deepep (DeepEP normal kernels "
                            "for prefill, low-latency kernels for decode)")
+    spec: str | None = _opt(None, "speculative decoding: mtp:K (the model's multi-token-prediction module drafts K "
+                            "tokens) or draft:MODEL:K (a draft model drafts K tokens); the target verifies them in one step")
+    acceptance: float | None = _opt(None, "probability that a draft token is accepted (0-1); default for mtp: the "
+                                    "DeepSeek-V3 report's 0.85-0.90 (0.875); required for draft models")
     tp: int | None = _opt(None, "tensor-parallel degree, inside one node; default: the devices left by --pp and --dp")
     pp: int = _opt(1, "pipeline-parallel stages (layers split; micro-batches in flight)")
     dp: int = _opt(1, "data-parallel replicas; --batch is split over them")
@@ -101,6 +105,12 @@ class Scenario:
 
         if self.all_to_all not in ALL_TO_ALL_BACKENDS:
             raise ScenarioError(f"unknown --all-to-all {self.all_to_all!r}; choose one of {', '.join(ALL_TO_ALL_BACKENDS)}")
+        if self.spec is not None:
+            from .speculative import parse_spec
+
+            parse_spec(self.spec, self.acceptance)
+        elif self.acceptance is not None:
+            raise ScenarioError("--acceptance is the draft tokens' acceptance rate; give --spec mtp:K or draft:MODEL:K")
         if self.tp is not None and (not isinstance(self.tp, int) or self.tp < 1):
             raise ScenarioError(f"tp must be an integer >= 1, got {self.tp!r}")
         if self.gpus is not None and (not isinstance(self.gpus, int) or self.gpus < 1):

@@ -36,8 +36,9 @@ def test_offload_mixtral_on_24gb_gpu_hand_computed(default_hardware_db) -> None:
     pred = predict(mixtral_on_4090(), hardware_db=default_hardware_db)
     dep = pred.deployment
     assert dep["cache_experts"] == 51
-    assert dep["hit_rate"] == 0.0
-    assert dep["misses_per_step"] == 64.0
+    # the analytic LRU model (capsim.cache_model): no hit, to rounding
+    assert dep["hit_rate"] == pytest.approx(0.0, abs=1e-12)
+    assert dep["misses_per_step"] == pytest.approx(64.0, rel=1e-12)
     assert dep["link_gb_per_step"] * 1e9 == pytest.approx(64 * EXPERT_BYTES)
     assert 64 * EXPERT_BYTES == 22_548_578_304
     assert pred.tpot_s == pytest.approx(22_548_578_304 / PCIE4, rel=1e-9)

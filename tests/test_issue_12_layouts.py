@@ -130,3 +130,86 @@ def test_attention_dp_presets_fill_the_layout(name: str) -> None:
     assert (wide.tp, wide.attention_dp, wide.ep) == (1, 72, 72)
     tp2, _ = apply_preset(name, Scenario(model="deepseek-v3", hardware="h100-sxm", gpus=8, tp=2))
     assert (tp2.tp, tp2.attention_dp, tp2.ep) == (2, 4, 8)
+
+
+# ---- speculative decoding (MTP, draft models) ------------------------------------------------------------
+R1_MINLAT = dict(model="deepseek-r1", hardware="h200-sxm", gpus=8, tp=8, ep=4, weight_dtype="fp8", batch=2,
+                 prompt_len=1024, gen_len=65)
+
+
+def test_expected_tokens_per_verify_step() -> None:
+    from capsim.speculative import expected_tokens
+
+    assert expected_tokens(0.0, 3) == 1.0  # nothing accepted: the verified token only
+    assert expected_tokens(1.0, 3) == 4.0  # everything accepted: K + 1
+    assert expected_tokens(0.875, 1) == pytest.approx(1.875)  # DeepSeek-V3: 85-90% second-token acceptance
+    assert expected_tokens(0.5, 3) == pytest.approx(1 + 0.5 + 0.25 + 0.125)
+
+
+def test_mtp_module_is_one_moe_layer_plus_projection() -> None:
+    """DeepSeek-V3's MTP module: README_WEIGHTS.md (deepseek-ai/DeepSeek-V3) gives 11.5B unique parameters
+    (embedding and head shared). One MoE layer (attention 187.1M, router 1.8M, 256 x 44.04M experts, shared
+    44.0M) + 2 x 7168^2 projection = 11.6B."""
+    from capsim.speculative import mtp_module_params
+
+    total = sum(mtp_module_params(resolve_model("deepseek-v3")).values())
+    assert total == pytest.approx(11.5e9, rel=0.02)
+
+
+def test_mtp_with_acceptance_zero_costs_a_module_per_draft_and_gains_nothing(default_hardware_db) -> None:
+    """a = 0: every verify step yields 1 token, so there are G − 1 steps at the plain contexts P + j; each adds
+    K = 2 MTP passes: one layer's share of the plain step (attention ops and all-reduces / 61 layers, MoE ops
+    and all-to-all / 58 MoE layers), the lm_head, one per-layer overhead (8.7 us) and the 2 x 7168^2 fp8
+    projection split over 8 ranks at 4.8 TB/s x 0.85 (memory-bound at 2 rows)."""
+    plain = predict(Scenario(**R1_MINLAT), hardware_db=default_hardware_db)
+    spec = predict(Scenario(**R1_MINLAT, spec="mtp:2", acceptance=0.0), hardware_db=default_hardware_db)
+    assert spec.decode.passes == plain.decode.passes == 64
+    ops = {k: v / plain.decode.passes for k, v in plain.decode.time_by_op_s.items()}
+    layer = (ops["attn_proj"] + ops["attn_core"] + ops["allreduce"]) / 61 + (
+        ops["router"] + ops["routed_experts"] + ops["shared_experts"] + ops["all_to_all"]) / 58
+    projection = 2 * 7168**2 * 1 / 8 / (4800e9 * 0.85)
+    module = layer + ops["lm_head"] + 8.7e-6 + projection
+    assert spec.deployment["speculative"]["draft_s_per_step"] == pytest.approx(2 * module, rel=1e-6)
+    assert spec.tpot_s > plain.tpot_s  # the verify step carries 3 tokens per sequence and the drafts on top
+    assert spec.decode_tokens_per_s < plain.decode_tokens_per_s
+    # S-MFU counts the verify step's 3 tokens per sequence
+    assert spec.decode.tokens == pytest.approx(3 * plain.decode.tokens)
+
+
+def test_mtp_with_acceptance_one_yields_k_plus_one_tokens_per_step(default_hardware_db) -> None:
+    """a = 1, K = 3: 4 tokens per verify step, ceil(64 / 4) = 16 steps; TPOT = step / 4."""
+    spec = predict(Scenario(**R1_MINLAT, spec="mtp:3", acceptance=1.0), hardware_db=default_hardware_db)
+    assert spec.decode.passes == 16
+    step = spec.decode.time_s / spec.decode.passes
+    assert spec.tpot_s == pytest.approx(step / 4)
+    assert spec.decode_tokens_per_s == pytest.approx(2 * 4 / step)
+    assert spec.deployment["speculative"]["tokens_per_step"] == 4.0
+    # the module's weights and its layer's KV are resident too
+    assert spec.memory.weights_bytes_by_group["speculative_draft"] > 0
+
+
+def test_draft_model_speculation(default_hardware_db) -> None:
+    """DeepSeek-V2-Lite drafting for DeepSeek-V2 (same 102,400-token vocabulary): K passes of the draft model's
+    whole decode step per verify step; its weights and KV are resident next to the target's."""
+    base = dict(model="deepseek-v2", hardware="h200-sxm", gpus=8, batch=4, prompt_len=512, gen_len=33)
+    spec = predict(Scenario(**base, spec="draft:deepseek-v2-lite:2", acceptance=0.0), hardware_db=default_hardware_db)
+    lite = predict(Scenario(**{**base, "model": "deepseek-v2-lite"}), hardware_db=default_hardware_db)
+    assert spec.deployment["speculative"]["draft_s_per_step"] == pytest.approx(2 * lite.tpot_s, rel=1e-9)
+    assert spec.memory.weights_bytes_by_group["speculative_draft"] == pytest.approx(lite.memory.weights_bytes)
+
+
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        (dict(model="mixtral-8x7b", hardware="dgx-h100", spec="mtp:2"), "has no multi-token-prediction module"),
+        (dict(model="deepseek-v2", hardware="dgx-h100", spec="draft:deepseek-v2-lite:2"),
+         "has no sourced default; give --acceptance"),
+        (dict(model="deepseek-v3", hardware="dgx-h200", spec="mtp:0"), "cannot read --spec 'mtp:0'"),
+        (dict(model="deepseek-v3", hardware="dgx-h200", acceptance=0.5), "give --spec mtp:K or draft:MODEL:K"),
+        (dict(model="deepseek-v3", hardware="dgx-h200", spec="draft:mixtral-8x7b:2", acceptance=0.5),
+         "needs the target's tokenizer"),
+    ],
+)
+def test_bad_speculation_is_one_line(default_hardware_db, kw, match) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ScenarioError, match=match):
+        predict(Scenario(**kw), hardware_db=default_hardware_db)

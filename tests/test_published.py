@@ -135,11 +135,13 @@ def test_report_gates() -> None:
 
 def test_features_capsim_lacks_are_listed_not_dropped() -> None:
     db = load_hardware_db()
-    r = predict_case(_case(attention_dp=8, gpus_per_replica=8, tp=1, ep=8), db)
-    assert r.status == "not expressible"
-    assert r.reason == "attention data parallelism (attention_dp = 8) is not modelled by capsim yet"
+    # attention DP became a Scenario field (issue 12): such a case now maps onto it
+    scenario, _ = scenario_for(_case(attention_dp=8, gpus_per_replica=8, tp=1, ep=8), db)
+    assert (scenario.attention_dp, scenario.tp, scenario.ep) == (8, 1, 8)
     r = predict_case(_case(speculative=True), db)
-    assert r.reason == "speculative decoding with MTP draft layers is not modelled by capsim yet"
+    assert r.reason == 'speculative decoding: the case does not say how (give spec = "mtp:K")'
+    scenario, _ = scenario_for(_case(model="deepseek-r1", speculative=True, spec="mtp:3"), db)
+    assert scenario.spec == "mtp:3"
     r = predict_case(_case(hardware="no-such-gpu"), db)
     assert r.reason == "hardware 'no-such-gpu' is not in the hardware database"
 
