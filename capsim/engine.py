@@ -20,7 +20,7 @@ from .model import ModelSpec
 from .parallel import Layout, layout_for
 from .placement import DEVICE, TierMap, auto_tier_map, expert_tier_map, legacy_spec, parse_placement
 from .precision import Precision, kv_precision, weight_precision
-from .roofline import DeviceRates, PassCost, Placement, _layer_tables, causal_pairs, pass_cost
+from .roofline import DeviceRates, PassCost, Placement, _layer_tables, attention_dims, causal_pairs, pass_cost
 from .routing import Router, make_router
 from .scenario import Scenario
 from .units import GB_PER_S, TFLOPS
@@ -180,6 +180,7 @@ def resolve_on(scenario: Scenario, db: HardwareDB, model: ModelSpec, count: int 
         allreduce_hop_latency_s=eff.allreduce_latency_s,
         allreduce_base_latency_s=eff.allreduce_base_latency_s,
         gemm_m_curve=eff.gemm_m_curve,
+        gemm_overlap=getattr(eff, "gemm_overlap_exponent", None),
     )
     scale_out = 0.0
     if layout.nodes > 1:
@@ -422,6 +423,47 @@ def decode_passes(rs: ResolvedScenario, batch: np.ndarray, context: np.ndarray,
     )
 
 
+def attention_window_rows(model: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct attention windows, inf = full attention; how many layers have each): the rows of the
+    per-window arrays :func:`mixed_passes` takes."""
+    return _window_rows(model)
+
+
+def mixed_passes(
+    rs: ResolvedScenario, tokens: np.ndarray, sequences: np.ndarray, lm_sequences: np.ndarray,
+    decode_pairs: np.ndarray, prefill_pairs: np.ndarray, kv_read: np.ndarray,
+) -> PassCost:
+    """Cost of continuous-batching steps, one entry per step: each step is ONE forward pass over ``tokens``
+    tokens (decode tokens plus prefill-chunk tokens) from ``sequences`` sequences, so weights are read once
+    and the activated experts are counted over all the step's tokens. ``lm_sequences`` sequences emit a
+    token. ``decode_pairs``, ``prefill_pairs`` and ``kv_read`` (shape (distinct windows of
+    :func:`attention_window_rows`, steps)) are the query-key pairs scored by decode tokens and by prefill
+    chunks and the KV tokens read, per layer of each window: a decode sequence at context c adds min(c, w)
+    to its pairs and reads; a prefill chunk covering prompt positions [s, e) adds causal_pairs(e, w) −
+    causal_pairs(s, w) pairs and reads (e − s) + min(s, w) tokens. The two kinds of pairs differ only for
+    MLA, whose decode scores in the absorbed latent space (roofline.attention_dims): decode pairs are
+    converted to prefill-equivalent pairs by the ratio of the FLOPs per pair, exact since FLOPs are linear
+    in pairs.
+
+    A step of decode sequences only is exactly :func:`decode_passes`; one chunk holding whole prompts is
+    exactly :func:`prefill_passes` (tests/test_serve_engine.py checks both)."""
+    tokens, sequences, lm = (np.asarray(a, dtype=np.float64)
+                             for a in np.broadcast_arrays(tokens, sequences, lm_sequences))
+    _, counts = _window_rows(rs.model)
+    shape = (counts.shape[0], tokens.shape[0])
+    d_qk, d_v = attention_dims(rs.model, "decode")
+    p_qk, p_v = attention_dims(rs.model, "prefill")
+    pairs = (np.broadcast_to(np.asarray(prefill_pairs, dtype=np.float64), shape)
+             + np.broadcast_to(np.asarray(decode_pairs, dtype=np.float64), shape) * ((d_qk + d_v) / (p_qk + p_v)))
+    kv_read = np.broadcast_to(np.asarray(kv_read, dtype=np.float64), shape)
+    activated, moe_weights = _activated(rs, tokens, sequences)
+    return pass_cost(
+        rs.model, rs.placement, rs.rates, phase="prefill", tokens=tokens, sequences=sequences,
+        context=tokens, pairs_per_layer=pairs, kv_read_tokens_per_layer=kv_read,
+        activated=activated, lm_head_sequences=lm, layer_weights=counts, moe_layer_weights=moe_weights,
+    )
+
+
 def prefill_chunks(total_tokens: int, chunk: int) -> np.ndarray:
     """Tokens of each prefill chunk: full chunks of ``chunk`` then the remainder."""
     n_chunks = math.ceil(total_tokens / chunk)
@@ -441,6 +483,24 @@ def prefill_cost(rs: ResolvedScenario, batch: int) -> PassCost:
     return prefill_passes(rs, np.float64(batch), np.float64(sc.prompt_len), tokens, lm)
 
 
+def decode_steps(rs: ResolvedScenario, batch: np.ndarray, context: np.ndarray) -> PassCost:
+    """Decode steps as predict charges them, one entry per step: the target's pass (a verify pass of K + 1
+    tokens per sequence under ``--spec``), the MoE layers' communication and load balance of EP/attention-DP
+    layouts (capsim.parallel), and the draft passes (capsim.speculative). What the layout and the drafts
+    decided is left in ``cost.extra`` ("ep", "speculative")."""
+    spec = rs.speculation
+    cost = decode_passes(rs, batch, context, spec.draft_tokens + 1 if spec is not None else 1)  # type: ignore[attr-defined]
+    if rs.layout.ep > 1 or rs.layout.attention_dp > 1:
+        from .parallel import apply_expert_parallel
+
+        cost.extra["ep"] = apply_expert_parallel(rs, cost, "decode")  # type: ignore[assignment]
+    if spec is not None:
+        from .speculative import add_draft_passes
+
+        cost.extra["speculative"] = add_draft_passes(rs, cost, batch, context)  # type: ignore[assignment]
+    return cost
+
+
 def decode_cost(rs: ResolvedScenario, batch: int) -> PassCost:
     """The gen_len − 1 decode steps after prefill; step j's new token attends to prompt_len + j tokens."""
     sc = rs.scenario
@@ -450,10 +510,10 @@ def decode_cost(rs: ResolvedScenario, batch: int) -> PassCost:
         per_step = spec.tokens_per_step  # type: ignore[attr-defined]
         steps = math.ceil(max(sc.gen_len - 1, 0) / per_step)
         context = sc.prompt_len + per_step * np.arange(1, steps + 1, dtype=np.float64)
-        return decode_passes(rs, np.float64(batch), context, spec.draft_tokens + 1)  # type: ignore[attr-defined]
-    steps = max(sc.gen_len - 1, 0)
-    context = sc.prompt_len + np.arange(1, steps + 1, dtype=np.float64)
-    return decode_passes(rs, np.float64(batch), context)
+    else:
+        steps = max(sc.gen_len - 1, 0)
+        context = sc.prompt_len + np.arange(1, steps + 1, dtype=np.float64)
+    return decode_steps(rs, np.float64(batch), context)
 
 
 def predict(scenario: Scenario, *, hardware_db: HardwareDB | None = None) -> Prediction:
@@ -472,15 +532,11 @@ def predict(scenario: Scenario, *, hardware_db: HardwareDB | None = None) -> Pre
     if rs.layout.ep > 1 or rs.layout.attention_dp > 1:
         from .parallel import apply_expert_parallel
 
-        ep_info = apply_expert_parallel(rs, decode, "decode")
         apply_expert_parallel(rs, prefill, "prefill")
-    else:
-        ep_info = {}
-    deployment = {**_apply_mode(rs, memory, wave_batch, prefill, decode), **ep_info}
+    ep_info = decode.extra.get("ep", {})
+    deployment = {**_apply_mode(rs, memory, wave_batch, prefill, decode), **ep_info}  # type: ignore[dict-item]
     if rs.speculation is not None:
-        from .speculative import add_draft_passes
-
-        deployment["speculative"] = add_draft_passes(rs, decode, math.ceil(wave_batch / micro))
+        deployment["speculative"] = decode.extra.get("speculative", rs.speculation.to_dict())  # type: ignore[attr-defined]
     if rs.layout.pp > 1:
         from .parallel import apply_pipeline_decode, apply_pipeline_prefill
 

@@ -53,10 +53,11 @@ EFFICIENCY_FIELDS: tuple[str, ...] = (
     "gpu_memory_utilization",
 )
 GEMM_CURVE_FIELD = "gemm_tokens_efficiency"
+GEMM_OVERLAP_FIELD = "gemm_overlap_exponent"
+"""Optional efficiency table: tokens per weight matrix M (integer keys >= 1, ascending) -> bandwidth fraction."""
 KERNEL_BW_FIELD = "kernel_bw_fraction"
 """Optional efficiency field: the fraction of the sustained bandwidth (``memory_bw_fraction`` x peak) that an
 engine's inference kernels reach when streaming weights (1 when absent); fitted for the ``cpu`` class."""
-"""Optional efficiency table: tokens per weight matrix M (integer keys >= 1, ascending) -> bandwidth fraction."""
 FABRICS: tuple[str, ...] = ("nvswitch", "full-mesh", "pcie", "none")
 LINK_TOPOLOGIES: tuple[str, ...] = ("switch", "mesh", "pair", "torus", "point-to-point", "network")
 LINK_SCOPES: tuple[str, ...] = ("per-device", "per-link", "per-port")
@@ -141,6 +142,13 @@ class Efficiency:
         entry = self.provenance.get(KERNEL_BW_FIELD)
         return 1.0 if entry is None else float(entry.value)
 
+    @property
+    def gemm_overlap_exponent(self) -> float | None:
+        """p of the weight GEMMs' soft roofline t = (t_c^p + t_m^p)^(1/p) (``gemm_overlap_exponent``); None
+        when absent (the plain roofline max(t_c, t_m), the limit p -> infinity)."""
+        src = self.provenance.get(GEMM_OVERLAP_FIELD)
+        return None if src is None else float(src.value)
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"device_class": self.device_class}
         out.update({name: getattr(self, name) for name in EFFICIENCY_FIELDS})
@@ -148,6 +156,8 @@ class Efficiency:
             out[KERNEL_BW_FIELD] = self.kernel_bw_fraction
         if self.gemm_m_curve is not None:
             out[GEMM_CURVE_FIELD] = {str(int(m)): f for m, f in zip(*self.gemm_m_curve)}
+        if self.gemm_overlap_exponent is not None:
+            out[GEMM_OVERLAP_FIELD] = self.gemm_overlap_exponent
         out["provenance"] = _provenance_dict(self.provenance)
         return out
 
@@ -573,6 +583,8 @@ def _efficiency_fields(prefix: str, required: bool) -> dict[str, _Field]:
     }
     # optional calibrated curve: tokens M -> fraction of the achievable bandwidth a weight GEMM reaches
     fields[f"{prefix}{GEMM_CURVE_FIELD}.#"] = _Field("fraction")
+    # optional soft-roofline exponent of weight GEMMs (>= 1; absent = max(t_compute, t_memory))
+    fields[f"{prefix}{GEMM_OVERLAP_FIELD}"] = _Field("float")
     fields[f"{prefix}{KERNEL_BW_FIELD}"] = _Field("fraction")
     return fields
 
@@ -808,7 +820,14 @@ def _checked_value(spec: _Field, value: Any, name: str, path: Path) -> Value:
 
 
 def _check_gemm_curve(fields: Mapping[str, Sourced], prefix: str, path: Path) -> None:
-    """The ``gemm_tokens_efficiency`` keys are token counts: integers >= 1, written in ascending order."""
+    """The ``gemm_tokens_efficiency`` keys are token counts: integers >= 1, written in ascending order; a
+    ``gemm_overlap_exponent`` is >= 1 (below 1 the soft roofline would exceed the sum of the two times)."""
+    overlap = fields.get(f"{prefix}{GEMM_OVERLAP_FIELD}")
+    if overlap is not None and float(overlap.value) < 1.0:
+        raise DataFileError(
+            str(path), f"field '{prefix}{GEMM_OVERLAP_FIELD}' must be >= 1, got {overlap.value}; 1 = the sum of "
+            "compute and memory time, large = their max"
+        )
     table = f"{prefix}{GEMM_CURVE_FIELD}."
     previous = 0
     for name in fields:

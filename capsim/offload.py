@@ -341,8 +341,8 @@ def _gpu_expert_fraction_left(rs: ResolvedScenario, cost: PassCost, a_cpu: np.nd
     a_all = cost.activated_by_layer().sum(axis=0)
     weights = a_all * rs.model.expert_params * prec.bytes_per_element
     weights_left = (a_all - a_cpu.sum(axis=0)) * rs.model.expert_params * prec.bytes_per_element
-    before = np.maximum(flops / rate, weights / rs.rates.bytes_rate)
-    after = np.maximum(flops_left / rate, weights_left / rs.rates.bytes_rate)
+    before = rs.rates.gemm_time(flops / rate, weights / rs.rates.bytes_rate)
+    after = rs.rates.gemm_time(flops_left / rate, weights_left / rs.rates.bytes_rate)
     return np.divide(after, before, out=np.zeros_like(before), where=before > 0)
 
 

@@ -521,13 +521,16 @@ class PlanPoint:
     utilization: float
     feasible: bool
     max_batch: int
+    option: str = ""
+    """The deployment option's name (``--option``), empty for a searched hardware id."""
 
     @property
-    def config(self) -> tuple[str, int, str]:
-        return (self.hardware, self.devices, self.weight_dtype)
+    def config(self) -> tuple[str, int, str, str]:
+        return (self.hardware, self.devices, self.weight_dtype, self.option)
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "option": self.option,
             "hardware": self.hardware,
             "devices": self.devices,
             "weight_dtype": self.weight_dtype,
@@ -565,7 +568,8 @@ class PlanResult:
     budget_usd: float | None
     inputs: CostInputs
     accuracy: dict[str, AccuracyValue] = field(default_factory=dict)
-    """Published accuracy per weight precision tried (with the quantisation caveat where it applies)."""
+    """Published accuracy per weight precision tried and per deployment option (by name); ``unknown`` for a
+    quantised precision nothing was published for."""
 
     @property
     def feasible(self) -> tuple[PlanPoint, ...]:
@@ -604,10 +608,15 @@ class _Config:
     weight_dtype: str
     max_batch: int
     devices_used: int
+    option: str = ""
+    """The deployment option's name when the configuration comes from ``--option``."""
+    scenario: Scenario | None = None
+    """The option's scenario (every predict setting) the batch search starts from."""
 
     @property
     def label(self) -> str:
-        return f"{self.hardware} x{self.devices_used} {self.weight_dtype}"
+        head = f"{self.option}: " if self.option else ""
+        return f"{head}{self.hardware} x{self.devices_used} {self.weight_dtype}"
 
 
 def candidate_hardware(db: HardwareDB) -> list[str]:
@@ -649,6 +658,35 @@ def _configs(
     return configs, skipped
 
 
+def _option_configs(
+    deployments: Sequence[DeploymentOption], spec: Any, db: HardwareDB
+) -> tuple[list[_Config], list[tuple[str, str]]]:
+    """One configuration per deployment option (its devices and settings fixed; the batch is searched)."""
+    from .engine import resolve
+
+    configs: list[_Config] = []
+    skipped: list[tuple[str, str]] = []
+    for d in deployments:
+        sc = replace(d.scenario, model=spec, batch=1)
+        try:
+            rs, memory = resolve(sc, db)
+        except (DoesNotFitError, MissingValueError, ScenarioError) as exc:
+            skipped.append((d.name, str(exc)))
+            continue
+        configs.append(
+            _Config(
+                sc.hardware,
+                sc.gpus,
+                sc.weight_dtype or "native",
+                memory.max_batch,
+                rs.layout.devices_per_replica,
+                option=d.name,
+                scenario=sc,
+            )
+        )
+    return configs, skipped
+
+
 def _batches(max_batch: int, cap: int | None) -> list[int]:
     limit = max_batch if cap is None else min(max_batch, cap)
     return [2**i for i in range(int(math.log2(limit)) + 1)] if limit >= 1 else []
@@ -674,6 +712,8 @@ def plan(
     top: int = 5,
     prune: bool = True,
     progress: Callable[[int, int], None] | None = None,
+    deployments: Sequence[DeploymentOption] = (),
+    host_memory_gb: float | None = None,
 ) -> PlanResult:
     """Search deployments of ``model`` for the cheapest that meet ``slo`` (see the module docstring).
 
@@ -696,30 +736,40 @@ def plan(
             raise ScenarioError(f"{label} must be positive and finite, got {value}")
     inputs = inputs or CostInputs()
     check_price_ids(inputs, hardware_db)
-    hw_ids = list(hardware) if hardware else candidate_hardware(hardware_db)
-    check_node_ids(hw_ids, hardware_db)
-    base = Scenario(model=model, prompt_len=prompt_len, gen_len=gen_len, kv_dtype=kv_dtype)
+    # with deployment options and no --hardware, only the options are searched (over the batch)
+    hw_ids = list(hardware) if hardware else ([] if deployments else candidate_hardware(hardware_db))
+    check_node_ids(hw_ids + [d.scenario.hardware for d in deployments], hardware_db)
+    base = Scenario(
+        model=model, prompt_len=prompt_len, gen_len=gen_len, kv_dtype=kv_dtype, host_memory_gb=host_memory_gb
+    )
     for dtype in weight_dtypes:
         if dtype != "native":
             replace(base, weight_dtype=dtype).validate()
     base.validate()
     spec = resolve_model(model)
     configs, skipped = _configs(hw_ids, weight_dtypes, replace(base, model=spec), hardware_db, device_counts)
+    option_configs, option_skipped = _option_configs(deployments, spec, hardware_db)
+    configs += option_configs
+    skipped += option_skipped
 
     total = sum(len(_batches(c.max_batch, max_batch)) for c in configs)
     done = 0
-    rates: dict[tuple[str, int], DeploymentRates] = {}
+    rates: dict[tuple[str, int, str], DeploymentRates] = {}
     raw: list[tuple[_Config, int, Prediction, bool]] = []
     for cfg in configs:
         batches = _batches(cfg.max_batch, max_batch)
         for i, batch in enumerate(batches):
-            sc = replace(
-                base,
-                model=spec,
-                hardware=cfg.hardware,
-                gpus=cfg.devices,
-                batch=batch,
-                weight_dtype=None if cfg.weight_dtype == "native" else cfg.weight_dtype,
+            sc = (
+                replace(cfg.scenario, batch=batch)
+                if cfg.scenario is not None
+                else replace(
+                    base,
+                    model=spec,
+                    hardware=cfg.hardware,
+                    gpus=cfg.devices,
+                    batch=batch,
+                    weight_dtype=None if cfg.weight_dtype == "native" else cfg.weight_dtype,
+                )
             )
             try:
                 pred = predict(sc, hardware_db=hardware_db)
@@ -740,15 +790,22 @@ def plan(
                 if progress:
                     progress(done, total)
                 break
-        key = (cfg.hardware, cfg.devices_used)
+        key = (cfg.hardware, cfg.devices_used, cfg.option)
         if key not in rates:
-            rates[key] = deployment_rates(cfg.hardware, cfg.devices_used, hardware_db, inputs)
+            memory_gb = cfg.scenario.host_memory_gb if cfg.scenario is not None else host_memory_gb
+            rates[key] = deployment_rates(
+                cfg.hardware, cfg.devices_used, hardware_db, inputs, host_memory_gb=memory_gb
+            )
 
     points = _price_points(raw, rates, gen_len, inputs, basis, tokens_per_day, budget_usd)
     feasible = [p for p in points if p.feasible]
     priced = [p for p in feasible if p.usd_per_mtok is not None]
     unpriced = sorted(
-        {f"{p.hardware} x{p.devices} {p.weight_dtype}" for p in feasible if p.usd_per_mtok is None}
+        {
+            f"{p.option + ': ' if p.option else ''}{p.hardware} x{p.devices} {p.weight_dtype}"
+            for p in feasible
+            if p.usd_per_mtok is None
+        }
     )
     return PlanResult(
         model=spec.id,
@@ -762,13 +819,37 @@ def plan(
         tokens_per_day=tokens_per_day,
         budget_usd=budget_usd,
         inputs=inputs,
-        accuracy={d: accuracy_for(spec.id, bench, d) for d in weight_dtypes},
+        accuracy=_plan_accuracy(spec, bench, weight_dtypes if hw_ids else (), deployments),
     )
+
+
+def _plan_accuracy(
+    spec: Any, bench: str, weight_dtypes: Sequence[str], deployments: Sequence[DeploymentOption]
+) -> dict[str, AccuracyValue]:
+    """Accuracy per searched precision and per option, all read from one published evaluation where one
+    covers every quantised choice (so the scores are comparable)."""
+    from .accuracy import comparable_variant
+    from .options import is_quantised
+
+    native = native_weight_dtype(spec)
+    wanted = [(d, None) for d in weight_dtypes if d != "native" and is_quantised(Scenario(weight_dtype=d), native)]
+    wanted += [
+        (str(d.scenario.weight_dtype), d.quant_method)
+        for d in deployments
+        if d.scenario.weight_dtype and is_quantised(d.scenario, native)
+    ]
+    variant = comparable_variant(load_accuracy_db(), spec.id, bench, sorted(set(wanted), key=str))
+    out = {d: accuracy_for(spec.id, bench, d, variant=variant) for d in weight_dtypes}
+    for d in deployments:
+        out[d.name] = accuracy_for(
+            spec.id, bench, d.scenario.weight_dtype, method=d.quant_method, variant=variant
+        )
+    return out
 
 
 def _price_points(
     raw: Sequence[tuple[_Config, int, Prediction, bool]],
-    rates: dict[tuple[str, int], DeploymentRates],
+    rates: dict[tuple[str, int, str], DeploymentRates],
     gen_len: int,
     inputs: CostInputs,
     basis: Basis,
@@ -779,15 +860,28 @@ def _price_points(
     if not raw:
         return []
     from .cost import owned_usd_per_hour
+    from .energy import energy_report
 
     n = len(raw)
     # the batch actually resident may be capped by the KV cache (waves): use the wave batch
     sustained = np.array([p.batch_per_wave * gen_len / p.e2e_latency_s for _, _, p, _ in raw])
-    deployment = [rates[(c.hardware, c.devices_used)] for c, _, _, _ in raw]
+    deployment = [rates[(c.hardware, c.devices_used, c.option)] for c, _, _, _ in raw]
     purchase = np.array(
         [d.purchase.total_usd if d.purchase.accelerators_priced else np.nan for d in deployment]
     )
-    busy_w = np.array([d.power.busy_w if d.power.accelerators_known else np.nan for d in deployment])
+    # energy at each point's modelled draw (capsim.energy), time-weighted over its prefill and decode
+    busy_w = np.full(n, np.nan)
+    idle_w = np.full(n, np.nan)
+    for i, (d, (_, _, pred, _)) in enumerate(zip(deployment, raw)):
+        if not d.power.accelerators_known:
+            continue
+        e = energy_report(
+            d.power.parts, pred, idle_fraction=inputs.idle_power_fraction, pue=inputs.pue,
+            electricity_usd_per_kwh=inputs.electricity_usd_per_kwh,
+        )
+        t_pre, t_dec = pred.prefill.time_s, pred.decode.time_s
+        busy_w[i] = (e.prefill.watts * t_pre + e.decode.watts * t_dec) / max(t_pre + t_dec, 1e-30)
+        idle_w[i] = e.idle_w
     cloud = np.array([np.nan if d.cloud_usd_per_hour is None else d.cloud_usd_per_hour for d in deployment])
     if tokens_per_day:
         capacity = sustained * SECONDS_PER_DAY
@@ -800,7 +894,7 @@ def _price_points(
         volume = sustained * SECONDS_PER_DAY * util
     if basis == "owned":
         # owned rate at each point's own utilisation: amortisation + energy at P(u)
-        per_hour = owned_usd_per_hour(purchase, busy_w, inputs, utilization=util)
+        per_hour = owned_usd_per_hour(purchase, busy_w, inputs, utilization=util, idle_w=idle_w)
     else:
         per_hour = cloud
     with np.errstate(over="ignore"):
@@ -832,6 +926,7 @@ def _price_points(
                 utilization=float(util[i]),
                 feasible=ok and within_budget,
                 max_batch=cfg.max_batch,
+                option=cfg.option,
             )
         )
     return points
@@ -839,7 +934,7 @@ def _price_points(
 
 def cheapest_per_config(points: Iterable[PlanPoint]) -> list[PlanPoint]:
     """The cheapest point of each (hardware, devices, dtype), ranked by cost then TPOT."""
-    best: dict[tuple[str, int, str], PlanPoint] = {}
+    best: dict[tuple[str, int, str, str], PlanPoint] = {}
     for p in points:
         if p.usd_per_mtok is None:
             continue

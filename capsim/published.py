@@ -8,7 +8,10 @@ in one place (:func:`load_published`), maps each case's configuration onto a :cl
 
 Metrics (SI units; ``value`` of a case is one of them):
 
-- ``tpot_s``, ``ttft_s``: seconds; the prediction's TPOT (mean decode step) and TTFT;
+- ``tpot_s``, ``ttft_s``: seconds; the prediction's TPOT (mean decode step) and TTFT. A ``tpot_s`` case with
+  ``includes_prefill`` was measured under continuous (in-flight) batching, whose decode steps also carry the
+  prefill chunks of arriving requests: predicted as TPOT + TTFT(batch) / (gen_len − 1), the batch's whole
+  prefill work spread over the steps of one generation;
 - ``decode_tokens_per_s_per_replica`` / ``decode_tokens_per_s_total``: generated tokens per second of one
   replica or of all ``replicas`` together. With ``includes_prefill`` the measured window is a whole run
   (output tokens / wall time, prompts' prefill included): predicted as batch × gen_len / job time, where job
@@ -167,6 +170,8 @@ def _parse_case(raw: Mapping[str, Any], where: str) -> PublishedCase:
         raise DataFileError(where, f"{raw['placement']} cases name cpu, cpu_sockets and dram")
     if raw["metric"].startswith("decode_tokens") and "includes_prefill" not in raw:
         raise DataFileError(where, "decode throughput cases say includes_prefill = true or false")
+    if raw.get("includes_prefill") and raw["metric"] not in ("tpot_s", *[m for m in METRICS if m.startswith("decode")]):
+        raise DataFileError(where, f"includes_prefill applies to decode throughput and tpot_s, not {raw['metric']}")
     values = dict(raw)
     values["value"] = float(values["value"])
     values["notes"] = tuple(str(n) for n in values.get("notes", ()))
@@ -345,7 +350,13 @@ def predict_case(case: PublishedCase, db: HardwareDB | None = None) -> CaseResul
         return CaseResult(case, None, "not expressible", f"{type(exc).__name__}: {exc}")
     batch_resident = p.batch_per_wave
     metric = case.metric
-    if metric == "tpot_s":
+    if metric == "tpot_s" and case.includes_prefill and p.tpot_s:
+        # continuous batching: the steps that decode a sequence also prefill the prompts of the sequences that
+        # replace finished ones; over one generation of the batch that is all B·P prompt tokens spread over the
+        # gen_len - 1 steps a request's TPOT covers
+        steps = max(case.gen_len - 1, 1)
+        value = p.tpot_s + p.ttft_s / steps
+    elif metric == "tpot_s":
         value = p.tpot_s
     elif metric == "ttft_s":
         value = p.ttft_s

@@ -52,6 +52,21 @@ class DeviceRates:
     gemm_m_curve: tuple[tuple[float, ...], tuple[float, ...]] | None = None
     """Optional calibration ``(tokens M, fraction)``, M ascending: the fraction of ``bytes_rate`` a weight GEMM
     over M token rows sustains (``gemm_tokens_efficiency``). None = 1 at every M."""
+    gemm_overlap: float | None = None
+    """Optional exponent p of the weight GEMMs' soft roofline, t = (t_c^p + t_m^p)^(1/p)
+    (``gemm_overlap_exponent``): near the ridge a real kernel keeps neither the tensor cores nor the memory
+    system busy all the time, so its time exceeds max(t_c, t_m). None = max (p -> infinity)."""
+
+    def gemm_time(self, t_compute: FloatArray, t_memory: FloatArray) -> FloatArray:
+        """Time of a weight GEMM from its compute and memory times: max, or the p-norm with :attr:`gemm_overlap`.
+
+        Computed as m·(1 + (n/m)^p)^(1/p) with m = max, n = min, so large p cannot overflow."""
+        hi = np.maximum(t_compute, t_memory)
+        if self.gemm_overlap is None:
+            return hi
+        lo = np.minimum(t_compute, t_memory)
+        ratio = np.divide(lo, hi, out=np.zeros_like(hi), where=hi > 0)
+        return hi * (1.0 + ratio**self.gemm_overlap) ** (1.0 / self.gemm_overlap)
 
     def gemm_factor(self, rows: FloatArray | float) -> FloatArray | float:
         """g(M): multiplier on the memory bandwidth of weight GEMMs with ``rows`` = M token rows per weight.
@@ -237,13 +252,16 @@ def pass_cost(
     by_resource = {r: np.zeros(n) for r in RESOURCES}
 
     def charge(
-        name: str, flops: FloatArray, bytes_dev: FloatArray, rate: float, rows: FloatArray | None = None
+        name: str, flops: FloatArray, bytes_dev: FloatArray, rate: float, rows: FloatArray | None = None,
+        gemm: bool = True,
     ) -> FloatArray:
         # weight GEMMs over few token rows stream their weights below the GEMV rate on some devices
-        # (calibrated curve g(M)); ops charged with bytes already divided by g pass rows=None
+        # (calibrated curve g(M)); ops charged with bytes already divided by g pass rows=None. Weight GEMMs
+        # combine the two times by the soft roofline (gemm_overlap); the attention core keeps the max, which
+        # also keeps a decode step piecewise affine in the context (capsim.sweep.decode relies on it)
         t_compute = flops / rate
         t_memory = bytes_dev / (bytes_rate * (rates.gemm_factor(rows) if rows is not None else 1.0))
-        t = np.maximum(t_compute, t_memory)
+        t = rates.gemm_time(t_compute, t_memory) if gemm else np.maximum(t_compute, t_memory)
         time_by_op[name] = time_by_op.get(name, zeros) + t
         op_times.append((name, t_compute, t_memory))
         # t·mask, not np.where: the same values for finite t, without where's slow data-dependent branches
@@ -276,7 +294,7 @@ def pass_cost(
     lw = (np.ones(rows) if layer_weights is None else np.asarray(layer_weights, dtype=np.float64))[:, None]
     f_core = (np.broadcast_to(f, (rows, n)) * lw).sum(axis=0)
     kv_bytes = (np.broadcast_to(ob, (rows, n)) * lw).sum(axis=0)
-    charge("attn_core", f_core / tp, kv_bytes / kv_div, core_rate)
+    charge("attn_core", f_core / tp, kv_bytes / kv_div, core_rate, gemm=False)
     kv_read = (
         (np.broadcast_to(np.asarray(kv_read_tokens_per_layer, dtype=np.float64), (rows, n)) * lw).sum(axis=0)
         * att.kv_elements_per_token() * placement.kv_precision.bytes_per_element

@@ -106,6 +106,8 @@ def resolve_speculation(rs: Any, db: Any, count: int | None) -> Any:
     spec = parse_spec(sc.spec, sc.acceptance)
     if rs.layout.pp > 1:
         raise ScenarioError("--spec with --pp is not modelled; use speculative decoding with TP/attention-DP/EP layouts")
+    if rs.deployment.mode != "gpu" or sc.placement not in (None, "gpu"):
+        raise ScenarioError("--spec with experts off the GPU is not modelled; use --mode gpu")
     if spec.kind == "mtp":
         if not rs.model.mtp_modules:
             raise ScenarioError(
@@ -156,25 +158,27 @@ def draft_weight_bytes_per_device(rs: Any) -> float:
     return sum(params * prec[g].bytes_per_element / divisor[g] for g, params in mtp_module_params(rs.model).items())
 
 
-def add_draft_passes(rs: Any, decode: Any, batch: int) -> dict[str, Any]:
-    """Add the K draft passes of every verify step to ``decode`` (in place); returns what they cost."""
+def add_draft_passes(rs: Any, decode: Any, batch: Any, context: Any) -> dict[str, Any]:
+    """Add the K draft passes of every verify step (steps of ``batch`` sequences at ``context``, arrays) to
+    ``decode`` in place; returns what they cost. The draft pass's roofline charges join ``decode.op_times``
+    so that sweeps see where its ops change binding resource along the context."""
     from .engine import decode_passes
 
     spec = rs.speculation
-    steps = decode.time.size
-    if steps == 0:
+    if decode.time.size == 0:
         return spec.to_dict()
-    context = rs.scenario.prompt_len + spec.tokens_per_step * np.arange(1, steps + 1, dtype=np.float64)
+    batch, context = (np.asarray(a, dtype=np.float64) for a in np.broadcast_arrays(batch, context))
     if spec.kind == "draft":
-        plain = decode_passes(rs.draft, np.float64(batch), context)
+        plain = decode_passes(rs.draft, batch, context)
         one = plain.time
     else:
-        plain = decode_passes(rs, np.float64(batch), context)
+        plain = decode_passes(rs, batch, context)
         if rs.layout.ep > 1 or rs.layout.attention_dp > 1:
             from .parallel import apply_expert_parallel
 
             apply_expert_parallel(rs, plain, "decode")
         one = _mtp_pass_time(rs, plain, batch)
+    decode.op_times.extend((f"draft:{name}", tc, tm) for name, tc, tm in plain.op_times)
     draft = spec.draft_tokens * one
     decode.time = decode.time + draft
     decode.time_by_op["spec_draft"] = draft
@@ -199,10 +203,10 @@ def _mtp_pass_time(rs: Any, plain: Any, batch: int) -> np.ndarray:
     d = float(model.hidden_size)
     prec = rs.placement.weight_precision["attention"]
     tp = rs.placement.tp
-    rows = float(np.ceil(batch / rs.placement.attention_dp))
+    rows = np.ceil(np.asarray(batch, dtype=np.float64) / rs.placement.attention_dp)
     from .precision import compute_key
 
     flops_rate = rates.flops_rate(compute_key(prec, frozenset(rates.peak_flops)))
-    projection = max(2.0 * d * d * prec.bytes_per_element / tp / rates.bytes_rate,
-                     2.0 * rows * 2.0 * d * d / tp / flops_rate)
+    projection = np.maximum(2.0 * d * d * prec.bytes_per_element / tp / rates.bytes_rate,
+                            2.0 * rows * 2.0 * d * d / tp / flops_rate)
     return attention + moe + ops.get("lm_head", zero) + rates.per_layer_overhead_s + projection

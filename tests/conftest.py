@@ -96,6 +96,25 @@ def default_hardware_db() -> HardwareDB:
     return load_hardware_db()
 
 
+@pytest.fixture(scope="module")
+def max_roofline_db() -> HardwareDB:
+    """The shipped database with the fitted weight-GEMM terms (``gemm_overlap_exponent`` and the class-level
+    ``gemm_tokens_efficiency``) taken out of every efficiency class: the plain roofline max(t_c, t_m). For
+    tests of mechanisms whose hand arithmetic is exact only there (byte ratios of memory-bound ops, FLOP ratios
+    of compute-bound ones). Do not modify it."""
+    from types import MappingProxyType
+
+    from capsim.hardware import _build_efficiency
+
+    db = load_hardware_db()
+    plain = {}
+    for cls in db.efficiency_classes():
+        prov = {k: v for k, v in db.efficiency(cls).provenance.items()
+                if not (k.startswith("gemm_tokens_efficiency.") or k == "gemm_overlap_exponent")}
+        plain[cls] = _build_efficiency(cls, MappingProxyType(prov))
+    return HardwareDB({i: db.get(i) for i in db.ids()}, plain)
+
+
 @pytest.fixture
 def tiny_hardware_db(tmp_path: Path) -> HardwareDB:
     """A database of only the two labelled test entries in :data:`TINY_FILES` (no built-in entries)."""

@@ -381,3 +381,21 @@ def test_compare_with_options_prices_whole_systems(tmp_path: Path) -> None:
     # 7 of the DGX's 8 GPUs are unused by a 1-GPU option: they idle at the sourced 80.3 W each
     unused = next(p for p in server["cost"]["rates"]["power"]["parts"] if p["role"] == "accelerator-unused")
     assert unused["count"] == 7 and unused["idle_w_each"] == 80.3
+
+
+def test_plan_searches_the_batch_of_deployment_options() -> None:
+    result = CliRunner().invoke(
+        app,
+        ["plan", "--model", "qwen3-30b-a3b", "--slo-tpot", "50ms", "--max-batch", "16", "--json",
+         "--option", "name=kt;hardware=epyc-9654-4090;system=ktransformers-like;weight-dtype=int4;"
+                     "quant-method=Q4_K_M",
+         "--option", "name=server;hardware=dgx-h200;gpus=1;system=vllm-like"],
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert {p["option"] for p in data["best"]} == {"kt", "server"}
+    kt = next(p for p in data["best"] if p["option"] == "kt")
+    # the KTransformers box is a lower bound (no platform price) and its accuracy the published Q4_K_M figure
+    assert kt["purchase_is_lower_bound"] and data["accuracy"]["kt"]["value"] == pytest.approx(69.1)
+    # both options' accuracy from the same evaluation: the server's bf16 baseline of that study, 78.7
+    assert data["accuracy"]["server"]["value"] == pytest.approx(78.7)

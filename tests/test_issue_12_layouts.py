@@ -213,3 +213,63 @@ def test_draft_model_speculation(default_hardware_db) -> None:
 def test_bad_speculation_is_one_line(default_hardware_db, kw, match) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ScenarioError, match=match):
         predict(Scenario(**kw), hardware_db=default_hardware_db)
+
+
+# ---- sweeps over layouts --------------------------------------------------------------------------------
+LAYOUTS = ("", "tp=1,attention_dp=8,ep=8", "tp=2,attention_dp=4,ep=4", "tp=8,ep=4,spec=mtp:3",
+           "tp=1,attention_dp=8,ep=8,spec=mtp:2,acceptance=0.7", "tp=1,attention_dp=8,ep=8,redundant_experts=8",
+           "tp=2,attention_dp=4")
+
+
+@pytest.mark.parametrize("model,hardware,dtype,layouts,routing", [
+    ("deepseek-v3", "dgx-h200", "fp8", LAYOUTS, "uniform"),
+    ("deepseek-v3", "dgx-h200", "fp8", LAYOUTS, "zipf:1.2"),
+    ("qwen3-30b-a3b", "dgx-h100", "bf16", ("tp=4,dp=2", "tp=2,attention_dp=2,ep=4,dp=2", "tp=1,attention_dp=8,ep=8",
+                                           "tp=2,attention_dp=4,ep=2,all_to_all=deepep"), "zipf:1.2"),
+])
+def test_sweep_over_layouts_equals_predict_row_by_row(default_hardware_db, model, hardware, dtype, layouts,
+                                                      routing) -> None:  # type: ignore[no-untyped-def]
+    """A grid mixing attention DP, EP of several degrees, EPLB, data parallelism and MTP on one 8 x H200 node:
+    every row equals predict of the same scenario (batches that do and do not split over the ranks,
+    single- and multi-chunk prefills, gen 1 = no decode step, gens that are not a multiple of E)."""
+    from capsim.sweep import evaluate_segment, resolve_group
+    from capsim.sweep.grid import Grid, parse_layout
+
+    from test_sweep import _assert_row_equals_prediction
+
+    from capsim import DoesNotFitError
+
+    grid = Grid(models=(model,), hardware=(hardware,), gpus=(8,), batch=(1, 9, 300),
+                prompt_len=(60, 3000), gen_len=(1, 2, 71), weight_dtype=(dtype,), layout=layouts, routing=routing)
+    rows = 0
+    for g, key in enumerate(grid.group_keys):
+        group = resolve_group(grid, key, default_hardware_db)
+        assert group.resolved is not None, group.error
+        cols = evaluate_segment(grid, group, 0, grid.numeric_size)
+        assert set(cols["layout"]) == {key[-1]}
+        for i in range(grid.numeric_size):
+            scenario = Scenario(model=model, hardware=hardware, gpus=8, weight_dtype=dtype, routing=routing,
+                                batch=int(cols["batch"][i]), prompt_len=int(cols["prompt_len"][i]),
+                                gen_len=int(cols["gen_len"][i]), **parse_layout(key[-1]))
+            try:
+                pred = predict(scenario, hardware_db=default_hardware_db)
+            except DoesNotFitError:
+                assert not cols["feasible"][i]
+                continue
+            _assert_row_equals_prediction(cols, i, pred)
+            assert cols["gpus"][i] == 8
+            rows += 1
+    assert rows == len(layouts) * 18
+
+
+def test_sweep_layout_that_cannot_run_says_why(default_hardware_db) -> None:
+    from capsim.sweep import evaluate_segment, resolve_group
+    from capsim.sweep.grid import Grid
+
+    grid = Grid(models=("deepseek-v3",), hardware=("dgx-h200",), gpus=(8,), layout=("tp=1,attention_dp=8,ep=3",))
+    group = resolve_group(grid, grid.group_keys[0], default_hardware_db)
+    cols = evaluate_segment(grid, group, 0, 1)
+    assert not cols["feasible"][0]
+    assert "valid --ep: 1, 2, 4, 8" in str(cols["bottleneck"][0])
+    with pytest.raises(ScenarioError, match="cannot read layout 'tp:8'"):
+        Grid(models=("m",), hardware=("h",), layout=("tp:8",))

@@ -10,7 +10,8 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from test_cost import write_cost_db
 
-from capsim.cost import CostInputs, deployment_rates
+from capsim.cost import CostInputs, busy_rate, deployment_rates, owned_usd_per_hour
+from capsim.energy import energy_report
 from capsim.engine import predict
 from capsim.errors import DoesNotFitError, ScenarioError, UnknownHardwareError
 from capsim.hardware import HardwareDB
@@ -121,7 +122,7 @@ def _brute_force(db: HardwareDB, inputs: CostInputs, slo: SLO) -> dict[tuple[str
     """Every grid point meeting the SLO -> its all-in cost, by direct prediction (no pruning, no search)."""
     feasible = {}
     for hw, n, dtype in product(GRID_HW, GRID_COUNTS, GRID_DTYPES):
-        rate = deployment_rates(hw, n, db, inputs).owned_usd_per_busy_hour
+        rates = deployment_rates(hw, n, db, inputs)
         for batch in (1, 2, 4, 8, 16, 32, 64):
             sc = Scenario(
                 model=MODEL,
@@ -139,6 +140,14 @@ def _brute_force(db: HardwareDB, inputs: CostInputs, slo: SLO) -> dict[tuple[str
             if batch > pred.memory.max_batch:
                 continue
             if pred.tpot_s <= slo.tpot_s and (slo.ttft_s is None or pred.ttft_s <= slo.ttft_s):
+                # issue 14: energy at the modelled draw, time-weighted over prefill and decode (capsim.energy)
+                e = energy_report(
+                    rates.power.parts, pred, idle_fraction=inputs.idle_power_fraction, pue=inputs.pue,
+                    electricity_usd_per_kwh=inputs.electricity_usd_per_kwh,
+                )
+                watts = (e.prefill.watts * pred.ttft_s + e.decode.watts * pred.decode.time_s) / pred.e2e_latency_s
+                rate = float(busy_rate(owned_usd_per_hour(rates.purchase.total_usd, watts, inputs, idle_w=e.idle_w),
+                                       inputs))
                 feasible[(hw, n, dtype, batch)] = _all_in_cost(rate, batch, pred.e2e_latency_s)
     return feasible
 
@@ -218,8 +227,20 @@ def test_rented_basis_and_tokens_per_day_by_hand(cost_db: HardwareDB) -> None:
     q = next(x for x in fleet.points if x.batch == 4)
     assert q.replicas == 4 and q.utilization == pytest.approx(0.875)
     assert q.purchase_usd == 4 * 20000.0
-    # 4 x [20,000/(3 x 8,760) + 0.5 kW x (0.15 + 0.85 x 0.875) x 1.2 x 0.08] x 24 h per day, over the volume
-    per_hour = 20000 / (3 * 8760) + 0.5 * (0.15 + 0.85 * 0.875) * 1.2 * 0.08
+    # 4 x [20,000/(3 x 8,760) + (P_idle + (P_busy - P_idle) x 0.875) kW x 1.2 x 0.08] x 24 h per day, over
+    # the volume; P_idle = 0.15 x 500 W = 75 W, P_busy = the modelled draw (capsim.energy), time-weighted over
+    # prefill and decode
+    pred = predict(
+        Scenario(model=MODEL, hardware="cost-test-gpu", gpus=1, batch=4, prompt_len=PROMPT, gen_len=GEN),
+        hardware_db=cost_db,
+    )
+    e = energy_report(
+        deployment_rates("cost-test-gpu", 1, cost_db, inputs).power.parts, pred, idle_fraction=0.15, pue=1.2,
+        electricity_usd_per_kwh=0.08,
+    )
+    busy = (e.prefill.watts * pred.ttft_s + e.decode.watts * pred.decode.time_s) / pred.e2e_latency_s
+    assert e.idle_w == pytest.approx(75.0) and 75.0 < busy < 500.0
+    per_hour = 20000 / (3 * 8760) + (75 + (busy - 75) * 0.875) / 1000 * 1.2 * 0.08
     assert q.usd_per_day == pytest.approx(4 * per_hour * 24, rel=1e-9)
     assert q.usd_per_mtok == pytest.approx(q.usd_per_day / volume * 1e6, rel=1e-9)
 

@@ -146,6 +146,25 @@ def test_features_capsim_lacks_are_listed_not_dropped() -> None:
     assert r.reason == "hardware 'no-such-gpu' is not in the hardware database"
 
 
+def test_a_feature_is_used_once_the_scenario_has_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """attention_dp is passed through as soon as Scenario has the field FEATURE_FIELDS names (it does now);
+    a feature whose field is missing makes the case not expressible, naming the feature."""
+    from dataclasses import fields
+
+    from capsim import Scenario
+    from capsim import published
+
+    db = load_hardware_db()
+    case = _case(attention_dp=8, gpus_per_replica=8, tp=1, ep=8, hardware="h200-sxm", model="deepseek-r1",
+                 batch=64)
+    assert "attention_dp" in {f.name for f in fields(Scenario)}
+    scenario, _ = scenario_for(case, db)
+    assert scenario.attention_dp == 8 and scenario.ep == 8 and scenario.tp == 1
+    monkeypatch.setitem(published.FEATURE_FIELDS, "attention_dp", "no_such_field")
+    with pytest.raises(published.NotExpressible, match=r"attention data parallelism \(attention_dp = 8\)"):
+        scenario_for(case, db)
+
+
 def test_cpu_cases_get_a_system_from_their_parts() -> None:
     case = _case(placement="cpu-only", hardware=None, gpus_per_replica=0, cpu="xeon-6454s", cpu_sockets=2,
                  dram="ddr5-4800 x 8 channels per socket", host_memory_gb=512.0, model="qwen3-30b-a3b",

@@ -40,9 +40,9 @@ app = typer.Typer(
 
 
 def _register_all() -> None:
-    from . import cost, fit, hardware, measure, model, predict, profile, sweep, trace
+    from . import cost, fit, hardware, measure, model, predict, profile, serve, sweep, trace
 
-    for module in (predict, fit, hardware, model, trace, profile, cost, sweep, measure):
+    for module in (predict, fit, hardware, model, trace, profile, cost, sweep, measure, serve):
         module.register(app)
 
 

@@ -466,7 +466,7 @@ def render_plan(result: Any) -> None:
                 else (("≥ " if p.purchase_is_lower_bound else "") + f"${p.purchase_usd:,.0f}")
             )
             table.add_row(
-                p.hardware,
+                escape(f"{p.option} ({p.hardware})" if p.option else p.hardware),
                 str(p.devices),
                 p.weight_dtype,
                 str(p.batch),
@@ -478,7 +478,9 @@ def render_plan(result: Any) -> None:
                 _ms(p.ttft_s),
                 f"{p.sustained_tokens_per_s:,.0f}",
                 f"{p.utilization:.0%}",
-                escape(result.accuracy[p.weight_dtype].label()) if p.weight_dtype in result.accuracy else "",
+                escape(result.accuracy[p.option or p.weight_dtype].label())
+                if (p.option or p.weight_dtype) in result.accuracy
+                else "",
             )
         console.print(table)
     if result.unpriced:
@@ -655,6 +657,10 @@ def register(app: typer.Typer) -> None:
         top: Annotated[int, typer.Option(help="configurations listed")] = 5,
         basis: BasisOption = "owned",
         benchmark: BenchmarkOption = "mmlu",
+        option: DeploymentOptionsOption = None,
+        options_file: OptionsFileOption = None,
+        host_memory_gb: HostMemoryOption = None,
+        grid_gco2_kwh: GridOption = None,
         plot: Annotated[
             Path | None,
             typer.Option(
@@ -684,7 +690,14 @@ def register(app: typer.Typer) -> None:
         if plot is not None:
             check_output_file(plot, "--plot", "pareto.png")
         inputs = cost_inputs(
-            prices, price, cloud, electricity_usd_kwh, pue, lifetime_years, utilization, idle_power_fraction
+            prices, price, cloud, electricity_usd_kwh, pue, lifetime_years, utilization, idle_power_fraction,
+            grid_gco2_kwh,
+        )
+        deployments = deployment_options(
+            option,
+            options_file,
+            Scenario(model=model, prompt_len=prompt_len, gen_len=gen_len, kv_dtype=kv_dtype,
+                     host_memory_gb=host_memory_gb),
         )
         console = err_console()
         with Progress(
@@ -720,6 +733,8 @@ def register(app: typer.Typer) -> None:
                 benchmark=benchmark,
                 top=top,
                 progress=progress,
+                deployments=deployments,
+                host_memory_gb=host_memory_gb,
             )
         paths = _plan_plot(result, plot) if plot is not None else None
         if json_out:

@@ -33,6 +33,9 @@ def register(app: typer.Typer) -> None:
         gen_len: Annotated[str, typer.Option(help="generated lengths")] = "128",
         weight_dtype: Annotated[str, typer.Option(help="weight precisions, comma-separated; native = published")] = "native",
         kv_dtype: Annotated[str, typer.Option(help="KV-cache precisions, comma-separated")] = "bf16",
+        layout: Annotated[str, typer.Option(help="parallel layouts separated by ';', each key=value pairs of tp, "
+                          "attention_dp, ep, dp, redundant_experts, all_to_all, spec, acceptance, e.g. "
+                          "'tp=8;tp=1,attention_dp=8,ep=8;tp=8,ep=4,spec=mtp:3' (empty: the default TP group)")] = "",
         grid_file: Annotated[Path | None, typer.Option("--grid", help="TOML grid file (overrides the axis options)")] = None,
         fmt: Annotated[str | None, typer.Option("--format", help="csv, jsonl or parquet (default: from --out)")] = None,
         chunk_rows: Annotated[int, typer.Option(help="rows per chunk (memory and resume granularity)")] = 50_000,
@@ -49,7 +52,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         from ..errors import ScenarioError
         from ..plan import parse_duration
-        from ..sweep.grid import Grid, load_grid_toml, parse_gpus_axis, parse_int_axis, parse_str_axis
+        from ..sweep.grid import Grid, load_grid_toml, parse_gpus_axis, parse_int_axis, parse_layout_axis, parse_str_axis
         from ..sweep.run import Filters, SweepRun, format_of, resolve_groups, run_dask, run_local
 
         if grid_file is not None:
@@ -62,7 +65,7 @@ def register(app: typer.Typer) -> None:
                 gpus=parse_gpus_axis(gpus),
                 batch=parse_int_axis(batch, "batch"), prompt_len=parse_int_axis(prompt_len, "prompt-len"),
                 gen_len=parse_int_axis(gen_len, "gen-len"), weight_dtype=parse_str_axis(weight_dtype),
-                kv_dtype=parse_str_axis(kv_dtype),
+                kv_dtype=parse_str_axis(kv_dtype), layout=parse_layout_axis(layout),
             )
         if chunk_rows < 1:
             raise ScenarioError("--chunk-rows must be >= 1")
@@ -121,10 +124,11 @@ def register(app: typer.Typer) -> None:
         if front:
             table = Table(title="Pareto front: lowest TPOT vs highest decode tokens/s (feasible rows)",
                           title_justify="left")
-            for col in ("model", "hardware", "gpus", "weight", "batch", "prompt", "gen", "TPOT ms", "tok/s"):
-                table.add_column(col, justify="right" if col not in ("model", "hardware", "weight") else "left")
+            for col in ("model", "hardware", "gpus", "weight", "layout", "batch", "prompt", "gen", "TPOT ms", "tok/s"):
+                table.add_column(col, justify="right" if col not in ("model", "hardware", "weight", "layout") else "left")
             for r in front[:20]:
-                table.add_row(r["model"], r["hardware"], str(r["gpus"]), r["weight_dtype"], str(r["batch"]),
+                table.add_row(r["model"], r["hardware"], str(r["gpus"]), r["weight_dtype"], r.get("layout") or "tp",
+                              str(r["batch"]),
                               str(r["prompt_len"]), str(r["gen_len"]), f"{1e3 * r['tpot_s']:.2f}",
                               f"{r['decode_tokens_per_s']:,.0f}")
             console.print(table)

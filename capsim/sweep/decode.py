@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ..engine import decode_passes
+from ..engine import decode_steps
 from ..metrics import RESOURCES
 from ..roofline import PassCost
 
@@ -73,7 +73,7 @@ class Knots:
         if new_keys.size == 0:
             return
         b, c = new_keys // scale, new_keys % scale
-        cost = decode_passes(self.rs, self.batches[b].astype(np.float64), c.astype(np.float64))
+        cost = decode_steps(self.rs, self.batches[b].astype(np.float64), c.astype(np.float64))
         self.metric_peak_flops = cost.metric_peak_flops
         margin = np.stack([tc - tm for _, tc, tm in cost.op_times], axis=1)  # (knots, ops)
         bits = np.left_shift(np.int64(1), np.arange(margin.shape[1], dtype=np.int64))
@@ -104,7 +104,7 @@ class Knots:
 
 def decode_totals(
     rs: Any, batch: np.ndarray, prompt_len: np.ndarray, gen_len: np.ndarray,
-    context_span: tuple[int, int] | None = None,
+    context_span: tuple[int, int] | None = None, context_step: float = 1.0,
 ) -> tuple[np.ndarray, float]:
     """Exact sums over the gen_len − 1 decode steps of each configuration (step j attends to prompt_len + j
     tokens, as :func:`capsim.engine.decode_cost` evaluates them one by one): a (len(QUANTITIES), n) matrix,
@@ -114,7 +114,14 @@ def decode_totals(
     ``context_span`` = (first, last) context the knots of every batch span (default: those of this call's
     configurations). A sweep passes its whole grid's, so a row's value does not depend on which other rows
     share its chunk: knots in the same places give the same bits, so any chunking or backend writes the same
-    output."""
+    output.
+
+    ``context_step`` E != 1 (speculative decoding: a verify step yields E tokens per sequence) sums instead over
+    the ceil((gen_len − 1)/E) steps at contexts prompt_len + E·j, j = 1, 2, …, as
+    :func:`capsim.engine.decode_cost` places them; each piece then holds the progression's points in
+    [k_j, k_{j+1})."""
+    if context_step != 1.0:
+        return _progression_totals(rs, batch, prompt_len, gen_len, context_span, float(context_step))
     batch = np.asarray(batch, dtype=np.int64)
     lo = np.asarray(prompt_len, dtype=np.int64) + 1
     hi = np.asarray(prompt_len, dtype=np.int64) + np.asarray(gen_len, dtype=np.int64) - 1
@@ -177,6 +184,61 @@ def decode_totals(
         piece += np.take(values_t, j, axis=1)
         piece *= count
         sums += piece
+    totals[:, idx] = sums
+    return totals, knots.metric_peak_flops
+
+
+def _progression_totals(
+    rs: Any, batch: np.ndarray, prompt_len: np.ndarray, gen_len: np.ndarray,
+    context_span: tuple[int, int] | None, step: float,
+) -> tuple[np.ndarray, float]:
+    """:func:`decode_totals` over steps at contexts P + E·j, j = 1 … S, S = ceil((G − 1)/E)."""
+    batch = np.asarray(batch, dtype=np.int64)
+    prompt = np.asarray(prompt_len, dtype=np.int64)
+    steps = np.ceil((np.asarray(gen_len, dtype=np.int64) - 1).clip(0) / step).astype(np.int64)
+    n = batch.shape[0]
+    totals = np.zeros((len(QUANTITIES), n))
+    idx = np.nonzero(steps > 0)[0]
+    if idx.size == 0:
+        return totals, 0.0
+    p, s = prompt[idx].astype(np.float64), steps[idx]
+    lo_c, hi_c = p + step, p + step * s
+    batches, bid = _distinct(batch[idx])
+    first_c = int(np.floor(lo_c.min())) if context_span is None else min(context_span[0], int(np.floor(lo_c.min())))
+    last_c = int(np.ceil(hi_c.max())) if context_span is None else max(context_span[1], int(np.ceil(hi_c.max())))
+    ids = np.arange(batches.size)
+    knots = Knots(rs, batches)
+    kb, kc = [ids, ids], [np.full(batches.size, first_c), np.full(batches.size, last_c)]
+    for w in finite_windows(rs.model):
+        if first_c < w < last_c:
+            kb.append(ids)
+            kc.append(np.full(batches.size, w))
+    knots.add(np.concatenate(kb), np.concatenate(kc).astype(np.int64))
+    while True:
+        cut_bid, cut_ctx = knots.flip_cuts()
+        if cut_bid.size == 0:
+            break
+        knots.add(cut_bid, cut_ctx)
+    first = np.searchsorted(knots.bid, ids)
+    last = np.searchsorted(knots.bid, ids, side="right") - 1
+    sums = np.zeros((len(QUANTITIES), idx.size))
+    for m in range(int((last - first).max()) + 1):
+        j = first[bid] + m
+        valid = j <= last[bid]
+        j = np.where(valid, j, first[bid])
+        is_last = j == last[bid]
+        k0 = knots.context[j].astype(np.float64)
+        k1 = knots.context[np.where(is_last, j, j + 1)].astype(np.float64)
+        slope = np.where(is_last[:, None], 0.0,
+                         (knots.values[np.where(is_last, j, j + 1)] - knots.values[j]) / np.maximum(k1 - k0, 1.0)[:, None])
+        # progression points P + E·i inside [k0, k1) (the last knot of a batch: the point k0 itself)
+        i_lo = np.maximum(np.ceil((k0 - p) / step), 1.0)
+        i_hi = np.where(is_last, np.floor((k0 - p) / step), np.ceil((k1 - p) / step) - 1.0)
+        i_hi = np.minimum(i_hi, s)
+        count = np.where(valid & (i_hi >= i_lo), i_hi - i_lo + 1.0, 0.0)
+        mean_c = p + step * (i_lo + i_hi) / 2.0
+        piece = knots.values[j].T + slope.T * (mean_c - k0)
+        sums += piece * count
     totals[:, idx] = sums
     return totals, knots.metric_peak_flops
 

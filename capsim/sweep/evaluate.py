@@ -32,10 +32,10 @@ from ..metrics import RESOURCES
 from ..scenario import Scenario
 from ..units import GB
 from .decode import QUANTITIES, decode_totals
-from .grid import Grid
+from .grid import Grid, parse_layout
 
 COLUMNS: tuple[str, ...] = (
-    "model", "hardware", "gpus", "weight_dtype", "kv_dtype", "batch", "prompt_len", "gen_len",
+    "model", "hardware", "gpus", "weight_dtype", "kv_dtype", "layout", "batch", "prompt_len", "gen_len",
     "feasible", "max_batch", "waves", "batch_per_wave", "ttft_s", "tpot_s", "e2e_latency_s",
     "decode_tokens_per_s", "prefill_tokens_per_s", "s_mbu", "mbu", "s_mfu", "mfu", "bottleneck",
     "weights_gb", "memory_needed_gb", "usable_gb",
@@ -46,20 +46,25 @@ COLUMNS: tuple[str, ...] = (
 class Group:
     """A resolved group, or the reason it cannot run at all."""
 
-    key: tuple[str, str, int, str, str]
+    key: tuple[str, str, int, str, str, str]
     resolved: Any | None
     error: str | None
 
 
-def resolve_group(grid: Grid, key: tuple[str, str, int, str, str], db: HardwareDB) -> Group:
+def resolve_group(grid: Grid, key: tuple[str, str, int, str, str, str], db: HardwareDB) -> Group:
     """Resolve one group. Unknown ids propagate (the whole sweep is wrong); a layout that is impossible for
-    this hardware (e.g. more GPUs than the node has) marks the group's rows infeasible with the reason."""
-    model_id, hardware, gpus, wdt, kvdt = key
+    this hardware (e.g. more GPUs than the node has, an EP degree that does not divide the experts) marks the
+    group's rows infeasible with the reason."""
+    model_id, hardware, gpus, wdt, kvdt, layout = key
     scenario = Scenario(
         model=model_id, hardware=hardware, gpus=gpus or None, weight_dtype=None if wdt == "native" else wdt,
         kv_dtype=kvdt, routing=grid.routing, prefill_chunk_tokens=grid.prefill_chunk_tokens,
+        **parse_layout(layout),
     )
-    scenario.validate()
+    try:
+        scenario.validate()
+    except CapsimError as exc:
+        return Group(key, None, str(exc))
     model = resolve_model(model_id)
     try:
         rs = resolve_on(scenario, db, model, gpus or None)
@@ -76,14 +81,14 @@ def _outside_sweep_model(rs: Any) -> str | None:
     tensor-parallel group with every weight in device memory, which is all a sweep's scenarios ask for."""
     if rs.offloaded.size and rs.offloaded.any():
         return "experts placed off the device (offload) are not swept; use capsim predict"
-    if rs.layout.pp > 1 or rs.layout.dp > 1:
-        return "pipeline or data parallelism is not swept; use capsim predict"
+    if rs.layout.pp > 1:
+        return "pipeline parallelism is not swept; use capsim predict"
     if rs.deployment.mode not in ("gpu", "cpu"):
         return f"--mode {rs.deployment.mode} is not swept; use capsim predict"
     return None
 
 
-STRING_COLUMNS = ("model", "hardware", "weight_dtype", "kv_dtype", "bottleneck")
+STRING_COLUMNS = ("model", "hardware", "weight_dtype", "kv_dtype", "layout", "bottleneck")
 INT_COLUMNS = ("gpus", "batch", "prompt_len", "gen_len", "max_batch", "waves", "batch_per_wave")
 _BOTTLENECK_WIDTH = max(len(v) for v in (*RESOURCES, "none", "does not fit"))
 
@@ -94,7 +99,7 @@ def _empty(n: int, strings: dict[str, str]) -> dict[str, np.ndarray]:
     cols: dict[str, np.ndarray] = {}
     for name in COLUMNS:
         if name in STRING_COLUMNS:
-            value = strings[name]
+            value = strings.get(name, "")  # a column nobody filled in (e.g. the default layout) is empty
             width = max(len(value), _BOTTLENECK_WIDTH) if name == "bottleneck" else len(value)
             cols[name] = np.full(n, value, dtype=f"<U{max(width, 1)}")
         elif name == "feasible":
@@ -108,30 +113,36 @@ def _empty(n: int, strings: dict[str, str]) -> dict[str, np.ndarray]:
 
 def evaluate_segment(grid: Grid, group: Group, start: int, stop: int) -> dict[str, np.ndarray]:
     """Columns for numeric points ``start:stop`` of ``group``."""
-    batch, prompt, gen = grid.numeric_points(start, stop)
-    n = batch.shape[0]
-    model_id, hardware, _, wdt, kvdt = group.key
+    total_batch, prompt, gen = grid.numeric_points(start, stop)
+    n = total_batch.shape[0]
+    model_id, hardware, _, wdt, kvdt, layout = group.key
     rs = group.resolved
     cols = _empty(n, {
-        "model": model_id, "hardware": hardware, "weight_dtype": wdt, "kv_dtype": kvdt,
+        "model": model_id, "hardware": hardware, "weight_dtype": wdt, "kv_dtype": kvdt, "layout": layout,
         "bottleneck": "does not fit" if rs is not None else "does not run: " + (group.error or ""),
     })
-    cols["batch"][:] = batch
+    cols["batch"][:] = total_batch
     cols["prompt_len"][:] = prompt
     cols["gen_len"][:] = gen
     rs = group.resolved
     if rs is None:
         return cols
-    cols["gpus"][:] = rs.placement.tp
+    # data-parallel replicas split the batch; the rest describes one replica (predict's convention)
+    replicas = rs.layout.dp
+    batch = -(-total_batch // replicas) if replicas > 1 else total_batch
+    adp = rs.placement.attention_dp
+    cols["gpus"][:] = rs.layout.devices
     cols["weights_gb"][:] = sum(weight_bytes_per_device(rs).values()) / GB
     cols["usable_gb"][:] = usable_bytes(rs) / GB
     max_b, needed_one = max_batch_that_fits(rs, batch, prompt, gen)
     feasible = max_b >= 1
     cols["feasible"][:] = feasible
     cols["max_batch"][:] = max_b
-    # weights + buffers + the KV cache of one wave (of one sequence where not even that fits)
+    # weights + buffers + the KV cache of one wave (of one sequence where not even that fits) on the busiest
+    # device: its attention rank's share of the wave
     per_seq = kv_bytes_per_sequence_at(rs, prompt + gen) + logit_bytes_per_sequence(rs)
-    cols["memory_needed_gb"][:] = (needed_one + per_seq * (np.clip(np.minimum(batch, max_b), 1, None) - 1)) / GB
+    resident = -(-np.clip(np.minimum(batch, max_b), 1, None) // adp)
+    cols["memory_needed_gb"][:] = (needed_one + per_seq * (resident - 1)) / GB
     idx = np.nonzero(feasible)[0]
     if idx.size == 0:
         return cols
@@ -141,13 +152,12 @@ def evaluate_segment(grid: Grid, group: Group, start: int, stop: int) -> dict[st
     cols["batch_per_wave"][idx] = wave_b
 
     ttft = ttft_of(rs, wave_b, p, grid.prefill_chunk_tokens)
-    tpot, decode_metrics = _decode_columns(rs, wave_b, p, g, grid.decode_context_span)
-    steps = g - 1
+    tpot, decode_time, decode_metrics = _decode_columns(rs, wave_b, p, g, grid.decode_context_span)
     cols["ttft_s"][idx] = ttft
     cols["tpot_s"][idx] = tpot
-    cols["e2e_latency_s"][idx] = ttft + np.where(steps > 0, steps * np.nan_to_num(tpot), 0.0)
-    cols["decode_tokens_per_s"][idx] = wave_b / tpot
-    cols["prefill_tokens_per_s"][idx] = wave_b * p / ttft
+    cols["e2e_latency_s"][idx] = ttft + decode_time
+    cols["decode_tokens_per_s"][idx] = replicas * wave_b / tpot
+    cols["prefill_tokens_per_s"][idx] = replicas * wave_b * p / ttft
     for name, values in decode_metrics.items():
         cols[name][idx] = values
     return cols
@@ -156,7 +166,12 @@ def evaluate_segment(grid: Grid, group: Group, start: int, stop: int) -> dict[st
 def ttft_of(rs: Any, batch: np.ndarray, prompt_len: np.ndarray, chunk_tokens: int) -> np.ndarray:
     """Seconds to prefill ``batch`` prompts of ``prompt_len`` tokens in chunks of ``chunk_tokens`` (arrays of
     configurations): (n_chunks − 1)·t(full chunk) + t(last chunk, with the lm_head), as predict sums them.
-    Runs of equal consecutive (batch, prompt_len) are costed once."""
+    Runs of equal consecutive (batch, prompt_len) are costed once. Under attention data parallelism the
+    busiest rank prefills ceil(batch / N) prompts, and EP/attention-DP layouts add the MoE layers'
+    communication and load balance (capsim.parallel), as predict does."""
+    adp = rs.placement.attention_dp
+    if adp > 1:
+        batch = -(-batch // adp)
     first, run = _first_of_runs(batch, prompt_len)
     wave_b, prompt = batch[first], prompt_len[first]
     total = wave_b * prompt
@@ -173,6 +188,10 @@ def ttft_of(rs: Any, batch: np.ndarray, prompt_len: np.ndarray, chunk_tokens: in
         np.concatenate([last.astype(np.float64), np.full(m, float(chunk_tokens))]),
         np.concatenate([wave_b.astype(np.float64), np.zeros(m)]),
     )
+    if rs.layout.ep > 1 or adp > 1:
+        from ..parallel import apply_expert_parallel
+
+        apply_expert_parallel(rs, costs, "prefill")
     ttft = costs.time[:n].copy()
     ttft[multi] += (n_chunks[multi] - 1) * costs.time[n:]
     return ttft[run]
@@ -193,16 +212,22 @@ def _first_of_runs(*keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _decode_columns(
     rs: Any, wave_b: np.ndarray, prompt: np.ndarray, gen: np.ndarray, context_span: tuple[int, int]
-) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """TPOT and the decode metrics as :func:`capsim.metrics.phase_metrics` defines them, from the exact sums."""
-    totals, metric_peak = decode_totals(rs, wave_b, prompt, gen, context_span)
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """TPOT, the whole decode time and the decode metrics as :func:`capsim.metrics.phase_metrics` defines
+    them, from the exact sums. Speculative decoding: ceil((G − 1)/E) verify steps, TPOT = step / E."""
+    spec = rs.speculation
+    per_step = spec.tokens_per_step if spec is not None else 1.0
+    if spec is not None:
+        # verify steps reach up to E − 1 < K + 1 tokens past the last plain context
+        context_span = (context_span[0], context_span[1] + spec.draft_tokens + 1)
+    totals, metric_peak = decode_totals(rs, wave_b, prompt, gen, context_span, per_step)
     sums = dict(zip(QUANTITIES, totals))
-    steps = (gen - 1).astype(np.float64)
+    steps = np.ceil((gen - 1) / per_step).astype(np.float64) if spec is not None else (gen - 1).astype(np.float64)
     time = sums["time"]
     has = steps > 0
     with np.errstate(invalid="ignore", divide="ignore"):
-        tpot = np.where(has, time / np.where(has, steps, 1.0), np.nan)
-        devices = rs.placement.tp
+        tpot = np.where(has, time / np.where(has, steps, 1.0) / per_step, np.nan)
+        devices = rs.layout.devices_per_replica
         bw = devices * rs.rates.memory_bandwidth * time
         fl = devices * metric_peak * time
         metrics = {
@@ -214,4 +239,4 @@ def _decode_columns(
     by_resource = np.stack([sums[f"time_{r}"] for r in RESOURCES])
     names = np.array(RESOURCES)
     metrics["bottleneck"] = np.where(has, names[np.argmax(by_resource, axis=0)], "none")
-    return tpot, metrics
+    return tpot, time, metrics

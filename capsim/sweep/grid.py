@@ -1,8 +1,9 @@
 """Sweep grids: the product of scenario axes, ordered so that a row index names one configuration.
 
-Rows are ordered group-major: a *group* is one (model, hardware, gpus, weight dtype, KV dtype) combination
-(one resolved placement: same rates, same weights), and inside a group the numeric axes (batch x prompt x
-generated length) vary fastest. Row ``r`` is group ``r // n_numeric``, numeric point ``r % n_numeric``, so
+Rows are ordered group-major: a *group* is one (model, hardware, gpus, weight dtype, KV dtype, layout)
+combination (one resolved placement: same rates, same weights), and inside a group the numeric axes (batch x
+prompt x generated length) vary fastest. A *layout* is a string of scenario options, ``tp=1,attention_dp=8,ep=8``
+(see :data:`LAYOUT_KEYS`); the empty layout is the default TP group. Row ``r`` is group ``r // n_numeric``, numeric point ``r % n_numeric``, so
 chunks of contiguous rows can be evaluated, written and resumed independently.
 """
 
@@ -66,6 +67,42 @@ def parse_gpus_axis(text: str) -> tuple[int, ...]:
     return (0,) if text.strip() == "0" else parse_int_axis(text, "gpus")
 
 
+LAYOUT_KEYS: dict[str, type] = {
+    "tp": int, "attention_dp": int, "ep": int, "pp": int, "dp": int, "nodes": int, "redundant_experts": int,
+    "all_to_all": str, "network": str, "spec": str, "acceptance": float,
+}
+"""Scenario options a sweep layout may set (capsim.scenario.Scenario fields)."""
+
+
+def parse_layout(text: str) -> dict[str, Any]:
+    """``tp=1,attention_dp=8,ep=8`` -> Scenario keyword arguments (``""`` -> none)."""
+    out: dict[str, Any] = {}
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        name, sep, value = part.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or name not in LAYOUT_KEYS:
+            raise ScenarioError(
+                f"cannot read layout {text!r}: write key=value pairs separated by commas, keys "
+                f"{', '.join(LAYOUT_KEYS)} (e.g. tp=1,attention_dp=8,ep=8)"
+            )
+        try:
+            out[name] = LAYOUT_KEYS[name](value.strip())
+        except ValueError:
+            raise ScenarioError(f"layout {text!r}: {name} must be {LAYOUT_KEYS[name].__name__}, got {value!r}") from None
+    return out
+
+
+def parse_layout_axis(text: str) -> tuple[str, ...]:
+    """Layouts separated by ``;`` (each validated), e.g. ``tp=8;attention_dp=8,ep=8``."""
+    layouts = tuple(dict.fromkeys(p.strip() for p in text.split(";")))
+    for layout in layouts:
+        parse_layout(layout)
+    return layouts or ("",)
+
+
 def parse_str_axis(text: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(p.strip() for p in text.split(",") if p.strip()))
 
@@ -85,17 +122,23 @@ class Grid:
     routing: str = "default"
     prefill_chunk_tokens: int = 8192
     extra: dict[str, Any] = field(default_factory=dict)
+    layout: tuple[str, ...] = ("",)
+    """Parallel layouts (:func:`parse_layout` strings); ``""`` is the default TP group."""
 
     def __post_init__(self) -> None:
-        for name in ("models", "hardware", "gpus", "batch", "prompt_len", "gen_len", "weight_dtype", "kv_dtype"):
+        for name in ("models", "hardware", "gpus", "batch", "prompt_len", "gen_len", "weight_dtype", "kv_dtype",
+                     "layout"):
             if not getattr(self, name):
                 raise ScenarioError(f"sweep axis {name!r} is empty")
+        for layout in self.layout:
+            parse_layout(layout)
         if self.prefill_chunk_tokens < 1:
             raise ScenarioError(f"prefill_chunk_tokens must be >= 1, got {self.prefill_chunk_tokens}")
 
     @property
-    def group_keys(self) -> list[tuple[str, str, int, str, str]]:
-        return list(itertools.product(self.models, self.hardware, self.gpus, self.weight_dtype, self.kv_dtype))
+    def group_keys(self) -> list[tuple[str, str, int, str, str, str]]:
+        return list(itertools.product(self.models, self.hardware, self.gpus, self.weight_dtype, self.kv_dtype,
+                                      self.layout))
 
     @property
     def numeric_size(self) -> int:
@@ -132,7 +175,10 @@ class Grid:
 
     def fingerprint(self) -> str:
         """Stable hash of everything that determines the rows (resume refuses a different grid)."""
-        payload = json.dumps(asdict(self), sort_keys=True, default=str)
+        fields_ = asdict(self)
+        if self.layout == ("",):
+            del fields_["layout"]  # grids without layouts keep the fingerprint they had before the axis existed
+        payload = json.dumps(fields_, sort_keys=True, default=str)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     def chunks(self, chunk_rows: int) -> int:
@@ -141,7 +187,7 @@ class Grid:
 
 _TOML_KEYS = {
     "models", "hardware", "gpus", "batch", "prompt_len", "gen_len", "weight_dtype", "kv_dtype", "routing",
-    "prefill_chunk_tokens",
+    "prefill_chunk_tokens", "layout",
 }
 
 
@@ -160,7 +206,7 @@ def load_grid_toml(path: Path) -> Grid:
         raise DataFileError(str(path), f"unknown key {min(unknown)!r}; valid keys: {', '.join(sorted(_TOML_KEYS))}")
     kwargs: dict[str, Any] = {}
     for key, value in raw.items():
-        if key in ("models", "hardware", "weight_dtype", "kv_dtype"):
+        if key in ("models", "hardware", "weight_dtype", "kv_dtype", "layout"):
             items = [value] if isinstance(value, str) else value
             kwargs[key] = tuple(str(v) for v in items)
         elif key in ("gpus", "batch", "prompt_len", "gen_len"):
@@ -175,5 +221,6 @@ def load_grid_toml(path: Path) -> Grid:
 def describe_axes(grid: Grid) -> Sequence[str]:
     return [
         f"{name}: {len(getattr(grid, name))}"
-        for name in ("models", "hardware", "gpus", "batch", "prompt_len", "gen_len", "weight_dtype", "kv_dtype")
+        for name in ("models", "hardware", "gpus", "batch", "prompt_len", "gen_len", "weight_dtype", "kv_dtype",
+                     "layout")
     ]
