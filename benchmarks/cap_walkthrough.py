@@ -6,8 +6,6 @@ Paper numbers are from /work/shared/reference/moecap.md §4.1 (P1-P3, P9) and §
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 
 from capsim.engine import decode_cost, predict, resolve
@@ -17,7 +15,6 @@ from capsim.scenario import Scenario
 
 DB = load_hardware_db()
 
-
 def activated_share(model: str, batch: int) -> float:
     """Weight bytes a decode step of ``batch`` tokens reads with the experts the batch activates (uniform
     iid routing, capsim's default) over the bytes of every weight: the share of parameters activated."""
@@ -25,7 +22,6 @@ def activated_share(model: str, batch: int) -> float:
                              prompt_len=64, gen_len=2), DB)
     cost = decode_cost(rs, batch)
     return float(cost.weight_bytes_sparse[0] / cost.weight_bytes_dense[0])
-
 
 def main() -> None:
     print("## P2: share of parameters activated at batch 8 (paper: MATH on vLLM, traced routing)")
@@ -89,7 +85,6 @@ def main() -> None:
                              ("Qwen3-235B-A22B", 128, 8, 16, 57.745)):
         iid = float(np.asarray(uniform_expected_activated(e, k, b)))
         print(f"| {name} ({e}, {k}) | {b} | {a} | {iid:.2f} | {a / iid:.2f} |")
-
 
 if __name__ == "__main__":
     main()

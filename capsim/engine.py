@@ -347,16 +347,51 @@ def _activated(
     # grids repeat the same step shape many times: ask the router once per distinct (tokens, sequences)
     if sequences is None:
         unique, inverse = np.unique(tokens, return_inverse=True)
-        act = rs.router.activated_per_layer(unique)
+        act = _activated_cached(rs, unique, None)
     else:
         seqs = np.broadcast_to(np.asarray(sequences, dtype=np.float64), tokens.shape)
         key = tokens * (float(seqs.max()) + 1.0) + seqs  # one sortable key per (T, s) pair, exact in float64
         _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
-        act = rs.router.activated_per_layer(tokens[first], sequences=seqs[first])
+        act = _activated_cached(rs, tokens[first], seqs[first])
     inverse = inverse.reshape(-1)
     if act.shape[0] > 1 and np.all(act == act[:1]):
         return act[:1, inverse], np.array([act.shape[0]], dtype=np.float64)
     return act[:, inverse], None
+
+
+_ACTIVATED_CACHE: dict[tuple[object, ...], dict[tuple[float, float | None], np.ndarray]] = {}
+"""Expected distinct experts per layer, per router (model, routing, seed) and step shape (tokens, sequences;
+sequences None for decode): sweeps ask the same shapes for every group of a model, and small groups would
+otherwise pay the router's fixed cost on each call."""
+_ACTIVATED_CACHE_LIMIT = 200_000
+
+
+def _activated_cached(rs: ResolvedScenario, tokens: np.ndarray, sequences: np.ndarray | None) -> np.ndarray:
+    """``rs.router.activated_per_layer`` for distinct step shapes, from the cache where present. Only for
+    synthetic routers, whose columns do not depend on what else is in the call (a sequential sum, see
+    capsim.routing._base), so cached and fresh values are the same bits."""
+    from .routing.synthetic import SyntheticRouter
+
+    router = rs.router
+    assert router is not None  # callers check: internal invariant
+    if not isinstance(router, SyntheticRouter) or tokens.shape[0] == 0:
+        return router.activated_per_layer(tokens) if sequences is None else router.activated_per_layer(
+            tokens, sequences=sequences)
+    key = (rs.model.id, rs.model.num_moe_layers, rs.scenario.routing, rs.scenario.seed)
+    cache = _ACTIVATED_CACHE.setdefault(key, {})
+    seqs = None if sequences is None else np.asarray(sequences, dtype=np.float64)
+    shapes: list[tuple[float, float | None]] = list(
+        zip(tokens.tolist(), [None] * tokens.shape[0] if seqs is None else seqs.tolist()))
+    missing = [i for i, shape in enumerate(shapes) if shape not in cache]
+    if missing:
+        if len(cache) + len(missing) > _ACTIVATED_CACHE_LIMIT:
+            cache.clear()
+        idx = np.array(missing)
+        fresh = (router.activated_per_layer(tokens[idx]) if seqs is None
+                 else router.activated_per_layer(tokens[idx], sequences=seqs[idx]))
+        for j, i in enumerate(missing):
+            cache[shapes[i]] = fresh[:, j].copy()
+    return np.stack([cache[shape] for shape in shapes], axis=1)
 
 
 def _window_rows(model: ModelSpec) -> tuple[np.ndarray, np.ndarray]:

@@ -175,6 +175,13 @@ class FixedActivation:
             )
         if np.any(a > num_experts):
             raise ScenarioError(f"an activated-expert count exceeds the {num_experts} experts per layer")
+        least = min(top_k, num_experts)
+        if np.any(a < least):
+            raise ScenarioError(
+                f"an activated-expert count is below top-k = {least}: every token of a step activates at least "
+                f"{least} experts of each MoE layer; give counts of MoE layers only (a mean over dense layers "
+                "too is diluted)"
+            )
         self.values = a
         self.num_moe_layers = num_moe_layers
         self.num_experts = num_experts

@@ -50,23 +50,44 @@ class PhaseMetrics:
         }
 
 
+def utilisation(
+    time: Any, weight_bytes_dense: Any, weight_bytes_sparse: Any, kv_read_bytes: Any, flops_dense: Any,
+    flops_sparse: Any, devices: int, bandwidth_peak: float, flops_peak: float,
+) -> dict[str, Any]:
+    """MBU, S-MBU, MFU and S-MFU of passes summing to ``time`` seconds, bytes and FLOPs (floats, or arrays of
+    such sums: sweeps call this on whole columns), on ``devices`` devices with vendor peaks:
+    MBU = (W_dense + KV) / (t·N·BW), S-MBU = (W_act + KV) / (t·N·BW), MFU = F_dense / (t·N·F), S-MFU = F_sparse
+    / (t·N·F). The one place these ratios are formed (predict and sweep both call it)."""
+    bw = devices * bandwidth_peak * time
+    fl = devices * flops_peak * time
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return {
+            "mbu": (weight_bytes_dense + kv_read_bytes) / bw,
+            "s_mbu": (weight_bytes_sparse + kv_read_bytes) / bw,
+            "mfu": flops_dense / fl,
+            "s_mfu": flops_sparse / fl,
+        }
+
+
 def phase_metrics(cost: PassCost, devices: int, bandwidth_peak: float) -> PhaseMetrics:
     """Time-weighted utilisation over all passes of ``cost`` on ``devices`` devices."""
     total_time = float(cost.time.sum())
     if total_time <= 0.0 or cost.time.size == 0:
         zero = {r: 0.0 for r in RESOURCES}
         return PhaseMetrics(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, "none", zero, {}, 0)
-    bw = devices * bandwidth_peak * total_time
-    fl = devices * cost.metric_peak_flops * total_time
-    kv = float(cost.kv_read_bytes.sum())
     by_resource = {r: float(v.sum()) for r, v in cost.time_by_resource.items()}
+    ratios = utilisation(
+        total_time, float(cost.weight_bytes_dense.sum()), float(cost.weight_bytes_sparse.sum()),
+        float(cost.kv_read_bytes.sum()), float(cost.flops_dense.sum()), float(cost.flops_sparse.sum()),
+        devices, bandwidth_peak, cost.metric_peak_flops,
+    )
     return PhaseMetrics(
         time_s=total_time,
         tokens=float(cost.tokens.sum()),
-        mbu=(float(cost.weight_bytes_dense.sum()) + kv) / bw,
-        s_mbu=(float(cost.weight_bytes_sparse.sum()) + kv) / bw,
-        mfu=float(cost.flops_dense.sum()) / fl,
-        s_mfu=float(cost.flops_sparse.sum()) / fl,
+        mbu=ratios["mbu"],
+        s_mbu=ratios["s_mbu"],
+        mfu=ratios["mfu"],
+        s_mfu=ratios["s_mfu"],
         bottleneck=max(by_resource, key=lambda r: by_resource[r]),
         time_by_resource_s=by_resource,
         time_by_op_s={op: float(v.sum()) for op, v in cost.time_by_op.items()},

@@ -33,9 +33,9 @@ from .cost import (
     CostReport,
     DeploymentRates,
     check_price_ids,
-    cost_report,
     deployment_rates,
     finite_cost,
+    price_predictions,
 )
 from .errors import DoesNotFitError, MissingValueError, ScenarioError
 from .scenario import Scenario
@@ -390,7 +390,14 @@ def evaluate_option(
             cap_class=cap_class(scenario, native),
             **named,
         )
-    report = cost_report(scenario, db, inputs, full=prediction)
+    # orchestration here, pricing in capsim.cost: the per-user (batch 1) prediction, then both priced
+    devices = int(prediction.scenario["gpus"])
+    single = (
+        prediction if scenario.batch == 1 else predict(replace(scenario, batch=1, gpus=devices), hardware_db=db)
+    )
+    report = price_predictions(
+        scenario.hardware, db, inputs, prediction, single, host_memory_gb=scenario.host_memory_gb
+    )
     return Option(
         model_id,
         scenario.hardware,

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from test_cost import HAND, write_cost_db
 from typer.testing import CliRunner
 
 from capsim.cli import app
@@ -21,9 +22,8 @@ from capsim.errors import DataFileError, ScenarioError
 from capsim.hardware import HardwareDB
 from capsim.measure import Measurement, activated_from_counts, compat_sizes, load_expert_counts, measure
 from capsim.metrics import PhaseMetrics
+from capsim.options import cap_class, collect_options, load_options_file, parse_option
 from capsim.scenario import Scenario
-
-from test_cost import HAND, write_cost_db
 
 
 @pytest.fixture(scope="module")
@@ -204,6 +204,8 @@ def test_measure_bad_inputs_are_one_line_errors(tmp_path: Path) -> None:
         measure(MIXTRAL_A100, Measurement())
     with pytest.raises(ScenarioError, match="exceeds the 8 experts"):
         measure(MIXTRAL_A100, Measurement(tpot_s=0.04, activated_per_layer=(9.0,)))
+    with pytest.raises(ScenarioError, match="below top-k = 2"):
+        measure(MIXTRAL_A100, Measurement(tpot_s=0.04, activated_per_layer=(1.5,)))
     with pytest.raises(ScenarioError, match="cover 3 layers"):
         measure(MIXTRAL_A100, Measurement(tpot_s=0.04, activated_per_layer=(1.0, 2.0, 3.0)))
     with pytest.raises(ScenarioError, match="needs the measured activated experts"):
@@ -240,8 +242,6 @@ def test_cli_measure_json() -> None:
 
 
 # --------------------------------------------------------------------------------------------- options, CAP class
-
-from capsim.options import cap_class, collect_options, load_options_file, parse_option  # noqa: E402
 
 BASE = Scenario(model="qwen3-30b-a3b", batch=8)
 
@@ -323,10 +323,10 @@ def test_pa_pc_ca_labels_of_constructed_options(settings: dict, mode: str | None
 
 RADAR_OPTIONS = [
     "--option", "name=GPU server (vLLM);hardware=dgx-h200;gpus=1;system=vllm-like",
-    "--option", "name=CPU-GPU (KTransformers);hardware=epyc-9654-4090;system=ktransformers-like;weight-dtype=int4;"
-                "quant-method=Q4_K_M",
-    "--option", "name=offloading desktop (MoE-Infinity);hardware=workstation-4090;system=moe-infinity-like;"
-                "weight-dtype=int8;host-memory-gb=64",
+    "--option", ("name=CPU-GPU (KTransformers);hardware=epyc-9654-4090;system=ktransformers-like;weight-dtype=int4;"
+                 "quant-method=Q4_K_M"),
+    "--option", ("name=offloading desktop (MoE-Infinity);hardware=workstation-4090;system=moe-infinity-like;"
+                 "weight-dtype=int8;host-memory-gb=64"),
 ]
 
 
@@ -344,7 +344,7 @@ def test_radar_three_deployments_differ_on_every_axis(tmp_path: Path) -> None:
     assert set(opts) == {"GPU server (vLLM)", "CPU-GPU (KTransformers)", "offloading desktop (MoE-Infinity)"}
     for axis in ("performance", "cost", "accuracy"):
         scores = [o["scores"][axis] for o in opts.values()]
-        assert len(set(round(v, 6) for v in scores)) == 3, (axis, scores)
+        assert len({round(v, 6) for v in scores}) == 3, (axis, scores)
     server, kt, desk = (opts[k] for k in ("GPU server (vLLM)", "CPU-GPU (KTransformers)",
                                           "offloading desktop (MoE-Infinity)"))
     # accuracy moves with precision (one published study, same harness): 78.7 bf16, 71.1 Q8_0, 69.1 Q4_K_M
@@ -387,8 +387,8 @@ def test_plan_searches_the_batch_of_deployment_options() -> None:
     result = CliRunner().invoke(
         app,
         ["plan", "--model", "qwen3-30b-a3b", "--slo-tpot", "50ms", "--max-batch", "16", "--json",
-         "--option", "name=kt;hardware=epyc-9654-4090;system=ktransformers-like;weight-dtype=int4;"
-                     "quant-method=Q4_K_M",
+         "--option", ("name=kt;hardware=epyc-9654-4090;system=ktransformers-like;weight-dtype=int4;"
+                      "quant-method=Q4_K_M"),
          "--option", "name=server;hardware=dgx-h200;gpus=1;system=vllm-like"],
     )
     assert result.exit_code == 0, result.output

@@ -22,7 +22,7 @@ GRID = Grid(models=("mixtral-8x7b", "qwen3-30b-a3b"), hardware=("h100-sxm",), ba
 
 
 def _expected(db, filters: Filters, chunk_rows: int):  # type: ignore[no-untyped-def]
-    """The kept rows, evaluated in the same chunks (TTFT may differ in the last bit between chunkings)."""
+    """The kept rows, evaluated in the same chunks."""
     from capsim.sweep.writers import arrow_table
 
     groups = resolve_groups(GRID, db)

@@ -891,6 +891,7 @@ def register(app: typer.Typer) -> None:
                             "tpot_s": r.tpot_s,
                             "cost": r.cost,
                             "accuracy": r.accuracy,
+                            "accuracy_status": o.accuracy.status,
                             "cost_is_lower_bound": r.cost_is_lower_bound,
                             "scores": {"performance": float(sc[0]), "cost": float(sc[1]), "accuracy": float(sc[2])},
                             "option": o.to_dict(),
@@ -944,7 +945,9 @@ def _radar_options(options: list[tuple[str, Any]], cost_axis: str) -> tuple[list
         lower = (
             o.cost.rates.purchase.is_lower_bound if cost_axis != "power" else bool(o.cost.rates.power.missing)
         )
-        drawn.append(RadarOption(name, float(o.tpot_s), float(cost), o.accuracy.fraction, lower))
+        drawn.append(
+            RadarOption(name, float(o.tpot_s), float(cost), o.accuracy.fraction, lower, o.accuracy.status)
+        )
     return drawn, dropped
 
 

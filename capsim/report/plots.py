@@ -73,6 +73,9 @@ class RadarOption:
     accuracy: float | None
     cost_is_lower_bound: bool = False
     """True when a part of the cost has no price (the legend shows "≥")."""
+    accuracy_status: str = "missing"
+    """Why ``accuracy`` is None: ``missing`` (nothing published for the model) or ``unknown`` (nothing
+    published for this precision); shown in the legend."""
 
 
 def radar_scores(options: Sequence[RadarOption], cost_cap: float | None = None) -> NDArray[np.float64]:
@@ -149,7 +152,7 @@ def plot_radar(
     ax.set_xticklabels(labels)
     for opt, row in zip(options, scores):
         values = np.append(row, row[0])
-        name = opt.label + ("  (accuracy missing)" if opt.accuracy is None else "")
+        name = opt.label + (f"  (accuracy {opt.accuracy_status})" if opt.accuracy is None else "")
         raw = f"TPOT {opt.tpot_s / units.MS:.1f} ms, cost {'≥' if opt.cost_is_lower_bound else ''}{opt.cost:,.0f}"
         if opt.accuracy is not None:
             raw += f", acc {opt.accuracy:.3f}"

@@ -116,14 +116,15 @@ def expected_activated_iid_runs(
     sf, mf = pairs[0], pairs[1]
     # π = 1 would make 0·log(0) = nan at T = 0; a 1e-12 shortfall changes A by < E·1e-12
     pi = np.clip(inclusion, 0.0, 1.0 - 1e-12)
-    # experts on the last (contiguous) axis: each step size's sum over experts then runs the same pairwise
-    # summation whatever other step sizes share the call, so results do not depend on how a sweep is chunked
-    log_first = np.log1p(-pi)[:, None, :]  # (L, 1, E)
-    log_next = np.log1p(-new_origin[:, None, None] * pi[:, None, :])
+    log_first = np.log1p(-pi)[:, :, None]  # (L, E, 1)
+    log_next = np.log1p(-new_origin[:, None, None] * pi[:, :, None])
     out = np.empty((num_layers, sf.size))
     for sl in chunks(sf.size, num_layers * num_experts):
-        log_miss = sf[None, sl, None] * (log_first + (mf[None, sl, None] - 1.0) * log_next)
-        out[:, sl] = -np.expm1(log_miss).sum(axis=2) + 0.0  # + 0.0 turns -0.0 into 0.0
+        log_miss = sf[None, None, sl] * (log_first + (mf[None, None, sl] - 1.0) * log_next)
+        # a sequential sum (cumsum) over experts, not numpy's pairwise/SIMD one, whose grouping depends on the
+        # array's shape: each column's bits are then the same whatever else is in the call, so values can be
+        # cached per step shape (capsim.engine) and a sweep's rows do not depend on their chunk
+        out[:, sl] = -np.cumsum(np.expm1(log_miss), axis=1)[:, -1, :] + 0.0  # + 0.0 turns -0.0 into 0.0
     return out[:, inverse.ravel()].reshape((num_layers, *shape))
 
 

@@ -28,10 +28,10 @@ from ..memory import (
     usable_bytes,
     weight_bytes_per_device,
 )
-from ..metrics import RESOURCES
+from ..metrics import RESOURCES, utilisation
 from ..scenario import Scenario
 from ..units import GB
-from .decode import QUANTITIES, decode_totals
+from .decode import QUANTITIES, decode_totals, step_quantities
 from .grid import Grid, parse_layout
 
 COLUMNS: tuple[str, ...] = (
@@ -151,8 +151,10 @@ def evaluate_segment(grid: Grid, group: Group, start: int, stop: int) -> dict[st
     cols["waves"][idx] = -(-b // mb)
     cols["batch_per_wave"][idx] = wave_b
 
-    ttft = ttft_of(rs, wave_b, p, grid.prefill_chunk_tokens)
-    tpot, decode_time, decode_metrics = _decode_columns(rs, wave_b, p, g, grid.decode_context_span)
+    prefill, prefill_peak = prefill_totals(rs, wave_b, p, grid.prefill_chunk_tokens)
+    ttft = prefill[0]
+    tpot, decode_time, decode_metrics = _decode_columns(rs, wave_b, p, g, grid.decode_context_span, prefill,
+                                                        prefill_peak)
     cols["ttft_s"][idx] = ttft
     cols["tpot_s"][idx] = tpot
     cols["e2e_latency_s"][idx] = ttft + decode_time
@@ -165,10 +167,19 @@ def evaluate_segment(grid: Grid, group: Group, start: int, stop: int) -> dict[st
 
 def ttft_of(rs: Any, batch: np.ndarray, prompt_len: np.ndarray, chunk_tokens: int) -> np.ndarray:
     """Seconds to prefill ``batch`` prompts of ``prompt_len`` tokens in chunks of ``chunk_tokens`` (arrays of
-    configurations): (n_chunks − 1)·t(full chunk) + t(last chunk, with the lm_head), as predict sums them.
-    Runs of equal consecutive (batch, prompt_len) are costed once. Under attention data parallelism the
-    busiest rank prefills ceil(batch / N) prompts, and EP/attention-DP layouts add the MoE layers'
-    communication and load balance (capsim.parallel), as predict does."""
+    configurations): (n_chunks − 1)·t(full chunk) + t(last chunk, with the lm_head), as predict sums them."""
+    totals, _ = prefill_totals(rs, batch, prompt_len, chunk_tokens)
+    return totals[0]
+
+
+def prefill_totals(
+    rs: Any, batch: np.ndarray, prompt_len: np.ndarray, chunk_tokens: int
+) -> tuple[np.ndarray, float]:
+    """The :data:`QUANTITIES` summed over each configuration's prefill chunks, a (len(QUANTITIES), n) matrix
+    (row 0: TTFT), and the metric peak FLOP/s: (n_chunks − 1) × the full chunk + the last chunk (which
+    carries the lm_head), as predict sums them. Runs of equal consecutive (batch, prompt_len) are costed once.
+    Under attention data parallelism the busiest rank prefills ceil(batch / N) prompts, and EP/attention-DP
+    layouts add the MoE layers' communication and load balance (capsim.parallel), as predict does."""
     adp = rs.placement.attention_dp
     if adp > 1:
         batch = -(-batch // adp)
@@ -192,9 +203,10 @@ def ttft_of(rs: Any, batch: np.ndarray, prompt_len: np.ndarray, chunk_tokens: in
         from ..parallel import apply_expert_parallel
 
         apply_expert_parallel(rs, costs, "prefill")
-    ttft = costs.time[:n].copy()
-    ttft[multi] += (n_chunks[multi] - 1) * costs.time[n:]
-    return ttft[run]
+    per_pass = step_quantities(costs, n + m)  # (passes, quantities)
+    sums = per_pass[:n].copy()
+    sums[multi] += (n_chunks[multi] - 1)[:, None] * per_pass[n:]
+    return np.ascontiguousarray(sums[run].T), costs.metric_peak_flops
 
 
 def _first_of_runs(*keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -211,32 +223,29 @@ def _first_of_runs(*keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _decode_columns(
-    rs: Any, wave_b: np.ndarray, prompt: np.ndarray, gen: np.ndarray, context_span: tuple[int, int]
+    rs: Any, wave_b: np.ndarray, prompt: np.ndarray, gen: np.ndarray, context_span: tuple[int, int],
+    prefill: np.ndarray, prefill_peak: float,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-    """TPOT, the whole decode time and the decode metrics as :func:`capsim.metrics.phase_metrics` defines
-    them, from the exact sums. Speculative decoding: ceil((G − 1)/E) verify steps, TPOT = step / E."""
+    """TPOT, the whole decode time and the metrics predict reports (:func:`capsim.metrics.utilisation` over
+    the decode steps' exact sums; over the prefill's where a configuration generates one token and so has no
+    decode step). Speculative decoding: ceil((G − 1)/E) verify steps, TPOT = step / E."""
     spec = rs.speculation
     per_step = spec.tokens_per_step if spec is not None else 1.0
     if spec is not None:
         # verify steps reach up to E − 1 < K + 1 tokens past the last plain context
         context_span = (context_span[0], context_span[1] + spec.draft_tokens + 1)
     totals, metric_peak = decode_totals(rs, wave_b, prompt, gen, context_span, per_step)
-    sums = dict(zip(QUANTITIES, totals))
     steps = np.ceil((gen - 1) / per_step).astype(np.float64) if spec is not None else (gen - 1).astype(np.float64)
-    time = sums["time"]
+    time = totals[0]
     has = steps > 0
+    # rows without a decode step report the prefill's metrics, as predict does (its "head" phase)
+    sums = dict(zip(QUANTITIES, np.where(has[None, :], totals, prefill)))
     with np.errstate(invalid="ignore", divide="ignore"):
         tpot = np.where(has, time / np.where(has, steps, 1.0) / per_step, np.nan)
-        devices = rs.layout.devices_per_replica
-        bw = devices * rs.rates.memory_bandwidth * time
-        fl = devices * metric_peak * time
-        metrics = {
-            "s_mbu": (sums["weight_bytes_sparse"] + sums["kv_read_bytes"]) / bw,
-            "mbu": (sums["weight_bytes_dense"] + sums["kv_read_bytes"]) / bw,
-            "s_mfu": sums["flops_sparse"] / fl,
-            "mfu": sums["flops_dense"] / fl,
-        }
+    metrics = utilisation(sums["time"], sums["weight_bytes_dense"], sums["weight_bytes_sparse"],
+                          sums["kv_read_bytes"], sums["flops_dense"], sums["flops_sparse"],
+                          rs.layout.devices_per_replica, rs.rates.memory_bandwidth,
+                          np.where(has, metric_peak, prefill_peak))
     by_resource = np.stack([sums[f"time_{r}"] for r in RESOURCES])
-    names = np.array(RESOURCES)
-    metrics["bottleneck"] = np.where(has, names[np.argmax(by_resource, axis=0)], "none")
+    metrics["bottleneck"] = np.array(RESOURCES)[np.argmax(by_resource, axis=0)]
     return tpot, time, metrics
