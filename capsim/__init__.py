@@ -7,41 +7,110 @@ Data flow: hardware_db (:func:`load_hardware_db`) + model_db (:func:`resolve_mod
 
 from __future__ import annotations
 
-from .engine import decode_step_time, predict
-from .errors import (
-    CapsimError,
-    ConfigFieldError,
-    DataFileError,
-    DoesNotFitError,
-    MissingValueError,
-    ScenarioError,
-    TraceError,
-    UnknownHardwareError,
-    UnknownIdError,
-    UnknownModelError,
-    UnknownRouterError,
-    UnsupportedModelError,
-)
-from .hardware import (
-    CPU,
-    DRAM,
-    SSD,
-    Accelerator,
-    Efficiency,
-    HardwareDB,
-    Link,
-    Sourced,
-    System,
-    load_hardware_db,
-)
-from .ingest_hf import SUPPORTED_FAMILIES, load_config_file, spec_from_config
-from .memory import MemoryPlan
-from .metrics import PhaseMetrics, Prediction
-from .model import AttentionSpec, FFNKind, ModelSpec, MoESpec
-from .model_db import ModelDB, PublishedCounts, load_model_db, resolve_model
-from .routing import Router, make_router, uniform_expected_activated
-from .scenario import Scenario
-from .traces import Trace, load_trace, write_trace
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+
+# Public names are imported on first use (PEP 562): `capsim --help` and the CLI's start-up then load only
+# what they touch; sympy, networkx and the engine stay unloaded until a prediction needs them.
+_EXPORTS: dict[str, str] = {
+    "Accelerator": "hardware",
+    "AttentionSpec": "model",
+    "CPU": "hardware",
+    "CapsimError": "errors",
+    "ConfigFieldError": "errors",
+    "DRAM": "hardware",
+    "DataFileError": "errors",
+    "DoesNotFitError": "errors",
+    "Efficiency": "hardware",
+    "FFNKind": "model",
+    "HardwareDB": "hardware",
+    "Link": "hardware",
+    "MemoryPlan": "memory",
+    "MissingValueError": "errors",
+    "MoESpec": "model",
+    "ModelDB": "model_db",
+    "ModelSpec": "model",
+    "PhaseMetrics": "metrics",
+    "Prediction": "metrics",
+    "PublishedCounts": "model_db",
+    "Router": "routing",
+    "SSD": "hardware",
+    "SUPPORTED_FAMILIES": "ingest_hf",
+    "Scenario": "scenario",
+    "ScenarioError": "errors",
+    "Sourced": "hardware",
+    "System": "hardware",
+    "Trace": "traces",
+    "TraceError": "errors",
+    "UnknownHardwareError": "errors",
+    "UnknownIdError": "errors",
+    "UnknownModelError": "errors",
+    "UnknownRouterError": "errors",
+    "UnsupportedModelError": "errors",
+    "decode_step_time": "engine",
+    "load_config_file": "ingest_hf",
+    "load_hardware_db": "hardware",
+    "load_model_db": "model_db",
+    "load_trace": "traces",
+    "make_router": "routing",
+    "predict": "engine",
+    "resolve_model": "model_db",
+    "spec_from_config": "ingest_hf",
+    "uniform_expected_activated": "routing",
+    "write_trace": "traces",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'capsim' has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+if _TYPE_CHECKING:  # static type checkers see the eager imports
+    from .engine import decode_step_time, predict
+    from .errors import (
+        CapsimError,
+        ConfigFieldError,
+        DataFileError,
+        DoesNotFitError,
+        MissingValueError,
+        ScenarioError,
+        TraceError,
+        UnknownHardwareError,
+        UnknownIdError,
+        UnknownModelError,
+        UnknownRouterError,
+        UnsupportedModelError,
+    )
+    from .hardware import (
+        CPU,
+        DRAM,
+        SSD,
+        Accelerator,
+        Efficiency,
+        HardwareDB,
+        Link,
+        Sourced,
+        System,
+        load_hardware_db,
+    )
+    from .ingest_hf import SUPPORTED_FAMILIES, load_config_file, spec_from_config
+    from .memory import MemoryPlan
+    from .metrics import PhaseMetrics, Prediction
+    from .model import AttentionSpec, FFNKind, ModelSpec, MoESpec
+    from .model_db import ModelDB, PublishedCounts, load_model_db, resolve_model
+    from .routing import Router, make_router, uniform_expected_activated
+    from .scenario import Scenario
+    from .traces import Trace, load_trace, write_trace
 
 __version__ = "0.1.0"
 

@@ -126,16 +126,10 @@ def resolve_on(scenario: Scenario, db: HardwareDB, model: ModelSpec, count: int 
         eff = db.efficiency_for(device)
         layout = layout_for(scenario.tp, scenario.pp, scenario.dp, scenario.ep, scenario.nodes,
                             node.accelerator_count, model.num_layers, scenario.attention_dp)
-    tp = layout.tp
-    heads = model.attention.num_heads
-    if heads % tp:
-        from .parallel import divisors
+    from .scenario_checks import check_scenario
 
-        valid = [d for d in divisors(heads) if d <= max(layout.devices_per_node, 1)]
-        raise ScenarioError(
-            f"--tp {tp} does not divide the model's {heads} attention heads; valid --tp: {', '.join(map(str, valid))} "
-            "(put the other devices in --attention-dp, --pp or --dp)"
-        )
+    check_scenario(scenario, model, layout)  # the one validation layer shared by predict, sweep, fit and plan
+    tp = layout.tp
     if not {"bf16", "fp16", "fp32"} & set(device.peak_tflops_dense):
         raise MissingValueError(
             device.id, "peak_tflops_dense.bf16", "the compute time of every GEMM; the vendor publishes no GPU FLOPS"

@@ -19,7 +19,7 @@ import numpy as np
 from .engine import predict, resolve
 from .errors import CapsimError
 from .hardware import HardwareDB
-from .memory import max_batch_that_fits
+from .memory import largest_batch, max_batch_that_fits
 from .scenario import Scenario
 
 CANDIDATES: tuple[tuple[str, str | None], ...] = (
@@ -84,11 +84,7 @@ def _detail(mode: str, dep: dict[str, Any], pred: Any) -> str:
 def max_batch_at(base: Scenario, db: HardwareDB) -> int:
     """Largest batch whose weights, buffers and KV cache fit at ``base``'s prompt and generated lengths."""
     rs, _ = resolve(replace(base, batch=1), db)
-    # buffers grow with the batch (logits), so check the candidate batch itself, not batch 1
-    candidate = int(max_batch_that_fits(rs, 1, base.prompt_len, base.gen_len)[0][()])
-    while candidate > 0 and max_batch_that_fits(rs, candidate, base.prompt_len, base.gen_len)[0][()] < candidate:
-        candidate -= max(1, candidate // 64)
-    return candidate
+    return int(largest_batch(rs, base.prompt_len, base.gen_len))  # the one authority predict/plan/sweep use
 
 
 def max_context_at(base: Scenario, db: HardwareDB, limit: int = 1 << 24) -> int:

@@ -172,25 +172,41 @@ def compiled(name: str) -> CompiledOp:
     )
 
 
-def evaluate(name: str, values: dict[str, object]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(flops, weight_bytes, other_bytes) of operation ``name`` with symbol values taken from ``values``."""
-    op = compiled(name)
-    args = [values[a] for a in op.args]
-    as_array = np.asarray
-    return (
-        as_array(op.flops(*args), dtype=np.float64),
-        as_array(op.weight_bytes(*args), dtype=np.float64),
-        as_array(op.other_bytes(*args), dtype=np.float64),
-    )
+# The numeric path (evaluate, ring_allreduce_time) lives in capsim.formulas_eval so that predict runs
+# without importing sympy; re-exported here for callers that use the table and its evaluation together.
+from .formulas_eval import evaluate, ring_allreduce_time  # noqa: F401  (re-exported)
 
 
-def ring_allreduce_time(  # type: ignore[no-untyped-def]
-    message_bytes, ranks: int, link_bytes_s: float, hop_latency_s: float, base_latency_s: float = 0.0
-):
-    """Ring all-reduce of ``message_bytes`` over ``ranks``: a base launch latency, 2(N−1) hops of latency,
-    and 2(N−1)/N of the message over each link direction (reduce-scatter then all-gather; Patarasuk & Yuan
-    2009; NCCL's tuning model has the same base + per-hop latency terms)."""
-    if ranks <= 1:
-        return 0.0 * message_bytes
-    steps = 2 * (ranks - 1)
-    return base_latency_s + steps * hop_latency_s + steps / ranks * message_bytes / link_bytes_s
+def compiled_source() -> str:
+    """Python source of :mod:`capsim._formulas_compiled`: every operation's three expressions as plain
+    functions of their symbols (sorted by name, the order :func:`compiled` uses)."""
+    from sympy.printing.pycode import PythonCodePrinter
+
+    printer = PythonCodePrinter()
+    lines = [
+        '"""GENERATED from capsim/formulas.py by `python -m capsim.formulas > capsim/_formulas_compiled.py`;',
+        'do not edit (tests/test_formulas_compiled.py fails when this file and the table differ)."""',
+        "",
+        "# ruff: noqa",
+        "from __future__ import annotations",
+        "",
+    ]
+    args_table, functions = [], []
+    for name, op in OPS.items():
+        symbols = sorted(op.flops.free_symbols | op.weight_bytes.free_symbols | op.other_bytes.free_symbols, key=str)
+        arg_names = [str(s) for s in symbols]
+        args_table.append(f"    {name!r}: {tuple(arg_names)!r},")
+        parts = []
+        for part in ("flops", "weight_bytes", "other_bytes"):
+            expr = getattr(op, part)
+            lines += [f"def {name}__{part}({', '.join(arg_names)}):", f"    return {printer.doprint(expr)}", "", ""]
+            parts.append(f"{name}__{part}")
+        functions.append(f"    {name!r}: ({', '.join(parts)}),")
+    lines += ["ARGS = {", *args_table, "}", "", "FUNCTIONS = {", *functions, "}", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.stdout.write(compiled_source())

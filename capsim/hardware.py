@@ -1550,8 +1550,8 @@ def _merge(base: dict[str, Any], extra: Iterable[tuple[str, Any, str]], policy: 
         if key in base and policy == "raise":
             raise DataFileError(
                 path,
-                f"{what} {key!r} is already defined in {base[key][1]}; give it a new id, or pass "
-                "on_redefinition='replace' (CLI: --override) to replace it",
+                f"{what} {key!r} is already defined in {base[key][1]}; give it a new id, or pass --override to "
+                "replace it (Python: on_redefinition='replace')",
             )
         base[key] = (item, path)
 

@@ -261,12 +261,15 @@ def measure(
     hardware_db: HardwareDB | None = None,
     convention: Literal["paper", "moecap-compat"] = "paper",
     engine: Engine = "sglang",
+    records: PassRecords | None = None,
 ) -> MeasureResult:
     """MBU/MFU/S-MBU/S-MFU of a measured run of ``scenario`` (see the module docstring)."""
     check_measurement(measured)
     scenario.validate()
     if convention == "moecap-compat":
-        return _measure_compat(scenario, measured, hardware_db, engine)
+        return _measure_compat(scenario, measured, hardware_db, engine, records)
+    if records is not None:
+        raise ScenarioError("--moecap-records are read with --moecap-compat (MoE-CAP's per-pass formulas)")
     from .engine import decode_cost, prefill_cost, resolve
     from .metrics import phase_metrics
 
@@ -372,11 +375,70 @@ def compat_sizes(model: ModelSpec) -> CompatSizes:
     return CompatSizes(family, layers, layers, 0, s_attn, 3 * d * f, 0.0, 0.0, kv, width)
 
 
+@dataclass(frozen=True)
+class PassRecords:
+    """Per-forward-pass records of a MoE-CAP run (``detailed_results_*.jsonl`` or the server's per-pass JSONL):
+    arrays over the decode passes kept, and over the prefill passes kept."""
+
+    decode_latency_s: NDArray[np.float64]
+    decode_batch: NDArray[np.float64]
+    decode_seq_lens_sum: NDArray[np.float64]
+    decode_activated: NDArray[np.float64]
+    prefill_latency_s: NDArray[np.float64]
+    prefill_seq_lens_sum: NDArray[np.float64]
+    prefill_activated: NDArray[np.float64]
+    skipped: int
+
+
+def load_moecap_records(path: Path | str) -> PassRecords:
+    """Read MoE-CAP per-pass records (JSON lines with ``forward_mode``, ``expert_activation``, ``batch_size``,
+    ``seq_lens_sum`` and ``latency`` or ``tpot``/``ttft``), keeping the passes MoE-CAP's code keeps: it skips
+    passes whose ``expert_activation`` is missing or < 0, and prefill passes with ``seq_lens_sum`` <= 10
+    (warm-up probes; reference/moecap.md §1.2)."""
+    p = Path(path)
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise DataFileError(str(p), "not UTF-8 text; give MoE-CAP's detailed_results_*.jsonl") from None
+    except OSError as exc:
+        raise DataFileError(str(p), f"cannot be read ({exc.strerror}); check the --moecap-records path") from None
+    dec: list[tuple[float, float, float, float]] = []
+    pre: list[tuple[float, float, float]] = []
+    skipped = 0
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            mode = str(rec.get("forward_mode", "")).lower()
+            act = rec.get("expert_activation")
+            latency = rec.get("latency", rec.get("tpot" if mode == "decode" else "ttft"))
+            if act is None or float(act) < 0 or latency is None or mode not in ("decode", "prefill"):
+                skipped += 1
+                continue
+            c = float(rec["seq_lens_sum"])
+            if mode == "decode":
+                dec.append((float(latency), float(rec["batch_size"]), c, float(act)))
+            elif c > 10:
+                pre.append((float(latency), c, float(act)))
+            else:
+                skipped += 1
+        except (ValueError, KeyError, TypeError) as exc:
+            raise DataFileError(str(p), f"line {n}: not a MoE-CAP pass record ({exc}); see docs/cap.md") from None
+    if not dec:
+        raise DataFileError(str(p), "no decode pass with expert_activation, batch_size, seq_lens_sum and latency")
+    d = np.asarray(dec, dtype=np.float64)
+    q = np.asarray(pre, dtype=np.float64).reshape(-1, 3)
+    if np.any(d[:, 0] <= 0) or (q.size and np.any(q[:, 0] <= 0)):
+        raise DataFileError(str(p), "a pass latency is not positive")
+    return PassRecords(d[:, 0], d[:, 1], d[:, 2], d[:, 3], q[:, 0], q[:, 1], q[:, 2], skipped)
+
+
 def compat_decode(
     sizes: CompatSizes,
     *,
-    activated: float,
-    batch: int,
+    activated: ArrayLike,
+    batch: ArrayLike,
     seq_lens_sum: ArrayLike,
     latency_s: ArrayLike,
     bytes_per_param: float,
@@ -389,21 +451,63 @@ def compat_decode(
     S-MBU_r = b·[L_moe·(A·S_exp + S_sh) + L_dense·S_dense + L·S_attn + C_r·κ] / t_r / (N·BW)
     S-MFU_r = 2·[L_moe·(S_exp + S_sh) + L_dense·S_dense + L·S_attn + 2·L·W·C_r]·(B_r/t_r) / (N·P/2)
 
-    (one routed expert per MoE layer in S-MFU; W = H·d_h; C_r = ``seq_lens_sum`` of pass r)."""
+    (one routed expert per MoE layer in S-MFU; W = H·d_h; C_r = ``seq_lens_sum`` of pass r; ``activated`` and
+    ``batch`` are per pass or one value for all)."""
     c = np.asarray(seq_lens_sum, dtype=np.float64)
     t = np.asarray(latency_s, dtype=np.float64)
+    a = np.asarray(activated, dtype=np.float64)
+    b_r = np.asarray(batch, dtype=np.float64)
     s = sizes
-    weights = s.moe_layers * (activated * s.s_expert + s.s_shared) + s.dense_layers * s.s_dense + s.layers * s.s_attn
+    weights = s.moe_layers * (a * s.s_expert + s.s_shared) + s.dense_layers * s.s_dense + s.layers * s.s_attn
     bytes_per_pass = bytes_per_param * (weights + c * s.kv_elements_per_token)
     s_mbu = bytes_per_pass / t / (devices * bandwidth_gb_s * 1e9)
     flops_per_token = 2.0 * (s.moe_layers * (s.s_expert + s.s_shared) + s.dense_layers * s.s_dense
                              + s.layers * s.s_attn + 2.0 * s.layers * s.attn_flop_width * c)
-    s_mfu = flops_per_token * (batch / t) / (devices * peak_tflops * 1e12 / 2.0)
+    s_mfu = flops_per_token * (b_r / t) / (devices * peak_tflops * 1e12 / 2.0)
     return float(np.mean(s_mbu)), float(np.mean(s_mfu))
 
 
+def _compat_records(
+    scenario: Scenario, model: ModelSpec, sizes: CompatSizes, rec: PassRecords, b: float, devices: int,
+    bw: float, peak: float, table: str, engine: str,
+) -> MeasureResult:
+    """MoE-CAP's per-pass formulas over the recorded passes (their C_r, B_r, A_r and t_r), unweighted means;
+    TPOT = mean decode-pass latency, as its code reports."""
+    common = {"bytes_per_param": b, "devices": devices, "bandwidth_gb_s": bw, "peak_tflops": peak}
+    s_mbu, s_mfu = compat_decode(sizes, activated=rec.decode_activated, batch=rec.decode_batch,
+                                 seq_lens_sum=rec.decode_seq_lens_sum, latency_s=rec.decode_latency_s, **common)
+    pre = None
+    ttft = None
+    if rec.prefill_latency_s.size:
+        p_mbu, p_mfu = compat_decode(sizes, activated=rec.prefill_activated, batch=rec.prefill_seq_lens_sum,
+                                     seq_lens_sum=rec.prefill_seq_lens_sum, latency_s=rec.prefill_latency_s,
+                                     **common)
+        pre = PhaseUtilisation(None, None, p_mbu, p_mfu)
+        ttft = float(rec.prefill_latency_s.mean())
+    tpot = float(rec.decode_latency_s.mean())
+    return MeasureResult(
+        convention="moecap-compat",
+        model=model.id,
+        hardware=scenario.hardware,
+        devices=devices,
+        batch=round(float(rec.decode_batch.mean())),
+        tpot_s=tpot,
+        ttft_s=ttft,
+        decode=PhaseUtilisation(None, None, s_mbu, s_mfu),
+        prefill=pre,
+        activated_per_layer_mean=float(rec.decode_activated.mean()),
+        activated_source=f"MoE-CAP per-pass records ({rec.decode_latency_s.size} decode, "
+                         f"{rec.prefill_latency_s.size} prefill passes kept, {rec.skipped} skipped)",
+        basis={"family": sizes.family, "engine": engine, "bytes_per_param": b, "bandwidth_gb_s_per_device": bw,
+               "peak_tflops_table": peak, "peak_used_tflops": peak / 2.0, "hardware_table": table,
+               "decode_tokens_per_s_moecap": float(np.mean(rec.decode_batch / rec.decode_latency_s)),
+               "conventions": "per-pass C_r (seq_lens_sum), B_r, A_r, t_r from the records; unweighted means"},
+    )
+
+
 def _measure_compat(
-    scenario: Scenario, measured: Measurement, hardware_db: HardwareDB | None, engine: str
+    scenario: Scenario, measured: Measurement, hardware_db: HardwareDB | None, engine: str,
+    records: PassRecords | None = None,
 ) -> MeasureResult:
     from .engine import resolve, resolve_model
     from .hardware import load_hardware_db
@@ -430,10 +534,12 @@ def _measure_compat(
             raise ScenarioError(f"{device_id} has no bf16 peak in the database for the compat S-MFU")
         table = (f"{device_id} is not in MoE-CAP's table: capsim's bandwidth and with-sparsity bf16 peak "
                  "(the convention the table mostly follows)")
+    if records is not None:
+        return _compat_records(scenario, model, sizes, records, b, devices, bw, peak, table, engine)
     if measured.activated_per_layer is None:
         raise ScenarioError(
-            "--moecap-compat needs the measured activated experts (--activated-experts or --expert-counts): "
-            "MoE-CAP's S-MBU uses the recorded count, not a routing model"
+            "--moecap-compat needs the measured activated experts (--activated-experts, --expert-counts or "
+            "--moecap-records): MoE-CAP's S-MBU uses the recorded count, not a routing model"
         )
     activated = float(np.mean(measured.activated_per_layer))
     batch = scenario.batch

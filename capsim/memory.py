@@ -180,18 +180,48 @@ def usable_bytes(rs: ResolvedScenario) -> float:
     return rs.device.memory_capacity_gb * GB * rs.efficiency.gpu_memory_utilization  # type: ignore[attr-defined]
 
 
+def largest_batch(rs: ResolvedScenario, prompt_len: ArrayLike, gen_len: ArrayLike) -> NDArray[np.int64]:
+    """THE largest batch: the most sequences of ``prompt_len + gen_len`` tokens resident at once, with the
+    buffers of that batch itself (0 if not even one fits). Vectorised over the lengths. predict (its memory
+    plan and waves), fit, plan and sweep all take the figure from here, so they cannot disagree.
+
+    Per device, B sequences need ``W + A·min(C, B·P) + B·s`` bytes: weights W, the activation workspace of the
+    largest prefill chunk (A bytes per chunk token, the chunk capped at C = prefill_chunk_tokens) and, per
+    sequence, its KV cache plus fp32 logits s. The need grows with B, so the answer is the larger of the two
+    linear pieces' solutions that lies in its own piece:
+
+    - B·P >= C (full chunks): B1 = floor((U − W − A·C) / s), valid when B1·P >= C;
+    - B·P <  C (one short chunk): B2 = min(floor((U − W) / (A·P + s)), ceil(C/P) − 1).
+
+    Under attention data parallelism each of the N attention ranks holds its own sequences (and their KV
+    cache, logits and workspace), so the batch is N times one rank's.
+    """
+    p = np.asarray(prompt_len, dtype=np.float64)
+    g = np.asarray(gen_len, dtype=np.float64)
+    weights = sum(weight_bytes_per_device(rs).values())
+    usable = usable_bytes(rs)
+    chunk = float(rs.scenario.prefill_chunk_tokens)
+    per_token = float(activation_bytes(rs, 1, 1))  # A: one chunk token's workspace, per device
+    per_seq = kv_bytes_per_sequence_at(rs, (p + g).astype(np.int64)) + logit_bytes_per_sequence(rs)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        full = np.floor((usable - weights - per_token * chunk) / per_seq)
+        short = np.minimum(np.floor((usable - weights) / (per_token * p + per_seq)), np.ceil(chunk / p) - 1)
+    best = np.where(full * p >= chunk, full, short)
+    per_rank = np.clip(np.nan_to_num(best, nan=0.0, posinf=0.0, neginf=0.0), 0, None)
+    return np.asarray(per_rank * rs.placement.attention_dp, dtype=np.int64)
+
+
 def max_batch_that_fits(
     rs: ResolvedScenario, batch: ArrayLike, prompt_len: ArrayLike, gen_len: ArrayLike
 ) -> tuple[NDArray[np.int64], FloatArray]:
-    """(largest batch whose KV cache fits next to weights and buffers — 0 if not even one sequence fits —,
-    bytes needed for one sequence), vectorised over the scenario axes."""
+    """(:func:`largest_batch` at these lengths, bytes needed for one sequence next to ``batch``'s buffers),
+    vectorised over the scenario axes."""
     weights = sum(weight_bytes_per_device(rs).values())
     fixed = weights + activation_bytes(rs, batch, prompt_len)
     per_seq = kv_bytes_per_sequence_at(rs, np.asarray(prompt_len) + np.asarray(gen_len)) + logit_bytes_per_sequence(rs)
-    room = usable_bytes(rs) - fixed
-    max_batch = np.where(room >= per_seq, np.floor(room / per_seq), 0.0).astype(np.int64)
-    # each attention-DP rank holds its own sequences
-    return max_batch * rs.placement.attention_dp, fixed + per_seq
+    shape = np.broadcast(np.asarray(batch), np.asarray(prompt_len), np.asarray(gen_len)).shape
+    most = np.broadcast_to(largest_batch(rs, prompt_len, gen_len), shape)
+    return np.array(most, dtype=np.int64), fixed + per_seq
 
 
 def _fit_hint(rs: ResolvedScenario, needed_per_device: float, usable: float) -> str:
@@ -214,11 +244,12 @@ def plan_memory(rs: ResolvedScenario) -> MemoryPlan:
     kv_per_seq = kv_bytes_per_sequence(rs)
     logits_per_seq = logit_bytes_per_sequence(rs)
     per_seq = kv_per_seq + logits_per_seq
-    fixed = weights + float(activation_bytes(rs, rs.scenario.batch, rs.scenario.prompt_len))
+    sc = rs.scenario
+    max_batch = int(largest_batch(rs, sc.prompt_len, sc.gen_len))
     tp = rs.placement.tp
     where = f"{tp}x {device.id}" if tp > 1 else device.id  # type: ignore[attr-defined]
-    if fixed + per_seq > usable:
-        needed = fixed + per_seq
+    if max_batch < 1:
+        needed = weights + float(activation_bytes(rs, 1, sc.prompt_len)) + per_seq
         raise DoesNotFitError(
             needed * tp,
             usable * tp,
@@ -226,15 +257,14 @@ def plan_memory(rs: ResolvedScenario) -> MemoryPlan:
             _fit_hint(rs, needed, usable),
         )
     adp = rs.placement.attention_dp
-    # KV capacity: one rank's sequences x the attention-DP ranks (no rank holds another's KV)
-    max_batch = int((usable - fixed) // per_seq) * adp
-    batch = rs.scenario.batch
+    batch = sc.batch
     waves = math.ceil(batch / max_batch)
+    resident = math.ceil(min(batch, max_batch) / adp)  # one wave's sequences on the busiest attention rank
     return MemoryPlan(
         weights_bytes=weights,
         weights_bytes_by_group=by_group,
         kv_bytes_per_sequence=kv_per_seq,
-        buffers_bytes=fixed - weights + logits_per_seq * math.ceil(min(batch, max_batch) / adp),
+        buffers_bytes=float(activation_bytes(rs, resident, sc.prompt_len)) + logits_per_seq * resident,
         attention_dp=adp,
         capacity_bytes=capacity,
         usable_bytes=usable,

@@ -224,14 +224,18 @@ def resolve_model(id_or_path: str, family: str | None = None) -> ModelSpec:
     DataFileError; anything else is looked up as a database id. ``family`` forces the family of a file.
     """
     path = Path(id_or_path)
-    if path.is_file() or (path.is_dir() and (path / "config.json").is_file()):
+    try:
+        is_file, is_dir = path.is_file(), path.is_dir()
+    except OSError:  # e.g. a name longer than the file system allows: not a path, so an id
+        is_file = is_dir = False
+    if is_file or (is_dir and (path / "config.json").is_file()):
         return load_config_file(path, family=family)
     if id_or_path.lower().endswith(".json"):
         raise DataFileError(
             id_or_path, "no such file; give an existing config.json path or a model id (capsim model list)"
         )
     db = load_model_db()
-    if path.is_dir() and id_or_path not in db:
+    if is_dir and id_or_path not in db:
         raise DataFileError(
             id_or_path,
             "is a folder without a config.json; give a config.json path or a model id (capsim model list)",

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import formulas
+from . import formulas_eval as formulas
 from .deployment import (
     AccessStream,
     access_stream,

@@ -31,7 +31,7 @@ Normal(T·Σq_s, T·Σq_s(1−q_s)·(E−m)/(E−1)) (m slots per group; the fin
 case exact), and its activated slots ≈ Normal(Σa_s, Σa_s(1−a_s)) with a_s = 1 − (1 − q_s)^T. The straggler
 factors are E[max over groups]/mean, of the pairs (applied to the experts' compute time) and of the activated
 slots (applied to their weight reads), E[max] integrated numerically over the groups' normal CDFs (analytic:
-no sampling). ``--redundant-experts R`` places E + R slots EPLB-style (DeepSeek's EPLB: replicate the heaviest
+no sampling), at T = 2^(j/8) and interpolated in log T between those nodes. ``--redundant-experts R`` places E + R slots EPLB-style (DeepSeek's EPLB: replicate the heaviest
 experts, then pack slots onto groups heaviest-first); R = 0 keeps the contiguous placement of vLLM/SGLang
 without EPLB.
 
@@ -58,7 +58,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import MissingValueError, ScenarioError
-from .formulas import ring_allreduce_time
+from .formulas_eval import ring_allreduce_time
 from .roofline import ACTIVATION_BYTES, PassCost
 
 if TYPE_CHECKING:
@@ -207,26 +207,38 @@ def _row_weights(pi: np.ndarray, ep: int, redundant: int) -> np.ndarray:
     return counts / counts.sum()
 
 
-_CACHE: dict[tuple[Any, ...], tuple[np.ndarray, np.ndarray]] = {}
-
-
-def _imbalance_cached(pi: np.ndarray, ep: int, redundant: int, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`imbalance`, memoised on the inclusion's bytes: predict asks for the same few step shapes of the
-    same router again and again (every decode step of a scenario, every scenario of a sweep group)."""
-    key = (hash(pi.tobytes()), pi.shape, ep, redundant, tokens.tobytes())
-    hit = _CACHE.get(key)
-    if hit is None:
-        if len(_CACHE) > 1024:
-            _CACHE.clear()
-        hit = _CACHE[key] = imbalance(pi, ep, tokens, redundant)
-    return hit
+_NODE_CACHE: dict[tuple[Any, ...], dict[int, tuple[float, float]]] = {}
+STRAGGLER_NODES_PER_OCTAVE = 8
+"""The straggler factors are evaluated at T = 2^(j/8) tokens and interpolated linearly in log2 T between the
+two nodes around each step: they vary smoothly with T, and fixed nodes make predict and sweeps (which ask for
+thousands of step sizes) agree exactly while evaluating each node once."""
 
 
 def straggler_factors(rs: ResolvedScenario, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(token factor, activated-expert factor) for steps of ``tokens`` replica tokens (cached per step shape)."""
-    unique, inverse = np.unique(np.asarray(tokens, dtype=np.float64), return_inverse=True)
-    t, a = _imbalance_cached(rs.inclusion(), rs.layout.ep, rs.placement.redundant_experts, unique)
-    return t[inverse.reshape(-1)], a[inverse.reshape(-1)]
+    """(token factor, activated-expert factor) for steps of ``tokens`` replica tokens: :func:`imbalance` at the
+    nodes of :data:`STRAGGLER_NODES_PER_OCTAVE` around them, memoised per (inclusion, EP, redundant) on the
+    inclusion's bytes (every decode step of a scenario, every scenario of a sweep group, asks again)."""
+    pi = rs.inclusion()
+    ep, redundant = rs.layout.ep, rs.placement.redundant_experts
+    key = (hash(pi.tobytes()), pi.shape, ep, redundant)
+    table = _NODE_CACHE.setdefault(key, {})
+    if len(_NODE_CACHE) > 256:
+        _NODE_CACHE.clear()
+        table = _NODE_CACHE.setdefault(key, {})
+    pos = np.log2(np.maximum(np.asarray(tokens, dtype=np.float64), 1.0)) * STRAGGLER_NODES_PER_OCTAVE
+    lo = np.floor(pos).astype(np.int64)
+    needed = np.unique(np.concatenate([lo, lo + 1]))
+    missing = [int(j) for j in needed if int(j) not in table]
+    if missing:
+        tok, act = imbalance(pi, ep, 2.0 ** (np.asarray(missing, dtype=np.float64) / STRAGGLER_NODES_PER_OCTAVE),
+                             redundant)
+        table.update(zip(missing, zip(tok.tolist(), act.tolist())))
+    values = np.array([table[int(j)] for j in needed])  # (nodes, 2)
+    i_lo = np.searchsorted(needed, lo)
+    w = pos - lo
+    f_lo, f_hi = values[i_lo], values[i_lo + 1]
+    out = f_lo + w[:, None] * (f_hi - f_lo)
+    return out[:, 0], out[:, 1]
 
 
 def straggler_factor(router: Router, num_experts: int, ep: int, tokens: int, redundant: int = 0) -> float:

@@ -60,10 +60,12 @@ _DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(ms|us|µs|
 _DURATION_UNITS = {None: 1.0, "s": 1.0, "ms": units.MS, "us": units.US, "µs": units.US, "min": 60.0}
 
 
-def parse_duration(text: str | float) -> float:
-    """Seconds from ``"50ms"``, ``"1s"``, ``"200us"``, ``"2min"`` or a bare number of seconds (``"0.05"``).
+def parse_duration(text: str | float, option: str = "duration") -> float:
+    """Seconds from ``"50ms"``, ``"1s"``, ``"200us"`` or ``"2min"``; a Python number is seconds.
 
-    Raises ScenarioError for anything else, or for a duration that is not > 0.
+    Text needs its unit: a bare ``50`` could mean 50 ms or 50 s (``--slo-tpot 50`` once silently meant 50 s),
+    so it is refused with the two readings named. Raises ScenarioError for anything else, or for a duration
+    that is not > 0.
     """
     if isinstance(text, (int, float)) and not isinstance(text, bool):
         seconds = float(text)
@@ -71,11 +73,15 @@ def parse_duration(text: str | float) -> float:
         match = _DURATION.match(str(text))
         if match is None:
             raise ScenarioError(
-                f"bad duration {text!r}; write seconds (0.05) or a number with a unit: 50ms, 1s, 200us, 2min"
+                f"bad {option} {text!r}; write a number with a unit: 50ms, 0.2s, 200us, 2min"
+            )
+        if match.group(2) is None:
+            raise ScenarioError(
+                f"{option} {text!r} has no unit; write {match.group(1)}ms or {match.group(1)}s"
             )
         seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
     if not math.isfinite(seconds) or seconds <= 0:
-        raise ScenarioError(f"duration {text!r} must be a positive time, e.g. 50ms")
+        raise ScenarioError(f"{option} {text!r} must be a positive time, e.g. 50ms")
     return seconds
 
 

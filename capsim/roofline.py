@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from . import formulas
+from . import formulas_eval as formulas
 from .model import FFNKind, ModelSpec
 from .precision import Precision, compute_key
 

@@ -11,6 +11,14 @@ from .model import ModelSpec
 from .precision import KV_PRECISIONS, is_weight_dtype, weight_dtype_choices
 
 
+MAX_DEVICES_PER_NODE = 4096
+"""Devices in one node (one scale-up domain): the largest shipped system has 72 (GB200 NVL72)."""
+MAX_DEGREE = 1 << 20
+"""Pipeline stages, replicas and nodes capsim accepts."""
+MAX_COUNT = 2**31 - 1
+"""Largest batch or token count (int64 sums and products of them stay exact)."""
+
+
 def _opt(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
@@ -115,6 +123,18 @@ class Scenario:
             raise ScenarioError(f"tp must be an integer >= 1, got {self.tp!r}")
         if self.gpus is not None and (not isinstance(self.gpus, int) or self.gpus < 1):
             raise ScenarioError(f"gpus must be an integer >= 1, got {self.gpus!r}")
+        # bounds before anything is built: a node of 2^31 devices would be a graph of 2^31 nodes
+        for value, label, most in ((self.gpus, "--gpus", MAX_DEVICES_PER_NODE), (self.tp, "--tp", MAX_DEVICES_PER_NODE),
+                                   (self.ep, "--ep", MAX_DEVICES_PER_NODE), (self.pp, "--pp", MAX_DEGREE),
+                                   (self.dp, "--dp", MAX_DEGREE), (self.nodes, "--nodes", MAX_DEGREE)):
+            if isinstance(value, int) and value > most:
+                raise ScenarioError(f"{label} {value:,} is beyond what capsim models (at most {most:,}); use a smaller value")
+        for value, label in ((self.batch, "batch"), (self.prompt_len, "prompt length"), (self.gen_len, "generated length"),
+                             (self.prefill_chunk_tokens, "prefill chunk")):
+            if isinstance(value, int) and value > MAX_COUNT:
+                raise ScenarioError(f"{label} {value:,} is beyond what capsim models (at most {MAX_COUNT:,})")
+        if self.host_memory_gb is not None and not (0 < self.host_memory_gb < float("inf")):
+            raise ScenarioError(f"--host-memory-gb must be a positive number of GB, got {self.host_memory_gb!r}")
         for dtype, flag in ((self.weight_dtype, "weight"), (self.expert_dtype, "expert")):
             if dtype is not None and not is_weight_dtype(dtype):
                 raise ScenarioError(

@@ -399,3 +399,35 @@ def test_plan_searches_the_batch_of_deployment_options() -> None:
     assert kt["purchase_is_lower_bound"] and data["accuracy"]["kt"]["value"] == pytest.approx(69.1)
     # both options' accuracy from the same evaluation: the server's bf16 baseline of that study, 78.7
     assert data["accuracy"]["server"]["value"] == pytest.approx(78.7)
+
+
+def test_moecap_records_use_the_per_pass_formula_and_skip_rules(tmp_path: Path) -> None:
+    from capsim.measure import load_moecap_records
+
+    recs = [
+        # two decode passes identical to the hand-computed case above: S-MBU 0.469795 each
+        {"forward_mode": "decode", "expert_activation": 6.44, "batch_size": 16, "seq_lens_sum": 10240,
+         "latency": 0.04},
+        {"forward_mode": "decode", "expert_activation": 6.44, "batch_size": 16, "seq_lens_sum": 10240,
+         "latency": 0.04},
+        # skipped as MoE-CAP's code skips them: no activation, negative activation, a warm-up prefill probe
+        {"forward_mode": "decode", "batch_size": 16, "seq_lens_sum": 10240, "latency": 0.04},
+        {"forward_mode": "decode", "expert_activation": -1, "batch_size": 16, "seq_lens_sum": 10240,
+         "latency": 0.04},
+        {"forward_mode": "prefill", "expert_activation": 8, "batch_size": 1, "seq_lens_sum": 5, "latency": 0.01},
+    ]
+    path = tmp_path / "detailed_results_x.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    rec = load_moecap_records(path)
+    assert rec.decode_latency_s.size == 2 and rec.prefill_latency_s.size == 0 and rec.skipped == 3
+    r = measure(MIXTRAL_A100, Measurement(), convention="moecap-compat", records=rec)
+    assert r.decode.s_mbu == pytest.approx(0.469795, rel=1e-5)
+    assert r.decode.s_mfu == pytest.approx(0.0123893, rel=1e-5)
+    assert r.tpot_s == pytest.approx(0.04)
+    # the unweighted mean over passes: a second pass twice as slow halves its own S-MBU only
+    recs[1]["latency"] = 0.08
+    path.write_text("\n".join(json.dumps(x) for x in recs) + "\n")
+    r2 = measure(MIXTRAL_A100, Measurement(), convention="moecap-compat", records=load_moecap_records(path))
+    assert r2.decode.s_mbu == pytest.approx((0.469795 + 0.469795 / 2) / 2, rel=1e-5)
+    with pytest.raises(ScenarioError, match="read with --moecap-compat"):
+        measure(MIXTRAL_A100, Measurement(tpot_s=0.04), records=rec)

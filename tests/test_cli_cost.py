@@ -228,7 +228,9 @@ def test_compare_does_not_fit_shows_needs_and_has() -> None:
     result = runner.invoke(
         app, ["compare", "--model", "mixtral-8x7b", "--hardware", "l4", "--gpus", "1", *SMALL]
     )
-    assert result.exit_code == 0, result.output
+    # issue 15: no option runs = exit 1 (as radar and fit), after the table that shows why
+    assert result.exit_code == 1, result.output
+    assert result.stderr.strip().splitlines()[-1] == "error: no option runs mixtral-8x7b; the reasons are in the table above"
     assert "does not fit" in result.output
     assert "l4: does not fit: needs " in result.output and " has 21.6 GB" in result.output
 
@@ -348,7 +350,7 @@ def test_plan_table_and_budget(cost_dir: Path) -> None:
             "--model",
             MODEL,
             "--slo-tpot",
-            "0.05",
+            "0.05s",
             "--budget",
             "25000",
             "--tokens-per-day",
@@ -396,8 +398,9 @@ def test_plan_nothing_feasible_says_what_to_do(cost_dir: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--slo-tpot", "fast"], "error: bad duration 'fast'; write seconds (0.05) or a number with a unit"),
-        (["--slo-tpot", "50ms", "--slo-ttft", "-1s"], "error: bad duration '-1s'"),
+        (["--slo-tpot", "fast"], "error: bad --slo-tpot 'fast'; write a number with a unit: 50ms"),
+        (["--slo-tpot", "50"], "error: --slo-tpot '50' has no unit; write 50ms or 50s"),
+        (["--slo-tpot", "50ms", "--slo-ttft", "-1s"], "error: bad --slo-ttft '-1s'"),
         (["--slo-tpot", "50ms", "--basis", "leased"], "error: --basis 'leased' is not one of owned, rented"),
         (["--slo-tpot", "50ms", "--weight-dtypes", "native,int3"], "error: unknown weight dtype 'int3'"),
         (["--slo-tpot", "50ms", "--top", "0"], "error: --top must be >= 1"),

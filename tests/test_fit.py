@@ -69,7 +69,8 @@ def test_cli_predict_offload_table() -> None:
 
 
 def test_cli_predict_cpu_only_needs_host_memory() -> None:
-    result = runner.invoke(app, ["predict", "--hardware", "epyc-9654-2s"])
+    # epyc-9654-2s ships a DRAM capacity since issue 15 (CPU-only out of the box); the workstation does not
+    result = runner.invoke(app, ["predict", "--hardware", "workstation-4090", "--mode", "cpu"])
     assert result.exit_code == 1
     assert "pass --host-memory-gb" in result.stderr
     result = runner.invoke(app, ["predict", "--hardware", "epyc-9654-2s", "--host-memory-gb", "768", "--json"])

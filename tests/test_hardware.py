@@ -90,6 +90,7 @@ EXPECTED_IDS = {
         "ib-ndr",
         "ib-xdr",
         "roce-400g",
+        "efa-v2",
         "gaudi3-roce",
         "tpu-v5e-ici",
         "tpu-v5p-ici",
@@ -555,8 +556,8 @@ def test_user_file_overrides_only_when_asked(tmp_path: Path, write_hardware_tree
         load_hardware_db([root])
     assert str(exc.value) == (
         f"{root / 'rtx-4090.toml'}: id 'rtx-4090' is already defined in "
-        f"{HW_DIR / 'accelerators' / 'rtx-4090.toml'}; give it a new id, or pass on_redefinition='replace' "
-        "(CLI: --override) to replace it"
+        f"{HW_DIR / 'accelerators' / 'rtx-4090.toml'}; give it a new id, or pass --override to replace it "
+        "(Python: on_redefinition='replace')"
     )
     db = load_hardware_db([root], on_redefinition="replace")
     assert db.accelerator("rtx-4090").memory_bandwidth_gb_s == 1100

@@ -273,3 +273,20 @@ def test_sweep_layout_that_cannot_run_says_why(default_hardware_db) -> None:
     assert "valid --ep: 1, 2, 4, 8" in str(cols["bottleneck"][0])
     with pytest.raises(ScenarioError, match="cannot read layout 'tp:8'"):
         Grid(models=("m",), hardware=("h",), layout=("tp:8",))
+
+
+def test_ep_across_nodes_sends_the_remote_share_over_the_network(default_hardware_db) -> None:
+    """DeepSeek-V3 on 2 nodes x 8 H200, attention-DP 16 x EP 16, NCCL, batch 256: 16 tokens per rank. One way
+    per rank 16 x 8 x 7168 x 2 x 15/16 bytes, of which 7/15 go to the 7 other GPUs of the node over NVLink
+    (450 GB/s) and 8/15 to the other node over InfiniBand NDR (50 GB/s per GPU: 8 ports per 8 GPUs of a
+    DGX-class node, one per GPU with --network); the slower path sets the time, + 6.6 us + 15 x 0.6 us."""
+    p = predict(Scenario(**{**DSV3, "gen_len": 3}, batch=256, nodes=2, attention_dp=16, ep=16, network="ib-ndr"),
+                hardware_db=default_hardware_db)
+    one_way = 16 * 8 * 7168 * 2 * 15 / 16
+    per_way = NCCL_BASE + 15 * NCCL_HOP + max(one_way * 7 / 15 / NVLINK4, one_way * 8 / 15 / 50e9)
+    assert p.decode.time_by_op_s["all_to_all"] / p.decode.passes == pytest.approx(58 * 2 * per_way, rel=1e-9)
+    assert p.scenario["gpus"] == 16
+    efa = predict(Scenario(**{**DSV3, "gen_len": 3}, batch=256, nodes=2, attention_dp=16, ep=16, network="efa-v2"),
+                  hardware_db=default_hardware_db)
+    # EFA v2 on p5: 3,200 Gb/s per 8 GPUs = 50 GB/s per GPU, the same per-GPU rate as one NDR port per GPU
+    assert efa.decode.time_by_op_s["all_to_all"] == pytest.approx(p.decode.time_by_op_s["all_to_all"])

@@ -52,11 +52,11 @@ def cost_db(tmp_path_factory: pytest.TempPathFactory) -> HardwareDB:
         ("50ms", 0.05),
         ("50 ms", 0.05),
         ("1s", 1.0),
-        ("0.05", 0.05),
+        ("0.05s", 0.05),
         ("200us", 2e-4),
         ("200µs", 2e-4),
         ("2min", 120.0),
-        ("1e-2", 0.01),
+        ("1e-2s", 0.01),
         (".5s", 0.5),
         (0.25, 0.25),
     ],
@@ -74,7 +74,14 @@ def test_bad_durations_say_how_to_write_one(text: str) -> None:
 @given(st.floats(min_value=1e-3, max_value=1e6, allow_nan=False))
 @example(50.0)
 def test_duration_units_agree(ms: float) -> None:
-    assert parse_duration(f"{ms}ms") == pytest.approx(parse_duration(f"{ms / 1000}"), rel=1e-12)
+    assert parse_duration(f"{ms}ms") == pytest.approx(parse_duration(f"{ms / 1000}s"), rel=1e-12)
+
+
+@pytest.mark.parametrize("text", ["50", "0.05", "1e-2"])
+def test_issue_15_a_time_without_unit_is_refused(text: str) -> None:
+    # --slo-tpot 50 was read as 50 seconds; a bare number names both readings instead
+    with pytest.raises(ScenarioError, match=rf"--slo-tpot '{text}' has no unit; write {text}ms or {text}s"):
+        parse_duration(text, "--slo-tpot")
 
 
 def test_gpus_and_id_lists() -> None:

@@ -169,10 +169,21 @@ def test_resume_refuses_a_different_grid(tmp_path, default_hardware_db) -> None:
     from capsim import ScenarioError
 
     run = SweepRun(SMALL, tmp_path / "r.csv", "csv", 5, Filters())
-    run.prepare()
+    run_local(run, default_hardware_db, run.prepare()[:1])  # one finished part: something to resume
     other = SweepRun(SMALL.__class__(**{**SMALL.__dict__, "batch": (1, 2)}), tmp_path / "r.csv", "csv", 5, Filters())
     with pytest.raises(ScenarioError, match="different grid"):
         other.prepare()
+
+
+def test_issue_15_parts_without_a_finished_part_do_not_block(tmp_path, default_hardware_db) -> None:
+    # a run that stopped before its first chunk (e.g. the old --gen-len 99999999999999999999999 overflow)
+    # left a manifest only; a different sweep to the same path now starts over instead of refusing
+    run = SweepRun(SMALL, tmp_path / "r.csv", "csv", 5, Filters())
+    run.prepare()
+    other = SweepRun(SMALL.__class__(**{**SMALL.__dict__, "batch": (1, 2)}), tmp_path / "r.csv", "csv", 5, Filters())
+    assert other.prepare() == list(range(other.n_chunks))
+    run_local(other, default_hardware_db, list(range(other.n_chunks)))
+    assert other.finish().exists() and not other.parts_dir.exists()
 
 
 def test_pareto_mask_matches_brute_force() -> None:

@@ -7,7 +7,8 @@ Every command module under ``capsim.cli`` exposes ``register(app)``. Errors: lib
 
 from __future__ import annotations
 
-from typing import Any
+import sys
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -18,7 +19,68 @@ from ._console import err_console
 
 
 class _CapsimGroup(TyperGroup):
-    """Top-level command group: turns any CapsimError raised below it into one error line and exit 1."""
+    """Top-level command group: turns any CapsimError raised below it into one error line and exit 1, and a
+    usage error (unknown option or command, a value of the wrong type) into one error line and exit 2."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        from typer import _click  # the click typer ships (its exceptions are what the parser raises)
+
+        try:
+            result = super().main(*args, standalone_mode=False, **kwargs)
+        except _click.exceptions.NoArgsIsHelpError as exc:
+            if not standalone_mode:
+                raise
+            sys.exit(exc.exit_code)  # bare `capsim` / `capsim hardware`: the help text was printed, as before
+        except _click.exceptions.UsageError as exc:
+            if not standalone_mode:
+                raise
+            where = exc.ctx.command_path if exc.ctx is not None else "capsim"
+            message = " ".join(exc.format_message().split())  # one line, however the parser wrapped it
+            err_console().print(f"[bold red]error[/bold red]: {escape(message)} (see: {escape(where)} --help)",
+                                highlight=False, soft_wrap=True)
+            sys.exit(exc.exit_code)
+        except _click.exceptions.ClickException as exc:  # e.g. a file option that cannot be opened
+            if not standalone_mode:
+                raise
+            err_console().print(f"[bold red]error[/bold red]: {escape(exc.format_message())}", highlight=False,
+                                soft_wrap=True)
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            if not standalone_mode:
+                raise
+            err_console().print("aborted", highlight=False)
+            sys.exit(1)
+        if not standalone_mode:
+            return result
+        sys.exit(result if isinstance(result, int) else 0)
+
+    # Commands are converted from their typer declarations to click commands on first use: typer would
+    # otherwise build every command's parameters (signature and annotation evaluation, ~0.2 s) at each start,
+    # though one run uses one command.
+    def list_commands(self, ctx: typer.Context) -> list[str]:
+        return list(dict.fromkeys([*super().list_commands(ctx), *_declared_names()]))
+
+    def get_command(self, ctx: typer.Context, cmd_name: str) -> Any:
+        command = super().get_command(ctx, cmd_name)
+        if command is None:
+            command = _convert(cmd_name)
+            if command is not None:
+                self.add_command(command, cmd_name)
+        return command
+
+    def resolve_command(self, ctx: typer.Context, args: list[str]) -> Any:
+        from difflib import get_close_matches
+
+        from typer import _click
+
+        try:
+            return super().resolve_command(ctx, args)
+        except _click.exceptions.UsageError as exc:
+            # typer suggests among the commands built so far; suggest among all of them
+            matches = get_close_matches(args[0], self.list_commands(ctx)) if args else []
+            if matches and "Did you mean" not in exc.message:
+                exc.message = f"{exc.message.rstrip('.')}. Did you mean {', '.join(repr(m) for m in matches)}?"
+            raise
 
     def invoke(self, ctx: typer.Context) -> Any:  # typer vendors click; do not import it
         try:
@@ -26,6 +88,15 @@ class _CapsimGroup(TyperGroup):
         except CapsimError as exc:
             # escape: messages may contain [brackets] (e.g. capsim[profile]) that rich would eat as markup
             err_console().print(f"[bold red]error[/bold red]: {escape(str(exc))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(code=1) from None
+        except OSError as exc:
+            # a path the user gave that the system refuses (name too long, permission denied, disk full):
+            # the system's reason and the path, as one line
+            where = f"{exc.filename}: " if exc.filename else ""
+            if len(where) > 120:
+                where = where[:100] + "…: "
+            err_console().print(f"[bold red]error[/bold red]: {escape(where + (exc.strerror or str(exc)))}; "
+                                "check the path and try again", highlight=False, soft_wrap=True)
             raise typer.Exit(code=1) from None
 
 
@@ -39,11 +110,54 @@ app = typer.Typer(
 )
 
 
+def _version(value: bool) -> None:
+    if value:
+        from .. import __version__
+
+        print(f"capsim {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Analytical simulator and cost model for sparse MoE LLM inference. Metrics: see docs/metrics.md."""
+
+
+_COMMANDS = typer.Typer()
+"""Where the command modules declare their commands; :class:`_CapsimGroup` converts each on first use."""
+
+
+def _declared_names() -> list[str]:
+    from typer.main import get_command_name
+
+    names = [info.name or get_command_name(info.callback.__name__)  # type: ignore[union-attr]
+             for info in _COMMANDS.registered_commands]
+    return names + [str(info.name) for info in _COMMANDS.registered_groups]
+
+
+def _convert(name: str) -> Any:
+    from typer.main import get_command_from_info, get_command_name, get_group_from_info
+
+    for info in _COMMANDS.registered_commands:
+        if (info.name or get_command_name(info.callback.__name__)) == name:  # type: ignore[union-attr]
+            return get_command_from_info(info, pretty_exceptions_short=app.pretty_exceptions_short,
+                                         rich_markup_mode=app.rich_markup_mode)
+    for group in _COMMANDS.registered_groups:
+        if group.name == name:
+            return get_group_from_info(group, pretty_exceptions_short=app.pretty_exceptions_short,
+                                       suggest_commands=app.suggest_commands, rich_markup_mode=app.rich_markup_mode)
+    return None
+
+
 def _register_all() -> None:
     from . import cost, fit, hardware, measure, model, predict, profile, serve, sweep, trace
 
     for module in (predict, fit, hardware, model, trace, profile, cost, sweep, measure, serve):
-        module.register(app)
+        module.register(_COMMANDS)
 
 
 _register_all()

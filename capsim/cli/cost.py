@@ -170,6 +170,23 @@ def option_ids(hardware: list[str] | None, system: list[str] | None, db: Any) ->
     return split_ids([*(hardware or []), *systems])
 
 
+def _default_radar_stem(model_ids: list[str], hw_ids: list[str], batch: int) -> Path:
+    """``capsim-radar-<model>-<hardware>-b<batch>`` in the current folder (the inputs that change the picture;
+    a short hash stands in for long id lists); ``-2``, ``-3`` … are appended rather than overwrite an
+    existing radar."""
+    import hashlib
+
+    models = model_ids[0] if len(model_ids) == 1 else f"{len(model_ids)}models"
+    hardware = "-".join(hw_ids) if len(hw_ids) <= 3 else f"{len(hw_ids)}hw-" + hashlib.sha256(
+        ",".join(hw_ids).encode()).hexdigest()[:8]
+    base = f"capsim-radar-{models}-{hardware}-b{batch}".replace("/", "_")
+    stem, n = Path(base), 1
+    while stem.with_suffix(".png").exists() or stem.with_suffix(".svg").exists():
+        n += 1
+        stem = Path(f"{base}-{n}")
+    return stem
+
+
 def check_output_file(path: Path, option: str, example: str) -> None:
     """Fail before any work when ``path`` cannot be an output file (a directory, or under a file);
     ``example`` is a file name to suggest inside a directory."""
@@ -607,6 +624,9 @@ def register(app: typer.Typer) -> None:
             render_comparison(result)
         if csv_path is not None:
             err_console().print(f"CSV written to {csv_path}")
+        if not any(o.ok for o in result.options):
+            # the same contract as radar and fit: no option runs = exit 1 (after showing why)
+            raise ScenarioError(f"no option runs {result.model}; the reasons are in the table above")
 
     @app.command(
         help="Search hardware x device count x weight precision x batch for the cheapest deployments "
@@ -614,7 +634,7 @@ def register(app: typer.Typer) -> None:
     )
     def plan(
         model: Annotated[str, typer.Option(help=_scenario_help("model"))],
-        slo_tpot: Annotated[str, typer.Option(help="TPOT target per decode step: 50ms, 0.05, 1s, 200us")],
+        slo_tpot: Annotated[str, typer.Option(help="TPOT target per decode step, with its unit: 50ms, 0.05s, 200us")],
         slo_ttft: Annotated[
             str | None,
             typer.Option(help="TTFT target (the whole batch's prefill), e.g. 1s", show_default=False),
@@ -684,7 +704,8 @@ def register(app: typer.Typer) -> None:
         from ..plan import SLO, parse_duration, split_ids
         from ..plan import plan as run_plan
 
-        slo = SLO(parse_duration(slo_tpot), None if slo_ttft is None else parse_duration(slo_ttft))
+        slo = SLO(parse_duration(slo_tpot, "--slo-tpot"),
+                  None if slo_ttft is None else parse_duration(slo_ttft, "--slo-ttft"))
         if top < 1:
             raise ScenarioError(f"--top must be >= 1, got {top}")
         if plot is not None:
@@ -862,7 +883,7 @@ def register(app: typer.Typer) -> None:
         from ..report.plots import output_stem, plot_radar, radar_scores
 
         # the resolved id, not the argument: a config.json path must not become a directory in the name
-        stem = output_stem(out or Path(f"capsim-radar-{model_ids[0] if len(models) == 1 else 'models'}"))
+        stem = output_stem(out) if out is not None else _default_radar_stem(model_ids, hw_ids, batch)
         png, svg = plot_radar(
             radar_options,
             stem,

@@ -29,7 +29,7 @@ def register(app: typer.Typer) -> None:
         override: OverrideOption = False,
         json_out: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
     ) -> None:
-        from ..errors import CapsimError
+        from ..errors import CapsimError, ScenarioError
         from ..fit import max_batch_at, max_context_at, placements
         from ..scenario import Scenario
 
@@ -37,6 +37,9 @@ def register(app: typer.Typer) -> None:
         from ..plan import check_node_ids
 
         check_node_ids([hardware], db)  # unknown ids and non-deployable entries: one error line, exit 1
+        from ..model_db import resolve_model
+
+        resolve_model(model)  # an unknown model is one error line (exit 1), not a table of failed modes
         base = Scenario(model=model, hardware=hardware, gpus=gpus, batch=batch, prompt_len=prompt_len,
                         gen_len=gen_len, weight_dtype=weight_dtype, kv_dtype=kv_dtype, host_memory_gb=host_memory_gb)
         base.validate()
@@ -54,8 +57,11 @@ def register(app: typer.Typer) -> None:
                           "max_context_at_batch": max_context_at(chosen, db)}
             except CapsimError as exc:
                 limits = {"mode": best.mode, "error": str(exc)}
+        nothing_runs = best is None
         if json_out:
             print_json({"placements": [r.to_dict() for r in ranked], "limits": limits})
+            if nothing_runs:
+                raise ScenarioError(f"no mode runs {model} on {hardware}; the reasons are in the JSON above")
             return
         console = out_console()
         table = Table(title=f"{model} on {hardware}: placements, fastest first", title_justify="left")
@@ -76,3 +82,5 @@ def register(app: typer.Typer) -> None:
                           f"longest context at batch {batch}: {limits['max_context_at_batch']:,} tokens")
         elif "error" in limits:
             console.print(f"[yellow]limits: {limits['error']}[/yellow]")
+        if nothing_runs:
+            raise ScenarioError(f"no mode runs {model} on {hardware}; the reasons are in the table above")

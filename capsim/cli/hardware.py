@@ -8,26 +8,17 @@ command reads ``--hardware-db`` the same way, and may add commands to :data:`har
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 from rich.text import Text
 
 from .. import units
-from ..hardware import (
-    CPU,
-    DRAM,
-    SSD,
-    Accelerator,
-    Entry,
-    HardwareDB,
-    Link,
-    System,
-    entry_kind,
-    load_hardware_db,
-)
 from ._console import out_console, print_json
+
+if TYPE_CHECKING:  # capsim.hardware (and networkx) load when a command runs, not at start-up
+    from ..hardware import Accelerator, Entry, HardwareDB, System
 
 hardware_app = typer.Typer(
     help="Browse the hardware database (accelerators, CPUs, DRAM, SSDs, links, systems) and its sources.",
@@ -51,6 +42,8 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of 
 
 def load_db(paths: list[Path] | None, override: bool = False) -> HardwareDB:
     """The database the CLI works on: built-in entries plus ``--hardware-db`` paths."""
+    from ..hardware import load_hardware_db
+
     return load_hardware_db(paths or (), on_redefinition="replace" if override else "raise")
 
 
@@ -80,7 +73,9 @@ def list_command(
         return
     table = Table(title="capsim hardware database", title_justify="left")
     for column, justify in _LIST_COLUMNS:
-        table.add_column(column, justify=justify)
+        # ids are what people copy into --hardware: never wrapped or cut (the name column wraps instead)
+        table.add_column(column, justify=justify, no_wrap=column == "id",
+                         min_width=max((len(e.id) for e in entries), default=2) if column == "id" else None)
     for entry in entries:
         table.add_row(*(Text(cell) for cell in _list_row(entry)))
     console = out_console()
@@ -101,6 +96,8 @@ _LIST_COLUMNS = (
 
 
 def _list_row(e: Entry) -> list[str]:
+    from ..hardware import CPU, DRAM, SSD, Accelerator, Link, System, entry_kind
+
     memory = bandwidth = bf16 = tdp = price = ""
     if isinstance(e, Accelerator):
         memory = _num(e, "memory_capacity_gb", e.memory_capacity_gb, "{:,.0f} GB")
@@ -172,6 +169,8 @@ def show_command(
     override: OverrideOption = False,
 ) -> None:
     """Show every field of an entry with its source; for systems also the topology and its bandwidths."""
+    from ..hardware import CPU, Accelerator, System, entry_kind
+
     db = load_db(hardware_db, override)
     entry = db.get(entry_id)
     payload = entry.to_dict()

@@ -90,6 +90,13 @@ def register(app: typer.Typer) -> None:
                 "of per-pass records with expert_counts"
             ),
         ] = None,
+        moecap_records: Annotated[
+            Path | None,
+            typer.Option(
+                help="MoE-CAP per-pass records (detailed_results_*.jsonl: forward_mode, expert_activation, "
+                "batch_size, seq_lens_sum, latency/tpot/ttft); read with --moecap-compat"
+            ),
+        ] = None,
         moecap_compat: Annotated[
             bool,
             typer.Option(
@@ -105,7 +112,7 @@ def register(app: typer.Typer) -> None:
         json_out: Annotated[bool, typer.Option("--json", help="print one JSON object instead of text")] = False,
     ) -> None:
         from ..errors import ScenarioError
-        from ..measure import Measurement, load_expert_counts
+        from ..measure import Measurement, load_expert_counts, load_moecap_records
         from ..measure import measure as run_measure
         from ..plan import parse_duration
 
@@ -142,6 +149,7 @@ def register(app: typer.Typer) -> None:
             hardware_db=load_db(hardware_db, override),
             convention="moecap-compat" if moecap_compat else "paper",
             engine=engine,  # type: ignore[arg-type]
+            records=None if moecap_records is None else load_moecap_records(moecap_records),
         )
         if json_out:
             print_json(result.to_dict())

@@ -73,6 +73,12 @@ def render_prediction(pred: Any) -> None:
         util.add_row(phase, str(p["passes"]), _pct(p["mbu"]), _pct(p["s_mbu"]), _pct(p["mfu"]), _pct(p["s_mfu"]),
                      p["bottleneck"], split)
     console.print(util)
+    over = [ph for ph in ("prefill", "decode") if d[ph]["passes"] and max(d[ph]["mbu"], d[ph]["mfu"]) > 1.0]
+    if over and d["activated_experts_per_layer"]:
+        console.print(f"note: dense MBU/MFU above 100% ({', '.join(over)}) is expected for a MoE model: they charge "
+                      "every expert's weights and FLOPs (as a dense model would move them), while the step reads only "
+                      "the activated experts; S-MBU/S-MFU count what is really moved and computed (docs/metrics.md)",
+                      soft_wrap=True, markup=False)
 
     if d["activated_experts_per_layer"]:
         acts = d["activated_experts_per_layer"]

@@ -58,8 +58,19 @@ def _threads(threads: int | None, quick: bool) -> int | None:
 
 
 def _run_dir(out_dir: Path, slug: str, quick: bool) -> Path:
+    """``<out_dir>/<machine>-<date>[-quick]``, or with ``-2``, ``-3`` … when a run of the same day already
+    wrote there: each run gets its own folder, so two runs are never mixed."""
     day = datetime.now(UTC).date().isoformat()
-    return out_dir / f"{slug}-{day}{'-quick' if quick else ''}"
+    return _unused(out_dir / f"{slug}-{day}{'-quick' if quick else ''}")
+
+
+def _unused(path: Path, suffixes: tuple[str, ...] = ("",)) -> Path:
+    """``path``, or ``path-2``, ``path-3`` … : the first for which no ``<name><suffix>`` exists yet."""
+    candidate, n = path, 1
+    while any(candidate.with_name(candidate.name + sfx).exists() for sfx in suffixes):
+        n += 1
+        candidate = path.with_name(f"{path.name}-{n}")
+    return candidate
 
 
 def _slug_now(device: str, threads: int | None, what: str) -> str:
@@ -395,7 +406,9 @@ def validate_command(
         command=command,
         date=datetime.now(UTC).isoformat(timespec="seconds"),
     )
-    json_path, md_path = write_validation(report, out_dir, report_stem(report, quick))
+    # a report of its own: the run folder's name when this run made one, else the first unused stem
+    stem = run_dir.name if run_dir is not None else _unused(out_dir / report_stem(report, quick), (".json", ".md")).name
+    json_path, md_path = write_validation(report, out_dir, stem)
     if as_json:
         print_json({"report_file": str(json_path), **report.to_dict()})
     else:

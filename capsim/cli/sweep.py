@@ -46,14 +46,30 @@ def register(app: typer.Typer) -> None:
         backend: Annotated[str, typer.Option(help="local or dask")] = "local",
         scheduler: Annotated[str | None, typer.Option(help="Dask scheduler address (default: a local cluster)")] = None,
         workers: Annotated[int, typer.Option(help="worker processes of the local Dask cluster")] = 2,
+        host_memory_gb: Annotated[float | None, typer.Option(help="host DRAM in GB for systems whose entry lacks it")] = None,
+        force: Annotated[bool, typer.Option("--force", help="run even above the size limits (rows, disk, memory)")] = False,
         hardware_db: HardwareDbOption = None,
         override: OverrideOption = False,
         json_out: Annotated[bool, typer.Option("--json", help="print the run summary as JSON")] = False,
     ) -> None:
         from ..errors import ScenarioError
         from ..plan import parse_duration
-        from ..sweep.grid import Grid, load_grid_toml, parse_gpus_axis, parse_int_axis, parse_layout_axis, parse_str_axis
-        from ..sweep.run import Filters, SweepRun, format_of, resolve_groups, run_dask, run_local
+        from ..sweep.grid import (
+            Grid,
+            load_grid_toml,
+            parse_gpus_axis,
+            parse_int_axis,
+            parse_layout_axis,
+            parse_str_axis,
+        )
+        from ..sweep.guard import (
+            check_output_path,
+            check_size,
+            discard_parts_on_failure,
+            estimate,
+            sweep_lock,
+        )
+        from ..sweep.run import Filters, SweepRun, format_of, resolve_groups
 
         if grid_file is not None:
             grid = load_grid_toml(grid_file)
@@ -65,20 +81,39 @@ def register(app: typer.Typer) -> None:
                 gpus=parse_gpus_axis(gpus),
                 batch=parse_int_axis(batch, "batch"), prompt_len=parse_int_axis(prompt_len, "prompt-len"),
                 gen_len=parse_int_axis(gen_len, "gen-len"), weight_dtype=parse_str_axis(weight_dtype),
-                kv_dtype=parse_str_axis(kv_dtype), layout=parse_layout_axis(layout),
+                kv_dtype=parse_str_axis(kv_dtype), layout=parse_layout_axis(layout), host_memory_gb=host_memory_gb,
             )
+        if grid_file is not None and host_memory_gb is not None:
+            from dataclasses import replace
+
+            grid = replace(grid, host_memory_gb=host_memory_gb)
         if chunk_rows < 1:
             raise ScenarioError("--chunk-rows must be >= 1")
         if backend not in ("local", "dask"):
             raise ScenarioError(f"unknown backend {backend!r}; choose local or dask")
+        if backend == "dask" and not scheduler and workers < 1:
+            raise ScenarioError(f"--workers must be >= 1 for a local Dask cluster, got {workers}")
         filters = Filters(
             feasible_only=feasible_only,
-            slo_tpot_s=parse_duration(slo_tpot) if slo_tpot else None,
-            slo_ttft_s=parse_duration(slo_ttft) if slo_ttft else None,
+            slo_tpot_s=parse_duration(slo_tpot, "--slo-tpot") if slo_tpot else None,
+            slo_ttft_s=parse_duration(slo_ttft, "--slo-ttft") if slo_ttft else None,
         )
         db = load_db(hardware_db, override)
         run = SweepRun(grid, out, format_of(out, fmt), chunk_rows, filters)
-        resolve_groups(grid, db)  # fail on unknown ids before creating anything
+        # everything that can be refused is refused before the first byte is written
+        check_output_path(out, "--out")
+        if pareto is not None:
+            check_output_path(pareto, "--pareto")
+            if pareto.resolve() == out.resolve():
+                raise ScenarioError("--pareto and --out name the same file; give the Pareto front its own name")
+        resolve_groups(grid, db)  # unknown ids
+        check_size(estimate(grid, run.fmt, chunk_rows), out, force)
+        with sweep_lock(run.parts_dir), discard_parts_on_failure(run.parts_dir):
+            _run_and_write(run, grid, db, backend, scheduler, workers, hardware_db, override, pareto, json_out)
+
+    def _run_and_write(run, grid, db, backend, scheduler, workers, hardware_db, override, pareto, json_out):  # type: ignore[no-untyped-def]
+        from ..sweep.run import run_dask, run_local
+
         todo = run.prepare()
         resumed = run.n_chunks - len(todo)
         start = time.perf_counter()
@@ -109,7 +144,10 @@ def register(app: typer.Typer) -> None:
         if pareto is not None:
             import json
 
-            pareto.write_text(json.dumps(front, indent=2) + "\n")
+            from ..sweep.run import atomic_write
+
+            pareto.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(pareto, (json.dumps(front, indent=2) + "\n").encode())
         summary = {
             "output": str(path), "rows_in_grid": grid.size, "chunks": run.n_chunks, "resumed_chunks": resumed,
             "rows_written_this_run": written, "seconds": elapsed,

@@ -8,17 +8,16 @@ imbalance and reuse distance as a rich table (or ``--json``) and writes a layers
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import numpy as np
 import typer
 from rich.table import Table
 
 from ..errors import ScenarioError, TraceError
-from ..model import ModelSpec
-from ..routing import SyntheticRouter, fit_trace, make_router, resolve_trace_path, shipped_traces, trace_stats
-from ..routing.stats import TraceStats
-from ..traces import load_trace, write_trace
+
+if TYPE_CHECKING:  # the routing stack loads when a trace command runs, not at start-up
+    from ..model import ModelSpec
+    from ..routing.stats import TraceStats
 from ._console import out_console, print_json
 
 trace_app = typer.Typer(
@@ -53,6 +52,9 @@ def synth(
     seed: Annotated[int, typer.Option(help="Seed for the router's profile and the sampling.")] = 0,
 ) -> None:
     """Sample a synthetic router into a trace file (written atomically)."""
+    from ..routing import SyntheticRouter, make_router
+    from ..traces import write_trace
+
     spec = _resolve_model(model)
     r = make_router(router, spec, seed=seed)
     if not isinstance(r, SyntheticRouter):
@@ -109,10 +111,19 @@ def stats(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of the table.")] = False,
 ) -> None:
     """Per-layer activated experts (vs the uniform bound), load imbalance and reuse distance of a trace."""
+    from ..routing import resolve_trace_path, trace_stats
+    from ..traces import load_trace
+
     trace = load_trace(resolve_trace_path(path))
     if model is not None:
         trace.validate_against(_resolve_model(model))
-    steps = tuple(tokens) if tokens else _DEFAULT_STEPS
+    steps = tuple(tokens) if tokens else tuple(t for t in _DEFAULT_STEPS if t <= trace.num_tokens) or (1,)
+    bad = [t for t in steps if not 1 <= t <= trace.num_tokens]
+    if bad:
+        raise ScenarioError(
+            f"--tokens {bad[0]}: a step takes 1 to {trace.num_tokens:,} tokens of this {trace.num_tokens:,}-token "
+            "trace; choose step sizes in that range"
+        )
     result = trace_stats(trace, steps)
     png_path: Path | None = None
     if not no_png:
@@ -180,6 +191,8 @@ def _print_stats(st: TraceStats) -> None:
 
 
 def _fmt(x: float, spec: str = ".2f") -> str:
+    import numpy as np
+
     return "-" if not np.isfinite(x) else format(x, spec)
 
 
@@ -230,6 +243,9 @@ def fit(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Estimate synthetic-router parameters (Zipf exponent, Dirichlet concentration, reuse, affinity)."""
+    from ..routing import fit_trace, resolve_trace_path
+    from ..traces import load_trace
+
     trace = load_trace(resolve_trace_path(path))
     result = fit_trace(trace.topk_ids, trace.num_experts, source=trace.name)
     if as_json:
@@ -253,6 +269,9 @@ def fit(
 @trace_app.command("list")
 def list_traces(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """The traces shipped in traces/ (see traces/README.md for how each was made)."""
+    from ..routing import shipped_traces
+    from ..traces import load_trace
+
     rows: list[dict[str, Any]] = []
     for name, p in shipped_traces().items():
         tr = load_trace(p)

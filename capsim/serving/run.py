@@ -64,8 +64,12 @@ def build_replica(scenario: Scenario, sched: SchedulerConfig, hardware_db: Hardw
     sched.validate()
     # The memory plan of a step of max_batched_tokens prompt tokens with max_num_seqs resident sequences: its
     # buffers are the largest step's activations and the logits of every resident sequence.
-    probe = replace(scenario, batch=sched.max_num_seqs, prompt_len=sched.max_batched_tokens, gen_len=1,
-                    prefill_chunk_tokens=sched.max_batched_tokens)
+    # (the probe's sequence stays inside the model's context window, which the engine checks)
+    from ..engine import resolve_model
+
+    window = resolve_model(scenario.model).max_context or sched.max_batched_tokens + 1
+    probe = replace(scenario, batch=sched.max_num_seqs, prompt_len=min(sched.max_batched_tokens, window - 1),
+                    gen_len=1, prefill_chunk_tokens=sched.max_batched_tokens)
     rs, memory = resolve(probe, hardware_db)
     _unsupported(rs)
     pool = memory.usable_bytes - memory.weights_bytes - memory.buffers_bytes

@@ -22,6 +22,7 @@ from ..engine import prefill_passes, resolve_model, resolve_on
 from ..errors import CapsimError
 from ..hardware import HardwareDB
 from ..memory import (
+    activation_bytes,
     kv_bytes_per_sequence_at,
     logit_bytes_per_sequence,
     max_batch_that_fits,
@@ -30,6 +31,7 @@ from ..memory import (
 )
 from ..metrics import RESOURCES, utilisation
 from ..scenario import Scenario
+from ..scenario_checks import context_window_exceeded
 from ..units import GB
 from .decode import QUANTITIES, decode_totals, step_quantities
 from .grid import Grid, parse_layout
@@ -59,6 +61,7 @@ def resolve_group(grid: Grid, key: tuple[str, str, int, str, str, str], db: Hard
     scenario = Scenario(
         model=model_id, hardware=hardware, gpus=gpus or None, weight_dtype=None if wdt == "native" else wdt,
         kv_dtype=kvdt, routing=grid.routing, prefill_chunk_tokens=grid.prefill_chunk_tokens,
+        host_memory_gb=getattr(grid, "host_memory_gb", None),
         **parse_layout(layout),
     )
     try:
@@ -66,6 +69,8 @@ def resolve_group(grid: Grid, key: tuple[str, str, int, str, str, str], db: Hard
     except CapsimError as exc:
         return Group(key, None, str(exc))
     model = resolve_model(model_id)
+    if gpus == 0 and hardware in db.ids("accelerator"):
+        return Group(key, None, f"--gpus 0 means all devices of a system; {hardware} is one accelerator, so give a count")
     try:
         rs = resolve_on(scenario, db, model, gpus or None)
     except CapsimError as exc:
@@ -124,6 +129,8 @@ def evaluate_segment(grid: Grid, group: Group, start: int, stop: int) -> dict[st
     cols["batch"][:] = total_batch
     cols["prompt_len"][:] = prompt
     cols["gen_len"][:] = gen
+    # the device count asked for, also on rows that do not run (0 = all of a system, resolved below)
+    cols["gpus"][:] = group.key[2]
     rs = group.resolved
     if rs is None:
         return cols
@@ -134,15 +141,22 @@ def evaluate_segment(grid: Grid, group: Group, start: int, stop: int) -> dict[st
     cols["gpus"][:] = rs.layout.devices
     cols["weights_gb"][:] = sum(weight_bytes_per_device(rs).values()) / GB
     cols["usable_gb"][:] = usable_bytes(rs) / GB
-    max_b, needed_one = max_batch_that_fits(rs, batch, prompt, gen)
+    max_b, _ = max_batch_that_fits(rs, batch, prompt, gen)
+    # rows beyond the model's context window do not run (the check predict applies, vectorised)
+    too_long = context_window_exceeded(rs.model, prompt, gen)
+    if too_long.any():
+        cols["bottleneck"] = cols["bottleneck"].astype(f"<U{max(cols['bottleneck'].dtype.itemsize // 4, 64)}")
+        cols["bottleneck"][too_long] = f"does not run: exceeds the {rs.model.max_context}-token context window"
+        max_b = np.where(too_long, 0, max_b)
     feasible = max_b >= 1
     cols["feasible"][:] = feasible
     cols["max_batch"][:] = max_b
     # weights + buffers + the KV cache of one wave (of one sequence where not even that fits) on the busiest
-    # device: its attention rank's share of the wave
+    # device: its attention rank's share of the wave, as predict's memory plan counts it
     per_seq = kv_bytes_per_sequence_at(rs, prompt + gen) + logit_bytes_per_sequence(rs)
     resident = -(-np.clip(np.minimum(batch, max_b), 1, None) // adp)
-    cols["memory_needed_gb"][:] = (needed_one + per_seq * (resident - 1)) / GB
+    cols["memory_needed_gb"][:] = (sum(weight_bytes_per_device(rs).values()) + activation_bytes(rs, resident, prompt)
+                                   + per_seq * resident) / GB
     idx = np.nonzero(feasible)[0]
     if idx.size == 0:
         return cols

@@ -23,48 +23,80 @@ import numpy as np
 
 from ..errors import DataFileError, ScenarioError
 
+MAX_AXIS_VALUES = 1_000_000
+"""Values one numeric axis may hold (counted before the range is expanded, so 1:100000000:+1 costs nothing)."""
 
-def parse_int_axis(text: str, name: str) -> tuple[int, ...]:
-    """Parse ``1,2,4``, ``1:1024:x2`` (geometric, inclusive) or ``128:1024:+128`` (arithmetic, inclusive)."""
+MAX_AXIS_VALUE = 2**31 - 1
+"""Largest batch, length or device count an axis accepts (sums and products stay exact in int64)."""
+
+
+def _axis_error(name: str, text: str) -> ScenarioError:
+    return ScenarioError(
+        f"cannot read --{name} {text!r}; write values like 1,2,4 or ranges 1:1024:x2 or 128:1024:+128"
+    )
+
+
+def _range_values(name: str, part: str, minimum: int) -> list[int]:
+    """Expand ``START:STOP:xF`` or ``START:STOP:+S`` after checking its bounds and its length."""
+    start_s, stop_s, step_s = part.split(":")
+    start, stop = int(start_s), int(stop_s)
+    for v in (start, stop):
+        if v < minimum or v > MAX_AXIS_VALUE:
+            raise ScenarioError(f"--{name} range {part!r}: values must be between {minimum} and {MAX_AXIS_VALUE:,}")
+    if stop < start:
+        raise ScenarioError(f"--{name} range {part!r} is empty: STOP {stop} is below START {start}")
+    if step_s.startswith("x"):
+        factor = float(step_s[1:])
+        if not factor > 1 or not math.isfinite(factor):
+            raise ScenarioError(f"--{name} range {part!r}: the factor after x must be a number > 1, e.g. x2")
+        count = math.floor(math.log(stop / start) / math.log(factor) + 1e-9) + 1
+    else:
+        step = int(step_s.removeprefix("+"))
+        if step <= 0:
+            raise ScenarioError(f"--{name} range {part!r}: the step after + must be >= 1, e.g. +128")
+        count = (stop - start) // step + 1
+    if count > MAX_AXIS_VALUES:
+        raise ScenarioError(
+            f"--{name} range {part!r} has {count:,} values; an axis holds at most {MAX_AXIS_VALUES:,} "
+            "(use a coarser step or split the sweep)"
+        )
+    if step_s.startswith("x"):
+        values: list[int] = []
+        v = float(start)
+        while v <= stop:
+            values.append(round(v))
+            v *= factor
+        return values
+    return list(range(start, stop + 1, step))
+
+
+def parse_int_axis(text: str, name: str, minimum: int = 1) -> tuple[int, ...]:
+    """Parse ``1,2,4``, ``1:1024:x2`` (geometric, inclusive) or ``128:1024:+128`` (arithmetic, inclusive).
+    Every value lies in ``minimum .. MAX_AXIS_VALUE``; a range is counted before it is expanded."""
     values: list[int] = []
     for part in text.split(","):
         part = part.strip()
         if not part:
             continue
         try:
-            if ":" in part:
-                start_s, stop_s, step_s = part.split(":")
-                start, stop = int(start_s), int(stop_s)
-                if step_s.startswith("x"):
-                    factor = float(step_s[1:])
-                    if factor <= 1:
-                        raise ValueError
-                    v = float(start)
-                    while v <= stop:
-                        values.append(round(v))
-                        v *= factor
-                else:
-                    step = int(step_s.lstrip("+"))
-                    if step <= 0:
-                        raise ValueError
-                    values.extend(range(start, stop + 1, step))
-            else:
-                values.append(int(part))
-        except ValueError:
-            raise ScenarioError(
-                f"cannot read --{name} {text!r}; write values like 1,2,4 or ranges 1:1024:x2 or 128:1024:+128"
-            ) from None
+            values.extend(_range_values(name, part, minimum) if ":" in part else [int(part)])
+        except ScenarioError:
+            raise
+        except (ValueError, OverflowError, ZeroDivisionError):
+            raise _axis_error(name, text) from None
+        if len(values) > MAX_AXIS_VALUES:
+            raise ScenarioError(f"--{name} has more than {MAX_AXIS_VALUES:,} values; split the sweep")
     if not values:
         raise ScenarioError(f"--{name} is empty; give at least one value")
-    bad = [v for v in values if v < 1]
+    bad = [v for v in values if v < minimum or v > MAX_AXIS_VALUE]
     if bad:
-        raise ScenarioError(f"--{name} values must be >= 1, got {bad[0]}")
+        raise ScenarioError(f"--{name} values must be between {minimum} and {MAX_AXIS_VALUE:,}, got {bad[0]}")
     return tuple(dict.fromkeys(values))
 
 
 def parse_gpus_axis(text: str) -> tuple[int, ...]:
-    """Device counts like :func:`parse_int_axis`, or ``0`` alone: all devices of a system id."""
-    return (0,) if text.strip() == "0" else parse_int_axis(text, "gpus")
+    """Device counts like :func:`parse_int_axis`; ``0`` (alone or in a list) means all devices of a system id."""
+    return parse_int_axis(text, "gpus", minimum=0)
 
 
 LAYOUT_KEYS: dict[str, type] = {
@@ -121,6 +153,8 @@ class Grid:
     kv_dtype: tuple[str, ...] = ("bf16",)
     routing: str = "default"
     prefill_chunk_tokens: int = 8192
+    host_memory_gb: float | None = None
+    """Host DRAM in GB for systems whose entry does not give it (CPU-only rows)."""
     extra: dict[str, Any] = field(default_factory=dict)
     layout: tuple[str, ...] = ("",)
     """Parallel layouts (:func:`parse_layout` strings); ``""`` is the default TP group."""
@@ -134,6 +168,8 @@ class Grid:
             parse_layout(layout)
         if self.prefill_chunk_tokens < 1:
             raise ScenarioError(f"prefill_chunk_tokens must be >= 1, got {self.prefill_chunk_tokens}")
+        if self.host_memory_gb is not None and not (0 < self.host_memory_gb < float("inf")):
+            raise ScenarioError(f"--host-memory-gb must be a positive number of GB, got {self.host_memory_gb}")
 
     @property
     def group_keys(self) -> list[tuple[str, str, int, str, str, str]]:
@@ -187,7 +223,7 @@ class Grid:
 
 _TOML_KEYS = {
     "models", "hardware", "gpus", "batch", "prompt_len", "gen_len", "weight_dtype", "kv_dtype", "routing",
-    "prefill_chunk_tokens", "layout",
+    "prefill_chunk_tokens", "host_memory_gb", "layout",
 }
 
 
@@ -199,6 +235,8 @@ def load_grid_toml(path: Path) -> Grid:
         raise DataFileError(str(path), "file not found") from None
     except IsADirectoryError:
         raise DataFileError(str(path), "is a directory; give the grid's TOML file") from None
+    except OSError as exc:  # a file used as a folder on the way, permissions, a name too long
+        raise DataFileError(str(path), f"cannot be read ({exc.strerror or exc}); give the grid's TOML file") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise DataFileError(str(path), f"not valid TOML ({exc})") from None
     unknown = set(raw) - _TOML_KEYS
@@ -208,9 +246,21 @@ def load_grid_toml(path: Path) -> Grid:
     for key, value in raw.items():
         if key in ("models", "hardware", "weight_dtype", "kv_dtype", "layout"):
             items = [value] if isinstance(value, str) else value
-            kwargs[key] = tuple(str(v) for v in items)
+            if not isinstance(items, list) or not all(isinstance(v, str) for v in items):
+                raise DataFileError(str(path), f"{key!r} must be a string or a list of strings")
+            kwargs[key] = tuple(items)
         elif key in ("gpus", "batch", "prompt_len", "gen_len"):
-            kwargs[key] = parse_int_axis(value, key) if isinstance(value, str) else tuple(int(v) for v in value)
+            items = value if isinstance(value, list) else [value]
+            if not all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in items):
+                raise DataFileError(str(path), f"{key!r} must be integers or axis strings like \"1:1024:x2\"")
+            text = ",".join(str(v) for v in items)
+            kwargs[key] = parse_gpus_axis(text) if key == "gpus" else parse_int_axis(text, key)
+        elif key == "routing" and not isinstance(value, str):
+            raise DataFileError(str(path), "'routing' must be a string, e.g. \"uniform\"")
+        elif key == "prefill_chunk_tokens" and (not isinstance(value, int) or isinstance(value, bool)):
+            raise DataFileError(str(path), "'prefill_chunk_tokens' must be an integer")
+        elif key == "host_memory_gb" and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+            raise DataFileError(str(path), "'host_memory_gb' must be a number of GB")
         else:
             kwargs[key] = value
     if "models" not in kwargs or "hardware" not in kwargs:

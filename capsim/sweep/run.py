@@ -27,7 +27,9 @@ from ..errors import DataFileError, ScenarioError
 from ..hardware import HardwareDB
 from .evaluate import COLUMNS, Group, evaluate_segment, resolve_group
 from .grid import Grid
+from .guard import has_finished_parts
 from .writers import FORMATS, StreamedOutput, atomic_write, cell, encode_chunk, remove_folder, require_pyarrow
+
 
 @dataclass(frozen=True)
 class Filters:
@@ -149,8 +151,17 @@ class SweepRun:
         self.out.parent.mkdir(parents=True, exist_ok=True)
         manifest_path = self.parts_dir / "manifest.json"
         if self.parts_dir.exists() and manifest_path.exists():
-            found = json.loads(manifest_path.read_text())
-            if found != self.manifest():
+            try:
+                found = json.loads(manifest_path.read_text())
+            except (ValueError, OSError):
+                found = None  # unreadable: treated as a different grid
+            if found != self.manifest() and not has_finished_parts(self.parts_dir):
+                # nothing to resume: start over (a fresh stream, the new grid's manifest)
+                for stale in self.parts_dir.iterdir():
+                    if stale.is_file() and stale.name != "lock":
+                        stale.unlink()
+                atomic_write(manifest_path, json.dumps(self.manifest()).encode())
+            elif found != self.manifest():
                 raise ScenarioError(
                     f"{self.parts_dir} holds an interrupted sweep of a different grid or settings; "
                     "delete it or rerun with the same arguments to resume"
@@ -270,7 +281,13 @@ def run_dask(
         raise ScenarioError("the dask backend needs dask[distributed]: pip install 'capsim[dask]'") from None
     cluster = None
     if scheduler:
-        client = Client(scheduler)
+        try:
+            client = Client(scheduler, timeout="10s")
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise ScenarioError(
+                f"cannot reach the Dask scheduler {scheduler!r} ({type(exc).__name__}); check the address "
+                "(tcp://HOST:8786) or omit --scheduler for a local cluster"
+            ) from None
     else:
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
         client = Client(cluster)

@@ -1,0 +1,54 @@
+"""The CLI fuzz suite, short run (issue 15): random argument vectors for every command keep the contract of
+tests/cli_fuzz.py (no traceback, exit 0/1/2 with one error line, no partial or stray files, nothing
+previously written damaged). The long run is scripts/fuzz_cli.py (results in docs/robustness.md)."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import pytest
+from cli_fuzz import COMMANDS, any_argv, argv_for, check, populate
+from hypothesis import HealthCheck, example, given, settings
+
+_short = settings(max_examples=8, deadline=None, database=None,
+                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+def _run(argv: list[str]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        sandbox = Path(tmp)
+        populate(sandbox)
+        outcome = check(argv, sandbox)
+    assert outcome.problem is None, f"capsim {' '.join(argv)!r} -> exit {outcome.exit_code}: {outcome.problem}"
+
+
+@_short
+@given(argv=any_argv())
+# every input class issue 15 listed, pinned
+@example(argv=["sweep", "--model", "mixtral-8x7b", "--hardware", "h100-sxm", "--out", "/proc/grid.csv"])
+@example(argv=["sweep", "--model", "mixtral-8x7b", "--hardware", "h100-sxm", "--out", "corrupt.npz/grid.csv"])
+@example(argv=["sweep", "--model", "mixtral-8x7b", "--hardware", "h100-sxm", "--out", "o.csv", "--pareto", "/proc/p.json"])
+@example(argv=["sweep", "--model", "mixtral-8x7b", "--hardware", "h100-sxm", "--out", "o.csv", "--batch", "-1:8:x2"])
+@example(argv=["sweep", "--model", "mixtral-8x7b", "--hardware", "h100-sxm", "--out", "o.csv", "--batch", "0:8:x2"])
+@example(argv=["sweep", "--model", "mixtral-8x7b", "--hardware", "h100-sxm", "--out", "o.csv",
+               "--gen-len", "99999999999999999999999"])
+@example(argv=["sweep", "--model", "mixtral-8x7b", "--hardware", "h100-sxm", "--out", "o.csv", "--batch", "1:100000000:+1"])
+@example(argv=["sweep", "--model", "mixtral-8x7b", "--hardware", "h100-sxm", "--out", "o.csv",
+               "--backend", "dask", "--workers", "0"])
+@example(argv=["predict", "--prompt-len", "100000"])
+@example(argv=["predict", "--gpus", "3"])
+@example(argv=["predict", "--model", "qwen3-30b-a3b", "--gpus", "6"])
+@example(argv=["trace", "stats", "deepseek-v3-group", "-t", "100000", "--no-png"])
+@example(argv=["fit", "--model", "nosuch"])
+@example(argv=["plan", "--model", "mixtral-8x7b", "--slo-tpot", "50", "--hardware", "h100-sxm"])
+@example(argv=["predict", "--batch", "x"])
+def test_any_command_keeps_the_contract(argv: list[str]) -> None:
+    _run(argv)
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c.words))
+@settings(max_examples=1, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@given(data=__import__("hypothesis").strategies.data())
+def test_every_command_is_fuzzed(command, data) -> None:  # type: ignore[no-untyped-def]
+    _run(data.draw(argv_for(command)))
