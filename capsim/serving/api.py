@@ -89,7 +89,7 @@ def scheduler_for(req: ServeRequest, scenario: Scenario, hardware_db: HardwareDB
     node = db.node(scenario.hardware, scenario.gpus)
     device = getattr(node, "accelerator", None)
     memory = float(device.memory_capacity_gb) * GB if device is not None else 0.0
-    base = preset.config(memory)
+    base = preset.config(memory, device_id=getattr(device, "id", ""))
     return SchedulerConfig(
         max_num_seqs=req.max_num_seqs if req.max_num_seqs is not None else base.max_num_seqs,
         max_batched_tokens=req.max_batched_tokens if req.max_batched_tokens is not None else base.max_batched_tokens,
@@ -121,8 +121,11 @@ def workload_for(req: ServeRequest, rate: float | None) -> Workload:
     if rate is None and not req.offline and req.concurrency is None:
         raise ScenarioError("say how requests arrive: --rate R (req/s), --concurrency N (closed loop) or --offline")
     duration = parse_duration(req.duration) if req.duration is not None else None
-    return build_workload(num_prompts=req.num_prompts, prompt=prompt, output=output, rate=rate,
+    work = build_workload(num_prompts=req.num_prompts, prompt=prompt, output=output, rate=rate,
                           burstiness=req.burstiness, concurrency=req.concurrency, seed=req.seed, duration_s=duration)
+    if req.dataset is not None:
+        work = replace(work, description=f"{work.description} (dataset profile {req.dataset})")
+    return work
 
 
 @dataclass
