@@ -151,8 +151,7 @@ def test_a_feature_is_used_once_the_scenario_has_it(monkeypatch: pytest.MonkeyPa
     a feature whose field is missing makes the case not expressible, naming the feature."""
     from dataclasses import fields
 
-    from capsim import Scenario
-    from capsim import published
+    from capsim import Scenario, published
 
     db = load_hardware_db()
     case = _case(attention_dp=8, gpus_per_replica=8, tp=1, ep=8, hardware="h200-sxm", model="deepseek-r1",

@@ -101,7 +101,7 @@ def parse_gpus_axis(text: str) -> tuple[int, ...]:
 
 LAYOUT_KEYS: dict[str, type] = {
     "tp": int, "attention_dp": int, "ep": int, "pp": int, "dp": int, "nodes": int, "redundant_experts": int,
-    "all_to_all": str, "network": str, "spec": str, "acceptance": float,
+    "all_to_all": str, "network": str, "spec": str, "acceptance": float, "mode": str,
 }
 """Scenario options a sweep layout may set (capsim.scenario.Scenario fields)."""
 
