@@ -109,7 +109,7 @@ def test_fleet_sizing_cli() -> None:
                                  "--fleet-candidates", "h100-sxm:1,2", "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    one, two = sorted(data["options"], key=lambda o: o["gpus_per_replica"])
+    one, _ = sorted(data["options"], key=lambda o: o["gpus_per_replica"])
     assert one["replicas"] is None and "does not fit" in one["note"]  # Mixtral bf16 needs > 1 H100
     assert data["cheapest"]["gpus_per_replica"] == 2
     bad = runner.invoke(app, [*BASE, "--rate", "3", "--fleet-candidates", "h100-sxm:8"])

@@ -94,7 +94,7 @@ def size_fleet(
             options.append(FleetOption(hw, gpus, None, None, "", None, str(exc)))
             continue
 
-        def run(n: int) -> ServeResult:
+        def run(n: int, scenario: Scenario = scenario, sched: SchedulerConfig = sched, rep: Any = rep) -> ServeResult:
             return serve(scenario, sched, work, replicas=n, slo=slo, replica=rep, hardware_db=db, timeline=False)
 
         lo, hi, best = 0, 1, None
