@@ -86,9 +86,9 @@ def weight_precisions(model: ModelSpec, weight_dtype: str | None, expert_dtype: 
     """Precision per weight group (the rule lives in :meth:`ModelSpec.weight_dtypes`); ``expert_dtype``
     overrides the routed experts only (e.g. int4 experts next to bf16 attention, as llama.cpp/KTransformers
     quantise them)."""
-    chosen = {group: weight_precision(name) for group, name in model.weight_dtypes(weight_dtype).items()}
+    chosen = model.weight_precisions(weight_dtype)
     if expert_dtype is not None:
-        chosen["routed_experts"] = weight_precision(expert_dtype)
+        chosen["routed_experts"] = model.weight_precisions(expert_dtype)["routed_experts"]
     return chosen
 
 
@@ -119,7 +119,7 @@ def resolve_on(scenario: Scenario, db: HardwareDB, model: ModelSpec, count: int 
         if (scenario.tp or 1) * scenario.pp * scenario.dp * scenario.nodes > 1:
             raise ScenarioError("CPU-only execution runs on one node's sockets; drop --tp/--pp/--dp/--nodes")
         device = cpu_device(node, deployment)
-        eff = db.efficiency("cpu")
+        eff = db.efficiency_for(node.cpus[0][0])  # the CPU entry's own [efficiency] (sustained bandwidth) merged
         layout = Layout()
     else:
         device = node.accelerator
@@ -168,7 +168,9 @@ def resolve_on(scenario: Scenario, db: HardwareDB, model: ModelSpec, count: int 
         peak_flops={key: v * TFLOPS for key, v in device.peak_tflops_dense.items()},
         memory_bandwidth=device.memory_bandwidth_gb_s * GB_PER_S,
         compute_fraction=eff.compute_fraction,
-        memory_fraction=eff.memory_bw_fraction,
+        # CPU execution: sustained streaming (memory_bw_fraction) x what CPU MoE engines' kernels reach of it
+        # (fitted); an accelerator entry (a calibrated machine included) carries its own measured fractions
+        memory_fraction=eff.memory_bw_fraction * (eff.kernel_bw_fraction if deployment.mode == "cpu" else 1.0),
         step_overhead_s=eff.step_overhead_s,
         per_layer_overhead_s=eff.per_layer_overhead_s,
         link_bandwidth=node.gpu_to_gpu_bandwidth() if min(layout.expert_ranks, node.accelerator_count) > 1 else 0.0,
@@ -183,7 +185,10 @@ def resolve_on(scenario: Scenario, db: HardwareDB, model: ModelSpec, count: int 
 
         scale_out, _ = scale_out_bandwidth(node, db, scenario.network)
     router = make_router(scenario.routing, model, seed=scenario.seed) if model.is_moe else None
-    cpu_eff = db.efficiency("cpu") if "cpu" in db.efficiency_classes() else None
+    cpu_eff = None
+    if "cpu" in db.efficiency_classes():
+        cpus = getattr(node, "cpus", ())
+        cpu_eff = db.efficiency_for(cpus[0][0]) if cpus else db.efficiency("cpu")
     rs = ResolvedScenario(scenario, model, node, device, eff, placement, rates, router, deployment,
                           layout=layout, scale_out_bytes_s=scale_out, cpu_efficiency=cpu_eff)
     if scenario.spec is not None:
@@ -607,6 +612,10 @@ def _apply_mode(rs: ResolvedScenario, memory: MemoryPlan, batch: int, prefill: P
         from .offload import apply_cpu_experts
 
         return apply_cpu_experts(rs, batch, prefill, decode)
+    if mode == "cpu" and rs.deployment.numa == "tp":
+        from .offload import apply_socket_tp
+
+        return apply_socket_tp(rs, prefill, decode)
     return {"mode": mode}
 
 

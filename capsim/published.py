@@ -70,7 +70,7 @@ _REQUIRED: dict[str, type | tuple[type, ...]] = {
 }
 _OPTIONAL: dict[str, type | tuple[type, ...]] = {
     "commit": str, "published": str, "system": str, "hardware": str, "attention_dp": int, "pp": int,
-    "cpu": str, "cpu_sockets": int, "dram": str, "host_memory_gb": (int, float), "cpu_expert_layers": int, "batch_upper_bound": bool,
+    "cpu": str, "cpu_sockets": int, "dram": str, "host_memory_gb": (int, float), "cpu_expert_layers": int, "batch_upper_bound": bool, "numa": str,
     "includes_prefill": bool, "speculative": bool, "engine": str, "notes": list,
     "redundant_experts": int, "all_to_all": str, "network": str, "spec": str, "two_batch_overlap": bool,
 }
@@ -109,6 +109,8 @@ class PublishedCase:
     dram: str | None = None
     host_memory_gb: float | None = None
     cpu_expert_layers: int | None = None
+    numa: str | None = None
+    """How the CPU sockets share the weights (capsim --numa); None: replicate for multi-socket CPU-only runs."""
     batch_upper_bound: bool = False
     includes_prefill: bool = False
     speculative: bool = False
@@ -279,7 +281,9 @@ def scenario_for(case: PublishedCase, db: HardwareDB) -> tuple[Scenario, Hardwar
             settings[name] = getattr(case, name)
     if case.host_memory_gb is not None:
         settings["host_memory_gb"] = float(case.host_memory_gb)
-    if case.placement == "cpu-only" and case.cpu_sockets and case.cpu_sockets > 1:
+    if case.numa is not None:
+        settings["numa"] = case.numa
+    elif case.placement == "cpu-only" and case.cpu_sockets and case.cpu_sockets > 1:
         settings["numa"] = "replicate"
     if case.placement == "cpu-experts" and case.cpu_expert_layers is not None:
         settings["placement"] = f"experts[0:{case.cpu_expert_layers}]:dram"

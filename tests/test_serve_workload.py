@@ -134,3 +134,26 @@ def test_closed_loop_keeps_n_in_flight():
     assert np.all(arr[:4] == 0.0)
     finishes = set(np.round(fin, 12))
     assert all(round(a, 12) in finishes for a in arr[4:])
+
+
+def test_fleet_sizing_finds_the_fewest_replicas_and_prices_them():
+    """The answer is minimal (one replica fewer misses the SLO) and costs replicas x GPUs x the database's
+    cloud price (h100-sxm: 4.916 USD per GPU-hour, AWS capacity block, hardware_db)."""
+    from capsim.serving.fleet import parse_candidates, size_fleet
+
+    sched = SchedulerConfig(max_num_seqs=256, max_batched_tokens=8192)
+    work = build_workload(num_prompts=600, prompt=parse_length("1000", "p"), output=parse_length("100", "o"),
+                          rate=30.0, seed=5)
+    slo = {"tpot": 0.030}
+    base = Scenario(model="mixtral-8x7b", hardware="h100-sxm")
+    options = size_fleet(base, parse_candidates("h100-sxm:2"), lambda sc: sched, work, slo)
+    best = options[0]
+    assert best.replicas is not None and best.replicas >= 1
+    assert best.usd_per_hour == pytest.approx(best.replicas * 2 * 4.916, rel=1e-12)
+    assert best.result.latency["tpot"]["p99"] <= 0.030
+    if best.replicas > 1:
+        scen = Scenario(model="mixtral-8x7b", hardware="h100-sxm", gpus=2)
+        fewer = serve(scen, sched, work, replicas=best.replicas - 1)
+        assert fewer.latency["tpot"]["p99"] > 0.030
+    with pytest.raises(ScenarioError, match="write HARDWARE:GPUS"):
+        parse_candidates("h100-sxm")

@@ -222,6 +222,7 @@ def register(app: typer.Typer) -> None:
         cache_policy: Annotated[str, typer.Option(help=_help("cache_policy"))] = _DEFAULTS["cache_policy"],
         prefetch: Annotated[bool, typer.Option("--prefetch/--no-prefetch", help=_help("prefetch"))] = _DEFAULTS["prefetch"],
         numa: Annotated[str, typer.Option(help=_help("numa"))] = _DEFAULTS["numa"],
+        threads: Annotated[Optional[int], typer.Option(help=_help("threads"))] = _DEFAULTS["threads"],
         host_memory_gb: Annotated[Optional[float], typer.Option(help=_help("host_memory_gb"))] = _DEFAULTS["host_memory_gb"],
         placement: Annotated[Optional[str], typer.Option(help=_help("placement"))] = _DEFAULTS["placement"],
         ep: Annotated[int, typer.Option(help=_help("ep"))] = _DEFAULTS["ep"],
@@ -254,7 +255,7 @@ def register(app: typer.Typer) -> None:
             prefetch=prefetch, numa=numa, host_memory_gb=host_memory_gb, placement=placement, ep=ep,
             attention_dp=attention_dp, redundant_experts=redundant_experts, all_to_all=all_to_all,
             spec=spec, acceptance=acceptance, two_batch_overlap=two_batch_overlap,
-            tp=tp, pp=pp, dp=dp, nodes=nodes, network=network, expert_dtype=expert_dtype,
+            tp=tp, pp=pp, dp=dp, nodes=nodes, network=network, expert_dtype=expert_dtype, threads=threads,
         )
         preset = None
         if system is not None:

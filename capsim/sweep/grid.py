@@ -158,7 +158,7 @@ class Grid:
     gen_len: tuple[int, ...] = (128,)
     weight_dtype: tuple[str, ...] = ("native",)
     kv_dtype: tuple[str, ...] = ("bf16",)
-    routing: str = "uniform"
+    routing: str = "default"
     prefill_chunk_tokens: int = 8192
     host_memory_gb: float | None = None
     """Host DRAM in GB for systems whose entry does not give it (CPU-only rows)."""
