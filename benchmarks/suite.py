@@ -4,9 +4,9 @@ scalar ``predict`` time per execution mode, and the ratio to the peers' per-conf
 Grids:
 - GPU-resident: 2 models x 5 devices x 4 GPU counts x 250 batches x 10 prompt x 10 generated lengths = 10^6
   (benchmarks/sweep_throughput.py's grid);
-- mixed-mode: GPU-resident, offload, CPU-expert and EP groups in one grid, where the sweep has those axes;
-- EP/offload: only expert-parallel and offload groups, likewise.
-A grid whose axes the sweep does not have yet is reported as such (not timed through ``predict``).
+- mixed: GPU-resident, CPU-expert (``mode=cpu-experts``) and EP groups (offload is not a sweep axis);
+- EP layouts: DeepSeek-V3 and Qwen3-235B expert-parallel layouts on 8 GPUs.
+End-to-end output rates are timed for the GPU-resident grid.
 
 Peers (per configuration, one core, measured side by side in issue 16): LLM-Viewer 0.14 ms, llm-analysis
 0.55 ms, GenZ 260 ms. "x peer" = peer's time per configuration / capsim's.
@@ -75,23 +75,30 @@ def pin_one_core() -> str:
         return "not pinned (no sched_setaffinity)"
 
 
-def mixed_grid() -> Grid | None:
-    """GPU-resident, offload, CPU-expert and EP groups together, if the sweep has mode and EP axes."""
-    fields = {f.name for f in dataclasses.fields(Grid)}
-    if not {"mode", "ep"} <= fields:
-        return None
-    return Grid(models=("mixtral-8x7b", "qwen3-30b-a3b"), hardware=("h100-sxm", "epyc-9654-4090"),  # type: ignore[call-arg]
-                gpus=(1, 2), batch=tuple(range(1, 101)), prompt_len=(128, 512, 2048, 8192),
-                gen_len=(16, 128, 512, 2048), mode=("gpu", "offload", "cpu-experts"), ep=(1, 2))
+NUMERIC = dict(batch=tuple(range(1, 101)), prompt_len=(128, 512, 2048, 8192), gen_len=(16, 128, 512, 2048))
 
 
-def ep_offload_grid() -> Grid | None:
-    fields = {f.name for f in dataclasses.fields(Grid)}
-    if not {"mode", "ep"} <= fields:
-        return None
-    return Grid(models=("deepseek-v3", "qwen3-235b-a22b"), hardware=("h100-sxm", "h200-sxm"),  # type: ignore[call-arg]
-                gpus=(8,), batch=tuple(range(1, 257)), prompt_len=(512, 4096), gen_len=(128, 1024),
-                mode=("gpu", "offload"), ep=(1, 8))
+def mixed_grids() -> list[Grid]:
+    """GPU-resident, CPU-expert and EP groups (every group valid: a product grid would add cheap "does not
+    run" rows). Offload is not a sweep axis (docs/sweep.md), so it is absent here."""
+    return [
+        Grid(models=("mixtral-8x7b", "qwen3-30b-a3b"), hardware=("h100-sxm", "h200-sxm"), gpus=(2,), **NUMERIC),
+        Grid(models=("mixtral-8x7b", "qwen3-30b-a3b"), hardware=("epyc-9654-4090",), gpus=(1,),
+             weight_dtype=("int4",), layout=("mode=cpu-experts",), **NUMERIC),
+        Grid(models=("qwen3-30b-a3b", "mixtral-8x7b"), hardware=("h100-sxm",), gpus=(8,),
+             layout=("tp=8,ep=8", "tp=1,attention_dp=8,ep=8"), **NUMERIC),
+    ]
+
+
+def ep_grids() -> list[Grid]:
+    """Expert-parallel layouts of DeepSeek-V3 (fp8) on 8 H200 and Qwen3-235B on 8 H100."""
+    numeric = dict(batch=tuple(range(1, 257)), prompt_len=(512, 4096), gen_len=(128, 1024))
+    return [
+        Grid(models=("deepseek-v3",), hardware=("h200-sxm",), gpus=(8,), weight_dtype=("fp8",),
+             layout=("tp=8,ep=8", "tp=1,attention_dp=8,ep=8", "tp=8,ep=4"), **numeric),
+        Grid(models=("qwen3-235b-a22b",), hardware=("h100-sxm",), gpus=(8,),
+             layout=("tp=8,ep=8", "tp=1,attention_dp=8,ep=8"), **numeric),
+    ]
 
 
 def timed(fn: Any) -> tuple[float, float]:
@@ -100,18 +107,24 @@ def timed(fn: Any) -> tuple[float, float]:
     return time.perf_counter() - start, time.process_time() - start_cpu
 
 
-def evaluation_rate(grid: Grid, db: Any, chunk: int) -> tuple[float, float, int]:
-    groups = resolve_groups(grid, db)
-    evaluate_chunk(grid, groups, 0, min(10, grid.size))  # one-off: lambdify the formulas
+def evaluation_rate(grids: list[Grid], db: Any, chunk: int) -> tuple[float, float, int, int, list[str]]:
+    """(configs/s wall, configs/s CPU, rows, feasible rows, reasons groups did not run) over the grids."""
+    resolved = [(grid, resolve_groups(grid, db)) for grid in grids]
+    for grid, groups in resolved:
+        evaluate_chunk(grid, groups, 0, min(10, grid.size))  # one-off: lambdify the formulas
     feasible = 0
+    reasons = sorted({g.error for _, groups in resolved for g in groups if g.error})
 
     def run() -> None:
         nonlocal feasible
-        for begin in range(0, grid.size, chunk):
-            feasible += int(evaluate_chunk(grid, groups, begin, min(grid.size, begin + chunk))["feasible"].sum())
+        for grid, groups in resolved:
+            for begin in range(0, grid.size, chunk):
+                cols = evaluate_chunk(grid, groups, begin, min(grid.size, begin + chunk))
+                feasible += int(cols["feasible"].sum())
 
     wall, cpu = timed(run)
-    return grid.size / wall, grid.size / cpu, feasible
+    rows = sum(grid.size for grid in grids)
+    return rows / wall, rows / cpu, rows, feasible, reasons
 
 
 def end_to_end_rate(grid: Grid, db: Any, fmt: str, chunk: int, folder: Path) -> tuple[float, float, float]:
@@ -158,27 +171,23 @@ def main() -> None:
     args = parser.parse_args()
     print(f"one core: {pin_one_core()}; numpy {np.__version__}")
     db = load_hardware_db()
-    grids: dict[str, Grid | None] = {"GPU-resident": benchmark_grid(), "mixed-mode": mixed_grid(),
-                                     "EP/offload": ep_offload_grid()}
+    gpu_grid = benchmark_grid()
     if args.quick:
-        g = grids["GPU-resident"]
-        assert g is not None
-        grids["GPU-resident"] = dataclasses.replace(g, batch=g.batch[:25])
+        gpu_grid = dataclasses.replace(gpu_grid, batch=gpu_grid.batch[:25])
+    grids = {"GPU-resident": [gpu_grid], "mixed (GPU, CPU-expert, EP groups)": mixed_grids(),
+             "EP layouts": ep_grids()}
+    print("offload: not a sweep axis (docs/sweep.md); its scalar predict time is below")
     with tempfile.TemporaryDirectory() as tmp:
-        for name, grid in grids.items():
-            if grid is None:
-                print(f"{name}: not sweepable yet (the sweep grid has no mode/EP axis)")
-                continue
-            try:
-                wall_rate, cpu_rate, feasible = evaluation_rate(grid, db, args.chunk)
-            except CapsimError as exc:
-                print(f"{name}: {exc}")
-                continue
-            print(f"{name}: {grid.size:,} configurations ({feasible:,} fit)")
+        for name, members in grids.items():
+            wall_rate, cpu_rate, rows, feasible, reasons = evaluation_rate(members, db, args.chunk)
+            print(f"{name}: {rows:,} configurations ({feasible:,} fit)")
+            for reason in reasons:
+                print(f"  a group did not run: {reason}")
             print(f"  evaluation : {wall_rate:>12,.0f} configs/s wall {cpu_rate:>12,.0f} configs/s CPU   "
                   f"({peer_ratios(1 / cpu_rate)})")
-            if args.skip_e2e:
+            if args.skip_e2e or len(members) > 1:
                 continue
+            grid = members[0]
             for fmt in ("parquet", "csv"):
                 wall_rate, cpu_rate, size_mb = end_to_end_rate(grid, db, fmt, args.chunk, Path(tmp))
                 print(f"  end to end {fmt:<8}: {wall_rate:>9,.0f} rows/s wall {cpu_rate:>12,.0f} rows/s CPU   "

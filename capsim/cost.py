@@ -170,6 +170,7 @@ class CostInputs:
     def to_dict(self) -> dict[str, Any]:
         return {
             "inputs": self.basis(),
+            "grid_gco2_per_kwh": self.grid_gco2_per_kwh,
             "purchase_usd_overrides": dict(self.purchase_usd),
             "cloud_usd_per_hour_overrides": dict(self.cloud_usd_per_hour),
         }

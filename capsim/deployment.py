@@ -19,9 +19,20 @@ Modes (``--mode``):
   synchronous page faults).
 - ``cpu``: everything on the CPU sockets (CPU-only serving); SSD-placed experts are paged into DRAM.
 
-NUMA: a model copy in one socket's DRAM streams at one socket's bandwidth; ``--numa replicate`` keeps one copy
-per socket (memory x sockets) and streams at the sum. The inter-socket link is not in the database, so
-interleaving across sockets is not modelled.
+NUMA (``--numa``), for S sockets of per-socket bandwidth B joined by a link of L per direction:
+
+- ``single``: the weights and the threads on one socket: bandwidth B, one socket's FLOPS;
+- ``replicate``: one copy of the weights per socket (memory x S), each socket's threads read their local copy
+  (KTransformers USE_NUMA, llama.cpp ``--numa distribute`` with a copy per node): S·B, S sockets' FLOPS;
+- ``interleave``: one copy with pages spread over the sockets (``numactl --interleave``): a share (S−1)/S of
+  every socket's reads crosses the link, so each socket streams at min(B, L·S/(S−1)) and the node at S times that;
+- ``tp``: tensor parallel across sockets (SGLang's multi-NUMA TP): each socket holds and reads its 1/S shard
+  of every matrix (S·B, one copy in memory) and every decoder layer all-reduces its activations over the
+  link twice (latency + T·d·2 bytes / L each).
+
+``--threads N`` (CPU execution) uses N of the sockets' physical cores: FLOPS scale by N / cores (SMT threads
+share a core's vector units); bandwidth is not capped by the thread count (no per-core bandwidth figure is in
+the database).
 """
 
 from __future__ import annotations
@@ -46,7 +57,7 @@ if TYPE_CHECKING:
 MODES = ("gpu", "offload", "cpu-experts", "cpu")
 CACHE_POLICIES = ("lru", "lfu", "oracle")
 EXPERT_TIERS = ("dram", "ssd")
-NUMA_POLICIES = ("single", "replicate")
+NUMA_POLICIES = ("single", "replicate", "interleave", "tp")
 
 
 @dataclass(frozen=True)
@@ -62,6 +73,8 @@ class Deployment:
     numa: str = "single"
     host_memory_gb: float | None = None
     cache_sample_steps: int = 64
+    threads: int | None = None
+    """CPU threads (physical cores) used; None = every core of the sockets used."""
     placement: str | None = None
     """A ``--placement`` spec (:mod:`capsim.placement`); None = derived from mode, expert_layers, expert_tier."""
 
@@ -71,6 +84,9 @@ class Deployment:
         for value, valid, label in checks:
             if value not in valid:
                 raise ScenarioError(f"unknown {label} {value!r}; choose one of {', '.join(valid)}")
+        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
+                                         or self.threads < 1):
+            raise ScenarioError(f"--threads must be an integer >= 1, got {self.threads!r}")
         if self.host_memory_gb is not None and self.host_memory_gb <= 0:
             raise ScenarioError(f"host memory must be > 0 GB, got {self.host_memory_gb}")
         if self.placement is not None:
@@ -107,31 +123,78 @@ def host_memory_bytes(node: System, deployment: Deployment) -> float:
     return node.dram.capacity_gb * GB
 
 
+def sockets_used(node: System, deployment: Deployment) -> int:
+    """Sockets whose threads and memory the CPU execution uses: 1 for ``single``, all for the other modes."""
+    if not node.cpus:
+        raise MissingValueError(node.id, "cpus", "CPU execution (the node lists no CPU entry)")
+    return 1 if deployment.numa == "single" else node.cpus[0][1]
+
+
+def weight_copies(node: System, deployment: Deployment) -> int:
+    """Copies of the CPU-held weights in host memory: one per socket with ``replicate``, else one."""
+    return node.cpus[0][1] if deployment.numa == "replicate" and node.cpus else 1
+
+
+def socket_link_bandwidth(node: System, what: str) -> float:
+    """Bytes/s per direction between two sockets of the node's CPU (MissingValueError when not listed)."""
+    cpu, _ = node.cpus[0]
+    if cpu.socket_link_gb_s_per_dir is None:
+        raise MissingValueError(cpu.id, "socket_link_gb_s_per_dir", what)
+    return cpu.socket_link_gb_s_per_dir * GB_PER_S
+
+
 def cpu_rates(node: System, deployment: Deployment) -> tuple[float, dict[str, float], int, str]:
     """(streaming bandwidth bytes/s, peak FLOP/s by precision, sockets used, derivation) of the node's CPUs.
 
-    Bandwidth = min(socket DDR peak, populated channels' peak) of one socket, times the sockets a weight copy
-    is replicated on (``numa``)."""
+    Per socket: the populated channels' peak (the CPU entry's own figure when the node lists no DRAM); over the
+    sockets used as the NUMA mode says
+    (module docstring); FLOPS x threads / cores with ``--threads``."""
     if not node.cpus:
         raise MissingValueError(node.id, "cpus", "CPU execution (the node lists no CPU entry)")
     cpu, sockets = node.cpus[0]
     per_socket = cpu.memory_bandwidth_bytes_s
     how = f"{cpu.id}: {cpu.memory_bandwidth_gb_s:g} GB/s per socket"
     if node.dram is not None:
+        # the system entry says which DIMMs are installed (e.g. MRDIMM-8800 on a Xeon 6980P rated with DDR5-6400
+        # in its own entry): their channels set the bandwidth (the loader checks the channel count fits)
         populated = node.dram.bandwidth_bytes_s / max(sockets, 1)
-        if populated < per_socket:
+        if populated != per_socket:
             per_socket = populated
-            how += f", limited by {node.dram.channels} populated channels of {node.dram.dram.id}"
-    used = sockets if deployment.numa == "replicate" else 1
-    peaks = {key: v * TFLOPS * used for key, v in cpu.peak_tflops_dense.items()}
-    return per_socket * used, peaks, used, how + f"; {used} socket(s) streaming ({deployment.numa})"
+            how = (f"{cpu.id}: {populated / GB_PER_S:g} GB/s per socket from {node.dram.channels // max(sockets, 1)} "
+                   f"populated channels of {node.dram.dram.id}")
+    used = sockets_used(node, deployment)
+    if deployment.numa == "interleave" and used > 1:
+        link = socket_link_bandwidth(node, "--numa interleave (reads crossing the socket link)")
+        crossing = link * used / (used - 1)
+        if crossing < per_socket:
+            per_socket = crossing
+            how += f", limited by the socket link ({link / GB_PER_S:g} GB/s per direction)"
+    cores = cpu.cores * used
+    threads = min(deployment.threads, cores) if deployment.threads is not None else cores
+    peaks = {key: v * TFLOPS * used * threads / cores for key, v in cpu.peak_tflops_dense.items()}
+    how += f"; {used} socket(s) streaming ({deployment.numa})"
+    if deployment.threads is not None:
+        how += f"; {threads} of {cores} cores computing"
+    return per_socket * used, peaks, used, how
+
+
+def socket_allreduce_time(node: System, deployment: Deployment, tokens: np.ndarray, hidden: int,
+                          latency_s: float) -> np.ndarray:
+    """``--numa tp``: seconds of one all-reduce of the pass's activations between the sockets: latency +
+    T·d·2 bytes x (S−1)/S over the socket link (each socket sends the others its partial sums once)."""
+    used = sockets_used(node, deployment)
+    if deployment.numa != "tp" or used < 2:
+        return np.zeros_like(np.asarray(tokens, dtype=np.float64))
+    link = socket_link_bandwidth(node, "--numa tp (the per-layer all-reduce between sockets)")
+    data = np.asarray(tokens, dtype=np.float64) * hidden * 2.0 * (used - 1) / used
+    return latency_s + data / link
 
 
 def cpu_device(node: System, deployment: Deployment) -> Accelerator:
     """The node's CPU sockets as a compute device (for ``--mode cpu``), with its derivation as provenance."""
     bandwidth, peaks, used, how = cpu_rates(node, deployment)
     cpu, sockets = node.cpus[0]
-    capacity = host_memory_bytes(node, deployment) / (sockets if deployment.numa == "replicate" else 1)
+    capacity = host_memory_bytes(node, deployment) / weight_copies(node, deployment)
     source = f"derived from {node.id}: {how}"
     prov = {"memory_bandwidth_gb_s": Sourced(bandwidth / GB_PER_S, source),
             "memory_capacity_gb": Sourced(capacity / GB, source)}

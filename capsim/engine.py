@@ -86,9 +86,9 @@ def weight_precisions(model: ModelSpec, weight_dtype: str | None, expert_dtype: 
     """Precision per weight group (the rule lives in :meth:`ModelSpec.weight_dtypes`); ``expert_dtype``
     overrides the routed experts only (e.g. int4 experts next to bf16 attention, as llama.cpp/KTransformers
     quantise them)."""
-    chosen = {group: weight_precision(name) for group, name in model.weight_dtypes(weight_dtype).items()}
+    chosen = model.weight_precisions(weight_dtype)
     if expert_dtype is not None:
-        chosen["routed_experts"] = weight_precision(expert_dtype)
+        chosen["routed_experts"] = model.weight_precisions(expert_dtype)["routed_experts"]
     return chosen
 
 
@@ -119,7 +119,7 @@ def resolve_on(scenario: Scenario, db: HardwareDB, model: ModelSpec, count: int 
         if (scenario.tp or 1) * scenario.pp * scenario.dp * scenario.nodes > 1:
             raise ScenarioError("CPU-only execution runs on one node's sockets; drop --tp/--pp/--dp/--nodes")
         device = cpu_device(node, deployment)
-        eff = db.efficiency("cpu")
+        eff = db.efficiency_for(node.cpus[0][0])  # the CPU entry's own [efficiency] (sustained bandwidth) merged
         layout = Layout()
     else:
         device = node.accelerator
@@ -154,6 +154,9 @@ def resolve_on(scenario: Scenario, db: HardwareDB, model: ModelSpec, count: int 
         if model.is_moe:
             check_expert_layout(model.moe.num_experts, scenario.ep, layout.expert_ranks,  # type: ignore[union-attr]
                                 scenario.redundant_experts)
+    if scenario.two_batch_overlap and layout.ep == 1 and layout.attention_dp == 1:
+        raise ScenarioError("--two-batch-overlap hides dispatch/combine behind compute; give --ep > 1 or "
+                            "--attention-dp > 1 (a TP group has no all-to-all to hide)")
     placement = Placement(
         tp=tp,
         weight_precision=weight_precisions(model, scenario.weight_dtype, scenario.expert_dtype),
@@ -165,7 +168,9 @@ def resolve_on(scenario: Scenario, db: HardwareDB, model: ModelSpec, count: int 
         peak_flops={key: v * TFLOPS for key, v in device.peak_tflops_dense.items()},
         memory_bandwidth=device.memory_bandwidth_gb_s * GB_PER_S,
         compute_fraction=eff.compute_fraction,
-        memory_fraction=eff.memory_bw_fraction,
+        # CPU execution: sustained streaming (memory_bw_fraction) x what CPU MoE engines' kernels reach of it
+        # (fitted); an accelerator entry (a calibrated machine included) carries its own measured fractions
+        memory_fraction=eff.memory_bw_fraction * (eff.kernel_bw_fraction if deployment.mode == "cpu" else 1.0),
         step_overhead_s=eff.step_overhead_s,
         per_layer_overhead_s=eff.per_layer_overhead_s,
         link_bandwidth=node.gpu_to_gpu_bandwidth() if min(layout.expert_ranks, node.accelerator_count) > 1 else 0.0,
@@ -180,7 +185,10 @@ def resolve_on(scenario: Scenario, db: HardwareDB, model: ModelSpec, count: int 
 
         scale_out, _ = scale_out_bandwidth(node, db, scenario.network)
     router = make_router(scenario.routing, model, seed=scenario.seed) if model.is_moe else None
-    cpu_eff = db.efficiency("cpu") if "cpu" in db.efficiency_classes() else None
+    cpu_eff = None
+    if "cpu" in db.efficiency_classes():
+        cpus = getattr(node, "cpus", ())
+        cpu_eff = db.efficiency_for(cpus[0][0]) if cpus else db.efficiency("cpu")
     rs = ResolvedScenario(scenario, model, node, device, eff, placement, rates, router, deployment,
                           layout=layout, scale_out_bytes_s=scale_out, cpu_efficiency=cpu_eff)
     if scenario.spec is not None:
@@ -513,11 +521,21 @@ def decode_steps(rs: ResolvedScenario, batch: np.ndarray, context: np.ndarray) -
     layouts (capsim.parallel), and the draft passes (capsim.speculative). What the layout and the drafts
     decided is left in ``cost.extra`` ("ep", "speculative")."""
     spec = rs.speculation
-    cost = decode_passes(rs, batch, context, spec.draft_tokens + 1 if spec is not None else 1)  # type: ignore[attr-defined]
+    per_sequence = spec.draft_tokens + 1 if spec is not None else 1  # type: ignore[attr-defined]
+    tbo = rs.scenario.two_batch_overlap
+    micro = np.ceil(np.asarray(batch, dtype=np.float64) / 2.0) if tbo else batch
+    cost = decode_passes(rs, micro, context, per_sequence)
     if rs.layout.ep > 1 or rs.layout.attention_dp > 1:
         from .parallel import apply_expert_parallel
 
         cost.extra["ep"] = apply_expert_parallel(rs, cost, "decode")  # type: ignore[assignment]
+    if tbo and cost.time.size:
+        from .parallel import two_batch_overlap
+
+        info = cost.extra.get("ep", {})
+        cost = two_batch_overlap(rs, cost)
+        cost.extra["ep"] = {**info, "two_batch_overlap": True,  # type: ignore[dict-item]
+                            "all_to_all_exposed_s_per_pass": float(cost.time_by_op["all_to_all"].mean())}
     if spec is not None:
         from .speculative import add_draft_passes
 
@@ -594,6 +612,10 @@ def _apply_mode(rs: ResolvedScenario, memory: MemoryPlan, batch: int, prefill: P
         from .offload import apply_cpu_experts
 
         return apply_cpu_experts(rs, batch, prefill, decode)
+    if mode == "cpu" and rs.deployment.numa == "tp":
+        from .offload import apply_socket_tp
+
+        return apply_socket_tp(rs, prefill, decode)
     return {"mode": mode}
 
 

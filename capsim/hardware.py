@@ -55,6 +55,9 @@ EFFICIENCY_FIELDS: tuple[str, ...] = (
 GEMM_CURVE_FIELD = "gemm_tokens_efficiency"
 GEMM_OVERLAP_FIELD = "gemm_overlap_exponent"
 """Optional efficiency table: tokens per weight matrix M (integer keys >= 1, ascending) -> bandwidth fraction."""
+KERNEL_BW_FIELD = "kernel_bw_fraction"
+"""Optional efficiency field: the fraction of the sustained bandwidth (``memory_bw_fraction`` x peak) that an
+engine's inference kernels reach when streaming weights (1 when absent); fitted for the ``cpu`` class."""
 FABRICS: tuple[str, ...] = ("nvswitch", "full-mesh", "pcie", "none")
 LINK_TOPOLOGIES: tuple[str, ...] = ("switch", "mesh", "pair", "torus", "point-to-point", "network")
 LINK_SCOPES: tuple[str, ...] = ("per-device", "per-link", "per-port")
@@ -134,6 +137,12 @@ class Efficiency:
         return tuple(m for m, _ in points), tuple(f for _, f in points)
 
     @property
+    def kernel_bw_fraction(self) -> float:
+        """Fraction of the sustained bandwidth the engine's kernels reach streaming weights (1 when absent)."""
+        entry = self.provenance.get(KERNEL_BW_FIELD)
+        return 1.0 if entry is None else float(entry.value)
+
+    @property
     def gemm_overlap_exponent(self) -> float | None:
         """p of the weight GEMMs' soft roofline t = (t_c^p + t_m^p)^(1/p) (``gemm_overlap_exponent``); None
         when absent (the plain roofline max(t_c, t_m), the limit p -> infinity)."""
@@ -143,6 +152,8 @@ class Efficiency:
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"device_class": self.device_class}
         out.update({name: getattr(self, name) for name in EFFICIENCY_FIELDS})
+        if KERNEL_BW_FIELD in self.provenance:
+            out[KERNEL_BW_FIELD] = self.kernel_bw_fraction
         if self.gemm_m_curve is not None:
             out[GEMM_CURVE_FIELD] = {str(int(m)): f for m, f in zip(*self.gemm_m_curve)}
         if self.gemm_overlap_exponent is not None:
@@ -257,6 +268,8 @@ class CPU(_EntryMixin):
     provenance: Provenance
     efficiency_overrides: Provenance = field(default_factory=lambda: _EMPTY)
     file: str = ""
+    socket_link_gb_s_per_dir: float | None = None
+    """Bandwidth per direction between two sockets of this CPU (all UPI / Infinity Fabric links together)."""
 
     def peak_flops(self, key: str) -> float:
         """Derived peak FLOP/s per socket for ``key``; MissingValueError where not derivable."""
@@ -572,6 +585,7 @@ def _efficiency_fields(prefix: str, required: bool) -> dict[str, _Field]:
     fields[f"{prefix}{GEMM_CURVE_FIELD}.#"] = _Field("fraction")
     # optional soft-roofline exponent of weight GEMMs (>= 1; absent = max(t_compute, t_memory))
     fields[f"{prefix}{GEMM_OVERLAP_FIELD}"] = _Field("float")
+    fields[f"{prefix}{KERNEL_BW_FIELD}"] = _Field("fraction")
     return fields
 
 
@@ -608,6 +622,7 @@ _SCHEMAS: dict[str, dict[str, _Field]] = {
         "memory_channels": _Field("int", True),
         "dram_kind": _Field("ref:dram"),
         "memory_bandwidth_gb_s": _Field("float", True),
+        "socket_link_gb_s_per_dir": _Field("float"),
         **_peaks("peak_tflops_dense"),
         "tdp_w": _Field("float"),
         "idle_w": _Field("float"),
@@ -961,6 +976,7 @@ def _build_cpu(r: _Record) -> CPU:
         provenance=f,
         efficiency_overrides=_overrides(f),
         file=r.path,
+        socket_link_gb_s_per_dir=_v(f, "socket_link_gb_s_per_dir"),
     )
 
 

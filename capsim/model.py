@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Literal
 
-from .precision import kv_precision, weight_precision
+from .precision import Precision, kv_precision, weight_precision
 
 AttentionKind = Literal["gqa", "mla"]
 
@@ -336,18 +336,26 @@ class ModelSpec:
         """Published storage precision of weight ``group`` (``native_dtypes``; bf16 where not listed)."""
         return self.native_dtypes.get(group, "bf16")
 
-    def weight_dtypes(self, weight_dtype: str | None = None) -> dict[str, str]:
-        """Storage precision per weight group: the native dtypes, or ``weight_dtype`` for the
-        :data:`QUANTISABLE_GROUPS` with the other groups in bf16."""
+    def weight_precisions(self, weight_dtype: str | None = None) -> dict[str, Precision]:
+        """Storage precision per weight group: the native dtypes; or ``weight_dtype`` for the
+        :data:`QUANTISABLE_GROUPS` with the other groups in bf16; or, for a GGUF file type (``q4_k_m``), the
+        mix llama.cpp's quantizer writes per group, embeddings and lm_head included (:mod:`capsim.gguf`)."""
         if weight_dtype is None:
-            return {g: self.weight_dtype(g) for g in WEIGHT_GROUPS}
-        chosen = weight_precision(weight_dtype).name
-        return {g: chosen if g in QUANTISABLE_GROUPS else "bf16" for g in WEIGHT_GROUPS}
+            return {g: weight_precision(self.weight_dtype(g)) for g in WEIGHT_GROUPS}
+        from .gguf import group_precisions, is_gguf
+
+        if is_gguf(weight_dtype):
+            mixed = group_precisions(self, weight_dtype)
+            return {g: mixed.get(g, weight_precision("bf16")) for g in WEIGHT_GROUPS}
+        chosen = weight_precision(weight_dtype)
+        return {g: chosen if g in QUANTISABLE_GROUPS else weight_precision("bf16") for g in WEIGHT_GROUPS}
+
+    def weight_dtypes(self, weight_dtype: str | None = None) -> dict[str, str]:
+        """Names of :meth:`weight_precisions` per group."""
+        return {g: p.name for g, p in self.weight_precisions(weight_dtype).items()}
 
     def weight_bytes_by_group(self, weight_dtype: str | None = None) -> dict[str, float]:
-        """Bytes of each weight group: params_by_group x bytes per element at :meth:`weight_dtypes`.
+        """Bytes of each weight group: params_by_group x bytes per element of :meth:`weight_precisions`.
         Block-scale overheads are included through ``Precision.bits_per_element`` (mxfp4: 4.25 bits)."""
-        dtypes = self.weight_dtypes(weight_dtype)
-        return {
-            g: n * weight_precision(dtypes[g]).bytes_per_element for g, n in self.params_by_group().items()
-        }
+        precisions = self.weight_precisions(weight_dtype)
+        return {g: n * precisions[g].bytes_per_element for g, n in self.params_by_group().items()}

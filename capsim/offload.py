@@ -22,6 +22,8 @@ from .deployment import (
     cache_hits,
     cpu_rates,
     expert_link_bandwidth,
+    socket_allreduce_time,
+    weight_copies,
     host_memory_bytes,
     ssd_read_bandwidth,
     step_accesses,
@@ -42,6 +44,13 @@ MAX_SAMPLED_ACCESSES = 200_000
 """Cap on the cache-simulation stream (accesses over all sampled steps): keeps one predict under a few seconds
 for the largest MoEs at large batches; at least :data:`MIN_SAMPLED_STEPS` steps are always sampled."""
 MIN_SAMPLED_STEPS = 8
+
+PCIE_COPY_EFFICIENCY = 0.78
+"""Share of a PCIe link's nominal per-direction rate that large pinned host-to-device copies reach, measured:
+PCIe 3.0 x16, 12.15 of 15.75 GB/s = 0.77 (CUDA bandwidthTest, pinned, 32 MB, Tesla P100;
+mpicbg-scicomp/gearshifft PR #82); PCIe 4.0 x16, 25 of 32 GB/s = 0.78 ("measured peak", A100, BaM authors,
+ZaidQureshi/bam issue #54). Offloading engines copy experts from pinned host buffers (MoE-Infinity,
+Mixtral-offloading, llama.cpp); pageable copies are slower still and are not modelled."""
 
 
 def sample_steps(rs: ResolvedScenario, batch: int, cacheable: np.ndarray) -> int:
@@ -192,7 +201,9 @@ def _links(rs: ResolvedScenario) -> tuple[tuple[float, str] | None, tuple[float,
     tiers = rs.expert_tiers
     host = None
     if not rs.device_is_dram and (tiers != DEVICE).any():
-        host = expert_link_bandwidth(rs.node, replace(rs.deployment, expert_tier="dram"))  # type: ignore[arg-type]
+        width, path = expert_link_bandwidth(rs.node, replace(rs.deployment, expert_tier="dram"))  # type: ignore[arg-type]
+        # copies reach the measured pinned-copy share of the link's nominal rate
+        host = (width * PCIE_COPY_EFFICIENCY, f"{path} (x{PCIE_COPY_EFFICIENCY} pinned-copy efficiency)")
     ssd = ssd_read_bandwidth(rs.node) if (tiers == SSD).any() else None  # type: ignore[arg-type]
     return host, ssd
 
@@ -352,8 +363,7 @@ def apply_cpu_experts(rs: ResolvedScenario, batch: int, prefill: PassCost, decod
     model, dep = rs.model, rs.deployment
     moe = model.moe
     assert moe is not None
-    copies = rs.node.cpus[0][1] if dep.numa == "replicate" and rs.node.cpus else 1  # type: ignore[attr-defined]
-    host = host_tiers(rs, dram_copies=copies)
+    host = host_tiers(rs, dram_copies=weight_copies(rs.node, dep))  # type: ignore[arg-type]
     bandwidth, peaks, sockets, how = cpu_rates(rs.node, dep)  # type: ignore[arg-type]
     cpu, _ = rs.node.cpus[0]  # type: ignore[attr-defined]
     cpu_eff = rs.cpu_efficiency  # from the database the scenario was resolved against (--hardware-db included)
@@ -362,8 +372,9 @@ def apply_cpu_experts(rs: ResolvedScenario, batch: int, prefill: PassCost, decod
     prec = rs.placement.weight_precision["routed_experts"]
     key = compute_key(prec, frozenset(peaks))
     flops_rate = peaks[key] * cpu_eff.compute_fraction
-    bytes_rate = bandwidth * cpu_eff.memory_bw_fraction
-    link_bw = rs.node.host_to_gpu_bandwidth()  # type: ignore[attr-defined]
+    # sustained streaming (per CPU entry) x the fraction CPU MoE kernels reach of it (fitted, efficiency.toml)
+    bytes_rate = bandwidth * cpu_eff.memory_bw_fraction * cpu_eff.kernel_bw_fraction
+    link_bw = rs.node.host_to_gpu_bandwidth() * PCIE_COPY_EFFICIENCY  # type: ignore[attr-defined]
     # one small host<->device copy: NCCL's base latency plus one PCI hop (the GPU's efficiency entry), standing
     # in for a DMA launch; no measured figure for KTransformers-style hand-offs is in the reference
     handoff_latency = rs.rates.allreduce_base_latency_s + rs.rates.allreduce_hop_latency_s
@@ -385,6 +396,9 @@ def apply_cpu_experts(rs: ResolvedScenario, batch: int, prefill: PassCost, decod
         kept = _gpu_expert_fraction_left(rs, cost, a_cpu, k_cpu)
         _remove_gpu_expert_time(cost, cost.time_by_op.get("routed_experts", np.zeros_like(cost.time)) * (1 - kept))
         handoff = n_layers_cpu * 2 * (handoff_latency + cost.tokens * model.hidden_size * ACTIVATION_BYTES / link_bw)
+        # --numa tp: the CPU experts' partial sums are all-reduced between the sockets in every CPU layer
+        cpu_time = cpu_time + n_layers_cpu * socket_allreduce_time(
+            rs.node, dep, cost.tokens, model.hidden_size, cpu_eff.allreduce_base_latency_s)  # type: ignore[arg-type]
         _add_resource(cost, "cpu", cpu_time, "cpu_experts")
         _add_resource(cost, "link", handoff, "cpu_gpu_handoff")
         if paging["reads_per_step"]:
@@ -395,7 +409,8 @@ def apply_cpu_experts(rs: ResolvedScenario, batch: int, prefill: PassCost, decod
         "cpu_peak_tflops": peaks[key] / 1e12, "cpu_precision": key, "derivation": how,
         "offloaded_moe_layers": n_layers_cpu, "handoff_link_gb_s": link_bw / GB,
         "handoff_latency_s": handoff_latency,
-        "cpu_efficiency": {"memory_bw_fraction": cpu_eff.memory_bw_fraction, "compute_fraction": cpu_eff.compute_fraction},
+        "cpu_efficiency": {"memory_bw_fraction": cpu_eff.memory_bw_fraction,
+                           "kernel_bw_fraction": cpu_eff.kernel_bw_fraction, "compute_fraction": cpu_eff.compute_fraction},
         "tiers": host.to_dict(rs), "links": paging["links"],
         "ssd_reads_per_step": paging["reads_per_step"], "page_cache_experts": host.page_cache_experts,
     }
@@ -417,3 +432,19 @@ def _ssd_paging(rs: ResolvedScenario, batch: int, host: HostTiers) -> dict[str, 
     prefill_reads = max(n_ssd - host.page_cache_experts, 0)
     return {"decode_s": reads * full / bw, "prefill_s": prefill_reads * full / bw, "reads_per_step": reads,
             "links": {"ssd_to_host": _link_report(path, bw, reads * full, reads * full / bw)}}
+
+
+def apply_socket_tp(rs: ResolvedScenario, prefill: PassCost, decode: PassCost) -> dict[str, Any]:
+    """``--mode cpu --numa tp``: every decoder layer all-reduces its activations between the sockets twice
+    (after attention and after the FFN), over the socket link (:func:`capsim.deployment.socket_allreduce_time`);
+    the latency is the cpu class's all-reduce base latency."""
+    eff = rs.efficiency
+    per_layer = {}
+    for cost in (prefill, decode):
+        if cost.time.size == 0:
+            continue
+        seconds = 2 * rs.model.num_layers * socket_allreduce_time(
+            rs.node, rs.deployment, cost.tokens, rs.model.hidden_size, eff.allreduce_base_latency_s)  # type: ignore[arg-type, attr-defined]
+        _add_resource(cost, "interconnect", seconds, "socket_allreduce")
+        per_layer["decode" if cost is decode else "prefill"] = float(seconds.mean()) / rs.model.num_layers
+    return {"mode": "cpu", "numa": "tp", "socket_allreduce_s_per_layer": per_layer}

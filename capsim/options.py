@@ -213,13 +213,14 @@ def collect_options(
 
 def is_quantised(scenario: Scenario, native_dtype: str) -> bool:
     """True when the weights (or the routed experts) are stored in fewer bits than the published checkpoint."""
-    from .precision import WEIGHT_PRECISIONS
+    from .precision import WEIGHT_PRECISIONS, is_weight_dtype, weight_precision
 
     native = WEIGHT_PRECISIONS.get(native_dtype.lower())
     for dtype in (scenario.weight_dtype, scenario.expert_dtype):
         if dtype is None or native is None:
             continue
-        chosen = WEIGHT_PRECISIONS.get(dtype.lower())
+        # GGUF types (q4_k_m, ...) count by their default tensor type's bits
+        chosen = weight_precision(dtype) if is_weight_dtype(dtype) else None
         if chosen is not None and chosen.bits_per_element < native.bits_per_element:
             return True
     return False

@@ -42,6 +42,10 @@ WEIGHT_PRECISIONS: dict[str, Precision] = {
         Precision("fp16", 16.0, "fp16"),
         Precision("fp8", 8.0, "fp8"),
         Precision("int8", 8.0, "bf16"),  # weight-only W8A16: dequantised, bf16 GEMM
+        # W8A8: int8 weights and dynamically quantised int8 activations, int8 GEMMs (AMX-INT8 / AVX-512 VNNI on
+        # Xeon as SGLang's CPU backend runs DeepSeek-R1, lmsys.org/blog/2025-07-14-intel-xeon-optimization;
+        # int8 tensor cores on GPUs)
+        Precision("w8a8", 8.0, "int8"),
         Precision("int4", 4.125, "bf16"),  # weight-only W4A16, group 128 fp16 scales
         Precision("mxfp4", 4.25, "fp4"),
     )
@@ -58,14 +62,38 @@ KV_PRECISIONS: dict[str, Precision] = {
 }
 
 
+def weight_dtype_names() -> list[str]:
+    """Every accepted weight dtype: capsim's formats, then the GGUF file and block types (capsim.gguf)."""
+    from .gguf import FILE_TYPES, GGML_BLOCKS
+
+    return list(WEIGHT_PRECISIONS) + [n for n in {**FILE_TYPES, **GGML_BLOCKS} if n not in WEIGHT_PRECISIONS]
+
+
+def weight_dtype_choices() -> str:
+    """The valid weight dtypes as said in error messages (the GGUF types are many: a few examples)."""
+    return f"{', '.join(WEIGHT_PRECISIONS)}, or a GGUF type such as q4_k_m, q8_0, q4_0, iq4_xs (docs/deployment.md)"
+
+
+def is_weight_dtype(name: str) -> bool:
+    """Whether ``name`` is an accepted weight dtype (case-insensitive)."""
+    from .gguf import is_gguf
+
+    return name.lower() in WEIGHT_PRECISIONS or is_gguf(name)
+
+
 def weight_precision(name: str) -> Precision:
-    """Look up a weight precision by name, with a clear error listing the valid names."""
-    try:
-        return WEIGHT_PRECISIONS[name.lower()]
-    except KeyError:
-        raise ScenarioError(
-            f"unknown weight dtype {name!r}; choose one of {', '.join(WEIGHT_PRECISIONS)}"
-        ) from None
+    """Look up a weight precision by name, with a clear error listing the valid names.
+
+    A GGUF file type (``q4_k_m``) gives its default tensor type here; the per-group mix it really stores
+    comes from :func:`capsim.gguf.group_precisions`."""
+    key = name.lower()
+    if key in WEIGHT_PRECISIONS:
+        return WEIGHT_PRECISIONS[key]
+    from .gguf import base_precision, is_gguf
+
+    if is_gguf(key):
+        return base_precision(key)
+    raise ScenarioError(f"unknown weight dtype {name!r}; choose one of {weight_dtype_choices()}")
 
 
 def kv_precision(name: str) -> Precision:

@@ -8,7 +8,7 @@ from typing import Any
 
 from .errors import ScenarioError
 from .model import ModelSpec
-from .precision import KV_PRECISIONS, WEIGHT_PRECISIONS
+from .precision import KV_PRECISIONS, is_weight_dtype, weight_dtype_choices
 
 
 MAX_DEVICES_PER_NODE = 4096
@@ -41,7 +41,9 @@ class Scenario:
         None, "weight precision of the transformer weights; default: the model's published precisions"
     )
     kv_dtype: str = _opt("bf16", "KV-cache precision")
-    routing: str = _opt("uniform", "routing model for activated experts (uniform, or see capsim trace)")
+    routing: str = _opt("default", "routing model for activated experts: default (the model family's router fitted "
+                        "to measured activated-expert counts, docs/routing.md), uniform (the upper bound), or see "
+                        "capsim trace")
     prefill_chunk_tokens: int = _opt(8192, "tokens per prefill forward pass (chunked prefill)")
     seed: int = _opt(0, "seed for stochastic routers")
     mode: str = _opt("gpu", "execution mode: gpu (all weights resident), offload (experts in host DRAM/SSD, "
@@ -50,7 +52,9 @@ class Scenario:
     expert_tier: str = _opt("dram", "where offloaded experts live: dram or ssd")
     cache_policy: str = _opt("lru", "GPU expert-cache policy for offload: lru, lfu or oracle (Belady)")
     prefetch: bool = _opt(True, "offload: overlap expert copies with compute (optimistic) instead of serialising")
-    numa: str = _opt("single", "CPU execution: weights in one socket's DRAM (single) or a copy per socket (replicate)")
+    numa: str = _opt("single", "CPU execution over sockets: single (one socket), replicate (a weight copy per socket), "
+                     "interleave (pages spread over the sockets), tp (tensor parallel across sockets)")
+    threads: int | None = _opt(None, "CPU threads (physical cores) computing; default: every core of the sockets used")
     host_memory_gb: float | None = _opt(None, "host DRAM capacity in GB when the system entry does not give it")
     placement: str | None = _opt(
         None, "where routed experts live, e.g. auto, gpu, experts:dram, experts[10:60]:dram, cold-experts:32:ssd, "
@@ -65,6 +69,8 @@ class Scenario:
     redundant_experts: int = _opt(0, "extra expert replicas placed EPLB-style over the EP groups (--ep > 1)")
     all_to_all: str = _opt("nccl", "dispatch/combine kernels for --ep > 1: nccl, or deepep (DeepEP normal kernels "
                            "for prefill, low-latency kernels for decode)")
+    two_batch_overlap: bool = _opt(False, "decode as two micro-batches whose dispatch/combine overlaps the other's "
+                                   "compute (SGLang --enable-two-batch-overlap); needs --ep > 1 or --attention-dp > 1")
     spec: str | None = _opt(None, "speculative decoding: mtp:K (the model's multi-token-prediction module drafts K "
                             "tokens) or draft:MODEL:K (a draft model drafts K tokens); the target verifies them in one step")
     acceptance: float | None = _opt(None, "probability that a draft token is accepted (0-1); default for mtp: the "
@@ -84,7 +90,7 @@ class Scenario:
 
         return Deployment(
             mode=self.mode, expert_tier=self.expert_tier, cache_policy=self.cache_policy, prefetch=self.prefetch,
-            numa=self.numa, host_memory_gb=self.host_memory_gb, placement=self.placement,
+            numa=self.numa, host_memory_gb=self.host_memory_gb, placement=self.placement, threads=self.threads,
         )
 
     def validate(self) -> None:
@@ -142,9 +148,9 @@ class Scenario:
         if self.host_memory_gb is not None and not (0 < self.host_memory_gb < float("inf")):
             raise ScenarioError(f"--host-memory-gb must be a positive number of GB, got {self.host_memory_gb!r}")
         for dtype, flag in ((self.weight_dtype, "weight"), (self.expert_dtype, "expert")):
-            if dtype is not None and dtype.lower() not in WEIGHT_PRECISIONS:
+            if dtype is not None and not is_weight_dtype(dtype):
                 raise ScenarioError(
-                    f"unknown {flag} dtype {dtype!r}; choose one of {', '.join(WEIGHT_PRECISIONS)}"
+                    f"unknown {flag} dtype {dtype!r}; choose one of {weight_dtype_choices()}"
                 )
         if self.kv_dtype.lower() not in KV_PRECISIONS:
             raise ScenarioError(f"unknown KV-cache dtype {self.kv_dtype!r}; choose one of {', '.join(KV_PRECISIONS)}")

@@ -142,11 +142,11 @@ def check_layout_product(scenario: Scenario, model: ModelSpec, layout: Layout) -
 # ---- dtypes --------------------------------------------------------------------------------------------
 @scenario_check
 def check_dtypes(scenario: Scenario, model: ModelSpec, layout: Layout) -> None:
-    from .precision import KV_PRECISIONS, WEIGHT_PRECISIONS
+    from .precision import KV_PRECISIONS, is_weight_dtype, weight_dtype_choices
 
     for dtype, flag in ((scenario.weight_dtype, "--weight-dtype"), (scenario.expert_dtype, "--expert-dtype")):
-        if dtype is not None and dtype.lower() not in WEIGHT_PRECISIONS:
-            raise ScenarioError(f"unknown {flag} {dtype!r}; choose one of {', '.join(WEIGHT_PRECISIONS)}")
+        if dtype is not None and not is_weight_dtype(dtype):  # capsim's formats and the GGUF types
+            raise ScenarioError(f"unknown {flag} {dtype!r}; choose one of {weight_dtype_choices()}")
     if scenario.kv_dtype.lower() not in KV_PRECISIONS:
         raise ScenarioError(f"unknown --kv-dtype {scenario.kv_dtype!r}; choose one of {', '.join(KV_PRECISIONS)}")
     if scenario.expert_dtype is not None and model.moe is None:

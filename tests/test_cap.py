@@ -431,3 +431,21 @@ def test_moecap_records_use_the_per_pass_formula_and_skip_rules(tmp_path: Path) 
     assert r2.decode.s_mbu == pytest.approx((0.469795 + 0.469795 / 2) / 2, rel=1e-5)
     with pytest.raises(ScenarioError, match="read with --moecap-compat"):
         measure(MIXTRAL_A100, Measurement(tpot_s=0.04), records=rec)
+
+
+def test_published_quantised_accuracy_moves_with_precision_and_cites_its_source() -> None:
+    from capsim.accuracy import load_accuracy_db
+
+    db = load_accuracy_db()
+    # Neural Magic's model card: OpenLLM v1 average 79.93 unquantised, 79.04 for its FP8 checkpoint
+    bf16 = db.lookup("mixtral-8x22b", "open_llm_leaderboard", native_dtype="bf16")
+    fp8 = db.lookup("mixtral-8x22b", "open_llm_leaderboard", weight_dtype="fp8", native_dtype="bf16")
+    assert (bf16.value, bf16.status) == (79.93, "published")
+    assert fp8.status == "published-delta" and fp8.value == pytest.approx(79.04)
+    assert "neuralmagic/Mixtral-8x22B-Instruct-v0.1-FP8" in fp8.caveat
+    # Qwen3-30B-A3B MMLU ladder of one study: FP16 78.7, Q8_0 71.1, Q4_K_M 69.1 (joshua8.ai)
+    q = {d: db.lookup("qwen3-30b-a3b", "mmlu", weight_dtype=d, native_dtype="bf16", variant=v).value
+         for d, v in ((None, None), ("int8", None), ("int4", None))}
+    assert q["int8"] == pytest.approx(71.1) and q["int4"] == pytest.approx(69.1)
+    # an unpublished precision is unknown, not the bf16 score
+    assert db.lookup("mixtral-8x22b", "open_llm_leaderboard", weight_dtype="int4", native_dtype="bf16").value is None

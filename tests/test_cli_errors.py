@@ -37,7 +37,8 @@ def test_default_predict_table_has_assumptions_block() -> None:
     result = runner.invoke(app, ["predict"])
     assert result.exit_code == 0
     assert "assumptions" in result.stdout
-    assert "routing: uniform independent routing" in result.stdout
+    # the default router: the model family's fit to MoE-CAP's measured activated experts (model_db/routing.toml)
+    assert "routing: default (zipf:0.98: mixtral family; MoE-CAP" in result.stdout
     assert "memory_bw_fraction = 0.85" in result.stdout
 
 

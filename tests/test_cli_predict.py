@@ -29,7 +29,8 @@ def test_placement_json_reports_tiers_and_links() -> None:
     assert dep["tiers"]["dram"]["gb"] == pytest.approx(224 * EXPERT_BYTES / 1e9)
     assert dep["offloaded_moe_layers"] == 28
     link = dep["links"]["host_to_device"]
-    assert link["path"] == "dram0 -> gpu0" and link["gb_s"] == pytest.approx(31.5)
+    # PCIe 4.0 x16 31.5 GB/s x 0.78 measured pinned-copy efficiency (capsim/offload.py)
+    assert link["path"].startswith("dram0 -> gpu0") and link["gb_s"] == pytest.approx(31.5 * 0.78)
     assert link["gb_per_step"] == pytest.approx(dep["misses_per_step"] * EXPERT_BYTES / 1e9)
     assert d["decode"]["bottleneck"] == "link"
 

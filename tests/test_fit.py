@@ -64,7 +64,8 @@ def test_cli_predict_offload_table() -> None:
     assert result.exit_code == 0, result.output
     assert "offload: experts of 32 MoE layers off the device" in result.stdout
     assert "hit rate 0.0%" in result.stdout
-    assert "dram0 -> gpu0" in result.stdout and "31.5 GB/s" in result.stdout
+    # PCIe 4.0 x16 31.5 GB/s x 0.78 measured pinned-copy efficiency (capsim/offload.py) = 24.57 GB/s
+    assert "dram0 -> gpu0" in result.stdout and "24.6 GB/s" in result.stdout
 
 
 def test_cli_predict_cpu_only_needs_host_memory() -> None:

@@ -25,7 +25,7 @@ from capsim.placement import (
 from capsim.scenario import Scenario
 
 EXPERT_BYTES = 3 * 4096 * 14336 * 2  # one Mixtral-8x7B expert in bf16 = 352,321,536 bytes
-PCIE4 = 31.5e9  # PCIe 4.0 x16 per direction (hardware.md §7)
+PCIE4 = 31.5e9 * 0.78  # PCIe 4.0 x16 per direction (hardware.md §7) x measured pinned-copy efficiency (offload.py)
 
 
 # ---- grammar ------------------------------------------------------------------------------------------------
@@ -188,7 +188,8 @@ def test_auto_on_a_24gb_gpu_hand_computed(default_hardware_db) -> None:
     to keep anything across the 26 layers, so each step misses every activated expert off the GPU:
     25 layers x 2 + layer 6's ~2 x 7/8 = ~51.75, each 352,321,536 B over PCIe 4 at 31.5 GB/s.
     """
-    pred = predict(mixtral_4090(placement="auto"), hardware_db=default_hardware_db)
+    # uniform routing: the arithmetic above takes every expert as equally popular (pi = k/E)
+    pred = predict(mixtral_4090(placement="auto", routing="uniform"), hardware_db=default_hardware_db)
     dep = pred.deployment
     assert 21.6e9 - 3_211_272_192 - 67_236_864 - 71_303_168 == pytest.approx(18_250_187_776)
     assert dep["tiers"]["gpu"]["experts"] == 49

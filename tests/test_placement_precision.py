@@ -93,4 +93,4 @@ def test_cli_expert_dtype() -> None:
     bad = runner.invoke(app, ["predict", "--expert-dtype", "int3"])
     assert bad.exit_code == 1
     assert bad.stderr.strip() == ("error: unknown expert dtype 'int3'; choose one of fp32, bf16, fp16, fp8, int8, "
-                                  "int4, mxfp4")
+                                  "w8a8, int4, mxfp4, or a GGUF type such as q4_k_m, q8_0, q4_0, iq4_xs (docs/deployment.md)")

@@ -191,3 +191,19 @@ def test_event_driven_equals_stepwise(case, prefilled):
     assert a.max_kv_blocks_used == b.max_kv_blocks_used
     for name in ("busy_s", "weight_bytes_sparse", "flops_sparse", "kv_read_bytes"):
         assert getattr(a, name) == pytest.approx(getattr(b, name), rel=1e-9), name
+
+
+def test_issue_11_last_prompt_token_is_not_a_decode():
+    """Regression (found by the property test): a 17-token prompt under a 16-token budget leaves one prompt
+    token for the next step; the step-wise simulator took that step for a decode and never set the first
+    token. Both simulators must emit the first token after the 1-token chunk, then decode the second."""
+    from capsim.serving.events import simulate_events
+    from capsim.serving.simulate import simulate_stepwise
+
+    replica = _replica()
+    sched = SchedulerConfig(max_num_seqs=1, max_batched_tokens=16, block_size=16)
+    work = Workload(np.zeros(1), np.array([17]), np.array([2]))
+    for sim in (simulate_stepwise, simulate_events):
+        run = sim(replica.cost, 100, sched, work)
+        assert run.steps == 3  # chunk of 16, chunk of 1 (first token), one decode (second token)
+        assert np.isfinite(run.first_token_s[0]) and run.finish_s[0] > run.first_token_s[0]

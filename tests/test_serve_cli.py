@@ -101,3 +101,16 @@ def test_disaggregated_serving_runs() -> None:
     data = json.loads(result.stdout)
     assert data["completed"] == 40
     assert data["config"]["disaggregation"] == {"prefill_replicas": 1, "decode_replicas": 1, "link": "ib-ndr"}
+
+
+def test_fleet_sizing_cli() -> None:
+    result = runner.invoke(app, ["serve", "--rate", "30", "--num-prompts", "300", "--prompt-len", "1000",
+                                 "--output-len", "100", "--slo", "tpot=30ms",
+                                 "--fleet-candidates", "h100-sxm:1,2", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    one, _ = sorted(data["options"], key=lambda o: o["gpus_per_replica"])
+    assert one["replicas"] is None and "does not fit" in one["note"]  # Mixtral bf16 needs > 1 H100
+    assert data["cheapest"]["gpus_per_replica"] == 2
+    bad = runner.invoke(app, [*BASE, "--rate", "3", "--fleet-candidates", "h100-sxm:8"])
+    assert bad.exit_code == 1 and "fleet sizing needs --slo" in bad.stderr

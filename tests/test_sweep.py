@@ -349,3 +349,23 @@ def test_cli_unknown_output_format_and_toml_grid(tmp_path) -> None:
     toml.write_text('models = ["olmoe-1b-7b"]\nhardware = "h100-sxm"\nbatches = [1]\n')
     typo = runner.invoke(app, ["sweep", "--grid", str(toml), "--out", str(out)])
     assert typo.exit_code == 1 and "unknown key 'batches'" in typo.stderr
+
+
+@pytest.mark.parametrize("model,wdt", [("mixtral-8x7b", "int4"), ("qwen3-30b-a3b", "native")])
+def test_cpu_experts_segment_equals_predict_row_by_row(default_hardware_db, model, wdt) -> None:  # type: ignore[no-untyped-def]
+    """Issue 16: the cpu-experts mode is a sweep axis (``mode=cpu-experts`` in the layout). Every expert is
+    computed by the EPYC 9654 next to the RTX 4090; rows (batches 1-16, one- and many-step generations)
+    equal predict's, the CPU time and PCIe hand-offs included (bottleneck "cpu")."""
+    grid = Grid(models=(model,), hardware=("epyc-9654-4090",), batch=(1, 3, 16), prompt_len=(60, 2000),
+                gen_len=(1, 2, 300), weight_dtype=(wdt,), layout=("mode=cpu-experts",))
+    group = resolve_group(grid, grid.group_keys[0], default_hardware_db)
+    assert group.error is None
+    cols = evaluate_segment(grid, group, 0, grid.numeric_size)
+    assert (cols["bottleneck"] == "cpu").any()
+    for i in range(grid.numeric_size):
+        pred = predict(Scenario(model=model, hardware="epyc-9654-4090", gpus=1, mode="cpu-experts",
+                                weight_dtype=None if wdt == "native" else wdt, batch=int(cols["batch"][i]),
+                                prompt_len=int(cols["prompt_len"][i]), gen_len=int(cols["gen_len"][i])),
+                       hardware_db=default_hardware_db)
+        assert pred.deployment["mode"] == "cpu-experts"
+        _assert_row_equals_prediction(cols, i, pred)

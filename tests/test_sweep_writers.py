@@ -76,3 +76,25 @@ def test_string_columns_convert_by_runs() -> None:
     values = np.array(["b", "b", "a", "a", "a", "b", "c, d", "c, d"])
     assert _string_array(values).to_pylist() == values.tolist()
     assert _string_array(values[:0]).to_pylist() == []
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_local_sweep_streams_into_one_file(tmp_path, default_hardware_db, fmt: str) -> None:  # type: ignore[no-untyped-def]
+    """Bounded disk, no rewrite pass: while a local sweep runs its folder holds only the manifest, the commit
+    record and the growing output (plus, for Parquet, the row-group index), never a part per chunk; the output
+    only grows, and finishing renames it (the bytes are not copied: same inode)."""
+    run = SweepRun(GRID, tmp_path / f"s.{fmt}", fmt, 5, Filters())
+    todo = run.prepare()
+    sizes: list[int] = []
+
+    def look(index: int, rows: int) -> None:
+        names = {p.name for p in run.parts_dir.iterdir()}
+        assert names <= {"manifest.json", "progress.json", "output.partial", "row_groups.bin"}, names
+        sizes.append((run.parts_dir / "output.partial").stat().st_size)
+
+    run_local(run, default_hardware_db, todo, look)
+    inode = (run.parts_dir / "output.partial").stat().st_ino
+    out = run.finish()
+    assert len(sizes) == run.n_chunks == 7  # 32 rows in chunks of 5
+    assert sizes == sorted(sizes) and sizes[0] > 0
+    assert out.stat().st_ino == inode

@@ -259,6 +259,8 @@ def _print_cost_basis(inputs: CostInputs) -> None:
             escape(f"  {item['name']} = {item['value']:g} {item['unit']} [{tag}{date}] — {item['source']}"),
             soft_wrap=True,
         )
+    if inputs.grid_gco2_per_kwh is not None:
+        console.print(escape(f"  grid_gco2_per_kwh = {inputs.grid_gco2_per_kwh:g} gCO2/kWh [user input]"))
     for label, prices in (
         ("price override", inputs.purchase_usd),
         ("cloud override", inputs.cloud_usd_per_hour),

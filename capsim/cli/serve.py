@@ -86,6 +86,28 @@ def render_curve(curve: Any) -> None:
                       + ("none of the rates tried" if best is None else f"{best:g} req/s"))
 
 
+def render_fleet(plan: Any) -> None:
+    console = out_console()
+    slo = ", ".join(f"p99 {k} ≤ {v * 1e3:g} ms" for k, v in plan.slo.items())
+    console.print(f"[bold]fleets meeting {slo}[/bold]; workload: {plan.workload}", soft_wrap=True)
+    table = Table(title="cheapest first (cloud USD per hour from the hardware database)", title_justify="left")
+    for col in ("hardware", "GPUs/replica", "replicas", "devices", "USD/h", "p99 TTFT ms", "p99 TPOT ms", "note"):
+        table.add_column(col, justify="left" if col in ("hardware", "note") else "right")
+    for o in plan.options:
+        d = o.to_dict()
+        table.add_row(o.hardware, str(o.gpus_per_replica), "-" if o.replicas is None else str(o.replicas),
+                      "-" if d["devices"] is None else str(d["devices"]),
+                      "n/a" if o.usd_per_hour is None else f"{o.usd_per_hour:,.2f}",
+                      _ms(None if d["p99_ttft_ms"] is None else d["p99_ttft_ms"] / 1e3),
+                      _ms(None if d["p99_tpot_ms"] is None else d["p99_tpot_ms"] / 1e3), o.note)
+    console.print(table)
+    best = plan.best
+    console.print("cheapest: " + ("none of the candidates" if best is None else
+                                  f"{best.replicas} x {best.gpus_per_replica} {best.hardware}"), soft_wrap=True)
+    if best is not None and best.price_source:
+        console.print(f"price: {best.price_source}", soft_wrap=True)
+
+
 def register(app: typer.Typer) -> None:
     @app.command(help="Simulate serving under a workload (continuous batching, chunked prefill, paged KV): "
                       "TTFT/TPOT/ITL/E2EL percentiles, throughput, goodput, S-MBU/S-MFU. See docs/serving.md.")
@@ -130,6 +152,9 @@ def register(app: typer.Typer) -> None:
         kv_link: Annotated[Optional[str], typer.Option(help="hardware-DB link id carrying KV from prefill to decode "
                                                        "(default: the node's GPU-to-GPU link)")] = None,
         slo: Annotated[Optional[str], typer.Option(help="SLOs for goodput, e.g. ttft=200ms,tpot=50ms,e2el=10s")] = None,
+        fleet_candidates: Annotated[Optional[str], typer.Option(help="size a fleet: the fewest replicas of each "
+                                                                "candidate HARDWARE:GPUS[,GPUS];... meeting --slo (p99) "
+                                                                "at --rate, cheapest first")] = None,
         figure: Annotated[Optional[Path], typer.Option(help="write the timeline (or, with a rate range, the "
                                                        "latency-throughput curve) to PATH.png and PATH.svg")] = None,
         list_datasets: Annotated[bool, typer.Option("--list-datasets", help="list the named length profiles")] = False,
@@ -150,9 +175,16 @@ def register(app: typer.Typer) -> None:
             concurrency=concurrency, offline=offline, num_prompts=num_prompts, duration=duration,
             prompt_len=prompt_len, output_len=output_len, dataset=dataset, requests=requests, replicas=replicas,
             prefill_replicas=prefill_replicas, decode_replicas=decode_replicas, kv_link=kv_link, slo=slo, seed=seed,
+            fleet_candidates=fleet_candidates,
         )
         db = load_db(hardware_db, override)
         outcome = api.run(request, hardware_db=db)
+        if isinstance(outcome, api.FleetPlan):
+            if json_out:
+                print_json(outcome.to_dict())
+            else:
+                render_fleet(outcome)
+            return
         if isinstance(outcome, api.Curve):
             if figure is not None:
                 paths = api.curve_figure(outcome, figure)

@@ -13,6 +13,9 @@ spec                   router
 ``affinity:A``         uniform popularity; layer l's experts predict layer l+1's w.p. A
 ``trace:PATH``         a recorded trace (a path, or the name of a shipped trace in traces/)
 ``fit:PATH``           a synthetic router fitted to a trace (extends it to any length)
+``counts:PATH``        an engine's expert-load dump (SGLang expert distribution recorder, vLLM EPLB load)
+``default``            the model family's router fitted to measured activated-expert counts
+                       (``model_db/routing.toml``; the pooled fit for families without one)
 =====================  ===========================================================================
 
 Every synthetic router also takes ``reuse=RHO``, ``affinity=A`` and ``seed=N``; ``temporal`` and ``affinity``
@@ -22,6 +25,7 @@ take ``zipf=S`` or ``dirichlet=ALPHA`` for a skewed base profile. Example: ``zip
 from __future__ import annotations
 
 import difflib
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +42,7 @@ from .popularity import (
     GroupPopularity,
     Popularity,
     dirichlet_popularity,
+    empirical_popularity,
     hot_popularity,
     uniform_popularity,
     zipf_popularity,
@@ -77,7 +82,7 @@ def parse_router_spec(spec: str) -> RouterSpec:
         arg = None
         if pieces and "=" not in pieces[0]:
             arg = pieces.pop(0).strip()
-        if kind in ("trace", "fit") and rest and not any("=" in p for p in pieces):
+        if kind in ("trace", "fit", "counts") and rest and not any("=" in p for p in pieces):
             arg, pieces = rest.strip(), []
     options: dict[str, str] = {}
     for piece in pieces:
@@ -136,6 +141,8 @@ _VALID_OPTIONS: dict[str, set[str]] = {
     "affinity": {"reuse", "seed", "zipf", "dirichlet"},
     "trace": set(),
     "fit": {"seed"},
+    "default": {"reuse", "affinity", "seed"},
+    "counts": {"seed"},
 }
 
 
@@ -266,7 +273,81 @@ def _fit(spec: RouterSpec, model: ModelSpec, seed: int) -> Router:
     return fit_trace(trace.topk_ids, trace.num_experts, source=trace.name).router(seed=seed, spec=spec.text)
 
 
+ROUTING_FILE = "routing.toml"
+
+
+@dataclass(frozen=True)
+class DefaultRouter:
+    """The default router of one model family: its spec and the measurement it was fitted to."""
+
+    family: str | None
+    """The family whose own measurements the spec was fitted to; None for the pooled default."""
+    spec: str
+    source: str
+
+
+@functools.lru_cache(maxsize=None)
+def default_router_for(family: str) -> DefaultRouter:
+    """The router ``--routing default`` builds for a model of ``family`` (``model_db/routing.toml``): the
+    family's own fit, else the pooled ``[default]``. A missing or malformed file is a DataFileError."""
+    import tomllib
+
+    from ..errors import DataFileError
+
+    path = data_dir("model_db") / ROUTING_FILE
+    try:
+        with path.open("rb") as fh:
+            raw = tomllib.load(fh)
+        families = raw.get("families", {})
+        if family in families:
+            entry = families[family]
+            return DefaultRouter(family, str(entry["spec"]), str(entry["source"]))
+        return DefaultRouter(None, str(raw["default"]["spec"]), str(raw["default"]["source"]))
+    except (OSError, tomllib.TOMLDecodeError, KeyError, TypeError) as exc:
+        raise DataFileError(str(path), f"cannot read the default routers ({exc}); reinstall capsim") from None
+
+
+def _default(spec: RouterSpec, model: ModelSpec, seed: int) -> Router:
+    _no_arg(spec)
+    assert model.moe is not None  # checked by make_router before dispatch
+    chosen = default_router_for(model.family)
+    # the fitted spec with the user's reuse/affinity/seed options added
+    text = ",".join([chosen.spec, *(f"{k}={v}" for k, v in spec.options.items())])
+    fitted = f"{model.family} family" if chosen.family else "pooled, no measurement of this family"
+    moe = model.moe
+    shape = (model.num_moe_layers, moe.num_experts, moe.top_k, moe.n_group, moe.topk_group)
+    return _default_router(text, shape, seed, model, f"default ({text}: {fitted}; {chosen.source})")
+
+
+_DEFAULT_ROUTERS: dict[tuple[object, ...], Router] = {}
+
+
+def _default_router(text: str, shape: tuple[int, ...], seed: int, model: ModelSpec, label: str) -> Router:
+    """Build (once per spec, routing shape and seed: building a Zipf profile shuffles every layer, which costs
+    more than a whole prediction) the default router. Synthetic routers hold no state between calls."""
+    key = (text, shape, seed)
+    if key not in _DEFAULT_ROUTERS:
+        router = _synthetic(parse_router_spec(text), model, seed)
+        router.name = "default"
+        router.spec = label
+        _DEFAULT_ROUTERS[key] = router
+    return _DEFAULT_ROUTERS[key]
+
+
+def _counts(spec: RouterSpec, model: ModelSpec, seed: int) -> Router:
+    from .engine_dumps import check_against, load_expert_counts
+
+    assert model.moe is not None  # checked by make_router before dispatch
+    counts = load_expert_counts(_need_arg(spec, "an expert-load dump path"))
+    check_against(counts, model)
+    pop = empirical_popularity(counts.inclusion(model.moe.top_k))
+    return SyntheticRouter(pop, name="counts", spec=f"{spec.text} ({counts.num_passes} passes of {counts.key})",
+                           seed=_seed(spec, seed))
+
+
 _BUILDERS: dict[str, Callable[[RouterSpec, ModelSpec, int], Router]] = {
+    "default": _default,
+    "counts": _counts,
     "uniform": _synthetic,
     "zipf": _synthetic,
     "dirichlet": _synthetic,

@@ -47,6 +47,7 @@ class ServeRequest:
     kv_link: str | None = None
     slo: str | None = None
     seed: int = 0
+    fleet_candidates: str | None = None
 
 
 _RANGE = re.compile(r"^\s*([0-9.eE+]+)\s*:\s*([0-9.eE+]+)\s*:\s*([x+*])\s*([0-9.eE+]+)\s*$")
@@ -89,7 +90,7 @@ def scheduler_for(req: ServeRequest, scenario: Scenario, hardware_db: HardwareDB
     node = db.node(scenario.hardware, scenario.gpus)
     device = getattr(node, "accelerator", None)
     memory = float(device.memory_capacity_gb) * GB if device is not None else 0.0
-    base = preset.config(memory)
+    base = preset.config(memory, device_id=getattr(device, "id", ""))
     return SchedulerConfig(
         max_num_seqs=req.max_num_seqs if req.max_num_seqs is not None else base.max_num_seqs,
         max_batched_tokens=req.max_batched_tokens if req.max_batched_tokens is not None else base.max_batched_tokens,
@@ -121,8 +122,11 @@ def workload_for(req: ServeRequest, rate: float | None) -> Workload:
     if rate is None and not req.offline and req.concurrency is None:
         raise ScenarioError("say how requests arrive: --rate R (req/s), --concurrency N (closed loop) or --offline")
     duration = parse_duration(req.duration) if req.duration is not None else None
-    return build_workload(num_prompts=req.num_prompts, prompt=prompt, output=output, rate=rate,
+    work = build_workload(num_prompts=req.num_prompts, prompt=prompt, output=output, rate=rate,
                           burstiness=req.burstiness, concurrency=req.concurrency, seed=req.seed, duration_s=duration)
+    if req.dataset is not None:
+        work = replace(work, description=f"{work.description} (dataset profile {req.dataset})")
+    return work
 
 
 @dataclass
@@ -147,11 +151,13 @@ def meets_slo(result: ServeResult, slo: dict[str, float]) -> bool:
     return True
 
 
-def run(req: ServeRequest, *, hardware_db: HardwareDB | None = None) -> ServeResult | Curve:
+def run(req: ServeRequest, *, hardware_db: HardwareDB | None = None) -> ServeResult | Curve | FleetPlan:
     """Simulate ``req``: one result for a single rate (or none), a :class:`Curve` for several rates."""
     slo = parse_slo(req.slo)
     rates = parse_rates(req.rate)
     scenario = req.scenario
+    if req.fleet_candidates is not None:
+        return _fleet(req, slo, rates, hardware_db)
     sched = scheduler_for(req, scenario, hardware_db)
     replica = build_replica(scenario, sched, hardware_db)
     if req.system.strip().lower() == "sglang-like" and req.max_num_seqs is None:
@@ -172,6 +178,43 @@ def run(req: ServeRequest, *, hardware_db: HardwareDB | None = None) -> ServeRes
         return serve(scenario, sched, work, replicas=req.replicas, disaggregation=dis, slo=slo, replica=replica,
                      hardware_db=hardware_db)
     return _curve(req, scenario, sched, replica, rates, dis, slo, hardware_db)
+
+
+@dataclass
+class FleetPlan:
+    """Fleet sizing: the candidates, cheapest first (capsim.serving.fleet)."""
+
+    options: list[Any]
+    slo: dict[str, float]
+    rate: float | None
+    workload: str
+
+    @property
+    def best(self) -> Any:
+        return self.options[0] if self.options and self.options[0].replicas is not None else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rate": self.rate, "slo_ms": {k: v * 1e3 for k, v in self.slo.items()}, "workload": self.workload,
+                "options": [o.to_dict() for o in self.options],
+                "cheapest": None if self.best is None else self.best.to_dict()}
+
+
+def _fleet(req: ServeRequest, slo: dict[str, float], rates: list[float] | None,
+           hardware_db: HardwareDB | None) -> FleetPlan:
+    from .fleet import parse_candidates, size_fleet
+
+    if rates is not None and len(rates) > 1:
+        raise ScenarioError("fleet sizing takes one --rate (the load the fleet must serve)")
+    if req.replicas != 1 or req.prefill_replicas is not None or req.decode_replicas is not None:
+        raise ScenarioError("fleet sizing chooses the replica count; drop --replicas/--prefill-replicas/--decode-replicas")
+    candidates = parse_candidates(req.fleet_candidates or "")
+    work = workload_for(req, None if rates is None else rates[0])
+
+    def sched_for(scenario: Scenario) -> SchedulerConfig:
+        return scheduler_for(req, scenario, hardware_db)
+
+    options = size_fleet(req.scenario, candidates, sched_for, work, slo, hardware_db)
+    return FleetPlan(options, slo, None if rates is None else rates[0], work.description)
 
 
 def _curve(req: ServeRequest, scenario: Scenario, sched: SchedulerConfig, replica: ReplicaModel, rates: list[float],

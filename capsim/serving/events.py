@@ -150,8 +150,7 @@ def simulate_events(
                 need = np.asarray(resid, dtype=np.int64)[(1 - (g + j)) % bs]
             cum_need = np.cumsum(need)
             fits = int(np.searchsorted(cum_need, free, side="right"))
-            if fits < m:
-                m = fits  # stop before the step that would need a block that is not free
+            m = min(m, fits)  # stop before the step that would need a block that is not free
             if m >= 1:
                 ctx = (sum_base + nd * (g + j[:m])).astype(np.float64)
                 T = np.full(m, nd, dtype=np.int64)

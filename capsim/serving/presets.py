@@ -22,13 +22,13 @@ class SchedulerPreset:
     description: str
     source: str
 
-    def config(self, device_memory_bytes: float, kv_tokens: int | None = None) -> SchedulerConfig:
-        """The preset's limits on a device of ``device_memory_bytes``; ``kv_tokens`` (the KV pool in tokens)
-        for engines whose running-request cap follows the pool."""
+    def config(self, device_memory_bytes: float, kv_tokens: int | None = None, device_id: str = "") -> SchedulerConfig:
+        """The preset's limits on a device of ``device_memory_bytes`` (id ``device_id``); ``kv_tokens`` (the KV
+        pool in tokens) for engines whose running-request cap follows the pool."""
         if self.name == "vllm-like":
             # vllm/engine/arg_utils.py EngineArgs.get_batch_defaults: devices of >= 70 GiB other than A100 get
-            # 8192 tokens / 1024 sequences for the OpenAI server, others 2048 / 256
-            big = device_memory_bytes >= 70 * GIB
+            # 8192 tokens / 1024 sequences for the OpenAI server, others 2048 / 256 (A100 excluded: vLLM PR #17885)
+            big = device_memory_bytes >= 70 * GIB and "a100" not in device_id.lower()
             return SchedulerConfig(max_num_seqs=1024 if big else 256, max_batched_tokens=8192 if big else 2048,
                                    chunked_prefill=True, block_size=16)
         if self.name == "sglang-like":
@@ -37,7 +37,9 @@ class SchedulerPreset:
             mem_mb = device_memory_bytes / 2.0**20
             chunk = 2048 if mem_mb < 35 * 1024 else 8192 if mem_mb < 160 * 1024 else 16384
             seqs = 4096 if kv_tokens is None else max(1, min(kv_tokens // 2, 4096))
-            return SchedulerConfig(max_num_seqs=seqs, max_batched_tokens=chunk, chunked_prefill=True, block_size=1)
+            # a step must hold one decode per running request (capsim's scheduler, as vLLM's, requires it)
+            return SchedulerConfig(max_num_seqs=min(seqs, chunk), max_batched_tokens=chunk, chunked_prefill=True,
+                                   block_size=1)
         # tensorrt_llm/llmapi/llm_args.py: max_batch_size 2048, max_num_tokens 8192, enable_chunked_prefill False,
         # KvCacheConfig.tokens_per_block 32
         return SchedulerConfig(max_num_seqs=2048, max_batched_tokens=8192, chunked_prefill=False, block_size=32)
@@ -59,7 +61,8 @@ PRESETS: dict[str, SchedulerPreset] = {
         SchedulerPreset(
             "sglang-like",
             "SGLang scheduler: chunked prefill of 2048/8192/16384 tokens by device memory (<35 GB / <160 GB / "
-            "larger), token-granular KV (page size 1), running requests capped at min(KV tokens / 2, 4096)",
+            "larger), token-granular KV (page size 1), running requests capped at min(KV tokens / 2, 4096) and "
+            "at the chunk size (one decode token each per step)",
             "sgl-project/sglang python/sglang/srt/server_args.py (chunked_prefill_size by gpu_mem, page_size 1) "
             "and managers/scheduler.py (max_running_requests = min(max_total_num_tokens // 2, req_to_token_pool "
             "size)); https://docs.sglang.io/advanced_features/server_arguments.html",

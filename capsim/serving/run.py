@@ -11,7 +11,6 @@ decode side to the prefill side is modelled).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 
 import numpy as np

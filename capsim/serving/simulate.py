@@ -193,7 +193,9 @@ def simulate_stepwise(
         comp, known = R.computed[:k], R.known[:k]
 
         # --- fast path: a stretch of pure-decode steps -----------------------------------------------------
-        if k and not waiting and k <= budget_max and bool(np.all(known - comp == 1)):
+        # (a prompt with one token left to prefill also has known − computed = 1, but is not decoding)
+        if (k and not waiting and k <= budget_max and bool(np.all(known - comp == 1))
+                and bool(np.all(R.generated[:k] >= 1))):
             steps = _stretch_length(R, free, bs, send, released, cap, in_system, now, cost, full_only, finite_w,
                                     finite_c, ratio, L, max_seqs)
             if steps is not None:

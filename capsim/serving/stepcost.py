@@ -122,7 +122,7 @@ class StepCost:
         t = self.base[tokens] + self.lm_time[lm]
         attn_c = self.a * pairs
         attn_m = self.b * (kv + self.num_layers * tokens)
-        t += attn_c if attn_c > attn_m else attn_m
+        t += attn_c if attn_c > attn_m else attn_m  # (a conditional, not max(): this runs once per step)
         if self.sequence_dependent and sequences != tokens:
             t += self._sequence_extra(tokens, sequences)[0]
         return float(t)

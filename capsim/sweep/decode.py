@@ -28,17 +28,34 @@ from ..engine import decode_steps
 from ..metrics import RESOURCES
 from ..roofline import PassCost
 
+SWEEP_RESOURCES: tuple[str, ...] = (*RESOURCES, "cpu", "link")
+"""The roofline's resources plus those the cpu-experts mode charges (CPU compute, PCIe hand-offs), in the
+order predict's bottleneck meets them."""
+
 QUANTITIES: tuple[str, ...] = (
-    "time", *(f"time_{r}" for r in RESOURCES), "weight_bytes_sparse", "weight_bytes_dense", "kv_read_bytes",
+    "time", *(f"time_{r}" for r in SWEEP_RESOURCES), "weight_bytes_sparse", "weight_bytes_dense", "kv_read_bytes",
     "flops_sparse", "flops_dense",
 )
 """Per-step quantities :func:`decode_totals` sums over the decode steps (seconds, bytes, FLOPs)."""
 
 
+def apply_sweep_mode(rs: Any, cost: PassCost) -> None:
+    """The mode's change to device-resident passes, as predict applies it (:mod:`capsim.offload`): for
+    cpu-experts the off-GPU experts' work moves to the CPU, plus the PCIe hand-offs. Those depend on a pass's
+    tokens, not its context, so decode sums stay piecewise affine between the same knots."""
+    if rs.deployment.mode == "cpu-experts" and cost.time.size:
+        from ..engine import decode_passes
+        from ..offload import apply_cpu_experts
+
+        # SSD paging (the only batch-dependent part, given as ``batch``) is outside the sweep: no SSD tiers
+        apply_cpu_experts(rs, 1, cost, decode_passes(rs, np.zeros(0), np.zeros(0)))
+
+
 def step_quantities(cost: PassCost, n: int) -> np.ndarray:
     """The :data:`QUANTITIES` of ``n`` passes as an (n, len(QUANTITIES)) matrix."""
     out = np.empty((n, len(QUANTITIES)))
-    rows = [cost.time, *(cost.time_by_resource[r] for r in RESOURCES), cost.weight_bytes_sparse,
+    zero = np.zeros(n)
+    rows = [cost.time, *(cost.time_by_resource.get(r, zero) for r in SWEEP_RESOURCES), cost.weight_bytes_sparse,
             cost.weight_bytes_dense, cost.kv_read_bytes, cost.flops_sparse, cost.flops_dense]
     for i, row in enumerate(rows):
         out[:, i] = row
@@ -74,6 +91,7 @@ class Knots:
             return
         b, c = new_keys // scale, new_keys % scale
         cost = decode_steps(self.rs, self.batches[b].astype(np.float64), c.astype(np.float64))
+        apply_sweep_mode(self.rs, cost)
         self.metric_peak_flops = cost.metric_peak_flops
         margin = np.stack([tc - tm for _, tc, tm in cost.op_times], axis=1)  # (knots, ops)
         bits = np.left_shift(np.int64(1), np.arange(margin.shape[1], dtype=np.int64))

@@ -29,11 +29,11 @@ from ..memory import (
     usable_bytes,
     weight_bytes_per_device,
 )
-from ..metrics import RESOURCES, utilisation
+from ..metrics import utilisation
 from ..scenario import Scenario
 from ..scenario_checks import context_window_exceeded
 from ..units import GB
-from .decode import QUANTITIES, decode_totals, step_quantities
+from .decode import QUANTITIES, SWEEP_RESOURCES, apply_sweep_mode, decode_totals, step_quantities
 from .grid import Grid, parse_layout
 
 COLUMNS: tuple[str, ...] = (
@@ -83,11 +83,18 @@ def resolve_group(grid: Grid, key: tuple[str, str, int, str, str, str], db: Hard
 
 def _outside_sweep_model(rs: Any) -> str | None:
     """Why predict would add costs the vectorised path does not (None when it adds none): sweeps model one
-    tensor-parallel group with every weight in device memory, which is all a sweep's scenarios ask for."""
-    if rs.offloaded.size and rs.offloaded.any():
-        return "experts placed off the device (offload) are not swept; use capsim predict"
+    replica with every weight in device memory, or with the off-GPU experts computed by the CPU
+    (``mode=cpu-experts`` in the layout, experts in DRAM)."""
     if rs.layout.pp > 1:
         return "pipeline parallelism is not swept; use capsim predict"
+    if rs.deployment.mode == "cpu-experts":
+        from ..placement import SSD
+
+        if (rs.expert_tiers == SSD).any():
+            return "cpu-experts with SSD-placed experts (paged per batch) is not swept; use capsim predict"
+        return None
+    if rs.offloaded.size and rs.offloaded.any():
+        return "experts placed off the device (offload) are not swept; use capsim predict"
     if rs.deployment.mode not in ("gpu", "cpu"):
         return f"--mode {rs.deployment.mode} is not swept; use capsim predict"
     return None
@@ -95,7 +102,7 @@ def _outside_sweep_model(rs: Any) -> str | None:
 
 STRING_COLUMNS = ("model", "hardware", "weight_dtype", "kv_dtype", "layout", "bottleneck")
 INT_COLUMNS = ("gpus", "batch", "prompt_len", "gen_len", "max_batch", "waves", "batch_per_wave")
-_BOTTLENECK_WIDTH = max(len(v) for v in (*RESOURCES, "none", "does not fit"))
+_BOTTLENECK_WIDTH = max(len(v) for v in (*SWEEP_RESOURCES, "none", "does not fit"))
 
 
 def _empty(n: int, strings: dict[str, str]) -> dict[str, np.ndarray]:
@@ -217,6 +224,7 @@ def prefill_totals(
         from ..parallel import apply_expert_parallel
 
         apply_expert_parallel(rs, costs, "prefill")
+    apply_sweep_mode(rs, costs)
     per_pass = step_quantities(costs, n + m)  # (passes, quantities)
     sums = per_pass[:n].copy()
     sums[multi] += (n_chunks[multi] - 1)[:, None] * per_pass[n:]
@@ -260,6 +268,6 @@ def _decode_columns(
                           sums["kv_read_bytes"], sums["flops_dense"], sums["flops_sparse"],
                           rs.layout.devices_per_replica, rs.rates.memory_bandwidth,
                           np.where(has, metric_peak, prefill_peak))
-    by_resource = np.stack([sums[f"time_{r}"] for r in RESOURCES])
-    metrics["bottleneck"] = np.array(RESOURCES)[np.argmax(by_resource, axis=0)]
+    by_resource = np.stack([sums[f"time_{r}"] for r in SWEEP_RESOURCES])
+    metrics["bottleneck"] = np.array(SWEEP_RESOURCES)[np.argmax(by_resource, axis=0)]
     return tpot, time, metrics

@@ -1,0 +1,130 @@
+"""Expert-load dumps of serving engines as routers (``--routing counts:PATH``).
+
+Engines that balance experts record how many tokens each expert received, per MoE layer, per forward pass:
+
+- **SGLang** (``--expert-distribution-recorder-mode stat``, ``/dump_expert_distribution_record``): a
+  ``torch.save`` file ``expert_distribution_recorder_<time>.pt`` holding a dict whose ``logical_count`` is an
+  integer tensor of shape (buffered passes, MoE layers, logical experts), summed over ranks
+  (sgl-project/sglang ``python/sglang/srt/eplb/expert_distribution.py``, ``_StatAccumulator.dump``); combined
+  files keep one pass, (1, L, E).
+- **vLLM** EPLB (``--enable-eplb``): ``EplbState.expert_load_window``, a tensor of shape (window passes, MoE
+  layers, physical experts), and ``expert_load_pass``, (MoE layers, physical experts); vLLM writes no file, so
+  save either with ``torch.save`` or ``numpy.save`` (a ``.pt``, ``.npy`` or ``.npz`` with one array). Physical
+  experts that replicate a logical one (redundant experts) are folded back with a ``physical_to_logical_map``
+  saved next to it (a dict key or ``.npz`` member of that name, shape (layers, physical experts)).
+
+Every token sends itself to k distinct experts, so over N tokens expert i's count c_i = N·π_i: the inclusion
+probability is π_i = k·c_i / Σ_j c_j, exact in expectation. The router built from it is capsim's synthetic
+router with that measured profile (:func:`capsim.routing.popularity.empirical_popularity`): decode activation
+A_l(T) = Σ_i 1 − (1 − π_l,i)^T as for every independent-token router. Passes whose counts are all zero (idle
+buffer slots) are dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import TraceError
+from ..model import ModelSpec
+
+COUNT_KEYS = ("logical_count", "expert_load_window", "expert_load_pass", "counts")
+"""Names an expert-load array is looked up by, in order (SGLang's, then vLLM's, then a plain name)."""
+MAP_KEY = "physical_to_logical_map"
+
+
+@dataclass(frozen=True)
+class ExpertCounts:
+    """Tokens per expert: ``counts`` of shape (passes, MoE layers, experts), where they came from."""
+
+    counts: np.ndarray
+    source: str
+    key: str
+
+    @property
+    def num_passes(self) -> int:
+        return int(self.counts.shape[0])
+
+    def inclusion(self, top_k: int) -> np.ndarray:
+        """π (MoE layers x experts) = k·c_i / Σ_j c_j per layer, summed over passes."""
+        total = self.counts.sum(axis=0).astype(np.float64)
+        per_layer = total.sum(axis=1, keepdims=True)
+        pi = np.divide(top_k * total, per_layer, out=np.zeros_like(total), where=per_layer > 0)
+        return np.clip(pi, 0.0, 1.0)
+
+    def activated_per_pass(self) -> np.ndarray:
+        """Distinct experts with a token, per pass and MoE layer (the measured A of each pass)."""
+        return (self.counts > 0).sum(axis=2)
+
+
+def _load_raw(path: Path) -> dict[str, Any]:
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        return {"counts": np.load(path, allow_pickle=False)}
+    if suffix == ".npz":
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    if suffix in (".pt", ".pth"):
+        try:
+            import torch
+        except ImportError:
+            raise TraceError(str(path), "reading a .pt dump needs PyTorch; install torch or re-save the "
+                                        "array with numpy.save") from None
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(obj, dict):
+            obj = {"counts": obj}
+        return {k: (v.numpy() if hasattr(v, "numpy") else v) for k, v in obj.items()}
+    raise TraceError(str(path), f"unknown expert-load dump type {suffix!r}; give a .pt, .npy or .npz file")
+
+
+def load_expert_counts(path: str | Path) -> ExpertCounts:
+    """Read an SGLang or vLLM expert-load dump (module docstring) as counts (passes, layers, experts).
+
+    Raises :class:`TraceError` naming the file and the problem (missing file, no count array, bad shape,
+    negative counts)."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise TraceError(str(file), "no such expert-load dump; give the .pt/.npy/.npz file the engine wrote")
+    raw = _load_raw(file)
+    key = next((k for k in COUNT_KEYS if k in raw), None)
+    if key is None:
+        raise TraceError(str(file), f"no expert-load array in it; expected one of {', '.join(COUNT_KEYS)}")
+    counts = np.asarray(raw[key])
+    if counts.ndim == 2:
+        counts = counts[None]
+    if counts.ndim != 3 or 0 in counts.shape:
+        raise TraceError(str(file), f"{key} has shape {counts.shape}; expected (passes, layers, experts) "
+                                    "or (layers, experts)")
+    if not np.issubdtype(counts.dtype, np.number) or (counts < 0).any():
+        raise TraceError(str(file), f"{key} must hold non-negative token counts")
+    if MAP_KEY in raw:
+        counts = _fold_physical(file, counts, np.asarray(raw[MAP_KEY]))
+    busy = counts.reshape(counts.shape[0], -1).sum(axis=1) > 0
+    if not busy.any():
+        raise TraceError(str(file), f"{key} is all zeros: the recorder saw no tokens")
+    return ExpertCounts(counts[busy].astype(np.int64), str(file), key)
+
+
+def _fold_physical(file: Path, counts: np.ndarray, mapping: np.ndarray) -> np.ndarray:
+    """Sum redundant physical experts into their logical expert (vLLM EPLB / SGLang physical counts)."""
+    layers, physical = counts.shape[1], counts.shape[2]
+    if mapping.shape != (layers, physical) or not np.issubdtype(mapping.dtype, np.integer) or (mapping < 0).any():
+        raise TraceError(str(file), f"{MAP_KEY} has shape {mapping.shape}; expected ({layers}, {physical}) "
+                                    "non-negative logical expert ids")
+    logical = int(mapping.max()) + 1
+    out = np.zeros((counts.shape[0], layers, logical), dtype=np.int64)
+    for layer in range(layers):
+        np.add.at(out[:, layer, :], (slice(None), mapping[layer]), counts[:, layer, :])
+    return out
+
+
+def check_against(counts: ExpertCounts, model: ModelSpec) -> None:
+    """The dump must have the model's MoE layers and routed experts."""
+    assert model.moe is not None  # make_router checked
+    _, layers, experts = counts.counts.shape
+    if (layers, experts) != (model.num_moe_layers, model.moe.num_experts):
+        raise TraceError(counts.source, f"has {layers} MoE layers x {experts} experts; {model.id} has "
+                                        f"{model.num_moe_layers} x {model.moe.num_experts}")
