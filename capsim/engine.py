@@ -154,6 +154,9 @@ def resolve_on(scenario: Scenario, db: HardwareDB, model: ModelSpec, count: int 
         if model.is_moe:
             check_expert_layout(model.moe.num_experts, scenario.ep, layout.expert_ranks,  # type: ignore[union-attr]
                                 scenario.redundant_experts)
+    if scenario.two_batch_overlap and layout.ep == 1 and layout.attention_dp == 1:
+        raise ScenarioError("--two-batch-overlap hides dispatch/combine behind compute; give --ep > 1 or "
+                            "--attention-dp > 1 (a TP group has no all-to-all to hide)")
     placement = Placement(
         tp=tp,
         weight_precision=weight_precisions(model, scenario.weight_dtype, scenario.expert_dtype),
@@ -518,11 +521,21 @@ def decode_steps(rs: ResolvedScenario, batch: np.ndarray, context: np.ndarray) -
     layouts (capsim.parallel), and the draft passes (capsim.speculative). What the layout and the drafts
     decided is left in ``cost.extra`` ("ep", "speculative")."""
     spec = rs.speculation
-    cost = decode_passes(rs, batch, context, spec.draft_tokens + 1 if spec is not None else 1)  # type: ignore[attr-defined]
+    per_sequence = spec.draft_tokens + 1 if spec is not None else 1  # type: ignore[attr-defined]
+    tbo = rs.scenario.two_batch_overlap
+    micro = np.ceil(np.asarray(batch, dtype=np.float64) / 2.0) if tbo else batch
+    cost = decode_passes(rs, micro, context, per_sequence)
     if rs.layout.ep > 1 or rs.layout.attention_dp > 1:
         from .parallel import apply_expert_parallel
 
         cost.extra["ep"] = apply_expert_parallel(rs, cost, "decode")  # type: ignore[assignment]
+    if tbo and cost.time.size:
+        from .parallel import two_batch_overlap
+
+        info = cost.extra.get("ep", {})
+        cost = two_batch_overlap(rs, cost)
+        cost.extra["ep"] = {**info, "two_batch_overlap": True,  # type: ignore[dict-item]
+                            "all_to_all_exposed_s_per_pass": float(cost.time_by_op["all_to_all"].mean())}
     if spec is not None:
         from .speculative import add_draft_passes
 

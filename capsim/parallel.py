@@ -369,6 +369,33 @@ def apply_expert_parallel(rs: ResolvedScenario, cost: PassCost, phase: str = "de
     return info
 
 
+def two_batch_overlap(rs: ResolvedScenario, half: PassCost) -> PassCost:
+    """Two-batch overlap (SGLang ``--enable-two-batch-overlap``, DeepSeek's dual micro-batch decode): the batch
+    runs as two micro-batches whose dispatch/combine overlaps the other's compute. From the cost of one
+    micro-batch (``half``, with its communication ``c`` and the rest ``r`` of which ``o`` is the per-step
+    overhead, paid once per step):
+
+        t = 2 · max(r − o, c) + o
+
+    Bytes, FLOPs and tokens are the two micro-batches' (each reads the weights again); the communication left
+    exposed, 2 · max(0, c − (r − o)), stays in ``all_to_all`` and on the interconnect."""
+    comm = half.time_by_op.get("all_to_all", np.zeros_like(half.time))
+    overhead = half.time_by_op.get("overhead", np.zeros_like(half.time))
+    work = half.time - comm - overhead
+    time = 2.0 * np.maximum(work, comm) + overhead
+    exposed = 2.0 * np.maximum(comm - work, 0.0)
+    _scale(half, np.full_like(half.time, 2.0))
+    half.time_by_op["overhead"] = overhead
+    half.time_by_resource["overhead"] = half.time_by_resource["overhead"] - overhead
+    half.time_by_op["all_to_all"] = exposed
+    half.time_by_resource["interconnect"] = half.time_by_resource["interconnect"] - 2.0 * comm + exposed
+    half.time = time
+    for name in ("weight_bytes_sparse", "weight_bytes_dense", "kv_read_bytes", "flops_sparse", "flops_dense",
+                 "tokens"):
+        setattr(half, name, getattr(half, name) * 2.0)
+    return half
+
+
 # ---- layouts: TP x PP x DP over nodes ------------------------------------------------------------------------
 
 
@@ -440,9 +467,13 @@ def layout_for(tp: int | None, pp: int, dp: int, ep: int, nodes: int, devices_pe
     if tp * adp * pp * dp != total:
         want = tp * adp * pp * dp
         fix = f"--gpus {want // nodes} per node" if want % nodes == 0 else "a product that --nodes divides"
+        # the degrees that would fill the devices with the others kept
+        fills = [f"--{flag} {total // rest}" for flag, rest in (("dp", tp * adp * pp), ("attention-dp", tp * pp * dp))
+                 if total % rest == 0 and total // rest >= 1]
+        options = f" ({' or '.join(fills)} fills them)" if fills else ""
         raise ScenarioError(
             f"--tp {tp}{adp_text} x --pp {pp} x --dp {dp} = {want} devices, but {nodes} node(s) x {devices_per_node} "
-            f"devices = {total}; use {fix}, or change the degrees"
+            f"devices = {total}; use {fix}, or change the degrees{options}"
         )
     if tp > devices_per_node:
         raise ScenarioError(

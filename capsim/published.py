@@ -72,7 +72,7 @@ _OPTIONAL: dict[str, type | tuple[type, ...]] = {
     "commit": str, "published": str, "system": str, "hardware": str, "attention_dp": int, "pp": int,
     "cpu": str, "cpu_sockets": int, "dram": str, "host_memory_gb": (int, float), "cpu_expert_layers": int, "batch_upper_bound": bool, "numa": str,
     "includes_prefill": bool, "speculative": bool, "engine": str, "notes": list,
-    "redundant_experts": int, "all_to_all": str, "network": str, "spec": str,
+    "redundant_experts": int, "all_to_all": str, "network": str, "spec": str, "two_batch_overlap": bool,
 }
 
 
@@ -124,6 +124,8 @@ class PublishedCase:
     """Link id joining the nodes when the hardware entry names none (--network)."""
     spec: str | None = None
     """How a speculative case drafted (--spec), e.g. mtp:3."""
+    two_batch_overlap: bool = False
+    """Decode ran as two overlapped micro-batches (--two-batch-overlap)."""
 
     @property
     def is_time(self) -> bool:
@@ -274,7 +276,7 @@ def scenario_for(case: PublishedCase, db: HardwareDB) -> tuple[Scenario, Hardwar
         if domain and case.gpus_per_replica > domain:
             nodes = math.ceil(case.gpus_per_replica / domain)
             settings.update(gpus=case.gpus_per_replica // nodes, nodes=nodes)
-    for name in ("redundant_experts", "all_to_all", "network"):
+    for name in ("redundant_experts", "all_to_all", "network", "two_batch_overlap"):
         if getattr(case, name):
             settings[name] = getattr(case, name)
     if case.host_memory_gb is not None:

@@ -69,6 +69,8 @@ class Scenario:
     redundant_experts: int = _opt(0, "extra expert replicas placed EPLB-style over the EP groups (--ep > 1)")
     all_to_all: str = _opt("nccl", "dispatch/combine kernels for --ep > 1: nccl, or deepep (DeepEP normal kernels "
                            "for prefill, low-latency kernels for decode)")
+    two_batch_overlap: bool = _opt(False, "decode as two micro-batches whose dispatch/combine overlaps the other's "
+                                   "compute (SGLang --enable-two-batch-overlap); needs --ep > 1 or --attention-dp > 1")
     spec: str | None = _opt(None, "speculative decoding: mtp:K (the model's multi-token-prediction module drafts K "
                             "tokens) or draft:MODEL:K (a draft model drafts K tokens); the target verifies them in one step")
     acceptance: float | None = _opt(None, "probability that a draft token is accepted (0-1); default for mtp: the "

@@ -218,7 +218,7 @@ def test_bad_speculation_is_one_line(default_hardware_db, kw, match) -> None:  #
 # ---- sweeps over layouts --------------------------------------------------------------------------------
 LAYOUTS = ("", "tp=1,attention_dp=8,ep=8", "tp=2,attention_dp=4,ep=4", "tp=8,ep=4,spec=mtp:3",
            "tp=1,attention_dp=8,ep=8,spec=mtp:2,acceptance=0.7", "tp=1,attention_dp=8,ep=8,redundant_experts=8",
-           "tp=2,attention_dp=4")
+           "tp=2,attention_dp=4", "tp=1,attention_dp=8,ep=8,two_batch_overlap=true,all_to_all=deepep")
 
 
 @pytest.mark.parametrize("model,hardware,dtype,layouts,routing", [
@@ -290,3 +290,23 @@ def test_ep_across_nodes_sends_the_remote_share_over_the_network(default_hardwar
                   hardware_db=default_hardware_db)
     # EFA v2 on p5: 3,200 Gb/s per 8 GPUs = 50 GB/s per GPU, the same per-GPU rate as one NDR port per GPU
     assert efa.decode.time_by_op_s["all_to_all"] == pytest.approx(p.decode.time_by_op_s["all_to_all"])
+
+
+def test_two_batch_overlap_hides_the_smaller_of_compute_and_communication(default_hardware_db) -> None:
+    """Batch 128 as two micro-batches of 64: with one micro-batch's step split into dispatch/combine c, the
+    per-step overhead o and the rest r, a step is 2 · max(r, c) + o (each micro-batch reads the weights
+    again; the overhead is paid once), and S-MFU counts the two micro-batches' tokens."""
+    kw = dict(**{**DSV3, "gen_len": 5}, attention_dp=8, ep=8)
+    half = predict(Scenario(**kw, batch=64), hardware_db=default_hardware_db)
+    tbo = predict(Scenario(**kw, batch=128, two_batch_overlap=True), hardware_db=default_hardware_db)
+    plain = predict(Scenario(**kw, batch=128), hardware_db=default_hardware_db)
+    n = half.decode.passes
+    c = half.decode.time_by_op_s["all_to_all"] / n
+    o = half.decode.time_by_op_s["overhead"] / n
+    r = half.decode.time_s / n - c - o
+    assert tbo.decode.time_s / tbo.decode.passes == pytest.approx(2 * max(r, c) + o, rel=1e-9)
+    assert tbo.decode.time_by_op_s["all_to_all"] / n == pytest.approx(2 * max(c - r, 0.0), abs=1e-15)
+    assert tbo.decode.tokens == pytest.approx(plain.decode.tokens)
+    assert tbo.deployment["two_batch_overlap"] is True
+    with pytest.raises(ScenarioError, match="give --ep > 1 or --attention-dp > 1"):
+        predict(Scenario(**DSV3, batch=8, two_batch_overlap=True), hardware_db=default_hardware_db)

@@ -229,6 +229,8 @@ def register(app: typer.Typer) -> None:
         attention_dp: Annotated[int, typer.Option(help=_help("attention_dp"))] = _DEFAULTS["attention_dp"],
         redundant_experts: Annotated[int, typer.Option(help=_help("redundant_experts"))] = _DEFAULTS["redundant_experts"],
         all_to_all: Annotated[str, typer.Option(help=_help("all_to_all"))] = _DEFAULTS["all_to_all"],
+        two_batch_overlap: Annotated[bool, typer.Option("--two-batch-overlap/--no-two-batch-overlap",
+                                     help=_help("two_batch_overlap"))] = _DEFAULTS["two_batch_overlap"],
         spec: Annotated[Optional[str], typer.Option(help=_help("spec"))] = _DEFAULTS["spec"],
         acceptance: Annotated[Optional[float], typer.Option(help=_help("acceptance"))] = _DEFAULTS["acceptance"],
         tp: Annotated[Optional[int], typer.Option(help=_help("tp"))] = _DEFAULTS["tp"],
@@ -252,7 +254,7 @@ def register(app: typer.Typer) -> None:
             seed=seed, mode=mode, expert_layers=expert_layers, expert_tier=expert_tier, cache_policy=cache_policy,
             prefetch=prefetch, numa=numa, host_memory_gb=host_memory_gb, placement=placement, ep=ep,
             attention_dp=attention_dp, redundant_experts=redundant_experts, all_to_all=all_to_all,
-            spec=spec, acceptance=acceptance,
+            spec=spec, acceptance=acceptance, two_batch_overlap=two_batch_overlap,
             tp=tp, pp=pp, dp=dp, nodes=nodes, network=network, expert_dtype=expert_dtype, threads=threads,
         )
         preset = None

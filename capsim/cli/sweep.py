@@ -34,7 +34,7 @@ def register(app: typer.Typer) -> None:
         weight_dtype: Annotated[str, typer.Option(help="weight precisions, comma-separated; native = published")] = "native",
         kv_dtype: Annotated[str, typer.Option(help="KV-cache precisions, comma-separated")] = "bf16",
         layout: Annotated[str, typer.Option(help="parallel layouts separated by ';', each key=value pairs of tp, "
-                          "attention_dp, ep, dp, redundant_experts, all_to_all, spec, acceptance, e.g. "
+                          "attention_dp, ep, dp, redundant_experts, all_to_all, two_batch_overlap, spec, acceptance, e.g. "
                           "'tp=8;tp=1,attention_dp=8,ep=8;tp=8,ep=4,spec=mtp:3' (empty: the default TP group)")] = "",
         grid_file: Annotated[Path | None, typer.Option("--grid", help="TOML grid file (overrides the axis options)")] = None,
         fmt: Annotated[str | None, typer.Option("--format", help="csv, jsonl or parquet (default: from --out)")] = None,

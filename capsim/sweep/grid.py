@@ -101,7 +101,7 @@ def parse_gpus_axis(text: str) -> tuple[int, ...]:
 
 LAYOUT_KEYS: dict[str, type] = {
     "tp": int, "attention_dp": int, "ep": int, "pp": int, "dp": int, "nodes": int, "redundant_experts": int,
-    "all_to_all": str, "network": str, "spec": str, "acceptance": float, "mode": str,
+    "all_to_all": str, "network": str, "spec": str, "acceptance": float, "two_batch_overlap": bool, "mode": str,
 }
 """Scenario options a sweep layout may set (capsim.scenario.Scenario fields)."""
 
@@ -121,7 +121,14 @@ def parse_layout(text: str) -> dict[str, Any]:
                 f"{', '.join(LAYOUT_KEYS)} (e.g. tp=1,attention_dp=8,ep=8)"
             )
         try:
-            out[name] = LAYOUT_KEYS[name](value.strip())
+            kind = LAYOUT_KEYS[name]
+            if kind is bool:
+                flag = value.strip().lower()
+                if flag not in ("1", "true", "yes", "0", "false", "no"):
+                    raise ValueError(value)
+                out[name] = flag in ("1", "true", "yes")
+            else:
+                out[name] = kind(value.strip())
         except ValueError:
             raise ScenarioError(f"layout {text!r}: {name} must be {LAYOUT_KEYS[name].__name__}, got {value!r}") from None
     return out
