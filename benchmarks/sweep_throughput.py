@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 from capsim.engine import predict
-from capsim.errors import DoesNotFitError
+from capsim.errors import DoesNotFitError, ScenarioError
 from capsim.hardware import load_hardware_db
 from capsim.scenario import Scenario
 from capsim.sweep.grid import Grid
@@ -72,11 +72,11 @@ def main() -> None:
     start = time.perf_counter()
     for row in rows:
         g, offset = divmod(int(row), grid.numeric_size)
-        model, hw, gpus, _, _ = grid.group_keys[g]
+        model, hw, gpus = grid.group_keys[g][:3]
         b, p, n = (int(a[0]) for a in grid.numeric_points(offset, offset + 1))
         try:
             predict(Scenario(model=model, hardware=hw, gpus=gpus, batch=b, prompt_len=p, gen_len=n), hardware_db=db)
-        except DoesNotFitError:
+        except (DoesNotFitError, ScenarioError):  # rows the sweep marks as not running
             pass
     scalar_per_config = (time.perf_counter() - start) / args.scalar_sample
 

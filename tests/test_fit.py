@@ -96,6 +96,62 @@ def test_fit_tries_auto_placements(default_hardware_db) -> None:
 
 
 def test_fit_lists_a_model_that_fits_once(default_hardware_db) -> None:
-    # auto placement of a model the GPUs hold is the gpu row, not a second one
+    # auto placement of a model the GPUs hold is the gpu row, not a second one (the other gpu rows are the
+    # parallel layouts at 2 devices, each listed once)
     ranked = placements(Scenario(model="mixtral-8x7b", hardware="h100-sxm", gpus=2), default_hardware_db)
-    assert [r.mode for r in ranked if r.error is None].count("gpu") == 1
+    gpu_rows = [r.layout for r in ranked if r.error is None and r.mode == "gpu"]
+    assert gpu_rows.count("TP2") == 1 and len(gpu_rows) == len(set(gpu_rows))
+    assert next(r for r in ranked if r.error is None and r.mode == "gpu" and r.options is None).layout == "TP2"
+
+
+# ---- parallel layouts (issue 12) -------------------------------------------------------------------------
+def test_fit_lists_moe_layouts_equal_to_predict(default_hardware_db) -> None:
+    """DeepSeek-V3 fp8 on 8x H200: besides the GPU mode (plain TP8) fit tries TP8+EP8, attention-DP8+EP8 (tp=1)
+    and TP4 x attention-DP2 + EP8; each row's TPOT is predict's with those options, to the bit."""
+    base = Scenario(model="deepseek-v3", hardware="h200-sxm", gpus=8, weight_dtype="fp8")
+    ranked = placements(base, default_hardware_db)
+    layouts = {r.layout: r for r in ranked if r.mode == "gpu"}
+    assert set(layouts) == {"TP8", "TP8 EP8", "TP1 attn-DP8 EP8", "TP4 attn-DP2 EP8"}
+    assert [r.layout for r in ranked].count("TP8") == 1  # plain TP over 8 is the gpu row, listed once
+    adp = layouts["TP1 attn-DP8 EP8"]
+    assert adp.error is None and adp.gpus == 8
+    assert adp.options == {"tp": 1, "attention_dp": 8, "ep": 8, "pp": 1, "dp": 1}
+    direct = predict(replace(base, tp=1, attention_dp=8, ep=8), hardware_db=default_hardware_db)
+    assert adp.tpot_s == direct.tpot_s and adp.ttft_s == direct.ttft_s
+    assert direct.deployment["layout"]["attention_dp"] == 8 and direct.deployment["ep"] == 8
+    tp4 = layouts["TP4 attn-DP2 EP8"]  # 128 heads / 4 = 32 per rank
+    assert tp4.tpot_s == predict(replace(base, tp=4, attention_dp=2, ep=8), hardware_db=default_hardware_db).tpot_s
+    ok = [r.tpot_s for r in ranked if r.error is None]
+    assert ok == sorted(ok)  # ranked together with the mode candidates
+
+
+def test_fit_reports_impossible_layout_with_reason(default_hardware_db) -> None:
+    """Qwen2-57B-A14B has 28 query heads and 4 KV heads: TP8 does not divide 28 (28 / 8 = 3.5), so plain TP8 and
+    TP8+EP8 are listed with the validation layer's reason; TP4 (28 / 4 = 7 heads, 4 / 4 = 1 KV head per rank)
+    x attention-DP2 + EP8 (64 experts / 8 = 8 per device) and attention-DP8 + EP8 run."""
+    ranked = placements(Scenario(model="qwen2-57b-a14b", hardware="h200-sxm", gpus=8), default_hardware_db)
+    by_layout = {r.layout: r for r in ranked if r.mode == "gpu"}
+    bad = by_layout["TP8 EP8"]
+    assert bad.error is not None and "--tp 8 does not divide the model's 28 attention heads" in bad.error
+    assert by_layout["TP8"].error is not None and "28 attention heads" in by_layout["TP8"].error
+    assert by_layout["TP4 attn-DP2 EP8"].error is None
+    assert by_layout["TP1 attn-DP8 EP8"].error is None
+    assert ranked[0].layout in ("TP4 attn-DP2 EP8", "TP1 attn-DP8 EP8")  # the fastest row is a layout that runs
+
+
+def test_fit_single_gpu_lists_no_layouts(default_hardware_db) -> None:
+    for gpus in (1, None):  # None: the GPU mode picks the fewest devices that hold it (one H100 for 15.7B bf16)
+        ranked = placements(Scenario(model="deepseek-v2-lite", hardware="h100-sxm", gpus=gpus), default_hardware_db)
+        assert all(r.options is None for r in ranked)
+        assert [r.layout for r in ranked if r.mode == "gpu" and r.error is None] == ["TP1"]
+
+
+def test_cli_fit_shows_layouts() -> None:
+    args = ["fit", "--model", "deepseek-v3", "--hardware", "h200-sxm", "--gpus", "8", "--weight-dtype", "fp8"]
+    result = runner.invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {r["layout"]: r for r in json.loads(result.stdout)["placements"] if r["mode"] == "gpu"}
+    assert rows["TP1 attn-DP8 EP8"]["options"]["attention_dp"] == 8
+    text = runner.invoke(app, args, terminal_width=200)
+    assert text.exit_code == 0, text.output
+    assert "TP1 attn-DP8 EP8" in text.stdout and "TP4 attn-DP2 EP8" in text.stdout

@@ -51,9 +51,9 @@ def register(app: typer.Typer) -> None:
 
             # auto trades GPU-resident experts for KV cache, so its limits are those of the mode with every
             # expert off the GPU (the most room for KV)
-            chosen = replace(base, mode=best.mode, placement=None)
+            chosen = replace(base, mode=best.mode, placement=None, **(best.options or {}))
             try:
-                limits = {"mode": best.mode, "max_batch": max_batch_at(chosen, db),
+                limits = {"mode": best.mode, "layout": best.layout, "max_batch": max_batch_at(chosen, db),
                           "max_context_at_batch": max_context_at(chosen, db)}
             except CapsimError as exc:
                 limits = {"mode": best.mode, "error": str(exc)}
@@ -65,20 +65,22 @@ def register(app: typer.Typer) -> None:
             return
         console = out_console()
         table = Table(title=f"{model} on {hardware}: placements, fastest first", title_justify="left")
-        for col in ("mode", "placement", "devices", "TPOT", "tokens/s", "TTFT", "detail"):
-            table.add_column(col, justify="right" if col in ("devices", "TPOT", "tokens/s", "TTFT") else "left")
+        for col in ("mode", "placement", "layout", "devices", "TPOT", "tokens/s", "TTFT", "detail"):
+            table.add_column(col, justify="right" if col in ("devices", "TPOT", "tokens/s", "TTFT") else "left",
+                             no_wrap=col == "layout")
         for r in ranked:
             where = r.placement or "default"
             if r.error:
-                table.add_row(r.mode, where, "", "", "", "", f"[red]{escape(r.error)}[/red]")
+                table.add_row(r.mode, where, r.layout or "", "", "", "", "", f"[red]{escape(r.error)}[/red]")
             else:
-                table.add_row(r.mode, where, str(r.gpus), f"{1e3 * r.tpot_s:,.2f} ms" if r.tpot_s else "n/a",
+                table.add_row(r.mode, where, r.layout or "", str(r.gpus), f"{1e3 * r.tpot_s:,.2f} ms" if r.tpot_s else "n/a",
                               f"{r.decode_tokens_per_s:,.1f}" if r.decode_tokens_per_s else "n/a",
                               f"{1e3 * r.ttft_s:,.1f} ms" if r.ttft_s else "n/a", r.detail)
         console.print(table)
         if "max_batch" in limits:
             moved = " (experts moved off the GPU as needed)" if best.placement == "auto" else ""
-            console.print(f"{limits['mode']}{moved}: largest batch at prompt {prompt_len} + gen {gen_len}: {limits['max_batch']}; "
+            layout = f" ({limits['layout']})" if limits.get("layout") else ""
+            console.print(f"{limits['mode']}{layout}{moved}: largest batch at prompt {prompt_len} + gen {gen_len}: {limits['max_batch']}; "
                           f"longest context at batch {batch}: {limits['max_context_at_batch']:,} tokens")
         elif "error" in limits:
             console.print(f"[yellow]limits: {limits['error']}[/yellow]")

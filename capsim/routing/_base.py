@@ -104,10 +104,14 @@ def expected_activated_iid_runs(
     """
     shape = t.shape
     num_layers, num_experts = inclusion.shape
-    if num_layers > 1 and np.all(inclusion == inclusion[:1]) and np.all(new_origin == new_origin[:1]):
-        # identical layers (uniform, or one profile for all): evaluate one and broadcast — sweeps ask this a lot
-        one = expected_activated_iid_runs(inclusion[:1], new_origin[:1], t, s, m)
-        return np.broadcast_to(one, (num_layers, *shape)).copy()
+    if num_layers > 1 and np.all(new_origin == new_origin[:1]):
+        ordered = np.sort(inclusion, axis=1)
+        if np.all(ordered == ordered[:1]):
+            # every layer holds the same profile, possibly on other experts (uniform; a Zipf profile shuffled per
+            # layer, as the default routers): the sum over experts does not depend on which expert has which π,
+            # so evaluate one layer (its sorted row) and broadcast; sweeps ask this a lot
+            one = expected_activated_iid_runs(ordered[:1], new_origin[:1], t, s, m)
+            return np.broadcast_to(one, (num_layers, *shape)).copy()
     if np.all(new_origin == 1.0):
         # no reuse: a run of m tokens is m independent tokens, so only T = s·m matters
         s, m = t, np.ones_like(t)
