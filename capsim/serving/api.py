@@ -87,6 +87,7 @@ def scheduler_for(req: ServeRequest, scenario: Scenario, hardware_db: HardwareDB
 
     preset = get_preset(req.system)
     db = hardware_db if hardware_db is not None else load_hardware_db()
+    scenario.validate()  # bounds first: --gpus 2147483648 would otherwise build a node of that many devices
     node = db.node(scenario.hardware, scenario.gpus)
     device = getattr(node, "accelerator", None)
     memory = float(device.memory_capacity_gb) * GB if device is not None else 0.0
