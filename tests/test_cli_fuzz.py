@@ -47,6 +47,8 @@ def _run(argv: list[str]) -> None:
 @example(argv=["predict", "--expert-layers", "5:1", "--gpus", "2147483648", "--tp", "20", "--batch", "1"])
 @example(argv=["predict", "--tp", "219", "--pp", "21750", "--prompt-len", "675"])
 @example(argv=["explain", "--model", "x" * 300])
+@example(argv=["compare", "--json", "--csv", "cmp.csv", "--gpus", "1", "--hardware", "a100-sxm-80gb", "--model",
+               "mixtral-8x7b"])
 @example(argv=["serve", "--model", "mixtral-8x7b", "--hardware", "mi300x", "--gpus", "2147483648", "--num-prompts", "16"])
 @example(argv=["sweep", "--grid", "existing.csv/inner.csv", "--out", "o.csv"])
 def test_any_command_keeps_the_contract(argv: list[str]) -> None:

@@ -618,15 +618,16 @@ def register(app: typer.Typer) -> None:
             deployments=deployments,
             host_memory_gb=host_memory_gb,
         )
-        if csv_path is not None:
+        runs = any(o.ok for o in result.options)
+        if csv_path is not None and runs:  # a failed run (exit 1) leaves no file behind
             write_csv([o.to_row() for o in result.options], csv_path)
         if json_out:
             print_json(result.to_dict())
         else:
             render_comparison(result)
-        if csv_path is not None:
+        if csv_path is not None and runs:
             err_console().print(f"CSV written to {csv_path}")
-        if not any(o.ok for o in result.options):
+        if not runs:
             # the same contract as radar and fit: no option runs = exit 1 (after showing why)
             raise ScenarioError(f"no option runs {result.model}; the reasons are in the table above")
 
