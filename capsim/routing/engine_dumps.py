@@ -85,7 +85,10 @@ def load_expert_counts(path: str | Path) -> ExpertCounts:
 
     Raises :class:`TraceError` naming the file and the problem (missing file, no count array, bad shape,
     negative counts)."""
-    file = Path(path).expanduser()
+    try:
+        file = Path(path).expanduser()
+    except RuntimeError:  # ~user that does not exist
+        file = Path(path)
     if not file.is_file():
         raise TraceError(str(file), "no such expert-load dump; give the .pt/.npy/.npz file the engine wrote")
     raw = _load_raw(file)

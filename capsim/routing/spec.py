@@ -244,9 +244,15 @@ def resolve_trace_path(text: str) -> Path:
     """A trace path, or the name of a shipped trace (with or without ``.npz``)."""
     if not text.strip():
         raise ScenarioError("empty trace path; give a trace file or a shipped trace name (capsim trace list)")
-    path = Path(text).expanduser()
-    if path.is_file():
-        return path
+    try:
+        path = Path(text).expanduser()
+    except RuntimeError:  # ~user that does not exist: a name, not a home folder
+        path = Path(text)
+    try:
+        if path.is_file():
+            return path
+    except OSError:
+        pass  # a name the file system refuses (too long): not a file
     shipped = shipped_traces()
     name = text.removesuffix(".npz")
     if name in shipped:
