@@ -47,6 +47,7 @@ def _run(argv: list[str]) -> None:
 @example(argv=["predict", "--expert-layers", "5:1", "--gpus", "2147483648", "--tp", "20", "--batch", "1"])
 @example(argv=["predict", "--tp", "219", "--pp", "21750", "--prompt-len", "675"])
 @example(argv=["explain", "--model", "x" * 300])
+@example(argv=["sweep", "--grid", "grid.toml", "--out", "", "--format", "csv"])
 @example(argv=["trace", "stats", "~\U0008cd42", "--no-png", "--json"])
 @example(argv=["compare", "--json", "--csv", "cmp.csv", "--gpus", "1", "--hardware", "a100-sxm-80gb", "--model",
                "mixtral-8x7b"])

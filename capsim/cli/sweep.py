@@ -99,9 +99,9 @@ def register(app: typer.Typer) -> None:
             slo_ttft_s=parse_duration(slo_ttft, "--slo-ttft") if slo_ttft else None,
         )
         db = load_db(hardware_db, override)
-        run = SweepRun(grid, out, format_of(out, fmt), chunk_rows, filters)
         # everything that can be refused is refused before the first byte is written
         check_output_path(out, "--out")
+        run = SweepRun(grid, out, format_of(out, fmt), chunk_rows, filters)
         if pareto is not None:
             check_output_path(pareto, "--pareto")
             if pareto.resolve() == out.resolve():
