@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import difflib
 import math
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -37,7 +36,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from . import units
 from .energy import EnergyReport, PartPower, energy_report, idle_draw_w
-from .errors import DataFileError, ScenarioError, UnknownHardwareError
+from .errors import DataFileError, ScenarioError, UnknownHardwareError, read_user_toml
 from .pricing import _NO_HOST, PartCost, PurchaseCost, purchase_cost  # noqa: F401  (re-exported)
 from .units import HOURS_PER_YEAR
 
@@ -242,15 +241,7 @@ def load_cost_file(path: Path | str) -> dict[str, Any]:
     non-numbers raise DataFileError naming the field.
     """
     p = Path(path)
-    try:
-        with p.open("rb") as fh:
-            raw = tomllib.load(fh)
-    except tomllib.TOMLDecodeError as exc:
-        raise DataFileError(str(p), f"not valid TOML ({exc}); fix the syntax") from None
-    except UnicodeDecodeError:
-        raise DataFileError(str(p), "not UTF-8 text (TOML must be UTF-8); save it as UTF-8") from None
-    except OSError as exc:
-        raise DataFileError(str(p), f"cannot be read ({exc.strerror}); check the --prices path") from None
+    raw = read_user_toml(p, "--prices")
     allowed = (*SCALAR_INPUTS, "purchase_usd", "cloud_usd_per_hour")
     out: dict[str, Any] = {}
     for key, value in raw.items():

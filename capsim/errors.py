@@ -20,6 +20,8 @@ Hierarchy::
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
 
 
 class CapsimError(Exception):
@@ -127,3 +129,19 @@ class MissingValueError(LookupError, CapsimError):
             msg += f" (needed for {why})"
         msg += "; add it with a source via --hardware-db, or choose another option"
         super().__init__(msg)
+
+
+def read_user_toml(path: Path, flag: str) -> dict[str, Any]:
+    """A TOML file the user named with ``flag``: its tables, or one DataFileError line saying what is wrong
+    (syntax, encoding, unreadable path). Shared by every command that reads a user's TOML file."""
+    import tomllib
+
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise DataFileError(str(path), f"not valid TOML ({exc}); fix the syntax") from None
+    except UnicodeDecodeError:
+        raise DataFileError(str(path), "not UTF-8 text (TOML must be UTF-8); save it as UTF-8") from None
+    except OSError as exc:
+        raise DataFileError(str(path), f"cannot be read ({exc.strerror}); check the {flag} path") from None

@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import difflib
 import math
-import tomllib
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from .errors import DataFileError, ScenarioError
+from .errors import DataFileError, ScenarioError, read_user_toml
 from .scenario import Scenario
 
 CapClass = Literal["PA", "PC", "CA"]
@@ -167,15 +166,7 @@ def parse_option(text: str, base: Scenario, index: int = 0) -> DeploymentOption:
 def load_options_file(path: Path | str, base: Scenario) -> list[DeploymentOption]:
     """Options from a TOML file of ``[[option]]`` tables (keys as in :func:`parse_option`)."""
     p = Path(path)
-    try:
-        with p.open("rb") as fh:
-            raw = tomllib.load(fh)
-    except tomllib.TOMLDecodeError as exc:
-        raise DataFileError(str(p), f"not valid TOML ({exc}); fix the syntax") from None
-    except UnicodeDecodeError:
-        raise DataFileError(str(p), "not UTF-8 text (TOML must be UTF-8); save it as UTF-8") from None
-    except OSError as exc:
-        raise DataFileError(str(p), f"cannot be read ({exc.strerror}); check the --options path") from None
+    raw = read_user_toml(p, "--options")
     extra = sorted(set(raw) - {"option"})
     if extra:
         raise DataFileError(str(p), f"unknown top-level key(s) {', '.join(extra)}; write [[option]] tables")
