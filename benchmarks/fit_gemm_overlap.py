@@ -34,7 +34,9 @@ def load(path: Path = DATA) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndar
     return np.array(tc), np.array(tm), np.array(t), np.array(src)
 
 
-def soft_roofline(tc: np.ndarray, tm: np.ndarray, eta_m: float, p: float, eta_c: float = COMPUTE_FRACTION) -> np.ndarray:
+def soft_roofline(
+    tc: np.ndarray, tm: np.ndarray, eta_m: float, p: float, eta_c: float = COMPUTE_FRACTION
+) -> np.ndarray:
     return ((tc / eta_c) ** p + (tm / eta_m) ** p) ** (1.0 / p)
 
 
@@ -42,8 +44,9 @@ def fit(tc: np.ndarray, tm: np.ndarray, t: np.ndarray) -> tuple[float, float]:
     """Least squares in log time over (η_m, p)."""
     from scipy.optimize import least_squares
 
-    res = least_squares(lambda x: np.log(soft_roofline(tc, tm, x[0], x[1]) / t), [0.8, 2.0],
-                        bounds=([0.1, 1.0], [1.0, 50.0]))
+    res = least_squares(
+        lambda x: np.log(soft_roofline(tc, tm, x[0], x[1]) / t), [0.8, 2.0], bounds=([0.1, 1.0], [1.0, 50.0])
+    )
     return float(res.x[0]), float(res.x[1])
 
 
@@ -52,17 +55,23 @@ def main() -> None:
     eta_m, p = fit(tc, tm, t)
     err = np.abs(soft_roofline(tc, tm, eta_m, p) / t - 1)
     plain = np.abs(np.maximum(tc / COMPUTE_FRACTION, tm / MEMORY_FRACTION) / t - 1)
-    print(f"{len(t)} shapes; fit: eta_m = {eta_m:.3f} (gemm_tokens_efficiency = {eta_m / MEMORY_FRACTION:.3f}), "
-          f"p = {p:.2f}")
+    print(
+        f"{len(t)} shapes; fit: eta_m = {eta_m:.3f} (gemm_tokens_efficiency = {eta_m / MEMORY_FRACTION:.3f}), "
+        f"p = {p:.2f}"
+    )
     print(f"soft roofline: median |error| {np.median(err):.1%}, max {err.max():.1%}")
-    print(f"plain roofline max(t_c/0.70, t_m/0.85): median |error| {np.median(plain):.1%}, max {plain.max():.1%}")
+    print(
+        f"plain roofline max(t_c/0.70, t_m/0.85): median |error| {np.median(plain):.1%}, max {plain.max():.1%}"
+    )
     for held in np.unique(src):
         train, test = src != held, src == held
         if train.sum() < 3:
             continue
         e_m, q = fit(tc[train], tm[train], t[train])
         e = np.abs(soft_roofline(tc[test], tm[test], e_m, q) / t[test] - 1)
-        print(f"leave out table {held}: fit eta_m {e_m:.3f}, p {q:.2f} -> median |error| on it {np.median(e):.1%}")
+        print(
+            f"leave out table {held}: fit eta_m {e_m:.3f}, p {q:.2f} -> median |error| on it {np.median(e):.1%}"
+        )
 
 
 if __name__ == "__main__":

@@ -30,17 +30,25 @@ def main() -> None:
     replica = build_replica(scenario, sched)
     print(f"replica build (memory plan + step tables from the engine): {time.perf_counter() - t:.2f} s")
     prompt, output = parse_length("lognormal:161:161", "prompt"), parse_length("lognormal:338:338", "output")
-    cases = [("offline (all at t=0)", {"rate": None}), ("Poisson 20 req/s", {"rate": 20.0}),
-             ("Poisson 60 req/s", {"rate": 60.0}), ("closed loop, 256 clients", {"rate": None, "concurrency": 256})]
-    print(f"{'arrivals':28} {'wall s':>7} {'cpu s':>7} {'steps':>9} {'steps/s':>10} {'sim s':>9} {'sim/cpu':>9} "
-          f"{'mean TPOT ms':>12}")
+    cases = [
+        ("offline (all at t=0)", {"rate": None}),
+        ("Poisson 20 req/s", {"rate": 20.0}),
+        ("Poisson 60 req/s", {"rate": 60.0}),
+        ("closed loop, 256 clients", {"rate": None, "concurrency": 256}),
+    ]
+    print(
+        f"{'arrivals':28} {'wall s':>7} {'cpu s':>7} {'steps':>9} {'steps/s':>10} {'sim s':>9} {'sim/cpu':>9} "
+        f"{'mean TPOT ms':>12}"
+    )
     for label, kw in cases:
         work = build_workload(num_prompts=args.requests, prompt=prompt, output=output, seed=1, **kw)
         w0, c0 = time.perf_counter(), time.process_time()
         res = serve(scenario, sched, work, replica=replica, timeline=False)
         wall, cpu = time.perf_counter() - w0, time.process_time() - c0
-        print(f"{label:28} {wall:7.2f} {cpu:7.2f} {res.steps:9,d} {res.steps / cpu:10,.0f} {res.duration_s:9.1f} "
-              f"{res.duration_s / cpu:9.0f} {1e3 * res.latency['tpot']['mean']:12.2f}")
+        print(
+            f"{label:28} {wall:7.2f} {cpu:7.2f} {res.steps:9,d} {res.steps / cpu:10,.0f} {res.duration_s:9.1f} "
+            f"{res.duration_s / cpu:9.0f} {1e3 * res.latency['tpot']['mean']:12.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -37,8 +37,14 @@ _PROBE = (
 def _once(argv: list[str]) -> tuple[float, float]:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    subprocess.run(argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False,
-                   env={**os.environ, "PYTHONPATH": str(REPO)})
+    subprocess.run(
+        argv,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -48,8 +54,14 @@ def _imported(argv: list[str]) -> list[str]:
     if argv[1:3] != ["-m", "capsim"]:
         return []
     code = _PROBE.format(heavy=HEAVY)
-    done = subprocess.run([sys.executable, "-c", code, *argv[3:]], cwd=REPO, capture_output=True, text=True, check=False,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    done = subprocess.run(
+        [sys.executable, "-c", code, *argv[3:]],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     line = [ln for ln in done.stderr.splitlines() if ln.startswith("HEAVY")]
     return line[-1].split()[1:] if line else ["?"]
 
@@ -78,8 +90,10 @@ def main() -> None:
     print(f"median of {args.runs} runs; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     print(f"{'command':<18} {'wall s':>7} {'cpu s':>7} {'wall-py':>8} {'cpu-py':>7}  heavy imports")
     for name, r in results.items():
-        print(f"{name:<18} {r['wall_s']:7.3f} {r['cpu_s']:7.3f} {r['wall_over_python_s']:8.3f} "
-              f"{r['cpu_over_python_s']:7.3f}  {' '.join(r['imports']) or '-'}")
+        print(
+            f"{name:<18} {r['wall_s']:7.3f} {r['cpu_s']:7.3f} {r['wall_over_python_s']:8.3f} "
+            f"{r['cpu_over_python_s']:7.3f}  {' '.join(r['imports']) or '-'}"
+        )
 
 
 if __name__ == "__main__":

@@ -36,33 +36,52 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sweep_throughput import benchmark_grid  # noqa: E402
+from sweep_throughput import benchmark_grid
 
-from capsim.engine import predict  # noqa: E402
-from capsim.errors import CapsimError  # noqa: E402
-from capsim.hardware import load_hardware_db  # noqa: E402
-from capsim.scenario import Scenario  # noqa: E402
-from capsim.sweep.grid import Grid  # noqa: E402
-from capsim.sweep.run import Filters, SweepRun, evaluate_chunk, resolve_groups, run_local  # noqa: E402
+from capsim.engine import predict
+from capsim.errors import CapsimError
+from capsim.hardware import load_hardware_db
+from capsim.scenario import Scenario
+from capsim.sweep.grid import Grid
+from capsim.sweep.run import Filters, SweepRun, evaluate_chunk, resolve_groups, run_local
 
 PEERS_MS = {"LLM-Viewer": 0.14, "llm-analysis": 0.55, "GenZ": 260.0}
 """Per-configuration times of the peers on one core, as quoted in issue 16."""
 
 SCALAR_CASES: dict[str, dict[str, Any]] = {
     "gpu (Mixtral, 2x H100)": dict(model="mixtral-8x7b", hardware="h100-sxm", gpus=2, batch=32),
-    "gpu (DeepSeek-V3, 8x H200)": dict(model="deepseek-v3", hardware="dgx-h200", gpus=8, batch=64, weight_dtype="fp8"),
-    "offload (Mixtral, 1x H100, LRU)": dict(model="mixtral-8x7b", hardware="h100-sxm", gpus=1, batch=8, mode="offload"),
-    "offload (DeepSeek-V3, 8x H100, LRU)": dict(model="deepseek-v3", hardware="h100-sxm", gpus=8, batch=64,
-                                                mode="offload"),
-    "cpu-experts (Mixtral, EPYC+4090)": dict(model="mixtral-8x7b", hardware="epyc-9654-4090", gpus=1, batch=4,
-                                             mode="cpu-experts", weight_dtype="int4"),
+    "gpu (DeepSeek-V3, 8x H200)": dict(
+        model="deepseek-v3", hardware="dgx-h200", gpus=8, batch=64, weight_dtype="fp8"
+    ),
+    "offload (Mixtral, 1x H100, LRU)": dict(
+        model="mixtral-8x7b", hardware="h100-sxm", gpus=1, batch=8, mode="offload"
+    ),
+    "offload (DeepSeek-V3, 8x H100, LRU)": dict(
+        model="deepseek-v3", hardware="h100-sxm", gpus=8, batch=64, mode="offload"
+    ),
+    "cpu-experts (Mixtral, EPYC+4090)": dict(
+        model="mixtral-8x7b",
+        hardware="epyc-9654-4090",
+        gpus=1,
+        batch=4,
+        mode="cpu-experts",
+        weight_dtype="int4",
+    ),
     # the database has no DRAM capacity for this system: 768 GB is a benchmark input, not a sourced figure
-    "cpu (Mixtral int4, 2x EPYC 9654)": dict(model="mixtral-8x7b", hardware="epyc-9654-2s", batch=4, mode="cpu",
-                                             weight_dtype="int4", host_memory_gb=768.0),
-    "ep (DeepSeek-V3, 8x H200, EP8 x attention-DP8)": dict(model="deepseek-v3", hardware="h200-sxm", gpus=8,
-                                                            attention_dp=8, ep=8, batch=256, weight_dtype="fp8"),
-    "ep (DeepSeek-R1, 8x H200, TP8 EP4)": dict(model="deepseek-r1", hardware="h200-sxm", gpus=8, tp=8, ep=4,
-                                                weight_dtype="fp8", batch=2),
+    "cpu (Mixtral int4, 2x EPYC 9654)": dict(
+        model="mixtral-8x7b",
+        hardware="epyc-9654-2s",
+        batch=4,
+        mode="cpu",
+        weight_dtype="int4",
+        host_memory_gb=768.0,
+    ),
+    "ep (DeepSeek-V3, 8x H200, EP8 x attention-DP8)": dict(
+        model="deepseek-v3", hardware="h200-sxm", gpus=8, attention_dp=8, ep=8, batch=256, weight_dtype="fp8"
+    ),
+    "ep (DeepSeek-R1, 8x H200, TP8 EP4)": dict(
+        model="deepseek-r1", hardware="h200-sxm", gpus=8, tp=8, ep=4, weight_dtype="fp8", batch=2
+    ),
 }
 
 
@@ -82,11 +101,24 @@ def mixed_grids() -> list[Grid]:
     """GPU-resident, CPU-expert and EP groups (every group valid: a product grid would add cheap "does not
     run" rows). Offload is not a sweep axis (docs/sweep.md), so it is absent here."""
     return [
-        Grid(models=("mixtral-8x7b", "qwen3-30b-a3b"), hardware=("h100-sxm", "h200-sxm"), gpus=(2,), **NUMERIC),
-        Grid(models=("mixtral-8x7b", "qwen3-30b-a3b"), hardware=("epyc-9654-4090",), gpus=(1,),
-             weight_dtype=("int4",), layout=("mode=cpu-experts",), **NUMERIC),
-        Grid(models=("qwen3-30b-a3b", "mixtral-8x7b"), hardware=("h100-sxm",), gpus=(8,),
-             layout=("tp=8,ep=8", "tp=1,attention_dp=8,ep=8"), **NUMERIC),
+        Grid(
+            models=("mixtral-8x7b", "qwen3-30b-a3b"), hardware=("h100-sxm", "h200-sxm"), gpus=(2,), **NUMERIC
+        ),
+        Grid(
+            models=("mixtral-8x7b", "qwen3-30b-a3b"),
+            hardware=("epyc-9654-4090",),
+            gpus=(1,),
+            weight_dtype=("int4",),
+            layout=("mode=cpu-experts",),
+            **NUMERIC,
+        ),
+        Grid(
+            models=("qwen3-30b-a3b", "mixtral-8x7b"),
+            hardware=("h100-sxm",),
+            gpus=(8,),
+            layout=("tp=8,ep=8", "tp=1,attention_dp=8,ep=8"),
+            **NUMERIC,
+        ),
     ]
 
 
@@ -94,10 +126,21 @@ def ep_grids() -> list[Grid]:
     """Expert-parallel layouts of DeepSeek-V3 (fp8) on 8 H200 and Qwen3-235B on 8 H100."""
     numeric = dict(batch=tuple(range(1, 257)), prompt_len=(512, 4096), gen_len=(128, 1024))
     return [
-        Grid(models=("deepseek-v3",), hardware=("h200-sxm",), gpus=(8,), weight_dtype=("fp8",),
-             layout=("tp=8,ep=8", "tp=1,attention_dp=8,ep=8", "tp=8,ep=4"), **numeric),
-        Grid(models=("qwen3-235b-a22b",), hardware=("h100-sxm",), gpus=(8,),
-             layout=("tp=8,ep=8", "tp=1,attention_dp=8,ep=8"), **numeric),
+        Grid(
+            models=("deepseek-v3",),
+            hardware=("h200-sxm",),
+            gpus=(8,),
+            weight_dtype=("fp8",),
+            layout=("tp=8,ep=8", "tp=1,attention_dp=8,ep=8", "tp=8,ep=4"),
+            **numeric,
+        ),
+        Grid(
+            models=("qwen3-235b-a22b",),
+            hardware=("h100-sxm",),
+            gpus=(8,),
+            layout=("tp=8,ep=8", "tp=1,attention_dp=8,ep=8"),
+            **numeric,
+        ),
     ]
 
 
@@ -174,8 +217,11 @@ def main() -> None:
     gpu_grid = benchmark_grid()
     if args.quick:
         gpu_grid = dataclasses.replace(gpu_grid, batch=gpu_grid.batch[:25])
-    grids = {"GPU-resident": [gpu_grid], "mixed (GPU, CPU-expert, EP groups)": mixed_grids(),
-             "EP layouts": ep_grids()}
+    grids = {
+        "GPU-resident": [gpu_grid],
+        "mixed (GPU, CPU-expert, EP groups)": mixed_grids(),
+        "EP layouts": ep_grids(),
+    }
     print("offload: not a sweep axis (docs/sweep.md); its scalar predict time is below")
     with tempfile.TemporaryDirectory() as tmp:
         for name, members in grids.items():
@@ -183,15 +229,19 @@ def main() -> None:
             print(f"{name}: {rows:,} configurations ({feasible:,} fit)")
             for reason in reasons:
                 print(f"  a group did not run: {reason}")
-            print(f"  evaluation : {wall_rate:>12,.0f} configs/s wall {cpu_rate:>12,.0f} configs/s CPU   "
-                  f"({peer_ratios(1 / cpu_rate)})")
+            print(
+                f"  evaluation : {wall_rate:>12,.0f} configs/s wall {cpu_rate:>12,.0f} configs/s CPU   "
+                f"({peer_ratios(1 / cpu_rate)})"
+            )
             if args.skip_e2e or len(members) > 1:
                 continue
             grid = members[0]
             for fmt in ("parquet", "csv"):
                 wall_rate, cpu_rate, size_mb = end_to_end_rate(grid, db, fmt, args.chunk, Path(tmp))
-                print(f"  end to end {fmt:<8}: {wall_rate:>9,.0f} rows/s wall {cpu_rate:>12,.0f} rows/s CPU   "
-                      f"({size_mb:,.0f} MB; {peer_ratios(1 / cpu_rate)})")
+                print(
+                    f"  end to end {fmt:<8}: {wall_rate:>9,.0f} rows/s wall {cpu_rate:>12,.0f} rows/s CPU   "
+                    f"({size_mb:,.0f} MB; {peer_ratios(1 / cpu_rate)})"
+                )
     print("scalar predict, median of", args.repeats, "(warm):")
     for name, value in scalar_times(db, args.repeats).items():
         if isinstance(value, str):

@@ -17,6 +17,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import argparse
+import contextlib
 import time
 
 import numpy as np
@@ -29,15 +30,24 @@ from capsim.sweep.grid import Grid, parse_layout
 from capsim.sweep.run import evaluate_chunk, resolve_groups
 
 LAYOUTS = (
-    "tp=8", "tp=8,ep=8", "tp=8,ep=4", "tp=1,attention_dp=8,ep=8", "tp=2,attention_dp=4,ep=8",
-    "tp=1,attention_dp=8,ep=8,redundant_experts=8", "tp=1,attention_dp=8,ep=8,spec=mtp:1",
+    "tp=8",
+    "tp=8,ep=8",
+    "tp=8,ep=4",
+    "tp=1,attention_dp=8,ep=8",
+    "tp=2,attention_dp=4,ep=8",
+    "tp=1,attention_dp=8,ep=8,redundant_experts=8",
+    "tp=1,attention_dp=8,ep=8,spec=mtp:1",
     "tp=8,ep=4,spec=mtp:3",
 )
 
 
 def benchmark_grid() -> Grid:
     return Grid(
-        models=("deepseek-v3",), hardware=("dgx-h200",), gpus=(8,), weight_dtype=("fp8",), routing="zipf:1.2",
+        models=("deepseek-v3",),
+        hardware=("dgx-h200",),
+        gpus=(8,),
+        weight_dtype=("fp8",),
+        routing="zipf:1.2",
         batch=tuple(int(x) for x in np.unique(np.geomspace(1, 2048, 128).round())),
         prompt_len=tuple(int(x) for x in np.geomspace(128, 16384, 8).round()),
         gen_len=tuple(int(x) for x in np.geomspace(16, 2048, 8).round()),
@@ -47,7 +57,9 @@ def benchmark_grid() -> Grid:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--scalar-sample", type=int, default=40, help="random grid points timed through predict")
+    parser.add_argument(
+        "--scalar-sample", type=int, default=40, help="random grid points timed through predict"
+    )
     args = parser.parse_args()
     grid = benchmark_grid()
     db = load_hardware_db()
@@ -64,19 +76,36 @@ def main() -> None:
     sample = rng.choice(grid.size, size=args.scalar_sample, replace=False)
     times = []
     for row in sample:
-        scenario = Scenario(model="deepseek-v3", hardware="dgx-h200", gpus=8, weight_dtype="fp8", routing="zipf:1.2",
-                            batch=int(cols["batch"][row]), prompt_len=int(cols["prompt_len"][row]),
-                            gen_len=int(cols["gen_len"][row]), **parse_layout(str(cols["layout"][row])))
+        scenario = Scenario(
+            model="deepseek-v3",
+            hardware="dgx-h200",
+            gpus=8,
+            weight_dtype="fp8",
+            routing="zipf:1.2",
+            batch=int(cols["batch"][row]),
+            prompt_len=int(cols["prompt_len"][row]),
+            gen_len=int(cols["gen_len"][row]),
+            **parse_layout(str(cols["layout"][row])),
+        )
         t0 = time.perf_counter()
-        try:
+        with contextlib.suppress(DoesNotFitError):
             predict(scenario, hardware_db=db)
-        except DoesNotFitError:
-            pass
         times.append(time.perf_counter() - t0)
     scalar = float(np.mean(times))
 
-    ep = Scenario(model="deepseek-v3", hardware="dgx-h200", gpus=8, weight_dtype="fp8", batch=256, prompt_len=2000,
-                  gen_len=512, tp=1, attention_dp=8, ep=8, routing="zipf:1.2")
+    ep = Scenario(
+        model="deepseek-v3",
+        hardware="dgx-h200",
+        gpus=8,
+        weight_dtype="fp8",
+        batch=256,
+        prompt_len=2000,
+        gen_len=512,
+        tp=1,
+        attention_dp=8,
+        ep=8,
+        routing="zipf:1.2",
+    )
     predict(ep, hardware_db=db)
     ep_times = []
     for _ in range(10):
@@ -84,12 +113,18 @@ def main() -> None:
         predict(ep, hardware_db=db)
         ep_times.append(time.perf_counter() - t0)
 
-    print(f"grid: {grid.size:,} rows ({len(LAYOUTS)} layouts), {feasible:,} feasible; groups resolved in {resolve_s:.2f} s")
+    print(
+        f"grid: {grid.size:,} rows ({len(LAYOUTS)} layouts), {feasible:,} feasible; groups resolved in {resolve_s:.2f} s"
+    )
     print(f"vectorised: {vector_s:.2f} s = {grid.size / vector_s:,.0f} rows/s")
-    print(f"scalar predict: {1e3 * scalar:.1f} ms per row (mean of {len(times)}) = {1 / scalar:,.0f} rows/s; "
-          f"whole grid ~{grid.size * scalar:,.0f} s; speed-up {grid.size * scalar / vector_s:,.0f}x")
-    print(f"scalar predict, DeepSeek-V3 attention-DP 8 x EP 8, Zipf routing, 511 decode steps: "
-          f"median {1e3 * float(np.median(ep_times)):.1f} ms (first call included the straggler model's cache fill)")
+    print(
+        f"scalar predict: {1e3 * scalar:.1f} ms per row (mean of {len(times)}) = {1 / scalar:,.0f} rows/s; "
+        f"whole grid ~{grid.size * scalar:,.0f} s; speed-up {grid.size * scalar / vector_s:,.0f}x"
+    )
+    print(
+        f"scalar predict, DeepSeek-V3 attention-DP 8 x EP 8, Zipf routing, 511 decode steps: "
+        f"median {1e3 * float(np.median(ep_times)):.1f} ms (first call included the straggler model's cache fill)"
+    )
 
 
 if __name__ == "__main__":

@@ -46,8 +46,12 @@ def benchmark_grid(single_gen: bool = False) -> Grid:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--chunk", type=int, default=50_000, help="rows per chunk (bounds memory)")
-    parser.add_argument("--scalar-sample", type=int, default=200, help="random grid points timed through predict")
-    parser.add_argument("--repeats", type=int, default=1, help="time the vectorised pass this many times (best)")
+    parser.add_argument(
+        "--scalar-sample", type=int, default=200, help="random grid points timed through predict"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="time the vectorised pass this many times (best)"
+    )
     parser.add_argument("--single-gen", action="store_true", help="100 prompt lengths x 1 gen length instead")
     args = parser.parse_args()
 
@@ -75,18 +79,25 @@ def main() -> None:
         model, hw, gpus = grid.group_keys[g][:3]
         b, p, n = (int(a[0]) for a in grid.numeric_points(offset, offset + 1))
         try:
-            predict(Scenario(model=model, hardware=hw, gpus=gpus, batch=b, prompt_len=p, gen_len=n), hardware_db=db)
+            predict(
+                Scenario(model=model, hardware=hw, gpus=gpus, batch=b, prompt_len=p, gen_len=n),
+                hardware_db=db,
+            )
         except (DoesNotFitError, ScenarioError):  # rows the sweep marks as not running
             pass
     scalar_per_config = (time.perf_counter() - start) / args.scalar_sample
 
     print(f"grid: {grid.size:,} configurations ({feasible:,} fit in memory), chunk={args.chunk:,} rows")
     print(f"vectorised: {best:.2f} s wall  ->  {grid.size / best:,.0f} configurations/s (one core)")
-    print(f"            {best_cpu:.2f} s CPU   ->  {grid.size / best_cpu:,.0f} configurations/s of CPU time "
-          "(the figure to quote on a shared machine)")
+    print(
+        f"            {best_cpu:.2f} s CPU   ->  {grid.size / best_cpu:,.0f} configurations/s of CPU time "
+        "(the figure to quote on a shared machine)"
+    )
     print(f"peak RSS: {peak_rss_mb:,.0f} MB")
-    print(f"scalar predict: {scalar_per_config * 1e3:.2f} ms/configuration -> {grid.size * scalar_per_config / 60:,.1f} "
-          f"min for the grid (extrapolated from {args.scalar_sample} random points)")
+    print(
+        f"scalar predict: {scalar_per_config * 1e3:.2f} ms/configuration -> {grid.size * scalar_per_config / 60:,.1f} "
+        f"min for the grid (extrapolated from {args.scalar_sample} random points)"
+    )
 
 
 if __name__ == "__main__":

@@ -17,6 +17,4 @@ def data_dir(name: str) -> Path:
     for candidate in (_PACKAGE_DIR / "_data" / name, _PACKAGE_DIR.parent / name):
         if candidate.is_dir():
             return candidate
-    raise FileNotFoundError(
-        f"capsim data directory {name!r} not found next to the package; reinstall capsim"
-    )
+    raise FileNotFoundError(f"capsim data directory {name!r} not found next to the package; reinstall capsim")

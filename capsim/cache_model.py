@@ -40,8 +40,13 @@ MAX_GAP_POINTS = 192
 
 
 def lru_misses_per_step(
-    log_absent: Callable[[np.ndarray], np.ndarray], used: np.ndarray, capacity: int, layer: np.ndarray,
-    draws: Callable[[np.ndarray], np.ndarray], pair_factor: float, mates_per_step: float,
+    log_absent: Callable[[np.ndarray], np.ndarray],
+    used: np.ndarray,
+    capacity: int,
+    layer: np.ndarray,
+    draws: Callable[[np.ndarray], np.ndarray],
+    pair_factor: float,
+    mates_per_step: float,
 ) -> np.ndarray:
     """Expected LRU misses per step (steady state) of each item, used with probability ``used`` per step.
 
@@ -101,12 +106,17 @@ def lru_misses_per_step(
 
 
 def device_cache_misses(
-    inclusion: np.ndarray, new_origin: np.ndarray, mask: np.ndarray, batch: int, capacity: int, top_k: int,
+    inclusion: np.ndarray,
+    new_origin: np.ndarray,
+    mask: np.ndarray,
+    batch: int,
+    capacity: int,
+    top_k: int,
 ) -> tuple[float, float, np.ndarray]:
     """(accesses per step, misses per step, each expert's misses per step, in ``np.nonzero(mask)`` order) of
     an LRU cache of ``capacity`` experts
     over the experts in ``mask`` (MoE layers x experts), for a decode batch of ``batch`` sequences."""
-    num_layers, num_experts = inclusion.shape
+    _num_layers, num_experts = inclusion.shape
     pi = np.clip(inclusion, 0.0, 1.0 - 1e-12)
     layer_of, expert_of = np.nonzero(mask)
     p = pi[layer_of, expert_of]

@@ -129,7 +129,9 @@ class CostInputs:
         scalars = {k: v for k, v in changes.items() if k in SCALAR_INPUTS}
         if "grid_gco2_per_kwh" in changes:
             scalars["grid_gco2_per_kwh"] = changes["grid_gco2_per_kwh"]
-        unknown = set(changes) - set(SCALAR_INPUTS) - {"purchase_usd", "cloud_usd_per_hour", "grid_gco2_per_kwh"}
+        unknown = (
+            set(changes) - set(SCALAR_INPUTS) - {"purchase_usd", "cloud_usd_per_hour", "grid_gco2_per_kwh"}
+        )
         if unknown:
             raise ScenarioError(
                 f"unknown cost input(s) {', '.join(sorted(unknown))}; "
@@ -416,7 +418,6 @@ def power_draw(
             )
         )
     return PowerDraw(tuple(parts))
-
 
 
 # --------------------------------------------------------------------------------------------- rates

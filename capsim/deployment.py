@@ -79,13 +79,18 @@ class Deployment:
     """A ``--placement`` spec (:mod:`capsim.placement`); None = derived from mode, expert_layers, expert_tier."""
 
     def validate(self) -> None:
-        checks = ((self.mode, MODES, "mode"), (self.cache_policy, CACHE_POLICIES, "cache policy"),
-                  (self.expert_tier, EXPERT_TIERS, "expert tier"), (self.numa, NUMA_POLICIES, "numa policy"))
+        checks = (
+            (self.mode, MODES, "mode"),
+            (self.cache_policy, CACHE_POLICIES, "cache policy"),
+            (self.expert_tier, EXPERT_TIERS, "expert tier"),
+            (self.numa, NUMA_POLICIES, "numa policy"),
+        )
         for value, valid, label in checks:
             if value not in valid:
                 raise ScenarioError(f"unknown {label} {value!r}; choose one of {', '.join(valid)}")
-        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
-                                         or self.threads < 1):
+        if self.threads is not None and (
+            isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1
+        ):
             raise ScenarioError(f"--threads must be an integer >= 1, got {self.threads!r}")
         if self.host_memory_gb is not None and self.host_memory_gb <= 0:
             raise ScenarioError(f"host memory must be > 0 GB, got {self.host_memory_gb}")
@@ -104,7 +109,9 @@ def parse_layer_range(text: str | None, num_moe_layers: int) -> tuple[int, int] 
         first = int(first_s) if first_s.strip() else 0
         last = int(last_s) if last_s.strip() else num_moe_layers
     except ValueError:
-        raise ScenarioError(f"cannot read --expert-layers {text!r}; write FIRST:LAST, e.g. 10:60 (MoE layers)") from None
+        raise ScenarioError(
+            f"cannot read --expert-layers {text!r}; write FIRST:LAST, e.g. 10:60 (MoE layers)"
+        ) from None
     if not 0 <= first < last:
         raise ScenarioError(f"--expert-layers {text!r} is empty; need 0 <= FIRST < LAST")
     if first >= num_moe_layers:
@@ -160,8 +167,10 @@ def cpu_rates(node: System, deployment: Deployment) -> tuple[float, dict[str, fl
         populated = node.dram.bandwidth_bytes_s / max(sockets, 1)
         if populated != per_socket:
             per_socket = populated
-            how = (f"{cpu.id}: {populated / GB_PER_S:g} GB/s per socket from {node.dram.channels // max(sockets, 1)} "
-                   f"populated channels of {node.dram.dram.id}")
+            how = (
+                f"{cpu.id}: {populated / GB_PER_S:g} GB/s per socket from {node.dram.channels // max(sockets, 1)} "
+                f"populated channels of {node.dram.dram.id}"
+            )
     used = sockets_used(node, deployment)
     if deployment.numa == "interleave" and used > 1:
         link = socket_link_bandwidth(node, "--numa interleave (reads crossing the socket link)")
@@ -178,8 +187,9 @@ def cpu_rates(node: System, deployment: Deployment) -> tuple[float, dict[str, fl
     return per_socket * used, peaks, used, how
 
 
-def socket_allreduce_time(node: System, deployment: Deployment, tokens: np.ndarray, hidden: int,
-                          latency_s: float) -> np.ndarray:
+def socket_allreduce_time(
+    node: System, deployment: Deployment, tokens: np.ndarray, hidden: int, latency_s: float
+) -> np.ndarray:
     """``--numa tp``: seconds of one all-reduce of the pass's activations between the sockets: latency +
     T·d·2 bytes x (S−1)/S over the socket link (each socket sends the others its partial sums once)."""
     used = sockets_used(node, deployment)
@@ -193,17 +203,30 @@ def socket_allreduce_time(node: System, deployment: Deployment, tokens: np.ndarr
 def cpu_device(node: System, deployment: Deployment) -> Accelerator:
     """The node's CPU sockets as a compute device (for ``--mode cpu``), with its derivation as provenance."""
     bandwidth, peaks, used, how = cpu_rates(node, deployment)
-    cpu, sockets = node.cpus[0]
+    cpu, _sockets = node.cpus[0]
     capacity = host_memory_bytes(node, deployment) / weight_copies(node, deployment)
     source = f"derived from {node.id}: {how}"
-    prov = {"memory_bandwidth_gb_s": Sourced(bandwidth / GB_PER_S, source),
-            "memory_capacity_gb": Sourced(capacity / GB, source)}
+    prov = {
+        "memory_bandwidth_gb_s": Sourced(bandwidth / GB_PER_S, source),
+        "memory_capacity_gb": Sourced(capacity / GB, source),
+    }
     return Accelerator(
-        id=f"{node.id}-cpu", name=f"{cpu.name} x{used}", vendor=cpu.vendor, device_class="cpu",
-        memory_capacity_gb=capacity / GB, memory_bandwidth_gb_s=bandwidth / GB_PER_S,
+        id=f"{node.id}-cpu",
+        name=f"{cpu.name} x{used}",
+        vendor=cpu.vendor,
+        device_class="cpu",
+        memory_capacity_gb=capacity / GB,
+        memory_bandwidth_gb_s=bandwidth / GB_PER_S,
         peak_tflops_dense=MappingProxyType({k: v / TFLOPS for k, v in peaks.items()}),
-        peak_tflops_sparse=MappingProxyType({}), tdp_w=None, unified_memory=True, scale_up_link=None,
-        scale_up_gb_s_per_dir=None, host_link=None, purchase_usd=None, cloud_usd_per_hour=None, source=source,
+        peak_tflops_sparse=MappingProxyType({}),
+        tdp_w=None,
+        unified_memory=True,
+        scale_up_link=None,
+        scale_up_gb_s_per_dir=None,
+        host_link=None,
+        purchase_usd=None,
+        cloud_usd_per_hour=None,
+        source=source,
         provenance=MappingProxyType(prov),
     )
 
@@ -265,7 +288,9 @@ def step_accesses(router: Router, batch: int, steps: int, seed: int) -> list[lis
         runs = topk[:, : batch * steps].reshape(topk.shape[0], batch, steps, topk.shape[2])
         ids = runs.transpose(0, 2, 1, 3)
     else:
-        raise ScenarioError(f"router {router.name!r} cannot be sampled for a cache simulation; use a synthetic router")
+        raise ScenarioError(
+            f"router {router.name!r} cannot be sampled for a cache simulation; use a synthetic router"
+        )
     return [[np.unique(ids[layer, t]) for layer in range(ids.shape[0])] for t in range(ids.shape[1])]
 
 
@@ -309,7 +334,10 @@ def access_stream(accesses: list[list[np.ndarray]], cacheable: np.ndarray) -> Ac
             step.append(np.full(keep.size, t, dtype=np.int64))
             layer.append(np.full(keep.size, ell, dtype=np.int64))
             expert.append(keep)
-    cat = (lambda parts: np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64))
+
+    def cat(parts):
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
     return AccessStream(cat(step), cat(layer), cat(expert), len(accesses))
 
 

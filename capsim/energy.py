@@ -78,7 +78,8 @@ class PartPower:
             "count": self.count,
             "watts_each": self.watts_each,
             "idle_w_each": self.idle_w,
-            "idle_basis": self.idle_source or ("idle_power_fraction x TDP (assumption)" if self.watts_each else ""),
+            "idle_basis": self.idle_source
+            or ("idle_power_fraction x TDP (assumption)" if self.watts_each else ""),
             "source": self.source,
             "soft": self.soft,
             "missing": self.missing,
@@ -178,9 +179,12 @@ class EnergyReport:
         return j / units.KWH * self.pue * self.grid_gco2_per_kwh
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"idle_w": self.idle_w, "pue": self.pue,
-                               "electricity_usd_per_kwh": self.electricity_usd_per_kwh,
-                               "grid_gco2_per_kwh": self.grid_gco2_per_kwh}
+        out: dict[str, Any] = {
+            "idle_w": self.idle_w,
+            "pue": self.pue,
+            "electricity_usd_per_kwh": self.electricity_usd_per_kwh,
+            "grid_gco2_per_kwh": self.grid_gco2_per_kwh,
+        }
         for ph in (self.prefill, self.decode):
             d = ph.to_dict()
             d["energy_usd_per_mtok"] = self.usd_per_mtok(ph)

@@ -19,7 +19,7 @@ from .metrics import Prediction, build_prediction
 from .model import ModelSpec
 from .parallel import Layout, layout_for
 from .placement import DEVICE, TierMap, auto_tier_map, expert_tier_map, legacy_spec, parse_placement
-from .precision import Precision, kv_precision, weight_precision
+from .precision import Precision, kv_precision
 from .roofline import DeviceRates, PassCost, Placement, _layer_tables, attention_dims, causal_pairs, pass_cost
 from .routing import Router, make_router
 from .scenario import Scenario
@@ -57,7 +57,9 @@ class ResolvedScenario:
     @property
     def offloaded(self) -> np.ndarray:
         """Mask over MoE layers holding any routed expert off the device."""
-        return (self.expert_tiers != DEVICE).any(axis=1) if self.expert_tiers.size else np.zeros(0, dtype=bool)
+        return (
+            (self.expert_tiers != DEVICE).any(axis=1) if self.expert_tiers.size else np.zeros(0, dtype=bool)
+        )
 
     @property
     def device_is_dram(self) -> bool:
@@ -82,7 +84,9 @@ def resolve_model(model: str | ModelSpec) -> ModelSpec:
     return _resolve(model)
 
 
-def weight_precisions(model: ModelSpec, weight_dtype: str | None, expert_dtype: str | None = None) -> dict[str, Precision]:
+def weight_precisions(
+    model: ModelSpec, weight_dtype: str | None, expert_dtype: str | None = None
+) -> dict[str, Precision]:
     """Precision per weight group (the rule lives in :meth:`ModelSpec.weight_dtypes`); ``expert_dtype``
     overrides the routed experts only (e.g. int4 experts next to bf16 attention, as llama.cpp/KTransformers
     quantise them)."""
@@ -101,7 +105,9 @@ def _mode_for(scenario: Scenario, node: object, deployment: Deployment) -> Deplo
     accelerator = getattr(node, "accelerator", None)
     if accelerator is None and deployment.mode != "cpu":
         if deployment.mode != "gpu":
-            raise ScenarioError(f"{scenario.hardware!r} has no GPU, so --mode {deployment.mode} cannot apply; use --mode cpu")
+            raise ScenarioError(
+                f"{scenario.hardware!r} has no GPU, so --mode {deployment.mode} cannot apply; use --mode cpu"
+            )
         return replace(deployment, mode="cpu")
     if accelerator is not None and accelerator.unified_memory and deployment.mode == "cpu-experts":
         raise ScenarioError(
@@ -119,20 +125,32 @@ def resolve_on(scenario: Scenario, db: HardwareDB, model: ModelSpec, count: int 
         if (scenario.tp or 1) * scenario.pp * scenario.dp * scenario.nodes > 1:
             raise ScenarioError("CPU-only execution runs on one node's sockets; drop --tp/--pp/--dp/--nodes")
         device = cpu_device(node, deployment)
-        eff = db.efficiency_for(node.cpus[0][0])  # the CPU entry's own [efficiency] (sustained bandwidth) merged
+        eff = db.efficiency_for(
+            node.cpus[0][0]
+        )  # the CPU entry's own [efficiency] (sustained bandwidth) merged
         layout = Layout()
     else:
         device = node.accelerator
         eff = db.efficiency_for(device)
-        layout = layout_for(scenario.tp, scenario.pp, scenario.dp, scenario.ep, scenario.nodes,
-                            node.accelerator_count, model.num_layers, scenario.attention_dp)
+        layout = layout_for(
+            scenario.tp,
+            scenario.pp,
+            scenario.dp,
+            scenario.ep,
+            scenario.nodes,
+            node.accelerator_count,
+            model.num_layers,
+            scenario.attention_dp,
+        )
     from .scenario_checks import check_scenario
 
     check_scenario(scenario, model, layout)  # the one validation layer shared by predict, sweep, fit and plan
     tp = layout.tp
     if not {"bf16", "fp16", "fp32"} & set(device.peak_tflops_dense):
         raise MissingValueError(
-            device.id, "peak_tflops_dense.bf16", "the compute time of every GEMM; the vendor publishes no GPU FLOPS"
+            device.id,
+            "peak_tflops_dense.bf16",
+            "the compute time of every GEMM; the vendor publishes no GPU FLOPS",
         )
     moves_experts = deployment.mode in ("offload", "cpu-experts") or scenario.placement is not None
     if moves_experts and not model.is_moe:
@@ -141,8 +159,12 @@ def resolve_on(scenario: Scenario, db: HardwareDB, model: ModelSpec, count: int 
     if scenario.expert_dtype is not None and not model.is_moe:
         raise ScenarioError(f"--expert-dtype sets the routed experts' precision; {model.id!r} has none")
     if moves_experts and layout.devices > layout.tp:
-        raise ScenarioError("--pp/--dp with experts off the GPU is not modelled; use one TP group with offload modes")
-    deployment = replace(deployment, expert_layers=parse_layer_range(scenario.expert_layers, model.num_moe_layers))
+        raise ScenarioError(
+            "--pp/--dp with experts off the GPU is not modelled; use one TP group with offload modes"
+        )
+    deployment = replace(
+        deployment, expert_layers=parse_layer_range(scenario.expert_layers, model.num_moe_layers)
+    )
     if scenario.ep > 1 or scenario.redundant_experts or layout.attention_dp > 1:
         from .parallel import check_expert_layout
 
@@ -150,13 +172,21 @@ def resolve_on(scenario: Scenario, db: HardwareDB, model: ModelSpec, count: int 
         if what == "--ep" and not model.is_moe:
             raise ScenarioError(f"--ep {scenario.ep} splits routed experts; {model.id!r} has none")
         if deployment.mode != "gpu" or scenario.placement not in (None, "gpu"):
-            raise ScenarioError(f"{what} with experts off the GPU is not modelled; use one TP group with offload modes")
+            raise ScenarioError(
+                f"{what} with experts off the GPU is not modelled; use one TP group with offload modes"
+            )
         if model.is_moe:
-            check_expert_layout(model.moe.num_experts, scenario.ep, layout.expert_ranks,  # type: ignore[union-attr]
-                                scenario.redundant_experts)
+            check_expert_layout(
+                model.moe.num_experts,
+                scenario.ep,
+                layout.expert_ranks,  # type: ignore[union-attr]
+                scenario.redundant_experts,
+            )
     if scenario.two_batch_overlap and layout.ep == 1 and layout.attention_dp == 1:
-        raise ScenarioError("--two-batch-overlap hides dispatch/combine behind compute; give --ep > 1 or "
-                            "--attention-dp > 1 (a TP group has no all-to-all to hide)")
+        raise ScenarioError(
+            "--two-batch-overlap hides dispatch/combine behind compute; give --ep > 1 or "
+            "--attention-dp > 1 (a TP group has no all-to-all to hide)"
+        )
     placement = Placement(
         tp=tp,
         weight_precision=weight_precisions(model, scenario.weight_dtype, scenario.expert_dtype),
@@ -170,10 +200,13 @@ def resolve_on(scenario: Scenario, db: HardwareDB, model: ModelSpec, count: int 
         compute_fraction=eff.compute_fraction,
         # CPU execution: sustained streaming (memory_bw_fraction) x what CPU MoE engines' kernels reach of it
         # (fitted); an accelerator entry (a calibrated machine included) carries its own measured fractions
-        memory_fraction=eff.memory_bw_fraction * (eff.kernel_bw_fraction if deployment.mode == "cpu" else 1.0),
+        memory_fraction=eff.memory_bw_fraction
+        * (eff.kernel_bw_fraction if deployment.mode == "cpu" else 1.0),
         step_overhead_s=eff.step_overhead_s,
         per_layer_overhead_s=eff.per_layer_overhead_s,
-        link_bandwidth=node.gpu_to_gpu_bandwidth() if min(layout.expert_ranks, node.accelerator_count) > 1 else 0.0,
+        link_bandwidth=node.gpu_to_gpu_bandwidth()
+        if min(layout.expert_ranks, node.accelerator_count) > 1
+        else 0.0,
         allreduce_hop_latency_s=eff.allreduce_latency_s,
         allreduce_base_latency_s=eff.allreduce_base_latency_s,
         gemm_m_curve=eff.gemm_m_curve,
@@ -189,8 +222,20 @@ def resolve_on(scenario: Scenario, db: HardwareDB, model: ModelSpec, count: int 
     if "cpu" in db.efficiency_classes():
         cpus = getattr(node, "cpus", ())
         cpu_eff = db.efficiency_for(cpus[0][0]) if cpus else db.efficiency("cpu")
-    rs = ResolvedScenario(scenario, model, node, device, eff, placement, rates, router, deployment,
-                          layout=layout, scale_out_bytes_s=scale_out, cpu_efficiency=cpu_eff)
+    rs = ResolvedScenario(
+        scenario,
+        model,
+        node,
+        device,
+        eff,
+        placement,
+        rates,
+        router,
+        deployment,
+        layout=layout,
+        scale_out_bytes_s=scale_out,
+        cpu_efficiency=cpu_eff,
+    )
     if scenario.spec is not None:
         from .speculative import resolve_speculation
 
@@ -218,8 +263,12 @@ def _with_expert_tiers(rs: ResolvedScenario) -> ResolvedScenario:
             note = f"{rs.device.id} has unified memory: experts placed in dram are in device memory"  # type: ignore[attr-defined]
             rs = replace(rs, notes=rs.notes + (note,))
     elif dep.mode in ("offload", "cpu-experts"):
-        tiers = expert_tier_map(legacy_spec(dep.expert_layers, dep.expert_tier), *shape, rs.inclusion(),
-                                device_is_dram=rs.device_is_dram)
+        tiers = expert_tier_map(
+            legacy_spec(dep.expert_layers, dep.expert_tier),
+            *shape,
+            rs.inclusion(),
+            device_is_dram=rs.device_is_dram,
+        )
     else:
         tiers = np.full(shape, DEVICE, dtype=np.int8)
     return _settle_mode(replace(rs, expert_tiers=tiers))
@@ -230,7 +279,9 @@ def _settle_mode(rs: ResolvedScenario) -> ResolvedScenario:
     off = bool((rs.expert_tiers != DEVICE).any())
     mode = rs.deployment.mode
     if off and mode == "gpu":
-        note = "experts placed off the GPU: --mode offload assumed (--mode cpu-experts computes them on the CPU)"
+        note = (
+            "experts placed off the GPU: --mode offload assumed (--mode cpu-experts computes them on the CPU)"
+        )
         return replace(rs, deployment=replace(rs.deployment, mode="offload"), notes=rs.notes + (note,))
     if not off and mode in ("offload", "cpu-experts"):
         note = f"the placement keeps every expert on the GPU: --mode {mode} has nothing to move (gpu mode)"
@@ -259,11 +310,17 @@ def _auto_tiers(rs: ResolvedScenario) -> ResolvedScenario:
 
     model, moe, sc = rs.model, rs.model.moe, rs.scenario
     assert moe is not None
-    everything = replace(rs, expert_tiers=np.full((model.num_moe_layers, moe.num_experts), DEVICE, dtype=np.int8))
+    everything = replace(
+        rs, expert_tiers=np.full((model.num_moe_layers, moe.num_experts), DEVICE, dtype=np.int8)
+    )
     groups = weight_bytes_per_device(everything)
     rest = sum(v for g, v in groups.items() if g != "routed_experts")
-    free = (usable_bytes(everything) - rest - buffer_bytes_per_device(everything)
-            - kv_bytes_per_sequence(everything) * sc.batch)
+    free = (
+        usable_bytes(everything)
+        - rest
+        - buffer_bytes_per_device(everything)
+        - kv_bytes_per_sequence(everything) * sc.batch
+    )
     per_device_expert = expert_bytes(rs) / rs.placement.tp
     slots = int(max(free, 0.0) // per_device_expert)
     total = model.num_moe_layers * moe.num_experts
@@ -287,7 +344,9 @@ def _auto_tiers(rs: ResolvedScenario) -> ResolvedScenario:
         except MissingValueError:
             pass  # every off-GPU expert goes to DRAM; the offload report notes the unknown capacity
     has_ssd = any(str(n).startswith("ssd") for n in rs.node.graph.nodes)  # type: ignore[attr-defined]
-    tiers = auto_tier_map(rs.inclusion(), slots, dram_slots, has_ssd=has_ssd, device_is_dram=rs.device_is_dram)
+    tiers = auto_tier_map(
+        rs.inclusion(), slots, dram_slots, has_ssd=has_ssd, device_is_dram=rs.device_is_dram
+    )
     dep = replace(rs.deployment, mode=mode)
     return _settle_mode(replace(rs, deployment=dep, expert_tiers=tiers, notes=notes))
 
@@ -372,20 +431,27 @@ def _activated_cached(rs: ResolvedScenario, tokens: np.ndarray, sequences: np.nd
     router = rs.router
     assert router is not None  # callers check: internal invariant
     if not isinstance(router, SyntheticRouter) or tokens.shape[0] == 0:
-        return router.activated_per_layer(tokens) if sequences is None else router.activated_per_layer(
-            tokens, sequences=sequences)
+        return (
+            router.activated_per_layer(tokens)
+            if sequences is None
+            else router.activated_per_layer(tokens, sequences=sequences)
+        )
     key = (rs.model.id, rs.model.num_moe_layers, rs.scenario.routing, rs.scenario.seed)
     cache = _ACTIVATED_CACHE.setdefault(key, {})
     seqs = None if sequences is None else np.asarray(sequences, dtype=np.float64)
     shapes: list[tuple[float, float | None]] = list(
-        zip(tokens.tolist(), [None] * tokens.shape[0] if seqs is None else seqs.tolist()))
+        zip(tokens.tolist(), [None] * tokens.shape[0] if seqs is None else seqs.tolist())
+    )
     missing = [i for i, shape in enumerate(shapes) if shape not in cache]
     if missing:
         if len(cache) + len(missing) > _ACTIVATED_CACHE_LIMIT:
             cache.clear()
         idx = np.array(missing)
-        fresh = (router.activated_per_layer(tokens[idx]) if seqs is None
-                 else router.activated_per_layer(tokens[idx], sequences=seqs[idx]))
+        fresh = (
+            router.activated_per_layer(tokens[idx])
+            if seqs is None
+            else router.activated_per_layer(tokens[idx], sequences=seqs[idx])
+        )
         for j, i in enumerate(missing):
             cache[shapes[i]] = fresh[:, j].copy()
     return np.stack([cache[shape] for shape in shapes], axis=1)
@@ -399,7 +465,10 @@ def _window_rows(model: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
 
 
 def prefill_passes(
-    rs: ResolvedScenario, batch: np.ndarray, prompt_len: np.ndarray, chunk_tokens: np.ndarray,
+    rs: ResolvedScenario,
+    batch: np.ndarray,
+    prompt_len: np.ndarray,
+    chunk_tokens: np.ndarray,
     lm_sequences: np.ndarray,
 ) -> PassCost:
     """Cost of prefill chunks, one entry per chunk; each chunk belongs to a prefill of ``batch`` prompts of
@@ -412,8 +481,10 @@ def prefill_passes(
     their own chunks in lock-step, so the MoE layers see N x the chunk's tokens.
     """
     model = rs.model
-    batch, prompt_len, tokens, lm = (np.asarray(a, dtype=np.float64) for a in
-                                     np.broadcast_arrays(batch, prompt_len, chunk_tokens, lm_sequences))
+    batch, prompt_len, tokens, lm = (
+        np.asarray(a, dtype=np.float64)
+        for a in np.broadcast_arrays(batch, prompt_len, chunk_tokens, lm_sequences)
+    )
     share = tokens / (batch * prompt_len)
     windows, counts = _window_rows(model)
     pairs = batch[None, :] * causal_pairs(prompt_len[None, :], windows[:, None]) * share[None, :]
@@ -423,15 +494,26 @@ def prefill_passes(
     expert_tokens = tokens * adp if adp > 1 else None
     activated, moe_weights = _activated(rs, tokens * adp, sequences * adp)
     return pass_cost(
-        model, rs.placement, rs.rates, phase="prefill", tokens=tokens, sequences=sequences,
-        context=prompt_len, pairs_per_layer=pairs, kv_read_tokens_per_layer=kv_read,
-        activated=activated, lm_head_sequences=lm, layer_weights=counts, moe_layer_weights=moe_weights,
+        model,
+        rs.placement,
+        rs.rates,
+        phase="prefill",
+        tokens=tokens,
+        sequences=sequences,
+        context=prompt_len,
+        pairs_per_layer=pairs,
+        kv_read_tokens_per_layer=kv_read,
+        activated=activated,
+        lm_head_sequences=lm,
+        layer_weights=counts,
+        moe_layer_weights=moe_weights,
         expert_tokens=expert_tokens,
     )
 
 
-def decode_passes(rs: ResolvedScenario, batch: np.ndarray, context: np.ndarray,
-                  tokens_per_sequence: int = 1) -> PassCost:
+def decode_passes(
+    rs: ResolvedScenario, batch: np.ndarray, context: np.ndarray, tokens_per_sequence: int = 1
+) -> PassCost:
     """Cost of decode steps, one entry per step: ``batch`` sequences each adding one token that attends to
     ``context`` tokens (window-capped per layer); arrays broadcast together. Under attention data parallelism
     (N ranks) the busiest rank decodes ceil(batch / N) sequences and the MoE layers see all ``batch`` tokens.
@@ -448,9 +530,19 @@ def decode_passes(rs: ResolvedScenario, batch: np.ndarray, context: np.ndarray,
     activated, moe_weights = _activated(rs, batch_all * q if q != 1.0 else batch_all)
     reads = sequences[None, :] * c_eff
     return pass_cost(
-        model, rs.placement, rs.rates, phase="decode", tokens=tokens, sequences=sequences,
-        context=context, pairs_per_layer=reads * q if q != 1.0 else reads, kv_read_tokens_per_layer=reads,
-        activated=activated, lm_head_sequences=tokens, layer_weights=counts, moe_layer_weights=moe_weights,
+        model,
+        rs.placement,
+        rs.rates,
+        phase="decode",
+        tokens=tokens,
+        sequences=sequences,
+        context=context,
+        pairs_per_layer=reads * q if q != 1.0 else reads,
+        kv_read_tokens_per_layer=reads,
+        activated=activated,
+        lm_head_sequences=tokens,
+        layer_weights=counts,
+        moe_layer_weights=moe_weights,
         expert_tokens=batch_all * q if adp > 1 else None,
     )
 
@@ -462,8 +554,13 @@ def attention_window_rows(model: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
 
 
 def mixed_passes(
-    rs: ResolvedScenario, tokens: np.ndarray, sequences: np.ndarray, lm_sequences: np.ndarray,
-    decode_pairs: np.ndarray, prefill_pairs: np.ndarray, kv_read: np.ndarray,
+    rs: ResolvedScenario,
+    tokens: np.ndarray,
+    sequences: np.ndarray,
+    lm_sequences: np.ndarray,
+    decode_pairs: np.ndarray,
+    prefill_pairs: np.ndarray,
+    kv_read: np.ndarray,
 ) -> PassCost:
     """Cost of continuous-batching steps, one entry per step: each step is ONE forward pass over ``tokens``
     tokens (decode tokens plus prefill-chunk tokens) from ``sequences`` sequences, so weights are read once
@@ -479,20 +576,32 @@ def mixed_passes(
 
     A step of decode sequences only is exactly :func:`decode_passes`; one chunk holding whole prompts is
     exactly :func:`prefill_passes` (tests/test_serve_engine.py checks both)."""
-    tokens, sequences, lm = (np.asarray(a, dtype=np.float64)
-                             for a in np.broadcast_arrays(tokens, sequences, lm_sequences))
+    tokens, sequences, lm = (
+        np.asarray(a, dtype=np.float64) for a in np.broadcast_arrays(tokens, sequences, lm_sequences)
+    )
     _, counts = _window_rows(rs.model)
     shape = (counts.shape[0], tokens.shape[0])
     d_qk, d_v = attention_dims(rs.model, "decode")
     p_qk, p_v = attention_dims(rs.model, "prefill")
-    pairs = (np.broadcast_to(np.asarray(prefill_pairs, dtype=np.float64), shape)
-             + np.broadcast_to(np.asarray(decode_pairs, dtype=np.float64), shape) * ((d_qk + d_v) / (p_qk + p_v)))
+    pairs = np.broadcast_to(np.asarray(prefill_pairs, dtype=np.float64), shape) + np.broadcast_to(
+        np.asarray(decode_pairs, dtype=np.float64), shape
+    ) * ((d_qk + d_v) / (p_qk + p_v))
     kv_read = np.broadcast_to(np.asarray(kv_read, dtype=np.float64), shape)
     activated, moe_weights = _activated(rs, tokens, sequences)
     return pass_cost(
-        rs.model, rs.placement, rs.rates, phase="prefill", tokens=tokens, sequences=sequences,
-        context=tokens, pairs_per_layer=pairs, kv_read_tokens_per_layer=kv_read,
-        activated=activated, lm_head_sequences=lm, layer_weights=counts, moe_layer_weights=moe_weights,
+        rs.model,
+        rs.placement,
+        rs.rates,
+        phase="prefill",
+        tokens=tokens,
+        sequences=sequences,
+        context=tokens,
+        pairs_per_layer=pairs,
+        kv_read_tokens_per_layer=kv_read,
+        activated=activated,
+        lm_head_sequences=lm,
+        layer_weights=counts,
+        moe_layer_weights=moe_weights,
     )
 
 
@@ -534,8 +643,11 @@ def decode_steps(rs: ResolvedScenario, batch: np.ndarray, context: np.ndarray) -
 
         info = cost.extra.get("ep", {})
         cost = two_batch_overlap(rs, cost)
-        cost.extra["ep"] = {**info, "two_batch_overlap": True,  # type: ignore[dict-item]
-                            "all_to_all_exposed_s_per_pass": float(cost.time_by_op["all_to_all"].mean())}
+        cost.extra["ep"] = {
+            **info,
+            "two_batch_overlap": True,  # type: ignore[dict-item]
+            "all_to_all_exposed_s_per_pass": float(cost.time_by_op["all_to_all"].mean()),
+        }
     if spec is not None:
         from .speculative import add_draft_passes
 
@@ -589,17 +701,23 @@ def predict(scenario: Scenario, *, hardware_db: HardwareDB | None = None) -> Pre
         deployment["layout"] = rs.layout.to_dict()
     if rs.notes:
         deployment["note"] = "; ".join(rs.notes + ((deployment["note"],) if "note" in deployment else ()))
-    prediction = build_prediction(rs, memory, wave_batch, prefill, decode, deployment, replicas=replicas,
-                                  total_batch=scenario.batch)
+    prediction = build_prediction(
+        rs, memory, wave_batch, prefill, decode, deployment, replicas=replicas, total_batch=scenario.batch
+    )
     if rs.speculation is not None and prediction.tpot_s:
         # a verify step yields E tokens per sequence: TPOT = step time / E (capsim.speculative)
         per_step = rs.speculation.tokens_per_step  # type: ignore[attr-defined]
-        prediction = replace(prediction, tpot_s=prediction.tpot_s / per_step,
-                             decode_tokens_per_s=(prediction.decode_tokens_per_s or 0.0) * per_step)
+        prediction = replace(
+            prediction,
+            tpot_s=prediction.tpot_s / per_step,
+            decode_tokens_per_s=(prediction.decode_tokens_per_s or 0.0) * per_step,
+        )
     return prediction
 
 
-def _apply_mode(rs: ResolvedScenario, memory: MemoryPlan, batch: int, prefill: PassCost, decode: PassCost) -> dict:
+def _apply_mode(
+    rs: ResolvedScenario, memory: MemoryPlan, batch: int, prefill: PassCost, decode: PassCost
+) -> dict:
     """Adjust the device-resident pass costs for the mode: expert fetches (offload, or SSD paging of a DRAM
     device) or CPU-computed experts. Returns what the mode decided, for the output."""
     mode = rs.deployment.mode

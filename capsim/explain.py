@@ -68,10 +68,15 @@ def model_values(model: ModelSpec, phase: str = "decode") -> dict[sp.Symbol, int
         F.N_dense: model.dense_ffn_params_per_layer,
     }
     if model.moe is not None:
-        values.update({
-            F.E: model.moe.num_experts, F.k: model.moe.top_k, F.N_exp: model.expert_params,
-            F.N_sh: model.shared_params_per_moe_layer, F.N_router: model.router_params_per_moe_layer,
-        })
+        values.update(
+            {
+                F.E: model.moe.num_experts,
+                F.k: model.moe.top_k,
+                F.N_exp: model.expert_params,
+                F.N_sh: model.shared_params_per_moe_layer,
+                F.N_router: model.router_params_per_moe_layer,
+            }
+        )
     return values
 
 
@@ -81,7 +86,7 @@ def causal_pairs_expr(window: int | None) -> sp.Expr:
     if window is None:
         return full
     w = sp.Integer(window)
-    return sp.Piecewise((full, PROMPT <= w), (w * (w + 1) / 2 + (PROMPT - w) * w, True))
+    return sp.Piecewise((full, w >= PROMPT), (w * (w + 1) / 2 + (PROMPT - w) * w, True))
 
 
 def attention_kinds(model: ModelSpec, phase: str = "decode") -> list[AttentionKind]:
@@ -120,8 +125,15 @@ def explain(model: ModelSpec, phase: str = "decode") -> list[ExplainedOp]:
             continue
         if name == "dense_ffn" and not (model.num_dense_layers and model.dense_ffn_params_per_layer):
             continue
-        ops.append(ExplainedOp(
-            name=name, description=op.description, applies_to=applies[name], flops=op.flops, bytes=op.bytes,
-            flops_model=sp.simplify(op.flops.subs(values)), bytes_model=sp.expand(op.bytes.subs(values)),
-        ))
+        ops.append(
+            ExplainedOp(
+                name=name,
+                description=op.description,
+                applies_to=applies[name],
+                flops=op.flops,
+                bytes=op.bytes,
+                flops_model=sp.simplify(op.flops.subs(values)),
+                bytes_model=sp.expand(op.bytes.subs(values)),
+            )
+        )
     return ops

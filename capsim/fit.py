@@ -26,16 +26,20 @@ from .memory import largest_batch, max_batch_that_fits
 from .scenario import Scenario
 
 CANDIDATES: tuple[tuple[str, str | None], ...] = (
-    ("gpu", None), ("offload", "auto"), ("offload", None), ("cpu-experts", "auto"), ("cpu-experts", None),
+    ("gpu", None),
+    ("offload", "auto"),
+    ("offload", None),
+    ("cpu-experts", "auto"),
+    ("cpu-experts", None),
     ("cpu", None),
 )
 """(mode, --placement) pairs tried; None = the mode's default placement (every expert off the GPU)."""
 
 LAYOUTS: tuple[tuple[str, str], ...] = (
-    ("N", "1"),     # plain TP over the node: experts tensor-parallel (the GPU mode's default layout)
-    ("N", "N"),     # TP with EP: each device holds whole experts, all-to-all dispatch
-    ("1", "N"),     # attention DP + EP (tp=1): each device its own sequences and KV, experts split whole
-    ("N/2", "N"),   # TP N/2 x attention DP 2 + EP (SGLang --tp N --dp 2 --enable-dp-attention)
+    ("N", "1"),  # plain TP over the node: experts tensor-parallel (the GPU mode's default layout)
+    ("N", "N"),  # TP with EP: each device holds whole experts, all-to-all dispatch
+    ("1", "N"),  # attention DP + EP (tp=1): each device its own sequences and KV, experts split whole
+    ("N/2", "N"),  # TP N/2 x attention DP 2 + EP (SGLang --tp N --dp 2 --enable-dp-attention)
 )
 """(tp, ep) of the GPU layouts tried at N devices of one node; attention DP = N / tp. N/2 only for even N."""
 
@@ -67,7 +71,9 @@ def placements(base: Scenario, db: HardwareDB) -> list[PlacementResult]:
     results: list[PlacementResult] = []
     seen: set[tuple[Any, ...]] = set()
 
-    def attempt(sc: Scenario, layout: str | None, options: dict[str, Any] | None = None) -> PlacementResult | None:
+    def attempt(
+        sc: Scenario, layout: str | None, options: dict[str, Any] | None = None
+    ) -> PlacementResult | None:
         try:
             pred = predict(sc, hardware_db=db)
         except CapsimError as exc:
@@ -75,7 +81,9 @@ def placements(base: Scenario, db: HardwareDB) -> list[PlacementResult]:
             if key in seen:
                 return None  # the plain-TP layout that is the gpu row, failing the same way
             seen.add(key)
-            res = PlacementResult(sc.mode, sc.placement, sc.gpus, None, None, None, "", str(exc), layout, options)
+            res = PlacementResult(
+                sc.mode, sc.placement, sc.gpus, None, None, None, "", str(exc), layout, options
+            )
             results.append(res)
             return res
         dep = pred.deployment
@@ -86,8 +94,18 @@ def placements(base: Scenario, db: HardwareDB) -> list[PlacementResult]:
         if key in seen:
             return None  # auto placement that keeps every expert on the GPU = the gpu row; plain TP = the gpu row
         seen.add(key)
-        res = PlacementResult(dep["mode"], sc.placement, pred.scenario["gpus"], pred.tpot_s, pred.ttft_s,
-                              pred.decode_tokens_per_s, detail, None, layout, options)
+        res = PlacementResult(
+            dep["mode"],
+            sc.placement,
+            pred.scenario["gpus"],
+            pred.tpot_s,
+            pred.ttft_s,
+            pred.decode_tokens_per_s,
+            detail,
+            None,
+            layout,
+            options,
+        )
         results.append(res)
         return res
 
@@ -98,7 +116,9 @@ def placements(base: Scenario, db: HardwareDB) -> list[PlacementResult]:
         if mode == "gpu":
             gpu_row = res
     for sc in layout_scenarios(base, gpu_row.gpus if gpu_row is not None else None):
-        attempt(sc, _requested_layout(sc), {k: getattr(sc, k) for k in ("tp", "attention_dp", "ep", "pp", "dp")})
+        attempt(
+            sc, _requested_layout(sc), {k: getattr(sc, k) for k in ("tp", "attention_dp", "ep", "pp", "dp")}
+        )
     return sorted(results, key=lambda r: (r.error is not None, r.tpot_s if r.tpot_s is not None else np.inf))
 
 
@@ -124,16 +144,31 @@ def layout_scenarios(base: Scenario, gpu_devices: int | None) -> list[Scenario]:
         ep = n if ep_text == "N" else 1
         if any(sc.tp == tp and sc.ep == ep for sc in out):
             continue  # N = 2: TP N/2 x attention-DP 2 is attention-DP N
-        out.append(replace(base, mode="gpu", placement=None, gpus=n, tp=tp, attention_dp=n // tp, ep=ep,
-                           pp=1, dp=1, two_batch_overlap=False))
+        out.append(
+            replace(
+                base,
+                mode="gpu",
+                placement=None,
+                gpus=n,
+                tp=tp,
+                attention_dp=n // tp,
+                ep=ep,
+                pp=1,
+                dp=1,
+                two_batch_overlap=False,
+            )
+        )
     return out
 
 
 def layout_label(layout: dict[str, int]) -> str:
     """``TP4 attn-DP2 EP8`` (TP always; attention DP, EP, PP and DP when > 1)."""
     parts = [f"TP{layout['tp']}"]
-    parts += [f"{name}{layout[key]}" for key, name in (("attention_dp", "attn-DP"), ("ep", "EP"), ("pp", "PP"),
-                                                        ("dp", "DP")) if layout.get(key, 1) > 1]
+    parts += [
+        f"{name}{layout[key]}"
+        for key, name in (("attention_dp", "attn-DP"), ("ep", "EP"), ("pp", "PP"), ("dp", "DP"))
+        if layout.get(key, 1) > 1
+    ]
     return " ".join(parts)
 
 
@@ -143,7 +178,11 @@ def _requested_layout(sc: Scenario) -> str | None:
     if not sc.gpus:
         return None
     rest = sc.attention_dp * sc.pp * sc.dp
-    tp = sc.tp if sc.tp is not None else (sc.gpus * sc.nodes // rest if (sc.gpus * sc.nodes) % rest == 0 else None)
+    tp = (
+        sc.tp
+        if sc.tp is not None
+        else (sc.gpus * sc.nodes // rest if (sc.gpus * sc.nodes) % rest == 0 else None)
+    )
     if tp is None:
         return None
     return layout_label({"tp": tp, "attention_dp": sc.attention_dp, "ep": sc.ep, "pp": sc.pp, "dp": sc.dp})

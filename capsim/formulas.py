@@ -174,7 +174,7 @@ def compiled(name: str) -> CompiledOp:
 
 # The numeric path (evaluate, ring_allreduce_time) lives in capsim.formulas_eval so that predict runs
 # without importing sympy; re-exported here for callers that use the table and its evaluation together.
-from .formulas_eval import evaluate, ring_allreduce_time  # noqa: F401  (re-exported)
+from .formulas_eval import evaluate, ring_allreduce_time  # noqa: E402, F401  (re-exported)
 
 
 def compiled_source() -> str:
@@ -193,13 +193,20 @@ def compiled_source() -> str:
     ]
     args_table, functions = [], []
     for name, op in OPS.items():
-        symbols = sorted(op.flops.free_symbols | op.weight_bytes.free_symbols | op.other_bytes.free_symbols, key=str)
+        symbols = sorted(
+            op.flops.free_symbols | op.weight_bytes.free_symbols | op.other_bytes.free_symbols, key=str
+        )
         arg_names = [str(s) for s in symbols]
         args_table.append(f"    {name!r}: {tuple(arg_names)!r},")
         parts = []
         for part in ("flops", "weight_bytes", "other_bytes"):
             expr = getattr(op, part)
-            lines += [f"def {name}__{part}({', '.join(arg_names)}):", f"    return {printer.doprint(expr)}", "", ""]
+            lines += [
+                f"def {name}__{part}({', '.join(arg_names)}):",
+                f"    return {printer.doprint(expr)}",
+                "",
+                "",
+            ]
             parts.append(f"{name}__{part}")
         functions.append(f"    {name!r}: ({', '.join(parts)}),")
     lines += ["ARGS = {", *args_table, "}", "", "FUNCTIONS = {", *functions, "}", ""]

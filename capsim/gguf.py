@@ -52,12 +52,32 @@ GGML_BLOCKS: dict[str, tuple[int, int]] = {
 
 # GGUF file type (llama-quantize's name, lower case) -> default ggml type (llama_ftype_get_default_type)
 FILE_TYPES: dict[str, str] = {
-    "q4_0": "q4_0", "q4_1": "q4_1", "q5_0": "q5_0", "q5_1": "q5_1", "q8_0": "q8_0",
-    "q2_k": "q2_k", "q3_k_s": "q3_k", "q3_k_m": "q3_k", "q3_k_l": "q3_k",
-    "q4_k_s": "q4_k", "q4_k_m": "q4_k", "q5_k_s": "q5_k", "q5_k_m": "q5_k", "q6_k": "q6_k",
-    "iq1_s": "iq1_s", "iq1_m": "iq1_m", "iq2_xxs": "iq2_xxs", "iq2_xs": "iq2_xs", "iq2_s": "iq2_xs",
-    "iq2_m": "iq2_s", "iq3_xxs": "iq3_xxs", "iq3_xs": "iq3_s", "iq3_s": "iq3_s", "iq3_m": "iq3_s",
-    "iq4_nl": "iq4_nl", "iq4_xs": "iq4_xs",
+    "q4_0": "q4_0",
+    "q4_1": "q4_1",
+    "q5_0": "q5_0",
+    "q5_1": "q5_1",
+    "q8_0": "q8_0",
+    "q2_k": "q2_k",
+    "q3_k_s": "q3_k",
+    "q3_k_m": "q3_k",
+    "q3_k_l": "q3_k",
+    "q4_k_s": "q4_k",
+    "q4_k_m": "q4_k",
+    "q5_k_s": "q5_k",
+    "q5_k_m": "q5_k",
+    "q6_k": "q6_k",
+    "iq1_s": "iq1_s",
+    "iq1_m": "iq1_m",
+    "iq2_xxs": "iq2_xxs",
+    "iq2_xs": "iq2_xs",
+    "iq2_s": "iq2_xs",
+    "iq2_m": "iq2_s",
+    "iq3_xxs": "iq3_xxs",
+    "iq3_xs": "iq3_s",
+    "iq3_s": "iq3_s",
+    "iq3_m": "iq3_s",
+    "iq4_nl": "iq4_nl",
+    "iq4_xs": "iq4_xs",
 }
 """Block types without a file type of that name (q4_k, q5_k, q3_k) mean every quantisable tensor in that type
 (llama-quantize --pure)."""
@@ -120,15 +140,11 @@ def _attn_v_type(ftype: str, base: str, i: int, n: int, gqa: int, n_expert: int)
         t = "q4_k" if gqa >= 4 else "q3_k"
     elif ftype == "iq3_xxs":
         t = "q4_k" if gqa >= 4 else "iq3_s"
-    elif ftype in ("iq3_xs", "iq3_s") and gqa >= 4:
-        t = "q4_k"
-    elif ftype == "iq3_m":
+    elif (ftype in ("iq3_xs", "iq3_s") and gqa >= 4) or ftype == "iq3_m":
         t = "q4_k"
     elif ftype == "q3_k_m":
         t = "q5_k" if i < 2 else "q4_k"
-    elif ftype == "q3_k_l":
-        t = "q5_k"
-    elif ftype in ("iq4_nl", "iq4_xs") and gqa >= 4:
+    elif ftype == "q3_k_l" or (ftype in ("iq4_nl", "iq4_xs") and gqa >= 4):
         t = "q5_k"
     elif ftype in ("q4_k_m", "q5_k_m") and use_more_bits(i, n):
         t = "q6_k"
@@ -141,10 +157,29 @@ def _attn_v_type(ftype: str, base: str, i: int, n: int, gqa: int, n_expert: int)
 
 def _attn_output_type(ftype: str, base: str, n_expert: int) -> str:
     if n_expert == 8:
-        bumped = ("q2_k", "iq3_xs", "iq3_xxs", "q3_k_s", "q3_k_m", "iq4_nl", "q4_k_s", "q4_k_m", "iq3_s", "iq3_m",
-                  "iq4_xs", "iq2_xxs", "iq2_xs", "iq1_s", "iq2_s", "iq2_m", "iq1_m")
+        bumped = (
+            "q2_k",
+            "iq3_xs",
+            "iq3_xxs",
+            "q3_k_s",
+            "q3_k_m",
+            "iq4_nl",
+            "q4_k_s",
+            "q4_k_m",
+            "iq3_s",
+            "iq3_m",
+            "iq4_xs",
+            "iq2_xxs",
+            "iq2_xs",
+            "iq1_s",
+            "iq2_s",
+            "iq2_m",
+            "iq1_m",
+        )
         return "q5_k" if ftype in bumped else base
-    return {"q2_k": "q3_k", "iq3_xxs": "iq3_s", "q3_k_m": "q4_k", "q3_k_l": "q5_k", "iq3_m": "q4_k"}.get(ftype, base)
+    return {"q2_k": "q3_k", "iq3_xxs": "iq3_s", "q3_k_m": "q4_k", "q3_k_l": "q5_k", "iq3_m": "q4_k"}.get(
+        ftype, base
+    )
 
 
 def _output_type(ftype: str, base: str) -> str:
@@ -178,7 +213,9 @@ def group_bits(model: ModelSpec, name: str) -> dict[str, float]:
     base = FILE_TYPES.get(key, key)
     if pure:
         b = bits(base)
-        return {g: b for g in ("attention", "routed_experts", "shared_experts", "dense_ffn", "embeddings", "lm_head")}
+        return dict.fromkeys(
+            ("attention", "routed_experts", "shared_experts", "dense_ffn", "embeddings", "lm_head"), b
+        )
     n = model.num_layers
     n_expert = model.moe.num_experts if model.moe else 0
     att = model.attention
@@ -196,8 +233,12 @@ def group_bits(model: ModelSpec, name: str) -> dict[str, float]:
     k_type = "q8_0" if n_expert == 8 else base
     attention: list[tuple[float, str]] = []
     for i in range(n):
-        attention += [(v_like, _attn_v_type(key, base, i, n, gqa, n_expert)), (k_like, k_type),
-                      (o, _attn_output_type(key, base, n_expert)), (rest, base)]
+        attention += [
+            (v_like, _attn_v_type(key, base, i, n, gqa, n_expert)),
+            (k_like, k_type),
+            (o, _attn_output_type(key, base, n_expert)),
+            (rest, base),
+        ]
     # gate/up in the base type; down by layer: a third of a gated FFN's matrices, half of an ungated one's
     down_share = 1.0 / 3.0 if model.gated_ffn else 0.5
     moe_layers = [i for i, k in enumerate(model.ffn_kinds) if k.value == "moe"]
@@ -216,7 +257,9 @@ def group_bits(model: ModelSpec, name: str) -> dict[str, float]:
         "routed_experts": ffn(moe_layers),
         "shared_experts": ffn(moe_layers),
         "dense_ffn": ffn(dense_layers),
-        "embeddings": bits(_output_type(key, base) if model.tie_word_embeddings else _token_embd_type(key, base)),
+        "embeddings": bits(
+            _output_type(key, base) if model.tie_word_embeddings else _token_embd_type(key, base)
+        ),
         "lm_head": bits(_output_type(key, base)),
     }
 

@@ -130,7 +130,8 @@ class Efficiency:
         that multiplies M token rows by one weight matrix; the roofline interpolates it linearly in log M."""
         points = sorted(
             (float(name.rsplit(".", 1)[1]), float(s.value))
-            for name, s in self.provenance.items() if name.startswith(f"{GEMM_CURVE_FIELD}.")
+            for name, s in self.provenance.items()
+            if name.startswith(f"{GEMM_CURVE_FIELD}.")
         )
         if not points:
             return None
@@ -825,18 +826,20 @@ def _check_gemm_curve(fields: Mapping[str, Sourced], prefix: str, path: Path) ->
     overlap = fields.get(f"{prefix}{GEMM_OVERLAP_FIELD}")
     if overlap is not None and float(overlap.value) < 1.0:
         raise DataFileError(
-            str(path), f"field '{prefix}{GEMM_OVERLAP_FIELD}' must be >= 1, got {overlap.value}; 1 = the sum of "
-            "compute and memory time, large = their max"
+            str(path),
+            f"field '{prefix}{GEMM_OVERLAP_FIELD}' must be >= 1, got {overlap.value}; 1 = the sum of "
+            "compute and memory time, large = their max",
         )
     table = f"{prefix}{GEMM_CURVE_FIELD}."
     previous = 0
     for name in fields:
         if not name.startswith(table):
             continue
-        tokens = int(name[len(table):])
+        tokens = int(name[len(table) :])
         if tokens < 1:
             raise DataFileError(
-                str(path), f"field {name!r}: token counts start at 1, got {tokens}; key the table by tokens >= 1"
+                str(path),
+                f"field {name!r}: token counts start at 1, got {tokens}; key the table by tokens >= 1",
             )
         if tokens <= previous:
             raise DataFileError(
@@ -1627,11 +1630,14 @@ def load_hardware_db_with(db: HardwareDB, entries: Sequence[Mapping[str, Any]]) 
     added = dict(db._entries)
     order = sorted(entries, key=lambda raw: raw.get("kind") == "system")
     for raw in order:
-        path = Path(f"{raw.get('id', '?')}")  # _parse_entry checks id == file stem: an in-memory entry has no file
+        path = Path(
+            f"{raw.get('id', '?')}"
+        )  # _parse_entry checks id == file stem: an in-memory entry has no file
         record = _parse_entry(path, raw)
         if record.id in added:
             raise DataFileError(str(path), f"id {record.id!r} is already in the database")
         current = HardwareDB(added, db._efficiency)
-        added[record.id] = (_build_system(record, current) if record.kind == "system"
-                            else _BUILDERS[record.kind](record))
+        added[record.id] = (
+            _build_system(record, current) if record.kind == "system" else _BUILDERS[record.kind](record)
+        )
     return HardwareDB(added, db._efficiency)

@@ -220,7 +220,7 @@ def _native_dtypes(f: _Fields, notes: list[str]) -> dict[str, str]:
             )
     else:
         notes.append("torch_dtype absent: unquantised weights taken as bf16")
-    dtypes = {group: base for group in _ALL_GROUPS}
+    dtypes = dict.fromkeys(_ALL_GROUPS, base)
     if not f.has("quantization_config"):
         return dtypes
     q = f.nested("quantization_config")

@@ -55,11 +55,19 @@ MOECAP_HARDWARE: dict[str, tuple[float, float]] = {
     "mi300x": (5300.0, 1307.0),
     "mi325x": (6000.0, 1307.0),
 }
-MOECAP_HARDWARE_SOURCE = "Auto-CAP/MoE-CAP @ e9e0d88 moe_cap/utils/hardware_utils.py (reference/moecap.md §2.3)"
+MOECAP_HARDWARE_SOURCE = (
+    "Auto-CAP/MoE-CAP @ e9e0d88 moe_cap/utils/hardware_utils.py (reference/moecap.md §2.3)"
+)
 
 # Bytes per weight parameter in MoE-CAP (model_loader/hf_model_info_loader.py::get_model_precision_bytes).
 MOECAP_BYTES_PER_PARAM: dict[str, float] = {
-    "fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "int8": 1.0, "fp8": 1.0, "int4": 0.5, "mxfp4": 0.5,
+    "fp32": 4.0,
+    "fp16": 2.0,
+    "bf16": 2.0,
+    "int8": 1.0,
+    "fp8": 1.0,
+    "int4": 0.5,
+    "mxfp4": 0.5,
 }
 
 
@@ -107,7 +115,9 @@ def activated_from_counts(counts: ArrayLike) -> NDArray[np.float64]:
         return np.asarray((c > 0).sum(axis=1), dtype=np.float64)
     if c.ndim == 3:
         return np.asarray((c > 0).sum(axis=2).mean(axis=0), dtype=np.float64)
-    raise ScenarioError(f"an expert-count dump must be (layers, experts) or (passes, layers, experts); got shape {c.shape}")
+    raise ScenarioError(
+        f"an expert-count dump must be (layers, experts) or (passes, layers, experts); got shape {c.shape}"
+    )
 
 
 def load_expert_counts(path: Path | str) -> NDArray[np.float64]:
@@ -123,7 +133,9 @@ def load_expert_counts(path: Path | str) -> NDArray[np.float64]:
     except UnicodeDecodeError:
         raise DataFileError(str(p), "not UTF-8 text; give a CSV or JSON expert-count dump") from None
     except OSError as exc:
-        raise DataFileError(str(p), f"cannot be read ({exc.strerror}); check the --expert-counts path") from None
+        raise DataFileError(
+            str(p), f"cannot be read ({exc.strerror}); check the --expert-counts path"
+        ) from None
     try:
         if p.suffix.lower() == ".csv":
             rows = list(csv.DictReader(text.splitlines()))
@@ -187,13 +199,19 @@ class FixedActivation:
         self.num_experts = num_experts
         self.top_k = top_k
 
-    def activated_per_layer(self, tokens: ArrayLike, *, sequences: ArrayLike | None = None) -> NDArray[np.float64]:
+    def activated_per_layer(
+        self, tokens: ArrayLike, *, sequences: ArrayLike | None = None
+    ) -> NDArray[np.float64]:
         t = np.asarray(tokens, dtype=np.float64)
         cap = np.minimum(t * self.top_k, float(self.num_experts))
-        return np.asarray(np.minimum(self.values.reshape((-1,) + (1,) * t.ndim), cap[None, ...]), dtype=np.float64)
+        return np.asarray(
+            np.minimum(self.values.reshape((-1,) + (1,) * t.ndim), cap[None, ...]), dtype=np.float64
+        )
 
     def describe(self) -> str:
-        return f"measured activated experts per MoE layer (mean {self.values.mean():.2f} of {self.num_experts})"
+        return (
+            f"measured activated experts per MoE layer (mean {self.values.mean():.2f} of {self.num_experts})"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "activated_per_layer": [float(v) for v in self.values]}
@@ -277,7 +295,10 @@ def measure(
     source = measured.activated_source or "routing model (capsim predict's): no measured counts given"
     if measured.activated_per_layer is not None and rs.model.moe is not None and rs.router is not None:
         router = FixedActivation(
-            measured.activated_per_layer, rs.router.num_moe_layers, rs.model.moe.num_experts, rs.model.moe.top_k
+            measured.activated_per_layer,
+            rs.router.num_moe_layers,
+            rs.model.moe.num_experts,
+            rs.model.moe.top_k,
         )
         rs = replace(rs, router=router)
     batch = scenario.batch
@@ -345,32 +366,58 @@ def compat_sizes(model: ModelSpec) -> CompatSizes:
     moe = model.moe
     f = moe.expert_intermediate_size
     mid = model.id.lower()
-    family = "deepseek" if "deepseek" in mid else "qwen3" if "qwen3" in mid else "qwen" if "qwen" in mid else "default"
+    family = (
+        "deepseek"
+        if "deepseek" in mid
+        else "qwen3"
+        if "qwen3" in mid
+        else "qwen"
+        if "qwen" in mid
+        else "default"
+    )
     layers = model.num_layers
     n_moe = sum(1 for k in model.ffn_kinds if k.name == "MOE")
     if family == "deepseek":
         h = att.num_heads
-        q = d * att.q_lora_rank + att.q_lora_rank * h * (att.qk_nope_head_dim + att.qk_rope_head_dim) \
-            if att.q_lora_rank else d * h * (att.qk_nope_head_dim + att.qk_rope_head_dim)
-        s_attn = (d * (att.kv_lora_rank + att.qk_rope_head_dim)
-                  + att.kv_lora_rank * h * (att.qk_nope_head_dim + att.v_head_dim)
-                  + att.v_head_dim * h * d + q)
+        q = (
+            d * att.q_lora_rank + att.q_lora_rank * h * (att.qk_nope_head_dim + att.qk_rope_head_dim)
+            if att.q_lora_rank
+            else d * h * (att.qk_nope_head_dim + att.qk_rope_head_dim)
+        )
+        s_attn = (
+            d * (att.kv_lora_rank + att.qk_rope_head_dim)
+            + att.kv_lora_rank * h * (att.qk_nope_head_dim + att.v_head_dim)
+            + att.v_head_dim * h * d
+            + q
+        )
         kv = float(att.kv_lora_rank + att.qk_rope_head_dim)
         width = h * (att.qk_nope_head_dim + att.qk_rope_head_dim + att.v_head_dim) / 2.0
         s_shared = 2 * 3 * d * f  # the code hard-codes 2 shared experts (V3/R1 have 1)
         s_dense = 3 * d * model.dense_intermediate_size
-        return CompatSizes(family, layers, n_moe, layers - n_moe, s_attn, 3 * d * f, s_shared, s_dense,
-                           layers * kv, width)
+        return CompatSizes(
+            family, layers, n_moe, layers - n_moe, s_attn, 3 * d * f, s_shared, s_dense, layers * kv, width
+        )
     hd = att.head_dim
     s_attn = d * (att.num_heads * hd + 2 * att.num_kv_heads * hd) + att.num_heads * hd * d
     kv = float(2 * layers * att.num_kv_heads * hd)
     width = float(att.num_heads * hd)
     if family == "qwen3":
-        return CompatSizes(family, layers, n_moe, layers - n_moe, s_attn, 3 * d * f, 0.0,
-                           3 * d * model.dense_intermediate_size, kv, width)
+        return CompatSizes(
+            family,
+            layers,
+            n_moe,
+            layers - n_moe,
+            s_attn,
+            3 * d * f,
+            0.0,
+            3 * d * model.dense_intermediate_size,
+            kv,
+            width,
+        )
     if family == "qwen":
-        return CompatSizes(family, layers, layers, 0, s_attn, 3 * d * f, 3 * d * moe.shared_intermediate_size,
-                           0.0, kv, width)
+        return CompatSizes(
+            family, layers, layers, 0, s_attn, 3 * d * f, 3 * d * moe.shared_intermediate_size, 0.0, kv, width
+        )
     # default path: every layer taken as a MoE layer, no shared or dense FFN (Mixtral, DBRX, gpt-oss ...)
     return CompatSizes(family, layers, layers, 0, s_attn, 3 * d * f, 0.0, 0.0, kv, width)
 
@@ -401,7 +448,9 @@ def load_moecap_records(path: Path | str) -> PassRecords:
     except UnicodeDecodeError:
         raise DataFileError(str(p), "not UTF-8 text; give MoE-CAP's detailed_results_*.jsonl") from None
     except OSError as exc:
-        raise DataFileError(str(p), f"cannot be read ({exc.strerror}); check the --moecap-records path") from None
+        raise DataFileError(
+            str(p), f"cannot be read ({exc.strerror}); check the --moecap-records path"
+        ) from None
     dec: list[tuple[float, float, float, float]] = []
     pre: list[tuple[float, float, float]] = []
     skipped = 0
@@ -424,9 +473,13 @@ def load_moecap_records(path: Path | str) -> PassRecords:
             else:
                 skipped += 1
         except (ValueError, KeyError, TypeError) as exc:
-            raise DataFileError(str(p), f"line {n}: not a MoE-CAP pass record ({exc}); see docs/cap.md") from None
+            raise DataFileError(
+                str(p), f"line {n}: not a MoE-CAP pass record ({exc}); see docs/cap.md"
+            ) from None
     if not dec:
-        raise DataFileError(str(p), "no decode pass with expert_activation, batch_size, seq_lens_sum and latency")
+        raise DataFileError(
+            str(p), "no decode pass with expert_activation, batch_size, seq_lens_sum and latency"
+        )
     d = np.asarray(dec, dtype=np.float64)
     q = np.asarray(pre, dtype=np.float64).reshape(-1, 3)
     if np.any(d[:, 0] <= 0) or (q.size and np.any(q[:, 0] <= 0)):
@@ -461,27 +514,50 @@ def compat_decode(
     weights = s.moe_layers * (a * s.s_expert + s.s_shared) + s.dense_layers * s.s_dense + s.layers * s.s_attn
     bytes_per_pass = bytes_per_param * (weights + c * s.kv_elements_per_token)
     s_mbu = bytes_per_pass / t / (devices * bandwidth_gb_s * 1e9)
-    flops_per_token = 2.0 * (s.moe_layers * (s.s_expert + s.s_shared) + s.dense_layers * s.s_dense
-                             + s.layers * s.s_attn + 2.0 * s.layers * s.attn_flop_width * c)
+    flops_per_token = 2.0 * (
+        s.moe_layers * (s.s_expert + s.s_shared)
+        + s.dense_layers * s.s_dense
+        + s.layers * s.s_attn
+        + 2.0 * s.layers * s.attn_flop_width * c
+    )
     s_mfu = flops_per_token * (b_r / t) / (devices * peak_tflops * 1e12 / 2.0)
     return float(np.mean(s_mbu)), float(np.mean(s_mfu))
 
 
 def _compat_records(
-    scenario: Scenario, model: ModelSpec, sizes: CompatSizes, rec: PassRecords, b: float, devices: int,
-    bw: float, peak: float, table: str, engine: str,
+    scenario: Scenario,
+    model: ModelSpec,
+    sizes: CompatSizes,
+    rec: PassRecords,
+    b: float,
+    devices: int,
+    bw: float,
+    peak: float,
+    table: str,
+    engine: str,
 ) -> MeasureResult:
     """MoE-CAP's per-pass formulas over the recorded passes (their C_r, B_r, A_r and t_r), unweighted means;
     TPOT = mean decode-pass latency, as its code reports."""
     common = {"bytes_per_param": b, "devices": devices, "bandwidth_gb_s": bw, "peak_tflops": peak}
-    s_mbu, s_mfu = compat_decode(sizes, activated=rec.decode_activated, batch=rec.decode_batch,
-                                 seq_lens_sum=rec.decode_seq_lens_sum, latency_s=rec.decode_latency_s, **common)
+    s_mbu, s_mfu = compat_decode(
+        sizes,
+        activated=rec.decode_activated,
+        batch=rec.decode_batch,
+        seq_lens_sum=rec.decode_seq_lens_sum,
+        latency_s=rec.decode_latency_s,
+        **common,
+    )
     pre = None
     ttft = None
     if rec.prefill_latency_s.size:
-        p_mbu, p_mfu = compat_decode(sizes, activated=rec.prefill_activated, batch=rec.prefill_seq_lens_sum,
-                                     seq_lens_sum=rec.prefill_seq_lens_sum, latency_s=rec.prefill_latency_s,
-                                     **common)
+        p_mbu, p_mfu = compat_decode(
+            sizes,
+            activated=rec.prefill_activated,
+            batch=rec.prefill_seq_lens_sum,
+            seq_lens_sum=rec.prefill_seq_lens_sum,
+            latency_s=rec.prefill_latency_s,
+            **common,
+        )
         pre = PhaseUtilisation(None, None, p_mbu, p_mfu)
         ttft = float(rec.prefill_latency_s.mean())
     tpot = float(rec.decode_latency_s.mean())
@@ -497,16 +573,26 @@ def _compat_records(
         prefill=pre,
         activated_per_layer_mean=float(rec.decode_activated.mean()),
         activated_source=f"MoE-CAP per-pass records ({rec.decode_latency_s.size} decode, "
-                         f"{rec.prefill_latency_s.size} prefill passes kept, {rec.skipped} skipped)",
-        basis={"family": sizes.family, "engine": engine, "bytes_per_param": b, "bandwidth_gb_s_per_device": bw,
-               "peak_tflops_table": peak, "peak_used_tflops": peak / 2.0, "hardware_table": table,
-               "decode_tokens_per_s_moecap": float(np.mean(rec.decode_batch / rec.decode_latency_s)),
-               "conventions": "per-pass C_r (seq_lens_sum), B_r, A_r, t_r from the records; unweighted means"},
+        f"{rec.prefill_latency_s.size} prefill passes kept, {rec.skipped} skipped)",
+        basis={
+            "family": sizes.family,
+            "engine": engine,
+            "bytes_per_param": b,
+            "bandwidth_gb_s_per_device": bw,
+            "peak_tflops_table": peak,
+            "peak_used_tflops": peak / 2.0,
+            "hardware_table": table,
+            "decode_tokens_per_s_moecap": float(np.mean(rec.decode_batch / rec.decode_latency_s)),
+            "conventions": "per-pass C_r (seq_lens_sum), B_r, A_r, t_r from the records; unweighted means",
+        },
     )
 
 
 def _measure_compat(
-    scenario: Scenario, measured: Measurement, hardware_db: HardwareDB | None, engine: str,
+    scenario: Scenario,
+    measured: Measurement,
+    hardware_db: HardwareDB | None,
+    engine: str,
     records: PassRecords | None = None,
 ) -> MeasureResult:
     from .engine import resolve, resolve_model
@@ -532,8 +618,10 @@ def _measure_compat(
         peak = float(sparse.get("bf16") or 2.0 * dense.get("bf16", 0.0))
         if not peak:
             raise ScenarioError(f"{device_id} has no bf16 peak in the database for the compat S-MFU")
-        table = (f"{device_id} is not in MoE-CAP's table: capsim's bandwidth and with-sparsity bf16 peak "
-                 "(the convention the table mostly follows)")
+        table = (
+            f"{device_id} is not in MoE-CAP's table: capsim's bandwidth and with-sparsity bf16 peak "
+            "(the convention the table mostly follows)"
+        )
     if records is not None:
         return _compat_records(scenario, model, sizes, records, b, devices, bw, peak, table, engine)
     if measured.activated_per_layer is None:
@@ -551,16 +639,30 @@ def _measure_compat(
     else:
         c = np.full(steps, float(batch))
     s_mbu, s_mfu = compat_decode(
-        sizes, activated=activated, batch=batch, seq_lens_sum=c, latency_s=np.full(steps, tpot),
-        bytes_per_param=b, devices=devices, bandwidth_gb_s=bw, peak_tflops=peak,
+        sizes,
+        activated=activated,
+        batch=batch,
+        seq_lens_sum=c,
+        latency_s=np.full(steps, tpot),
+        bytes_per_param=b,
+        devices=devices,
+        bandwidth_gb_s=bw,
+        peak_tflops=peak,
     )
     pre = None
     if measured.ttft_s is not None:
         # one prefill pass of B·P tokens: throughput C_r / t_r, the same formulas with B_r -> C_r tokens
         tokens = float(batch * scenario.prompt_len)
         p_mbu, p_mfu = compat_decode(
-            sizes, activated=activated, batch=int(tokens), seq_lens_sum=[tokens], latency_s=[measured.ttft_s],
-            bytes_per_param=b, devices=devices, bandwidth_gb_s=bw, peak_tflops=peak,
+            sizes,
+            activated=activated,
+            batch=int(tokens),
+            seq_lens_sum=[tokens],
+            latency_s=[measured.ttft_s],
+            bytes_per_param=b,
+            devices=devices,
+            bandwidth_gb_s=bw,
+            peak_tflops=peak,
         )
         pre = PhaseUtilisation(None, None, p_mbu, p_mfu)
     return MeasureResult(
@@ -583,9 +685,14 @@ def _measure_compat(
             "peak_tflops_table": peak,
             "peak_used_tflops": peak / 2.0,
             "hardware_table": table,
-            "sizes_params": {"s_attn": sizes.s_attn, "s_expert": sizes.s_expert, "s_shared": sizes.s_shared,
-                             "s_dense": sizes.s_dense, "kv_elements_per_token": sizes.kv_elements_per_token},
+            "sizes_params": {
+                "s_attn": sizes.s_attn,
+                "s_expert": sizes.s_expert,
+                "s_shared": sizes.s_shared,
+                "s_dense": sizes.s_dense,
+                "kv_elements_per_token": sizes.kv_elements_per_token,
+            },
             "conventions": "reference/moecap.md §1.2/§1.4: QKVO attention, 3·d·f experts, weight-width KV, "
-                           "one expert in S-MFU, 4·L·H·d_h·C_r attention FLOPs, P/2, unweighted mean",
+            "one expert in S-MFU, 4·L·H·d_h·C_r attention FLOPs, P/2, unweighted mean",
         },
     )

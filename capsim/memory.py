@@ -126,7 +126,9 @@ def logit_bytes_per_sequence(rs: ResolvedScenario) -> float:
 
 def activation_bytes(rs: ResolvedScenario, batch: ArrayLike, prompt_len: ArrayLike) -> FloatArray:
     """Activation workspace of the largest prefill chunk (capped at the chunk size), per device."""
-    return buffer_bytes(rs, batch, prompt_len) - np.asarray(batch, dtype=np.float64) * logit_bytes_per_sequence(rs)
+    return buffer_bytes(rs, batch, prompt_len) - np.asarray(
+        batch, dtype=np.float64
+    ) * logit_bytes_per_sequence(rs)
 
 
 def buffer_bytes(rs: ResolvedScenario, batch: ArrayLike, prompt_len: ArrayLike) -> FloatArray:
@@ -135,7 +137,9 @@ def buffer_bytes(rs: ResolvedScenario, batch: ArrayLike, prompt_len: ArrayLike) 
     model = rs.model
     att = model.attention
     b = np.asarray(batch, dtype=np.float64)
-    chunk_tokens = np.minimum(float(rs.scenario.prefill_chunk_tokens), b * np.asarray(prompt_len, dtype=np.float64))
+    chunk_tokens = np.minimum(
+        float(rs.scenario.prefill_chunk_tokens), b * np.asarray(prompt_len, dtype=np.float64)
+    )
     widths = [att.num_heads * att.qk_head_dim + 2 * att.num_kv_heads * att.head_dim]
     if model.moe is not None:
         widths.append(2 * model.moe.top_k * model.moe.expert_intermediate_size)
@@ -152,7 +156,9 @@ def kv_bytes_per_sequence_at(rs: ResolvedScenario, length: ArrayLike) -> FloatAr
     model = rs.model
     lengths = np.asarray(length, dtype=np.int64)
     unique, inverse = np.unique(lengths, return_inverse=True)
-    per_unique = np.array([model.kv_elements_per_token(context=int(n)) * int(n) for n in unique], dtype=np.float64)
+    per_unique = np.array(
+        [model.kv_elements_per_token(context=int(n)) * int(n) for n in unique], dtype=np.float64
+    )
     scale = rs.placement.kv_precision.bytes_per_element / rs.placement.kv_divisor(model)
     if rs.layout.pp > 1:
         # a pipeline stage keeps the KV of its own layers only
@@ -218,7 +224,9 @@ def max_batch_that_fits(
     vectorised over the scenario axes."""
     weights = sum(weight_bytes_per_device(rs).values())
     fixed = weights + activation_bytes(rs, batch, prompt_len)
-    per_seq = kv_bytes_per_sequence_at(rs, np.asarray(prompt_len) + np.asarray(gen_len)) + logit_bytes_per_sequence(rs)
+    per_seq = kv_bytes_per_sequence_at(
+        rs, np.asarray(prompt_len) + np.asarray(gen_len)
+    ) + logit_bytes_per_sequence(rs)
     shape = np.broadcast(np.asarray(batch), np.asarray(prompt_len), np.asarray(gen_len)).shape
     most = np.broadcast_to(largest_batch(rs, prompt_len, gen_len), shape)
     return np.array(most, dtype=np.int64), fixed + per_seq

@@ -43,16 +43,29 @@ class PhaseMetrics:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "time_s": self.time_s, "tokens": self.tokens, "passes": self.passes,
-            "mbu": self.mbu, "s_mbu": self.s_mbu, "mfu": self.mfu, "s_mfu": self.s_mfu,
+            "time_s": self.time_s,
+            "tokens": self.tokens,
+            "passes": self.passes,
+            "mbu": self.mbu,
+            "s_mbu": self.s_mbu,
+            "mfu": self.mfu,
+            "s_mfu": self.s_mfu,
             "bottleneck": self.bottleneck,
-            "time_by_resource_s": self.time_by_resource_s, "time_by_op_s": self.time_by_op_s,
+            "time_by_resource_s": self.time_by_resource_s,
+            "time_by_op_s": self.time_by_op_s,
         }
 
 
 def utilisation(
-    time: Any, weight_bytes_dense: Any, weight_bytes_sparse: Any, kv_read_bytes: Any, flops_dense: Any,
-    flops_sparse: Any, devices: int, bandwidth_peak: float, flops_peak: float,
+    time: Any,
+    weight_bytes_dense: Any,
+    weight_bytes_sparse: Any,
+    kv_read_bytes: Any,
+    flops_dense: Any,
+    flops_sparse: Any,
+    devices: int,
+    bandwidth_peak: float,
+    flops_peak: float,
 ) -> dict[str, Any]:
     """MBU, S-MBU, MFU and S-MFU of passes summing to ``time`` seconds, bytes and FLOPs (floats, or arrays of
     such sums: sweeps call this on whole columns), on ``devices`` devices with vendor peaks:
@@ -73,13 +86,19 @@ def phase_metrics(cost: PassCost, devices: int, bandwidth_peak: float) -> PhaseM
     """Time-weighted utilisation over all passes of ``cost`` on ``devices`` devices."""
     total_time = float(cost.time.sum())
     if total_time <= 0.0 or cost.time.size == 0:
-        zero = {r: 0.0 for r in RESOURCES}
+        zero = dict.fromkeys(RESOURCES, 0.0)
         return PhaseMetrics(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, "none", zero, {}, 0)
     by_resource = {r: float(v.sum()) for r, v in cost.time_by_resource.items()}
     ratios = utilisation(
-        total_time, float(cost.weight_bytes_dense.sum()), float(cost.weight_bytes_sparse.sum()),
-        float(cost.kv_read_bytes.sum()), float(cost.flops_dense.sum()), float(cost.flops_sparse.sum()),
-        devices, bandwidth_peak, cost.metric_peak_flops,
+        total_time,
+        float(cost.weight_bytes_dense.sum()),
+        float(cost.weight_bytes_sparse.sum()),
+        float(cost.kv_read_bytes.sum()),
+        float(cost.flops_dense.sum()),
+        float(cost.flops_sparse.sum()),
+        devices,
+        bandwidth_peak,
+        cost.metric_peak_flops,
     )
     return PhaseMetrics(
         time_s=total_time,
@@ -171,15 +190,22 @@ def _assumptions(rs: ResolvedScenario) -> dict[str, Any]:
         "layout": rs.layout.to_dict(),
         "weight_precision": {g: p.name for g, p in rs.placement.weight_precision.items()},
         # the GEMM rate each group runs at: its own format where the device has one, else dequantised to bf16
-        "compute_precision": {g: compute_key(p, frozenset(rs.rates.peak_flops))
-                              for g, p in rs.placement.weight_precision.items()},
+        "compute_precision": {
+            g: compute_key(p, frozenset(rs.rates.peak_flops))
+            for g, p in rs.placement.weight_precision.items()
+        },
         "kv_precision": rs.placement.kv_precision.name,
         "routing": rs.router.describe() if rs.router else "dense model: no routing",
         "efficiency": {
             name: sourced(name)
             for name in (
-                "memory_bw_fraction", "compute_fraction", "step_overhead_s", "per_layer_overhead_s",
-                "allreduce_latency_s", "allreduce_base_latency_s", "gpu_memory_utilization",
+                "memory_bw_fraction",
+                "compute_fraction",
+                "step_overhead_s",
+                "per_layer_overhead_s",
+                "allreduce_latency_s",
+                "allreduce_base_latency_s",
+                "gpu_memory_utilization",
             )
         },
         "peaks": {
@@ -195,8 +221,15 @@ def _assumptions(rs: ResolvedScenario) -> dict[str, Any]:
 
 
 def build_prediction(
-    rs: ResolvedScenario, memory: MemoryPlan, wave_batch: int, prefill: PassCost, decode: PassCost,
-    deployment: dict[str, Any] | None = None, *, replicas: int = 1, total_batch: int | None = None,
+    rs: ResolvedScenario,
+    memory: MemoryPlan,
+    wave_batch: int,
+    prefill: PassCost,
+    decode: PassCost,
+    deployment: dict[str, Any] | None = None,
+    *,
+    replicas: int = 1,
+    total_batch: int | None = None,
 ) -> Prediction:
     """Assemble the :class:`Prediction` of one wave of one replica and scale job time by the number of waves.
 
@@ -210,16 +243,24 @@ def build_prediction(
     tpot = dec.time_s / dec.passes if dec.passes else None
     e2e = ttft + dec.time_s
     activated = (
-        decode.activated_by_layer().mean(axis=1) if decode.activated_experts.size
-        else prefill.activated_by_layer().mean(axis=1) if prefill.activated_experts.size
+        decode.activated_by_layer().mean(axis=1)
+        if decode.activated_experts.size
+        else prefill.activated_by_layer().mean(axis=1)
+        if prefill.activated_experts.size
         else np.zeros(0)
     )
     scenario = {
-        "model": rs.model.id, "hardware": sc.hardware, "gpus": devices * replicas,
+        "model": rs.model.id,
+        "hardware": sc.hardware,
+        "gpus": devices * replicas,
         "batch": sc.batch if total_batch is None else total_batch,
-        "prompt_len": sc.prompt_len, "gen_len": sc.gen_len,
-        "weight_dtype": sc.weight_dtype or "native", "kv_dtype": sc.kv_dtype, "routing": sc.routing,
-        "prefill_chunk_tokens": sc.prefill_chunk_tokens, "mode": rs.deployment.mode,
+        "prompt_len": sc.prompt_len,
+        "gen_len": sc.gen_len,
+        "weight_dtype": sc.weight_dtype or "native",
+        "kv_dtype": sc.kv_dtype,
+        "routing": sc.routing,
+        "prefill_chunk_tokens": sc.prefill_chunk_tokens,
+        "mode": rs.deployment.mode,
     }
     return Prediction(
         scenario=scenario,

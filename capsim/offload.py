@@ -22,11 +22,11 @@ from .deployment import (
     cache_hits,
     cpu_rates,
     expert_link_bandwidth,
-    socket_allreduce_time,
-    weight_copies,
     host_memory_bytes,
+    socket_allreduce_time,
     ssd_read_bandwidth,
     step_accesses,
+    weight_copies,
 )
 from .errors import DoesNotFitError, MissingValueError
 from .memory import MemoryPlan
@@ -71,7 +71,11 @@ def _add_resource(cost: PassCost, resource: str, seconds: np.ndarray, op: str) -
 
 def expert_bytes_on_gpu(rs: ResolvedScenario) -> float:
     """Bytes of one routed expert per device (split over TP ranks)."""
-    return rs.model.expert_params * rs.placement.weight_precision["routed_experts"].bytes_per_element / rs.placement.tp
+    return (
+        rs.model.expert_params
+        * rs.placement.weight_precision["routed_experts"].bytes_per_element
+        / rs.placement.tp
+    )
 
 
 def _expert_bytes(rs: ResolvedScenario) -> float:
@@ -97,8 +101,11 @@ class HostTiers:
         per = _expert_bytes(rs)
         out: dict[str, Any] = {device: {"experts": counts["gpu"], "gb": counts["gpu"] * per / GB}}
         if not rs.device_is_dram:
-            out["dram"] = {"experts": counts["dram"], "gb": self.dram_bytes / GB,
-                           "capacity_gb": None if self.dram_capacity is None else self.dram_capacity / GB}
+            out["dram"] = {
+                "experts": counts["dram"],
+                "gb": self.dram_bytes / GB,
+                "capacity_gb": None if self.dram_capacity is None else self.dram_capacity / GB,
+            }
         out["ssd"] = {"experts": counts["ssd"], "gb": self.ssd_bytes / GB, "capacity_gb": None}
         return out
 
@@ -114,21 +121,31 @@ def host_tiers(rs: ResolvedScenario, dram_copies: int = 1) -> HostTiers:
     ssd_bytes = float((tiers == SSD).sum()) * per
     notes: list[str] = []
     if ssd_bytes:
-        notes.append(f"SSD capacity is not in the database: {ssd_bytes / GB:,.1f} GB of experts assumed to fit")
+        notes.append(
+            f"SSD capacity is not in the database: {ssd_bytes / GB:,.1f} GB of experts assumed to fit"
+        )
     if rs.device_is_dram:
         return HostTiers(dram_bytes, ssd_bytes, None, 0, notes)  # DRAM is the device: plan_memory checked it
     try:
         capacity = host_memory_bytes(rs.node, rs.deployment)  # type: ignore[arg-type]
     except MissingValueError:
         if dram_bytes:
-            notes.append(f"host DRAM capacity unknown: {dram_bytes / GB:,.1f} GB of experts assumed to fit "
-                         "(--host-memory-gb)")
+            notes.append(
+                f"host DRAM capacity unknown: {dram_bytes / GB:,.1f} GB of experts assumed to fit "
+                "(--host-memory-gb)"
+            )
         if ssd_bytes:
-            notes.append("host DRAM capacity unknown: no page cache assumed for SSD experts (--host-memory-gb)")
+            notes.append(
+                "host DRAM capacity unknown: no page cache assumed for SSD experts (--host-memory-gb)"
+            )
         return HostTiers(dram_bytes, ssd_bytes, None, 0, notes)
     if dram_bytes > capacity:
-        raise DoesNotFitError(dram_bytes, capacity, f"host DRAM of {rs.node.id}",  # type: ignore[attr-defined]
-                              "place some experts on the SSD (e.g. --placement cold-experts:N:ssd) or add DRAM")
+        raise DoesNotFitError(
+            dram_bytes,
+            capacity,
+            f"host DRAM of {rs.node.id}",  # type: ignore[attr-defined]
+            "place some experts on the SSD (e.g. --placement cold-experts:N:ssd) or add DRAM",
+        )
     return HostTiers(dram_bytes, ssd_bytes, capacity, int((capacity - dram_bytes) // per), notes)
 
 
@@ -149,8 +166,9 @@ class CacheOutcome:
     sampled_steps: int = 0
 
 
-def simulate_tiers(stream: AccessStream, tiers: np.ndarray, capacity: int, page_slots: int, policy: str,
-                   two_level: bool) -> CacheOutcome:
+def simulate_tiers(
+    stream: AccessStream, tiers: np.ndarray, capacity: int, page_slots: int, policy: str, two_level: bool
+) -> CacheOutcome:
     """Device cache (``policy``) over ``stream``; with ``two_level`` the SSD experts it misses go through an
     LRU host page cache of ``page_slots`` experts. Compulsory (first-ever) accesses are left out of the rates,
     which are then applied to every access (a server runs far longer than the sample)."""
@@ -168,8 +186,15 @@ def simulate_tiers(stream: AccessStream, tiers: np.ndarray, capacity: int, page_
     return CacheOutcome(per_step, miss_rate * per_step, disk_rate * per_step, 1.0 - miss_rate)
 
 
-def cache_outcome(rs: ResolvedScenario, batch: int, cacheable: np.ndarray, capacity: int, page_slots: int,
-                  policy: str, two_level: bool) -> CacheOutcome:
+def cache_outcome(
+    rs: ResolvedScenario,
+    batch: int,
+    cacheable: np.ndarray,
+    capacity: int,
+    page_slots: int,
+    policy: str,
+    two_level: bool,
+) -> CacheOutcome:
     """Steady-state cache outcome of a decode batch: analytic for LRU on a synthetic router
     (:mod:`capsim.cache_model`, sub-millisecond), else simulated on a routing sample (LFU, Belady's oracle,
     trace replay)."""
@@ -183,8 +208,14 @@ def cache_outcome(rs: ResolvedScenario, batch: int, cacheable: np.ndarray, capac
 
         moe = rs.model.moe
         assert moe is not None and router is not None
-        accesses, misses, missed = device_cache_misses(router.inclusion, router.new_origin, cacheable, batch,  # type: ignore[attr-defined]
-                                                       capacity, moe.top_k)
+        accesses, misses, missed = device_cache_misses(
+            router.inclusion,
+            router.new_origin,
+            cacheable,
+            batch,  # type: ignore[attr-defined]
+            capacity,
+            moe.top_k,
+        )
         if accesses <= 0:
             return CacheOutcome(0.0, 0.0, 0.0, 1.0, "analytic")
         on_ssd = tiers[np.nonzero(cacheable)] == SSD
@@ -193,7 +224,9 @@ def cache_outcome(rs: ResolvedScenario, batch: int, cacheable: np.ndarray, capac
         return CacheOutcome(accesses, misses, reads, 1.0 - misses / accesses, "analytic")
     steps = sample_steps(rs, batch, cacheable)
     stream = access_stream(step_accesses(rs.router, batch, steps, rs.scenario.seed), cacheable)  # type: ignore[arg-type]
-    return replace(simulate_tiers(stream, tiers, capacity, page_slots, policy, two_level), sampled_steps=stream.steps)
+    return replace(
+        simulate_tiers(stream, tiers, capacity, page_slots, policy, two_level), sampled_steps=stream.steps
+    )
 
 
 def _links(rs: ResolvedScenario) -> tuple[tuple[float, str] | None, tuple[float, str] | None]:
@@ -218,7 +251,9 @@ def _charge_links(cost: PassCost, link_times: list[np.ndarray] | list[float], pr
     _add_resource(cost, "link", exposed, "expert_fetch")
 
 
-def _link_report(path: str, bandwidth: float, bytes_per_step: float, seconds: float) -> dict[str, float | str]:
+def _link_report(
+    path: str, bandwidth: float, bytes_per_step: float, seconds: float
+) -> dict[str, float | str]:
     """One link's load per decode step: bytes over all its instances (one per TP rank for host links), and
     the seconds one instance is busy (before any overlap with compute)."""
     return {"path": path, "gb_s": bandwidth / GB, "gb_per_step": bytes_per_step / GB, "s_per_step": seconds}
@@ -236,16 +271,27 @@ def apply_offload(
     per_dev = expert_bytes_on_gpu(rs)
     cacheable = tiers != DEVICE
     n_cacheable = int(cacheable.sum())
-    free = memory.usable_bytes - memory.weights_bytes - memory.buffers_bytes - memory.kv_bytes_per_sequence * batch
+    free = (
+        memory.usable_bytes
+        - memory.weights_bytes
+        - memory.buffers_bytes
+        - memory.kv_bytes_per_sequence * batch
+    )
     capacity = int(min(max(free, 0.0) // per_dev, n_cacheable))
     if capacity < moe.top_k:
         raise DoesNotFitError(
-            memory.weights_bytes + memory.buffers_bytes + memory.kv_bytes_per_sequence * batch + moe.top_k * per_dev,
-            memory.usable_bytes, f"the {'memory' if rs.device_is_dram else 'GPU'} of {rs.node.id}",  # type: ignore[attr-defined]
+            memory.weights_bytes
+            + memory.buffers_bytes
+            + memory.kv_bytes_per_sequence * batch
+            + moe.top_k * per_dev,
+            memory.usable_bytes,
+            f"the {'memory' if rs.device_is_dram else 'GPU'} of {rs.node.id}",  # type: ignore[attr-defined]
             "no room for even top-k experts in the expert cache; lower --batch, offload more experts or quantise",
         )
     two_level = not rs.device_is_dram
-    outcome = cache_outcome(rs, batch, cacheable, capacity, host.page_cache_experts, dep.cache_policy, two_level)
+    outcome = cache_outcome(
+        rs, batch, cacheable, capacity, host.page_cache_experts, dep.cache_policy, two_level
+    )
     host_link, ssd_link = _links(rs)
     full = _expert_bytes(rs)
     links: dict[str, dict[str, float | str]] = {}
@@ -253,33 +299,49 @@ def apply_offload(
     if host_link is not None:
         # every TP rank fetches its shard of each missing expert over its own link: per-device bytes / link
         decode_times.append(outcome.misses_per_step * per_dev / host_link[0])
-        links["host_to_device"] = _link_report(host_link[1], host_link[0], outcome.misses_per_step * full,
-                                               decode_times[-1])
+        links["host_to_device"] = _link_report(
+            host_link[1], host_link[0], outcome.misses_per_step * full, decode_times[-1]
+        )
     if ssd_link is not None:
         # SSD reads: all ranks' shards come from the (shared) drives; on a DRAM device every miss is a read
         reads = outcome.ssd_reads_per_step if two_level else outcome.misses_per_step
         decode_times.append(reads * full / ssd_link[0])
         links["ssd_to_host"] = _link_report(ssd_link[1], ssd_link[0], reads * full, decode_times[-1])
     _charge_links(decode, decode_times, dep.prefetch)
-    _charge_links(prefill, _prefill_link_times(rs, prefill, capacity, host, host_link, ssd_link), dep.prefetch)
+    _charge_links(
+        prefill, _prefill_link_times(rs, prefill, capacity, host, host_link, ssd_link), dep.prefetch
+    )
     primary = host_link or ssd_link
     assert primary is not None  # some expert is off the device in offload mode: internal invariant
     out: dict[str, Any] = {
         "mode": dep.mode if dep.mode == "cpu" else "offload",
-        "cache_experts": capacity, "hit_rate": outcome.hit_rate, "misses_per_step": outcome.misses_per_step,
-        "link_gb_per_step": outcome.misses_per_step * full / GB, "link_gb_s": primary[0] / GB,
-        "link_path": primary[1], "expert_gb": full / GB,
-        "offloaded_moe_layers": int(rs.offloaded.sum()), "policy": dep.cache_policy, "prefetch": dep.prefetch,
-        "cache_model": outcome.model, "sampled_steps": outcome.sampled_steps,
+        "cache_experts": capacity,
+        "hit_rate": outcome.hit_rate,
+        "misses_per_step": outcome.misses_per_step,
+        "link_gb_per_step": outcome.misses_per_step * full / GB,
+        "link_gb_s": primary[0] / GB,
+        "link_path": primary[1],
+        "expert_gb": full / GB,
+        "offloaded_moe_layers": int(rs.offloaded.sum()),
+        "policy": dep.cache_policy,
+        "prefetch": dep.prefetch,
+        "cache_model": outcome.model,
+        "sampled_steps": outcome.sampled_steps,
         "ssd_reads_per_step": outcome.ssd_reads_per_step if ssd_link is not None else 0.0,
-        "page_cache_experts": host.page_cache_experts, "links": links, "tiers": host.to_dict(rs),
+        "page_cache_experts": host.page_cache_experts,
+        "links": links,
+        "tiers": host.to_dict(rs),
     }
     return _with_notes(out, host.notes)
 
 
 def _prefill_link_times(
-    rs: ResolvedScenario, cost: PassCost, capacity: int, host: HostTiers,
-    host_link: tuple[float, str] | None, ssd_link: tuple[float, str] | None,
+    rs: ResolvedScenario,
+    cost: PassCost,
+    capacity: int,
+    host: HostTiers,
+    host_link: tuple[float, str] | None,
+    ssd_link: tuple[float, str] | None,
 ) -> list[np.ndarray]:
     """A prefill chunk activates A_l experts per layer; those off the device (their share of the layer's
     experts) are fetched unless cached: misses = accesses x (1 - cache / off-device experts), the steady
@@ -311,7 +373,9 @@ def _with_notes(out: dict[str, Any], notes: list[str]) -> dict[str, Any]:
 # ---- cpu-experts: the CPU computes the experts placed in host memory ------------------------------------------
 
 
-def off_device_activation(rs: ResolvedScenario, cost: PassCost, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def off_device_activation(
+    rs: ResolvedScenario, cost: PassCost, mask: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """(A_S, k_S): expected distinct experts of the set ``mask`` (MoE layers x experts) activated per layer and
     pass, and expected experts of the set per token, per layer.
 
@@ -328,7 +392,9 @@ def off_device_activation(rs: ResolvedScenario, cost: PassCost, mask: np.ndarray
     return activated * share[:, inverse.reshape(-1)], k_set
 
 
-def _gpu_expert_fraction_left(rs: ResolvedScenario, cost: PassCost, a_cpu: np.ndarray, k_cpu: np.ndarray) -> np.ndarray:
+def _gpu_expert_fraction_left(
+    rs: ResolvedScenario, cost: PassCost, a_cpu: np.ndarray, k_cpu: np.ndarray
+) -> np.ndarray:
     """Fraction of the GPU's routed-expert time that stays on the GPU: max(F_left/R, B_left/W) / max(F/R, B/W)
     with F ∝ Σ_l k_l (token-expert pairs), B ∝ Σ_l A_l (weights read)."""
     moe = rs.model.moe
@@ -358,7 +424,9 @@ def _remove_gpu_expert_time(cost: PassCost, removed: np.ndarray) -> None:
     cost.time_by_resource["compute"] = comp - removed * (1.0 - share_mem)
 
 
-def apply_cpu_experts(rs: ResolvedScenario, batch: int, prefill: PassCost, decode: PassCost) -> dict[str, Any]:
+def apply_cpu_experts(
+    rs: ResolvedScenario, batch: int, prefill: PassCost, decode: PassCost
+) -> dict[str, Any]:
     """Move the off-GPU experts' work from the GPU to the CPU (plus PCIe hand-offs and SSD paging)."""
     model, dep = rs.model, rs.deployment
     moe = model.moe
@@ -366,7 +434,9 @@ def apply_cpu_experts(rs: ResolvedScenario, batch: int, prefill: PassCost, decod
     host = host_tiers(rs, dram_copies=weight_copies(rs.node, dep))  # type: ignore[arg-type]
     bandwidth, peaks, sockets, how = cpu_rates(rs.node, dep)  # type: ignore[arg-type]
     cpu, _ = rs.node.cpus[0]  # type: ignore[attr-defined]
-    cpu_eff = rs.cpu_efficiency  # from the database the scenario was resolved against (--hardware-db included)
+    cpu_eff = (
+        rs.cpu_efficiency
+    )  # from the database the scenario was resolved against (--hardware-db included)
     if cpu_eff is None:
         raise MissingValueError(rs.node.id, "efficiency class 'cpu'", "CPU-computed experts")  # type: ignore[attr-defined]
     prec = rs.placement.weight_precision["routed_experts"]
@@ -388,31 +458,56 @@ def apply_cpu_experts(rs: ResolvedScenario, batch: int, prefill: PassCost, decod
         a_cpu, k_cpu = off_device_activation(rs, cost, on_cpu)
         f, wb, ob = formulas.evaluate(
             "routed_experts",
-            {"T": cost.tokens[None, :], "k": k_cpu[:, None], "N_exp": float(model.expert_params), "A": a_cpu,
-             "b_w": prec.bytes_per_element, "d": float(model.hidden_size), "b_a": ACTIVATION_BYTES},
+            {
+                "T": cost.tokens[None, :],
+                "k": k_cpu[:, None],
+                "N_exp": float(model.expert_params),
+                "A": a_cpu,
+                "b_w": prec.bytes_per_element,
+                "d": float(model.hidden_size),
+                "b_a": ACTIVATION_BYTES,
+            },
         )
         per_layer = np.maximum(f / flops_rate, (wb + ob) / bytes_rate)  # (L, passes), 0 for GPU-only layers
         cpu_time = per_layer.sum(axis=0)
         kept = _gpu_expert_fraction_left(rs, cost, a_cpu, k_cpu)
-        _remove_gpu_expert_time(cost, cost.time_by_op.get("routed_experts", np.zeros_like(cost.time)) * (1 - kept))
-        handoff = n_layers_cpu * 2 * (handoff_latency + cost.tokens * model.hidden_size * ACTIVATION_BYTES / link_bw)
+        _remove_gpu_expert_time(
+            cost, cost.time_by_op.get("routed_experts", np.zeros_like(cost.time)) * (1 - kept)
+        )
+        handoff = (
+            n_layers_cpu
+            * 2
+            * (handoff_latency + cost.tokens * model.hidden_size * ACTIVATION_BYTES / link_bw)
+        )
         # --numa tp: the CPU experts' partial sums are all-reduced between the sockets in every CPU layer
         cpu_time = cpu_time + n_layers_cpu * socket_allreduce_time(
-            rs.node, dep, cost.tokens, model.hidden_size, cpu_eff.allreduce_base_latency_s)  # type: ignore[arg-type]
+            rs.node, dep, cost.tokens, model.hidden_size, cpu_eff.allreduce_base_latency_s
+        )  # type: ignore[arg-type]
         _add_resource(cost, "cpu", cpu_time, "cpu_experts")
         _add_resource(cost, "link", handoff, "cpu_gpu_handoff")
         if paging["reads_per_step"]:
             # page faults block the CPU thread that touches the expert: serial with the compute
             _add_resource(cost, "link", np.broadcast_to(page_time, cost.time.shape).copy(), "ssd_paging")
     out: dict[str, Any] = {
-        "mode": "cpu-experts", "cpu": cpu.id, "sockets_streaming": sockets, "cpu_bandwidth_gb_s": bandwidth / GB,
-        "cpu_peak_tflops": peaks[key] / 1e12, "cpu_precision": key, "derivation": how,
-        "offloaded_moe_layers": n_layers_cpu, "handoff_link_gb_s": link_bw / GB,
+        "mode": "cpu-experts",
+        "cpu": cpu.id,
+        "sockets_streaming": sockets,
+        "cpu_bandwidth_gb_s": bandwidth / GB,
+        "cpu_peak_tflops": peaks[key] / 1e12,
+        "cpu_precision": key,
+        "derivation": how,
+        "offloaded_moe_layers": n_layers_cpu,
+        "handoff_link_gb_s": link_bw / GB,
         "handoff_latency_s": handoff_latency,
-        "cpu_efficiency": {"memory_bw_fraction": cpu_eff.memory_bw_fraction,
-                           "kernel_bw_fraction": cpu_eff.kernel_bw_fraction, "compute_fraction": cpu_eff.compute_fraction},
-        "tiers": host.to_dict(rs), "links": paging["links"],
-        "ssd_reads_per_step": paging["reads_per_step"], "page_cache_experts": host.page_cache_experts,
+        "cpu_efficiency": {
+            "memory_bw_fraction": cpu_eff.memory_bw_fraction,
+            "kernel_bw_fraction": cpu_eff.kernel_bw_fraction,
+            "compute_fraction": cpu_eff.compute_fraction,
+        },
+        "tiers": host.to_dict(rs),
+        "links": paging["links"],
+        "ssd_reads_per_step": paging["reads_per_step"],
+        "page_cache_experts": host.page_cache_experts,
     }
     return _with_notes(out, host.notes)
 
@@ -430,8 +525,12 @@ def _ssd_paging(rs: ResolvedScenario, batch: int, host: HostTiers) -> dict[str, 
     full = _expert_bytes(rs)
     reads = outcome.misses_per_step
     prefill_reads = max(n_ssd - host.page_cache_experts, 0)
-    return {"decode_s": reads * full / bw, "prefill_s": prefill_reads * full / bw, "reads_per_step": reads,
-            "links": {"ssd_to_host": _link_report(path, bw, reads * full, reads * full / bw)}}
+    return {
+        "decode_s": reads * full / bw,
+        "prefill_s": prefill_reads * full / bw,
+        "reads_per_step": reads,
+        "links": {"ssd_to_host": _link_report(path, bw, reads * full, reads * full / bw)},
+    }
 
 
 def apply_socket_tp(rs: ResolvedScenario, prefill: PassCost, decode: PassCost) -> dict[str, Any]:
@@ -443,8 +542,13 @@ def apply_socket_tp(rs: ResolvedScenario, prefill: PassCost, decode: PassCost) -
     for cost in (prefill, decode):
         if cost.time.size == 0:
             continue
-        seconds = 2 * rs.model.num_layers * socket_allreduce_time(
-            rs.node, rs.deployment, cost.tokens, rs.model.hidden_size, eff.allreduce_base_latency_s)  # type: ignore[arg-type, attr-defined]
+        seconds = (
+            2
+            * rs.model.num_layers
+            * socket_allreduce_time(
+                rs.node, rs.deployment, cost.tokens, rs.model.hidden_size, eff.allreduce_base_latency_s
+            )
+        )  # type: ignore[arg-type, attr-defined]
         _add_resource(cost, "interconnect", seconds, "socket_allreduce")
         per_layer["decode" if cost is decode else "prefill"] = float(seconds.mean()) / rs.model.num_layers
     return {"mode": "cpu", "numa": "tp", "socket_allreduce_s_per_layer": per_layer}

@@ -80,8 +80,11 @@ def _key(raw: str, where: str) -> str:
     key = raw.strip().lower().replace("-", "_")
     if key not in OPTION_KEYS:
         close = difflib.get_close_matches(key, OPTION_KEYS, n=2, cutoff=0.6)
-        hint = f"did you mean {' or '.join(k.replace('_', '-') for k in close)}?" if close else (
-            "keys: " + ", ".join(k.replace("_", "-") for k in OPTION_KEYS))
+        hint = (
+            f"did you mean {' or '.join(k.replace('_', '-') for k in close)}?"
+            if close
+            else ("keys: " + ", ".join(k.replace("_", "-") for k in OPTION_KEYS))
+        )
         raise ScenarioError(f"{where}: unknown key {raw.strip()!r}; {hint}")
     return key
 
@@ -140,8 +143,11 @@ def build_option(settings: dict[str, Any], base: Scenario, where: str, index: in
         assumes = preset.assumes
     scenario.validate()
     if name is None:
-        parts = [scenario.hardware] + ([system] if system else []) + (
-            [scenario.weight_dtype] if scenario.weight_dtype else [])
+        parts = (
+            [scenario.hardware]
+            + ([system] if system else [])
+            + ([scenario.weight_dtype] if scenario.weight_dtype else [])
+        )
         name = " ".join(parts) if parts else f"option {index + 1}"
     return DeploymentOption(name, scenario, system, method, assumes)
 
@@ -155,7 +161,9 @@ def parse_option(text: str, base: Scenario, index: int = 0) -> DeploymentOption:
             continue
         key, sep, value = item.partition("=")
         if not sep:
-            raise ScenarioError(f"{where}: {item.strip()!r} is not KEY=VALUE; write e.g. hardware=h100-sxm;gpus=2")
+            raise ScenarioError(
+                f"{where}: {item.strip()!r} is not KEY=VALUE; write e.g. hardware=h100-sxm;gpus=2"
+            )
         k = _key(key, where)
         if k in settings:
             raise ScenarioError(f"{where}: {k.replace('_', '-')} is given twice")

@@ -73,9 +73,18 @@ ALL_TO_ALL_BACKENDS = ("nccl", "deepep")
 DEEPEP_NVLINK_REF_GB_S = 160.0  # "H800 (~160 GB/s NVLink maximum bandwidth)"
 DEEPEP_RDMA_REF_GB_S = 50.0  # "CX7 InfiniBand 400 Gb/s RDMA network card (~50 GB/s maximum bandwidth)"
 DEEPEP_NORMAL_INTRANODE_GB_S = (153.0, 158.0)  # (dispatch, combine), EP 8, NVLink
-DEEPEP_NORMAL_INTERNODE = {16: (43.0, 43.0), 32: (58.0, 57.0), 64: (51.0, 50.0)}  # EP: (dispatch, combine), RDMA
+DEEPEP_NORMAL_INTERNODE = {
+    16: (43.0, 43.0),
+    32: (58.0, 57.0),
+    64: (51.0, 50.0),
+}  # EP: (dispatch, combine), RDMA
 DEEPEP_LOW_LATENCY = {  # EP: (dispatch GB/s, combine GB/s), 128 tokens per rank, pure RDMA
-    8: (98.0, 127.0), 16: (63.0, 74.0), 32: (48.0, 53.0), 64: (43.0, 46.0), 128: (39.0, 39.0), 256: (39.0, 40.0),
+    8: (98.0, 127.0),
+    16: (63.0, 74.0),
+    32: (48.0, 53.0),
+    64: (43.0, 46.0),
+    128: (39.0, 39.0),
+    256: (39.0, 40.0),
 }
 DEEPEP_FP8_DISPATCH_BYTES = 1.0 + 4.0 / 128.0
 """FP8 dispatch: one byte per element plus one fp32 scale per 128 elements (DeepEP's per-token-group FP8)."""
@@ -93,8 +102,11 @@ def check_expert_layout(num_experts: int, ep: int, expert_ranks: int, redundant:
         return
     valid = [d for d in divisors(expert_ranks) if slots % d == 0]
     if expert_ranks % ep or slots % ep:
-        what = (f"{slots} expert slots ({num_experts} experts + {redundant} redundant)" if redundant
-                else f"{num_experts} experts")
+        what = (
+            f"{slots} expert slots ({num_experts} experts + {redundant} redundant)"
+            if redundant
+            else f"{num_experts} experts"
+        )
         raise ScenarioError(
             f"--ep {ep} must divide both the {expert_ranks} devices the MoE layers run on (tp x attention-dp) and "
             f"the {what}; valid --ep: {', '.join(map(str, valid))}"
@@ -124,10 +136,14 @@ def expected_max_normal(mean: np.ndarray, var: np.ndarray, points: int = 129) ->
     x = lo[..., None] + (hi - lo)[..., None] * u  # (..., 1, points)
     safe = np.where(sd > 0, sd, 1.0)[..., None]
     z = (x - mean[..., None]) / safe
-    cdf = np.where(sd[..., None] > 0, 0.5 * (1.0 + _erf(z / math.sqrt(2.0))), (x >= mean[..., None]).astype(float))
+    cdf = np.where(
+        sd[..., None] > 0, 0.5 * (1.0 + _erf(z / math.sqrt(2.0))), (x >= mean[..., None]).astype(float)
+    )
     tail = 1.0 - np.prod(cdf, axis=-2)  # (..., points)
     width = (hi - lo)[..., 0]
-    return np.asarray(lo[..., 0] + np.trapezoid(tail, dx=1.0, axis=-1) * width / (points - 1), dtype=np.float64)
+    return np.asarray(
+        lo[..., 0] + np.trapezoid(tail, dx=1.0, axis=-1) * width / (points - 1), dtype=np.float64
+    )
 
 
 def eplb_slots(pi: np.ndarray, ep: int, redundant: int) -> tuple[np.ndarray, np.ndarray]:
@@ -171,7 +187,9 @@ def _layer_slot_loads(pi: np.ndarray, ep: int, redundant: int) -> np.ndarray:
     return np.stack([eplb_slots(row, ep, redundant)[0] for row in rows])
 
 
-def imbalance(pi: np.ndarray, ep: int, tokens: np.ndarray, redundant: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def imbalance(
+    pi: np.ndarray, ep: int, tokens: np.ndarray, redundant: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """(token-pair straggler factor, activated-slot straggler factor) per entry of ``tokens`` for routing
     inclusion ``pi`` (layers, E), averaged over layers: E[max over EP groups] / mean (module docstring)."""
     pi = np.atleast_2d(np.asarray(pi, dtype=np.float64))
@@ -192,7 +210,9 @@ def imbalance(pi: np.ndarray, ep: int, tokens: np.ndarray, redundant: int = 0) -
     cap = tokens[None, :] * min(k, m)  # a group receives at most min(k, m) pairs per token
     emax = np.minimum(expected_max_normal(mean, var), cap)
     tok_f = np.maximum(emax / (tokens[None, :] * k / ep), 1.0)
-    a = 1.0 - np.power(1.0 - np.clip(q, 0.0, 1.0)[:, None, :, :], tokens[None, :, None, None])  # (rows, n, ep, m)
+    a = 1.0 - np.power(
+        1.0 - np.clip(q, 0.0, 1.0)[:, None, :, :], tokens[None, :, None, None]
+    )  # (rows, n, ep, m)
     amean = a.sum(axis=3)
     avar = (a * (1.0 - a)).sum(axis=3)
     amax = np.minimum(expected_max_normal(amean, avar), float(m))
@@ -230,8 +250,9 @@ def straggler_factors(rs: ResolvedScenario, tokens: np.ndarray) -> tuple[np.ndar
     needed = np.unique(np.concatenate([lo, lo + 1]))
     missing = [int(j) for j in needed if int(j) not in table]
     if missing:
-        tok, act = imbalance(pi, ep, 2.0 ** (np.asarray(missing, dtype=np.float64) / STRAGGLER_NODES_PER_OCTAVE),
-                             redundant)
+        tok, act = imbalance(
+            pi, ep, 2.0 ** (np.asarray(missing, dtype=np.float64) / STRAGGLER_NODES_PER_OCTAVE), redundant
+        )
         table.update(zip(missing, zip(tok.tolist(), act.tolist())))
     values = np.array([table[int(j)] for j in needed])  # (nodes, 2)
     i_lo = np.searchsorted(needed, lo)
@@ -251,19 +272,31 @@ def straggler_factor(router: Router, num_experts: int, ep: int, tokens: int, red
     return float(t[0])
 
 
-def all_to_all_bytes(tokens: np.ndarray, ranks: int, ep: int, top_k: int, hidden: int,
-                     element_bytes: float = ACTIVATION_BYTES) -> np.ndarray:
+def all_to_all_bytes(
+    tokens: np.ndarray, ranks: int, ep: int, top_k: int, hidden: int, element_bytes: float = ACTIVATION_BYTES
+) -> np.ndarray:
     """Bytes one rank sends in one dispatch (or receives in one combine): its T/M tokens x k experts x the
     M/E slices of each x d x bytes, of which (E−1)/E go to other groups."""
     per_rank = np.asarray(tokens, dtype=np.float64) / ranks
     return per_rank * top_k * (ranks // ep) * hidden * element_bytes * (ep - 1) / ep
 
 
-def all_to_all_time(tokens: np.ndarray, ranks: int, top_k: int, hidden: int, link_bytes_s: float,
-                    hop_latency_s: float, base_latency_s: float) -> np.ndarray:
+def all_to_all_time(
+    tokens: np.ndarray,
+    ranks: int,
+    top_k: int,
+    hidden: int,
+    link_bytes_s: float,
+    hop_latency_s: float,
+    base_latency_s: float,
+) -> np.ndarray:
     """One NCCL all-to-all of the step's token activations over ``ranks`` = EP ranks inside one node:
     per rank (T/N)·k·d·2 bytes, (N−1)/N of them remote, + base latency + (N−1) hop latencies."""
-    return base_latency_s + (ranks - 1) * hop_latency_s + all_to_all_bytes(tokens, ranks, ranks, top_k, hidden) / link_bytes_s
+    return (
+        base_latency_s
+        + (ranks - 1) * hop_latency_s
+        + all_to_all_bytes(tokens, ranks, ranks, top_k, hidden) / link_bytes_s
+    )
 
 
 def _interp_ep(table: dict[int, tuple[float, float]], ep: int) -> tuple[float, float]:
@@ -275,7 +308,9 @@ def _interp_ep(table: dict[int, tuple[float, float]], ep: int) -> tuple[float, f
     return d, c
 
 
-def dispatch_combine_time(rs: ResolvedScenario, expert_tokens: np.ndarray, phase: str) -> tuple[np.ndarray, dict[str, Any]]:
+def dispatch_combine_time(
+    rs: ResolvedScenario, expert_tokens: np.ndarray, phase: str
+) -> tuple[np.ndarray, dict[str, Any]]:
     """Seconds of one MoE layer's dispatch + combine for steps of ``expert_tokens`` replica tokens."""
     layout, model, rates = rs.layout, rs.model, rs.rates
     moe = model.moe
@@ -289,13 +324,17 @@ def dispatch_combine_time(rs: ResolvedScenario, expert_tokens: np.ndarray, phase
         one_way = all_to_all_bytes(expert_tokens, ranks, ep, moe.top_k, model.hidden_size)
         if spans_nodes:
             inter_share = (ranks - per_node) / (ranks - 1)
-            t_bytes = np.maximum(one_way * (1 - inter_share) / nvlink, one_way * inter_share / rs.scale_out_bytes_s)
+            t_bytes = np.maximum(
+                one_way * (1 - inter_share) / nvlink, one_way * inter_share / rs.scale_out_bytes_s
+            )
         else:
             t_bytes = one_way / nvlink
         t = 2 * (rates.allreduce_base_latency_s + (ranks - 1) * rates.allreduce_hop_latency_s + t_bytes)
         return t, {"all_to_all": "nccl", "all_to_all_bytes_per_rank": float(np.mean(one_way))}
     # DeepEP: logical bytes (every top-k copy, DeepEP's own count) at the table's bandwidth x link ratio
-    copies = np.asarray(expert_tokens, dtype=np.float64) / ranks * moe.top_k * (ranks // ep) * model.hidden_size
+    copies = (
+        np.asarray(expert_tokens, dtype=np.float64) / ranks * moe.top_k * (ranks // ep) * model.hidden_size
+    )
     if phase == "decode":
         bw_d, bw_c = _interp_ep(DEEPEP_LOW_LATENCY, ep)
         link = rs.scale_out_bytes_s if spans_nodes else nvlink
@@ -309,7 +348,9 @@ def dispatch_combine_time(rs: ResolvedScenario, expert_tokens: np.ndarray, phase
         bw_d, bw_c = DEEPEP_NORMAL_INTRANODE_GB_S
         ratio = nvlink / (DEEPEP_NVLINK_REF_GB_S * 1e9)
         kernel = "deepep normal (intranode)"
-    t = copies * DEEPEP_FP8_DISPATCH_BYTES / (bw_d * 1e9 * ratio) + copies * ACTIVATION_BYTES / (bw_c * 1e9 * ratio)
+    t = copies * DEEPEP_FP8_DISPATCH_BYTES / (bw_d * 1e9 * ratio) + copies * ACTIVATION_BYTES / (
+        bw_c * 1e9 * ratio
+    )
     return t, {"all_to_all": kernel, "all_to_all_gb_s": (bw_d * ratio, bw_c * ratio)}
 
 
@@ -324,13 +365,20 @@ def apply_expert_parallel(rs: ResolvedScenario, cost: PassCost, phase: str = "de
     n_moe = model.num_moe_layers
     expert_tokens = cost.tokens
     rank_tokens = expert_tokens / layout.attention_dp  # the attention TP group's share (ceil ignored here)
-    info: dict[str, Any] = {"ep": layout.ep, "attention_dp": layout.attention_dp,
-                            "expert_ranks": layout.expert_ranks}
+    info: dict[str, Any] = {
+        "ep": layout.ep,
+        "attention_dp": layout.attention_dp,
+        "expert_ranks": layout.expert_ranks,
+    }
     saved = np.zeros_like(cost.time)
     if layout.tp > 1:
-        saved = n_moe * ring_allreduce_time(rank_tokens * model.hidden_size * ACTIVATION_BYTES, layout.tp,
-                                            rates.link_bandwidth, rates.allreduce_hop_latency_s,
-                                            rates.allreduce_base_latency_s)
+        saved = n_moe * ring_allreduce_time(
+            rank_tokens * model.hidden_size * ACTIVATION_BYTES,
+            layout.tp,
+            rates.link_bandwidth,
+            rates.allreduce_hop_latency_s,
+            rates.allreduce_base_latency_s,
+        )
     if layout.ep > 1:
         one, a2a_info = dispatch_combine_time(rs, expert_tokens, phase)
         comm = n_moe * one
@@ -346,8 +394,12 @@ def apply_expert_parallel(rs: ResolvedScenario, cost: PassCost, phase: str = "de
             cost.time = cost.time + wait
             cost.time_by_op["routed_experts"] = cost.time_by_op["routed_experts"] + wait
             bound = t_c * tok_f >= t_m * act_f
-            cost.time_by_resource["compute"] = cost.time_by_resource["compute"] + np.where(bound, new, 0.0) - np.where(t_c >= t_m, old, 0.0)
-            cost.time_by_resource["memory"] = cost.time_by_resource["memory"] + np.where(bound, 0.0, new) - np.where(t_c >= t_m, 0.0, old)
+            cost.time_by_resource["compute"] = (
+                cost.time_by_resource["compute"] + np.where(bound, new, 0.0) - np.where(t_c >= t_m, old, 0.0)
+            )
+            cost.time_by_resource["memory"] = (
+                cost.time_by_resource["memory"] + np.where(bound, 0.0, new) - np.where(t_c >= t_m, 0.0, old)
+            )
         info["straggler_factor_mean"] = float(tok_f.mean())
         info["straggler_activated_factor_mean"] = float(act_f.mean())
         if rs.placement.redundant_experts:
@@ -355,9 +407,18 @@ def apply_expert_parallel(rs: ResolvedScenario, cost: PassCost, phase: str = "de
     else:
         # every expert split over all M devices: gather the N ranks' tokens before, scatter after (one
         # all-reduce's volume over M ranks)
-        bw = rs.scale_out_bytes_s if layout.expert_ranks > layout.devices_per_node else rates.link_bandwidth or _intra_node_bandwidth(rs)
-        comm = n_moe * ring_allreduce_time(expert_tokens * model.hidden_size * ACTIVATION_BYTES, layout.expert_ranks,
-                                           bw, rates.allreduce_hop_latency_s, rates.allreduce_base_latency_s)
+        bw = (
+            rs.scale_out_bytes_s
+            if layout.expert_ranks > layout.devices_per_node
+            else rates.link_bandwidth or _intra_node_bandwidth(rs)
+        )
+        comm = n_moe * ring_allreduce_time(
+            expert_tokens * model.hidden_size * ACTIVATION_BYTES,
+            layout.expert_ranks,
+            bw,
+            rates.allreduce_hop_latency_s,
+            rates.allreduce_base_latency_s,
+        )
         info["moe_gather_scatter_s_per_pass"] = float(comm.mean())
     cost.time = cost.time + comm - saved
     if layout.tp > 1:
@@ -390,8 +451,14 @@ def two_batch_overlap(rs: ResolvedScenario, half: PassCost) -> PassCost:
     half.time_by_op["all_to_all"] = exposed
     half.time_by_resource["interconnect"] = half.time_by_resource["interconnect"] - 2.0 * comm + exposed
     half.time = time
-    for name in ("weight_bytes_sparse", "weight_bytes_dense", "kv_read_bytes", "flops_sparse", "flops_dense",
-                 "tokens"):
+    for name in (
+        "weight_bytes_sparse",
+        "weight_bytes_dense",
+        "kv_read_bytes",
+        "flops_sparse",
+        "flops_dense",
+        "tokens",
+    ):
         setattr(half, name, getattr(half, name) * 2.0)
     return half
 
@@ -440,12 +507,28 @@ class Layout:
         return worst
 
     def to_dict(self) -> dict[str, int]:
-        return {"tp": self.tp, "attention_dp": self.attention_dp, "pp": self.pp, "dp": self.dp, "ep": self.ep,
-                "nodes": self.nodes, "devices_per_node": self.devices_per_node, "devices": self.devices}
+        return {
+            "tp": self.tp,
+            "attention_dp": self.attention_dp,
+            "pp": self.pp,
+            "dp": self.dp,
+            "ep": self.ep,
+            "nodes": self.nodes,
+            "devices_per_node": self.devices_per_node,
+            "devices": self.devices,
+        }
 
 
-def layout_for(tp: int | None, pp: int, dp: int, ep: int, nodes: int, devices_per_node: int,
-               num_layers: int, attention_dp: int = 1) -> Layout:
+def layout_for(
+    tp: int | None,
+    pp: int,
+    dp: int,
+    ep: int,
+    nodes: int,
+    devices_per_node: int,
+    num_layers: int,
+    attention_dp: int = 1,
+) -> Layout:
     """Validate a layout (ScenarioError naming the fix); ``tp`` None = what the other degrees leave."""
     total = nodes * devices_per_node
     adp = attention_dp
@@ -468,8 +551,11 @@ def layout_for(tp: int | None, pp: int, dp: int, ep: int, nodes: int, devices_pe
         want = tp * adp * pp * dp
         fix = f"--gpus {want // nodes} per node" if want % nodes == 0 else "a product that --nodes divides"
         # the degrees that would fill the devices with the others kept
-        fills = [f"--{flag} {total // rest}" for flag, rest in (("dp", tp * adp * pp), ("attention-dp", tp * pp * dp))
-                 if total % rest == 0 and total // rest >= 1]
+        fills = [
+            f"--{flag} {total // rest}"
+            for flag, rest in (("dp", tp * adp * pp), ("attention-dp", tp * pp * dp))
+            if total % rest == 0 and total // rest >= 1
+        ]
         options = f" ({' or '.join(fills)} fills them)" if fills else ""
         raise ScenarioError(
             f"--tp {tp}{adp_text} x --pp {pp} x --dp {dp} = {want} devices, but {nodes} node(s) x {devices_per_node} "
@@ -481,10 +567,16 @@ def layout_for(tp: int | None, pp: int, dp: int, ep: int, nodes: int, devices_pe
             "modelled; put --pp, --dp or --attention-dp across nodes"
         )
     if devices_per_node % tp:
-        raise ScenarioError(f"--tp {tp} does not divide the {devices_per_node} devices of a node; choose a divisor")
+        raise ScenarioError(
+            f"--tp {tp} does not divide the {devices_per_node} devices of a node; choose a divisor"
+        )
     if pp > num_layers:
-        raise ScenarioError(f"--pp {pp} exceeds the model's {num_layers} layers; use at most {num_layers} stages")
-    return Layout(tp=tp, pp=pp, dp=dp, nodes=nodes, devices_per_node=devices_per_node, ep=ep, attention_dp=adp)
+        raise ScenarioError(
+            f"--pp {pp} exceeds the model's {num_layers} layers; use at most {num_layers} stages"
+        )
+    return Layout(
+        tp=tp, pp=pp, dp=dp, nodes=nodes, devices_per_node=devices_per_node, ep=ep, attention_dp=adp
+    )
 
 
 def scale_out_bandwidth(node: Any, db: Any, network: str | None) -> tuple[float, str]:
@@ -508,7 +600,9 @@ def pipeline_hop_time(rs: ResolvedScenario, tokens: np.ndarray) -> np.ndarray:
     hops = layout.pp - 1
     if hops == 0:
         return np.zeros_like(tokens)
-    message = np.asarray(tokens, dtype=np.float64) * rs.model.hidden_size * ACTIVATION_BYTES / layout.expert_ranks
+    message = (
+        np.asarray(tokens, dtype=np.float64) * rs.model.hidden_size * ACTIVATION_BYTES / layout.expert_ranks
+    )
     cross = layout.inter_node_hops()
     inside = hops - cross
     t = np.full_like(message, hops * rs.rates.allreduce_base_latency_s)
@@ -548,8 +642,14 @@ def apply_pipeline_decode(rs: ResolvedScenario, cost: PassCost, micro_batches: i
     _scale(cost, np.full_like(cost.time, layout.pp * stage))
     _add_hops(cost, hops)
     m = float(micro_batches)
-    for name in ("weight_bytes_sparse", "weight_bytes_dense", "kv_read_bytes", "flops_sparse", "flops_dense",
-                 "tokens"):
+    for name in (
+        "weight_bytes_sparse",
+        "weight_bytes_dense",
+        "kv_read_bytes",
+        "flops_sparse",
+        "flops_dense",
+        "tokens",
+    ):
         setattr(cost, name, getattr(cost, name) * m)
 
 

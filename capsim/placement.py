@@ -81,10 +81,14 @@ def parse_placement(text: str) -> PlacementSpec:
             raise ScenarioError(f"cannot read --placement clause {part!r}; write e.g. {_EXAMPLES}")
         what, tier = m["what"], m["tier"]
         if tier not in TIER_NAMES:
-            raise ScenarioError(f"unknown tier {tier!r} in --placement clause {part!r}; choose gpu, dram or ssd")
+            raise ScenarioError(
+                f"unknown tier {tier!r} in --placement clause {part!r}; choose gpu, dram or ssd"
+            )
         count = int(m["count"]) if m["count"] is not None else None
         if what == "experts" and count is not None:
-            raise ScenarioError(f"--placement clause {part!r}: a count goes with cold-experts/hot-experts only")
+            raise ScenarioError(
+                f"--placement clause {part!r}: a count goes with cold-experts/hot-experts only"
+            )
         if what != "experts" and count is None:
             raise ScenarioError(f"--placement clause {part!r} needs a count per layer, e.g. {what}:8:{tier}")
         first = int(m["first"]) if m["first"] else None
@@ -112,8 +116,12 @@ def tier_code(tier: str, device_is_dram: bool) -> int:
 
 
 def expert_tier_map(
-    spec: PlacementSpec, num_moe_layers: int, num_experts: int, inclusion: NDArray[np.float64],
-    *, device_is_dram: bool = False,
+    spec: PlacementSpec,
+    num_moe_layers: int,
+    num_experts: int,
+    inclusion: NDArray[np.float64],
+    *,
+    device_is_dram: bool = False,
 ) -> TierMap:
     """(MoE layers x experts) tier codes for a non-auto ``spec``; ``inclusion`` = π (L x E) orders cold/hot."""
     tiers = np.full((num_moe_layers, num_experts), DEVICE, dtype=np.int8)
@@ -130,17 +138,25 @@ def expert_tier_map(
             tiers[first:last] = code
             continue
         if c.count is not None and c.count > num_experts:
-            raise ScenarioError(f"--placement asks for {c.count} {c.what} per layer; the model has {num_experts}")
+            raise ScenarioError(
+                f"--placement asks for {c.count} {c.what} per layer; the model has {num_experts}"
+            )
         # stable sort: among equal π the lower id is colder (ascending order), hence hotter last
         order = np.argsort(inclusion[first:last], axis=1, kind="stable")
-        chosen = order[:, : c.count] if c.what == "cold-experts" else order[:, num_experts - int(c.count or 0):]
+        chosen = (
+            order[:, : c.count] if c.what == "cold-experts" else order[:, num_experts - int(c.count or 0) :]
+        )
         rows = np.arange(first, last)[:, None]
         tiers[rows, chosen] = code
     return tiers
 
 
 def auto_tier_map(
-    inclusion: NDArray[np.float64], device_slots: int, dram_slots: int | None, *, has_ssd: bool,
+    inclusion: NDArray[np.float64],
+    device_slots: int,
+    dram_slots: int | None,
+    *,
+    has_ssd: bool,
     device_is_dram: bool = False,
 ) -> TierMap:
     """``--placement auto``: the ``device_slots`` hottest experts (by π, over all layers) on the device, the
@@ -159,7 +175,7 @@ def auto_tier_map(
         in_dram = 0  # DRAM is the device: what did not fit there goes to the SSD
     else:
         in_dram = n - on_device if dram_slots is None else max(0, min(dram_slots, n - on_device))
-    tiers[order[on_device:on_device + in_dram]] = DRAM
+    tiers[order[on_device : on_device + in_dram]] = DRAM
     if on_device + in_dram < n and not has_ssd:
         raise ScenarioError(
             f"--placement auto: {n - on_device - in_dram} experts fit neither on the device nor in host DRAM and "

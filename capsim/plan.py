@@ -72,9 +72,7 @@ def parse_duration(text: str | float, option: str = "duration") -> float:
     else:
         match = _DURATION.match(str(text))
         if match is None:
-            raise ScenarioError(
-                f"bad {option} {text!r}; write a number with a unit: 50ms, 0.2s, 200us, 2min"
-            )
+            raise ScenarioError(f"bad {option} {text!r}; write a number with a unit: 50ms, 0.2s, 200us, 2min")
         if match.group(2) is None:
             raise ScenarioError(
                 f"{option} {text!r} has no unit; write {match.group(1)}ms or {match.group(1)}s"
@@ -155,7 +153,11 @@ def accuracy_for(
     model = resolve_model(model_id)
     dtype = None if weight_dtype in (None, "native") else weight_dtype
     return load_accuracy_db().lookup(
-        model.id, benchmark, weight_dtype=dtype, native_dtype=native_weight_dtype(model), variant=variant,
+        model.id,
+        benchmark,
+        weight_dtype=dtype,
+        native_dtype=native_weight_dtype(model),
+        variant=variant,
         method=method,
     )
 
@@ -399,7 +401,9 @@ def evaluate_option(
     # orchestration here, pricing in capsim.cost: the per-user (batch 1) prediction, then both priced
     devices = int(prediction.scenario["gpus"])
     single = (
-        prediction if scenario.batch == 1 else predict(replace(scenario, batch=1, gpus=devices), hardware_db=db)
+        prediction
+        if scenario.batch == 1
+        else predict(replace(scenario, batch=1, gpus=devices), hardware_db=db)
     )
     report = price_predictions(
         scenario.hardware, db, inputs, prediction, single, host_memory_gb=scenario.host_memory_gb
@@ -845,7 +849,9 @@ def _plan_accuracy(
     from .options import is_quantised
 
     native = native_weight_dtype(spec)
-    wanted = [(d, None) for d in weight_dtypes if d != "native" and is_quantised(Scenario(weight_dtype=d), native)]
+    wanted = [
+        (d, None) for d in weight_dtypes if d != "native" and is_quantised(Scenario(weight_dtype=d), native)
+    ]
     wanted += [
         (str(d.scenario.weight_dtype), d.quant_method)
         for d in deployments
@@ -889,7 +895,10 @@ def _price_points(
         if not d.power.accelerators_known:
             continue
         e = energy_report(
-            d.power.parts, pred, idle_fraction=inputs.idle_power_fraction, pue=inputs.pue,
+            d.power.parts,
+            pred,
+            idle_fraction=inputs.idle_power_fraction,
+            pue=inputs.pue,
             electricity_usd_per_kwh=inputs.electricity_usd_per_kwh,
         )
         t_pre, t_dec = pred.prefill.time_s, pred.decode.time_s
@@ -976,5 +985,5 @@ def pareto_mask(cost: np.ndarray, tpot: np.ndarray) -> np.ndarray:
     for plots and tests over small sets)."""
     c = np.asarray(cost, dtype=np.float64)[:, None]
     t = np.asarray(tpot, dtype=np.float64)[:, None]
-    dominated = ((c.T <= c) & (t.T <= t) & ((c.T < c) | (t.T < t))).any(axis=1)
+    dominated = ((c >= c.T) & (t >= t.T) & ((c > c.T) | (t > t.T))).any(axis=1)
     return np.asarray(~dominated, dtype=bool)

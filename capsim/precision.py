@@ -101,7 +101,9 @@ def kv_precision(name: str) -> Precision:
     try:
         return KV_PRECISIONS[name.lower()]
     except KeyError:
-        raise ScenarioError(f"unknown KV-cache dtype {name!r}; choose one of {', '.join(KV_PRECISIONS)}") from None
+        raise ScenarioError(
+            f"unknown KV-cache dtype {name!r}; choose one of {', '.join(KV_PRECISIONS)}"
+        ) from None
 
 
 def compute_key(precision: Precision, available: frozenset[str] | set[str]) -> str:

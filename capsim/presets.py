@@ -28,14 +28,16 @@ PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
         Preset(
-            "vllm-like", {"mode": "gpu"},
+            "vllm-like",
+            {"mode": "gpu"},
             "every weight resident in GPU memory, tensor parallel over the devices, 90 % of device memory "
             "usable (gpu_memory_utilization default), continuous batching approximated by a fixed batch",
             "https://docs.vllm.ai/en/latest/models/engine_args.html (--tensor-parallel-size, "
             "--gpu-memory-utilization default 0.9)",
         ),
         Preset(
-            "sglang-like", {"mode": "gpu"},
+            "sglang-like",
+            {"mode": "gpu"},
             "every weight resident in GPU memory, tensor parallel over the devices (--tp), 90 % of device "
             "memory for weights and KV pool (--mem-fraction-static 0.9), a fixed batch for continuous batching; "
             "data-parallel attention: the sglang-dp-attention preset",
@@ -43,12 +45,14 @@ PRESETS: dict[str, Preset] = {
             "default 0.9)",
         ),
         Preset(
-            "vllm-ep-like", {"mode": "gpu", "ep": 0},
+            "vllm-ep-like",
+            {"mode": "gpu", "ep": 0},
             "as vllm-like, with experts split whole over the devices (expert parallel, all-to-all dispatch)",
             "https://docs.vllm.ai/en/latest/models/engine_args.html (--enable-expert-parallel)",
         ),
         Preset(
-            "sglang-dp-attention", {"mode": "gpu", "attention_dp": 0, "ep": 0},
+            "sglang-dp-attention",
+            {"mode": "gpu", "attention_dp": 0, "ep": 0},
             "SGLang --enable-dp-attention --dp N with --ep-size N (DeepSeek recipe): attention data parallel over "
             "every device (each rank its own sequences and KV cache), routed experts expert-parallel over every "
             "device; --all-to-all deepep for --moe-a2a-backend deepep",
@@ -56,14 +60,16 @@ PRESETS: dict[str, Preset] = {
             "--ep-size, --moe-a2a-backend, --ep-num-redundant-experts)",
         ),
         Preset(
-            "trtllm-dep", {"mode": "gpu", "attention_dp": 0, "ep": 0},
+            "trtllm-dep",
+            {"mode": "gpu", "attention_dp": 0, "ep": 0},
             "TensorRT-LLM 'DEP' layout (enable_attention_dp with moe_expert_parallel_size = GPUs, e.g. DEP8): "
             "attention data parallel and experts expert-parallel over every device",
             "NVIDIA/TensorRT-LLM docs/source/developer-guide/perf-overview.md (commit 03e27c7d, 'H200 DEP8 (FP8)' "
             "columns; the page's llm_options enable_attention_dp)",
         ),
         Preset(
-            "vllm-dp-ep", {"mode": "gpu", "attention_dp": 0, "ep": 0},
+            "vllm-dp-ep",
+            {"mode": "gpu", "attention_dp": 0, "ep": 0},
             "vLLM --data-parallel-size N --enable-expert-parallel: attention data parallel over the N ranks, expert "
             "layers expert-parallel over DP x TP devices (without --enable-expert-parallel they form a DP x TP "
             "tensor-parallel group: --ep 1)",
@@ -71,24 +77,28 @@ PRESETS: dict[str, Preset] = {
             "https://docs.vllm.ai/en/latest/serving/expert_parallel_deployment/",
         ),
         Preset(
-            "moe-infinity-like", {"mode": "offload", "cache_policy": "lfu", "prefetch": True},
+            "moe-infinity-like",
+            {"mode": "offload", "cache_policy": "lfu", "prefetch": True},
             "experts in host DRAM, a GPU expert cache kept by activation frequency (modelled as LFU), next "
             "experts prefetched while the GPU computes (modelled as perfect overlap: optimistic)",
             "https://github.com/EfficientMoE/MoE-Infinity (activation-aware expert prefetching and caching)",
         ),
         Preset(
-            "mixtral-offloading-like", {"mode": "offload", "cache_policy": "lru", "prefetch": False},
+            "mixtral-offloading-like",
+            {"mode": "offload", "cache_policy": "lru", "prefetch": False},
             "experts in host DRAM, an LRU expert cache on the GPU, misses copied before use (no overlap)",
             "https://github.com/dvmazur/mixtral-offloading (LRU expert cache; arXiv:2312.17238)",
         ),
         Preset(
-            "ktransformers-like", {"mode": "cpu-experts"},
+            "ktransformers-like",
+            {"mode": "cpu-experts"},
             "routed experts computed on the CPU from DRAM (AMX/AVX-512 kernels), attention and shared experts "
             "on the GPU, activations handed over PCIe every MoE layer",
             "https://github.com/kvcache-ai/ktransformers (CPU/GPU hybrid MoE inference)",
         ),
         Preset(
-            "llamacpp-cpu-moe", {"mode": "cpu-experts"},
+            "llamacpp-cpu-moe",
+            {"mode": "cpu-experts"},
             "llama.cpp --cpu-moe: every routed expert computed on the CPU, the rest on the GPU; "
             "llamacpp-cpu-moe:N is --n-cpu-moe N, the routed experts of the first N MoE layers on the CPU",
             "ggml-org/llama.cpp PR #14992 (--cpu-moe) and PR #15077 (--n-cpu-moe: first N layers' experts)",
@@ -104,13 +114,19 @@ def apply_preset(name: str, scenario: Scenario) -> tuple[Scenario, Preset]:
     key, _, arg = name.strip().lower().partition(":")
     if key not in PRESETS:
         close = difflib.get_close_matches(key, list(PRESETS), n=3, cutoff=0.5)
-        hint = f"did you mean {', '.join(repr(c) for c in close)}?" if close else f"choose one of {', '.join(PRESETS)}"
+        hint = (
+            f"did you mean {', '.join(repr(c) for c in close)}?"
+            if close
+            else f"choose one of {', '.join(PRESETS)}"
+        )
         raise ScenarioError(f"unknown system preset {name!r}; {hint}")
     preset = PRESETS[key]
     settings = dict(preset.settings)
     if arg:
         if key != "llamacpp-cpu-moe" or not arg.isdigit() or int(arg) < 1:
-            raise ScenarioError(f"preset {name!r}: only llamacpp-cpu-moe takes a count, as llamacpp-cpu-moe:N (N >= 1)")
+            raise ScenarioError(
+                f"preset {name!r}: only llamacpp-cpu-moe takes a count, as llamacpp-cpu-moe:N (N >= 1)"
+            )
         settings["placement"] = f"experts[0:{int(arg)}]:dram"
     defaults = {f.name: f.default for f in fields(Scenario)}
     updates: dict[str, Any] = {}

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from .cost import CostInputs
     from .hardware import HardwareDB, System
 
+
 @dataclass(frozen=True)
 class PartCost:
     """One line of a purchase: ``quantity`` units (devices, GB or TB) at ``unit_usd`` each, with provenance.

@@ -64,15 +64,48 @@ FEATURE_FIELDS: dict[str, str] = {
 uses the feature (attention_dp > 1, speculative = true) is not expressible."""
 
 _REQUIRED: dict[str, type | tuple[type, ...]] = {
-    "id": str, "group": str, "confidence": str, "source": str, "locator": str, "model": str,
-    "gpus_per_replica": int, "replicas": int, "tp": int, "ep": int, "placement": str, "weight_dtype": str,
-    "kv_dtype": str, "batch": int, "prompt_len": int, "gen_len": int, "metric": str, "value": (int, float),
+    "id": str,
+    "group": str,
+    "confidence": str,
+    "source": str,
+    "locator": str,
+    "model": str,
+    "gpus_per_replica": int,
+    "replicas": int,
+    "tp": int,
+    "ep": int,
+    "placement": str,
+    "weight_dtype": str,
+    "kv_dtype": str,
+    "batch": int,
+    "prompt_len": int,
+    "gen_len": int,
+    "metric": str,
+    "value": (int, float),
 }
 _OPTIONAL: dict[str, type | tuple[type, ...]] = {
-    "commit": str, "published": str, "system": str, "hardware": str, "attention_dp": int, "pp": int,
-    "cpu": str, "cpu_sockets": int, "dram": str, "host_memory_gb": (int, float), "cpu_expert_layers": int, "batch_upper_bound": bool, "numa": str,
-    "includes_prefill": bool, "speculative": bool, "engine": str, "notes": list,
-    "redundant_experts": int, "all_to_all": str, "network": str, "spec": str, "two_batch_overlap": bool,
+    "commit": str,
+    "published": str,
+    "system": str,
+    "hardware": str,
+    "attention_dp": int,
+    "pp": int,
+    "cpu": str,
+    "cpu_sockets": int,
+    "dram": str,
+    "host_memory_gb": (int, float),
+    "cpu_expert_layers": int,
+    "batch_upper_bound": bool,
+    "numa": str,
+    "includes_prefill": bool,
+    "speculative": bool,
+    "engine": str,
+    "notes": list,
+    "redundant_experts": int,
+    "all_to_all": str,
+    "network": str,
+    "spec": str,
+    "two_batch_overlap": bool,
 }
 
 
@@ -132,7 +165,9 @@ class PublishedCase:
         return METRICS[self.metric] == "time"
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)}
+        return {
+            f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)
+        }
 
 
 def default_path() -> Path:
@@ -140,22 +175,28 @@ def default_path() -> Path:
     for candidate in (_PACKAGE_DIR / "_data" / "published", _PACKAGE_DIR.parent / "validation" / "published"):
         if (candidate / PUBLISHED_FILE).is_file():
             return candidate / PUBLISHED_FILE
-    raise FileNotFoundError(f"capsim's published measurement set ({PUBLISHED_FILE}) is missing; reinstall capsim")
+    raise FileNotFoundError(
+        f"capsim's published measurement set ({PUBLISHED_FILE}) is missing; reinstall capsim"
+    )
 
 
 def _parse_case(raw: Mapping[str, Any], where: str) -> PublishedCase:
     known = set(_REQUIRED) | set(_OPTIONAL)
     unknown = sorted(set(raw) - known)
     if unknown:
-        raise DataFileError(where, f"unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}")
-    for name, kind in _REQUIRED.items():
+        raise DataFileError(
+            where, f"unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}"
+        )
+    for name in _REQUIRED:
         if name not in raw:
             raise DataFileError(where, f"field {name!r} is required")
     for name, value in raw.items():
         kind = _REQUIRED.get(name) or _OPTIONAL[name]
         # bool is an int subclass: an integer field must not accept true/false
         if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-            raise DataFileError(where, f"field {name!r} must be {getattr(kind, '__name__', 'a number')}, got {value!r}")
+            raise DataFileError(
+                where, f"field {name!r} must be {getattr(kind, '__name__', 'a number')}, got {value!r}"
+            )
     if raw["metric"] not in METRICS:
         raise DataFileError(where, f"metric {raw['metric']!r} is not one of {', '.join(METRICS)}")
     if raw["placement"] not in PLACEMENTS:
@@ -167,13 +208,20 @@ def _parse_case(raw: Mapping[str, Any], where: str) -> PublishedCase:
             raise DataFileError(where, f"field {name!r} must be >= 1, got {raw[name]!r}")
     gpu_less = raw["placement"] == "cpu-only"
     if gpu_less != (raw["gpus_per_replica"] == 0) or gpu_less == ("hardware" in raw):
-        raise DataFileError(where, "cpu-only cases have gpus_per_replica = 0 and no hardware; others name both")
+        raise DataFileError(
+            where, "cpu-only cases have gpus_per_replica = 0 and no hardware; others name both"
+        )
     if raw["placement"] in ("cpu-only", "cpu-experts") and not {"cpu", "cpu_sockets", "dram"} <= set(raw):
         raise DataFileError(where, f"{raw['placement']} cases name cpu, cpu_sockets and dram")
     if raw["metric"].startswith("decode_tokens") and "includes_prefill" not in raw:
         raise DataFileError(where, "decode throughput cases say includes_prefill = true or false")
-    if raw.get("includes_prefill") and raw["metric"] not in ("tpot_s", *[m for m in METRICS if m.startswith("decode")]):
-        raise DataFileError(where, f"includes_prefill applies to decode throughput and tpot_s, not {raw['metric']}")
+    if raw.get("includes_prefill") and raw["metric"] not in (
+        "tpot_s",
+        *[m for m in METRICS if m.startswith("decode")],
+    ):
+        raise DataFileError(
+            where, f"includes_prefill applies to decode throughput and tpot_s, not {raw['metric']}"
+        )
     values = dict(raw)
     values["value"] = float(values["value"])
     values["notes"] = tuple(str(n) for n in values.get("notes", ()))
@@ -224,7 +272,9 @@ def _system_entry(case: PublishedCase) -> dict[str, Any]:
     assert case.cpu is not None and case.cpu_sockets is not None and case.dram is not None  # checked on load
     dram_id, per_socket = _parse_dram(case.dram, case.id)
     entry: dict[str, Any] = {
-        "schema": 1, "id": f"published-{case.id}", "kind": "system",
+        "schema": 1,
+        "id": f"published-{case.id}",
+        "kind": "system",
         "name": f"{case.cpu_sockets}x {case.cpu}" + (f" + {case.hardware}" if case.hardware else ""),
         "source": f"capsim published set, case {case.id} ({case.source})",
         "cpus": {"id": case.cpu, "count": case.cpu_sockets},
@@ -247,28 +297,42 @@ def scenario_for(case: PublishedCase, db: HardwareDB) -> tuple[Scenario, Hardwar
         if not used:
             continue
         if scenario_field not in available:
-            what = {"attention_dp": f"attention data parallelism ({attr} = {value})",
-                    "speculative": "speculative decoding with MTP draft layers"}[attr]
+            what = {
+                "attention_dp": f"attention data parallelism ({attr} = {value})",
+                "speculative": "speculative decoding with MTP draft layers",
+            }[attr]
             raise NotExpressible(f"{what} is not modelled by capsim yet")
         if attr == "speculative":
             if case.spec is None:
-                raise NotExpressible("speculative decoding: the case does not say how (give spec = \"mtp:K\")")
+                raise NotExpressible('speculative decoding: the case does not say how (give spec = "mtp:K")')
             value = case.spec
         extra[scenario_field] = value
     ids = set(db.ids())
     for what, hw in (("hardware", case.hardware), ("cpu", case.cpu)):
         if hw is not None and hw not in ids:
             raise NotExpressible(f"{what} {hw!r} is not in the hardware database")
-    mode = {"gpu": "gpu", "unified-memory": "gpu", "cpu-only": "cpu", "cpu-experts": "cpu-experts",
-            "offload-pcie": "offload"}[case.placement]
+    mode = {
+        "gpu": "gpu",
+        "unified-memory": "gpu",
+        "cpu-only": "cpu",
+        "cpu-experts": "cpu-experts",
+        "offload-pcie": "offload",
+    }[case.placement]
     hardware = case.hardware
     if case.placement in ("cpu-only", "cpu-experts"):
         system = _system_entry(case)
         db = _with_entries(db, [system])
         hardware = system["id"]
     settings: dict[str, Any] = dict(
-        model=case.model, hardware=hardware, batch=case.batch, prompt_len=case.prompt_len, gen_len=case.gen_len,
-        weight_dtype=case.weight_dtype, kv_dtype=case.kv_dtype, mode=mode, **extra,
+        model=case.model,
+        hardware=hardware,
+        batch=case.batch,
+        prompt_len=case.prompt_len,
+        gen_len=case.gen_len,
+        weight_dtype=case.weight_dtype,
+        kv_dtype=case.kv_dtype,
+        mode=mode,
+        **extra,
     )
     if case.placement != "cpu-only":
         settings.update(gpus=case.gpus_per_replica, tp=case.tp, pp=case.pp, ep=case.ep)
@@ -330,9 +394,19 @@ class CaseResult:
     def to_dict(self) -> dict[str, Any]:
         c = self.case
         return {
-            "id": c.id, "group": c.group, "metric": c.metric, "measured": c.value, "predicted": self.predicted,
-            "ratio": self.ratio, "error": self.error, "speed_ratio": self.speed_ratio, "status": self.status,
-            "reason": self.reason, "confidence": c.confidence, "source": c.source, "detail": self.detail,
+            "id": c.id,
+            "group": c.group,
+            "metric": c.metric,
+            "measured": c.value,
+            "predicted": self.predicted,
+            "ratio": self.ratio,
+            "error": self.error,
+            "speed_ratio": self.speed_ratio,
+            "status": self.status,
+            "reason": self.reason,
+            "confidence": c.confidence,
+            "source": c.source,
+            "detail": self.detail,
         }
 
 
@@ -371,11 +445,19 @@ def predict_case(case: PublishedCase, db: HardwareDB | None = None) -> CaseResul
             per_replica = case.batch * max(case.gen_len, 1) / p.job_time_s
         else:
             per_replica = batch_resident / p.tpot_s if p.tpot_s else None
-        value = None if per_replica is None else per_replica * (case.replicas if metric.endswith("_total") else 1)
+        value = (
+            None if per_replica is None else per_replica * (case.replicas if metric.endswith("_total") else 1)
+        )
     if value is None or not np.isfinite(value) or value <= 0:
         return CaseResult(case, None, "error", f"capsim gave no {metric} for this configuration")
-    detail = {"batch_resident": batch_resident, "waves": p.memory.waves, "tpot_s": p.tpot_s, "ttft_s": p.ttft_s,
-              "bottleneck": p.bottleneck, "mode": p.deployment.get("mode")}
+    detail = {
+        "batch_resident": batch_resident,
+        "waves": p.memory.waves,
+        "tpot_s": p.tpot_s,
+        "ttft_s": p.ttft_s,
+        "bottleneck": p.bottleneck,
+        "mode": p.deployment.get("mode"),
+    }
     return CaseResult(case, float(value), "ok", detail=detail)
 
 
@@ -391,8 +473,13 @@ class GroupSummary:
     geomean_speed_ratio: float | None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"group": self.name, "cases": self.cases, "predicted": self.predicted,
-                "median_abs_error": self.median_abs_error, "geomean_speed_ratio": self.geomean_speed_ratio}
+        return {
+            "group": self.name,
+            "cases": self.cases,
+            "predicted": self.predicted,
+            "median_abs_error": self.median_abs_error,
+            "geomean_speed_ratio": self.geomean_speed_ratio,
+        }
 
 
 def summarise(name: str, results: Sequence[CaseResult]) -> GroupSummary:
@@ -407,8 +494,11 @@ def summarise(name: str, results: Sequence[CaseResult]) -> GroupSummary:
 MEDIAN_ERROR_GATE = 0.25
 GROUP_ERROR_GATE = 0.35
 SPEED_RATIO_GATE = (0.85, 1.15)
-GATES: dict[str, object] = {"median_abs_error": MEDIAN_ERROR_GATE, "group_median_abs_error": GROUP_ERROR_GATE,
-                            "geomean_speed_ratio": SPEED_RATIO_GATE}
+GATES: dict[str, object] = {
+    "median_abs_error": MEDIAN_ERROR_GATE,
+    "group_median_abs_error": GROUP_ERROR_GATE,
+    "geomean_speed_ratio": SPEED_RATIO_GATE,
+}
 """What issue 13 asks of the shipped set: overall median |error| <= 25 %, every group's <= 35 %, geometric-mean
 speed ratio within 0.85-1.15."""
 
@@ -440,15 +530,20 @@ class PublishedReport:
             out.append(f"geo-mean speed ratio {g:.2f} outside {low}-{high}")
         for group in self.groups():
             if group.median_abs_error is not None and group.median_abs_error > GROUP_ERROR_GATE:
-                out.append(f"group {group.name}: median |error| {group.median_abs_error:.1%} > "
-                           f"{GROUP_ERROR_GATE:.0%}")
+                out.append(
+                    f"group {group.name}: median |error| {group.median_abs_error:.1%} > "
+                    f"{GROUP_ERROR_GATE:.0%}"
+                )
         return out
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "source_file": self.source_file,
-            "gates": {"median_abs_error": MEDIAN_ERROR_GATE, "group_median_abs_error": GROUP_ERROR_GATE,
-                      "geomean_speed_ratio": list(SPEED_RATIO_GATE)},
+            "gates": {
+                "median_abs_error": MEDIAN_ERROR_GATE,
+                "group_median_abs_error": GROUP_ERROR_GATE,
+                "geomean_speed_ratio": list(SPEED_RATIO_GATE),
+            },
             "failures": self.failures(),
             "overall": self.overall().to_dict(),
             "groups": [g.to_dict() for g in self.groups()],
@@ -457,7 +552,10 @@ class PublishedReport:
 
 
 def score_published(
-    path: Path | str | None = None, *, hardware_db: HardwareDB | None = None, groups: Sequence[str] = (),
+    path: Path | str | None = None,
+    *,
+    hardware_db: HardwareDB | None = None,
+    groups: Sequence[str] = (),
 ) -> PublishedReport:
     """Load the measurement set, predict every case (``groups`` keeps only those groups) and summarise."""
     file = Path(path) if path is not None else default_path()
@@ -475,6 +573,13 @@ def score_published(
 
 
 __all__ = [
-    "CaseResult", "GroupSummary", "NotExpressible", "PublishedCase", "PublishedReport", "load_published",
-    "predict_case", "scenario_for", "score_published",
+    "CaseResult",
+    "GroupSummary",
+    "NotExpressible",
+    "PublishedCase",
+    "PublishedReport",
+    "load_published",
+    "predict_case",
+    "scenario_for",
+    "score_published",
 ]

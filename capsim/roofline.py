@@ -241,7 +241,9 @@ def pass_cost(
 
     T = np.asarray(tokens, dtype=np.float64)
     n = T.shape[0]
-    T_exp = T if expert_tokens is None else np.broadcast_to(np.asarray(expert_tokens, dtype=np.float64), T.shape)
+    T_exp = (
+        T if expert_tokens is None else np.broadcast_to(np.asarray(expert_tokens, dtype=np.float64), T.shape)
+    )
     adp = placement.attention_dp
     # replica totals: attention-side work runs on every attention-DP rank (weights read adp times, per-token
     # work in proportion to the tokens); 1 without attention DP
@@ -252,7 +254,11 @@ def pass_cost(
     by_resource = {r: np.zeros(n) for r in RESOURCES}
 
     def charge(
-        name: str, flops: FloatArray, bytes_dev: FloatArray, rate: float, rows: FloatArray | None = None,
+        name: str,
+        flops: FloatArray,
+        bytes_dev: FloatArray,
+        rate: float,
+        rows: FloatArray | None = None,
         gemm: bool = True,
     ) -> FloatArray:
         # weight GEMMs over few token rows stream their weights below the GEMV rate on some devices
@@ -275,8 +281,13 @@ def pass_cost(
     # --- attention projections (identical every layer) -------------------------------------------------
     f, wb, ob = formulas.evaluate(
         "attn_proj",
-        {**common, "N_attn": float(model.attention_params_per_layer), "w_qkv": w_qkv, "w_o": w_o,
-         "b_w": wp["attention"].bytes_per_element},
+        {
+            **common,
+            "N_attn": float(model.attention_params_per_layer),
+            "w_qkv": w_qkv,
+            "w_o": w_o,
+            "b_w": wp["attention"].bytes_per_element,
+        },
     )
     charge("attn_proj", n_layers * f / tp, n_layers * (wb + ob) / tp, attn_rate, T)
     # Accumulators are explicit (n,) arrays: lambdified formulas return 0-d values for scalar inputs.
@@ -286,9 +297,16 @@ def pass_cost(
     # --- attention core, per layer (windows differ) ----------------------------------------------------
     f, _, ob = formulas.evaluate(
         "attn_core",
-        {"H": float(att.num_heads), "pairs": pairs_per_layer, "d_qk": d_qk, "d_v": d_v,
-         "kv_read_tokens": kv_read_tokens_per_layer, "T": T[None, :],
-         "kv_e": float(att.kv_elements_per_token()), "b_kv": placement.kv_precision.bytes_per_element},
+        {
+            "H": float(att.num_heads),
+            "pairs": pairs_per_layer,
+            "d_qk": d_qk,
+            "d_v": d_v,
+            "kv_read_tokens": kv_read_tokens_per_layer,
+            "T": T[None, :],
+            "kv_e": float(att.kv_elements_per_token()),
+            "b_kv": placement.kv_precision.bytes_per_element,
+        },
     )
     rows = np.asarray(pairs_per_layer).shape[0]
     lw = (np.ones(rows) if layer_weights is None else np.asarray(layer_weights, dtype=np.float64))[:, None]
@@ -297,7 +315,8 @@ def pass_cost(
     charge("attn_core", f_core / tp, kv_bytes / kv_div, core_rate, gemm=False)
     kv_read = (
         (np.broadcast_to(np.asarray(kv_read_tokens_per_layer, dtype=np.float64), (rows, n)) * lw).sum(axis=0)
-        * att.kv_elements_per_token() * placement.kv_precision.bytes_per_element
+        * att.kv_elements_per_token()
+        * placement.kv_precision.bytes_per_element
     )
     flops_sparse = flops_sparse + f_core
 
@@ -306,8 +325,12 @@ def pass_cost(
 
     # --- MoE blocks -------------------------------------------------------------------------------------
     if moe is not None and n_moe:
-        router_vals = {**common, "N_router": float(model.router_params_per_moe_layer),
-                       "E": float(moe.num_experts), "b_w": wp["router"].bytes_per_element}
+        router_vals = {
+            **common,
+            "N_router": float(model.router_params_per_moe_layer),
+            "E": float(moe.num_experts),
+            "b_w": wp["router"].bytes_per_element,
+        }
         f, wb, ob = formulas.evaluate("router", router_vals)
         # the router is replicated on every rank (small), so its weights are not split
         charge("router", n_moe * f, n_moe * (wb + ob / tp), rate_for("router"), T)
@@ -316,11 +339,21 @@ def pass_cost(
         flops_sparse += n_moe * f
         flops_dense += n_moe * f
 
-        exp_vals = {**common, "T": T_exp, "k": float(moe.top_k), "E": float(moe.num_experts),
-                    "N_exp": float(model.expert_params), "b_w": wp["routed_experts"].bytes_per_element}
+        exp_vals = {
+            **common,
+            "T": T_exp,
+            "k": float(moe.top_k),
+            "E": float(moe.num_experts),
+            "N_exp": float(model.expert_params),
+            "b_w": wp["routed_experts"].bytes_per_element,
+        }
         f, wb_layers, ob = formulas.evaluate("routed_experts", {**exp_vals, "A": activated})
         moe_rows = np.asarray(activated).shape[0]
-        mw = np.ones(moe_rows) if moe_layer_weights is None else np.asarray(moe_layer_weights, dtype=np.float64)
+        mw = (
+            np.ones(moe_rows)
+            if moe_layer_weights is None
+            else np.asarray(moe_layer_weights, dtype=np.float64)
+        )
         wb_rows = np.broadcast_to(wb_layers, (moe_rows, n)) * mw[:, None]
         wb_total = wb_rows.sum(axis=0)
         # each MoE layer's experts see M = T·k/A_l token rows on average (its T·k token-expert pairs over the
@@ -339,8 +372,11 @@ def pass_cost(
         if model.shared_params_per_moe_layer:
             f, wb, ob = formulas.evaluate(
                 "shared_experts",
-                {**common, "N_sh": float(model.shared_params_per_moe_layer),
-                 "b_w": wp["shared_experts"].bytes_per_element},
+                {
+                    **common,
+                    "N_sh": float(model.shared_params_per_moe_layer),
+                    "b_w": wp["shared_experts"].bytes_per_element,
+                },
             )
             charge("shared_experts", n_moe * f / tp, n_moe * (wb + ob) / tp, rate_for("shared_experts"), T)
             weight_sparse = weight_sparse + n_moe * wb
@@ -351,8 +387,11 @@ def pass_cost(
     if n_dense and model.dense_ffn_params_per_layer:
         f, wb, ob = formulas.evaluate(
             "dense_ffn",
-            {**common, "N_dense": float(model.dense_ffn_params_per_layer),
-             "b_w": wp["dense_ffn"].bytes_per_element},
+            {
+                **common,
+                "N_dense": float(model.dense_ffn_params_per_layer),
+                "b_w": wp["dense_ffn"].bytes_per_element,
+            },
         )
         charge("dense_ffn", n_dense * f / tp, n_dense * (wb + ob) / tp, rate_for("dense_ffn"), T)
         weight_sparse = weight_sparse + n_dense * wb
@@ -374,8 +413,16 @@ def pass_cost(
     # --- tensor-parallel all-reduces: after attention and after the FFN of every layer ------------------
     if tp > 1:
         message = T * d * ACTIVATION_BYTES
-        t_ar = 2 * n_layers * formulas.ring_allreduce_time(
-            message, tp, rates.link_bandwidth, rates.allreduce_hop_latency_s, rates.allreduce_base_latency_s
+        t_ar = (
+            2
+            * n_layers
+            * formulas.ring_allreduce_time(
+                message,
+                tp,
+                rates.link_bandwidth,
+                rates.allreduce_hop_latency_s,
+                rates.allreduce_base_latency_s,
+            )
         )
         time_by_op["allreduce"] = t_ar
         by_resource["interconnect"] += t_ar
@@ -409,8 +456,11 @@ def pass_cost(
         flops_sparse=flops_sparse,
         flops_dense=flops_dense,
         activated_experts=np.asarray(activated, dtype=np.float64),
-        activated_rows=None if moe_layer_weights is None else np.repeat(
-            np.arange(np.asarray(activated).shape[0]), np.asarray(moe_layer_weights, dtype=np.int64)),
+        activated_rows=None
+        if moe_layer_weights is None
+        else np.repeat(
+            np.arange(np.asarray(activated).shape[0]), np.asarray(moe_layer_weights, dtype=np.int64)
+        ),
         tokens=T_exp,
         metric_peak_flops=metric_peak,
         op_times=op_times,

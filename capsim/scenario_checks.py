@@ -81,7 +81,8 @@ def valid_tp_degrees(model: ModelSpec, limit: int = 64) -> list[int]:
     "Total number of attention heads must be divisible by tensor parallel size")."""
     att = model.attention
     return [
-        tp for tp in range(1, limit + 1)
+        tp
+        for tp in range(1, limit + 1)
         if att.num_heads % tp == 0 and (att.num_kv_heads % tp == 0 or tp % att.num_kv_heads == 0)
     ]
 
@@ -96,8 +97,11 @@ def check_heads_divisible(scenario: Scenario, model: ModelSpec, layout: Layout) 
         return
     # the degrees that fit in this node's devices (the devices a TP group can span)
     choices = ", ".join(str(d) for d in valid_tp_degrees(model, max(layout.devices_per_node, 1)))
-    what = (f"{att.num_heads} attention heads" if att.num_heads % tp
-            else f"{att.num_kv_heads} KV heads (neither divisible by it nor a divisor of it)")
+    what = (
+        f"{att.num_heads} attention heads"
+        if att.num_heads % tp
+        else f"{att.num_kv_heads} KV heads (neither divisible by it nor a divisor of it)"
+    )
     raise ScenarioError(
         f"--tp {tp} does not divide the model's {what}; valid --tp: {choices} (set --gpus or --tp to one of "
         "them, or put the other devices in --attention-dp, --pp or --dp)"
@@ -148,6 +152,8 @@ def check_dtypes(scenario: Scenario, model: ModelSpec, layout: Layout) -> None:
         if dtype is not None and not is_weight_dtype(dtype):  # capsim's formats and the GGUF types
             raise ScenarioError(f"unknown {flag} {dtype!r}; choose one of {weight_dtype_choices()}")
     if scenario.kv_dtype.lower() not in KV_PRECISIONS:
-        raise ScenarioError(f"unknown --kv-dtype {scenario.kv_dtype!r}; choose one of {', '.join(KV_PRECISIONS)}")
+        raise ScenarioError(
+            f"unknown --kv-dtype {scenario.kv_dtype!r}; choose one of {', '.join(KV_PRECISIONS)}"
+        )
     if scenario.expert_dtype is not None and model.moe is None:
         raise ScenarioError(f"--expert-dtype sets the routed experts' precision; {model.id!r} has none")

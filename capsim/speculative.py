@@ -56,9 +56,14 @@ class Speculation:
         return expected_tokens(self.acceptance, self.draft_tokens)
 
     def to_dict(self) -> dict[str, object]:
-        return {"kind": self.kind, "draft_tokens": self.draft_tokens, "acceptance": self.acceptance,
-                "acceptance_source": self.acceptance_source, "draft_model": self.draft_model,
-                "tokens_per_step": self.tokens_per_step}
+        return {
+            "kind": self.kind,
+            "draft_tokens": self.draft_tokens,
+            "acceptance": self.acceptance,
+            "acceptance_source": self.acceptance_source,
+            "draft_model": self.draft_model,
+            "tokens_per_step": self.tokens_per_step,
+        }
 
 
 def expected_tokens(acceptance: float, draft_tokens: int) -> float:
@@ -105,7 +110,9 @@ def resolve_speculation(rs: Any, db: Any, count: int | None) -> Any:
     sc = rs.scenario
     spec = parse_spec(sc.spec, sc.acceptance)
     if rs.layout.pp > 1:
-        raise ScenarioError("--spec with --pp is not modelled; use speculative decoding with TP/attention-DP/EP layouts")
+        raise ScenarioError(
+            "--spec with --pp is not modelled; use speculative decoding with TP/attention-DP/EP layouts"
+        )
     if rs.deployment.mode != "gpu" or sc.placement not in (None, "gpu"):
         raise ScenarioError("--spec with experts off the GPU is not modelled; use --mode gpu")
     if spec.kind == "mtp":
@@ -122,8 +129,16 @@ def resolve_speculation(rs: Any, db: Any, count: int | None) -> Any:
             f"{rs.model.id!r} {rs.model.vocab_size:,}: speculative decoding needs the target's tokenizer; "
             "choose a draft model of the same family"
         )
-    draft_sc = replace(sc, model=draft_model, spec=None, acceptance=None, ep=1, redundant_experts=0,
-                       placement=None, expert_dtype=None)
+    draft_sc = replace(
+        sc,
+        model=draft_model,
+        spec=None,
+        acceptance=None,
+        ep=1,
+        redundant_experts=0,
+        placement=None,
+        expert_dtype=None,
+    )
     draft = resolve_on(draft_sc, db, draft_model, count)
     return replace(rs, speculation=spec, draft=draft)
 
@@ -155,7 +170,9 @@ def draft_weight_bytes_per_device(rs: Any) -> float:
     prec = rs.placement.weight_precision
     tp, ranks = rs.placement.tp, rs.placement.expert_ranks
     divisor = {"attention": tp, "router": 1, "routed_experts": ranks, "shared_experts": tp, "norms": 1}
-    return sum(params * prec[g].bytes_per_element / divisor[g] for g, params in mtp_module_params(rs.model).items())
+    return sum(
+        params * prec[g].bytes_per_element / divisor[g] for g, params in mtp_module_params(rs.model).items()
+    )
 
 
 def add_draft_passes(rs: Any, decode: Any, batch: Any, context: Any) -> dict[str, Any]:
@@ -182,8 +199,10 @@ def add_draft_passes(rs: Any, decode: Any, batch: Any, context: Any) -> dict[str
     draft = spec.draft_tokens * one
     decode.time = decode.time + draft
     decode.time_by_op["spec_draft"] = draft
-    share = {r: np.divide(v, plain.time, out=np.zeros_like(v), where=plain.time > 0)
-             for r, v in plain.time_by_resource.items()}
+    share = {
+        r: np.divide(v, plain.time, out=np.zeros_like(v), where=plain.time > 0)
+        for r, v in plain.time_by_resource.items()
+    }
     for r in decode.time_by_resource:
         decode.time_by_resource[r] = decode.time_by_resource[r] + draft * share.get(r, 0.0)
     return {**spec.to_dict(), "draft_s_per_step": float(draft.mean()), "draft_pass_s": float(one.mean())}
@@ -197,9 +216,13 @@ def _mtp_pass_time(rs: Any, plain: Any, batch: int) -> np.ndarray:
     ops = plain.time_by_op
     zero = np.zeros_like(plain.time)
     layers, moe_layers = float(model.num_layers), float(max(model.num_moe_layers, 1))
-    attention = (ops.get("attn_proj", zero) + ops.get("attn_core", zero) + ops.get("allreduce", zero)) / layers
-    moe = sum((ops.get(op, zero) for op in ("router", "routed_experts", "shared_experts", "all_to_all")),
-              zero) / moe_layers
+    attention = (
+        ops.get("attn_proj", zero) + ops.get("attn_core", zero) + ops.get("allreduce", zero)
+    ) / layers
+    moe = (
+        sum((ops.get(op, zero) for op in ("router", "routed_experts", "shared_experts", "all_to_all")), zero)
+        / moe_layers
+    )
     d = float(model.hidden_size)
     prec = rs.placement.weight_precision["attention"]
     tp = rs.placement.tp
@@ -207,6 +230,8 @@ def _mtp_pass_time(rs: Any, plain: Any, batch: int) -> np.ndarray:
     from .precision import compute_key
 
     flops_rate = rates.flops_rate(compute_key(prec, frozenset(rates.peak_flops)))
-    projection = np.maximum(2.0 * d * d * prec.bytes_per_element / tp / rates.bytes_rate,
-                            2.0 * rows * 2.0 * d * d / tp / flops_rate)
+    projection = np.maximum(
+        2.0 * d * d * prec.bytes_per_element / tp / rates.bytes_rate,
+        2.0 * rows * 2.0 * d * d / tp / flops_rate,
+    )
     return attention + moe + ops.get("lm_head", zero) + rates.per_layer_overhead_s + projection

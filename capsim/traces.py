@@ -474,7 +474,7 @@ def _check_json(name: str, meta: Mapping[str, Any]) -> None:
     except (TypeError, ValueError) as exc:
         raise TraceError(
             name, f"metadata is not JSON-serialisable ({exc}); pass plain str/int/float/list/dict"
-        )
+        ) from None
 
 
 def trace_nbytes(num_layers: int, num_tokens: int, top_k: int, num_experts: int) -> int:

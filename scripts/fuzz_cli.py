@@ -48,8 +48,13 @@ def main() -> int:
     signal.signal(signal.SIGALRM, _alarm)
 
     @seed(args.seed)
-    @settings(max_examples=args.invocations, deadline=None, database=None, phases=[Phase.generate],
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=args.invocations,
+        deadline=None,
+        database=None,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
     @given(argv=any_argv())
     def one(argv: list[str]) -> None:
         n = sum(counts.values())
@@ -71,7 +76,11 @@ def main() -> int:
         by_command[" ".join(w for w in argv[:2] if not w.startswith("-"))] += 1
         if outcome.problem is not None:
             failures.append({"argv": argv, "exit": outcome.exit_code, "problem": outcome.problem})
-            print(f"CONTRACT BROKEN: capsim {' '.join(argv)!r}: {outcome.problem[:500]}", file=sys.stderr, flush=True)
+            print(
+                f"CONTRACT BROKEN: capsim {' '.join(argv)!r}: {outcome.problem[:500]}",
+                file=sys.stderr,
+                flush=True,
+            )
         if (n + 1) % 250 == 0:
             rate = (n + 1) / (time.perf_counter() - start)
             print(f"{n + 1} invocations, {len(failures)} broken, {rate:.1f}/s", file=sys.stderr, flush=True)
@@ -83,7 +92,9 @@ def main() -> int:
         "exit_codes": dict(counts),
         "by_command": dict(sorted(by_command.items())),
         "contract_broken": len(failures),
-        "tracebacks": sum(1 for f in failures if "uncaught" in str(f["problem"]) or "traceback" in str(f["problem"])),
+        "tracebacks": sum(
+            1 for f in failures if "uncaught" in str(f["problem"]) or "traceback" in str(f["problem"])
+        ),
         "seconds": round(time.perf_counter() - start, 1),
         "seed": args.seed,
         "failures": failures[:200],

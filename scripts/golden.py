@@ -24,24 +24,105 @@ GOLDEN = Path(__file__).resolve().parents[1] / "tests" / "golden" / "outputs.jso
 PREDICT_SCENARIOS: list[list[str]] = [
     ["--model", "mixtral-8x7b", "--hardware", "h100-sxm", "--gpus", "2", "--batch", "32"],
     ["--model", "mixtral-8x7b", "--hardware", "h100-sxm", "--gpus", "2", "--batch", "1", "--gen-len", "1"],
-    ["--model", "qwen3-30b-a3b", "--hardware", "h100-sxm", "--gpus", "1", "--batch", "64", "--routing", "uniform"],
+    [
+        "--model",
+        "qwen3-30b-a3b",
+        "--hardware",
+        "h100-sxm",
+        "--gpus",
+        "1",
+        "--batch",
+        "64",
+        "--routing",
+        "uniform",
+    ],
     ["--model", "deepseek-v3", "--hardware", "h200-sxm", "--gpus", "8", "--batch", "128", "--ep", "8"],
-    ["--model", "deepseek-v3", "--hardware", "h200-sxm", "--gpus", "8", "--batch", "256", "--ep", "8",
-     "--attention-dp", "8", "--all-to-all", "deepep"],
+    [
+        "--model",
+        "deepseek-v3",
+        "--hardware",
+        "h200-sxm",
+        "--gpus",
+        "8",
+        "--batch",
+        "256",
+        "--ep",
+        "8",
+        "--attention-dp",
+        "8",
+        "--all-to-all",
+        "deepep",
+    ],
     ["--model", "deepseek-v3", "--hardware", "h200-sxm", "--gpus", "8", "--batch", "16", "--spec", "mtp:1"],
     ["--model", "mixtral-8x7b", "--hardware", "rtx-4090", "--gpus", "1", "--mode", "offload", "--batch", "1"],
     ["--model", "deepseek-v2-lite", "--hardware", "epyc-9654-4090", "--mode", "cpu-experts", "--batch", "4"],
-    ["--model", "qwen3-30b-a3b", "--hardware", "epyc-9654-2s", "--mode", "cpu", "--batch", "1",
-     "--host-memory-gb", "384"],
-    ["--model", "qwen3-235b-a22b", "--hardware", "h100-sxm", "--gpus", "8", "--batch", "64", "--prompt-len", "2048",
-     "--system", "vllm-like"],
-    ["--model", "gpt-oss-120b", "--hardware", "h100-sxm", "--gpus", "1", "--batch", "8", "--weight-dtype", "mxfp4"],
-    ["--model", "mixtral-8x22b", "--hardware", "h100-sxm", "--gpus", "8", "--batch", "16", "--pp", "2", "--tp", "4"],
+    [
+        "--model",
+        "qwen3-30b-a3b",
+        "--hardware",
+        "epyc-9654-2s",
+        "--mode",
+        "cpu",
+        "--batch",
+        "1",
+        "--host-memory-gb",
+        "384",
+    ],
+    [
+        "--model",
+        "qwen3-235b-a22b",
+        "--hardware",
+        "h100-sxm",
+        "--gpus",
+        "8",
+        "--batch",
+        "64",
+        "--prompt-len",
+        "2048",
+        "--system",
+        "vllm-like",
+    ],
+    [
+        "--model",
+        "gpt-oss-120b",
+        "--hardware",
+        "h100-sxm",
+        "--gpus",
+        "1",
+        "--batch",
+        "8",
+        "--weight-dtype",
+        "mxfp4",
+    ],
+    [
+        "--model",
+        "mixtral-8x22b",
+        "--hardware",
+        "h100-sxm",
+        "--gpus",
+        "8",
+        "--batch",
+        "16",
+        "--pp",
+        "2",
+        "--tp",
+        "4",
+    ],
 ]
 
 SWEEP_ARGS: list[str] = [
-    "--model", "mixtral-8x7b,qwen3-30b-a3b", "--hardware", "h100-sxm,mi300x", "--gpus", "1,2",
-    "--batch", "1:256:x4", "--prompt-len", "512,2048", "--gen-len", "1,128",
+    "--model",
+    "mixtral-8x7b,qwen3-30b-a3b",
+    "--hardware",
+    "h100-sxm,mi300x",
+    "--gpus",
+    "1,2",
+    "--batch",
+    "1:256:x4",
+    "--prompt-len",
+    "512,2048",
+    "--gen-len",
+    "1,128",
 ]
 
 
@@ -64,8 +145,11 @@ def current_outputs() -> dict[str, object]:
     for args in PREDICT_SCENARIOS:
         result = runner.invoke(app, ["predict", *args, "--json"])
         key = " ".join(args)
-        predictions[key] = _rounded(json.loads(result.stdout)) if result.exit_code == 0 else {
-            "exit_code": result.exit_code, "output": result.output.strip()}
+        predictions[key] = (
+            _rounded(json.loads(result.stdout))
+            if result.exit_code == 0
+            else {"exit_code": result.exit_code, "output": result.output.strip()}
+        )
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "grid.csv"
         result = runner.invoke(app, ["sweep", *SWEEP_ARGS, "--out", str(out)])
@@ -99,7 +183,9 @@ def differences(expected: dict[str, object], actual: dict[str, object], limit: i
         elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
             for i, (x, y) in enumerate(zip(a, b)):
                 walk(x, y, f"{where}[{i}]")
-        elif a != b and not (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b)):
+        elif a != b and not (
+            isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b)
+        ):
             out.append(f"{where}: golden {a!r}, now {b!r}")
 
     walk(expected, actual, "")

@@ -29,7 +29,7 @@ import itertools
 import os
 import traceback
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -105,13 +105,63 @@ def in_folder(path: Path) -> Iterator[None]:
 
 
 # ---- value strategies ----------------------------------------------------------------------------------
-BOUNDARY_INTS = ["0", "1", "-1", "2", "3", "7", "8", "16", "4096", "32768", "100000", "2147483648",
-                 "99999999999999999999999", "-99999999999999999999999"]
-HOSTILE = ["", " ", "[red]x[/red]", "../../etc/passwd", "a\x00b", "é€😀", "x" * 300, "nan", "inf", "-inf",
-           "1e309", "0x10", "1,2,,3", ":", "1:2:3:4", "--help", "-", "None", "true", "$(rm -rf /)", "\n", "%s%n"]
-BAD_PATHS = ["/proc/capsim/out.csv", "existing.csv/inner.csv", "adir", "missing/deeper/x.csv", "/dev/null/x",
-             "corrupt.toml", "corrupt.npz", "empty.json", "config.json", "existing.json", "existing.csv",
-             "nonexistent.toml", "adir/", "/", ""]
+BOUNDARY_INTS = [
+    "0",
+    "1",
+    "-1",
+    "2",
+    "3",
+    "7",
+    "8",
+    "16",
+    "4096",
+    "32768",
+    "100000",
+    "2147483648",
+    "99999999999999999999999",
+    "-99999999999999999999999",
+]
+HOSTILE = [
+    "",
+    " ",
+    "[red]x[/red]",
+    "../../etc/passwd",
+    "a\x00b",
+    "é€😀",
+    "x" * 300,
+    "nan",
+    "inf",
+    "-inf",
+    "1e309",
+    "0x10",
+    "1,2,,3",
+    ":",
+    "1:2:3:4",
+    "--help",
+    "-",
+    "None",
+    "true",
+    "$(rm -rf /)",
+    "\n",
+    "%s%n",
+]
+BAD_PATHS = [
+    "/proc/capsim/out.csv",
+    "existing.csv/inner.csv",
+    "adir",
+    "missing/deeper/x.csv",
+    "/dev/null/x",
+    "corrupt.toml",
+    "corrupt.npz",
+    "empty.json",
+    "config.json",
+    "existing.json",
+    "existing.csv",
+    "nonexistent.toml",
+    "adir/",
+    "/",
+    "",
+]
 
 
 def mostly(good: st.SearchStrategy[str], *bad: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
@@ -124,8 +174,11 @@ def ints(valid: list[str]) -> st.SearchStrategy[str]:
 
 
 def floats(valid: list[str]) -> st.SearchStrategy[str]:
-    return mostly(st.sampled_from(valid), st.sampled_from(["0", "-1", "nan", "inf", "1e309", "0.5", "1e-9"]),
-                  st.floats(allow_nan=True, allow_infinity=True).map(repr))
+    return mostly(
+        st.sampled_from(valid),
+        st.sampled_from(["0", "-1", "nan", "inf", "1e309", "0.5", "1e-9"]),
+        st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    )
 
 
 def choice(valid: list[str]) -> st.SearchStrategy[str]:
@@ -137,16 +190,51 @@ def id_list(valid: list[str]) -> st.SearchStrategy[str]:
 
 
 def axis(valid: list[str]) -> st.SearchStrategy[str]:
-    ranges = ["1:8:x2", "-1:8:x2", "0:8:x2", "1:100000000:+1", "128:1024:+128", "8:1:x2", "1:8:x1", "1:8:+0",
-              "1:64:x1.5", "1,2,4", "0,4", "2,16", "99999999999999999999999"]
-    return mostly(st.sampled_from(valid), st.sampled_from(ranges), st.sampled_from(BOUNDARY_INTS),
-                  st.sampled_from(HOSTILE))
+    ranges = [
+        "1:8:x2",
+        "-1:8:x2",
+        "0:8:x2",
+        "1:100000000:+1",
+        "128:1024:+128",
+        "8:1:x2",
+        "1:8:x1",
+        "1:8:+0",
+        "1:64:x1.5",
+        "1,2,4",
+        "0,4",
+        "2,16",
+        "99999999999999999999999",
+    ]
+    return mostly(
+        st.sampled_from(valid),
+        st.sampled_from(ranges),
+        st.sampled_from(BOUNDARY_INTS),
+        st.sampled_from(HOSTILE),
+    )
 
 
 def durations() -> st.SearchStrategy[str]:
-    return st.one_of(st.sampled_from(["50ms", "0.2s", "1s", "200us", "2min", "50", "0", "-5ms", "fast", "1h",
-                                      "nanms", "infs", "1e309ms", ""]),
-                     st.floats(0, 1e4).map(lambda x: f"{x}ms"))
+    return st.one_of(
+        st.sampled_from(
+            [
+                "50ms",
+                "0.2s",
+                "1s",
+                "200us",
+                "2min",
+                "50",
+                "0",
+                "-5ms",
+                "fast",
+                "1h",
+                "nanms",
+                "infs",
+                "1e309ms",
+                "",
+            ]
+        ),
+        st.floats(0, 1e4).map(lambda x: f"{x}ms"),
+    )
 
 
 def paths(good: list[str]) -> st.SearchStrategy[str]:
@@ -175,93 +263,237 @@ class Command:
 HW_DB = st.one_of(st.sampled_from(["corrupt.toml", "missing.toml", "adir", "empty.json"]))
 
 COMMANDS: list[Command] = [
-    Command(("predict",), {
-        "--model": choice(MODELS + ["config.json", "missing/config.json"]), "--hardware": choice(HARDWARE),
-        "--gpus": ints(["1", "2", "4", "8"]), "--batch": ints(["1", "8", "64", "600"]),
-        "--prompt-len": ints(["512", "4096", "32641"]), "--gen-len": ints(["1", "128"]),
-        "--weight-dtype": choice(DTYPES), "--kv-dtype": choice(["bf16", "fp8", "int2"]),
-        "--routing": choice(["uniform", "zipf:1.2", "dirichlet:0.5", "hot:4", "fit:corrupt.npz", "zipf:-1"]),
-        "--prefill-chunk": ints(["512", "8192"]), "--mode": choice(["gpu", "offload", "cpu-experts", "cpu"]),
-        "--placement": choice(["auto", "gpu", "experts:dram", "experts[10:60]:dram", "cold-experts:32:ssd"]),
-        "--expert-layers": choice(["0:3", "5:1", "x"]), "--host-memory-gb": floats(["64", "1024"]),
-        "--ep": ints(["1", "2", "8"]), "--tp": ints(["1", "2", "8"]), "--pp": ints(["1", "2"]),
-        "--dp": ints(["1", "2"]), "--nodes": ints(["1", "2"]), "--expert-dtype": choice(DTYPES),
-        "--json": None, "--hardware-db": HW_DB,
-    }, weight=6),
-    Command(("fit",), {
-        "--model": choice(MODELS), "--hardware": choice(HARDWARE), "--gpus": ints(["1", "2", "3"]),
-        "--batch": ints(["1", "64"]), "--prompt-len": ints(["512", "100000"]), "--gen-len": ints(["128"]),
-        "--weight-dtype": choice(DTYPES), "--host-memory-gb": floats(["64"]), "--json": None,
-    }, weight=2),
-    Command(("sweep",), {
-        "--out": paths(["out.csv", "out.jsonl", "sub/out.csv", "existing.csv", "o.parquet"]),
-        "--model": id_list(MODELS[:4]), "--hardware": id_list(HARDWARE[:5]), "--gpus": axis(["1", "2", "0,4"]),
-        "--batch": axis(["1", "1:64:x4"]), "--prompt-len": axis(["512", "128:1024:x2"]),
-        "--gen-len": axis(["128", "1,16"]), "--weight-dtype": id_list(DTYPES), "--kv-dtype": id_list(["bf16", "fp8"]),
-        "--grid": paths(["grid.toml", "badgrid.toml"]), "--format": choice(["csv", "jsonl", "parquet", "xlsx"]),
-        "--chunk-rows": ints(["1", "3", "50000"]), "--feasible-only": None, "--slo-tpot": durations(),
-        "--slo-ttft": durations(), "--pareto": paths(["front.json", "existing.json"]),
-        "--backend": choice(["local", "dask"]), "--workers": ints(["0", "1"]), "--json": None,
-    }, required=("--out",), outputs=("--out", "--pareto"), weight=5,
-        extra={"never_with": {"--backend": "dask"}}),
-    Command(("explain",), {"--model": choice(MODELS), "--phase": choice(["decode", "prefill"]), "--json": None},
-            weight=2),
-    Command(("hardware", "list"), {"--kind": choice(["accelerator", "cpu", "dram", "ssd", "link", "system"]),
-                                   "--json": None, "--hardware-db": HW_DB}),
+    Command(
+        ("predict",),
+        {
+            "--model": choice(MODELS + ["config.json", "missing/config.json"]),
+            "--hardware": choice(HARDWARE),
+            "--gpus": ints(["1", "2", "4", "8"]),
+            "--batch": ints(["1", "8", "64", "600"]),
+            "--prompt-len": ints(["512", "4096", "32641"]),
+            "--gen-len": ints(["1", "128"]),
+            "--weight-dtype": choice(DTYPES),
+            "--kv-dtype": choice(["bf16", "fp8", "int2"]),
+            "--routing": choice(
+                ["uniform", "zipf:1.2", "dirichlet:0.5", "hot:4", "fit:corrupt.npz", "zipf:-1"]
+            ),
+            "--prefill-chunk": ints(["512", "8192"]),
+            "--mode": choice(["gpu", "offload", "cpu-experts", "cpu"]),
+            "--placement": choice(
+                ["auto", "gpu", "experts:dram", "experts[10:60]:dram", "cold-experts:32:ssd"]
+            ),
+            "--expert-layers": choice(["0:3", "5:1", "x"]),
+            "--host-memory-gb": floats(["64", "1024"]),
+            "--ep": ints(["1", "2", "8"]),
+            "--tp": ints(["1", "2", "8"]),
+            "--pp": ints(["1", "2"]),
+            "--dp": ints(["1", "2"]),
+            "--nodes": ints(["1", "2"]),
+            "--expert-dtype": choice(DTYPES),
+            "--json": None,
+            "--hardware-db": HW_DB,
+        },
+        weight=6,
+    ),
+    Command(
+        ("fit",),
+        {
+            "--model": choice(MODELS),
+            "--hardware": choice(HARDWARE),
+            "--gpus": ints(["1", "2", "3"]),
+            "--batch": ints(["1", "64"]),
+            "--prompt-len": ints(["512", "100000"]),
+            "--gen-len": ints(["128"]),
+            "--weight-dtype": choice(DTYPES),
+            "--host-memory-gb": floats(["64"]),
+            "--json": None,
+        },
+        weight=2,
+    ),
+    Command(
+        ("sweep",),
+        {
+            "--out": paths(["out.csv", "out.jsonl", "sub/out.csv", "existing.csv", "o.parquet"]),
+            "--model": id_list(MODELS[:4]),
+            "--hardware": id_list(HARDWARE[:5]),
+            "--gpus": axis(["1", "2", "0,4"]),
+            "--batch": axis(["1", "1:64:x4"]),
+            "--prompt-len": axis(["512", "128:1024:x2"]),
+            "--gen-len": axis(["128", "1,16"]),
+            "--weight-dtype": id_list(DTYPES),
+            "--kv-dtype": id_list(["bf16", "fp8"]),
+            "--grid": paths(["grid.toml", "badgrid.toml"]),
+            "--format": choice(["csv", "jsonl", "parquet", "xlsx"]),
+            "--chunk-rows": ints(["1", "3", "50000"]),
+            "--feasible-only": None,
+            "--slo-tpot": durations(),
+            "--slo-ttft": durations(),
+            "--pareto": paths(["front.json", "existing.json"]),
+            "--backend": choice(["local", "dask"]),
+            "--workers": ints(["0", "1"]),
+            "--json": None,
+        },
+        required=("--out",),
+        outputs=("--out", "--pareto"),
+        weight=5,
+        extra={"never_with": {"--backend": "dask"}},
+    ),
+    Command(
+        ("explain",),
+        {"--model": choice(MODELS), "--phase": choice(["decode", "prefill"]), "--json": None},
+        weight=2,
+    ),
+    Command(
+        ("hardware", "list"),
+        {
+            "--kind": choice(["accelerator", "cpu", "dram", "ssd", "link", "system"]),
+            "--json": None,
+            "--hardware-db": HW_DB,
+        },
+    ),
     Command(("hardware", "show"), {"--json": None}, positional=choice(HARDWARE + ["ib-ndr", "ddr5-4800"])),
     Command(("model", "list"), {"--json": None}),
     Command(("model", "show"), {"--json": None}, positional=choice(MODELS + ["config.json", "empty.json"])),
     Command(("trace", "list"), {"--json": None}),
-    Command(("trace", "stats"), {"--tokens": ints(["1", "8", "32", "192", "100000"]), "--no-png": None,
-                                 "--png": paths(["heat.png", "sub/heat.png"]), "--json": None,
-                                 "--model": choice(MODELS)},
-            positional=choice(["deepseek-v3-group", "corrupt.npz", "missing.npz", "adir"]),
-            outputs=("--png",), weight=2),
-    Command(("trace", "fit"), {"--json": None}, positional=choice(["deepseek-v3-group", "corrupt.npz", "empty.json"])),
-    Command(("trace", "synth"), {"--model": choice(MODELS[:3]), "--router": choice(["zipf:1.2", "uniform", "x:1"]),
-                                 "--tokens": ints(["1", "64", "0"]), "--out": paths(["t.npz", "sub/t.npz"]),
-                                 "--seed": ints(["0", "1"])},
-            required=("--model", "--router", "--tokens", "--out"), outputs=("--out",), weight=2),
-    Command(("compare",), {
-        "--model": choice(MODELS[:3]), "--hardware": id_list(HARDWARE[:5]), "--gpus": choice(["auto", "1", "2", "0", "x"]),
-        "--batch": ints(["1", "64"]), "--objective": choice(["cost_per_mtok", "tpot", "throughput", "purchase"]),
-        "--basis": choice(["owned", "rented"]), "--price": choice(["h100-sxm=30000", "h100-sxm=-1", "x=y"]),
-        "--prices": paths(["prices.toml"]), "--pue": floats(["1.2"]), "--utilization": floats(["0.5"]),
-        "--json": None, "--csv": paths(["cmp.csv", "existing.csv"]),
-    }, required=("--model",), outputs=("--csv",), weight=2, forced=("--hardware",)),
-    Command(("plan",), {
-        "--model": choice(MODELS[:3]), "--slo-tpot": durations(), "--slo-ttft": durations(),
-        "--hardware": id_list(["h100-sxm", "l4"]), "--weight-dtypes": id_list(["native", "fp8", "int3"]),
-        "--max-batch": ints(["1", "8"]), "--top": ints(["1", "3"]), "--budget": floats(["100000"]),
-        "--plot": paths(["plan.png", "sub/plan"]), "--json": None,
-    }, required=("--model", "--slo-tpot"), outputs=("--plot",), weight=1, forced=("--hardware", "--max-batch")),
-    Command(("radar",), {
-        "--model": choice(MODELS[:2]), "--hardware": id_list(["h100-sxm", "mi300x", "l4"]),
-        "--batch": ints(["1", "8"]), "--cost-axis": choice(["purchase", "power", "usd_per_mtok"]),
-        "--cost-cap": floats(["1e6"]), "--out": paths(["radar.png", "sub/r"]),
-    }, required=("--model", "--out"), outputs=("--out",), weight=1, forced=("--hardware",)),
-    Command(("serve",), {
-        "--model": choice(MODELS[:3]), "--hardware": choice(["h100-sxm", "mi300x", "l4"]),
-        "--gpus": ints(["2", "8"]), "--system": choice(["vllm", "sglang", "trt-llm"]),
-        "--max-num-seqs": ints(["8", "256"]), "--max-batched-tokens": ints(["512", "8192"]),
-        "--chunked-prefill": None, "--no-chunked-prefill": None, "--block-size": ints(["16", "1"]),
-        "--rate": choice(["4", "1:8:x2", "0", "inf", "-1"]), "--burstiness": floats(["1", "0.5"]),
-        "--concurrency": ints(["4"]), "--offline": None, "--duration": durations(),
-        "--prompt-len": choice(["512", "128:1024", "0"]), "--output-len": choice(["64", "1:128"]),
-        "--dataset": choice(["sharegpt", "nosuch"]), "--requests": paths(["existing.json", "corrupt.toml"]),
-        "--replicas": ints(["1", "2"]), "--slo": choice(["ttft=200ms,tpot=50ms", "tpot=50", "latency=1s"]),
-        "--figure": paths(["timeline.png", "sub/t"]), "--json": None,
-    }, required=("--model",), outputs=("--figure",), weight=2, forced=("--num-prompts",),
-        extra={"fixed": {"--num-prompts": "16"}}),
-    Command(("measure",), {
-        "--model": choice(MODELS[:3]), "--hardware": choice(["h100-sxm", "h200-sxm"]), "--gpus": ints(["1", "2"]),
-        "--batch": ints(["1", "64"]), "--prompt-len": ints(["512"]), "--gen-len": ints(["128"]),
-        "--tpot": durations(), "--throughput": floats(["1000"]), "--ttft": durations(),
-        "--activated-experts": choice(["2", "6.5", "x", "-1"]),
-        "--expert-counts": paths(["corrupt.npz", "existing.json"]),
-        "--moecap-records": paths(["existing.json", "empty.json"]), "--moecap-compat": None,
-        "--engine": choice(["sglang", "vllm", "x"]), "--json": None,
-    }, weight=2),
+    Command(
+        ("trace", "stats"),
+        {
+            "--tokens": ints(["1", "8", "32", "192", "100000"]),
+            "--no-png": None,
+            "--png": paths(["heat.png", "sub/heat.png"]),
+            "--json": None,
+            "--model": choice(MODELS),
+        },
+        positional=choice(["deepseek-v3-group", "corrupt.npz", "missing.npz", "adir"]),
+        outputs=("--png",),
+        weight=2,
+    ),
+    Command(
+        ("trace", "fit"),
+        {"--json": None},
+        positional=choice(["deepseek-v3-group", "corrupt.npz", "empty.json"]),
+    ),
+    Command(
+        ("trace", "synth"),
+        {
+            "--model": choice(MODELS[:3]),
+            "--router": choice(["zipf:1.2", "uniform", "x:1"]),
+            "--tokens": ints(["1", "64", "0"]),
+            "--out": paths(["t.npz", "sub/t.npz"]),
+            "--seed": ints(["0", "1"]),
+        },
+        required=("--model", "--router", "--tokens", "--out"),
+        outputs=("--out",),
+        weight=2,
+    ),
+    Command(
+        ("compare",),
+        {
+            "--model": choice(MODELS[:3]),
+            "--hardware": id_list(HARDWARE[:5]),
+            "--gpus": choice(["auto", "1", "2", "0", "x"]),
+            "--batch": ints(["1", "64"]),
+            "--objective": choice(["cost_per_mtok", "tpot", "throughput", "purchase"]),
+            "--basis": choice(["owned", "rented"]),
+            "--price": choice(["h100-sxm=30000", "h100-sxm=-1", "x=y"]),
+            "--prices": paths(["prices.toml"]),
+            "--pue": floats(["1.2"]),
+            "--utilization": floats(["0.5"]),
+            "--json": None,
+            "--csv": paths(["cmp.csv", "existing.csv"]),
+        },
+        required=("--model",),
+        outputs=("--csv",),
+        weight=2,
+        forced=("--hardware",),
+    ),
+    Command(
+        ("plan",),
+        {
+            "--model": choice(MODELS[:3]),
+            "--slo-tpot": durations(),
+            "--slo-ttft": durations(),
+            "--hardware": id_list(["h100-sxm", "l4"]),
+            "--weight-dtypes": id_list(["native", "fp8", "int3"]),
+            "--max-batch": ints(["1", "8"]),
+            "--top": ints(["1", "3"]),
+            "--budget": floats(["100000"]),
+            "--plot": paths(["plan.png", "sub/plan"]),
+            "--json": None,
+        },
+        required=("--model", "--slo-tpot"),
+        outputs=("--plot",),
+        weight=1,
+        forced=("--hardware", "--max-batch"),
+    ),
+    Command(
+        ("radar",),
+        {
+            "--model": choice(MODELS[:2]),
+            "--hardware": id_list(["h100-sxm", "mi300x", "l4"]),
+            "--batch": ints(["1", "8"]),
+            "--cost-axis": choice(["purchase", "power", "usd_per_mtok"]),
+            "--cost-cap": floats(["1e6"]),
+            "--out": paths(["radar.png", "sub/r"]),
+        },
+        required=("--model", "--out"),
+        outputs=("--out",),
+        weight=1,
+        forced=("--hardware",),
+    ),
+    Command(
+        ("serve",),
+        {
+            "--model": choice(MODELS[:3]),
+            "--hardware": choice(["h100-sxm", "mi300x", "l4"]),
+            "--gpus": ints(["2", "8"]),
+            "--system": choice(["vllm", "sglang", "trt-llm"]),
+            "--max-num-seqs": ints(["8", "256"]),
+            "--max-batched-tokens": ints(["512", "8192"]),
+            "--chunked-prefill": None,
+            "--no-chunked-prefill": None,
+            "--block-size": ints(["16", "1"]),
+            "--rate": choice(["4", "1:8:x2", "0", "inf", "-1"]),
+            "--burstiness": floats(["1", "0.5"]),
+            "--concurrency": ints(["4"]),
+            "--offline": None,
+            "--duration": durations(),
+            "--prompt-len": choice(["512", "128:1024", "0"]),
+            "--output-len": choice(["64", "1:128"]),
+            "--dataset": choice(["sharegpt", "nosuch"]),
+            "--requests": paths(["existing.json", "corrupt.toml"]),
+            "--replicas": ints(["1", "2"]),
+            "--slo": choice(["ttft=200ms,tpot=50ms", "tpot=50", "latency=1s"]),
+            "--figure": paths(["timeline.png", "sub/t"]),
+            "--json": None,
+        },
+        required=("--model",),
+        outputs=("--figure",),
+        weight=2,
+        forced=("--num-prompts",),
+        extra={"fixed": {"--num-prompts": "16"}},
+    ),
+    Command(
+        ("measure",),
+        {
+            "--model": choice(MODELS[:3]),
+            "--hardware": choice(["h100-sxm", "h200-sxm"]),
+            "--gpus": ints(["1", "2"]),
+            "--batch": ints(["1", "64"]),
+            "--prompt-len": ints(["512"]),
+            "--gen-len": ints(["128"]),
+            "--tpot": durations(),
+            "--throughput": floats(["1000"]),
+            "--ttft": durations(),
+            "--activated-experts": choice(["2", "6.5", "x", "-1"]),
+            "--expert-counts": paths(["corrupt.npz", "existing.json"]),
+            "--moecap-records": paths(["existing.json", "empty.json"]),
+            "--moecap-compat": None,
+            "--engine": choice(["sglang", "vllm", "x"]),
+            "--json": None,
+        },
+        weight=2,
+    ),
     Command(("profile",), {}, parse_only=True),
     Command(("validate",), {}, parse_only=True),
     Command(("calibrate",), {}, parse_only=True),
@@ -323,12 +555,15 @@ def _outputs_named(argv: list[str], sandbox: Path) -> set[str]:
     for flag, value in itertools.pairwise(argv):
         if flag in output_flags:
             p = Path(value)
-            for candidate in (p, p.with_suffix(".png"), p.with_suffix(".svg"), Path(str(p) + ".png"),
-                              Path(str(p) + ".svg")):
-                try:
+            for candidate in (
+                p,
+                p.with_suffix(".png"),
+                p.with_suffix(".svg"),
+                Path(str(p) + ".png"),
+                Path(str(p) + ".svg"),
+            ):
+                with suppress(ValueError):
                     named.add(os.path.relpath((sandbox / candidate).resolve(), sandbox.resolve()))
-                except ValueError:
-                    pass
     return named
 
 
@@ -368,16 +603,18 @@ def check(argv: list[str], sandbox: Path, invoke: Callable[[list[str]], object] 
         elif code == 0:
             allowed = _outputs_named(argv, sandbox)
             damaged = sorted(p for p in changed if p not in allowed)
-            stray = sorted(p for p in created if Path(p).name.startswith(".") or p.endswith((".tmp", ".parts"))
-                           or ".parts" in Path(p).parts)
+            stray = sorted(
+                p
+                for p in created
+                if Path(p).name.startswith(".") or p.endswith((".tmp", ".parts")) or ".parts" in Path(p).parts
+            )
             if damaged:
                 problem = f"succeeded but changed files it was not asked to write: {damaged}"
             elif stray:
                 problem = f"succeeded but left temporary files: {stray}"
             else:
                 unexpected = sorted(
-                    p for p in created
-                    if p not in allowed and not _default_outputs(p) and after[p] != "dir"
+                    p for p in created if p not in allowed and not _default_outputs(p) and after[p] != "dir"
                 )
                 if unexpected:
                     problem = f"succeeded but wrote files nobody named: {unexpected}"

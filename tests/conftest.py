@@ -109,8 +109,11 @@ def max_roofline_db() -> HardwareDB:
     db = load_hardware_db()
     plain = {}
     for cls in db.efficiency_classes():
-        prov = {k: v for k, v in db.efficiency(cls).provenance.items()
-                if not (k.startswith("gemm_tokens_efficiency.") or k == "gemm_overlap_exponent")}
+        prov = {
+            k: v
+            for k, v in db.efficiency(cls).provenance.items()
+            if not (k.startswith("gemm_tokens_efficiency.") or k == "gemm_overlap_exponent")
+        }
         plain[cls] = _build_efficiency(cls, MappingProxyType(prov))
     return HardwareDB({i: db.get(i) for i in db.ids()}, plain)
 

@@ -203,8 +203,14 @@ def test_published_delta_is_applied() -> None:
     assert got.label() == "68.5Δ"
     assert db.lookup("mixtral-8x7b", "mmlu", weight_dtype="fp8", native_dtype="bf16").status == "unknown"
     # a method that was not published for int4 is unknown too; the published one matches case-insensitively
-    assert db.lookup("mixtral-8x7b", "mmlu", weight_dtype="int4", native_dtype="bf16", method="AWQ").value is None
-    assert db.lookup("mixtral-8x7b", "mmlu", weight_dtype="int4", native_dtype="bf16", method="gptq").value == 68.5
+    assert (
+        db.lookup("mixtral-8x7b", "mmlu", weight_dtype="int4", native_dtype="bf16", method="AWQ").value
+        is None
+    )
+    assert (
+        db.lookup("mixtral-8x7b", "mmlu", weight_dtype="int4", native_dtype="bf16", method="gptq").value
+        == 68.5
+    )
 
 
 @pytest.mark.parametrize(

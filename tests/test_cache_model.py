@@ -10,10 +10,16 @@ from capsim.cache_model import device_cache_misses
 from capsim.deployment import access_stream, step_accesses
 from capsim.model_db import resolve_model
 from capsim.offload import simulate_tiers
-from capsim.placement import DRAM, SSD
+from capsim.placement import DRAM
 from capsim.routing import make_router
 
-ROUTERS = ["uniform", "zipf:1.0", "zipf:1.2,reuse=0.5", "zipf:0.8,reuse=0.8", "dirichlet:0.3,reuse=0.3,affinity=0.5"]
+ROUTERS = [
+    "uniform",
+    "zipf:1.0",
+    "zipf:1.2,reuse=0.5",
+    "zipf:0.8,reuse=0.8",
+    "dirichlet:0.3,reuse=0.3,affinity=0.5",
+]
 
 
 def _simulated(router, mask, tiers, batch, capacity, page_slots=0, two_level=False, steps=300):  # type: ignore[no-untyped-def]

@@ -83,7 +83,9 @@ def test_missing_platform_is_named_and_total_is_lower_bound(cost_db: HardwareDB,
     assert purchase.is_lower_bound and purchase.label().startswith("≥ $")
 
 
-def test_host_memory_prices_dram_when_the_system_leaves_it_to_the_buyer(default_hardware_db: HardwareDB) -> None:
+def test_host_memory_prices_dram_when_the_system_leaves_it_to_the_buyer(
+    default_hardware_db: HardwareDB,
+) -> None:
     # workstation-4090 gives no DRAM capacity; --host-memory-gb 64 buys 64 GB. ddr5-5200 has no sourced $/GB:
     # the DRAM is then named as missing; with a user price of 3 USD/GB it costs 64 x 3 = 192 USD.
     without = purchase_cost("workstation-4090", 1, default_hardware_db, CostInputs(), host_memory_gb=64)
@@ -100,7 +102,12 @@ def test_joules_per_token_at_a_known_utilisation(cost_db: HardwareDB, hand: Cost
     rates = deployment_rates("cost-test-full-server", 2, cost_db, hand)
     pred = _prediction(prefill_tps=20_000.0, decode_tps=2_000.0, kernel_share=0.75)
     energy = energy_report(
-        rates.power.parts, pred, idle_fraction=0.2, pue=1.5, electricity_usd_per_kwh=0.10, grid_gco2_per_kwh=400
+        rates.power.parts,
+        pred,
+        idle_fraction=0.2,
+        pue=1.5,
+        electricity_usd_per_kwh=0.10,
+        grid_gco2_per_kwh=400,
     )
     # GPUs: idle 0.2 x 500 = 100 W, at a = 0.75: 100 + 400 x 0.75 = 400 W each, x2 = 800 W
     # CPU (hosting only, a = 0): 0.2 x 300 = 60 W; SSDs (a = 0): 2 x 0.2 x 10 = 4 W; platform 150 W always
@@ -230,8 +237,25 @@ def test_compat_family_sizes_follow_moecap_code() -> None:
 def test_cli_measure_json() -> None:
     result = CliRunner().invoke(
         app,
-        ["measure", "--model", "mixtral-8x7b", "--hardware", "a100-sxm-80gb", "--gpus", "2", "--batch", "16",
-         "--gen-len", "256", "--tpot", "40ms", "--activated-experts", "6.44", "--moecap-compat", "--json"],
+        [
+            "measure",
+            "--model",
+            "mixtral-8x7b",
+            "--hardware",
+            "a100-sxm-80gb",
+            "--gpus",
+            "2",
+            "--batch",
+            "16",
+            "--gen-len",
+            "256",
+            "--tpot",
+            "40ms",
+            "--activated-experts",
+            "6.44",
+            "--moecap-compat",
+            "--json",
+        ],
     )
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
@@ -255,11 +279,17 @@ def test_option_string_carries_every_predict_setting() -> None:
     assert o.name == "kt" and o.system == "ktransformers-like" and o.quant_method == "Q4_K_M"
     sc = o.scenario
     assert (sc.hardware, sc.weight_dtype, sc.host_memory_gb, sc.prompt_len, sc.batch) == (
-        "epyc-9654-4090", "int4", 256.0, 1024, 8)
+        "epyc-9654-4090",
+        "int4",
+        256.0,
+        1024,
+        8,
+    )
     assert sc.mode == "cpu-experts"  # filled in by the ktransformers-like preset
     # an explicit key wins over the preset (as `capsim predict --system` does)
-    assert parse_option("hardware=workstation-4090;system=ktransformers-like;mode=offload", BASE).scenario.mode == (
-        "offload")
+    assert parse_option(
+        "hardware=workstation-4090;system=ktransformers-like;mode=offload", BASE
+    ).scenario.mode == ("offload")
 
 
 @pytest.mark.parametrize(
@@ -283,7 +313,7 @@ def test_options_file_and_unique_names(tmp_path: Path) -> None:
     f.write_text(
         '[[option]]\nname = "server"\nhardware = "dgx-h200"\ngpus = 1\nsystem = "vllm-like"\n\n'
         '[[option]]\nname = "desktop"\nhardware = "workstation-4090"\nsystem = "moe-infinity-like"\n'
-        'host_memory_gb = 128\n'
+        "host_memory_gb = 128\n"
     )
     opts = load_options_file(f, BASE)
     assert [o.name for o in opts] == ["server", "desktop"]
@@ -322,11 +352,18 @@ def test_pa_pc_ca_labels_of_constructed_options(settings: dict, mode: str | None
 
 
 RADAR_OPTIONS = [
-    "--option", "name=GPU server (vLLM);hardware=dgx-h200;gpus=1;system=vllm-like",
-    "--option", ("name=CPU-GPU (KTransformers);hardware=epyc-9654-4090;system=ktransformers-like;weight-dtype=int4;"
-                 "quant-method=Q4_K_M"),
-    "--option", ("name=offloading desktop (MoE-Infinity);hardware=workstation-4090;system=moe-infinity-like;"
-                 "weight-dtype=int8;host-memory-gb=64"),
+    "--option",
+    "name=GPU server (vLLM);hardware=dgx-h200;gpus=1;system=vllm-like",
+    "--option",
+    (
+        "name=CPU-GPU (KTransformers);hardware=epyc-9654-4090;system=ktransformers-like;weight-dtype=int4;"
+        "quant-method=Q4_K_M"
+    ),
+    "--option",
+    (
+        "name=offloading desktop (MoE-Infinity);hardware=workstation-4090;system=moe-infinity-like;"
+        "weight-dtype=int8;host-memory-gb=64"
+    ),
 ]
 
 
@@ -334,8 +371,19 @@ def test_radar_three_deployments_differ_on_every_axis(tmp_path: Path) -> None:
     out = tmp_path / "radar"
     result = CliRunner().invoke(
         app,
-        ["radar", "--model", "qwen3-30b-a3b", "--batch", "8", "--cost-cap", "20000", "--out", str(out), "--json",
-         *RADAR_OPTIONS],
+        [
+            "radar",
+            "--model",
+            "qwen3-30b-a3b",
+            "--batch",
+            "8",
+            "--cost-cap",
+            "20000",
+            "--out",
+            str(out),
+            "--json",
+            *RADAR_OPTIONS,
+        ],
     )
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
@@ -345,8 +393,9 @@ def test_radar_three_deployments_differ_on_every_axis(tmp_path: Path) -> None:
     for axis in ("performance", "cost", "accuracy"):
         scores = [o["scores"][axis] for o in opts.values()]
         assert len({round(v, 6) for v in scores}) == 3, (axis, scores)
-    server, kt, desk = (opts[k] for k in ("GPU server (vLLM)", "CPU-GPU (KTransformers)",
-                                          "offloading desktop (MoE-Infinity)"))
+    server, kt, desk = (
+        opts[k] for k in ("GPU server (vLLM)", "CPU-GPU (KTransformers)", "offloading desktop (MoE-Infinity)")
+    )
     # accuracy moves with precision (one published study, same harness): 78.7 bf16, 71.1 Q8_0, 69.1 Q4_K_M
     assert server["accuracy"] == pytest.approx(0.787)
     assert desk["accuracy"] == pytest.approx(0.711) and kt["accuracy"] == pytest.approx(0.691)
@@ -362,8 +411,18 @@ def test_radar_three_deployments_differ_on_every_axis(tmp_path: Path) -> None:
 
 def test_compare_with_options_prices_whole_systems(tmp_path: Path) -> None:
     result = CliRunner().invoke(
-        app, ["compare", "--model", "qwen3-30b-a3b", "--batch", "8", "--json", "--grid-gco2-kwh", "400",
-              *RADAR_OPTIONS],
+        app,
+        [
+            "compare",
+            "--model",
+            "qwen3-30b-a3b",
+            "--batch",
+            "8",
+            "--json",
+            "--grid-gco2-kwh",
+            "400",
+            *RADAR_OPTIONS,
+        ],
     )
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
@@ -377,7 +436,8 @@ def test_compare_with_options_prices_whole_systems(tmp_path: Path) -> None:
     energy = server["cost"]["full_load"]["energy"]
     # gCO2 per token = J/token / 3.6e6 x PUE 1.2 x 400 g/kWh
     assert energy["decode"]["gco2_per_token"] == pytest.approx(
-        energy["j_per_output_token"] / 3.6e6 * 1.2 * 400, rel=1e-9)
+        energy["j_per_output_token"] / 3.6e6 * 1.2 * 400, rel=1e-9
+    )
     # 7 of the DGX's 8 GPUs are unused by a 1-GPU option: they idle at the sourced 80.3 W each
     unused = next(p for p in server["cost"]["rates"]["power"]["parts"] if p["role"] == "accelerator-unused")
     assert unused["count"] == 7 and unused["idle_w_each"] == 80.3
@@ -386,10 +446,23 @@ def test_compare_with_options_prices_whole_systems(tmp_path: Path) -> None:
 def test_plan_searches_the_batch_of_deployment_options() -> None:
     result = CliRunner().invoke(
         app,
-        ["plan", "--model", "qwen3-30b-a3b", "--slo-tpot", "50ms", "--max-batch", "16", "--json",
-         "--option", ("name=kt;hardware=epyc-9654-4090;system=ktransformers-like;weight-dtype=int4;"
-                      "quant-method=Q4_K_M"),
-         "--option", "name=server;hardware=dgx-h200;gpus=1;system=vllm-like"],
+        [
+            "plan",
+            "--model",
+            "qwen3-30b-a3b",
+            "--slo-tpot",
+            "50ms",
+            "--max-batch",
+            "16",
+            "--json",
+            "--option",
+            (
+                "name=kt;hardware=epyc-9654-4090;system=ktransformers-like;weight-dtype=int4;"
+                "quant-method=Q4_K_M"
+            ),
+            "--option",
+            "name=server;hardware=dgx-h200;gpus=1;system=vllm-like",
+        ],
     )
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
@@ -406,15 +479,36 @@ def test_moecap_records_use_the_per_pass_formula_and_skip_rules(tmp_path: Path) 
 
     recs = [
         # two decode passes identical to the hand-computed case above: S-MBU 0.469795 each
-        {"forward_mode": "decode", "expert_activation": 6.44, "batch_size": 16, "seq_lens_sum": 10240,
-         "latency": 0.04},
-        {"forward_mode": "decode", "expert_activation": 6.44, "batch_size": 16, "seq_lens_sum": 10240,
-         "latency": 0.04},
+        {
+            "forward_mode": "decode",
+            "expert_activation": 6.44,
+            "batch_size": 16,
+            "seq_lens_sum": 10240,
+            "latency": 0.04,
+        },
+        {
+            "forward_mode": "decode",
+            "expert_activation": 6.44,
+            "batch_size": 16,
+            "seq_lens_sum": 10240,
+            "latency": 0.04,
+        },
         # skipped as MoE-CAP's code skips them: no activation, negative activation, a warm-up prefill probe
         {"forward_mode": "decode", "batch_size": 16, "seq_lens_sum": 10240, "latency": 0.04},
-        {"forward_mode": "decode", "expert_activation": -1, "batch_size": 16, "seq_lens_sum": 10240,
-         "latency": 0.04},
-        {"forward_mode": "prefill", "expert_activation": 8, "batch_size": 1, "seq_lens_sum": 5, "latency": 0.01},
+        {
+            "forward_mode": "decode",
+            "expert_activation": -1,
+            "batch_size": 16,
+            "seq_lens_sum": 10240,
+            "latency": 0.04,
+        },
+        {
+            "forward_mode": "prefill",
+            "expert_activation": 8,
+            "batch_size": 1,
+            "seq_lens_sum": 5,
+            "latency": 0.01,
+        },
     ]
     path = tmp_path / "detailed_results_x.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in recs) + "\n")
@@ -444,8 +538,13 @@ def test_published_quantised_accuracy_moves_with_precision_and_cites_its_source(
     assert fp8.status == "published-delta" and fp8.value == pytest.approx(79.04)
     assert "neuralmagic/Mixtral-8x22B-Instruct-v0.1-FP8" in fp8.caveat
     # Qwen3-30B-A3B MMLU ladder of one study: FP16 78.7, Q8_0 71.1, Q4_K_M 69.1 (joshua8.ai)
-    q = {d: db.lookup("qwen3-30b-a3b", "mmlu", weight_dtype=d, native_dtype="bf16", variant=v).value
-         for d, v in ((None, None), ("int8", None), ("int4", None))}
+    q = {
+        d: db.lookup("qwen3-30b-a3b", "mmlu", weight_dtype=d, native_dtype="bf16", variant=v).value
+        for d, v in ((None, None), ("int8", None), ("int4", None))
+    }
     assert q["int8"] == pytest.approx(71.1) and q["int4"] == pytest.approx(69.1)
     # an unpublished precision is unknown, not the bf16 score
-    assert db.lookup("mixtral-8x22b", "open_llm_leaderboard", weight_dtype="int4", native_dtype="bf16").value is None
+    assert (
+        db.lookup("mixtral-8x22b", "open_llm_leaderboard", weight_dtype="int4", native_dtype="bf16").value
+        is None
+    )

@@ -230,7 +230,10 @@ def test_compare_does_not_fit_shows_needs_and_has() -> None:
     )
     # issue 15: no option runs = exit 1 (as radar and fit), after the table that shows why
     assert result.exit_code == 1, result.output
-    assert result.stderr.strip().splitlines()[-1] == "error: no option runs mixtral-8x7b; the reasons are in the table above"
+    assert (
+        result.stderr.strip().splitlines()[-1]
+        == "error: no option runs mixtral-8x7b; the reasons are in the table above"
+    )
     assert "does not fit" in result.output
     assert "l4: does not fit: needs " in result.output and " has 21.6 GB" in result.output
 

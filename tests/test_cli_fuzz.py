@@ -11,8 +11,12 @@ import pytest
 from cli_fuzz import COMMANDS, any_argv, argv_for, check, populate
 from hypothesis import HealthCheck, example, given, settings
 
-_short = settings(max_examples=8, deadline=None, database=None,
-                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+_short = settings(
+    max_examples=8,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 def _run(argv: list[str]) -> None:
@@ -20,7 +24,9 @@ def _run(argv: list[str]) -> None:
         sandbox = Path(tmp)
         populate(sandbox)
         outcome = check(argv, sandbox)
-    assert outcome.problem is None, f"capsim {' '.join(argv)!r} -> exit {outcome.exit_code}: {outcome.problem}"
+    assert outcome.problem is None, (
+        f"capsim {' '.join(argv)!r} -> exit {outcome.exit_code}: {outcome.problem}"
+    )
 
 
 @_short
@@ -28,14 +34,76 @@ def _run(argv: list[str]) -> None:
 # every input class issue 15 listed, pinned
 @example(argv=["sweep", "--model", "mixtral-8x7b", "--hardware", "h100-sxm", "--out", "/proc/grid.csv"])
 @example(argv=["sweep", "--model", "mixtral-8x7b", "--hardware", "h100-sxm", "--out", "corrupt.npz/grid.csv"])
-@example(argv=["sweep", "--model", "mixtral-8x7b", "--hardware", "h100-sxm", "--out", "o.csv", "--pareto", "/proc/p.json"])
-@example(argv=["sweep", "--model", "mixtral-8x7b", "--hardware", "h100-sxm", "--out", "o.csv", "--batch", "-1:8:x2"])
-@example(argv=["sweep", "--model", "mixtral-8x7b", "--hardware", "h100-sxm", "--out", "o.csv", "--batch", "0:8:x2"])
-@example(argv=["sweep", "--model", "mixtral-8x7b", "--hardware", "h100-sxm", "--out", "o.csv",
-               "--gen-len", "99999999999999999999999"])
-@example(argv=["sweep", "--model", "mixtral-8x7b", "--hardware", "h100-sxm", "--out", "o.csv", "--batch", "1:100000000:+1"])
-@example(argv=["sweep", "--model", "mixtral-8x7b", "--hardware", "h100-sxm", "--out", "o.csv",
-               "--backend", "dask", "--workers", "0"])
+@example(
+    argv=[
+        "sweep",
+        "--model",
+        "mixtral-8x7b",
+        "--hardware",
+        "h100-sxm",
+        "--out",
+        "o.csv",
+        "--pareto",
+        "/proc/p.json",
+    ]
+)
+@example(
+    argv=[
+        "sweep",
+        "--model",
+        "mixtral-8x7b",
+        "--hardware",
+        "h100-sxm",
+        "--out",
+        "o.csv",
+        "--batch",
+        "-1:8:x2",
+    ]
+)
+@example(
+    argv=["sweep", "--model", "mixtral-8x7b", "--hardware", "h100-sxm", "--out", "o.csv", "--batch", "0:8:x2"]
+)
+@example(
+    argv=[
+        "sweep",
+        "--model",
+        "mixtral-8x7b",
+        "--hardware",
+        "h100-sxm",
+        "--out",
+        "o.csv",
+        "--gen-len",
+        "99999999999999999999999",
+    ]
+)
+@example(
+    argv=[
+        "sweep",
+        "--model",
+        "mixtral-8x7b",
+        "--hardware",
+        "h100-sxm",
+        "--out",
+        "o.csv",
+        "--batch",
+        "1:100000000:+1",
+    ]
+)
+@example(
+    argv=[
+        "sweep",
+        "--model",
+        "mixtral-8x7b",
+        "--hardware",
+        "h100-sxm",
+        "--out",
+        "o.csv",
+        "--backend",
+        "dask",
+        "--workers",
+        "0",
+    ]
+)
 @example(argv=["predict", "--prompt-len", "100000"])
 @example(argv=["predict", "--gpus", "3"])
 @example(argv=["predict", "--model", "qwen3-30b-a3b", "--gpus", "6"])
@@ -49,9 +117,33 @@ def _run(argv: list[str]) -> None:
 @example(argv=["explain", "--model", "x" * 300])
 @example(argv=["sweep", "--grid", "grid.toml", "--out", "", "--format", "csv"])
 @example(argv=["trace", "stats", "~\U0008cd42", "--no-png", "--json"])
-@example(argv=["compare", "--json", "--csv", "cmp.csv", "--gpus", "1", "--hardware", "a100-sxm-80gb", "--model",
-               "mixtral-8x7b"])
-@example(argv=["serve", "--model", "mixtral-8x7b", "--hardware", "mi300x", "--gpus", "2147483648", "--num-prompts", "16"])
+@example(
+    argv=[
+        "compare",
+        "--json",
+        "--csv",
+        "cmp.csv",
+        "--gpus",
+        "1",
+        "--hardware",
+        "a100-sxm-80gb",
+        "--model",
+        "mixtral-8x7b",
+    ]
+)
+@example(
+    argv=[
+        "serve",
+        "--model",
+        "mixtral-8x7b",
+        "--hardware",
+        "mi300x",
+        "--gpus",
+        "2147483648",
+        "--num-prompts",
+        "16",
+    ]
+)
 @example(argv=["sweep", "--grid", "existing.csv/inner.csv", "--out", "o.csv"])
 def test_any_command_keeps_the_contract(argv: list[str]) -> None:
     _run(argv)

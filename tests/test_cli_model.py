@@ -216,7 +216,8 @@ def test_bad_weight_dtype() -> None:
     result = _run("show", "mixtral-8x7b", "--weight-dtype", "fp3")
     assert result.exit_code == 1
     assert (
-        "unknown weight dtype 'fp3'; choose one of fp32, bf16, fp16, fp8, int8, w8a8, int4, mxfp4" in result.output
+        "unknown weight dtype 'fp3'; choose one of fp32, bf16, fp16, fp8, int8, w8a8, int4, mxfp4"
+        in result.output
     )
 
 

@@ -20,8 +20,18 @@ def run_json(*args: str) -> dict:  # type: ignore[type-arg]
 
 
 def test_placement_json_reports_tiers_and_links() -> None:
-    d = run_json("--model", "mixtral-8x7b", "--hardware", "workstation-4090", "--gpus", "1", "--gen-len", "16",
-                 "--placement", "experts[4:]:dram")
+    d = run_json(
+        "--model",
+        "mixtral-8x7b",
+        "--hardware",
+        "workstation-4090",
+        "--gpus",
+        "1",
+        "--gen-len",
+        "16",
+        "--placement",
+        "experts[4:]:dram",
+    )
     dep = d["deployment"]
     assert dep["mode"] == "offload" and d["scenario"]["mode"] == "offload"
     # MoE layers 4..31 (28 x 8 = 224 experts) in DRAM, layers 0..3 (32 experts) on the GPU
@@ -36,8 +46,22 @@ def test_placement_json_reports_tiers_and_links() -> None:
 
 
 def test_placement_table_shows_tiers_links_and_bottleneck() -> None:
-    result = runner.invoke(app, ["predict", "--model", "mixtral-8x7b", "--hardware", "workstation-4090",
-                                 "--gpus", "1", "--gen-len", "16", "--placement", "auto"])
+    result = runner.invoke(
+        app,
+        [
+            "predict",
+            "--model",
+            "mixtral-8x7b",
+            "--hardware",
+            "workstation-4090",
+            "--gpus",
+            "1",
+            "--gen-len",
+            "16",
+            "--placement",
+            "auto",
+        ],
+    )
     assert result.exit_code == 0, result.output
     out = result.stdout
     assert "routed experts per tier" in out
@@ -47,8 +71,24 @@ def test_placement_table_shows_tiers_links_and_bottleneck() -> None:
 
 
 def test_cpu_experts_table_shows_cpu_time() -> None:
-    result = runner.invoke(app, ["predict", "--model", "mixtral-8x7b", "--hardware", "workstation-4090",
-                                 "--gpus", "1", "--gen-len", "8", "--mode", "cpu-experts", "--weight-dtype", "int4"])
+    result = runner.invoke(
+        app,
+        [
+            "predict",
+            "--model",
+            "mixtral-8x7b",
+            "--hardware",
+            "workstation-4090",
+            "--gpus",
+            "1",
+            "--gen-len",
+            "8",
+            "--mode",
+            "cpu-experts",
+            "--weight-dtype",
+            "int4",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "CPU (experts)" in result.stdout
     assert "bottleneck: cpu" in result.stdout
@@ -64,8 +104,9 @@ def test_cpu_experts_table_shows_cpu_time() -> None:
     ],
 )
 def test_bad_placement_is_one_error_line(args: list[str], message: str) -> None:
-    result = runner.invoke(app, ["predict", "--model", "mixtral-8x7b", "--hardware", "workstation-4090",
-                                 "--gpus", "1", *args])
+    result = runner.invoke(
+        app, ["predict", "--model", "mixtral-8x7b", "--hardware", "workstation-4090", "--gpus", "1", *args]
+    )
     assert result.exit_code == 1
     assert result.stdout == ""
     lines = result.stderr.strip().splitlines()

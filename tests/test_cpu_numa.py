@@ -20,9 +20,13 @@ from capsim.errors import MissingValueError, ScenarioError
 from capsim.hardware import load_hardware_db_with
 
 SYSTEM = {
-    "schema": 1, "id": "test-2x6980p", "kind": "system", "name": "2x Xeon 6980P (test)",
+    "schema": 1,
+    "id": "test-2x6980p",
+    "kind": "system",
+    "name": "2x Xeon 6980P (test)",
     "source": "test system built from the shipped xeon-6980p and mrdimm-8800 entries",
-    "cpus": {"id": "xeon-6980p", "count": 2}, "dram": {"kind": "mrdimm-8800", "channels": 24, "capacity_gb": 1536},
+    "cpus": {"id": "xeon-6980p", "count": 2},
+    "dram": {"kind": "mrdimm-8800", "channels": 24, "capacity_gb": 1536},
     "fabric": "none",
 }
 
@@ -66,14 +70,23 @@ def test_socket_allreduce_time_by_hand(db) -> None:  # type: ignore[no-untyped-d
     t = socket_allreduce_time(node, Deployment(mode="cpu", numa="tp"), np.array([1.0]), 7168, 6.6e-6)
     # one token x 7168 x 2 bytes, half of it crosses: 7168 B / 288 GB/s = 24.9 ns, plus the 6.6 us latency
     assert t[0] == pytest.approx(6.6e-6 + 7168 / 288e9)
-    assert socket_allreduce_time(node, Deployment(mode="cpu", numa="replicate"), np.array([1.0]), 7168, 6.6e-6)[0] == 0
+    assert (
+        socket_allreduce_time(node, Deployment(mode="cpu", numa="replicate"), np.array([1.0]), 7168, 6.6e-6)[
+            0
+        ]
+        == 0
+    )
 
 
 def test_interleave_needs_the_socket_link() -> None:
     node = load_hardware_db().node("epyc-9654-2s")
     assert cpu_rates(node, Deployment(mode="cpu", numa="interleave"))[0] > 0  # epyc-9654 lists its xGMI links
-    sys_9965 = {**SYSTEM, "id": "test-2x9965", "cpus": {"id": "epyc-9965", "count": 2},
-                "dram": {"kind": "ddr5-6400", "channels": 24}}
+    sys_9965 = {
+        **SYSTEM,
+        "id": "test-2x9965",
+        "cpus": {"id": "epyc-9965", "count": 2},
+        "dram": {"kind": "ddr5-6400", "channels": 24},
+    }
     node = load_hardware_db_with(load_hardware_db(), [sys_9965]).node("test-2x9965")
     with pytest.raises(MissingValueError, match="socket_link_gb_s_per_dir"):
         cpu_rates(node, Deployment(mode="cpu", numa="interleave"))
@@ -84,8 +97,15 @@ def test_bad_threads_is_one_error_line() -> None:
         Deployment(threads=0).validate()
 
 
-BASE = Scenario(model="deepseek-r1", hardware="test-2x6980p", mode="cpu", weight_dtype="w8a8", batch=1,
-                prompt_len=64, gen_len=8)
+BASE = Scenario(
+    model="deepseek-r1",
+    hardware="test-2x6980p",
+    mode="cpu",
+    weight_dtype="w8a8",
+    batch=1,
+    prompt_len=64,
+    gen_len=8,
+)
 
 
 @settings(max_examples=8, deadline=None)
@@ -111,7 +131,7 @@ def test_cpu_sustained_bandwidth_and_kernel_fraction_are_sourced() -> None:
     assert cpu_class.kernel_bw_fraction == 0.41
     assert "fitted" in cpu_class.provenance["kernel_bw_fraction"].source
     # geometric mean of the four fitted cases' fractions, as docs/validation.md shows
-    assert (0.388 * 0.409 * 0.381 * 0.486) ** 0.25 == pytest.approx(0.41, abs=0.005)
+    assert pytest.approx(0.41, abs=0.005) == (0.388 * 0.409 * 0.381 * 0.486) ** 0.25
     assert db.efficiency("datacenter-gpu").kernel_bw_fraction == 1.0  # absent: no effect
 
 

@@ -53,7 +53,7 @@ def test_mixtral_batch1_tpot_bound(default_hardware_db):
     bytes_per_gpu = (mixtral_decode_weight_bytes(2) - 2 * 32 * MIXTRAL_ROUTER) / 2 + 2 * 32 * MIXTRAL_ROUTER
     bound = bytes_per_gpu / (3350e9 * eff.memory_bw_fraction)
     # pure-bandwidth bound at 100 % of 3350 GB/s: 25.5e9 / 2 / 3.35e12 = 3.8 ms
-    assert 25_497_174_016 / 2 / 3350e9 == pytest.approx(3.805e-3, rel=1e-3)
+    assert pytest.approx(3.805e-3, rel=1e-3) == 25_497_174_016 / 2 / 3350e9
     assert pred.tpot_s > bound
     memory_time = pred.decode.time_by_resource_s["memory"]
     assert memory_time >= bound  # weights + KV + activations, all memory-bound at batch 1
@@ -64,8 +64,15 @@ def test_deepseek_v3_batch32_activates_about_163_of_256(default_hardware_db):
     # 256 x (1 - (1 - 8/256)^32) = 256 x (1 - 0.96875^32) = 256 x (1 - 0.36205) = 163.31
     assert uniform_expected_activated(256, 8, 32) == pytest.approx(163.31, abs=0.01)
     # uniform routing (the bound); the default router (fitted to MoE-CAP) activates fewer: tests/test_routing_defaults
-    sc = Scenario(model="deepseek-v3", hardware="h200-sxm", gpus=8, batch=32, prompt_len=256, gen_len=4,
-                  routing="uniform")
+    sc = Scenario(
+        model="deepseek-v3",
+        hardware="h200-sxm",
+        gpus=8,
+        batch=32,
+        prompt_len=256,
+        gen_len=4,
+        routing="uniform",
+    )
     pred = predict(sc, hardware_db=default_hardware_db)
     acts = pred.activated_experts_per_layer
     assert len(acts) == 58  # 61 layers, first_k_dense_replace = 3
@@ -141,8 +148,10 @@ def test_huge_batch_runs_in_waves_not_out_of_memory(default_hardware_db):
     big = predict(Scenario(batch=10**9, prompt_len=512, gen_len=4), hardware_db=default_hardware_db)
     assert big.memory.waves == math.ceil(10**9 / big.memory.max_batch)
     resident = [
-        predict(Scenario(model="llama-4-scout", hardware="h200-sxm", gpus=2, batch=b, prompt_len=512, gen_len=4),
-                hardware_db=default_hardware_db)
+        predict(
+            Scenario(model="llama-4-scout", hardware="h200-sxm", gpus=2, batch=b, prompt_len=512, gen_len=4),
+            hardware_db=default_hardware_db,
+        )
         for b in (512, 1024, 2048)
     ]
     assert len({p.batch_per_wave for p in resident}) == 1

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from strategies import tiny_moe_model
 
 from capsim import make_router
 from capsim.errors import TraceError
 from capsim.routing.engine_dumps import load_expert_counts
-from strategies import tiny_moe_model
 
 torch = pytest.importorskip("torch")
 

@@ -20,7 +20,14 @@ from capsim.model_db import resolve_model
 from capsim.routing import uniform_expected_activated
 from capsim.scenario import Scenario
 
-MODELS = ["mixtral-8x7b", "qwen3-30b-a3b", "deepseek-v2-lite", "gpt-oss-20b", "olmoe-1b-7b", "qwen1.5-moe-a2.7b"]
+MODELS = [
+    "mixtral-8x7b",
+    "qwen3-30b-a3b",
+    "deepseek-v2-lite",
+    "gpt-oss-20b",
+    "olmoe-1b-7b",
+    "qwen1.5-moe-a2.7b",
+]
 HARDWARE = ["h100-sxm", "a100-sxm-80gb", "mi300x", "h200-sxm", "l40s"]
 
 _settings = settings(

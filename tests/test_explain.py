@@ -51,7 +51,10 @@ def test_mla_projection_and_attention_widths() -> None:
     # 2 shared experts of 3·2048·1408 = 17,301,504 params; layer 0 is a dense FFN of 3·2048·10944 = 67,239,936
     assert "17301504*b_w" in str(ops["shared_experts"].bytes_model)
     assert "67239936*b_w" in str(ops["dense_ffn"].bytes_model)
-    assert ops["dense_ffn"].applies_to == "dense layers (1)" and ops["routed_experts"].applies_to == "MoE layers (26)"
+    assert (
+        ops["dense_ffn"].applies_to == "dense layers (1)"
+        and ops["routed_experts"].applies_to == "MoE layers (26)"
+    )
 
 
 def test_sliding_window_layer_kinds() -> None:
@@ -74,14 +77,22 @@ def test_prefill_pairs_expression_is_the_roofline_formula(window: int | None) ->
 
 def test_ops_the_model_lacks_are_left_out() -> None:
     ops = [o.name for o in explain(resolve_model("mixtral-8x7b"))]
-    assert "dense_ffn" not in ops and "shared_experts" not in ops  # every Mixtral layer is MoE, no shared expert
+    assert (
+        "dense_ffn" not in ops and "shared_experts" not in ops
+    )  # every Mixtral layer is MoE, no shared expert
 
 
 def test_cli_json_and_bad_phase() -> None:
     result = runner.invoke(app, ["explain", "--model", "gpt-oss-20b", "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert {o["name"] for o in data["ops"]} >= {"attn_proj", "attn_core", "router", "routed_experts", "lm_head"}
+    assert {o["name"] for o in data["ops"]} >= {
+        "attn_proj",
+        "attn_core",
+        "router",
+        "routed_experts",
+        "lm_head",
+    }
     assert [(k["window"], k["layers"]) for k in data["attention_layers"]] == [(128, 12), (None, 12)]
     bad = runner.invoke(app, ["explain", "--model", "gpt-oss-20b", "--phase", "train"])
     assert bad.exit_code == 1

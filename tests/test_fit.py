@@ -17,8 +17,9 @@ runner = CliRunner()
 
 
 def test_placements_ranked_and_failures_explained(default_hardware_db) -> None:
-    base = Scenario(model="mixtral-8x7b", hardware="workstation-4090", gpus=1, weight_dtype="int4",
-                    host_memory_gb=64)
+    base = Scenario(
+        model="mixtral-8x7b", hardware="workstation-4090", gpus=1, weight_dtype="int4", host_memory_gb=64
+    )
     ranked = placements(base, default_hardware_db)
     ok = [r for r in ranked if r.error is None]
     assert [r.tpot_s for r in ok] == sorted(r.tpot_s for r in ok)
@@ -49,8 +50,9 @@ def test_max_context_is_the_edge_of_fitting(default_hardware_db) -> None:
 
 
 def test_cli_fit_json() -> None:
-    result = runner.invoke(app, ["fit", "--model", "deepseek-v2-lite", "--hardware", "h100-sxm", "--gpus", "1",
-                                 "--json"])
+    result = runner.invoke(
+        app, ["fit", "--model", "deepseek-v2-lite", "--hardware", "h100-sxm", "--gpus", "1", "--json"]
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["placements"][0]["mode"] in ("gpu", "offload")
@@ -59,8 +61,20 @@ def test_cli_fit_json() -> None:
 
 
 def test_cli_predict_offload_table() -> None:
-    result = runner.invoke(app, ["predict", "--model", "mixtral-8x7b", "--hardware", "workstation-4090",
-                                 "--gpus", "1", "--mode", "offload"])
+    result = runner.invoke(
+        app,
+        [
+            "predict",
+            "--model",
+            "mixtral-8x7b",
+            "--hardware",
+            "workstation-4090",
+            "--gpus",
+            "1",
+            "--mode",
+            "offload",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "offload: experts of 32 MoE layers off the device" in result.stdout
     assert "hit rate 0.0%" in result.stdout
@@ -73,7 +87,9 @@ def test_cli_predict_cpu_only_needs_host_memory() -> None:
     result = runner.invoke(app, ["predict", "--hardware", "workstation-4090", "--mode", "cpu"])
     assert result.exit_code == 1
     assert "pass --host-memory-gb" in result.stderr
-    result = runner.invoke(app, ["predict", "--hardware", "epyc-9654-2s", "--host-memory-gb", "768", "--json"])
+    result = runner.invoke(
+        app, ["predict", "--hardware", "epyc-9654-2s", "--host-memory-gb", "768", "--json"]
+    )
     assert result.exit_code == 0
     assert json.loads(result.stdout)["scenario"]["mode"] == "cpu"
 
@@ -86,8 +102,14 @@ def test_nothing_fits_raises(default_hardware_db) -> None:
 def test_fit_tries_auto_placements(default_hardware_db) -> None:
     """Mixtral int4 on a 24 GB card: auto keeps the hottest experts on the GPU, which must beat computing
     every expert on the CPU (the GPU reads its experts at 1008 GB/s, the CPU at 83.2 GB/s)."""
-    base = Scenario(model="mixtral-8x7b", hardware="workstation-4090", gpus=1, weight_dtype="int4",
-                    host_memory_gb=64, gen_len=16)
+    base = Scenario(
+        model="mixtral-8x7b",
+        hardware="workstation-4090",
+        gpus=1,
+        weight_dtype="int4",
+        host_memory_gb=64,
+        gen_len=16,
+    )
     ranked = placements(base, default_hardware_db)
     auto = next(r for r in ranked if r.mode == "cpu-experts" and r.placement == "auto")
     every = next(r for r in ranked if r.mode == "cpu-experts" and r.placement is None)
@@ -101,7 +123,9 @@ def test_fit_lists_a_model_that_fits_once(default_hardware_db) -> None:
     ranked = placements(Scenario(model="mixtral-8x7b", hardware="h100-sxm", gpus=2), default_hardware_db)
     gpu_rows = [r.layout for r in ranked if r.error is None and r.mode == "gpu"]
     assert gpu_rows.count("TP2") == 1 and len(gpu_rows) == len(set(gpu_rows))
-    assert next(r for r in ranked if r.error is None and r.mode == "gpu" and r.options is None).layout == "TP2"
+    assert (
+        next(r for r in ranked if r.error is None and r.mode == "gpu" and r.options is None).layout == "TP2"
+    )
 
 
 # ---- parallel layouts (issue 12) -------------------------------------------------------------------------
@@ -120,7 +144,10 @@ def test_fit_lists_moe_layouts_equal_to_predict(default_hardware_db) -> None:
     assert adp.tpot_s == direct.tpot_s and adp.ttft_s == direct.ttft_s
     assert direct.deployment["layout"]["attention_dp"] == 8 and direct.deployment["ep"] == 8
     tp4 = layouts["TP4 attn-DP2 EP8"]  # 128 heads / 4 = 32 per rank
-    assert tp4.tpot_s == predict(replace(base, tp=4, attention_dp=2, ep=8), hardware_db=default_hardware_db).tpot_s
+    assert (
+        tp4.tpot_s
+        == predict(replace(base, tp=4, attention_dp=2, ep=8), hardware_db=default_hardware_db).tpot_s
+    )
     ok = [r.tpot_s for r in ranked if r.error is None]
     assert ok == sorted(ok)  # ranked together with the mode candidates
 
@@ -136,12 +163,20 @@ def test_fit_reports_impossible_layout_with_reason(default_hardware_db) -> None:
     assert by_layout["TP8"].error is not None and "28 attention heads" in by_layout["TP8"].error
     assert by_layout["TP4 attn-DP2 EP8"].error is None
     assert by_layout["TP1 attn-DP8 EP8"].error is None
-    assert ranked[0].layout in ("TP4 attn-DP2 EP8", "TP1 attn-DP8 EP8")  # the fastest row is a layout that runs
+    assert ranked[0].layout in (
+        "TP4 attn-DP2 EP8",
+        "TP1 attn-DP8 EP8",
+    )  # the fastest row is a layout that runs
 
 
 def test_fit_single_gpu_lists_no_layouts(default_hardware_db) -> None:
-    for gpus in (1, None):  # None: the GPU mode picks the fewest devices that hold it (one H100 for 15.7B bf16)
-        ranked = placements(Scenario(model="deepseek-v2-lite", hardware="h100-sxm", gpus=gpus), default_hardware_db)
+    for gpus in (
+        1,
+        None,
+    ):  # None: the GPU mode picks the fewest devices that hold it (one H100 for 15.7B bf16)
+        ranked = placements(
+            Scenario(model="deepseek-v2-lite", hardware="h100-sxm", gpus=gpus), default_hardware_db
+        )
         assert all(r.options is None for r in ranked)
         assert [r.layout for r in ranked if r.mode == "gpu" and r.error is None] == ["TP1"]
 

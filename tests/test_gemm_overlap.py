@@ -18,8 +18,16 @@ from capsim.engine import decode_cost, resolve
 from capsim.roofline import DeviceRates
 
 ROOT = Path(__file__).resolve().parent.parent
-BASE = DeviceRates(peak_flops={"bf16": 1e12}, memory_bandwidth=1e9, compute_fraction=1.0, memory_fraction=1.0,
-                   step_overhead_s=0.0, per_layer_overhead_s=0.0, link_bandwidth=0.0, allreduce_hop_latency_s=0.0)
+BASE = DeviceRates(
+    peak_flops={"bf16": 1e12},
+    memory_bandwidth=1e9,
+    compute_fraction=1.0,
+    memory_fraction=1.0,
+    step_overhead_s=0.0,
+    per_layer_overhead_s=0.0,
+    link_bandwidth=0.0,
+    allreduce_hop_latency_s=0.0,
+)
 
 
 def test_hand_computed_points() -> None:
@@ -28,7 +36,9 @@ def test_hand_computed_points() -> None:
     assert replace(BASE, gemm_overlap=2.0).gemm_time(tc, tm)[0] == pytest.approx(5.0)  # sqrt(9 + 16)
     assert replace(BASE, gemm_overlap=1.0).gemm_time(tc, tm)[0] == pytest.approx(7.0)  # the sum
     # p = 1.51 at the ridge (t_c = t_m = 1): 2^(1/1.51) = 1.5825
-    assert replace(BASE, gemm_overlap=1.51).gemm_time(np.ones(1), np.ones(1))[0] == pytest.approx(2 ** (1 / 1.51))
+    assert replace(BASE, gemm_overlap=1.51).gemm_time(np.ones(1), np.ones(1))[0] == pytest.approx(
+        2 ** (1 / 1.51)
+    )
     # zero work costs nothing (no 0/0)
     assert replace(BASE, gemm_overlap=1.51).gemm_time(np.zeros(1), np.zeros(1))[0] == 0.0
 
@@ -52,8 +62,15 @@ def test_between_max_and_sum_and_monotone(tc: float, tm: float, p: float, dp: fl
 
 def test_attention_core_keeps_the_plain_max(default_hardware_db) -> None:
     """Only weight GEMMs take the soft roofline; the attention core stays max(t_c, t_m)."""
-    sc = Scenario(model="mixtral-8x7b", hardware="h100-sxm", gpus=1, batch=64, prompt_len=2000, gen_len=3,
-                  weight_dtype="fp8")
+    sc = Scenario(
+        model="mixtral-8x7b",
+        hardware="h100-sxm",
+        gpus=1,
+        batch=64,
+        prompt_len=2000,
+        gen_len=3,
+        weight_dtype="fp8",
+    )
     rs, _ = resolve(sc, default_hardware_db)
     assert rs.rates.gemm_overlap == pytest.approx(1.51)
     soft = decode_cost(rs, 64)
@@ -77,7 +94,9 @@ def test_exponent_below_one_is_refused(tmp_path: Path) -> None:
 def test_shipped_values_are_the_fit_of_the_cited_data() -> None:
     """The datacenter-gpu values reproduce from validation/kernels/gemm_shapes.toml (DeepGEMM's H800 tables and
     the H200 calibration, 40 shapes) and beat the plain roofline there."""
-    spec = importlib.util.spec_from_file_location("fit_gemm_overlap", ROOT / "benchmarks" / "fit_gemm_overlap.py")
+    spec = importlib.util.spec_from_file_location(
+        "fit_gemm_overlap", ROOT / "benchmarks" / "fit_gemm_overlap.py"
+    )
     assert spec is not None and spec.loader is not None
     fit = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(fit)

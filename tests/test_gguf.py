@@ -76,8 +76,10 @@ def test_file_sizes_match_published_gguf_files(model: str, ftype: str, published
 LADDER = ("q2_k", "q3_k_m", "q4_k_m", "q5_k_m", "q6_k", "q8_0")
 
 
-@given(st.sampled_from(["mixtral-8x7b", "qwen3-30b-a3b", "deepseek-v3", "gpt-oss-20b", "olmoe-1b-7b"]),
-       st.integers(0, len(LADDER) - 2))
+@given(
+    st.sampled_from(["mixtral-8x7b", "qwen3-30b-a3b", "deepseek-v3", "gpt-oss-20b", "olmoe-1b-7b"]),
+    st.integers(0, len(LADDER) - 2),
+)
 def test_bigger_k_quants_store_more_bytes(model: str, i: int) -> None:
     spec = resolve_model(model)
     small = sum(spec.weight_bytes_by_group(LADDER[i]).values())
@@ -101,8 +103,14 @@ def test_gguf_names_are_weight_dtypes() -> None:
 
 def test_predict_reads_the_gguf_bytes() -> None:
     """Batch-1 decode on a CPU is bandwidth bound: a Q8_0 model reads ~8.5/4.84 the bytes of Q4_K_M."""
-    base = Scenario(model="qwen3-30b-a3b", hardware="epyc-9654-2s", batch=1, prompt_len=16, gen_len=8,
-                    host_memory_gb=768.0)
+    base = Scenario(
+        model="qwen3-30b-a3b",
+        hardware="epyc-9654-2s",
+        batch=1,
+        prompt_len=16,
+        gen_len=8,
+        host_memory_gb=768.0,
+    )
     q4 = predict(Scenario(**{**base.__dict__, "weight_dtype": "q4_k_m"}))
     q8 = predict(Scenario(**{**base.__dict__, "weight_dtype": "q8_0"}))
     assert q8.memory.weights_bytes > 1.7 * q4.memory.weights_bytes
@@ -110,6 +118,19 @@ def test_predict_reads_the_gguf_bytes() -> None:
 
 
 def test_cli_accepts_gguf_expert_dtype() -> None:
-    result = CliRunner().invoke(app, ["predict", "--model", "qwen3-30b-a3b", "--hardware", "epyc-9654-2s",
-                                      "--expert-dtype", "q4_k_m", "--host-memory-gb", "768", "--json"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "predict",
+            "--model",
+            "qwen3-30b-a3b",
+            "--hardware",
+            "epyc-9654-2s",
+            "--expert-dtype",
+            "q4_k_m",
+            "--host-memory-gb",
+            "768",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output

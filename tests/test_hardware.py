@@ -47,7 +47,8 @@ EXPECTED_IDS = {
     "accelerator": [
         "h100-sxm",
         "h100-pcie",
-        "h200-sxm", "h200-sxm-calibrated",
+        "h200-sxm",
+        "h200-sxm-calibrated",
         "b200",
         "gb200",
         "a100-sxm-80gb",
@@ -73,8 +74,17 @@ EXPECTED_IDS = {
         "tpu-v5e",
         "tpu-v5p",
     ],
-    "cpu": ["epyc-9654", "epyc-9754", "epyc-9965", "xeon-8480", "xeon-6980p", "ryzen-9-7950x",
-            "xeon-6454s", "epyc-9b14", "core-i9-10900x"],
+    "cpu": [
+        "epyc-9654",
+        "epyc-9754",
+        "epyc-9965",
+        "xeon-8480",
+        "xeon-6980p",
+        "ryzen-9-7950x",
+        "xeon-6454s",
+        "epyc-9b14",
+        "core-i9-10900x",
+    ],
     "dram": ["ddr4-3200", "ddr5-4800", "ddr5-5200", "ddr5-5600", "ddr5-6400", "mrdimm-8800"],
     "ssd": ["samsung-990-pro", "samsung-9100-pro", "micron-9550", "solidigm-d7-ps1010", "micron-7450-pro"],
     "link": [
@@ -165,8 +175,11 @@ def test_every_value_has_a_source(default_hardware_db: HardwareDB) -> None:
         eff = default_hardware_db.efficiency(device_class)
         # every required field, plus the optional fitted terms (gemm_tokens_efficiency.M, gemm_overlap_exponent,
         # kernel_bw_fraction of the cpu class)
-        optional = {n for n in eff.provenance
-                    if n.startswith("gemm_tokens_efficiency.") or n in ("gemm_overlap_exponent", "kernel_bw_fraction")}
+        optional = {
+            n
+            for n in eff.provenance
+            if n.startswith("gemm_tokens_efficiency.") or n in ("gemm_overlap_exponent", "kernel_bw_fraction")
+        }
         assert set(eff.provenance) - optional == set(EFFICIENCY_FIELDS)
         for name, sourced in eff.provenance.items():
             assert sourced.source.strip(), f"{device_class}.{name}"

@@ -10,14 +10,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from capsim import ScenarioError, predict
+from capsim.model_db import resolve_model
 from capsim.parallel import all_to_all_bytes, eplb_slots, imbalance
 from capsim.routing import make_router
-from capsim.model_db import resolve_model
 from capsim.scenario import Scenario
 
 NVLINK4 = 450e9  # H100/H200 SXM NVLink 4 per direction through NVSwitch (hardware_db/links/nvlink4.toml)
-NCCL_BASE, NCCL_HOP = 6.6e-6, 0.6e-6  # NCCL baseLat[Ring][LL], hwLat[NVLINK][Ring][LL] (hardware_db/efficiency.toml)
-DSV3 = dict(model="deepseek-v3", hardware="h200-sxm", gpus=8, weight_dtype="fp8", prompt_len=1000, gen_len=1000)
+NCCL_BASE, NCCL_HOP = (
+    6.6e-6,
+    0.6e-6,
+)  # NCCL baseLat[Ring][LL], hwLat[NVLINK][Ring][LL] (hardware_db/efficiency.toml)
+DSV3 = dict(
+    model="deepseek-v3", hardware="h200-sxm", gpus=8, weight_dtype="fp8", prompt_len=1000, gen_len=1000
+)
 
 
 def test_kv_capacity_under_attention_dp_is_per_rank_capacity_times_dp(default_hardware_db) -> None:
@@ -25,7 +30,9 @@ def test_kv_capacity_under_attention_dp_is_per_rank_capacity_times_dp(default_ha
     sequence 61 layers x 576 latent elements (512 + 64 rope) x 2 bytes x 2000 tokens = 140,544,000 bytes (the
     whole latent, tp = 1), and the replica holds 8 x what one rank holds. Under TP 8 every rank would hold the
     same latent of every sequence (MLA is replicated on TP ranks), so the replica holds one rank's count."""
-    adp = predict(Scenario(**DSV3, batch=20_000, attention_dp=8, ep=8), hardware_db=default_hardware_db).memory
+    adp = predict(
+        Scenario(**DSV3, batch=20_000, attention_dp=8, ep=8), hardware_db=default_hardware_db
+    ).memory
     tp8 = predict(Scenario(**DSV3, batch=20_000), hardware_db=default_hardware_db).memory
     kv_seq = 61 * 576 * 2 * 2000
     assert kv_seq == 140_544_000
@@ -58,7 +65,9 @@ def test_dispatch_combine_time_in_predict(default_hardware_db) -> None:
     """DeepSeek-V3 on one 8 x H200 node, attention-DP 8, EP 8, NCCL, batch 64: 8 tokens per rank. One way:
     8 x 8 x 7168 x 2 x 7/8 = 802,816 bytes over NVLink (450 GB/s) + 6.6 us base + 7 x 0.6 us hops; dispatch +
     combine in each of the 58 MoE layers. tp = 1, so there is no all-reduce to take out."""
-    p = predict(Scenario(**{**DSV3, "gen_len": 3}, batch=64, attention_dp=8, ep=8), hardware_db=default_hardware_db)
+    p = predict(
+        Scenario(**{**DSV3, "gen_len": 3}, batch=64, attention_dp=8, ep=8), hardware_db=default_hardware_db
+    )
     one_way = 8 * 8 * 7168 * 2 * 7 / 8
     assert one_way == 802_816
     per_step = 58 * 2 * (NCCL_BASE + 7 * NCCL_HOP + one_way / NVLINK4)
@@ -69,9 +78,15 @@ def test_dispatch_combine_time_in_predict(default_hardware_db) -> None:
 
 def test_busiest_attention_rank_sets_the_step(default_hardware_db) -> None:
     """Batch 9 over 8 attention ranks: one rank decodes ceil(9/8) = 2 sequences, as with batch 16."""
-    nine = predict(Scenario(**{**DSV3, "gen_len": 3}, batch=9, attention_dp=8, ep=8), hardware_db=default_hardware_db)
-    sixteen = predict(Scenario(**{**DSV3, "gen_len": 3}, batch=16, attention_dp=8, ep=8), hardware_db=default_hardware_db)
-    eight = predict(Scenario(**{**DSV3, "gen_len": 3}, batch=8, attention_dp=8, ep=8), hardware_db=default_hardware_db)
+    nine = predict(
+        Scenario(**{**DSV3, "gen_len": 3}, batch=9, attention_dp=8, ep=8), hardware_db=default_hardware_db
+    )
+    sixteen = predict(
+        Scenario(**{**DSV3, "gen_len": 3}, batch=16, attention_dp=8, ep=8), hardware_db=default_hardware_db
+    )
+    eight = predict(
+        Scenario(**{**DSV3, "gen_len": 3}, batch=8, attention_dp=8, ep=8), hardware_db=default_hardware_db
+    )
     assert nine.decode.time_by_op_s["attn_core"] == pytest.approx(sixteen.decode.time_by_op_s["attn_core"])
     assert nine.decode.time_by_op_s["attn_core"] > eight.decode.time_by_op_s["attn_core"]
 
@@ -106,14 +121,22 @@ def test_straggler_factor_bounds(t: int, ep: int) -> None:
 @pytest.mark.parametrize(
     "kw,match",
     [
-        (dict(model="mixtral-8x7b", hardware="h100-sxm", gpus=6, tp=6),
-         "--tp 6 does not divide the model's 32 attention heads; valid --tp: 1, 2, 4 "),
-        (dict(model="deepseek-v3", hardware="h200-sxm", gpus=8, attention_dp=8, ep=3),
-         "--ep 3 must divide both the 8 devices .* and the 256 experts; valid --ep: 1, 2, 4, 8$"),
-        (dict(model="deepseek-v3", hardware="h200-sxm", gpus=8, tp=2, attention_dp=2),
-         r"--tp 2 x --attention-dp 2 x --pp 1 x --dp 1 = 4 devices, but 1 node\(s\) x 8 devices = 8"),
-        (dict(model="deepseek-v3", hardware="h200-sxm", gpus=8, attention_dp=8, redundant_experts=8),
-         "--redundant-experts places extra expert replicas over EP groups; give --ep > 1"),
+        (
+            dict(model="mixtral-8x7b", hardware="h100-sxm", gpus=6, tp=6),
+            "--tp 6 does not divide the model's 32 attention heads; valid --tp: 1, 2, 4 ",
+        ),
+        (
+            dict(model="deepseek-v3", hardware="h200-sxm", gpus=8, attention_dp=8, ep=3),
+            "--ep 3 must divide both the 8 devices .* and the 256 experts; valid --ep: 1, 2, 4, 8$",
+        ),
+        (
+            dict(model="deepseek-v3", hardware="h200-sxm", gpus=8, tp=2, attention_dp=2),
+            r"--tp 2 x --attention-dp 2 x --pp 1 x --dp 1 = 4 devices, but 1 node\(s\) x 8 devices = 8",
+        ),
+        (
+            dict(model="deepseek-v3", hardware="h200-sxm", gpus=8, attention_dp=8, redundant_experts=8),
+            "--redundant-experts places extra expert replicas over EP groups; give --ep > 1",
+        ),
     ],
 )
 def test_impossible_layouts_name_the_valid_choices(default_hardware_db, kw, match) -> None:  # type: ignore[no-untyped-def]
@@ -133,8 +156,17 @@ def test_attention_dp_presets_fill_the_layout(name: str) -> None:
 
 
 # ---- speculative decoding (MTP, draft models) ------------------------------------------------------------
-R1_MINLAT = dict(model="deepseek-r1", hardware="h200-sxm", gpus=8, tp=8, ep=4, weight_dtype="fp8", batch=2,
-                 prompt_len=1024, gen_len=65)
+R1_MINLAT = dict(
+    model="deepseek-r1",
+    hardware="h200-sxm",
+    gpus=8,
+    tp=8,
+    ep=4,
+    weight_dtype="fp8",
+    batch=2,
+    prompt_len=1024,
+    gen_len=65,
+)
 
 
 def test_expected_tokens_per_verify_step() -> None:
@@ -166,7 +198,8 @@ def test_mtp_with_acceptance_zero_costs_a_module_per_draft_and_gains_nothing(def
     assert spec.decode.passes == plain.decode.passes == 64
     ops = {k: v / plain.decode.passes for k, v in plain.decode.time_by_op_s.items()}
     layer = (ops["attn_proj"] + ops["attn_core"] + ops["allreduce"]) / 61 + (
-        ops["router"] + ops["routed_experts"] + ops["shared_experts"] + ops["all_to_all"]) / 58
+        ops["router"] + ops["routed_experts"] + ops["shared_experts"] + ops["all_to_all"]
+    ) / 58
     projection = 2 * 7168**2 * 1 / 8 / (4800e9 * 0.85)
     module = layer + ops["lm_head"] + 8.7e-6 + projection
     assert spec.deployment["speculative"]["draft_s_per_step"] == pytest.approx(2 * module, rel=1e-6)
@@ -192,7 +225,9 @@ def test_draft_model_speculation(default_hardware_db) -> None:
     """DeepSeek-V2-Lite drafting for DeepSeek-V2 (same 102,400-token vocabulary): K passes of the draft model's
     whole decode step per verify step; its weights and KV are resident next to the target's."""
     base = dict(model="deepseek-v2", hardware="h200-sxm", gpus=8, batch=4, prompt_len=512, gen_len=33)
-    spec = predict(Scenario(**base, spec="draft:deepseek-v2-lite:2", acceptance=0.0), hardware_db=default_hardware_db)
+    spec = predict(
+        Scenario(**base, spec="draft:deepseek-v2-lite:2", acceptance=0.0), hardware_db=default_hardware_db
+    )
     lite = predict(Scenario(**{**base, "model": "deepseek-v2-lite"}), hardware_db=default_hardware_db)
     assert spec.deployment["speculative"]["draft_s_per_step"] == pytest.approx(2 * lite.tpot_s, rel=1e-9)
     assert spec.memory.weights_bytes_by_group["speculative_draft"] == pytest.approx(lite.memory.weights_bytes)
@@ -201,13 +236,23 @@ def test_draft_model_speculation(default_hardware_db) -> None:
 @pytest.mark.parametrize(
     "kw,match",
     [
-        (dict(model="mixtral-8x7b", hardware="dgx-h100", spec="mtp:2"), "has no multi-token-prediction module"),
-        (dict(model="deepseek-v2", hardware="dgx-h100", spec="draft:deepseek-v2-lite:2"),
-         "has no sourced default; give --acceptance"),
+        (
+            dict(model="mixtral-8x7b", hardware="dgx-h100", spec="mtp:2"),
+            "has no multi-token-prediction module",
+        ),
+        (
+            dict(model="deepseek-v2", hardware="dgx-h100", spec="draft:deepseek-v2-lite:2"),
+            "has no sourced default; give --acceptance",
+        ),
         (dict(model="deepseek-v3", hardware="dgx-h200", spec="mtp:0"), "cannot read --spec 'mtp:0'"),
-        (dict(model="deepseek-v3", hardware="dgx-h200", acceptance=0.5), "give --spec mtp:K or draft:MODEL:K"),
-        (dict(model="deepseek-v3", hardware="dgx-h200", spec="draft:mixtral-8x7b:2", acceptance=0.5),
-         "needs the target's tokenizer"),
+        (
+            dict(model="deepseek-v3", hardware="dgx-h200", acceptance=0.5),
+            "give --spec mtp:K or draft:MODEL:K",
+        ),
+        (
+            dict(model="deepseek-v3", hardware="dgx-h200", spec="draft:mixtral-8x7b:2", acceptance=0.5),
+            "needs the target's tokenizer",
+        ),
     ],
 )
 def test_bad_speculation_is_one_line(default_hardware_db, kw, match) -> None:  # type: ignore[no-untyped-def]
@@ -216,41 +261,78 @@ def test_bad_speculation_is_one_line(default_hardware_db, kw, match) -> None:  #
 
 
 # ---- sweeps over layouts --------------------------------------------------------------------------------
-LAYOUTS = ("", "tp=1,attention_dp=8,ep=8", "tp=2,attention_dp=4,ep=4", "tp=8,ep=4,spec=mtp:3",
-           "tp=1,attention_dp=8,ep=8,spec=mtp:2,acceptance=0.7", "tp=1,attention_dp=8,ep=8,redundant_experts=8",
-           "tp=2,attention_dp=4", "tp=1,attention_dp=8,ep=8,two_batch_overlap=true,all_to_all=deepep")
+LAYOUTS = (
+    "",
+    "tp=1,attention_dp=8,ep=8",
+    "tp=2,attention_dp=4,ep=4",
+    "tp=8,ep=4,spec=mtp:3",
+    "tp=1,attention_dp=8,ep=8,spec=mtp:2,acceptance=0.7",
+    "tp=1,attention_dp=8,ep=8,redundant_experts=8",
+    "tp=2,attention_dp=4",
+    "tp=1,attention_dp=8,ep=8,two_batch_overlap=true,all_to_all=deepep",
+)
 
 
-@pytest.mark.parametrize("model,hardware,dtype,layouts,routing", [
-    ("deepseek-v3", "dgx-h200", "fp8", LAYOUTS, "uniform"),
-    ("deepseek-v3", "dgx-h200", "fp8", LAYOUTS, "zipf:1.2"),
-    ("qwen3-30b-a3b", "dgx-h100", "bf16", ("tp=4,dp=2", "tp=2,attention_dp=2,ep=4,dp=2", "tp=1,attention_dp=8,ep=8",
-                                           "tp=2,attention_dp=4,ep=2,all_to_all=deepep"), "zipf:1.2"),
-])
-def test_sweep_over_layouts_equals_predict_row_by_row(default_hardware_db, model, hardware, dtype, layouts,
-                                                      routing) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize(
+    "model,hardware,dtype,layouts,routing",
+    [
+        ("deepseek-v3", "dgx-h200", "fp8", LAYOUTS, "uniform"),
+        ("deepseek-v3", "dgx-h200", "fp8", LAYOUTS, "zipf:1.2"),
+        (
+            "qwen3-30b-a3b",
+            "dgx-h100",
+            "bf16",
+            (
+                "tp=4,dp=2",
+                "tp=2,attention_dp=2,ep=4,dp=2",
+                "tp=1,attention_dp=8,ep=8",
+                "tp=2,attention_dp=4,ep=2,all_to_all=deepep",
+            ),
+            "zipf:1.2",
+        ),
+    ],
+)
+def test_sweep_over_layouts_equals_predict_row_by_row(
+    default_hardware_db, model, hardware, dtype, layouts, routing
+) -> None:  # type: ignore[no-untyped-def]
     """A grid mixing attention DP, EP of several degrees, EPLB, data parallelism and MTP on one 8 x H200 node:
     every row equals predict of the same scenario (batches that do and do not split over the ranks,
     single- and multi-chunk prefills, gen 1 = no decode step, gens that are not a multiple of E)."""
-    from capsim.sweep import evaluate_segment, resolve_group
-    from capsim.sweep.grid import Grid, parse_layout
-
     from test_sweep import _assert_row_equals_prediction
 
     from capsim import DoesNotFitError
+    from capsim.sweep import evaluate_segment, resolve_group
+    from capsim.sweep.grid import Grid, parse_layout
 
-    grid = Grid(models=(model,), hardware=(hardware,), gpus=(8,), batch=(1, 9, 300),
-                prompt_len=(60, 3000), gen_len=(1, 2, 71), weight_dtype=(dtype,), layout=layouts, routing=routing)
+    grid = Grid(
+        models=(model,),
+        hardware=(hardware,),
+        gpus=(8,),
+        batch=(1, 9, 300),
+        prompt_len=(60, 3000),
+        gen_len=(1, 2, 71),
+        weight_dtype=(dtype,),
+        layout=layouts,
+        routing=routing,
+    )
     rows = 0
-    for g, key in enumerate(grid.group_keys):
+    for _g, key in enumerate(grid.group_keys):
         group = resolve_group(grid, key, default_hardware_db)
         assert group.resolved is not None, group.error
         cols = evaluate_segment(grid, group, 0, grid.numeric_size)
         assert set(cols["layout"]) == {key[-1]}
         for i in range(grid.numeric_size):
-            scenario = Scenario(model=model, hardware=hardware, gpus=8, weight_dtype=dtype, routing=routing,
-                                batch=int(cols["batch"][i]), prompt_len=int(cols["prompt_len"][i]),
-                                gen_len=int(cols["gen_len"][i]), **parse_layout(key[-1]))
+            scenario = Scenario(
+                model=model,
+                hardware=hardware,
+                gpus=8,
+                weight_dtype=dtype,
+                routing=routing,
+                batch=int(cols["batch"][i]),
+                prompt_len=int(cols["prompt_len"][i]),
+                gen_len=int(cols["gen_len"][i]),
+                **parse_layout(key[-1]),
+            )
             try:
                 pred = predict(scenario, hardware_db=default_hardware_db)
             except DoesNotFitError:
@@ -266,7 +348,9 @@ def test_sweep_layout_that_cannot_run_says_why(default_hardware_db) -> None:
     from capsim.sweep import evaluate_segment, resolve_group
     from capsim.sweep.grid import Grid
 
-    grid = Grid(models=("deepseek-v3",), hardware=("dgx-h200",), gpus=(8,), layout=("tp=1,attention_dp=8,ep=3",))
+    grid = Grid(
+        models=("deepseek-v3",), hardware=("dgx-h200",), gpus=(8,), layout=("tp=1,attention_dp=8,ep=3",)
+    )
     group = resolve_group(grid, grid.group_keys[0], default_hardware_db)
     cols = evaluate_segment(grid, group, 0, 1)
     assert not cols["feasible"][0]
@@ -280,14 +364,18 @@ def test_ep_across_nodes_sends_the_remote_share_over_the_network(default_hardwar
     per rank 16 x 8 x 7168 x 2 x 15/16 bytes, of which 7/15 go to the 7 other GPUs of the node over NVLink
     (450 GB/s) and 8/15 to the other node over InfiniBand NDR (50 GB/s per GPU: 8 ports per 8 GPUs of a
     DGX-class node, one per GPU with --network); the slower path sets the time, + 6.6 us + 15 x 0.6 us."""
-    p = predict(Scenario(**{**DSV3, "gen_len": 3}, batch=256, nodes=2, attention_dp=16, ep=16, network="ib-ndr"),
-                hardware_db=default_hardware_db)
+    p = predict(
+        Scenario(**{**DSV3, "gen_len": 3}, batch=256, nodes=2, attention_dp=16, ep=16, network="ib-ndr"),
+        hardware_db=default_hardware_db,
+    )
     one_way = 16 * 8 * 7168 * 2 * 15 / 16
     per_way = NCCL_BASE + 15 * NCCL_HOP + max(one_way * 7 / 15 / NVLINK4, one_way * 8 / 15 / 50e9)
     assert p.decode.time_by_op_s["all_to_all"] / p.decode.passes == pytest.approx(58 * 2 * per_way, rel=1e-9)
     assert p.scenario["gpus"] == 16
-    efa = predict(Scenario(**{**DSV3, "gen_len": 3}, batch=256, nodes=2, attention_dp=16, ep=16, network="efa-v2"),
-                  hardware_db=default_hardware_db)
+    efa = predict(
+        Scenario(**{**DSV3, "gen_len": 3}, batch=256, nodes=2, attention_dp=16, ep=16, network="efa-v2"),
+        hardware_db=default_hardware_db,
+    )
     # EFA v2 on p5: 3,200 Gb/s per 8 GPUs = 50 GB/s per GPU, the same per-GPU rate as one NDR port per GPU
     assert efa.decode.time_by_op_s["all_to_all"] == pytest.approx(p.decode.time_by_op_s["all_to_all"])
 

@@ -43,17 +43,35 @@ def test_straggler_factor_uniform_shrinks_with_tokens() -> None:
 @pytest.mark.parametrize(
     "kw,match",
     [
-        (dict(model="mixtral-8x7b", hardware="h100-sxm", gpus=2, ep=4),
-         r"--ep 4 must divide both the 2 devices .* and the 8 experts; valid --ep: 1, 2$"),
-        (dict(model="qwen1.5-moe-a2.7b", hardware="dgx-h100", ep=8),
-         "--ep 8 must divide both the 8 devices .* and the 60 experts; valid --ep: 1, 2, 4$"),
-        (dict(model="deepseek-v3", hardware="h100-sxm", gpus=8, nodes=9, attention_dp=72, ep=72),
-         "--ep 72 must divide both the 72 devices .* and the 256 experts; valid --ep: 1, 2, 4, 8$"),
-        (dict(model="deepseek-v3", hardware="h100-sxm", gpus=8, nodes=9, attention_dp=72, ep=72,
-              redundant_experts=30, network="ib-ndr"),
-         r"the 286 expert slots \(256 experts \+ 30 redundant\); valid --ep: 1, 2$"),
-        (dict(model="mixtral-8x7b", hardware="h100-sxm", gpus=2, ep=2, all_to_all="mpi"),
-         "unknown --all-to-all 'mpi'; choose one of nccl, deepep"),
+        (
+            dict(model="mixtral-8x7b", hardware="h100-sxm", gpus=2, ep=4),
+            r"--ep 4 must divide both the 2 devices .* and the 8 experts; valid --ep: 1, 2$",
+        ),
+        (
+            dict(model="qwen1.5-moe-a2.7b", hardware="dgx-h100", ep=8),
+            "--ep 8 must divide both the 8 devices .* and the 60 experts; valid --ep: 1, 2, 4$",
+        ),
+        (
+            dict(model="deepseek-v3", hardware="h100-sxm", gpus=8, nodes=9, attention_dp=72, ep=72),
+            "--ep 72 must divide both the 72 devices .* and the 256 experts; valid --ep: 1, 2, 4, 8$",
+        ),
+        (
+            dict(
+                model="deepseek-v3",
+                hardware="h100-sxm",
+                gpus=8,
+                nodes=9,
+                attention_dp=72,
+                ep=72,
+                redundant_experts=30,
+                network="ib-ndr",
+            ),
+            r"the 286 expert slots \(256 experts \+ 30 redundant\); valid --ep: 1, 2$",
+        ),
+        (
+            dict(model="mixtral-8x7b", hardware="h100-sxm", gpus=2, ep=2, all_to_all="mpi"),
+            "unknown --all-to-all 'mpi'; choose one of nccl, deepep",
+        ),
         (dict(model="mixtral-8x7b", hardware="h100-sxm", gpus=2, ep=0), "ep must be an integer >= 1"),
     ],
 )
@@ -63,10 +81,14 @@ def test_invalid_ep_layouts(default_hardware_db, kw, match) -> None:  # type: ig
 
 
 def test_ep_replaces_moe_allreduce_with_all_to_all(default_hardware_db) -> None:
-    tp = predict(Scenario(model="mixtral-8x7b", hardware="dgx-h100", batch=64, prompt_len=256, gen_len=4),
-                 hardware_db=default_hardware_db)
-    ep = predict(Scenario(model="mixtral-8x7b", hardware="dgx-h100", batch=64, prompt_len=256, gen_len=4, ep=8),
-                 hardware_db=default_hardware_db)
+    tp = predict(
+        Scenario(model="mixtral-8x7b", hardware="dgx-h100", batch=64, prompt_len=256, gen_len=4),
+        hardware_db=default_hardware_db,
+    )
+    ep = predict(
+        Scenario(model="mixtral-8x7b", hardware="dgx-h100", batch=64, prompt_len=256, gen_len=4, ep=8),
+        hardware_db=default_hardware_db,
+    )
     assert "all_to_all" in ep.decode.time_by_op_s and "all_to_all" not in tp.decode.time_by_op_s
     # 32 MoE layers of 64 layers' worth of all-reduces (2 per layer) are gone: half the all-reduce time
     assert ep.decode.time_by_op_s["allreduce"] == pytest.approx(tp.decode.time_by_op_s["allreduce"] / 2)

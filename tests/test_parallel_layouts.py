@@ -33,7 +33,8 @@ def test_pipeline_tpot_is_every_stage_plus_hops(default_hardware_db) -> None:
     # each stage reads its weights once per micro-batch: S-MBU over the 8 devices of the replica equals the
     # reference's over 4 devices scaled by (time 4 GPUs) / (time 8 GPUs) ... checked through bytes: 2 x ref
     assert pp.decode.s_mbu * 8 * pp.decode.time_s == pytest.approx(
-        2 * ref.decode.s_mbu * 4 * ref.decode.time_s, rel=1e-9)
+        2 * ref.decode.s_mbu * 4 * ref.decode.time_s, rel=1e-9
+    )
 
 
 def test_pipeline_memory_holds_half_the_layers(default_hardware_db) -> None:
@@ -75,8 +76,13 @@ def test_inter_node_hops_follow_the_layout() -> None:
 
 
 @settings(max_examples=40, deadline=None)
-@given(tp=st.sampled_from([1, 2, 4, 8]), pp=st.integers(1, 8), dp=st.integers(1, 4), nodes=st.integers(1, 4),
-       per_node=st.sampled_from([1, 2, 4, 8]))
+@given(
+    tp=st.sampled_from([1, 2, 4, 8]),
+    pp=st.integers(1, 8),
+    dp=st.integers(1, 4),
+    nodes=st.integers(1, 4),
+    per_node=st.sampled_from([1, 2, 4, 8]),
+)
 def test_valid_layouts_multiply_out(tp: int, pp: int, dp: int, nodes: int, per_node: int) -> None:
     try:
         layout = layout_for(tp, pp, dp, 1, nodes, per_node, 32)
@@ -90,23 +96,49 @@ def test_valid_layouts_multiply_out(tp: int, pp: int, dp: int, nodes: int, per_n
 @pytest.mark.parametrize(
     "kw,error,match",
     [
-        (dict(tp=3), ScenarioError, r"--tp 3 x --pp 1 x --dp 1 = 3 devices, but 1 node\(s\) x 8 devices = 8; use --gpus 3"),
+        (
+            dict(tp=3),
+            ScenarioError,
+            r"--tp 3 x --pp 1 x --dp 1 = 3 devices, but 1 node\(s\) x 8 devices = 8; use --gpus 3",
+        ),
         (dict(tp=16, nodes=2), ScenarioError, "tensor parallelism across nodes is not modelled"),
         (dict(pp=3), ScenarioError, r"--pp 3 x --dp 1 does not divide the 8 devices"),
         (dict(pp=64, gpus=8, tp=1, dp=1, nodes=8), ScenarioError, "exceeds the model's 32 layers"),
         (dict(tp=4, pp=3, gpus=6, nodes=2), ScenarioError, "--tp 4 does not divide the 6 devices of a node"),
         (dict(pp=0), ScenarioError, "pp must be an integer >= 1"),
         (dict(dp=-1), ScenarioError, "dp must be an integer >= 1"),
-        (dict(tp=4, dp=2, ep=8), ScenarioError,
-         r"--ep 8 must divide both the 4 devices the MoE layers run on \(tp x attention-dp\) and the 8 experts; "
-         "valid --ep: 1, 2, 4"),
-        (dict(tp=2, attention_dp=3), ScenarioError,
-         r"--tp 2 x --attention-dp 3 x --pp 1 x --dp 1 = 6 devices, but 1 node\(s\) x 8 devices = 8"),
-        (dict(attention_dp=3), ScenarioError, r"--pp 1 x --dp 1 x --attention-dp 3 does not divide the 8 devices"),
-        (dict(tp=4, dp=2, mode="offload"), ScenarioError, "--pp/--dp with experts off the GPU is not modelled"),
-        (dict(hardware="h100-sxm", gpus=2, nodes=2), ScenarioError, "e.g. --pp 2 .stages across nodes., --dp 2 .replicas. or --attention-dp 2"),
+        (
+            dict(tp=4, dp=2, ep=8),
+            ScenarioError,
+            r"--ep 8 must divide both the 4 devices the MoE layers run on \(tp x attention-dp\) and the 8 experts; "
+            "valid --ep: 1, 2, 4",
+        ),
+        (
+            dict(tp=2, attention_dp=3),
+            ScenarioError,
+            r"--tp 2 x --attention-dp 3 x --pp 1 x --dp 1 = 6 devices, but 1 node\(s\) x 8 devices = 8",
+        ),
+        (
+            dict(attention_dp=3),
+            ScenarioError,
+            r"--pp 1 x --dp 1 x --attention-dp 3 does not divide the 8 devices",
+        ),
+        (
+            dict(tp=4, dp=2, mode="offload"),
+            ScenarioError,
+            "--pp/--dp with experts off the GPU is not modelled",
+        ),
+        (
+            dict(hardware="h100-sxm", gpus=2, nodes=2),
+            ScenarioError,
+            "e.g. --pp 2 .stages across nodes., --dp 2 .replicas. or --attention-dp 2",
+        ),
         (dict(hardware="h100-sxm", gpus=2, nodes=2, pp=2), MissingValueError, "pass --network LINK"),
-        (dict(hardware="epyc-9654-2s", host_memory_gb=768, dp=2), ScenarioError, "CPU-only execution runs on one node"),
+        (
+            dict(hardware="epyc-9654-2s", host_memory_gb=768, dp=2),
+            ScenarioError,
+            "CPU-only execution runs on one node",
+        ),
         (dict(tp=8, pp=2, nodes=2, network="ib-ndx"), UnknownHardwareError, "did you mean .ib-ndr."),
     ],
 )

@@ -3,6 +3,7 @@ placement, the two-level cache, and predict end to end."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,9 @@ from capsim.placement import (
 from capsim.scenario import Scenario
 
 EXPERT_BYTES = 3 * 4096 * 14336 * 2  # one Mixtral-8x7B expert in bf16 = 352,321,536 bytes
-PCIE4 = 31.5e9 * 0.78  # PCIe 4.0 x16 per direction (hardware.md §7) x measured pinned-copy efficiency (offload.py)
+PCIE4 = (
+    31.5e9 * 0.78
+)  # PCIe 4.0 x16 per direction (hardware.md §7) x measured pinned-copy efficiency (offload.py)
 
 
 # ---- grammar ------------------------------------------------------------------------------------------------
@@ -78,8 +81,9 @@ def test_layer_range_and_cold_hot_selection() -> None:
 
 
 def test_dram_is_the_device_when_the_device_is_dram() -> None:
-    tiers = expert_tier_map(parse_placement("experts:dram,cold-experts:1:ssd"), 2, 4, np.full((2, 4), 0.5),
-                            device_is_dram=True)
+    tiers = expert_tier_map(
+        parse_placement("experts:dram,cold-experts:1:ssd"), 2, 4, np.full((2, 4), 0.5), device_is_dram=True
+    )
     assert tier_counts(tiers) == {"gpu": 6, "dram": 0, "ssd": 2}
 
 
@@ -106,8 +110,9 @@ def test_auto_fills_device_then_dram_then_ssd_hottest_first() -> None:
 # ---- two-level cache against brute force ----------------------------------------------------------------
 
 
-def brute_two_level(keys: list[tuple[int, int]], on_ssd: set[tuple[int, int]], capacity: int,
-                    page_slots: int) -> tuple[int, int]:
+def brute_two_level(
+    keys: list[tuple[int, int]], on_ssd: set[tuple[int, int]], capacity: int, page_slots: int
+) -> tuple[int, int]:
     """Reference: LRU device cache as a plain list; its misses of SSD experts go through a plain-list LRU
     page cache. Returns (device misses, SSD reads), counting every access (compulsory ones included)."""
     dev: list[tuple[int, int]] = []
@@ -135,10 +140,17 @@ def brute_two_level(keys: list[tuple[int, int]], on_ssd: set[tuple[int, int]], c
 
 
 @settings(max_examples=60, deadline=None)
-@given(n=st.integers(1, 120), layers=st.integers(1, 3), experts=st.integers(2, 6), capacity=st.integers(0, 8),
-       page=st.integers(0, 8), seed=st.integers(0, 10_000))
-def test_two_level_cache_matches_brute_force(n: int, layers: int, experts: int, capacity: int, page: int,
-                                              seed: int) -> None:
+@given(
+    n=st.integers(1, 120),
+    layers=st.integers(1, 3),
+    experts=st.integers(2, 6),
+    capacity=st.integers(0, 8),
+    page=st.integers(0, 8),
+    seed=st.integers(0, 10_000),
+)
+def test_two_level_cache_matches_brute_force(
+    n: int, layers: int, experts: int, capacity: int, page: int, seed: int
+) -> None:
     rng = np.random.default_rng(seed)
     layer = rng.integers(0, layers, n)
     expert = rng.integers(0, experts, n)
@@ -163,7 +175,9 @@ def test_two_level_cache_matches_brute_force(n: int, layers: int, experts: int, 
 
 
 def mixtral_4090(**kw):  # type: ignore[no-untyped-def]
-    base = dict(model="mixtral-8x7b", hardware="workstation-4090", gpus=1, batch=1, prompt_len=512, gen_len=32)
+    base = dict(
+        model="mixtral-8x7b", hardware="workstation-4090", gpus=1, batch=1, prompt_len=512, gen_len=32
+    )
     return Scenario(**{**base, **kw})
 
 
@@ -191,7 +205,7 @@ def test_auto_on_a_24gb_gpu_hand_computed(default_hardware_db) -> None:
     # uniform routing: the arithmetic above takes every expert as equally popular (pi = k/E)
     pred = predict(mixtral_4090(placement="auto", routing="uniform"), hardware_db=default_hardware_db)
     dep = pred.deployment
-    assert 21.6e9 - 3_211_272_192 - 67_236_864 - 71_303_168 == pytest.approx(18_250_187_776)
+    assert pytest.approx(18_250_187_776) == 21.6e9 - 3_211_272_192 - 67_236_864 - 71_303_168
     assert dep["tiers"]["gpu"]["experts"] == 49
     assert dep["cache_experts"] == 2
     assert dep["offloaded_moe_layers"] == 26
@@ -202,8 +216,10 @@ def test_auto_on_a_24gb_gpu_hand_computed(default_hardware_db) -> None:
 
 
 def test_auto_keeps_everything_on_a_gpu_that_holds_it(default_hardware_db) -> None:
-    pred = predict(Scenario(model="mixtral-8x7b", hardware="h100-sxm", gpus=2, placement="auto"),
-                   hardware_db=default_hardware_db)
+    pred = predict(
+        Scenario(model="mixtral-8x7b", hardware="h100-sxm", gpus=2, placement="auto"),
+        hardware_db=default_hardware_db,
+    )
     assert pred.deployment["mode"] == "gpu"
 
 
@@ -211,8 +227,12 @@ def test_cold_experts_on_ssd_read_less_than_hot_ones(default_hardware_db) -> Non
     """With a skewed router, the SSD sees fewer reads when it holds each layer's coldest experts."""
     # DRAM holds 6 x 32 x 352,321,536 = 67,645,734,912 B of experts; 68 GB leaves a 1-expert page cache
     kw = dict(routing="zipf:1.2", host_memory_gb=68, gen_len=48)
-    cold = predict(mixtral_4090(placement="experts:dram,cold-experts:2:ssd", **kw), hardware_db=default_hardware_db)
-    hot = predict(mixtral_4090(placement="experts:dram,hot-experts:2:ssd", **kw), hardware_db=default_hardware_db)
+    cold = predict(
+        mixtral_4090(placement="experts:dram,cold-experts:2:ssd", **kw), hardware_db=default_hardware_db
+    )
+    hot = predict(
+        mixtral_4090(placement="experts:dram,hot-experts:2:ssd", **kw), hardware_db=default_hardware_db
+    )
     # page cache: (68e9 - 192 x 352,321,536) // 352,321,536 = 1 expert
     assert cold.deployment["page_cache_experts"] == 1
     assert cold.deployment["ssd_reads_per_step"] < hot.deployment["ssd_reads_per_step"]
@@ -222,15 +242,27 @@ def test_cold_experts_on_ssd_read_less_than_hot_ones(default_hardware_db) -> Non
 def test_dram_must_hold_its_experts(default_hardware_db) -> None:
     # 6 experts x 32 layers x 352,321,536 B = 67.6 GB of DRAM-placed experts in 64 GB
     with pytest.raises(DoesNotFitError, match="host DRAM of workstation-4090"):
-        predict(mixtral_4090(placement="experts:dram,cold-experts:2:ssd", host_memory_gb=64),
-                hardware_db=default_hardware_db)
+        predict(
+            mixtral_4090(placement="experts:dram,cold-experts:2:ssd", host_memory_gb=64),
+            hardware_db=default_hardware_db,
+        )
 
 
 def test_cpu_only_pages_ssd_experts_into_dram(default_hardware_db) -> None:
     """CPU-only Mixtral int4 with every expert on the SSD and 16 GB of DRAM: non-expert weights 1.6e9 x
     4.125/8 B stay in DRAM, the rest of DRAM caches experts; misses are read at the SSD's 7.45 GB/s."""
-    pred = predict(Scenario(model="mixtral-8x7b", hardware="workstation-4090", mode="cpu", weight_dtype="int4",
-                            placement="experts:ssd", host_memory_gb=16, gen_len=32), hardware_db=default_hardware_db)
+    pred = predict(
+        Scenario(
+            model="mixtral-8x7b",
+            hardware="workstation-4090",
+            mode="cpu",
+            weight_dtype="int4",
+            placement="experts:ssd",
+            host_memory_gb=16,
+            gen_len=32,
+        ),
+        hardware_db=default_hardware_db,
+    )
     dep = pred.deployment
     assert dep["mode"] == "cpu" and dep["link_path"] == "ssd0 -> dram0"
     assert dep["tiers"]["ssd"]["experts"] == 256
@@ -244,8 +276,10 @@ def test_cpu_experts_with_ssd_paging_is_slower_than_dram(default_hardware_db) ->
     SSD, 14 GB of DRAM leaves (14e9 - 128 x 90,832,896) // 90,832,896 = 26 experts of page cache."""
     kw = dict(mode="cpu-experts", weight_dtype="int4")
     dram = predict(mixtral_4090(host_memory_gb=24, **kw), hardware_db=default_hardware_db)
-    ssd = predict(mixtral_4090(placement="experts:dram,cold-experts:4:ssd", host_memory_gb=14, **kw),
-                  hardware_db=default_hardware_db)
+    ssd = predict(
+        mixtral_4090(placement="experts:dram,cold-experts:4:ssd", host_memory_gb=14, **kw),
+        hardware_db=default_hardware_db,
+    )
     assert dram.deployment["ssd_reads_per_step"] == 0.0
     assert ssd.deployment["tiers"]["ssd"]["experts"] == 128
     assert ssd.deployment["page_cache_experts"] == 26
@@ -257,10 +291,18 @@ def test_cpu_experts_with_ssd_paging_is_slower_than_dram(default_hardware_db) ->
     "kw,error,match",
     [
         (dict(placement="experts:dram", expert_layers="0:4"), ScenarioError, "not both"),
-        (dict(mode="cpu", placement="experts:gpu", host_memory_gb=128), ScenarioError, "--mode cpu runs without a GPU"),
+        (
+            dict(mode="cpu", placement="experts:gpu", host_memory_gb=128),
+            ScenarioError,
+            "--mode cpu runs without a GPU",
+        ),
         (dict(placement="experts[40:]:dram"), ScenarioError, "the model has 32 MoE layers"),
         (dict(placement="experts:tape"), ScenarioError, "unknown tier 'tape'"),
-        (dict(placement="experts:dram", ep=2, gpus=2, hardware="h100-sxm"), ScenarioError, "--ep with experts off"),
+        (
+            dict(placement="experts:dram", ep=2, gpus=2, hardware="h100-sxm"),
+            ScenarioError,
+            "--ep with experts off",
+        ),
     ],
 )
 def test_invalid_placements(default_hardware_db, kw, error, match) -> None:  # type: ignore[no-untyped-def]
@@ -276,10 +318,14 @@ def test_placement_on_a_dense_model_is_an_error(default_hardware_db) -> None:
     from capsim.model_db import resolve_model
 
     m = resolve_model("mixtral-8x7b")
-    dense = replace(m, moe=None, ffn_kinds=tuple(FFNKind.DENSE for _ in range(32)), dense_intermediate_size=14336)
+    dense = replace(
+        m, moe=None, ffn_kinds=tuple(FFNKind.DENSE for _ in range(32)), dense_intermediate_size=14336
+    )
     with pytest.raises(ScenarioError, match="--placement moves routed experts"):
-        predict(Scenario(model=dense, hardware="h100-sxm", gpus=1, placement="experts:dram"),
-                hardware_db=default_hardware_db)
+        predict(
+            Scenario(model=dense, hardware="h100-sxm", gpus=1, placement="experts:dram"),
+            hardware_db=default_hardware_db,
+        )
 
 
 def test_more_gpu_memory_never_slows_auto_placement(default_hardware_db, tmp_path: Path) -> None:
@@ -289,13 +335,21 @@ def test_more_gpu_memory_never_slows_auto_placement(default_hardware_db, tmp_pat
     times = []
     for gb in (24, 28, 40, 64, 120):
         entry = text.replace('id = "rtx-4090"', f'id = "rtx-4090-{gb}gb"').replace(
-            "memory_capacity_gb = 24", f"memory_capacity_gb = {gb}")
+            "memory_capacity_gb = 24", f"memory_capacity_gb = {gb}"
+        )
         (tmp_path / f"rtx-4090-{gb}gb.toml").write_text(entry)
         db = load_hardware_db([tmp_path / f"rtx-4090-{gb}gb.toml"])
-        sc = Scenario(model="mixtral-8x7b", hardware=f"rtx-4090-{gb}gb", gpus=1, batch=2, prompt_len=256,
-                      gen_len=24, placement="auto")
+        sc = Scenario(
+            model="mixtral-8x7b",
+            hardware=f"rtx-4090-{gb}gb",
+            gpus=1,
+            batch=2,
+            prompt_len=256,
+            gen_len=24,
+            placement="auto",
+        )
         times.append(predict(sc, hardware_db=db).tpot_s)
-    assert all(b <= a * (1 + 1e-12) for a, b in zip(times, times[1:]))
+    assert all(b <= a * (1 + 1e-12) for a, b in itertools.pairwise(times))
     assert times[-1] < times[0]
 
 
@@ -313,8 +367,18 @@ def test_faster_ssd_never_slows_offload(default_hardware_db, monkeypatch, factor
 def test_auto_on_cpu_only_spills_to_the_ssd(default_hardware_db) -> None:
     """CPU-only with 16 GB of DRAM: Mixtral int4 experts (256 x 90,832,896 B = 23.3 GB) cannot all stay in
     DRAM, so auto keeps the hottest in DRAM (the device) and pages the rest from the SSD."""
-    pred = predict(Scenario(model="mixtral-8x7b", hardware="workstation-4090", mode="cpu", weight_dtype="int4",
-                            placement="auto", host_memory_gb=16, gen_len=16), hardware_db=default_hardware_db)
+    pred = predict(
+        Scenario(
+            model="mixtral-8x7b",
+            hardware="workstation-4090",
+            mode="cpu",
+            weight_dtype="int4",
+            placement="auto",
+            host_memory_gb=16,
+            gen_len=16,
+        ),
+        hardware_db=default_hardware_db,
+    )
     tiers = pred.deployment["tiers"]
     assert "dram" not in tiers  # no host tier apart from the device's own DRAM
     assert tiers["dram (device)"]["experts"] + tiers["ssd"]["experts"] == 256

@@ -149,12 +149,20 @@ def _brute_force(db: HardwareDB, inputs: CostInputs, slo: SLO) -> dict[tuple[str
             if pred.tpot_s <= slo.tpot_s and (slo.ttft_s is None or pred.ttft_s <= slo.ttft_s):
                 # issue 14: energy at the modelled draw, time-weighted over prefill and decode (capsim.energy)
                 e = energy_report(
-                    rates.power.parts, pred, idle_fraction=inputs.idle_power_fraction, pue=inputs.pue,
+                    rates.power.parts,
+                    pred,
+                    idle_fraction=inputs.idle_power_fraction,
+                    pue=inputs.pue,
                     electricity_usd_per_kwh=inputs.electricity_usd_per_kwh,
                 )
-                watts = (e.prefill.watts * pred.ttft_s + e.decode.watts * pred.decode.time_s) / pred.e2e_latency_s
-                rate = float(busy_rate(owned_usd_per_hour(rates.purchase.total_usd, watts, inputs, idle_w=e.idle_w),
-                                       inputs))
+                watts = (
+                    e.prefill.watts * pred.ttft_s + e.decode.watts * pred.decode.time_s
+                ) / pred.e2e_latency_s
+                rate = float(
+                    busy_rate(
+                        owned_usd_per_hour(rates.purchase.total_usd, watts, inputs, idle_w=e.idle_w), inputs
+                    )
+                )
                 feasible[(hw, n, dtype, batch)] = _all_in_cost(rate, batch, pred.e2e_latency_s)
     return feasible
 
@@ -242,7 +250,10 @@ def test_rented_basis_and_tokens_per_day_by_hand(cost_db: HardwareDB) -> None:
         hardware_db=cost_db,
     )
     e = energy_report(
-        deployment_rates("cost-test-gpu", 1, cost_db, inputs).power.parts, pred, idle_fraction=0.15, pue=1.2,
+        deployment_rates("cost-test-gpu", 1, cost_db, inputs).power.parts,
+        pred,
+        idle_fraction=0.15,
+        pue=1.2,
         electricity_usd_per_kwh=0.08,
     )
     busy = (e.prefill.watts * pred.ttft_s + e.decode.watts * pred.decode.time_s) / pred.e2e_latency_s

@@ -28,7 +28,9 @@ def test_preset_keeps_explicit_choices() -> None:
 
 
 def test_unknown_preset_lists_close_matches() -> None:
-    with pytest.raises(ScenarioError, match="unknown system preset 'ktransformers'; did you mean 'ktransformers-like'"):
+    with pytest.raises(
+        ScenarioError, match="unknown system preset 'ktransformers'; did you mean 'ktransformers-like'"
+    ):
         apply_preset("ktransformers", Scenario())
 
 
@@ -38,19 +40,38 @@ def test_ep_preset_needs_gpus() -> None:
 
 
 def test_cli_preset_json_reports_it() -> None:
-    result = runner.invoke(app, ["predict", "--model", "mixtral-8x7b", "--hardware", "workstation-4090", "--gpus", "1",
-                                 "--system", "ktransformers-like", "--weight-dtype", "int4", "--json"])
+    result = runner.invoke(
+        app,
+        [
+            "predict",
+            "--model",
+            "mixtral-8x7b",
+            "--hardware",
+            "workstation-4090",
+            "--gpus",
+            "1",
+            "--system",
+            "ktransformers-like",
+            "--weight-dtype",
+            "int4",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["deployment"]["mode"] == "cpu-experts"
-    assert data["assumptions"]["system_preset"]["source"].startswith("https://github.com/kvcache-ai/ktransformers")
+    assert data["assumptions"]["system_preset"]["source"].startswith(
+        "https://github.com/kvcache-ai/ktransformers"
+    )
 
 
 def test_llamacpp_n_cpu_moe_count_places_the_first_layers(default_hardware_db) -> None:
     from capsim import predict
 
-    sc, preset = apply_preset("llamacpp-cpu-moe:12", Scenario(model="mixtral-8x7b", hardware="workstation-4090",
-                                                              gpus=1, weight_dtype="int4", gen_len=8))
+    sc, preset = apply_preset(
+        "llamacpp-cpu-moe:12",
+        Scenario(model="mixtral-8x7b", hardware="workstation-4090", gpus=1, weight_dtype="int4", gen_len=8),
+    )
     assert sc.placement == "experts[0:12]:dram" and preset.settings["placement"] == sc.placement
     pred = predict(sc, hardware_db=default_hardware_db)
     assert pred.deployment["mode"] == "cpu-experts" and pred.deployment["offloaded_moe_layers"] == 12

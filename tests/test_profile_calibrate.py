@@ -202,14 +202,25 @@ def test_gemm_tokens_curve_is_the_bandwidth_relative_to_one_token(tmp_path: Path
     noise) -> curve 9/20 = 0.45, 8/20 = 0.4, 24/20 capped at 1, 2/20 = 0.1; g(1) = 1."""
     from capsim.profile.calibrate import gemm_tokens_efficiency
 
-    skinny = {k: m(f"gemm_m{k}", v) for k, v in (("1", 20.0), ("2", 9.0), ("4", 8.0), ("64", 2.0), ("8", 24.0))}
+    skinny = {
+        k: m(f"gemm_m{k}", v) for k, v in (("1", 20.0), ("2", 9.0), ("4", 8.0), ("64", 2.0), ("8", 24.0))
+    }
     cal = fake_calibration(skinny_gemm=skinny)
-    assert gemm_tokens_efficiency(cal) == {1: 1.0, 2: pytest.approx(0.45), 4: pytest.approx(0.4), 8: 1.0,
-                                           64: pytest.approx(0.1)}
+    assert gemm_tokens_efficiency(cal) == {
+        1: 1.0,
+        2: pytest.approx(0.45),
+        4: pytest.approx(0.4),
+        8: 1.0,
+        64: pytest.approx(0.1),
+    }
     path = write_entry(cal, tmp_path)
-    eff = load_hardware_db([path]).efficiency_for(load_hardware_db([path]).accelerator("calibrated-cpu-test-1t"))
+    eff = load_hardware_db([path]).efficiency_for(
+        load_hardware_db([path]).accelerator("calibrated-cpu-test-1t")
+    )
     assert eff.gemm_m_curve == ((1.0, 2.0, 4.0, 8.0, 64.0), (1.0, 0.45, 0.4, 1.0, 0.1))
-    assert eff.provenance["gemm_tokens_efficiency.2"].source.startswith("measured on 2026-01-02 by capsim calibrate")
+    assert eff.provenance["gemm_tokens_efficiency.2"].source.startswith(
+        "measured on 2026-01-02 by capsim calibrate"
+    )
     # no M = 1 measurement: nothing to be relative to, so no curve (factor 1 everywhere)
     assert gemm_tokens_efficiency(fake_calibration(skinny_gemm={"2": skinny["2"]})) == {}
     assert "gemm_tokens_efficiency" not in write_entry(fake_calibration(), tmp_path / "plain").read_text()

@@ -48,10 +48,27 @@ value = 0.010
 
 
 def _case(**changes: object) -> PublishedCase:
-    base = dict(id="c", group="g", confidence="high", source="s", locator="l", model="mixtral-8x7b",
-                hardware="h100-sxm", gpus_per_replica=1, replicas=1, tp=1, ep=1, placement="gpu",
-                weight_dtype="fp8", kv_dtype="bf16", batch=1, prompt_len=128, gen_len=16, metric="tpot_s",
-                value=0.010)
+    base = dict(
+        id="c",
+        group="g",
+        confidence="high",
+        source="s",
+        locator="l",
+        model="mixtral-8x7b",
+        hardware="h100-sxm",
+        gpus_per_replica=1,
+        replicas=1,
+        tp=1,
+        ep=1,
+        placement="gpu",
+        weight_dtype="fp8",
+        kv_dtype="bf16",
+        batch=1,
+        prompt_len=128,
+        gen_len=16,
+        metric="tpot_s",
+        value=0.010,
+    )
     base.update(changes)
     return PublishedCase(**base)  # type: ignore[arg-type]
 
@@ -74,10 +91,10 @@ def test_shipped_set_loads_with_sources() -> None:
     ("edit", "message"),
     [
         (('metric = "tpot_s"', 'metric = "tps"'), "metric 'tps' is not one of tpot_s"),
-        (('batch = 1', 'batch = 0'), "field 'batch' must be >= 1, got 0"),
-        (('batch = 1', 'batch = true'), "field 'batch' must be int, got True"),
+        (("batch = 1", "batch = 0"), "field 'batch' must be >= 1, got 0"),
+        (("batch = 1", "batch = true"), "field 'batch' must be int, got True"),
         (('engine = "vllm"', 'engine = "vllm"\ncolour = "red"'), "unknown field(s) colour"),
-        (('locator = "here"\n', ''), "field 'locator' is required"),
+        (('locator = "here"\n', ""), "field 'locator' is required"),
         (('placement = "gpu"', 'placement = "cpu-only"'), "cpu-only cases have gpus_per_replica = 0"),
     ],
 )
@@ -104,7 +121,9 @@ def test_ratio_error_and_speed_ratio_by_hand() -> None:
     assert r.error == pytest.approx(-0.2)
     assert r.speed_ratio == pytest.approx(1.25)
     # a rate metric: measured 1000 tok/s, predicted 1500 -> speed ratio 1.5
-    r = CaseResult(_case(metric="decode_tokens_per_s_per_replica", value=1000.0, includes_prefill=False), 1500.0, "ok")
+    r = CaseResult(
+        _case(metric="decode_tokens_per_s_per_replica", value=1000.0, includes_prefill=False), 1500.0, "ok"
+    )
     assert r.error == pytest.approx(0.5)
     assert r.speed_ratio == pytest.approx(1.5)
 
@@ -129,8 +148,11 @@ def test_report_gates() -> None:
     assert PublishedReport((ok,), "x").failures() == []
     slow = CaseResult(_case(value=0.010), 0.02, "ok")  # speed ratio 0.5, |error| 100 %
     failures = PublishedReport((slow,), "x").failures()
-    assert failures == ["median |error| 100.0% > 25%", "geo-mean speed ratio 0.50 outside 0.85-1.15",
-                        "group g: median |error| 100.0% > 35%"]
+    assert failures == [
+        "median |error| 100.0% > 25%",
+        "geo-mean speed ratio 0.50 outside 0.85-1.15",
+        "group g: median |error| 100.0% > 35%",
+    ]
 
 
 def test_features_capsim_lacks_are_listed_not_dropped() -> None:
@@ -154,8 +176,9 @@ def test_a_feature_is_used_once_the_scenario_has_it(monkeypatch: pytest.MonkeyPa
     from capsim import Scenario, published
 
     db = load_hardware_db()
-    case = _case(attention_dp=8, gpus_per_replica=8, tp=1, ep=8, hardware="h200-sxm", model="deepseek-r1",
-                 batch=64)
+    case = _case(
+        attention_dp=8, gpus_per_replica=8, tp=1, ep=8, hardware="h200-sxm", model="deepseek-r1", batch=64
+    )
     assert "attention_dp" in {f.name for f in fields(Scenario)}
     scenario, _ = scenario_for(case, db)
     assert scenario.attention_dp == 8 and scenario.ep == 8 and scenario.tp == 1
@@ -165,9 +188,17 @@ def test_a_feature_is_used_once_the_scenario_has_it(monkeypatch: pytest.MonkeyPa
 
 
 def test_cpu_cases_get_a_system_from_their_parts() -> None:
-    case = _case(placement="cpu-only", hardware=None, gpus_per_replica=0, cpu="xeon-6454s", cpu_sockets=2,
-                 dram="ddr5-4800 x 8 channels per socket", host_memory_gb=512.0, model="qwen3-30b-a3b",
-                 weight_dtype="int4")
+    case = _case(
+        placement="cpu-only",
+        hardware=None,
+        gpus_per_replica=0,
+        cpu="xeon-6454s",
+        cpu_sockets=2,
+        dram="ddr5-4800 x 8 channels per socket",
+        host_memory_gb=512.0,
+        model="qwen3-30b-a3b",
+        weight_dtype="int4",
+    )
     scenario, db = scenario_for(case, load_hardware_db())
     assert scenario.mode == "cpu" and scenario.numa == "replicate" and scenario.host_memory_gb == 512.0
     system = db.system(scenario.hardware)
@@ -181,22 +212,39 @@ def test_in_memory_entries_go_through_the_validator() -> None:
     with pytest.raises(DataFileError, match="fabric"):
         load_hardware_db_with(db, [bad])
     with pytest.raises(DataFileError, match="already in the database"):
-        load_hardware_db_with(db, [{"schema": 1, "id": "dgx-h100", "kind": "system", "name": "x",
-                                    "source": "s", "fabric": "none"}])
+        load_hardware_db_with(
+            db,
+            [{"schema": 1, "id": "dgx-h100", "kind": "system", "name": "x", "source": "s", "fabric": "none"}],
+        )
 
 
 def test_throughput_with_prefill_counts_every_wave() -> None:
     """includes_prefill: batch x gen_len over the job time (all waves), times the replicas for *_total."""
     from capsim import predict
 
-    case = _case(metric="decode_tokens_per_s_total", value=1000.0, includes_prefill=True, replicas=4,
-                 batch=64, prompt_len=256, gen_len=32)
+    case = _case(
+        metric="decode_tokens_per_s_total",
+        value=1000.0,
+        includes_prefill=True,
+        replicas=4,
+        batch=64,
+        prompt_len=256,
+        gen_len=32,
+    )
     result = predict_case(case)
     scenario, db = scenario_for(case, load_hardware_db())
     p = predict(scenario, hardware_db=db)
     assert result.predicted == pytest.approx(4 * 64 * 32 / p.job_time_s)
-    steady = predict_case(_case(metric="decode_tokens_per_s_per_replica", value=1000.0, includes_prefill=False,
-                                batch=64, prompt_len=256, gen_len=32))
+    steady = predict_case(
+        _case(
+            metric="decode_tokens_per_s_per_replica",
+            value=1000.0,
+            includes_prefill=False,
+            batch=64,
+            prompt_len=256,
+            gen_len=32,
+        )
+    )
     assert steady.predicted == pytest.approx(p.batch_per_wave / p.tpot_s)
     assert math.isfinite(steady.predicted)
 
@@ -222,11 +270,21 @@ def test_cli_published_table_and_json(tmp_path: Path) -> None:
 
 def test_new_hardware_entries_for_the_set() -> None:
     db = load_hardware_db()
-    for entry_id in ("gb10", "rtx-4090d", "rtx-2080", "rtx-a5000", "m2-max", "xeon-6454s", "epyc-9b14",
-                     "core-i9-10900x"):
+    for entry_id in (
+        "gb10",
+        "rtx-4090d",
+        "rtx-2080",
+        "rtx-a5000",
+        "m2-max",
+        "xeon-6454s",
+        "epyc-9b14",
+        "core-i9-10900x",
+    ):
         entry = db.get(entry_id)
         assert entry.source, entry_id
-    assert db.accelerator("rtx-a5000").peak_tflops_dense["bf16"] == pytest.approx(222.2 / 2)  # datasheet sparse / 2
+    assert db.accelerator("rtx-a5000").peak_tflops_dense["bf16"] == pytest.approx(
+        222.2 / 2
+    )  # datasheet sparse / 2
     assert db.accelerator("gb10").unified_memory
     # Xeon Gold 6454S: 32 cores x 2.2 GHz x 1,024 AMX-BF16 FLOP/cycle = 72.09 TFLOPS
     assert db.cpu("xeon-6454s").peak_tflops_dense["bf16"] == pytest.approx(32 * 2.2 * 1024 / 1000)

@@ -18,8 +18,16 @@ from capsim.hardware import load_hardware_db
 from capsim.roofline import DeviceRates
 from capsim.scenario import Scenario
 
-BASE = DeviceRates(peak_flops={"bf16": 1e12}, memory_bandwidth=1e9, compute_fraction=1.0, memory_fraction=1.0,
-                   step_overhead_s=0.0, per_layer_overhead_s=0.0, link_bandwidth=0.0, allreduce_hop_latency_s=0.0)
+BASE = DeviceRates(
+    peak_flops={"bf16": 1e12},
+    memory_bandwidth=1e9,
+    compute_fraction=1.0,
+    memory_fraction=1.0,
+    step_overhead_s=0.0,
+    per_layer_overhead_s=0.0,
+    link_bandwidth=0.0,
+    allreduce_hop_latency_s=0.0,
+)
 GPU_MODELS = ["mixtral-8x7b", "qwen3-30b-a3b", "deepseek-v2-lite", "olmoe-1b-7b", "gpt-oss-20b"]
 GPUS = ["h100-sxm", "a100-sxm-80gb", "mi300x", "l40s"]
 WEIGHT_OPS = ("attn_proj", "router", "routed_experts", "shared_experts", "dense_ffn", "lm_head")
@@ -46,8 +54,15 @@ def _resolved(db, sc: Scenario, curve):  # type: ignore[no-untyped-def]
 
 def test_bandwidth_of_weight_gemms_is_scaled_by_g_of_m(default_hardware_db) -> None:
     """H100, batch 4 decode: every weight GEMM is memory-bound, so each op's time is its plain time / g(M)."""
-    sc = Scenario(model="mixtral-8x7b", hardware="h100-sxm", gpus=1, batch=4, prompt_len=100, gen_len=3,
-                  weight_dtype="fp8")
+    sc = Scenario(
+        model="mixtral-8x7b",
+        hardware="h100-sxm",
+        gpus=1,
+        batch=4,
+        prompt_len=100,
+        gen_len=3,
+        weight_dtype="fp8",
+    )
     curve = ((1.0, 4.0), (1.0, 0.5))
     plain = decode_cost(_resolved(default_hardware_db, sc, None), 4)
     curved = decode_cost(_resolved(default_hardware_db, sc, curve), 4)
@@ -62,7 +77,9 @@ def test_bandwidth_of_weight_gemms_is_scaled_by_g_of_m(default_hardware_db) -> N
     a = plain.activated_by_layer()[:, 0]
     assert np.allclose(a, a[0])
     g = 1.0 - 0.5 * math.log(8.0 / a[0]) / math.log(4.0)
-    assert curved.time_by_op["routed_experts"] == pytest.approx(plain.time_by_op["routed_experts"] / g, rel=1e-9)
+    assert curved.time_by_op["routed_experts"] == pytest.approx(
+        plain.time_by_op["routed_experts"] / g, rel=1e-9
+    )
     # attention core (KV reads) and overheads are not weight GEMMs: untouched
     for op in ("attn_core", "overhead"):
         assert np.array_equal(curved.time_by_op[op], plain.time_by_op[op])
@@ -78,7 +95,7 @@ def test_compute_bound_prefill_keeps_its_compute_time(default_hardware_db) -> No
 
 
 def _entry(tmp_path: Path, curve: str) -> Path:
-    text = f'''schema = 1
+    text = f"""schema = 1
 id = "test-cpu"
 kind = "accelerator"
 name = "test CPU (labelled test entry)"
@@ -97,7 +114,7 @@ compute_fraction = 1.0
 step_overhead_s = 1e-6
 per_layer_overhead_s = 1e-6
 {curve}
-'''
+"""
     path = tmp_path / "test-cpu.toml"
     path.write_text(text)
     return path
@@ -116,7 +133,9 @@ def test_curve_loads_and_slows_multi_token_gemms_only(tmp_path) -> None:
     assert predict(sc, hardware_db=curved).tpot_s > predict(sc, hardware_db=plain).tpot_s
     # batch 1: g(1) = 1 for every GEMM (an expert gets at most one token) -> the same step time
     one = replace(sc, batch=1)
-    assert predict(one, hardware_db=curved).tpot_s == pytest.approx(predict(one, hardware_db=plain).tpot_s, rel=1e-12)
+    assert predict(one, hardware_db=curved).tpot_s == pytest.approx(
+        predict(one, hardware_db=plain).tpot_s, rel=1e-12
+    )
 
 
 def test_a_device_curve_replaces_the_class_curve(tmp_path) -> None:
@@ -128,7 +147,8 @@ def test_a_device_curve_replaces_the_class_curve(tmp_path) -> None:
         "[cpu.gemm_tokens_efficiency]\n1 = 1.0\n8 = 0.5\n16 = 0.3\n"
     )
     db = load_hardware_db(
-        [eff_file, _entry(tmp_path, "[efficiency.gemm_tokens_efficiency]\n1 = 0.9\n4 = 0.6\n")], on_redefinition="replace"
+        [eff_file, _entry(tmp_path, "[efficiency.gemm_tokens_efficiency]\n1 = 0.9\n4 = 0.6\n")],
+        on_redefinition="replace",
     )
     assert db.efficiency("cpu").gemm_m_curve == ((1.0, 8.0, 16.0), (1.0, 0.5, 0.3))
     assert db.efficiency_for(db.accelerator("test-cpu")).gemm_m_curve == ((1.0, 4.0), (0.9, 0.6))
@@ -172,7 +192,9 @@ def _resolve_or_skip(db, sc: Scenario):  # type: ignore[no-untyped-def]
         raise AssertionError("unreachable")
 
 
-_settings = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+_settings = settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 
 @_settings
@@ -200,7 +222,9 @@ def test_a_curve_never_speeds_anything_up(default_hardware_db, sc: Scenario, fra
     """g <= 1 only lowers bandwidth: every op's time is >= its plain time, and ops that are no weight GEMM
     (attention core, all-reduces, overheads) are unchanged."""
     rs = _resolve_or_skip(default_hardware_db, sc)
-    rs = replace(rs, rates=replace(rs.rates, gemm_m_curve=None))  # the plain rate (no class curve) as baseline
+    rs = replace(
+        rs, rates=replace(rs.rates, gemm_m_curve=None)
+    )  # the plain rate (no class curve) as baseline
     curve = (tuple(float(4**i) for i in range(len(fractions))), tuple(fractions))
     curved = replace(rs, rates=replace(rs.rates, gemm_m_curve=curve))
     for cost in (decode_cost, prefill_cost):

@@ -32,7 +32,9 @@ def _mean_activated(model: str, spec: str, batch: float) -> float:
 
 
 @pytest.mark.parametrize(("model", "batch", "measured", "source"), MEASURED)
-def test_default_router_reproduces_the_measurement(model: str, batch: int, measured: float, source: str) -> None:
+def test_default_router_reproduces_the_measurement(
+    model: str, batch: int, measured: float, source: str
+) -> None:
     fitted = _mean_activated(model, "default", batch)
     uniform = _mean_activated(model, "uniform", batch)
     # within 2 %: Mixtral's two rows share one exponent (their mean), the other families have one row each

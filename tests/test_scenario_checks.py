@@ -45,7 +45,9 @@ def test_context_window_mask_is_vectorised() -> None:
 
 @pytest.mark.parametrize("model,gpus,heads", [("mixtral-8x7b", 3, 32), ("qwen3-30b-a3b", 6, 32)])
 def test_tp_not_dividing_heads_is_refused(model: str, gpus: int, heads: int) -> None:
-    with pytest.raises(ScenarioError, match=rf"--tp {gpus} does not divide the model's {heads} attention heads"):
+    with pytest.raises(
+        ScenarioError, match=rf"--tp {gpus} does not divide the model's {heads} attention heads"
+    ):
         predict(Scenario(model=model, hardware="h100-sxm", gpus=gpus))
 
 
@@ -60,20 +62,38 @@ def test_same_line_from_predict_sweep_and_fit(tmp_path) -> None:
     r = runner.invoke(app, ["predict", "--gpus", "3"])
     assert r.exit_code == 1 and expected in r.stderr
     out = tmp_path / "g.csv"
-    r = runner.invoke(app, ["sweep", "--model", "mixtral-8x7b", "--hardware", "h100-sxm", "--gpus", "3",
-                            "--out", str(out)])
+    r = runner.invoke(
+        app, ["sweep", "--model", "mixtral-8x7b", "--hardware", "h100-sxm", "--gpus", "3", "--out", str(out)]
+    )
     assert r.exit_code == 0, r.output
     assert [row["bottleneck"] for row in csv.DictReader(out.read_text().splitlines())] == [
-        "does not run: " + expected.rstrip() + " (set --gpus or --tp to one of them, or put the other devices in "
-        "--attention-dp, --pp or --dp)"]
+        "does not run: "
+        + expected.rstrip()
+        + " (set --gpus or --tp to one of them, or put the other devices in "
+        "--attention-dp, --pp or --dp)"
+    ]
     r = runner.invoke(app, ["fit", "--hardware", "h100-sxm", "--gpus", "3", "--json"])
     assert expected in r.stdout
 
 
 def test_sweep_rows_beyond_the_context_window_do_not_run(tmp_path) -> None:
     out = tmp_path / "g.csv"
-    r = runner.invoke(app, ["sweep", "--model", "mixtral-8x7b", "--hardware", "h100-sxm", "--gpus", "2",
-                            "--prompt-len", "512,40000", "--out", str(out)])
+    r = runner.invoke(
+        app,
+        [
+            "sweep",
+            "--model",
+            "mixtral-8x7b",
+            "--hardware",
+            "h100-sxm",
+            "--gpus",
+            "2",
+            "--prompt-len",
+            "512,40000",
+            "--out",
+            str(out),
+        ],
+    )
     assert r.exit_code == 0, r.output
     rows = list(csv.DictReader(out.read_text().splitlines()))
     assert [(r["prompt_len"], r["feasible"].lower()) for r in rows] == [("512", "true"), ("40000", "false")]
@@ -98,7 +118,9 @@ def test_checks_are_extensible() -> None:
 
 def test_layout_product_is_checked() -> None:
     model = resolve_model("mixtral-8x7b")
-    with pytest.raises(ScenarioError, match=r"--tp 2 x --pp 1 x --dp 1 = 2 devices, but the layout has 1 node\(s\) x 4 = 4"):
+    with pytest.raises(
+        ScenarioError, match=r"--tp 2 x --pp 1 x --dp 1 = 2 devices, but the layout has 1 node\(s\) x 4 = 4"
+    ):
         check_scenario(Scenario(), model, Layout(tp=2, devices_per_node=4))
 
 
@@ -106,5 +128,8 @@ def test_expert_divisibility_names_valid_degrees() -> None:
     # Qwen1.5-MoE-A2.7B: 16 heads (TP 8 splits them), 60 experts
     model = resolve_model("qwen1.5-moe-a2.7b")
     # (the divisors of 60 among the 8 devices: 1, 2, 4)
-    with pytest.raises(ScenarioError, match=r"--ep 8 must divide both the 8 devices .* and the 60 experts; valid --ep: 1, 2, 4$"):
+    with pytest.raises(
+        ScenarioError,
+        match=r"--ep 8 must divide both the 8 devices .* and the 60 experts; valid --ep: 1, 2, 4$",
+    ):
         check_scenario(Scenario(model=model), model, Layout(tp=8, devices_per_node=8, ep=8))

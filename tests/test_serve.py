@@ -29,8 +29,14 @@ def replica():
 
 
 def _fixed(n, prompt, output, rate=None, concurrency=None, seed=0):
-    return build_workload(num_prompts=n, prompt=parse_length(str(prompt), "p"), output=parse_length(str(output), "o"),
-                          rate=rate, concurrency=concurrency, seed=seed)
+    return build_workload(
+        num_prompts=n,
+        prompt=parse_length(str(prompt), "p"),
+        output=parse_length(str(output), "o"),
+        rate=rate,
+        concurrency=concurrency,
+        seed=seed,
+    )
 
 
 @pytest.mark.parametrize("prompt,output", [(512, 128), (1, 2), (3000, 40), (8192, 16)])
@@ -39,7 +45,9 @@ def test_one_request_alone_is_predict(replica, prompt, output):
     prompt fits one step's budget, so the prefill is one pass in both)."""
     sched = SchedulerConfig(max_num_seqs=1024, max_batched_tokens=8192)
     res = serve(MIXTRAL, sched, _fixed(1, prompt, output, rate=None), replica=replica)
-    ref = predict(Scenario(model="mixtral-8x7b", hardware="h100-sxm", gpus=8, prompt_len=prompt, gen_len=output))
+    ref = predict(
+        Scenario(model="mixtral-8x7b", hardware="h100-sxm", gpus=8, prompt_len=prompt, gen_len=output)
+    )
     assert res.latency["ttft"]["mean"] == pytest.approx(ref.ttft_s, rel=1e-9)
     assert res.latency["tpot"]["mean"] == pytest.approx(ref.tpot_s, rel=1e-9)
     assert res.latency["e2el"]["mean"] == pytest.approx(ref.e2e_latency_s, rel=1e-9)
@@ -52,8 +60,17 @@ def test_equal_requests_at_once_without_chunking_are_predicts_lock_step_batch(ba
     budget = batch * prompt
     sched = SchedulerConfig(max_num_seqs=1024, max_batched_tokens=budget, chunked_prefill=False)
     res = serve(MIXTRAL, sched, _fixed(batch, prompt, output))
-    ref = predict(Scenario(model="mixtral-8x7b", hardware="h100-sxm", gpus=8, batch=batch, prompt_len=prompt,
-                           gen_len=output, prefill_chunk_tokens=budget))
+    ref = predict(
+        Scenario(
+            model="mixtral-8x7b",
+            hardware="h100-sxm",
+            gpus=8,
+            batch=batch,
+            prompt_len=prompt,
+            gen_len=output,
+            prefill_chunk_tokens=budget,
+        )
+    )
     ttft = res.per_request["ttft_s"]
     assert np.allclose(ttft, ref.ttft_s, rtol=1e-9)
     assert res.latency["tpot"]["mean"] == pytest.approx(ref.tpot_s, rel=1e-9)
@@ -104,11 +121,17 @@ def workloads(draw):
     outputs = np.array(draw(st.lists(st.integers(1, 300), min_size=n, max_size=n)))
     kind = draw(st.sampled_from(["offline", "poisson", "closed"]))
     rng = np.random.default_rng(draw(st.integers(0, 2**31)))
-    send = np.zeros(n) if kind != "poisson" else np.cumsum(rng.exponential(1 / draw(st.floats(0.5, 200.0)), n))
+    send = (
+        np.zeros(n) if kind != "poisson" else np.cumsum(rng.exponential(1 / draw(st.floats(0.5, 200.0)), n))
+    )
     conc = draw(st.integers(1, 8)) if kind == "closed" else None
     seqs = draw(st.integers(1, 64))
-    sched = SchedulerConfig(max_num_seqs=seqs, max_batched_tokens=draw(st.integers(max(16, seqs), 4096)),
-                            chunked_prefill=draw(st.booleans()), block_size=draw(st.sampled_from([1, 16, 32])))
+    sched = SchedulerConfig(
+        max_num_seqs=seqs,
+        max_batched_tokens=draw(st.integers(max(16, seqs), 4096)),
+        chunked_prefill=draw(st.booleans()),
+        block_size=draw(st.sampled_from([1, 16, 32])),
+    )
     blocks = draw(st.integers(1, 2000))
     return Workload(send, prompts, outputs, conc), sched, blocks
 
@@ -143,8 +166,13 @@ def test_littles_law_on_a_long_run(replica):
     """Mean requests in the server (integrated from the scheduler's own queue and batch over time) equals
     arrival rate × mean E2E latency within a few per cent on 3000 Poisson requests."""
     rate = 20.0
-    work = build_workload(num_prompts=3000, prompt=parse_length("lognormal:400:300", "p"),
-                          output=parse_length("lognormal:150:100", "o"), rate=rate, seed=7)
+    work = build_workload(
+        num_prompts=3000,
+        prompt=parse_length("lognormal:400:300", "p"),
+        output=parse_length("lognormal:150:100", "o"),
+        rate=rate,
+        seed=7,
+    )
     sched = SchedulerConfig(max_num_seqs=1024, max_batched_tokens=8192)
     res = serve(MIXTRAL, sched, work, replica=replica)
     tl = res.timeline

@@ -20,8 +20,15 @@ def test_serve_json_has_vllm_metric_names() -> None:
     for lat in ("ttft", "tpot", "itl", "e2el"):
         for stat in ("mean", "median", "p90", "p99"):
             assert f"{stat}_{lat}_ms" in data
-    for key in ("request_throughput", "output_throughput", "total_token_throughput", "request_goodput", "s_mbu",
-                "s_mfu", "completed"):
+    for key in (
+        "request_throughput",
+        "output_throughput",
+        "total_token_throughput",
+        "request_goodput",
+        "s_mbu",
+        "s_mfu",
+        "completed",
+    ):
         assert key in data
     assert data["completed"] == 40
     assert data["slo_ms"] == {"ttft": pytest.approx(200.0), "tpot": pytest.approx(50.0)}
@@ -36,8 +43,9 @@ def test_serve_table_and_figure(tmp_path) -> None:
 
 
 def test_rate_range_gives_a_curve_and_the_best_rate(tmp_path) -> None:
-    result = runner.invoke(app, [*BASE, "--rate", "1:8:x2", "--slo", "tpot=1s", "--json",
-                                 "--figure", str(tmp_path / "curve")])
+    result = runner.invoke(
+        app, [*BASE, "--rate", "1:8:x2", "--slo", "tpot=1s", "--json", "--figure", str(tmp_path / "curve")]
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert [r["rate"] for r in data["rates"]] == [1.0, 2.0, 4.0, 8.0]
@@ -45,22 +53,27 @@ def test_rate_range_gives_a_curve_and_the_best_rate(tmp_path) -> None:
     assert (tmp_path / "curve.png").exists()
 
 
-@pytest.mark.parametrize("args,fragment", [
-    (["--rate", "0"], "--rate must be a positive number"),
-    (["--rate", "-3"], "--rate must be a positive number"),
-    (["--rate", "fast"], "cannot read --rate"),
-    (["--rate", "2", "--prompt-len", "40000"], "beyond mixtral-8x7b's context window of 32768"),
-    (["--rate", "2", "--prompt-len", "lognormal:10"], "needs two numbers"),
-    (["--rate", "2", "--max-batched-tokens", "256"], "smaller than --max-num-seqs 1024"),
-    (["--rate", "2", "--no-chunked-prefill", "--max-batched-tokens", "256", "--max-num-seqs", "64"],
-     "--max-batched-tokens 256 is smaller than one prompt of 512 tokens"),
-    (["--rate", "2", "--slo", "ttft=fast"], "bad duration"),
-    (["--rate", "2", "--slo", "latency=1s"], "bad --slo clause"),
-    (["--rate", "2", "--system", "vlm-like"], "did you mean 'vllm-like'"),
-    ([], "say how requests arrive"),
-    (["--offline", "--rate", "3"], "--offline sends every request at t = 0"),
-    (["--rate", "2", "--prefill-replicas", "1"], "needs both --prefill-replicas and --decode-replicas"),
-])
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        (["--rate", "0"], "--rate must be a positive number"),
+        (["--rate", "-3"], "--rate must be a positive number"),
+        (["--rate", "fast"], "cannot read --rate"),
+        (["--rate", "2", "--prompt-len", "40000"], "beyond mixtral-8x7b's context window of 32768"),
+        (["--rate", "2", "--prompt-len", "lognormal:10"], "needs two numbers"),
+        (["--rate", "2", "--max-batched-tokens", "256"], "smaller than --max-num-seqs 1024"),
+        (
+            ["--rate", "2", "--no-chunked-prefill", "--max-batched-tokens", "256", "--max-num-seqs", "64"],
+            "--max-batched-tokens 256 is smaller than one prompt of 512 tokens",
+        ),
+        (["--rate", "2", "--slo", "ttft=fast"], "bad duration"),
+        (["--rate", "2", "--slo", "latency=1s"], "bad --slo clause"),
+        (["--rate", "2", "--system", "vlm-like"], "did you mean 'vllm-like'"),
+        ([], "say how requests arrive"),
+        (["--offline", "--rate", "3"], "--offline sends every request at t = 0"),
+        (["--rate", "2", "--prefill-replicas", "1"], "needs both --prefill-replicas and --decode-replicas"),
+    ],
+)
 def test_bad_input_is_one_error_line(args, fragment) -> None:
     result = runner.invoke(app, [*BASE, *args])
     assert result.exit_code == 1
@@ -70,13 +83,24 @@ def test_bad_input_is_one_error_line(args, fragment) -> None:
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("content,suffix,fragment", [
-    ('{"arrival_s": 0, "prompt_tokens": 10, "output_tokens": 5}\nnot json\n', ".jsonl", "line 2 is not JSON"),
-    ('{"arrival_s": 0, "prompt_tokens": 0, "output_tokens": 5}\n', ".jsonl", "prompt_tokens must be a whole number"),
-    ("arrival_s,prompt_tokens,output_tokens\n0.1,12,x\n", ".csv", "output_tokens must be a whole number"),
-    ('{"prompt_tokens": 10, "output_tokens": 5}\n', ".jsonl", "has no arrival_s column"),
-    ("", ".jsonl", "holds no requests"),
-])
+@pytest.mark.parametrize(
+    "content,suffix,fragment",
+    [
+        (
+            '{"arrival_s": 0, "prompt_tokens": 10, "output_tokens": 5}\nnot json\n',
+            ".jsonl",
+            "line 2 is not JSON",
+        ),
+        (
+            '{"arrival_s": 0, "prompt_tokens": 0, "output_tokens": 5}\n',
+            ".jsonl",
+            "prompt_tokens must be a whole number",
+        ),
+        ("arrival_s,prompt_tokens,output_tokens\n0.1,12,x\n", ".csv", "output_tokens must be a whole number"),
+        ('{"prompt_tokens": 10, "output_tokens": 5}\n', ".jsonl", "has no arrival_s column"),
+        ("", ".jsonl", "holds no requests"),
+    ],
+)
 def test_malformed_request_file(tmp_path, content, suffix, fragment) -> None:
     path = tmp_path / f"reqs{suffix}"
     path.write_text(content)
@@ -95,8 +119,21 @@ def test_request_file_runs(tmp_path) -> None:
 
 
 def test_disaggregated_serving_runs() -> None:
-    result = runner.invoke(app, [*BASE, "--rate", "4", "--prefill-replicas", "1", "--decode-replicas", "1",
-                                 "--kv-link", "ib-ndr", "--json"])
+    result = runner.invoke(
+        app,
+        [
+            *BASE,
+            "--rate",
+            "4",
+            "--prefill-replicas",
+            "1",
+            "--decode-replicas",
+            "1",
+            "--kv-link",
+            "ib-ndr",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["completed"] == 40
@@ -104,9 +141,25 @@ def test_disaggregated_serving_runs() -> None:
 
 
 def test_fleet_sizing_cli() -> None:
-    result = runner.invoke(app, ["serve", "--rate", "30", "--num-prompts", "300", "--prompt-len", "1000",
-                                 "--output-len", "100", "--slo", "tpot=30ms",
-                                 "--fleet-candidates", "h100-sxm:1,2", "--json"])
+    result = runner.invoke(
+        app,
+        [
+            "serve",
+            "--rate",
+            "30",
+            "--num-prompts",
+            "300",
+            "--prompt-len",
+            "1000",
+            "--output-len",
+            "100",
+            "--slo",
+            "tpot=30ms",
+            "--fleet-candidates",
+            "h100-sxm:1,2",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     one, _ = sorted(data["options"], key=lambda o: o["gpus_per_replica"])

@@ -43,8 +43,15 @@ def test_mixed_pass_of_decodes_is_decode_pass(case, batch, context, request):
     rs = request.getfixturevalue(case)
     ref = decode_passes(rs, np.float64(batch), np.array([float(context)]))
     per = _decode_args(rs, batch, context)
-    mixed = mixed_passes(rs, np.array([float(batch)]), np.array([float(batch)]), np.array([float(batch)]),
-                         per, np.zeros_like(per), per)
+    mixed = mixed_passes(
+        rs,
+        np.array([float(batch)]),
+        np.array([float(batch)]),
+        np.array([float(batch)]),
+        per,
+        np.zeros_like(per),
+        per,
+    )
     assert mixed.time[0] == pytest.approx(ref.time[0], rel=1e-12)
     assert mixed.flops_sparse[0] == pytest.approx(ref.flops_sparse[0], rel=1e-12)
     assert mixed.weight_bytes_sparse[0] == pytest.approx(ref.weight_bytes_sparse[0], rel=1e-12)
@@ -55,12 +62,21 @@ def test_mixed_pass_of_decodes_is_decode_pass(case, batch, context, request):
 def test_mixed_pass_of_whole_prompts_is_prefill_pass(case, batch, prompt, request):
     rs = request.getfixturevalue(case)
     tokens = float(batch * prompt)
-    ref = prefill_passes(rs, np.float64(batch), np.float64(prompt), np.array([tokens]), np.array([float(batch)]))
+    ref = prefill_passes(
+        rs, np.float64(batch), np.float64(prompt), np.array([tokens]), np.array([float(batch)])
+    )
     windows, _ = attention_window_rows(rs.model)
     pairs = (batch * causal_pairs(float(prompt), windows))[:, None]  # Σ_{i=1..P} min(i, w) per prompt
     kv = np.full((windows.shape[0], 1), tokens)  # a chunk from position 0 reads its own P tokens
-    mixed = mixed_passes(rs, np.array([tokens]), np.array([float(batch)]), np.array([float(batch)]),
-                         np.zeros_like(pairs), pairs, kv)
+    mixed = mixed_passes(
+        rs,
+        np.array([tokens]),
+        np.array([float(batch)]),
+        np.array([float(batch)]),
+        np.zeros_like(pairs),
+        pairs,
+        kv,
+    )
     assert mixed.time[0] == pytest.approx(ref.time[0], rel=1e-12)
     assert mixed.flops_sparse[0] == pytest.approx(ref.flops_sparse[0], rel=1e-12)
 
@@ -73,8 +89,15 @@ def test_mixed_step_reads_weights_once():
     pre = prefill_passes(rs, np.float64(1), np.float64(512), np.array([512.0]), np.array([1.0]))
     pairs_d = np.array([[32 * 600.0]])
     pairs_p = np.array([[512 * 513 / 2.0]])
-    mixed = mixed_passes(rs, np.array([544.0]), np.array([33.0]), np.array([33.0]), pairs_d, pairs_p,
-                         np.array([[32 * 600.0 + 512.0]]))
+    mixed = mixed_passes(
+        rs,
+        np.array([544.0]),
+        np.array([33.0]),
+        np.array([33.0]),
+        pairs_d,
+        pairs_p,
+        np.array([[32 * 600.0 + 512.0]]),
+    )
     assert max(dec.time[0], pre.time[0]) < mixed.time[0] < dec.time[0] + pre.time[0]
     # the weight bytes of the mixed step are those of its 544 tokens' activated experts, not the sum
     assert mixed.weight_bytes_sparse[0] < dec.weight_bytes_sparse[0] + pre.weight_bytes_sparse[0]
@@ -87,15 +110,27 @@ def test_step_model_equals_engine(case, request):
     assert cost.check(samples=64, seed=3) < 1e-12
 
 
-@given(tokens=st.integers(1, 300), seqs_frac=st.floats(0.0, 1.0), lm_frac=st.floats(0.0, 1.0),
-       pairs=st.floats(0.0, 1e8), kv=st.floats(0.0, 1e7))
+@given(
+    tokens=st.integers(1, 300),
+    seqs_frac=st.floats(0.0, 1.0),
+    lm_frac=st.floats(0.0, 1.0),
+    pairs=st.floats(0.0, 1e8),
+    kv=st.floats(0.0, 1e7),
+)
 def test_step_model_equals_engine_property(mixtral_cost, tokens, seqs_frac, lm_frac, pairs, kv):
     cost, rs = mixtral_cost
-    seqs = max(1, int(round(seqs_frac * tokens)))
-    lm = int(round(lm_frac * seqs))
+    seqs = max(1, round(seqs_frac * tokens))
+    lm = round(lm_frac * seqs)
     L = cost.num_layers
-    ref = mixed_passes(rs, np.array([float(tokens)]), np.array([float(seqs)]), np.array([float(lm)]),
-                       np.zeros((1, 1)), np.array([[pairs / L]]), np.array([[kv / L]]))
+    ref = mixed_passes(
+        rs,
+        np.array([float(tokens)]),
+        np.array([float(seqs)]),
+        np.array([float(lm)]),
+        np.zeros((1, 1)),
+        np.array([[pairs / L]]),
+        np.array([[kv / L]]),
+    )
     assert cost.time(tokens, seqs, lm, pairs, kv) == pytest.approx(ref.time[0], rel=1e-11)
 
 

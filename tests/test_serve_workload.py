@@ -24,24 +24,41 @@ MIXTRAL = Scenario(model="mixtral-8x7b", hardware="h100-sxm", gpus=8)
 def test_gamma_arrivals_have_the_rate_and_burstiness():
     """Gaps of shape k and mean 1/R: mean 1/R, coefficient of variation 1/sqrt(k) (vllm bench serve)."""
     for k in (1.0, 0.25, 4.0):
-        w = build_workload(num_prompts=40000, prompt=parse_length("10", "p"), output=parse_length("10", "o"),
-                           rate=8.0, burstiness=k, seed=3)
+        w = build_workload(
+            num_prompts=40000,
+            prompt=parse_length("10", "p"),
+            output=parse_length("10", "o"),
+            rate=8.0,
+            burstiness=k,
+            seed=3,
+        )
         gaps = np.diff(np.concatenate([[0.0], w.send_s]))
         assert gaps.mean() == pytest.approx(1 / 8.0, rel=0.03)
         assert gaps.std() / gaps.mean() == pytest.approx(1 / math.sqrt(k), rel=0.05)
 
 
 def test_lognormal_and_uniform_lengths():
-    w = build_workload(num_prompts=50000, prompt=parse_length("lognormal:400:300", "p"),
-                       output=parse_length("uniform:10:20", "o"), rate=None, seed=1)
+    w = build_workload(
+        num_prompts=50000,
+        prompt=parse_length("lognormal:400:300", "p"),
+        output=parse_length("uniform:10:20", "o"),
+        rate=None,
+        seed=1,
+    )
     assert w.prompt_tokens.mean() == pytest.approx(400, rel=0.02)
     assert w.prompt_tokens.std() == pytest.approx(300, rel=0.05)
     assert w.output_tokens.min() == 10 and w.output_tokens.max() == 20
 
 
 def test_duration_bounds_the_sends():
-    w = build_workload(num_prompts=1, prompt=parse_length("10", "p"), output=parse_length("10", "o"), rate=50.0,
-                       duration_s=20.0, seed=2)
+    w = build_workload(
+        num_prompts=1,
+        prompt=parse_length("10", "p"),
+        output=parse_length("10", "o"),
+        rate=50.0,
+        duration_s=20.0,
+        seed=2,
+    )
     assert w.send_s.max() <= 20.0
     assert w.size == pytest.approx(1000, rel=0.1)  # 50 req/s x 20 s
 
@@ -57,13 +74,17 @@ def test_dataset_profiles_carry_their_published_means():
 
 def test_dataset_file_validation(tmp_path):
     bad = tmp_path / "d.toml"
-    bad.write_text('[x]\nname = "x"\ntokenizer = "t"\nsource = "s"\nprompt = { median = 10, p90 = 5 }\n'
-                   'output = { fixed = 3 }\n')
+    bad.write_text(
+        '[x]\nname = "x"\ntokenizer = "t"\nsource = "s"\nprompt = { median = 10, p90 = 5 }\n'
+        "output = { fixed = 3 }\n"
+    )
     with pytest.raises(DataFileError, match="needs 0 < median < p90"):
         load_datasets(str(bad))
     good = tmp_path / "g.toml"
-    good.write_text('[x]\nname = "x"\ntokenizer = "t"\nsource = "s"\nprompt = { median = 100, p90 = 300 }\n'
-                    'output = { mean = 50, std = 10 }\n')
+    good.write_text(
+        '[x]\nname = "x"\ntokenizer = "t"\nsource = "s"\nprompt = { median = 100, p90 = 300 }\n'
+        "output = { mean = 50, std = 10 }\n"
+    )
     p = load_datasets(str(good))["x"].prompt
     # lognormal with median 100 and p90 300: σ = ln 3 / 1.2816 = 0.8572, σ²/2 = 0.3674; mean = 100·e^0.3674 = 144.40
     assert p.a == pytest.approx(100 * math.exp((math.log(3) / 1.2815515655446004) ** 2 / 2), rel=1e-12)
@@ -72,8 +93,12 @@ def test_dataset_file_validation(tmp_path):
 
 def test_presets_follow_their_engines_rules():
     vllm = get_preset("vllm-like")
-    assert vllm.config(80 * GB, device_id="h100-sxm") == SchedulerConfig(1024, 8192, True, 16)  # 74.5 GiB >= 70
-    assert vllm.config(80 * GB, device_id="a100-sxm-80gb") == SchedulerConfig(256, 2048, True, 16)  # A100 excluded
+    assert vllm.config(80 * GB, device_id="h100-sxm") == SchedulerConfig(
+        1024, 8192, True, 16
+    )  # 74.5 GiB >= 70
+    assert vllm.config(80 * GB, device_id="a100-sxm-80gb") == SchedulerConfig(
+        256, 2048, True, 16
+    )  # A100 excluded
     assert vllm.config(48 * GB, device_id="l40s") == SchedulerConfig(256, 2048, True, 16)
     sglang = get_preset("sglang-like")
     assert sglang.config(80 * GB).max_batched_tokens == 8192  # 76,294 MiB < 160 x 1024
@@ -127,8 +152,14 @@ def test_closed_loop_keeps_n_in_flight():
     """A closed loop of 4 clients and 40 requests: every request after the first 4 arrives exactly when one
     finishes."""
     sched = SchedulerConfig(max_num_seqs=256, max_batched_tokens=8192)
-    work = build_workload(num_prompts=40, prompt=parse_length("200", "p"), output=parse_length("uniform:5:50", "o"),
-                          rate=None, concurrency=4, seed=4)
+    work = build_workload(
+        num_prompts=40,
+        prompt=parse_length("200", "p"),
+        output=parse_length("uniform:5:50", "o"),
+        rate=None,
+        concurrency=4,
+        seed=4,
+    )
     res = serve(MIXTRAL, sched, work)
     arr, fin = res.per_request["arrival_s"], res.per_request["finish_s"]
     assert np.all(arr[:4] == 0.0)
@@ -142,8 +173,9 @@ def test_fleet_sizing_finds_the_fewest_replicas_and_prices_them():
     from capsim.serving.fleet import parse_candidates, size_fleet
 
     sched = SchedulerConfig(max_num_seqs=256, max_batched_tokens=8192)
-    work = build_workload(num_prompts=600, prompt=parse_length("1000", "p"), output=parse_length("100", "o"),
-                          rate=30.0, seed=5)
+    work = build_workload(
+        num_prompts=600, prompt=parse_length("1000", "p"), output=parse_length("100", "o"), rate=30.0, seed=5
+    )
     slo = {"tpot": 0.030}
     base = Scenario(model="mixtral-8x7b", hardware="h100-sxm")
     options = size_fleet(base, parse_candidates("h100-sxm:2"), lambda sc: sched, work, slo)

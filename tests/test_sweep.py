@@ -41,10 +41,18 @@ def grid_points(draw: st.DrawFn) -> tuple[str, str, int, int, int, int]:
     """A model/hardware pair and a numeric point. gen_len up to 3000: TPOT is an exact sum over every step,
     so it must equal predict's however long the generation. Prompts are drawn short half the time so that
     gpt-oss's 128-token windows fall inside the decode range."""
-    model, hw, gpus = draw(st.sampled_from([
-        ("mixtral-8x7b", "h100-sxm", 2), ("qwen3-30b-a3b", "a100-sxm-80gb", 1), ("deepseek-v2-lite", "l40s", 1),
-        ("gpt-oss-20b", "h200-sxm", 1), ("deepseek-v3", "dgx-h200", 8), ("gpt-oss-120b", "b200", 1),
-    ]))
+    model, hw, gpus = draw(
+        st.sampled_from(
+            [
+                ("mixtral-8x7b", "h100-sxm", 2),
+                ("qwen3-30b-a3b", "a100-sxm-80gb", 1),
+                ("deepseek-v2-lite", "l40s", 1),
+                ("gpt-oss-20b", "h200-sxm", 1),
+                ("deepseek-v3", "dgx-h200", 8),
+                ("gpt-oss-120b", "b200", 1),
+            ]
+        )
+    )
     prompt = draw(st.one_of(st.integers(1, 300), st.integers(1, 20000)))
     return model, hw, gpus, draw(st.integers(1, 600)), prompt, draw(st.integers(1, 3000))
 
@@ -79,13 +87,17 @@ def _assert_row_equals_prediction(cols, i, pred) -> None:  # type: ignore[no-unt
 @given(point=grid_points())
 def test_sweep_equals_predict(default_hardware_db, point) -> None:  # type: ignore[no-untyped-def]
     model, hw, gpus, batch, prompt, gen = point
-    grid = Grid(models=(model,), hardware=(hw,), gpus=(gpus,), batch=(batch,), prompt_len=(prompt,), gen_len=(gen,))
+    grid = Grid(
+        models=(model,), hardware=(hw,), gpus=(gpus,), batch=(batch,), prompt_len=(prompt,), gen_len=(gen,)
+    )
     cols = evaluate_segment(grid, resolve_group(grid, grid.group_keys[0], default_hardware_db), 0, 1)
     from capsim import DoesNotFitError
 
     try:
-        pred = predict(Scenario(model=model, hardware=hw, gpus=gpus, batch=batch, prompt_len=prompt, gen_len=gen),
-                       hardware_db=default_hardware_db)
+        pred = predict(
+            Scenario(model=model, hardware=hw, gpus=gpus, batch=batch, prompt_len=prompt, gen_len=gen),
+            hardware_db=default_hardware_db,
+        )
     except DoesNotFitError:
         assert not cols["feasible"][0]
         return
@@ -96,25 +108,47 @@ def test_sweep_equals_predict(default_hardware_db, point) -> None:  # type: igno
 def test_whole_segment_equals_predict_row_by_row(default_hardware_db, model, hw, gpus) -> None:  # type: ignore[no-untyped-def]
     """One vectorised call over a 3 x 5 x 4 grid (batches mixed, prompts either side of gpt-oss's 128-token
     window, single- and multi-chunk prefills, gen 1 = no decode step) equals 60 separate predicts."""
-    grid = Grid(models=(model,), hardware=(hw,), gpus=(gpus,), batch=(1, 7, 64),
-                prompt_len=(60, 127, 128, 129, 3000), gen_len=(1, 2, 70, 1000))
+    grid = Grid(
+        models=(model,),
+        hardware=(hw,),
+        gpus=(gpus,),
+        batch=(1, 7, 64),
+        prompt_len=(60, 127, 128, 129, 3000),
+        gen_len=(1, 2, 70, 1000),
+    )
     group = resolve_group(grid, grid.group_keys[0], default_hardware_db)
     cols = evaluate_segment(grid, group, 0, grid.numeric_size)
     for i in range(grid.numeric_size):
-        pred = predict(Scenario(model=model, hardware=hw, gpus=gpus, batch=int(cols["batch"][i]),
-                                prompt_len=int(cols["prompt_len"][i]), gen_len=int(cols["gen_len"][i])),
-                       hardware_db=default_hardware_db)
+        pred = predict(
+            Scenario(
+                model=model,
+                hardware=hw,
+                gpus=gpus,
+                batch=int(cols["batch"][i]),
+                prompt_len=int(cols["prompt_len"][i]),
+                gen_len=int(cols["gen_len"][i]),
+            ),
+            hardware_db=default_hardware_db,
+        )
         _assert_row_equals_prediction(cols, i, pred)
 
 
 def test_batch_beyond_kv_capacity_runs_in_waves(default_hardware_db) -> None:
     """Mixtral on 2 x H100 with 32k-token sequences: the KV cache holds fewer sequences than asked, so the row
     runs in waves of max_batch, as predict's memory plan says."""
-    grid = Grid(models=("mixtral-8x7b",), hardware=("h100-sxm",), gpus=(2,), batch=(1024,), prompt_len=(32000,),
-                gen_len=(64,))
+    grid = Grid(
+        models=("mixtral-8x7b",),
+        hardware=("h100-sxm",),
+        gpus=(2,),
+        batch=(1024,),
+        prompt_len=(32000,),
+        gen_len=(64,),
+    )
     cols = evaluate_segment(grid, resolve_group(grid, grid.group_keys[0], default_hardware_db), 0, 1)
-    pred = predict(Scenario(model="mixtral-8x7b", hardware="h100-sxm", gpus=2, batch=1024, prompt_len=32000,
-                            gen_len=64), hardware_db=default_hardware_db)
+    pred = predict(
+        Scenario(model="mixtral-8x7b", hardware="h100-sxm", gpus=2, batch=1024, prompt_len=32000, gen_len=64),
+        hardware_db=default_hardware_db,
+    )
     assert pred.memory.waves > 1  # the case is what it claims to be
     assert cols["max_batch"][0] == pred.memory.max_batch
     assert cols["waves"][0] == pred.memory.waves == -(-1024 // pred.memory.max_batch)
@@ -132,8 +166,14 @@ def test_group_that_cannot_run_says_why(default_hardware_db) -> None:
     assert all(str(b).startswith("does not run: ") for b in cols["bottleneck"])
 
 
-SMALL = Grid(models=("mixtral-8x7b", "qwen3-30b-a3b"), hardware=("h100-sxm", "rtx-4090"), gpus=(1, 2),
-             batch=(1, 4, 64), prompt_len=(256, 4096), gen_len=(8,))
+SMALL = Grid(
+    models=("mixtral-8x7b", "qwen3-30b-a3b"),
+    hardware=("h100-sxm", "rtx-4090"),
+    gpus=(1, 2),
+    batch=(1, 4, 64),
+    prompt_len=(256, 4096),
+    gen_len=(8,),
+)
 
 
 def _read(path):  # type: ignore[no-untyped-def]
@@ -170,7 +210,9 @@ def test_resume_refuses_a_different_grid(tmp_path, default_hardware_db) -> None:
 
     run = SweepRun(SMALL, tmp_path / "r.csv", "csv", 5, Filters())
     run_local(run, default_hardware_db, run.prepare()[:1])  # one finished part: something to resume
-    other = SweepRun(SMALL.__class__(**{**SMALL.__dict__, "batch": (1, 2)}), tmp_path / "r.csv", "csv", 5, Filters())
+    other = SweepRun(
+        SMALL.__class__(**{**SMALL.__dict__, "batch": (1, 2)}), tmp_path / "r.csv", "csv", 5, Filters()
+    )
     with pytest.raises(ScenarioError, match="different grid"):
         other.prepare()
 
@@ -180,7 +222,9 @@ def test_issue_15_parts_without_a_finished_part_do_not_block(tmp_path, default_h
     # left a manifest only; a different sweep to the same path now starts over instead of refusing
     run = SweepRun(SMALL, tmp_path / "r.csv", "csv", 5, Filters())
     run.prepare()
-    other = SweepRun(SMALL.__class__(**{**SMALL.__dict__, "batch": (1, 2)}), tmp_path / "r.csv", "csv", 5, Filters())
+    other = SweepRun(
+        SMALL.__class__(**{**SMALL.__dict__, "batch": (1, 2)}), tmp_path / "r.csv", "csv", 5, Filters()
+    )
     assert other.prepare() == list(range(other.n_chunks))
     run_local(other, default_hardware_db, list(range(other.n_chunks)))
     assert other.finish().exists() and not other.parts_dir.exists()
@@ -198,11 +242,33 @@ def test_pareto_mask_matches_brute_force() -> None:
 def test_cli_sweep_filters_and_pareto(tmp_path) -> None:
     out = tmp_path / "s.jsonl"
     front = tmp_path / "front.json"
-    result = runner.invoke(app, [
-        "sweep", "--model", "mixtral-8x7b", "--hardware", "h100-sxm", "--gpus", "1,2", "--batch", "1:64:x4",
-        "--prompt-len", "512", "--gen-len", "16", "--out", str(out), "--feasible-only", "--slo-tpot", "20ms",
-        "--pareto", str(front), "--chunk-rows", "3",
-    ])
+    result = runner.invoke(
+        app,
+        [
+            "sweep",
+            "--model",
+            "mixtral-8x7b",
+            "--hardware",
+            "h100-sxm",
+            "--gpus",
+            "1,2",
+            "--batch",
+            "1:64:x4",
+            "--prompt-len",
+            "512",
+            "--gen-len",
+            "16",
+            "--out",
+            str(out),
+            "--feasible-only",
+            "--slo-tpot",
+            "20ms",
+            "--pareto",
+            str(front),
+            "--chunk-rows",
+            "3",
+        ],
+    )
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     # 1 GPU cannot hold Mixtral (93 GB bf16 > 72 GB usable), so only the 2-GPU rows can survive the filter
@@ -214,11 +280,17 @@ def test_cli_sweep_filters_and_pareto(tmp_path) -> None:
 @pytest.mark.parametrize(
     "args,expected",
     [
-        (["--model", "mixtral-8x7b", "--hardware", "h100-sxm", "--batch", "x"], "error: cannot read --batch 'x'"),
+        (
+            ["--model", "mixtral-8x7b", "--hardware", "h100-sxm", "--batch", "x"],
+            "error: cannot read --batch 'x'",
+        ),
         (["--model", "mixtral", "--hardware", "h100-sxm"], "error: unknown model 'mixtral'"),
         (["--model", "mixtral-8x7b", "--hardware", "h100"], "error: unknown hardware 'h100'"),
         (["--hardware", "h100-sxm"], "error: give --model and --hardware"),
-        (["--model", "mixtral-8x7b", "--hardware", "h100-sxm", "--gpus", "a"], "error: cannot read --gpus 'a'"),
+        (
+            ["--model", "mixtral-8x7b", "--hardware", "h100-sxm", "--gpus", "a"],
+            "error: cannot read --gpus 'a'",
+        ),
     ],
 )
 def test_cli_sweep_errors(tmp_path, args, expected) -> None:  # type: ignore[no-untyped-def]
@@ -230,8 +302,24 @@ def test_cli_sweep_errors(tmp_path, args, expected) -> None:  # type: ignore[no-
 
 def test_cli_csv_has_header_and_all_rows(tmp_path) -> None:
     out = tmp_path / "s.csv"
-    result = runner.invoke(app, ["sweep", "--model", "olmoe-1b-7b", "--hardware", "l4,h100-sxm", "--batch", "1,2,3",
-                                 "--gen-len", "4", "--out", str(out), "--chunk-rows", "4"])
+    result = runner.invoke(
+        app,
+        [
+            "sweep",
+            "--model",
+            "olmoe-1b-7b",
+            "--hardware",
+            "l4,h100-sxm",
+            "--batch",
+            "1,2,3",
+            "--gen-len",
+            "4",
+            "--out",
+            str(out),
+            "--chunk-rows",
+            "4",
+        ],
+    )
     assert result.exit_code == 0, result.output
     with out.open() as fh:
         rows = list(csv.DictReader(fh))
@@ -245,14 +333,31 @@ def test_dask_backend_matches_local_and_resumes(tmp_path, default_hardware_db) -
     chunks written): the output is byte for byte the uninterrupted local run's."""
     pytest.importorskip("distributed")
     local, dask_out = tmp_path / "local.csv", tmp_path / "dask.csv"
-    base = ["sweep", "--model", "qwen3-30b-a3b", "--hardware", "h100-sxm,a100-sxm-80gb", "--batch", "1:32:x2",
-            "--gen-len", "4,300", "--chunk-rows", "5"]
+    base = [
+        "sweep",
+        "--model",
+        "qwen3-30b-a3b",
+        "--hardware",
+        "h100-sxm,a100-sxm-80gb",
+        "--batch",
+        "1:32:x2",
+        "--gen-len",
+        "4,300",
+        "--chunk-rows",
+        "5",
+    ]
     assert runner.invoke(app, [*base, "--out", str(local)]).exit_code == 0
-    grid = Grid(models=("qwen3-30b-a3b",), hardware=("h100-sxm", "a100-sxm-80gb"), batch=(1, 2, 4, 8, 16, 32),
-                gen_len=(4, 300))
+    grid = Grid(
+        models=("qwen3-30b-a3b",),
+        hardware=("h100-sxm", "a100-sxm-80gb"),
+        batch=(1, 2, 4, 8, 16, 32),
+        gen_len=(4, 300),
+    )
     half = SweepRun(grid, dask_out, "csv", 5, Filters())
     run_local(half, default_hardware_db, half.prepare()[:3])  # an interrupted run: chunks 0-2 only
-    result = runner.invoke(app, [*base, "--out", str(dask_out), "--backend", "dask", "--workers", "2", "--json"])
+    result = runner.invoke(
+        app, [*base, "--out", str(dask_out), "--backend", "dask", "--workers", "2", "--json"]
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["resumed_chunks"] == 3 and summary["chunks"] == 5  # 24 rows in chunks of 5
@@ -264,8 +369,10 @@ def _columns_with_awkward_values():  # type: ignore[no-untyped-def]
     one with an infinite value."""
     from capsim.sweep.evaluate import _empty
 
-    cols = _empty(3, {"model": "m", "hardware": "h", "weight_dtype": "native", "kv_dtype": "bf16",
-                      "bottleneck": "memory"})
+    cols = _empty(
+        3,
+        {"model": "m", "hardware": "h", "weight_dtype": "native", "kv_dtype": "bf16", "bottleneck": "memory"},
+    )
     cols["bottleneck"] = np.array(["memory", 'does not run: "x", y', "compute"])
     cols["feasible"][:] = [True, False, True]
     cols["batch"][:] = [1, 2, 3]
@@ -298,14 +405,44 @@ def test_text_encoders_write_what_csv_and_json_modules_would(tmp_path) -> None:
 def test_parquet_output_round_trips(tmp_path) -> None:
     pq = pytest.importorskip("pyarrow.parquet")
     out = tmp_path / "s.parquet"
-    result = runner.invoke(app, ["sweep", "--model", "olmoe-1b-7b", "--hardware", "l4,h100-sxm", "--batch", "1,2,3",
-                                 "--gen-len", "4", "--out", str(out), "--chunk-rows", "4"])
+    result = runner.invoke(
+        app,
+        [
+            "sweep",
+            "--model",
+            "olmoe-1b-7b",
+            "--hardware",
+            "l4,h100-sxm",
+            "--batch",
+            "1,2,3",
+            "--gen-len",
+            "4",
+            "--out",
+            str(out),
+            "--chunk-rows",
+            "4",
+        ],
+    )
     assert result.exit_code == 0, result.output
     table = pq.read_table(out).to_pydict()
     assert table["batch"] == [1, 2, 3] * 2 and table["hardware"] == ["l4"] * 3 + ["h100-sxm"] * 3
     csv_out = tmp_path / "s.csv"
-    runner.invoke(app, ["sweep", "--model", "olmoe-1b-7b", "--hardware", "l4,h100-sxm", "--batch", "1,2,3",
-                        "--gen-len", "4", "--out", str(csv_out)])
+    runner.invoke(
+        app,
+        [
+            "sweep",
+            "--model",
+            "olmoe-1b-7b",
+            "--hardware",
+            "l4,h100-sxm",
+            "--batch",
+            "1,2,3",
+            "--gen-len",
+            "4",
+            "--out",
+            str(csv_out),
+        ],
+    )
     with csv_out.open() as fh:
         rows = list(csv.DictReader(fh))
     assert [None if r["tpot_s"] == "" else float(r["tpot_s"]) for r in rows] == table["tpot_s"]
@@ -321,8 +458,14 @@ def test_rows_do_not_depend_on_chunking(default_hardware_db) -> None:
     from capsim.engine import _ACTIVATED_CACHE
     from capsim.sweep.run import evaluate_chunk, resolve_groups
 
-    grid = Grid(models=("gpt-oss-20b", "deepseek-v2-lite"), hardware=("h200-sxm",), batch=(1, 5, 64),
-                prompt_len=(100, 2000), gen_len=(1, 40, 900), routing="zipf:1.1,reuse=0.3")
+    grid = Grid(
+        models=("gpt-oss-20b", "deepseek-v2-lite"),
+        hardware=("h200-sxm",),
+        batch=(1, 5, 64),
+        prompt_len=(100, 2000),
+        gen_len=(1, 40, 900),
+        routing="zipf:1.1,reuse=0.3",
+    )
     groups = resolve_groups(grid, default_hardware_db)
     _ACTIVATED_CACHE.clear()
     whole = evaluate_chunk(grid, groups, 0, grid.size)
@@ -336,9 +479,10 @@ def test_rows_do_not_depend_on_chunking(default_hardware_db) -> None:
             np.testing.assert_array_equal(chunked, column, err_msg=name)
 
 
-
 def test_cli_unknown_output_format_and_toml_grid(tmp_path) -> None:
-    bad = runner.invoke(app, ["sweep", "--model", "olmoe-1b-7b", "--hardware", "l4", "--out", str(tmp_path / "x.txt")])
+    bad = runner.invoke(
+        app, ["sweep", "--model", "olmoe-1b-7b", "--hardware", "l4", "--out", str(tmp_path / "x.txt")]
+    )
     assert bad.exit_code == 1 and bad.stderr.startswith("error: cannot tell the output format")
     toml = tmp_path / "grid.toml"
     toml.write_text('models = ["olmoe-1b-7b"]\nhardware = "h100-sxm"\nbatch = "1:4:x2"\ngen_len = [4]\n')
@@ -356,16 +500,32 @@ def test_cpu_experts_segment_equals_predict_row_by_row(default_hardware_db, mode
     """Issue 16: the cpu-experts mode is a sweep axis (``mode=cpu-experts`` in the layout). Every expert is
     computed by the EPYC 9654 next to the RTX 4090; rows (batches 1-16, one- and many-step generations)
     equal predict's, the CPU time and PCIe hand-offs included (bottleneck "cpu")."""
-    grid = Grid(models=(model,), hardware=("epyc-9654-4090",), batch=(1, 3, 16), prompt_len=(60, 2000),
-                gen_len=(1, 2, 300), weight_dtype=(wdt,), layout=("mode=cpu-experts",))
+    grid = Grid(
+        models=(model,),
+        hardware=("epyc-9654-4090",),
+        batch=(1, 3, 16),
+        prompt_len=(60, 2000),
+        gen_len=(1, 2, 300),
+        weight_dtype=(wdt,),
+        layout=("mode=cpu-experts",),
+    )
     group = resolve_group(grid, grid.group_keys[0], default_hardware_db)
     assert group.error is None
     cols = evaluate_segment(grid, group, 0, grid.numeric_size)
     assert (cols["bottleneck"] == "cpu").any()
     for i in range(grid.numeric_size):
-        pred = predict(Scenario(model=model, hardware="epyc-9654-4090", gpus=1, mode="cpu-experts",
-                                weight_dtype=None if wdt == "native" else wdt, batch=int(cols["batch"][i]),
-                                prompt_len=int(cols["prompt_len"][i]), gen_len=int(cols["gen_len"][i])),
-                       hardware_db=default_hardware_db)
+        pred = predict(
+            Scenario(
+                model=model,
+                hardware="epyc-9654-4090",
+                gpus=1,
+                mode="cpu-experts",
+                weight_dtype=None if wdt == "native" else wdt,
+                batch=int(cols["batch"][i]),
+                prompt_len=int(cols["prompt_len"][i]),
+                gen_len=int(cols["gen_len"][i]),
+            ),
+            hardware_db=default_hardware_db,
+        )
         assert pred.deployment["mode"] == "cpu-experts"
         _assert_row_equals_prediction(cols, i, pred)

@@ -45,7 +45,7 @@ def _assert_sums_equal(rs, batch, prompt, gen) -> None:  # type: ignore[no-untyp
 
 def _attention_flips(rs, batch: float, lo: float, hi: float) -> bool:  # type: ignore[no-untyped-def]
     cost = decode_passes(rs, np.array([batch, batch]), np.array([lo, hi]))
-    (tc, tm), = [(tc, tm) for name, tc, tm in cost.op_times if name == "attn_core"]
+    ((tc, tm),) = [(tc, tm) for name, tc, tm in cost.op_times if name == "attn_core"]
     return bool((tc[0] >= tm[0]) != (tc[1] >= tm[1]))
 
 
@@ -74,11 +74,18 @@ def test_sums_across_sliding_windows(default_hardware_db) -> None:
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
-    case=st.sampled_from([
-        ("deepseek-v3", "gaudi3", 1, "fp8"), ("deepseek-v3", "mi300x", 1, "bf16"), ("gpt-oss-120b", "b200", 1, "fp8"),
-        ("mixtral-8x7b", "h100-sxm", 2, "bf16"), ("deepseek-v2-lite", "l40s", 1, "fp8"),
-    ]),
-    rows=st.lists(st.tuples(st.integers(1, 64), st.integers(1, 400), st.integers(1, 400)), min_size=1, max_size=12),
+    case=st.sampled_from(
+        [
+            ("deepseek-v3", "gaudi3", 1, "fp8"),
+            ("deepseek-v3", "mi300x", 1, "bf16"),
+            ("gpt-oss-120b", "b200", 1, "fp8"),
+            ("mixtral-8x7b", "h100-sxm", 2, "bf16"),
+            ("deepseek-v2-lite", "l40s", 1, "fp8"),
+        ]
+    ),
+    rows=st.lists(
+        st.tuples(st.integers(1, 64), st.integers(1, 400), st.integers(1, 400)), min_size=1, max_size=12
+    ),
 )
 def test_sums_equal_stepwise_property(default_hardware_db, case, rows) -> None:  # type: ignore[no-untyped-def]
     rs = _resolved(default_hardware_db, *case)
@@ -91,7 +98,9 @@ def test_sums_equal_stepwise_property(default_hardware_db, case, rows) -> None: 
 def test_one_more_step_adds_that_step(default_hardware_db, batch: int, prompt: int, gen: int) -> None:
     """Σ over G+1 generated tokens − Σ over G = the cost of the step at context P+G (each sum exact)."""
     rs = _resolved(default_hardware_db, "qwen3-30b-a3b", "h100-sxm", 1)
-    totals, _ = decode_totals(rs, np.array([batch, batch]), np.array([prompt, prompt]), np.array([gen, gen + 1]))
+    totals, _ = decode_totals(
+        rs, np.array([batch, batch]), np.array([prompt, prompt]), np.array([gen, gen + 1])
+    )
     step = step_quantities(decode_passes(rs, float(batch), np.array([float(prompt + gen)])), 1)[0]
     assert totals[0, 1] - totals[0, 0] == pytest.approx(step[0], rel=1e-9)
 

@@ -21,10 +21,30 @@ from capsim.sweep import Grid
 from capsim.sweep.run import Filters, SweepRun, run_local
 
 REPO = Path(__file__).resolve().parents[1]
-ARGS = ["--model", "qwen3-30b-a3b,mixtral-8x7b", "--hardware", "h100-sxm,a100-sxm-80gb", "--gpus", "1,2",
-        "--batch", "1:50:+1", "--prompt-len", "256,4096", "--gen-len", "16,256", "--chunk-rows", "16"]
-GRID = Grid(models=("qwen3-30b-a3b", "mixtral-8x7b"), hardware=("h100-sxm", "a100-sxm-80gb"), gpus=(1, 2),
-            batch=tuple(range(1, 51)), prompt_len=(256, 4096), gen_len=(16, 256))
+ARGS = [
+    "--model",
+    "qwen3-30b-a3b,mixtral-8x7b",
+    "--hardware",
+    "h100-sxm,a100-sxm-80gb",
+    "--gpus",
+    "1,2",
+    "--batch",
+    "1:50:+1",
+    "--prompt-len",
+    "256,4096",
+    "--gen-len",
+    "16,256",
+    "--chunk-rows",
+    "16",
+]
+GRID = Grid(
+    models=("qwen3-30b-a3b", "mixtral-8x7b"),
+    hardware=("h100-sxm", "a100-sxm-80gb"),
+    gpus=(1, 2),
+    batch=tuple(range(1, 51)),
+    prompt_len=(256, 4096),
+    gen_len=(16, 256),
+)
 
 
 def _committed(parts: Path) -> int:
@@ -38,8 +58,12 @@ def _committed(parts: Path) -> int:
 def _sweep(out: Path, output: int, *extra: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     code = "import sys; from capsim.cli import main; sys.argv = ['capsim'] + sys.argv[1:]; main()"
-    return subprocess.Popen([sys.executable, "-c", code, "sweep", *ARGS, *extra, "--out", str(out), "--json"], env=env,
-                            stdout=output, stderr=output)
+    return subprocess.Popen(
+        [sys.executable, "-c", code, "sweep", *ARGS, *extra, "--out", str(out), "--json"],
+        env=env,
+        stdout=output,
+        stderr=output,
+    )
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")

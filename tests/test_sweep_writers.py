@@ -17,8 +17,13 @@ pq = pytest.importorskip("pyarrow.parquet")
 
 # 2 groups x 4 batches x 2 prompts x 2 generated lengths = 32 rows; Mixtral does not fit one H100 (no row
 # of that group survives --feasible-only, so whole chunks are filtered away)
-GRID = Grid(models=("mixtral-8x7b", "qwen3-30b-a3b"), hardware=("h100-sxm",), batch=(1, 8, 64, 512),
-            prompt_len=(256, 4096), gen_len=(1, 64))
+GRID = Grid(
+    models=("mixtral-8x7b", "qwen3-30b-a3b"),
+    hardware=("h100-sxm",),
+    batch=(1, 8, 64, 512),
+    prompt_len=(256, 4096),
+    gen_len=(1, 64),
+)
 
 
 def _expected(db, filters: Filters, chunk_rows: int):  # type: ignore[no-untyped-def]
@@ -26,7 +31,10 @@ def _expected(db, filters: Filters, chunk_rows: int):  # type: ignore[no-untyped
     from capsim.sweep.writers import arrow_table
 
     groups = resolve_groups(GRID, db)
-    parts = [evaluate_chunk(GRID, groups, a, min(a + chunk_rows, GRID.size)) for a in range(0, GRID.size, chunk_rows)]
+    parts = [
+        evaluate_chunk(GRID, groups, a, min(a + chunk_rows, GRID.size))
+        for a in range(0, GRID.size, chunk_rows)
+    ]
     cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     keep = filters.mask(cols)
     return arrow_table({k: v[keep] for k, v in cols.items()})
@@ -34,7 +42,9 @@ def _expected(db, filters: Filters, chunk_rows: int):  # type: ignore[no-untyped
 
 @pytest.mark.parametrize("chunk_rows", [1, 3, 7, 32])
 @pytest.mark.parametrize("filters", [Filters(), Filters(feasible_only=True)])
-def test_spliced_parquet_reads_back_every_kept_row(tmp_path, default_hardware_db, chunk_rows, filters) -> None:  # type: ignore[no-untyped-def]
+def test_spliced_parquet_reads_back_every_kept_row(
+    tmp_path, default_hardware_db, chunk_rows, filters
+) -> None:  # type: ignore[no-untyped-def]
     run = SweepRun(GRID, tmp_path / "s.parquet", "parquet", chunk_rows, filters)
     run_local(run, default_hardware_db, run.prepare())
     out = run.finish()
@@ -52,7 +62,9 @@ def test_spliced_parquet_reads_back_every_kept_row(tmp_path, default_hardware_db
 
 
 def test_parquet_with_no_row_has_the_schema(tmp_path, default_hardware_db) -> None:  # type: ignore[no-untyped-def]
-    grid = Grid(models=("mixtral-8x7b",), hardware=("h100-sxm",), batch=(1, 2))  # 93 GB of weights: no row fits
+    grid = Grid(
+        models=("mixtral-8x7b",), hardware=("h100-sxm",), batch=(1, 2)
+    )  # 93 GB of weights: no row fits
     run = SweepRun(grid, tmp_path / "none.parquet", "parquet", 1, Filters(feasible_only=True))
     run_local(run, default_hardware_db, run.prepare())
     table = pq.read_table(run.finish())
@@ -66,7 +78,9 @@ def test_missing_pyarrow_is_one_clear_error(monkeypatch) -> None:  # type: ignor
     from capsim.sweep.writers import require_pyarrow
 
     monkeypatch.setitem(sys.modules, "pyarrow", None)  # import pyarrow now raises ImportError
-    with pytest.raises(ScenarioError, match=r"csv output needs pyarrow, a capsim dependency: pip install pyarrow"):
+    with pytest.raises(
+        ScenarioError, match=r"csv output needs pyarrow, a capsim dependency: pip install pyarrow"
+    ):
         require_pyarrow("csv")
 
 

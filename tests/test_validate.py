@@ -165,8 +165,12 @@ def test_cli_validate_exit_codes(tmp_path: Path, entries: dict[str, Path]) -> No
     day = datetime.now(UTC).date().isoformat()  # the report is dated when validation runs
     written = sorted(p.name for p in (tmp_path / "out").iterdir())
     # issue 15: the second run of the day gets its own report instead of overwriting the first
-    assert written == [f"cpu-test-1t-{day}-2.json", f"cpu-test-1t-{day}-2.md",
-                       f"cpu-test-1t-{day}.json", f"cpu-test-1t-{day}.md"]
+    assert written == [
+        f"cpu-test-1t-{day}-2.json",
+        f"cpu-test-1t-{day}-2.md",
+        f"cpu-test-1t-{day}.json",
+        f"cpu-test-1t-{day}.md",
+    ]
     as_json = runner.invoke(app, [*common, "--hardware-db", str(entries["right"]), "--json"])
     assert json.loads(as_json.stdout)["passed"] is True
 

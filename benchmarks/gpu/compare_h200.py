@@ -44,14 +44,18 @@ def main() -> None:
     parser.add_argument("--hardware", default="h200-sxm")
     args = parser.parse_args()
     data = json.loads(args.results.read_text())
-    print("| model | implementation | tokens | experts measured / expected | measured ms | capsim ms | measured / capsim |")
+    print(
+        "| model | implementation | tokens | experts measured / expected | measured ms | capsim ms | measured / capsim |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|")
     for model, entry in data.items():
         for impl, points in entry.get("runs", {}).items():
             for p in points:
                 seconds, expected = predicted_block_seconds(model, args.hardware, p["tokens"])
-                print(f"| {model} | {impl} | {p['tokens']} | {p['activated_experts']:.0f} / {expected:.1f} | "
-                      f"{p['median_s'] * 1e3:.3f} | {seconds * 1e3:.3f} | {p['median_s'] / seconds:.2f} |")
+                print(
+                    f"| {model} | {impl} | {p['tokens']} | {p['activated_experts']:.0f} / {expected:.1f} | "
+                    f"{p['median_s'] * 1e3:.3f} | {seconds * 1e3:.3f} | {p['median_s'] / seconds:.2f} |"
+                )
 
 
 if __name__ == "__main__":

@@ -51,18 +51,34 @@ def stage_environment(out: Path) -> None:
     import importlib
 
     info: dict[str, Any] = {"python": sys.version, "platform": platform.platform()}
-    for name in ("torch", "transformers", "numpy", "sympy", "networkx", "scipy", "typer", "rich", "matplotlib"):
+    for name in (
+        "torch",
+        "transformers",
+        "numpy",
+        "sympy",
+        "networkx",
+        "scipy",
+        "typer",
+        "rich",
+        "matplotlib",
+    ):
         try:
             info[name] = getattr(importlib.import_module(name), "__version__", "present")
-        except Exception as exc:  # noqa: BLE001 - record what is missing, whatever the reason
+        except Exception as exc:
             info[name] = f"missing: {exc!r}"
     import torch
 
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
         free, total = torch.cuda.mem_get_info(0)
-        info.update(device=props.name, sm_count=props.multi_processor_count, capability=f"{props.major}.{props.minor}",
-                    memory_total_gb=total / 1e9, memory_free_gb=free / 1e9, cuda=torch.version.cuda)
+        info.update(
+            device=props.name,
+            sm_count=props.multi_processor_count,
+            capability=f"{props.major}.{props.minor}",
+            memory_total_gb=total / 1e9,
+            memory_free_gb=free / 1e9,
+            cuda=torch.version.cuda,
+        )
     dump(out / "environment.json", info)
     log(f"environment: {info}")
 
@@ -73,8 +89,14 @@ def stage_calibrate(out: Path, device: str, tiny: bool) -> None:
 
     nominal = load_hardware_db().get("h200-sxm")
     peaks = {k: v for k, v in nominal.peak_tflops_dense.items() if k in ("fp32", "bf16", "fp16")}
-    cal = calibrate(device=device, quick=tiny, nominal_bw_gb_s=nominal.memory_bandwidth_gb_s, nominal_tflops=peaks,
-                    command="python benchmarks/gpu/h200_validate.py (stage calibrate)", progress=log)
+    cal = calibrate(
+        device=device,
+        quick=tiny,
+        nominal_bw_gb_s=nominal.memory_bandwidth_gb_s,
+        nominal_tflops=peaks,
+        command="python benchmarks/gpu/h200_validate.py (stage calibrate)",
+        progress=log,
+    )
     path = write_entry(cal, out / "calibration", "h200-sxm-calibrated")
     write_report(cal, path.with_name(f"{path.stem}.calibration.json"))
     log(f"calibration written: {path}")
@@ -82,10 +104,20 @@ def stage_calibrate(out: Path, device: str, tiny: bool) -> None:
 
 PROFILES: tuple[tuple[str, int, tuple[int, ...], tuple[int, ...], tuple[tuple[int, int], ...]], ...] = (
     # model, layers, decode batches, decode contexts, prefills (batch, prompt)
-    ("mixtral-8x7b", 4, (1, 2, 4, 8, 16, 32, 64, 128, 256), (1024, 4096),
-     ((1, 512), (1, 2048), (4, 2048), (16, 2048))),
-    ("qwen3-30b-a3b", 8, (1, 2, 4, 8, 16, 32, 64, 128, 256), (1024, 4096),
-     ((1, 512), (1, 2048), (4, 2048), (16, 2048))),
+    (
+        "mixtral-8x7b",
+        4,
+        (1, 2, 4, 8, 16, 32, 64, 128, 256),
+        (1024, 4096),
+        ((1, 512), (1, 2048), (4, 2048), (16, 2048)),
+    ),
+    (
+        "qwen3-30b-a3b",
+        8,
+        (1, 2, 4, 8, 16, 32, 64, 128, 256),
+        (1024, 4096),
+        ((1, 512), (1, 2048), (4, 2048), (16, 2048)),
+    ),
     # DeepSeek-V3's first three layers are dense: four layers hold one MoE layer (22.5 GB of bf16 experts).
     # The harness's MLA decode (SDPA over the latent with 128 query heads) needs 64 GiB at batch 64: batch <= 16.
     ("deepseek-v3", 4, (1, 4, 16), (1024,), ((1, 512), (1, 2048), (4, 2048))),
@@ -102,14 +134,25 @@ def stage_profile(out: Path, deadline: float, device: str, tiny: bool) -> None:
         if time.monotonic() > deadline:
             log(f"profile {model}: skipped (time budget spent)")
             continue
-        plan = ProfilePlan(model=model, cases=grid(batches, contexts, prefills), num_layers=layers,
-                           device=device, dtype="bf16" if device.startswith("cuda") else "fp32",
-                           warmup=2, repetitions=5, threads=None if device.startswith("cuda") else 1)
+        plan = ProfilePlan(
+            model=model,
+            cases=grid(batches, contexts, prefills),
+            num_layers=layers,
+            device=device,
+            dtype="bf16" if device.startswith("cuda") else "fp32",
+            warmup=2,
+            repetitions=5,
+            threads=None if device.startswith("cuda") else 1,
+        )
         try:
-            run = run_profile(plan, out / f"profile-{model}",
-                              command=f"python benchmarks/gpu/h200_validate.py (stage profile {model})", progress=log)
+            run = run_profile(
+                plan,
+                out / f"profile-{model}",
+                command=f"python benchmarks/gpu/h200_validate.py (stage profile {model})",
+                progress=log,
+            )
             log(f"profile {model}: {len(run.cases)} cases")
-        except Exception:  # noqa: BLE001 - keep going with the next model, record why
+        except Exception:
             (out / f"profile-{model}").mkdir(parents=True, exist_ok=True)
             (out / f"profile-{model}" / "error.txt").write_text(traceback.format_exc())
             log(f"profile {model} failed:\n{traceback.format_exc()}")
@@ -120,9 +163,24 @@ def stage_profile(out: Path, deadline: float, device: str, tiny: bool) -> None:
 
 
 TRANSFORMERS_BLOCKS = (
-    ("mixtral-8x7b", "transformers.models.mixtral.modeling_mixtral", "MixtralSparseMoeBlock", "MixtralConfig"),
-    ("qwen3-30b-a3b", "transformers.models.qwen3_moe.modeling_qwen3_moe", "Qwen3MoeSparseMoeBlock", "Qwen3MoeConfig"),
-    ("deepseek-v3", "transformers.models.deepseek_v3.modeling_deepseek_v3", "DeepseekV3MoE", "DeepseekV3Config"),
+    (
+        "mixtral-8x7b",
+        "transformers.models.mixtral.modeling_mixtral",
+        "MixtralSparseMoeBlock",
+        "MixtralConfig",
+    ),
+    (
+        "qwen3-30b-a3b",
+        "transformers.models.qwen3_moe.modeling_qwen3_moe",
+        "Qwen3MoeSparseMoeBlock",
+        "Qwen3MoeConfig",
+    ),
+    (
+        "deepseek-v3",
+        "transformers.models.deepseek_v3.modeling_deepseek_v3",
+        "DeepseekV3MoE",
+        "DeepseekV3Config",
+    ),
 )
 TOKENS = (1, 4, 16, 64, 256, 1024, 4096, 8192)
 
@@ -180,14 +238,14 @@ def stage_transformers(out: Path, deadline: float, device: str, tiny: bool) -> N
                         torch.nn.init.normal_(p, std=0.02)
             torch.set_default_dtype(torch.float32)
             block.eval()
-            top_k = int(config.num_experts_per_tok)
+            int(config.num_experts_per_tok)
             record: list[int] = []
             experts = getattr(block, "experts", None)
 
             def pre_hook(_module: Any, args: tuple[Any, ...]) -> None:
                 for item in args[1:]:
                     if isinstance(item, torch.Tensor) and not item.is_floating_point():
-                        record.append(int(item.reshape(-1).unique().numel()))
+                        record.append(int(item.reshape(-1).unique().numel()))  # noqa: B023 (hook runs inside this iteration)
                         return
 
             if experts is not None:
@@ -207,18 +265,23 @@ def stage_transformers(out: Path, deadline: float, device: str, tiny: bool) -> N
                     x = torch.randn(1, tokens, hidden, device=device, dtype=torch.bfloat16)
                     try:
                         times = _time_block(torch, block, x, device, record)
-                    except Exception:  # noqa: BLE001 - an implementation this version lacks
+                    except Exception:
                         entry[f"error_{impl}"] = traceback.format_exc()
                         log(f"transformers {model} {impl} failed:\n{entry[f'error_{impl}']}")
                         break
-                    point = {"tokens": tokens, "median_s": times[len(times) // 2], "min_s": times[0],
-                             "max_s": times[-1], "activated_experts": (sum(record) / len(record)) if record else None}
+                    point = {
+                        "tokens": tokens,
+                        "median_s": times[len(times) // 2],
+                        "min_s": times[0],
+                        "max_s": times[-1],
+                        "activated_experts": (sum(record) / len(record)) if record else None,
+                    }
                     points.append(point)
                     log(f"transformers {model} {impl} T={tokens}: {point}")
             del block
             if device.startswith("cuda"):
                 torch.cuda.empty_cache()
-        except Exception:  # noqa: BLE001 - record why and continue
+        except Exception:
             torch.set_default_dtype(torch.float32)
             entry["error"] = traceback.format_exc()
             log(f"transformers {model} failed:\n{entry['error']}")
@@ -253,7 +316,9 @@ def _time_block(torch: Any, block: Any, x: Any, device: str, record: list[int]) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--budget-s", type=float, default=420.0, help="stop starting new work after this long")
+    parser.add_argument(
+        "--budget-s", type=float, default=420.0, help="stop starting new work after this long"
+    )
     parser.add_argument("--stages", default="environment,calibrate,profile,transformers")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--tiny", action="store_true", help="CPU smoke test of this script (small shapes)")
@@ -265,7 +330,7 @@ def main() -> None:
     if "calibrate" in stages:
         try:
             stage_calibrate(args.out, args.device, args.tiny)
-        except Exception:  # noqa: BLE001
+        except Exception:
             log(f"calibrate failed:\n{traceback.format_exc()}")
     if "transformers" in stages:  # before the long profiles: the cheapest evidence first
         stage_transformers(args.out, START + args.budget_s * 0.45, args.device, args.tiny)

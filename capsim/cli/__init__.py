@@ -36,14 +36,18 @@ class _CapsimGroup(TyperGroup):
                 raise
             where = exc.ctx.command_path if exc.ctx is not None else "capsim"
             message = " ".join(exc.format_message().split())  # one line, however the parser wrapped it
-            err_console().print(f"[bold red]error[/bold red]: {escape(message)} (see: {escape(where)} --help)",
-                                highlight=False, soft_wrap=True)
+            err_console().print(
+                f"[bold red]error[/bold red]: {escape(message)} (see: {escape(where)} --help)",
+                highlight=False,
+                soft_wrap=True,
+            )
             sys.exit(exc.exit_code)
         except _click.exceptions.ClickException as exc:  # e.g. a file option that cannot be opened
             if not standalone_mode:
                 raise
-            err_console().print(f"[bold red]error[/bold red]: {escape(exc.format_message())}", highlight=False,
-                                soft_wrap=True)
+            err_console().print(
+                f"[bold red]error[/bold red]: {escape(exc.format_message())}", highlight=False, soft_wrap=True
+            )
             sys.exit(exc.exit_code)
         except typer.Abort:
             if not standalone_mode:
@@ -79,7 +83,9 @@ class _CapsimGroup(TyperGroup):
             # typer suggests among the commands built so far; suggest among all of them
             matches = get_close_matches(args[0], self.list_commands(ctx)) if args else []
             if matches and "Did you mean" not in exc.message:
-                exc.message = f"{exc.message.rstrip('.')}. Did you mean {', '.join(repr(m) for m in matches)}?"
+                exc.message = (
+                    f"{exc.message.rstrip('.')}. Did you mean {', '.join(repr(m) for m in matches)}?"
+                )
             raise
 
     def invoke(self, ctx: typer.Context) -> Any:  # typer vendors click; do not import it
@@ -87,7 +93,9 @@ class _CapsimGroup(TyperGroup):
             return super().invoke(ctx)
         except CapsimError as exc:
             # escape: messages may contain [brackets] (e.g. capsim[profile]) that rich would eat as markup
-            err_console().print(f"[bold red]error[/bold red]: {escape(str(exc))}", highlight=False, soft_wrap=True)
+            err_console().print(
+                f"[bold red]error[/bold red]: {escape(str(exc))}", highlight=False, soft_wrap=True
+            )
             raise typer.Exit(code=1) from None
         except OSError as exc:
             # a path the user gave that the system refuses (name too long, permission denied, disk full):
@@ -95,8 +103,12 @@ class _CapsimGroup(TyperGroup):
             where = f"{exc.filename}: " if exc.filename else ""
             if len(where) > 120:
                 where = where[:100] + "…: "
-            err_console().print(f"[bold red]error[/bold red]: {escape(where + (exc.strerror or str(exc)))}; "
-                                "check the path and try again", highlight=False, soft_wrap=True)
+            err_console().print(
+                f"[bold red]error[/bold red]: {escape(where + (exc.strerror or str(exc)))}; "
+                "check the path and try again",
+                highlight=False,
+                soft_wrap=True,
+            )
             raise typer.Exit(code=1) from None
 
 
@@ -134,8 +146,10 @@ _COMMANDS = typer.Typer()
 def _declared_names() -> list[str]:
     from typer.main import get_command_name
 
-    names = [info.name or get_command_name(info.callback.__name__)  # type: ignore[union-attr]
-             for info in _COMMANDS.registered_commands]
+    names = [
+        info.name or get_command_name(info.callback.__name__)  # type: ignore[union-attr]
+        for info in _COMMANDS.registered_commands
+    ]
     return names + [str(info.name) for info in _COMMANDS.registered_groups]
 
 
@@ -144,12 +158,19 @@ def _convert(name: str) -> Any:
 
     for info in _COMMANDS.registered_commands:
         if (info.name or get_command_name(info.callback.__name__)) == name:  # type: ignore[union-attr]
-            return get_command_from_info(info, pretty_exceptions_short=app.pretty_exceptions_short,
-                                         rich_markup_mode=app.rich_markup_mode)
+            return get_command_from_info(
+                info,
+                pretty_exceptions_short=app.pretty_exceptions_short,
+                rich_markup_mode=app.rich_markup_mode,
+            )
     for group in _COMMANDS.registered_groups:
         if group.name == name:
-            return get_group_from_info(group, pretty_exceptions_short=app.pretty_exceptions_short,
-                                       suggest_commands=app.suggest_commands, rich_markup_mode=app.rich_markup_mode)
+            return get_group_from_info(
+                group,
+                pretty_exceptions_short=app.pretty_exceptions_short,
+                suggest_commands=app.suggest_commands,
+                rich_markup_mode=app.rich_markup_mode,
+            )
     return None
 
 

@@ -144,9 +144,7 @@ GridOption = Annotated[
 ]
 
 
-def deployment_options(
-    option: list[str] | None, options_file: Path | None, base: Scenario
-) -> list[Any]:
+def deployment_options(option: list[str] | None, options_file: Path | None, base: Scenario) -> list[Any]:
     """The ``--option`` / ``--options`` deployments over ``base`` (the command's own flags)."""
     from ..options import collect_options
 
@@ -177,8 +175,11 @@ def _default_radar_stem(model_ids: list[str], hw_ids: list[str], batch: int) -> 
     import hashlib
 
     models = model_ids[0] if len(model_ids) == 1 else f"{len(model_ids)}models"
-    hardware = "-".join(hw_ids) if len(hw_ids) <= 3 else f"{len(hw_ids)}hw-" + hashlib.sha256(
-        ",".join(hw_ids).encode()).hexdigest()[:8]
+    hardware = (
+        "-".join(hw_ids)
+        if len(hw_ids) <= 3
+        else f"{len(hw_ids)}hw-" + hashlib.sha256(",".join(hw_ids).encode()).hexdigest()[:8]
+    )
     base = f"capsim-radar-{models}-{hardware}-b{batch}".replace("/", "_")
     stem, n = Path(base), 1
     while stem.with_suffix(".png").exists() or stem.with_suffix(".svg").exists():
@@ -365,7 +366,9 @@ def render_comparison(result: Any) -> None:
             _ms(o.tpot_s),
             _ms(o.ttft_s),
             f"{o.throughput:,.0f}" if o.throughput else "n/a",
-            "n/a" if joules is None else (("≥" if full.energy.decode.is_lower_bound else "") + f"{joules:.3g}"),
+            "n/a"
+            if joules is None
+            else (("≥" if full.energy.decode.is_lower_bound else "") + f"{joules:.3g}"),
             f"{o.headroom_gb:,.0f}GB",
             escape(o.accuracy.label()),
         )
@@ -402,8 +405,11 @@ def render_comparison(result: Any) -> None:
         for o in result.options:
             if o.system or o.settings:
                 console.print(
-                    escape(f"  {o.label}: {o.hardware}" + (f", system {o.system}" if o.system else "")
-                           + "".join(f", {k}={v}" for k, v in o.settings.items() if k != "hardware")),
+                    escape(
+                        f"  {o.label}: {o.hardware}"
+                        + (f", system {o.system}" if o.system else "")
+                        + "".join(f", {k}={v}" for k, v in o.settings.items() if k != "hardware")
+                    ),
                     soft_wrap=True,
                 )
     console.print(
@@ -592,13 +598,26 @@ def register(app: typer.Typer) -> None:
         if csv_path is not None:
             check_output_file(csv_path, "--csv", "compare.csv")
         inputs = cost_inputs(
-            prices, price, cloud, electricity_usd_kwh, pue, lifetime_years, utilization, idle_power_fraction,
+            prices,
+            price,
+            cloud,
+            electricity_usd_kwh,
+            pue,
+            lifetime_years,
+            utilization,
+            idle_power_fraction,
             grid_gco2_kwh,
         )
         db = load_db(hardware_db, override)
         base = Scenario(
-            model=model, gpus=parse_gpus(gpus), batch=batch, prompt_len=prompt_len, gen_len=gen_len,
-            weight_dtype=weight_dtype, kv_dtype=kv_dtype, host_memory_gb=host_memory_gb,
+            model=model,
+            gpus=parse_gpus(gpus),
+            batch=batch,
+            prompt_len=prompt_len,
+            gen_len=gen_len,
+            weight_dtype=weight_dtype,
+            kv_dtype=kv_dtype,
+            host_memory_gb=host_memory_gb,
         )
         deployments = deployment_options(option, options_file, base)
         result = run_compare(
@@ -637,7 +656,9 @@ def register(app: typer.Typer) -> None:
     )
     def plan(
         model: Annotated[str, typer.Option(help=_scenario_help("model"))],
-        slo_tpot: Annotated[str, typer.Option(help="TPOT target per decode step, with its unit: 50ms, 0.05s, 200us")],
+        slo_tpot: Annotated[
+            str, typer.Option(help="TPOT target per decode step, with its unit: 50ms, 0.05s, 200us")
+        ],
         slo_ttft: Annotated[
             str | None,
             typer.Option(help="TTFT target (the whole batch's prefill), e.g. 1s", show_default=False),
@@ -707,21 +728,35 @@ def register(app: typer.Typer) -> None:
         from ..plan import SLO, parse_duration, split_ids
         from ..plan import plan as run_plan
 
-        slo = SLO(parse_duration(slo_tpot, "--slo-tpot"),
-                  None if slo_ttft is None else parse_duration(slo_ttft, "--slo-ttft"))
+        slo = SLO(
+            parse_duration(slo_tpot, "--slo-tpot"),
+            None if slo_ttft is None else parse_duration(slo_ttft, "--slo-ttft"),
+        )
         if top < 1:
             raise ScenarioError(f"--top must be >= 1, got {top}")
         if plot is not None:
             check_output_file(plot, "--plot", "pareto.png")
         inputs = cost_inputs(
-            prices, price, cloud, electricity_usd_kwh, pue, lifetime_years, utilization, idle_power_fraction,
+            prices,
+            price,
+            cloud,
+            electricity_usd_kwh,
+            pue,
+            lifetime_years,
+            utilization,
+            idle_power_fraction,
             grid_gco2_kwh,
         )
         deployments = deployment_options(
             option,
             options_file,
-            Scenario(model=model, prompt_len=prompt_len, gen_len=gen_len, kv_dtype=kv_dtype,
-                     host_memory_gb=host_memory_gb),
+            Scenario(
+                model=model,
+                prompt_len=prompt_len,
+                gen_len=gen_len,
+                kv_dtype=kv_dtype,
+                host_memory_gb=host_memory_gb,
+            ),
         )
         console = err_console()
         with Progress(
@@ -844,14 +879,26 @@ def register(app: typer.Typer) -> None:
         if cost_cap is not None and not cost_cap > 0:
             raise ScenarioError(f"--cost-cap must be a positive number, got {cost_cap}")
         inputs = cost_inputs(
-            prices, price, cloud, electricity_usd_kwh, pue, lifetime_years, utilization, idle_power_fraction,
+            prices,
+            price,
+            cloud,
+            electricity_usd_kwh,
+            pue,
+            lifetime_years,
+            utilization,
+            idle_power_fraction,
             grid_gco2_kwh,
         )
         db = load_db(hardware_db, override)
         models = split_ids(model, "--model", "mixtral-8x7b,qwen3-30b-a3b")
         base = Scenario(
-            model=models[0], gpus=parse_gpus(gpus), batch=batch, prompt_len=prompt_len, gen_len=gen_len,
-            weight_dtype=weight_dtype, host_memory_gb=host_memory_gb,
+            model=models[0],
+            gpus=parse_gpus(gpus),
+            batch=batch,
+            prompt_len=prompt_len,
+            gen_len=gen_len,
+            weight_dtype=weight_dtype,
+            host_memory_gb=host_memory_gb,
         )
         deployments = deployment_options(option, options_file, base)
         hw_ids = option_ids(hardware, system, db) if (hardware or system or not deployments) else []
@@ -902,8 +949,11 @@ def register(app: typer.Typer) -> None:
                 {
                     "models": model_ids,
                     "batch": batch,
-                    "axes": {"performance": "TPOT (s), reversed min-max", "cost": _COST_AXES[cost_axis],
-                             "accuracy": f"{benchmark} (fraction), min-max up to 1"},
+                    "axes": {
+                        "performance": "TPOT (s), reversed min-max",
+                        "cost": _COST_AXES[cost_axis],
+                        "accuracy": f"{benchmark} (fraction), min-max up to 1",
+                    },
                     "cost_axis": cost_axis,
                     "cost_cap": cost_cap if cost_cap is not None else max(r.cost for r in radar_options),
                     "floor": 20.0,
@@ -917,7 +967,11 @@ def register(app: typer.Typer) -> None:
                             "accuracy": r.accuracy,
                             "accuracy_status": o.accuracy.status,
                             "cost_is_lower_bound": r.cost_is_lower_bound,
-                            "scores": {"performance": float(sc[0]), "cost": float(sc[1]), "accuracy": float(sc[2])},
+                            "scores": {
+                                "performance": float(sc[0]),
+                                "cost": float(sc[1]),
+                                "accuracy": float(sc[2]),
+                            },
                             "option": o.to_dict(),
                         }
                         for r, sc, o in zip(radar_options, scores, drawn)

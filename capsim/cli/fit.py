@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.markup import escape
@@ -13,18 +13,26 @@ from .hardware import HardwareDbOption, OverrideOption, load_db
 
 
 def register(app: typer.Typer) -> None:
-    @app.command(help="Fastest way to run MODEL on HARDWARE (every mode ranked), and the largest batch and "
-                      "longest context that fit.")
+    @app.command(
+        help="Fastest way to run MODEL on HARDWARE (every mode ranked), and the largest batch and "
+        "longest context that fit."
+    )
     def fit(
         model: Annotated[str, typer.Option(help="model id or config.json path")] = "mixtral-8x7b",
         hardware: Annotated[str, typer.Option(help="accelerator or system id")] = "workstation-4090",
-        gpus: Annotated[Optional[int], typer.Option(help="devices (default: fewest that fit / all of a system)")] = None,
+        gpus: Annotated[
+            int | None, typer.Option(help="devices (default: fewest that fit / all of a system)")
+        ] = None,
         batch: Annotated[int, typer.Option(help="concurrent sequences")] = 1,
         prompt_len: Annotated[int, typer.Option(help="prompt tokens")] = 512,
         gen_len: Annotated[int, typer.Option(help="generated tokens")] = 128,
-        weight_dtype: Annotated[Optional[str], typer.Option(help="weight precision (default: published)")] = None,
+        weight_dtype: Annotated[
+            str | None, typer.Option(help="weight precision (default: published)")
+        ] = None,
         kv_dtype: Annotated[str, typer.Option(help="KV-cache precision")] = "bf16",
-        host_memory_gb: Annotated[Optional[float], typer.Option(help="host DRAM in GB if the system lacks it")] = None,
+        host_memory_gb: Annotated[
+            float | None, typer.Option(help="host DRAM in GB if the system lacks it")
+        ] = None,
         hardware_db: HardwareDbOption = None,
         override: OverrideOption = False,
         json_out: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
@@ -40,8 +48,17 @@ def register(app: typer.Typer) -> None:
         from ..model_db import resolve_model
 
         resolve_model(model)  # an unknown model is one error line (exit 1), not a table of failed modes
-        base = Scenario(model=model, hardware=hardware, gpus=gpus, batch=batch, prompt_len=prompt_len,
-                        gen_len=gen_len, weight_dtype=weight_dtype, kv_dtype=kv_dtype, host_memory_gb=host_memory_gb)
+        base = Scenario(
+            model=model,
+            hardware=hardware,
+            gpus=gpus,
+            batch=batch,
+            prompt_len=prompt_len,
+            gen_len=gen_len,
+            weight_dtype=weight_dtype,
+            kv_dtype=kv_dtype,
+            host_memory_gb=host_memory_gb,
+        )
         base.validate()
         ranked = placements(base, db)
         limits: dict[str, object] = {}
@@ -53,8 +70,12 @@ def register(app: typer.Typer) -> None:
             # expert off the GPU (the most room for KV)
             chosen = replace(base, mode=best.mode, placement=None, **(best.options or {}))
             try:
-                limits = {"mode": best.mode, "layout": best.layout, "max_batch": max_batch_at(chosen, db),
-                          "max_context_at_batch": max_context_at(chosen, db)}
+                limits = {
+                    "mode": best.mode,
+                    "layout": best.layout,
+                    "max_batch": max_batch_at(chosen, db),
+                    "max_context_at_batch": max_context_at(chosen, db),
+                }
             except CapsimError as exc:
                 limits = {"mode": best.mode, "error": str(exc)}
         nothing_runs = best is None
@@ -66,22 +87,34 @@ def register(app: typer.Typer) -> None:
         console = out_console()
         table = Table(title=f"{model} on {hardware}: placements, fastest first", title_justify="left")
         for col in ("mode", "placement", "layout", "devices", "TPOT", "tokens/s", "TTFT", "detail"):
-            table.add_column(col, justify="right" if col in ("devices", "TPOT", "tokens/s", "TTFT") else "left",
-                             no_wrap=col == "layout")
+            table.add_column(
+                col,
+                justify="right" if col in ("devices", "TPOT", "tokens/s", "TTFT") else "left",
+                no_wrap=col == "layout",
+            )
         for r in ranked:
             where = r.placement or "default"
             if r.error:
                 table.add_row(r.mode, where, r.layout or "", "", "", "", "", f"[red]{escape(r.error)}[/red]")
             else:
-                table.add_row(r.mode, where, r.layout or "", str(r.gpus), f"{1e3 * r.tpot_s:,.2f} ms" if r.tpot_s else "n/a",
-                              f"{r.decode_tokens_per_s:,.1f}" if r.decode_tokens_per_s else "n/a",
-                              f"{1e3 * r.ttft_s:,.1f} ms" if r.ttft_s else "n/a", r.detail)
+                table.add_row(
+                    r.mode,
+                    where,
+                    r.layout or "",
+                    str(r.gpus),
+                    f"{1e3 * r.tpot_s:,.2f} ms" if r.tpot_s else "n/a",
+                    f"{r.decode_tokens_per_s:,.1f}" if r.decode_tokens_per_s else "n/a",
+                    f"{1e3 * r.ttft_s:,.1f} ms" if r.ttft_s else "n/a",
+                    r.detail,
+                )
         console.print(table)
         if "max_batch" in limits:
             moved = " (experts moved off the GPU as needed)" if best.placement == "auto" else ""
             layout = f" ({limits['layout']})" if limits.get("layout") else ""
-            console.print(f"{limits['mode']}{layout}{moved}: largest batch at prompt {prompt_len} + gen {gen_len}: {limits['max_batch']}; "
-                          f"longest context at batch {batch}: {limits['max_context_at_batch']:,} tokens")
+            console.print(
+                f"{limits['mode']}{layout}{moved}: largest batch at prompt {prompt_len} + gen {gen_len}: {limits['max_batch']}; "
+                f"longest context at batch {batch}: {limits['max_context_at_batch']:,} tokens"
+            )
         elif "error" in limits:
             console.print(f"[yellow]limits: {limits['error']}[/yellow]")
         if nothing_runs:

@@ -74,8 +74,12 @@ def list_command(
     table = Table(title="capsim hardware database", title_justify="left")
     for column, justify in _LIST_COLUMNS:
         # ids are what people copy into --hardware: never wrapped or cut (the name column wraps instead)
-        table.add_column(column, justify=justify, no_wrap=column == "id",
-                         min_width=max((len(e.id) for e in entries), default=2) if column == "id" else None)
+        table.add_column(
+            column,
+            justify=justify,
+            no_wrap=column == "id",
+            min_width=max((len(e.id) for e in entries), default=2) if column == "id" else None,
+        )
     for entry in entries:
         table.add_row(*(Text(cell) for cell in _list_row(entry)))
     console = out_console()

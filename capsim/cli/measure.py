@@ -109,7 +109,9 @@ def register(app: typer.Typer) -> None:
         ] = "sglang",
         hardware_db: HardwareDbOption = None,
         override: OverrideOption = False,
-        json_out: Annotated[bool, typer.Option("--json", help="print one JSON object instead of text")] = False,
+        json_out: Annotated[
+            bool, typer.Option("--json", help="print one JSON object instead of text")
+        ] = False,
     ) -> None:
         from ..errors import ScenarioError
         from ..measure import Measurement, load_expert_counts, load_moecap_records
@@ -140,8 +142,14 @@ def register(app: typer.Typer) -> None:
             activated_source=source,
         )
         scenario = Scenario(
-            model=model, hardware=hardware, gpus=gpus, batch=batch, prompt_len=prompt_len, gen_len=gen_len,
-            weight_dtype=weight_dtype, kv_dtype=kv_dtype,
+            model=model,
+            hardware=hardware,
+            gpus=gpus,
+            batch=batch,
+            prompt_len=prompt_len,
+            gen_len=gen_len,
+            weight_dtype=weight_dtype,
+            kv_dtype=kv_dtype,
         )
         result = run_measure(
             scenario,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import fields
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -51,13 +51,17 @@ def render_prediction(pred: Any) -> None:
     perf.add_row("TTFT (whole batch prefill)", _fmt_time(d["ttft_s"]))
     perf.add_row("TPOT (per decode step)", _fmt_time(d["tpot_s"]))
     perf.add_row("end-to-end latency", _fmt_time(d["e2e_latency_s"]))
-    perf.add_row("decode tokens/s (batch aggregate)",
-                 "n/a" if d["decode_tokens_per_s"] is None else f"{d['decode_tokens_per_s']:,.1f}")
+    perf.add_row(
+        "decode tokens/s (batch aggregate)",
+        "n/a" if d["decode_tokens_per_s"] is None else f"{d['decode_tokens_per_s']:,.1f}",
+    )
     perf.add_row("prefill tokens/s", f"{d['prefill_tokens_per_s']:,.0f}")
     if d["waves"] > 1:
-        perf.add_row("[yellow]waves[/yellow]",
-                     f"[yellow]{d['waves']} waves of ≤{d['batch_per_wave']} (KV cache holds "
-                     f"{d['memory']['max_batch']} sequences); job {_fmt_time(d['job_time_s'])}[/yellow]")
+        perf.add_row(
+            "[yellow]waves[/yellow]",
+            f"[yellow]{d['waves']} waves of ≤{d['batch_per_wave']} (KV cache holds "
+            f"{d['memory']['max_batch']} sequences); job {_fmt_time(d['job_time_s'])}[/yellow]",
+        )
     console.print(perf)
 
     util = Table(title="utilisation (dense vs sparse, MoE-CAP; docs/metrics.md)", title_justify="left")
@@ -70,15 +74,26 @@ def render_prediction(pred: Any) -> None:
         r = p["time_by_resource_s"]
         total = sum(r.values()) or 1.0
         split = "  ".join(f"{k} {100 * v / total:.0f}%" for k, v in r.items() if v > 0)
-        util.add_row(phase, str(p["passes"]), _pct(p["mbu"]), _pct(p["s_mbu"]), _pct(p["mfu"]), _pct(p["s_mfu"]),
-                     p["bottleneck"], split)
+        util.add_row(
+            phase,
+            str(p["passes"]),
+            _pct(p["mbu"]),
+            _pct(p["s_mbu"]),
+            _pct(p["mfu"]),
+            _pct(p["s_mfu"]),
+            p["bottleneck"],
+            split,
+        )
     console.print(util)
     over = [ph for ph in ("prefill", "decode") if d[ph]["passes"] and max(d[ph]["mbu"], d[ph]["mfu"]) > 1.0]
     if over and d["activated_experts_per_layer"]:
-        console.print(f"note: dense MBU/MFU above 100% ({', '.join(over)}) is expected for a MoE model: they charge "
-                      "every expert's weights and FLOPs (as a dense model would move them), while the step reads only "
-                      "the activated experts; S-MBU/S-MFU count what is really moved and computed (docs/metrics.md)",
-                      soft_wrap=True, markup=False)
+        console.print(
+            f"note: dense MBU/MFU above 100% ({', '.join(over)}) is expected for a MoE model: they charge "
+            "every expert's weights and FLOPs (as a dense model would move them), while the step reads only "
+            "the activated experts; S-MBU/S-MFU count what is really moved and computed (docs/metrics.md)",
+            soft_wrap=True,
+            markup=False,
+        )
 
     if d["activated_experts_per_layer"]:
         acts = d["activated_experts_per_layer"]
@@ -93,29 +108,42 @@ def render_prediction(pred: Any) -> None:
     mem = Table(title=f"memory per device ({m['devices']} devices)", title_justify="left")
     for col in ("weights", "KV cache", "buffers", "total", "usable", "capacity", "max batch"):
         mem.add_column(col, justify="right")
-    mem.add_row(*(f"{m[k]:,.1f} GB" for k in ("weights_gb", "kv_cache_gb", "buffers_gb", "total_gb",
-                                                "usable_gb", "capacity_gb")), str(m["max_batch"]))
+    mem.add_row(
+        *(
+            f"{m[k]:,.1f} GB"
+            for k in ("weights_gb", "kv_cache_gb", "buffers_gb", "total_gb", "usable_gb", "capacity_gb")
+        ),
+        str(m["max_batch"]),
+    )
     console.print(mem)
 
     a = d["assumptions"]
     console.print("[bold]assumptions[/bold]")
     console.print(f"  model: {a['model']['id']} — {a['model']['source']}")
     console.print(f"  hardware: {a['hardware']['id']} ({a['hardware']['node']}) — {a['hardware']['source']}")
-    console.print(f"  tensor parallel: {a['tensor_parallel']}; link {a['peaks']['link_gb_s_per_dir']:.1f} GB/s per direction")
+    console.print(
+        f"  tensor parallel: {a['tensor_parallel']}; link {a['peaks']['link_gb_s_per_dir']:.1f} GB/s per direction"
+    )
     lay = a.get("layout", {})
     adp = lay.get("attention_dp", 1)
-    if lay.get("devices", 1) > 1 and (lay["pp"] > 1 or lay["dp"] > 1 or lay["nodes"] > 1 or adp > 1 or lay["ep"] > 1):
-        console.print(f"  layout: tp {lay['tp']} x attention-dp {adp} x pp {lay['pp']} x dp {lay['dp']} on "
-                      f"{lay['nodes']} node(s) of {lay['devices_per_node']} devices; MoE layers: ep {lay['ep']} over "
-                      f"{lay['tp'] * adp} devices (docs/deployment.md)")
+    if lay.get("devices", 1) > 1 and (
+        lay["pp"] > 1 or lay["dp"] > 1 or lay["nodes"] > 1 or adp > 1 or lay["ep"] > 1
+    ):
+        console.print(
+            f"  layout: tp {lay['tp']} x attention-dp {adp} x pp {lay['pp']} x dp {lay['dp']} on "
+            f"{lay['nodes']} node(s) of {lay['devices_per_node']} devices; MoE layers: ep {lay['ep']} over "
+            f"{lay['tp'] * adp} devices (docs/deployment.md)"
+        )
     computes = a.get("compute_precision", {})
 
     def weight(group: str, prec: str) -> str:
         key = computes.get(group)
         return f"{group}={prec}" + (f" ({key} compute)" if key and key != prec else "")
 
-    console.print(f"  weights: {', '.join(weight(g, p) for g, p in a['weight_precision'].items())}; "
-                  f"KV {a['kv_precision']}")
+    console.print(
+        f"  weights: {', '.join(weight(g, p) for g, p in a['weight_precision'].items())}; "
+        f"KV {a['kv_precision']}"
+    )
     console.print(f"  routing: {a['routing']}")
     for name, e in a["efficiency"].items():
         soft = " (soft)" if e["soft"] else ""
@@ -160,8 +188,10 @@ def _render_deployment(d: dict[str, Any]) -> None:
     lay = d["assumptions"].get("layout", {})
     if lay.get("devices", 1) > 1 and d["decode_tokens_per_s"]:
         per_gpu = d["decode_tokens_per_s"] / lay["devices"]
-        console.print(f"decode tokens/s per GPU {per_gpu:,.1f}, per node ({lay['devices_per_node']} GPUs) "
-                      f"{per_gpu * lay['devices_per_node']:,.1f}, all {lay['devices']} GPUs {d['decode_tokens_per_s']:,.1f}")
+        console.print(
+            f"decode tokens/s per GPU {per_gpu:,.1f}, per node ({lay['devices_per_node']} GPUs) "
+            f"{per_gpu * lay['devices_per_node']:,.1f}, all {lay['devices']} GPUs {d['decode_tokens_per_s']:,.1f}"
+        )
     if dep.get("tiers"):
         tiers = Table(title="routed experts per tier", title_justify="left")
         for col in ("tier", "experts", "GB", "capacity GB"):
@@ -184,21 +214,31 @@ def _render_step_time(d: dict[str, Any]) -> None:
     phase = d["decode"] if d["decode"]["passes"] else d["prefill"]
     passes = phase["passes"]
     links = d["deployment"].get("links", {})
-    if not passes or (set(phase["time_by_resource_s"]) <= {"compute", "memory", "interconnect", "overhead"}
-                      and not links):
+    if not passes or (
+        set(phase["time_by_resource_s"]) <= {"compute", "memory", "interconnect", "overhead"} and not links
+    ):
         return
     label = "decode step" if d["decode"]["passes"] else "prefill pass"
     table = Table(title=f"time per {label} (bottleneck: {phase['bottleneck']})", title_justify="left")
     for col in ("where", "time", "detail"):
         table.add_column(col, justify="right" if col == "time" else "left")
-    names = {"compute": "device compute", "memory": "device memory", "interconnect": "device interconnect",
-             "overhead": "overheads", "cpu": "CPU (experts)", "link": "links (time not hidden by compute)"}
+    names = {
+        "compute": "device compute",
+        "memory": "device memory",
+        "interconnect": "device interconnect",
+        "overhead": "overheads",
+        "cpu": "CPU (experts)",
+        "link": "links (time not hidden by compute)",
+    }
     for resource, seconds in phase["time_by_resource_s"].items():
         if seconds > 0:
             table.add_row(names.get(resource, resource), _fmt_time(seconds / passes), "")
     for name, link in links.items():
-        table.add_row(f"link {name}", _fmt_time(link["s_per_step"]),
-                      f"{link['path']}: {link['gb_per_step']:,.2f} GB at {link['gb_s']:,.1f} GB/s (busy time)")
+        table.add_row(
+            f"link {name}",
+            _fmt_time(link["s_per_step"]),
+            f"{link['path']}: {link['gb_per_step']:,.2f} GB at {link['gb_s']:,.1f} GB/s (busy time)",
+        )
     out_console().print(table)
 
 
@@ -207,55 +247,103 @@ def register(app: typer.Typer) -> None:
     def predict(
         model: Annotated[str, typer.Option(help=_help("model"))] = _DEFAULTS["model"],
         hardware: Annotated[str, typer.Option(help=_help("hardware"))] = _DEFAULTS["hardware"],
-        gpus: Annotated[Optional[int], typer.Option(help=_help("gpus"))] = _DEFAULTS["gpus"],
+        gpus: Annotated[int | None, typer.Option(help=_help("gpus"))] = _DEFAULTS["gpus"],
         batch: Annotated[int, typer.Option(help=_help("batch"))] = _DEFAULTS["batch"],
         prompt_len: Annotated[int, typer.Option(help=_help("prompt_len"))] = _DEFAULTS["prompt_len"],
         gen_len: Annotated[int, typer.Option(help=_help("gen_len"))] = _DEFAULTS["gen_len"],
-        weight_dtype: Annotated[Optional[str], typer.Option(help=_help("weight_dtype"))] = _DEFAULTS["weight_dtype"],
+        weight_dtype: Annotated[str | None, typer.Option(help=_help("weight_dtype"))] = _DEFAULTS[
+            "weight_dtype"
+        ],
         kv_dtype: Annotated[str, typer.Option(help=_help("kv_dtype"))] = _DEFAULTS["kv_dtype"],
         routing: Annotated[str, typer.Option(help=_help("routing"))] = _DEFAULTS["routing"],
-        prefill_chunk: Annotated[int, typer.Option(help=_help("prefill_chunk_tokens"))] = _DEFAULTS["prefill_chunk_tokens"],
+        prefill_chunk: Annotated[int, typer.Option(help=_help("prefill_chunk_tokens"))] = _DEFAULTS[
+            "prefill_chunk_tokens"
+        ],
         seed: Annotated[int, typer.Option(help=_help("seed"))] = _DEFAULTS["seed"],
         mode: Annotated[str, typer.Option(help=_help("mode"))] = _DEFAULTS["mode"],
-        expert_layers: Annotated[Optional[str], typer.Option(help=_help("expert_layers"))] = _DEFAULTS["expert_layers"],
+        expert_layers: Annotated[str | None, typer.Option(help=_help("expert_layers"))] = _DEFAULTS[
+            "expert_layers"
+        ],
         expert_tier: Annotated[str, typer.Option(help=_help("expert_tier"))] = _DEFAULTS["expert_tier"],
         cache_policy: Annotated[str, typer.Option(help=_help("cache_policy"))] = _DEFAULTS["cache_policy"],
-        prefetch: Annotated[bool, typer.Option("--prefetch/--no-prefetch", help=_help("prefetch"))] = _DEFAULTS["prefetch"],
+        prefetch: Annotated[
+            bool, typer.Option("--prefetch/--no-prefetch", help=_help("prefetch"))
+        ] = _DEFAULTS["prefetch"],
         numa: Annotated[str, typer.Option(help=_help("numa"))] = _DEFAULTS["numa"],
-        threads: Annotated[Optional[int], typer.Option(help=_help("threads"))] = _DEFAULTS["threads"],
-        host_memory_gb: Annotated[Optional[float], typer.Option(help=_help("host_memory_gb"))] = _DEFAULTS["host_memory_gb"],
-        placement: Annotated[Optional[str], typer.Option(help=_help("placement"))] = _DEFAULTS["placement"],
+        threads: Annotated[int | None, typer.Option(help=_help("threads"))] = _DEFAULTS["threads"],
+        host_memory_gb: Annotated[float | None, typer.Option(help=_help("host_memory_gb"))] = _DEFAULTS[
+            "host_memory_gb"
+        ],
+        placement: Annotated[str | None, typer.Option(help=_help("placement"))] = _DEFAULTS["placement"],
         ep: Annotated[int, typer.Option(help=_help("ep"))] = _DEFAULTS["ep"],
         attention_dp: Annotated[int, typer.Option(help=_help("attention_dp"))] = _DEFAULTS["attention_dp"],
-        redundant_experts: Annotated[int, typer.Option(help=_help("redundant_experts"))] = _DEFAULTS["redundant_experts"],
+        redundant_experts: Annotated[int, typer.Option(help=_help("redundant_experts"))] = _DEFAULTS[
+            "redundant_experts"
+        ],
         all_to_all: Annotated[str, typer.Option(help=_help("all_to_all"))] = _DEFAULTS["all_to_all"],
-        two_batch_overlap: Annotated[bool, typer.Option("--two-batch-overlap/--no-two-batch-overlap",
-                                     help=_help("two_batch_overlap"))] = _DEFAULTS["two_batch_overlap"],
-        spec: Annotated[Optional[str], typer.Option(help=_help("spec"))] = _DEFAULTS["spec"],
-        acceptance: Annotated[Optional[float], typer.Option(help=_help("acceptance"))] = _DEFAULTS["acceptance"],
-        tp: Annotated[Optional[int], typer.Option(help=_help("tp"))] = _DEFAULTS["tp"],
+        two_batch_overlap: Annotated[
+            bool, typer.Option("--two-batch-overlap/--no-two-batch-overlap", help=_help("two_batch_overlap"))
+        ] = _DEFAULTS["two_batch_overlap"],
+        spec: Annotated[str | None, typer.Option(help=_help("spec"))] = _DEFAULTS["spec"],
+        acceptance: Annotated[float | None, typer.Option(help=_help("acceptance"))] = _DEFAULTS["acceptance"],
+        tp: Annotated[int | None, typer.Option(help=_help("tp"))] = _DEFAULTS["tp"],
         pp: Annotated[int, typer.Option(help=_help("pp"))] = _DEFAULTS["pp"],
         dp: Annotated[int, typer.Option(help=_help("dp"))] = _DEFAULTS["dp"],
         nodes: Annotated[int, typer.Option(help=_help("nodes"))] = _DEFAULTS["nodes"],
-        network: Annotated[Optional[str], typer.Option(help=_help("network"))] = _DEFAULTS["network"],
-        expert_dtype: Annotated[Optional[str], typer.Option(help=_help("expert_dtype"))] = _DEFAULTS["expert_dtype"],
-        system: Annotated[Optional[str], typer.Option(help="serving-system preset: vllm-like, sglang-like, vllm-ep-like, "
-                          "sglang-dp-attention, trtllm-dep, vllm-dp-ep, "
-                          "moe-infinity-like, mixtral-offloading-like, ktransformers-like, llamacpp-cpu-moe[:N] (--n-cpu-moe N)")] = None,
+        network: Annotated[str | None, typer.Option(help=_help("network"))] = _DEFAULTS["network"],
+        expert_dtype: Annotated[str | None, typer.Option(help=_help("expert_dtype"))] = _DEFAULTS[
+            "expert_dtype"
+        ],
+        system: Annotated[
+            str | None,
+            typer.Option(
+                help="serving-system preset: vllm-like, sglang-like, vllm-ep-like, "
+                "sglang-dp-attention, trtllm-dep, vllm-dp-ep, "
+                "moe-infinity-like, mixtral-offloading-like, ktransformers-like, llamacpp-cpu-moe[:N] (--n-cpu-moe N)"
+            ),
+        ] = None,
         hardware_db: HardwareDbOption = None,
         override: OverrideOption = False,
-        json_out: Annotated[bool, typer.Option("--json", help="print one JSON object instead of tables")] = False,
+        json_out: Annotated[
+            bool, typer.Option("--json", help="print one JSON object instead of tables")
+        ] = False,
     ) -> None:
         from ..engine import predict as run_predict
 
         scenario = Scenario(
-            model=model, hardware=hardware, gpus=gpus, batch=batch, prompt_len=prompt_len, gen_len=gen_len,
-            weight_dtype=weight_dtype, kv_dtype=kv_dtype, routing=routing, prefill_chunk_tokens=prefill_chunk,
-            seed=seed, mode=mode, expert_layers=expert_layers, expert_tier=expert_tier, cache_policy=cache_policy,
-            prefetch=prefetch, numa=numa, host_memory_gb=host_memory_gb, placement=placement, ep=ep,
-            attention_dp=attention_dp, redundant_experts=redundant_experts, all_to_all=all_to_all,
-            spec=spec, acceptance=acceptance, two_batch_overlap=two_batch_overlap,
-            tp=tp, pp=pp, dp=dp, nodes=nodes, network=network, expert_dtype=expert_dtype, threads=threads,
+            model=model,
+            hardware=hardware,
+            gpus=gpus,
+            batch=batch,
+            prompt_len=prompt_len,
+            gen_len=gen_len,
+            weight_dtype=weight_dtype,
+            kv_dtype=kv_dtype,
+            routing=routing,
+            prefill_chunk_tokens=prefill_chunk,
+            seed=seed,
+            mode=mode,
+            expert_layers=expert_layers,
+            expert_tier=expert_tier,
+            cache_policy=cache_policy,
+            prefetch=prefetch,
+            numa=numa,
+            host_memory_gb=host_memory_gb,
+            placement=placement,
+            ep=ep,
+            attention_dp=attention_dp,
+            redundant_experts=redundant_experts,
+            all_to_all=all_to_all,
+            spec=spec,
+            acceptance=acceptance,
+            two_batch_overlap=two_batch_overlap,
+            tp=tp,
+            pp=pp,
+            dp=dp,
+            nodes=nodes,
+            network=network,
+            expert_dtype=expert_dtype,
+            threads=threads,
         )
         preset = None
         if system is not None:
@@ -266,10 +354,16 @@ def register(app: typer.Typer) -> None:
         if json_out:
             payload = prediction.to_dict()
             if preset is not None:
-                payload["assumptions"]["system_preset"] = {"name": preset.name, "settings": preset.settings,
-                                                           "assumes": preset.assumes, "source": preset.source}
+                payload["assumptions"]["system_preset"] = {
+                    "name": preset.name,
+                    "settings": preset.settings,
+                    "assumes": preset.assumes,
+                    "source": preset.source,
+                }
             print_json(payload)
         else:
             render_prediction(prediction)
             if preset is not None:
-                out_console().print(f"  system preset {preset.name}: {preset.assumes} — {preset.source}", soft_wrap=True)
+                out_console().print(
+                    f"  system preset {preset.name}: {preset.assumes} — {preset.source}", soft_wrap=True
+                )

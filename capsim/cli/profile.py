@@ -347,12 +347,15 @@ def validate_command(
     ] = False,
     published_file: Annotated[
         Path | None,
-        typer.Option("--published-file", help="measurement set to score (default: the shipped one)",
-                     show_default=False),
+        typer.Option(
+            "--published-file", help="measurement set to score (default: the shipped one)", show_default=False
+        ),
     ] = None,
     group: Annotated[
         list[str] | None,
-        typer.Option("--group", help="with --published: score only this group (repeatable)", show_default=False),
+        typer.Option(
+            "--group", help="with --published: score only this group (repeatable)", show_default=False
+        ),
     ] = None,
 ) -> None:
     """Calibrate this machine, profile real MoE steps, predict each with capsim and compare.
@@ -407,7 +410,11 @@ def validate_command(
         date=datetime.now(UTC).isoformat(timespec="seconds"),
     )
     # a report of its own: the run folder's name when this run made one, else the first unused stem
-    stem = run_dir.name if run_dir is not None else _unused(out_dir / report_stem(report, quick), (".json", ".md")).name
+    stem = (
+        run_dir.name
+        if run_dir is not None
+        else _unused(out_dir / report_stem(report, quick), (".json", ".md")).name
+    )
     json_path, md_path = write_validation(report, out_dir, stem)
     if as_json:
         print_json({"report_file": str(json_path), **report.to_dict()})

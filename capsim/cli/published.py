@@ -27,36 +27,55 @@ def run_published(path: Path | None, groups: Sequence[str], hardware_db: object,
         print_json(report.to_dict())
     else:
         console = out_console()
-        table = Table(title=f"capsim vs published measurements ({Path(report.source_file).name})",
-                      title_justify="left")
+        table = Table(
+            title=f"capsim vs published measurements ({Path(report.source_file).name})", title_justify="left"
+        )
         for col in ("case", "group", "metric", "measured", "predicted", "ratio", "error", "speed"):
-            table.add_column(col, justify="left" if col in ("case", "group", "metric") else "right",
-                             overflow="fold")
+            table.add_column(
+                col, justify="left" if col in ("case", "group", "metric") else "right", overflow="fold"
+            )
         for r in report.results:
             c = r.case
             metric = c.metric.replace("decode_tokens_per_s_", "decode tok/s ").replace("_", " ")
             if r.predicted is None:
-                table.add_row(c.id, c.group, metric, _fmt(c.value, c.metric), f"[yellow]{r.status}[/yellow]",
-                              "", "", "")
+                table.add_row(
+                    c.id, c.group, metric, _fmt(c.value, c.metric), f"[yellow]{r.status}[/yellow]", "", "", ""
+                )
                 continue
             colour = "green" if abs(r.error) <= 0.25 else "red"  # type: ignore[arg-type]
-            table.add_row(c.id, c.group, metric, _fmt(c.value, c.metric), _fmt(r.predicted, c.metric),
-                          f"{r.ratio:.2f}", f"[{colour}]{r.error:+.1%}[/{colour}]", f"{r.speed_ratio:.2f}x")
+            table.add_row(
+                c.id,
+                c.group,
+                metric,
+                _fmt(c.value, c.metric),
+                _fmt(r.predicted, c.metric),
+                f"{r.ratio:.2f}",
+                f"[{colour}]{r.error:+.1%}[/{colour}]",
+                f"{r.speed_ratio:.2f}x",
+            )
         console.print(table)
-        summary = Table(title="median |error| and geo-mean speed ratio (predicted/measured speed)",
-                        title_justify="left")
+        summary = Table(
+            title="median |error| and geo-mean speed ratio (predicted/measured speed)", title_justify="left"
+        )
         for col in ("group", "cases", "predicted", "median |error|", "geo-mean speed"):
             summary.add_column(col, justify="left" if col == "group" else "right")
         for g in [*report.groups(), report.overall()]:
-            summary.add_row(g.name, str(g.cases), str(g.predicted),
-                            "-" if g.median_abs_error is None else f"{g.median_abs_error:.1%}",
-                            "-" if g.geomean_speed_ratio is None else f"{g.geomean_speed_ratio:.2f}x")
+            summary.add_row(
+                g.name,
+                str(g.cases),
+                str(g.predicted),
+                "-" if g.median_abs_error is None else f"{g.median_abs_error:.1%}",
+                "-" if g.geomean_speed_ratio is None else f"{g.geomean_speed_ratio:.2f}x",
+            )
         console.print(summary)
         for r in report.results:
             if r.status != "ok":
                 console.print(f"{r.case.id}: {r.status}: {r.reason}", soft_wrap=True)
     failures = report.failures()
     if failures:
-        err_console().print(f"[bold red]error[/bold red]: published-set gates missed: {'; '.join(failures)}",
-                            highlight=False, soft_wrap=True)
+        err_console().print(
+            f"[bold red]error[/bold red]: published-set gates missed: {'; '.join(failures)}",
+            highlight=False,
+            soft_wrap=True,
+        )
         raise typer.Exit(code=1)

@@ -39,7 +39,7 @@ def truncate_layers(spec: ModelSpec, num_layers: int, dtype: str) -> ModelSpec:
         num_layers=num_layers,
         ffn_kinds=kinds,
         layer_windows=spec.layer_windows[:num_layers],
-        native_dtypes={group: dtype for group in WEIGHT_GROUPS},
+        native_dtypes=dict.fromkeys(WEIGHT_GROUPS, dtype),
     )
 
 

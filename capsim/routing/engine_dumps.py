@@ -71,8 +71,10 @@ def _load_raw(path: Path) -> dict[str, Any]:
         try:
             import torch
         except ImportError:
-            raise TraceError(str(path), "reading a .pt dump needs PyTorch; install torch or re-save the "
-                                        "array with numpy.save") from None
+            raise TraceError(
+                str(path),
+                "reading a .pt dump needs PyTorch; install torch or re-save the array with numpy.save",
+            ) from None
         obj = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(obj, dict):
             obj = {"counts": obj}
@@ -99,8 +101,10 @@ def load_expert_counts(path: str | Path) -> ExpertCounts:
     if counts.ndim == 2:
         counts = counts[None]
     if counts.ndim != 3 or 0 in counts.shape:
-        raise TraceError(str(file), f"{key} has shape {counts.shape}; expected (passes, layers, experts) "
-                                    "or (layers, experts)")
+        raise TraceError(
+            str(file),
+            f"{key} has shape {counts.shape}; expected (passes, layers, experts) or (layers, experts)",
+        )
     if not np.issubdtype(counts.dtype, np.number) or (counts < 0).any():
         raise TraceError(str(file), f"{key} must hold non-negative token counts")
     if MAP_KEY in raw:
@@ -114,9 +118,16 @@ def load_expert_counts(path: str | Path) -> ExpertCounts:
 def _fold_physical(file: Path, counts: np.ndarray, mapping: np.ndarray) -> np.ndarray:
     """Sum redundant physical experts into their logical expert (vLLM EPLB / SGLang physical counts)."""
     layers, physical = counts.shape[1], counts.shape[2]
-    if mapping.shape != (layers, physical) or not np.issubdtype(mapping.dtype, np.integer) or (mapping < 0).any():
-        raise TraceError(str(file), f"{MAP_KEY} has shape {mapping.shape}; expected ({layers}, {physical}) "
-                                    "non-negative logical expert ids")
+    if (
+        mapping.shape != (layers, physical)
+        or not np.issubdtype(mapping.dtype, np.integer)
+        or (mapping < 0).any()
+    ):
+        raise TraceError(
+            str(file),
+            f"{MAP_KEY} has shape {mapping.shape}; expected ({layers}, {physical}) "
+            "non-negative logical expert ids",
+        )
     logical = int(mapping.max()) + 1
     out = np.zeros((counts.shape[0], layers, logical), dtype=np.int64)
     for layer in range(layers):
@@ -129,5 +140,8 @@ def check_against(counts: ExpertCounts, model: ModelSpec) -> None:
     assert model.moe is not None  # make_router checked
     _, layers, experts = counts.counts.shape
     if (layers, experts) != (model.num_moe_layers, model.moe.num_experts):
-        raise TraceError(counts.source, f"has {layers} MoE layers x {experts} experts; {model.id} has "
-                                        f"{model.num_moe_layers} x {model.moe.num_experts}")
+        raise TraceError(
+            counts.source,
+            f"has {layers} MoE layers x {experts} experts; {model.id} has "
+            f"{model.num_moe_layers} x {model.moe.num_experts}",
+        )

@@ -292,7 +292,7 @@ class DefaultRouter:
     source: str
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def default_router_for(family: str) -> DefaultRouter:
     """The router ``--routing default`` builds for a model of ``family`` (``model_db/routing.toml``): the
     family's own fit, else the pooled ``[default]``. A missing or malformed file is a DataFileError."""
@@ -347,8 +347,12 @@ def _counts(spec: RouterSpec, model: ModelSpec, seed: int) -> Router:
     counts = load_expert_counts(_need_arg(spec, "an expert-load dump path"))
     check_against(counts, model)
     pop = empirical_popularity(counts.inclusion(model.moe.top_k))
-    return SyntheticRouter(pop, name="counts", spec=f"{spec.text} ({counts.num_passes} passes of {counts.key})",
-                           seed=_seed(spec, seed))
+    return SyntheticRouter(
+        pop,
+        name="counts",
+        spec=f"{spec.text} ({counts.num_passes} passes of {counts.key})",
+        seed=_seed(spec, seed),
+    )
 
 
 _BUILDERS: dict[str, Callable[[RouterSpec, ModelSpec, int], Router]] = {

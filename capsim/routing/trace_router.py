@@ -105,7 +105,9 @@ class TraceRouter:
         return self._windows(s, m)
 
     def _independent(self, t: FloatArray) -> FloatArray:
-        from scipy.special import gammaln  # deferred: scipy costs start-up time and only trace replay needs it
+        from scipy.special import (
+            gammaln,  # deferred: scipy costs start-up time and only trace replay needs it
+        )
 
         shape = t.shape
         tf, inverse = np.unique(t.ravel(), return_inverse=True)  # each distinct step size once

@@ -9,7 +9,22 @@ from .stepcost import StepCost
 from .workload import LengthSpec, Workload, build_workload, load_request_file, parse_length
 
 __all__ = [
-    "Curve", "Disaggregation", "LengthSpec", "ReplicaModel", "SchedulerConfig", "ServeRequest", "ServeResult",
-    "StepCost", "Workload", "build_replica", "build_workload", "load_request_file", "parse_length", "parse_rates",
-    "parse_slo", "run", "serve", "simulate_replica",
+    "Curve",
+    "Disaggregation",
+    "LengthSpec",
+    "ReplicaModel",
+    "SchedulerConfig",
+    "ServeRequest",
+    "ServeResult",
+    "StepCost",
+    "Workload",
+    "build_replica",
+    "build_workload",
+    "load_request_file",
+    "parse_length",
+    "parse_rates",
+    "parse_slo",
+    "run",
+    "serve",
+    "simulate_replica",
 ]

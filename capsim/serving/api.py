@@ -65,7 +65,7 @@ def parse_rates(text: str | float | None) -> list[float] | None:
         try:
             if m:
                 lo, hi, op, step = float(m.group(1)), float(m.group(2)), m.group(3), float(m.group(4))
-                if op in "x*" and step <= 1 or op == "+" and step <= 0 or hi < lo:
+                if (op in "x*" and step <= 1) or (op == "+" and step <= 0) or hi < lo:
                     raise ValueError
                 values, v = [], lo
                 while v <= hi * (1 + 1e-12) and len(values) < 1000:
@@ -74,7 +74,9 @@ def parse_rates(text: str | float | None) -> list[float] | None:
             else:
                 values = [float(p) for p in s.split(",") if p.strip()]
         except ValueError:
-            raise ScenarioError(f"cannot read --rate {text!r}; write 4, 1,2,8 or a range 1:32:x2 (or 2:20:+2)") from None
+            raise ScenarioError(
+                f"cannot read --rate {text!r}; write 4, 1,2,8 or a range 1:32:x2 (or 2:20:+2)"
+            ) from None
     if not values or any(not (v > 0 and math.isfinite(v)) for v in values):
         raise ScenarioError(f"--rate must be a positive number of requests/s, got {text!r}")
     return values
@@ -94,7 +96,9 @@ def scheduler_for(req: ServeRequest, scenario: Scenario, hardware_db: HardwareDB
     base = preset.config(memory, device_id=getattr(device, "id", ""))
     return SchedulerConfig(
         max_num_seqs=req.max_num_seqs if req.max_num_seqs is not None else base.max_num_seqs,
-        max_batched_tokens=req.max_batched_tokens if req.max_batched_tokens is not None else base.max_batched_tokens,
+        max_batched_tokens=req.max_batched_tokens
+        if req.max_batched_tokens is not None
+        else base.max_batched_tokens,
         chunked_prefill=req.chunked_prefill if req.chunked_prefill is not None else base.chunked_prefill,
         block_size=req.block_size if req.block_size is not None else base.block_size,
     )
@@ -119,12 +123,25 @@ def workload_for(req: ServeRequest, rate: float | None) -> Workload:
         profile = get_dataset(req.dataset)
         prompt, output = profile.prompt, profile.output
     else:
-        prompt, output = parse_length(req.prompt_len, "--prompt-len"), parse_length(req.output_len, "--output-len")
+        prompt, output = (
+            parse_length(req.prompt_len, "--prompt-len"),
+            parse_length(req.output_len, "--output-len"),
+        )
     if rate is None and not req.offline and req.concurrency is None:
-        raise ScenarioError("say how requests arrive: --rate R (req/s), --concurrency N (closed loop) or --offline")
+        raise ScenarioError(
+            "say how requests arrive: --rate R (req/s), --concurrency N (closed loop) or --offline"
+        )
     duration = parse_duration(req.duration) if req.duration is not None else None
-    work = build_workload(num_prompts=req.num_prompts, prompt=prompt, output=output, rate=rate,
-                          burstiness=req.burstiness, concurrency=req.concurrency, seed=req.seed, duration_s=duration)
+    work = build_workload(
+        num_prompts=req.num_prompts,
+        prompt=prompt,
+        output=output,
+        rate=rate,
+        burstiness=req.burstiness,
+        concurrency=req.concurrency,
+        seed=req.seed,
+        duration_s=duration,
+    )
     if req.dataset is not None:
         work = replace(work, description=f"{work.description} (dataset profile {req.dataset})")
     return work
@@ -139,8 +156,11 @@ class Curve:
     best_rate: float | None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rates": self.rows, "slo_ms": {k: v * 1e3 for k, v in self.slo.items()},
-                "highest_rate_meeting_slo": self.best_rate}
+        return {
+            "rates": self.rows,
+            "slo_ms": {k: v * 1e3 for k, v in self.slo.items()},
+            "highest_rate_meeting_slo": self.best_rate,
+        }
 
 
 def meets_slo(result: ServeResult, slo: dict[str, float]) -> bool:
@@ -173,11 +193,21 @@ def run(req: ServeRequest, *, hardware_db: HardwareDB | None = None) -> ServeRes
             raise ScenarioError("give either --replicas or --prefill-replicas/--decode-replicas, not both")
         dis = Disaggregation(req.prefill_replicas, req.decode_replicas, req.kv_link)
     elif req.kv_link is not None:
-        raise ScenarioError("--kv-link applies to disaggregated serving; add --prefill-replicas and --decode-replicas")
+        raise ScenarioError(
+            "--kv-link applies to disaggregated serving; add --prefill-replicas and --decode-replicas"
+        )
     if rates is None or len(rates) == 1:
         work = workload_for(req, None if rates is None else rates[0])
-        return serve(scenario, sched, work, replicas=req.replicas, disaggregation=dis, slo=slo, replica=replica,
-                     hardware_db=hardware_db)
+        return serve(
+            scenario,
+            sched,
+            work,
+            replicas=req.replicas,
+            disaggregation=dis,
+            slo=slo,
+            replica=replica,
+            hardware_db=hardware_db,
+        )
     return _curve(req, scenario, sched, replica, rates, dis, slo, hardware_db)
 
 
@@ -195,19 +225,26 @@ class FleetPlan:
         return self.options[0] if self.options and self.options[0].replicas is not None else None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rate": self.rate, "slo_ms": {k: v * 1e3 for k, v in self.slo.items()}, "workload": self.workload,
-                "options": [o.to_dict() for o in self.options],
-                "cheapest": None if self.best is None else self.best.to_dict()}
+        return {
+            "rate": self.rate,
+            "slo_ms": {k: v * 1e3 for k, v in self.slo.items()},
+            "workload": self.workload,
+            "options": [o.to_dict() for o in self.options],
+            "cheapest": None if self.best is None else self.best.to_dict(),
+        }
 
 
-def _fleet(req: ServeRequest, slo: dict[str, float], rates: list[float] | None,
-           hardware_db: HardwareDB | None) -> FleetPlan:
+def _fleet(
+    req: ServeRequest, slo: dict[str, float], rates: list[float] | None, hardware_db: HardwareDB | None
+) -> FleetPlan:
     from .fleet import parse_candidates, size_fleet
 
     if rates is not None and len(rates) > 1:
         raise ScenarioError("fleet sizing takes one --rate (the load the fleet must serve)")
     if req.replicas != 1 or req.prefill_replicas is not None or req.decode_replicas is not None:
-        raise ScenarioError("fleet sizing chooses the replica count; drop --replicas/--prefill-replicas/--decode-replicas")
+        raise ScenarioError(
+            "fleet sizing chooses the replica count; drop --replicas/--prefill-replicas/--decode-replicas"
+        )
     candidates = parse_candidates(req.fleet_candidates or "")
     work = workload_for(req, None if rates is None else rates[0])
 
@@ -218,25 +255,52 @@ def _fleet(req: ServeRequest, slo: dict[str, float], rates: list[float] | None,
     return FleetPlan(options, slo, None if rates is None else rates[0], work.description)
 
 
-def _curve(req: ServeRequest, scenario: Scenario, sched: SchedulerConfig, replica: ReplicaModel, rates: list[float],
-           dis: Disaggregation | None, slo: dict[str, float], hardware_db: HardwareDB | None) -> Curve:
+def _curve(
+    req: ServeRequest,
+    scenario: Scenario,
+    sched: SchedulerConfig,
+    replica: ReplicaModel,
+    rates: list[float],
+    dis: Disaggregation | None,
+    slo: dict[str, float],
+    hardware_db: HardwareDB | None,
+) -> Curve:
     rows = []
     best = None
     for rate in rates:
-        res = serve(scenario, sched, workload_for(req, rate), replicas=req.replicas, disaggregation=dis, slo=slo,
-                    replica=replica, hardware_db=hardware_db, timeline=False)
+        res = serve(
+            scenario,
+            sched,
+            workload_for(req, rate),
+            replicas=req.replicas,
+            disaggregation=dis,
+            slo=slo,
+            replica=replica,
+            hardware_db=hardware_db,
+            timeline=False,
+        )
         ok = meets_slo(res, slo) if slo else None
         if ok:
             best = rate if best is None else max(best, rate)
         lat = res.latency
-        rows.append({
-            "rate": rate, "request_throughput": res.request_throughput, "output_throughput": res.output_throughput,
-            "mean_ttft_s": lat["ttft"]["mean"], "p99_ttft_s": lat["ttft"]["p99"],
-            "mean_tpot_s": lat["tpot"]["mean"], "p99_tpot_s": lat["tpot"]["p99"],
-            "mean_itl_s": lat["itl"]["mean"], "p99_itl_s": lat["itl"]["p99"],
-            "mean_e2el_s": lat["e2el"]["mean"], "p99_e2el_s": lat["e2el"]["p99"],
-            "goodput": res.goodput, "meets_slo": ok, "preemptions": res.preemptions,
-        })
+        rows.append(
+            {
+                "rate": rate,
+                "request_throughput": res.request_throughput,
+                "output_throughput": res.output_throughput,
+                "mean_ttft_s": lat["ttft"]["mean"],
+                "p99_ttft_s": lat["ttft"]["p99"],
+                "mean_tpot_s": lat["tpot"]["mean"],
+                "p99_tpot_s": lat["tpot"]["p99"],
+                "mean_itl_s": lat["itl"]["mean"],
+                "p99_itl_s": lat["itl"]["p99"],
+                "mean_e2el_s": lat["e2el"]["mean"],
+                "p99_e2el_s": lat["e2el"]["p99"],
+                "goodput": res.goodput,
+                "meets_slo": ok,
+                "preemptions": res.preemptions,
+            }
+        )
     return Curve(rows, slo, best)
 
 
@@ -275,8 +339,10 @@ def timeline_figure(result: ServeResult, path: Path) -> list[Path]:
     axes[3].set_ylabel("TPOT ms")
     axes[3].set_xlabel("time (s)")
     cfg = result.config
-    fig.suptitle(f"capsim serve: {cfg['model']} on {cfg['gpus_per_replica']}x {cfg['hardware']} — {cfg['workload']}",
-                 fontsize=9)
+    fig.suptitle(
+        f"capsim serve: {cfg['model']} on {cfg['gpus_per_replica']}x {cfg['hardware']} — {cfg['workload']}",
+        fontsize=9,
+    )
     paths = _save(fig, path)
     plt.close(fig)
     return paths

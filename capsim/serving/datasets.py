@@ -34,8 +34,15 @@ class DatasetProfile:
     note: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name, "prompt": self.prompt.describe(), "output": self.output.describe(),
-                "tokenizer": self.tokenizer, "source": self.source, "note": self.note}
+        return {
+            "id": self.id,
+            "name": self.name,
+            "prompt": self.prompt.describe(),
+            "output": self.output.describe(),
+            "tokenizer": self.tokenizer,
+            "source": self.source,
+            "note": self.note,
+        }
 
 
 def _length(entry: dict[str, Any], key: str, path: str, pid: str) -> LengthSpec:
@@ -71,9 +78,15 @@ def load_datasets(path: str | None = None) -> dict[str, DatasetProfile]:
         for field in ("name", "source", "tokenizer"):
             if not isinstance(entry.get(field), str) or not entry[field]:
                 raise DataFileError(str(p), f"[{pid}] needs a non-empty {field!r}")
-        out[pid] = DatasetProfile(pid, entry["name"], _length(entry, "prompt", str(p), pid),
-                                  _length(entry, "output", str(p), pid), entry["tokenizer"], entry["source"],
-                                  entry.get("note", ""))
+        out[pid] = DatasetProfile(
+            pid,
+            entry["name"],
+            _length(entry, "prompt", str(p), pid),
+            _length(entry, "output", str(p), pid),
+            entry["tokenizer"],
+            entry["source"],
+            entry.get("note", ""),
+        )
     return out
 
 
@@ -82,6 +95,10 @@ def get_dataset(name: str) -> DatasetProfile:
     key = name.strip().lower()
     if key not in profiles:
         close = difflib.get_close_matches(key, list(profiles), n=3, cutoff=0.5)
-        hint = f"did you mean {', '.join(repr(c) for c in close)}?" if close else f"choose one of {', '.join(profiles)}"
+        hint = (
+            f"did you mean {', '.join(repr(c) for c in close)}?"
+            if close
+            else f"choose one of {', '.join(profiles)}"
+        )
         raise ScenarioError(f"unknown dataset profile {name!r} for --dataset; {hint}")
     return profiles[key]

@@ -28,8 +28,13 @@ from .workload import Workload
 
 
 def simulate_events(
-    cost: StepCost, kv_blocks: int, sched: SchedulerConfig, work: Workload, *,
-    prefilled_first_token_s: np.ndarray | None = None, timeline: bool = True,
+    cost: StepCost,
+    kv_blocks: int,
+    sched: SchedulerConfig,
+    work: Workload,
+    *,
+    prefilled_first_token_s: np.ndarray | None = None,
+    timeline: bool = True,
 ) -> ReplicaRun:
     """Event-driven simulation of one replica (full-attention models only; see module docstring)."""
     if not bool(np.all(np.isinf(cost.windows))):
@@ -209,7 +214,9 @@ def simulate_events(
             preempted = True
             preempt[victim] += 1
             if victim in dec:
-                last_tok[victim] = now  # it decoded in every step since it started: its last token ended step g-1
+                last_tok[victim] = (
+                    now  # it decoded in every step since it started: its last token ended step g-1
+                )
                 base, _ = dec.pop(victim)
                 gen[victim] = base + g - prompt[victim]  # known tokens before this step: base + g
                 sum_base -= base
@@ -278,7 +285,9 @@ def simulate_events(
             if released < n:
                 now = max(now, send[released])
                 continue
-            raise ScenarioError("the scheduler stalled with requests waiting; this is a capsim bug, please report it")
+            raise ScenarioError(
+                "the scheduler stalled with requests waiting; this is a capsim bug, please report it"
+            )
         # attention of the step (full attention): decodes at contexts base + g, chunks [s, e)
         ctx = sum_base + nd * g + sum(prompt[r] + 1 for r in new_dec)
         pairs = rp * ctx
@@ -362,8 +371,13 @@ def simulate_events(
             finish_decode(rid, f, now)
         g += 1
 
-    run = ReplicaRun(np.array(arrival), np.array(first), np.array(finish), np.array(preempt, dtype=np.int64),
-                     kv_blocks=kv_blocks)
+    run = ReplicaRun(
+        np.array(arrival),
+        np.array(first),
+        np.array(finish),
+        np.array(preempt, dtype=np.int64),
+        kv_blocks=kv_blocks,
+    )
     if itl_one:
         itl_v.append(np.array(itl_one))
         itl_w.append(np.ones(len(itl_one)))

@@ -37,12 +37,22 @@ class FleetOption:
     def to_dict(self) -> dict[str, Any]:
         r = self.result
         return {
-            "hardware": self.hardware, "gpus_per_replica": self.gpus_per_replica, "replicas": self.replicas,
+            "hardware": self.hardware,
+            "gpus_per_replica": self.gpus_per_replica,
+            "replicas": self.replicas,
             "devices": None if self.replicas is None else self.replicas * self.gpus_per_replica,
-            "usd_per_hour": self.usd_per_hour, "price_source": self.price_source, "note": self.note,
-            "p99_ttft_ms": None if r is None or r.latency["ttft"]["p99"] is None else 1e3 * r.latency["ttft"]["p99"],
-            "p99_tpot_ms": None if r is None or r.latency["tpot"]["p99"] is None else 1e3 * r.latency["tpot"]["p99"],
-            "p99_e2el_ms": None if r is None or r.latency["e2el"]["p99"] is None else 1e3 * r.latency["e2el"]["p99"],
+            "usd_per_hour": self.usd_per_hour,
+            "price_source": self.price_source,
+            "note": self.note,
+            "p99_ttft_ms": None
+            if r is None or r.latency["ttft"]["p99"] is None
+            else 1e3 * r.latency["ttft"]["p99"],
+            "p99_tpot_ms": None
+            if r is None or r.latency["tpot"]["p99"] is None
+            else 1e3 * r.latency["tpot"]["p99"],
+            "p99_e2el_ms": None
+            if r is None or r.latency["e2el"]["p99"] is None
+            else 1e3 * r.latency["e2el"]["p99"],
         }
 
 
@@ -52,8 +62,10 @@ def parse_candidates(text: str) -> list[tuple[str, int]]:
     for part in text.split(";"):
         hw, sep, counts = part.strip().partition(":")
         if not hw or not sep:
-            raise ScenarioError(f"bad --fleet-candidates entry {part.strip()!r}; write HARDWARE:GPUS[,GPUS] "
-                                "entries separated by ';', e.g. h100-sxm:1,8;mi300x:8")
+            raise ScenarioError(
+                f"bad --fleet-candidates entry {part.strip()!r}; write HARDWARE:GPUS[,GPUS] "
+                "entries separated by ';', e.g. h100-sxm:1,8;mi300x:8"
+            )
         for c in counts.split(","):
             try:
                 n = int(c)
@@ -72,8 +84,13 @@ def _meets(res: ServeResult, slo: dict[str, float]) -> bool:
 
 
 def size_fleet(
-    base: Scenario, candidates: list[tuple[str, int]], sched_for: Any, work: Workload, slo: dict[str, float],
-    hardware_db: HardwareDB | None = None, cost_inputs: CostInputs | None = None,
+    base: Scenario,
+    candidates: list[tuple[str, int]],
+    sched_for: Any,
+    work: Workload,
+    slo: dict[str, float],
+    hardware_db: HardwareDB | None = None,
+    cost_inputs: CostInputs | None = None,
 ) -> list[FleetOption]:
     """Fewest replicas per candidate meeting ``slo`` (p99 of each bound) on ``work``; options sorted by USD per
     hour (unpriced ones last, by device count). ``sched_for(scenario) -> SchedulerConfig`` gives each
@@ -94,8 +111,12 @@ def size_fleet(
             options.append(FleetOption(hw, gpus, None, None, "", None, str(exc)))
             continue
 
-        def run(n: int, scenario: Scenario = scenario, sched: SchedulerConfig = sched, rep: Any = rep) -> ServeResult:
-            return serve(scenario, sched, work, replicas=n, slo=slo, replica=rep, hardware_db=db, timeline=False)
+        def run(
+            n: int, scenario: Scenario = scenario, sched: SchedulerConfig = sched, rep: Any = rep
+        ) -> ServeResult:
+            return serve(
+                scenario, sched, work, replicas=n, slo=slo, replica=rep, hardware_db=db, timeline=False
+            )
 
         lo, hi, best = 0, 1, None
         while hi <= MAX_REPLICAS:
@@ -105,8 +126,17 @@ def size_fleet(
                 break
             lo, hi = hi, hi * 2
         if best is None:
-            options.append(FleetOption(hw, gpus, None, None, "", None,
-                                       f"no fleet of up to {MAX_REPLICAS} replicas meets the SLOs"))
+            options.append(
+                FleetOption(
+                    hw,
+                    gpus,
+                    None,
+                    None,
+                    "",
+                    None,
+                    f"no fleet of up to {MAX_REPLICAS} replicas meets the SLOs",
+                )
+            )
             continue
         while best[0] - lo > 1:  # the SLOs fail at lo replicas and hold at best[0]
             mid = (lo + best[0]) // 2
@@ -118,6 +148,12 @@ def size_fleet(
         n, res = best
         price, source = cloud_rate(hw, gpus, db, inputs)
         options.append(FleetOption(hw, gpus, n, None if price is None else price * n, source, res))
-    options.sort(key=lambda o: (o.replicas is None, o.usd_per_hour is None, o.usd_per_hour or 0.0,
-                                (o.replicas or 0) * o.gpus_per_replica))
+    options.sort(
+        key=lambda o: (
+            o.replicas is None,
+            o.usd_per_hour is None,
+            o.usd_per_hour or 0.0,
+            (o.replicas or 0) * o.gpus_per_replica,
+        )
+    )
     return options

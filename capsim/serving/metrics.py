@@ -42,8 +42,10 @@ def parse_slo(text: str | None) -> dict[str, float]:
         key, sep, value = part.partition("=")
         key = key.strip().lower()
         if not sep or key not in SLO_KEYS:
-            raise ScenarioError(f"bad --slo clause {part.strip()!r}; write e.g. --slo ttft=200ms,tpot=50ms "
-                                f"(keys: {', '.join(SLO_KEYS)})")
+            raise ScenarioError(
+                f"bad --slo clause {part.strip()!r}; write e.g. --slo ttft=200ms,tpot=50ms "
+                f"(keys: {', '.join(SLO_KEYS)})"
+            )
         out[key] = parse_duration(value.strip())
     return out
 
@@ -52,8 +54,12 @@ def _stats(values: np.ndarray) -> dict[str, float | None]:
     if values.size == 0:
         return {"mean": None, "median": None, "std": None, **{f"p{p:g}": None for p in PERCENTILES}}
     pct = np.percentile(values, PERCENTILES)
-    return {"mean": float(values.mean()), "median": float(np.median(values)), "std": float(values.std()),
-            **{f"p{p:g}": float(v) for p, v in zip(PERCENTILES, pct)}}
+    return {
+        "mean": float(values.mean()),
+        "median": float(np.median(values)),
+        "std": float(values.std()),
+        **{f"p{p:g}": float(v) for p, v in zip(PERCENTILES, pct)},
+    }
 
 
 @dataclass
@@ -102,22 +108,40 @@ class ServeResult:
         for lat in LATENCIES:
             for stat, v in self.latency[lat].items():
                 out[f"{stat}_{lat}_ms"] = None if v is None else v * 1e3
-        out.update({
-            "slo_ms": {k: v * 1e3 for k, v in self.slo.items()},
-            "s_mbu": self.s_mbu, "s_mfu": self.s_mfu, "mbu": self.mbu, "mfu": self.mfu,
-            "busy_fraction": self.busy_fraction,
-            "mean_requests_in_system": self.mean_in_system,
-            "steps": self.steps, "preemptions": self.preemptions,
-            "kv_cache": {"blocks": self.kv_blocks, "block_size": self.block_size, "max_use": self.max_kv_use},
-            "config": self.config,
-            "notes": self.notes,
-        })
+        out.update(
+            {
+                "slo_ms": {k: v * 1e3 for k, v in self.slo.items()},
+                "s_mbu": self.s_mbu,
+                "s_mfu": self.s_mfu,
+                "mbu": self.mbu,
+                "mfu": self.mfu,
+                "busy_fraction": self.busy_fraction,
+                "mean_requests_in_system": self.mean_in_system,
+                "steps": self.steps,
+                "preemptions": self.preemptions,
+                "kv_cache": {
+                    "blocks": self.kv_blocks,
+                    "block_size": self.block_size,
+                    "max_use": self.max_kv_use,
+                },
+                "config": self.config,
+                "notes": self.notes,
+            }
+        )
         return out
 
 
 def summarize(
-    rep: ReplicaModel, sched: SchedulerConfig, work: Workload, run: ReplicaRun, *, devices: int, replicas: int,
-    slo: dict[str, float], disaggregation: Disaggregation | None, notes: list[str],
+    rep: ReplicaModel,
+    sched: SchedulerConfig,
+    work: Workload,
+    run: ReplicaRun,
+    *,
+    devices: int,
+    replicas: int,
+    slo: dict[str, float],
+    disaggregation: Disaggregation | None,
+    notes: list[str],
 ) -> ServeResult:
     """Per-request latencies, percentiles, throughputs, goodput and utilisation of a simulated run."""
     arrival, first, finish = run.arrival_s, run.first_token_s, run.finish_s
@@ -125,7 +149,9 @@ def summarize(
     done = np.isfinite(finish)
     completed = int(done.sum())
     if completed != n:
-        raise ScenarioError(f"{n - completed} of {n} requests did not complete; this is a capsim bug, please report it")
+        raise ScenarioError(
+            f"{n - completed} of {n} requests did not complete; this is a capsim bug, please report it"
+        )
     ttft = first - arrival
     e2el = finish - arrival
     out_tok = work.output_tokens.astype(np.float64)
@@ -154,16 +180,27 @@ def summarize(
     bw = per_replica_devices * bw_peak * busy
     fl = per_replica_devices * rep.cost.metric_peak_flops * busy
     config = {
-        "model": rs.model.id, "hardware": rs.scenario.hardware, "gpus_per_replica": per_replica_devices,
+        "model": rs.model.id,
+        "hardware": rs.scenario.hardware,
+        "gpus_per_replica": per_replica_devices,
         "replicas": replicas if disaggregation is None else None,
-        "disaggregation": None if disaggregation is None else {
-            "prefill_replicas": disaggregation.prefill_replicas, "decode_replicas": disaggregation.decode_replicas,
-            "link": disaggregation.link},
+        "disaggregation": None
+        if disaggregation is None
+        else {
+            "prefill_replicas": disaggregation.prefill_replicas,
+            "decode_replicas": disaggregation.decode_replicas,
+            "link": disaggregation.link,
+        },
         "devices": devices,
-        "weight_dtype": rs.scenario.weight_dtype or "native", "kv_dtype": rs.scenario.kv_dtype,
+        "weight_dtype": rs.scenario.weight_dtype or "native",
+        "kv_dtype": rs.scenario.kv_dtype,
         "routing": rs.scenario.routing,
-        "scheduler": {"max_num_seqs": sched.max_num_seqs, "max_batched_tokens": sched.max_batched_tokens,
-                      "chunked_prefill": sched.chunked_prefill, "block_size": sched.block_size},
+        "scheduler": {
+            "max_num_seqs": sched.max_num_seqs,
+            "max_batched_tokens": sched.max_batched_tokens,
+            "chunked_prefill": sched.chunked_prefill,
+            "block_size": sched.block_size,
+        },
         "workload": work.description,
         "kv_pool_gb_per_device": rep.kv_pool_bytes / 1e9,
     }
@@ -190,8 +227,15 @@ def summarize(
         max_kv_use=run.max_kv_blocks_used / rep.kv_blocks,
         config=config,
         notes=notes,
-        per_request={"arrival_s": arrival, "first_token_s": first, "finish_s": finish, "ttft_s": ttft,
-                     "e2el_s": e2el, "prompt_tokens": work.prompt_tokens, "output_tokens": work.output_tokens,
-                     "preemptions": run.preemptions},
+        per_request={
+            "arrival_s": arrival,
+            "first_token_s": first,
+            "finish_s": finish,
+            "ttft_s": ttft,
+            "e2el_s": e2el,
+            "prompt_tokens": work.prompt_tokens,
+            "output_tokens": work.output_tokens,
+            "preemptions": run.preemptions,
+        },
         timeline=tl,
     )

@@ -22,15 +22,21 @@ class SchedulerPreset:
     description: str
     source: str
 
-    def config(self, device_memory_bytes: float, kv_tokens: int | None = None, device_id: str = "") -> SchedulerConfig:
+    def config(
+        self, device_memory_bytes: float, kv_tokens: int | None = None, device_id: str = ""
+    ) -> SchedulerConfig:
         """The preset's limits on a device of ``device_memory_bytes`` (id ``device_id``); ``kv_tokens`` (the KV
         pool in tokens) for engines whose running-request cap follows the pool."""
         if self.name == "vllm-like":
             # vllm/engine/arg_utils.py EngineArgs.get_batch_defaults: devices of >= 70 GiB other than A100 get
             # 8192 tokens / 1024 sequences for the OpenAI server, others 2048 / 256 (A100 excluded: vLLM PR #17885)
             big = device_memory_bytes >= 70 * GIB and "a100" not in device_id.lower()
-            return SchedulerConfig(max_num_seqs=1024 if big else 256, max_batched_tokens=8192 if big else 2048,
-                                   chunked_prefill=True, block_size=16)
+            return SchedulerConfig(
+                max_num_seqs=1024 if big else 256,
+                max_batched_tokens=8192 if big else 2048,
+                chunked_prefill=True,
+                block_size=16,
+            )
         if self.name == "sglang-like":
             # sglang/srt/server_args.py: chunked_prefill_size 2048 below 35 GB, 8192 below 160 GB, else 16384;
             # page_size 1; max_running_requests = min(max_total_num_tokens // 2, request pool <= 4096)
@@ -38,11 +44,14 @@ class SchedulerPreset:
             chunk = 2048 if mem_mb < 35 * 1024 else 8192 if mem_mb < 160 * 1024 else 16384
             seqs = 4096 if kv_tokens is None else max(1, min(kv_tokens // 2, 4096))
             # a step must hold one decode per running request (capsim's scheduler, as vLLM's, requires it)
-            return SchedulerConfig(max_num_seqs=min(seqs, chunk), max_batched_tokens=chunk, chunked_prefill=True,
-                                   block_size=1)
+            return SchedulerConfig(
+                max_num_seqs=min(seqs, chunk), max_batched_tokens=chunk, chunked_prefill=True, block_size=1
+            )
         # tensorrt_llm/llmapi/llm_args.py: max_batch_size 2048, max_num_tokens 8192, enable_chunked_prefill False,
         # KvCacheConfig.tokens_per_block 32
-        return SchedulerConfig(max_num_seqs=2048, max_batched_tokens=8192, chunked_prefill=False, block_size=32)
+        return SchedulerConfig(
+            max_num_seqs=2048, max_batched_tokens=8192, chunked_prefill=False, block_size=32
+        )
 
 
 PRESETS: dict[str, SchedulerPreset] = {
@@ -83,6 +92,10 @@ def get_preset(name: str) -> SchedulerPreset:
     key = name.strip().lower()
     if key not in PRESETS:
         close = difflib.get_close_matches(key, list(PRESETS), n=3, cutoff=0.5)
-        hint = f"did you mean {', '.join(repr(c) for c in close)}?" if close else f"choose one of {', '.join(PRESETS)}"
+        hint = (
+            f"did you mean {', '.join(repr(c) for c in close)}?"
+            if close
+            else f"choose one of {', '.join(PRESETS)}"
+        )
         raise ScenarioError(f"unknown scheduler preset {name!r} for --system; {hint}")
     return PRESETS[key]

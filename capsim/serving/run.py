@@ -51,14 +51,20 @@ class ReplicaModel:
 def _unsupported(rs: ResolvedScenario) -> None:
     sc = rs.scenario
     if rs.deployment.mode != "gpu":
-        raise ScenarioError(f"capsim serve models GPU-resident serving; --mode {rs.deployment.mode} is not supported "
-                            "(use capsim predict for offload and CPU modes)")
+        raise ScenarioError(
+            f"capsim serve models GPU-resident serving; --mode {rs.deployment.mode} is not supported "
+            "(use capsim predict for offload and CPU modes)"
+        )
     if sc.pp > 1 or sc.ep > 1 or sc.nodes > 1:
-        raise ScenarioError("capsim serve models one tensor-parallel replica per server; drop --pp/--ep/--nodes "
-                            "(use --replicas for data parallelism)")
+        raise ScenarioError(
+            "capsim serve models one tensor-parallel replica per server; drop --pp/--ep/--nodes "
+            "(use --replicas for data parallelism)"
+        )
 
 
-def build_replica(scenario: Scenario, sched: SchedulerConfig, hardware_db: HardwareDB | None = None) -> ReplicaModel:
+def build_replica(
+    scenario: Scenario, sched: SchedulerConfig, hardware_db: HardwareDB | None = None
+) -> ReplicaModel:
     """Resolve one replica and size its KV cache from the memory plan of its largest step."""
     sched.validate()
     # The memory plan of a step of max_batched_tokens prompt tokens with max_num_seqs resident sequences: its
@@ -67,8 +73,13 @@ def build_replica(scenario: Scenario, sched: SchedulerConfig, hardware_db: Hardw
     from ..engine import resolve_model
 
     window = resolve_model(scenario.model).max_context or sched.max_batched_tokens + 1
-    probe = replace(scenario, batch=sched.max_num_seqs, prompt_len=min(sched.max_batched_tokens, window - 1),
-                    gen_len=1, prefill_chunk_tokens=sched.max_batched_tokens)
+    probe = replace(
+        scenario,
+        batch=sched.max_num_seqs,
+        prompt_len=min(sched.max_batched_tokens, window - 1),
+        gen_len=1,
+        prefill_chunk_tokens=sched.max_batched_tokens,
+    )
     rs, memory = resolve(probe, hardware_db)
     _unsupported(rs)
     pool = memory.usable_bytes - memory.weights_bytes - memory.buffers_bytes
@@ -80,7 +91,9 @@ def build_replica(scenario: Scenario, sched: SchedulerConfig, hardware_db: Hardw
             f"no room for a KV block on {rs.device.id}: weights and buffers leave {pool / 1e9:.2f} GB; "  # type: ignore[attr-defined]
             "use more GPUs, a lower --weight-dtype or smaller --max-batched-tokens/--max-num-seqs"
         )
-    cost = StepCost(rs, sched.max_batched_tokens + sched.max_num_seqs, sched.max_num_seqs + sched.max_batched_tokens)
+    cost = StepCost(
+        rs, sched.max_batched_tokens + sched.max_num_seqs, sched.max_num_seqs + sched.max_batched_tokens
+    )
     return ReplicaModel(rs, memory, cost, blocks, per_token, pool)
 
 
@@ -126,12 +139,23 @@ def _merge(runs: list[tuple[np.ndarray, ReplicaRun]], n: int) -> ReplicaRun:
     pre = np.zeros(n, dtype=np.int64)
     out = ReplicaRun(arrival, first, finish, pre)
     for idx, run in runs:
-        arrival[idx], first[idx], finish[idx], pre[idx] = run.arrival_s, run.first_token_s, run.finish_s, run.preemptions
+        arrival[idx], first[idx], finish[idx], pre[idx] = (
+            run.arrival_s,
+            run.first_token_s,
+            run.finish_s,
+            run.preemptions,
+        )
         out.itl_values += run.itl_values
         out.itl_weights += run.itl_weights
         out.steps += run.steps
         out.busy_s += run.busy_s
-        for name in ("weight_bytes_sparse", "weight_bytes_dense", "kv_read_bytes", "flops_sparse", "flops_dense"):
+        for name in (
+            "weight_bytes_sparse",
+            "weight_bytes_dense",
+            "kv_read_bytes",
+            "flops_sparse",
+            "flops_dense",
+        ):
             setattr(out, name, getattr(out, name) + getattr(run, name))
         out.max_kv_blocks_used = max(out.max_kv_blocks_used, run.max_kv_blocks_used)
         out.kv_blocks = run.kv_blocks
@@ -140,9 +164,16 @@ def _merge(runs: list[tuple[np.ndarray, ReplicaRun]], n: int) -> ReplicaRun:
 
 
 def serve(
-    scenario: Scenario, sched: SchedulerConfig, work: Workload, *, replicas: int = 1,
-    disaggregation: Disaggregation | None = None, slo: dict[str, float] | None = None,
-    hardware_db: HardwareDB | None = None, replica: ReplicaModel | None = None, timeline: bool = True,
+    scenario: Scenario,
+    sched: SchedulerConfig,
+    work: Workload,
+    *,
+    replicas: int = 1,
+    disaggregation: Disaggregation | None = None,
+    slo: dict[str, float] | None = None,
+    hardware_db: HardwareDB | None = None,
+    replica: ReplicaModel | None = None,
+    timeline: bool = True,
 ) -> ServeResult:
     """Simulate serving ``work`` and summarise it (see :class:`capsim.serving.metrics.ServeResult`)."""
     if replicas < 1:
@@ -155,15 +186,28 @@ def serve(
         runs = []
         for r, idx in enumerate(_dispatch(work, replicas)):
             sub = work.subset(idx, _split_concurrency(work.concurrency, replicas, r))
-            runs.append((idx, simulate_replica(rep.cost, rep.kv_blocks, sched, sub, timeline=timeline and r == 0)))
+            runs.append(
+                (idx, simulate_replica(rep.cost, rep.kv_blocks, sched, sub, timeline=timeline and r == 0))
+            )
         merged = _merge(runs, n)
         devices = replicas * rep.rs.layout.devices_per_replica
     else:
         merged, transfer = _serve_disaggregated(rep, sched, work, disaggregation, timeline, hardware_db)
-        devices = (disaggregation.prefill_replicas + disaggregation.decode_replicas) * rep.rs.layout.devices_per_replica
+        devices = (
+            disaggregation.prefill_replicas + disaggregation.decode_replicas
+        ) * rep.rs.layout.devices_per_replica
         notes.append(f"KV transfer per request: mean {transfer * 1e3:.2f} ms over the prefill→decode link")
-    return summarize(rep, sched, work, merged, devices=devices, replicas=replicas, slo=slo or {},
-                     disaggregation=disaggregation, notes=notes)
+    return summarize(
+        rep,
+        sched,
+        work,
+        merged,
+        devices=devices,
+        replicas=replicas,
+        slo=slo or {},
+        disaggregation=disaggregation,
+        notes=notes,
+    )
 
 
 def _link_bandwidth(rep: ReplicaModel, link: str | None, hardware_db: HardwareDB | None) -> tuple[float, str]:
@@ -178,14 +222,21 @@ def _link_bandwidth(rep: ReplicaModel, link: str | None, hardware_db: HardwareDB
     return entry.bandwidth_bytes_s, f"link {link}"
 
 
-def _serve_disaggregated(rep: ReplicaModel, sched: SchedulerConfig, work: Workload, dis: Disaggregation,
-                         timeline: bool, hardware_db: HardwareDB | None) -> tuple[ReplicaRun, float]:
+def _serve_disaggregated(
+    rep: ReplicaModel,
+    sched: SchedulerConfig,
+    work: Workload,
+    dis: Disaggregation,
+    timeline: bool,
+    hardware_db: HardwareDB | None,
+) -> tuple[ReplicaRun, float]:
     if dis.prefill_replicas < 1 or dis.decode_replicas < 1:
         raise ScenarioError("--prefill-replicas and --decode-replicas must both be >= 1")
     n = work.size
     # prefill side: every request needs one output token (its first), made by the prefill replica
-    pre_work = Workload(work.send_s, work.prompt_tokens, np.ones(n, dtype=np.int64), work.concurrency,
-                        work.description)
+    pre_work = Workload(
+        work.send_s, work.prompt_tokens, np.ones(n, dtype=np.int64), work.concurrency, work.description
+    )
     pre_runs = []
     for r, idx in enumerate(_dispatch(pre_work, dis.prefill_replicas)):
         sub = pre_work.subset(idx, _split_concurrency(work.concurrency, dis.prefill_replicas, r))
@@ -199,11 +250,21 @@ def _serve_disaggregated(rep: ReplicaModel, sched: SchedulerConfig, work: Worklo
     order = multi[np.argsort(landed[multi], kind="stable")]
     dec_runs = []
     for r in range(dis.decode_replicas):
-        idx = order[r::dis.decode_replicas]
+        idx = order[r :: dis.decode_replicas]
         sub = Workload(landed[idx], work.prompt_tokens[idx], work.output_tokens[idx], None, work.description)
-        dec_runs.append((idx, simulate_replica(rep.cost, rep.kv_blocks, sched, sub,
-                                               prefilled_first_token_s=pre.first_token_s[idx],
-                                               timeline=timeline and r == 0)))
+        dec_runs.append(
+            (
+                idx,
+                simulate_replica(
+                    rep.cost,
+                    rep.kv_blocks,
+                    sched,
+                    sub,
+                    prefilled_first_token_s=pre.first_token_s[idx],
+                    timeline=timeline and r == 0,
+                ),
+            )
+        )
     dec = _merge(dec_runs, n)
     # requests with one output token finish on the prefill side
     one = work.output_tokens <= 1
@@ -213,7 +274,14 @@ def _serve_disaggregated(rep: ReplicaModel, sched: SchedulerConfig, work: Worklo
     dec.preemptions = dec.preemptions + pre.preemptions
     dec.itl_values += pre.itl_values
     dec.itl_weights += pre.itl_weights
-    for name in ("busy_s", "weight_bytes_sparse", "weight_bytes_dense", "kv_read_bytes", "flops_sparse",
-                 "flops_dense", "steps"):
+    for name in (
+        "busy_s",
+        "weight_bytes_sparse",
+        "weight_bytes_dense",
+        "kv_read_bytes",
+        "flops_sparse",
+        "flops_dense",
+        "steps",
+    ):
         setattr(dec, name, getattr(dec, name) + getattr(pre, name))
     return dec, float(transfer.mean())

@@ -45,8 +45,11 @@ class SchedulerConfig:
     block_size: int = 16
 
     def validate(self) -> None:
-        for value, flag in ((self.max_num_seqs, "--max-num-seqs"), (self.max_batched_tokens, "--max-batched-tokens"),
-                            (self.block_size, "--block-size")):
+        for value, flag in (
+            (self.max_num_seqs, "--max-num-seqs"),
+            (self.max_batched_tokens, "--max-batched-tokens"),
+            (self.block_size, "--block-size"),
+        ):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ScenarioError(f"{flag} must be an integer >= 1, got {value!r}")
         if self.max_batched_tokens < self.max_num_seqs:
@@ -112,8 +115,13 @@ class _Running:
 
 
 def simulate_replica(
-    cost: StepCost, kv_blocks: int, sched: SchedulerConfig, work: Workload, *,
-    prefilled_first_token_s: np.ndarray | None = None, timeline: bool = True,
+    cost: StepCost,
+    kv_blocks: int,
+    sched: SchedulerConfig,
+    work: Workload,
+    *,
+    prefilled_first_token_s: np.ndarray | None = None,
+    timeline: bool = True,
 ) -> ReplicaRun:
     """Simulate one replica serving ``work``: the event-driven form (capsim.serving.events) for
     full-attention models, the step-wise form otherwise; both give the same results."""
@@ -121,15 +129,22 @@ def simulate_replica(
     if bool(np.all(np.isinf(cost.windows))):
         from .events import simulate_events
 
-        return simulate_events(cost, kv_blocks, sched, work, prefilled_first_token_s=prefilled_first_token_s,
-                               timeline=timeline)
-    return simulate_stepwise(cost, kv_blocks, sched, work, prefilled_first_token_s=prefilled_first_token_s,
-                             timeline=timeline)
+        return simulate_events(
+            cost, kv_blocks, sched, work, prefilled_first_token_s=prefilled_first_token_s, timeline=timeline
+        )
+    return simulate_stepwise(
+        cost, kv_blocks, sched, work, prefilled_first_token_s=prefilled_first_token_s, timeline=timeline
+    )
 
 
 def simulate_stepwise(
-    cost: StepCost, kv_blocks: int, sched: SchedulerConfig, work: Workload, *,
-    prefilled_first_token_s: np.ndarray | None = None, timeline: bool = True,
+    cost: StepCost,
+    kv_blocks: int,
+    sched: SchedulerConfig,
+    work: Workload,
+    *,
+    prefilled_first_token_s: np.ndarray | None = None,
+    timeline: bool = True,
 ) -> ReplicaRun:
     """Simulate one replica serving ``work``, one scheduler iteration at a time (any attention windows).
 
@@ -194,10 +209,30 @@ def simulate_stepwise(
 
         # --- fast path: a stretch of pure-decode steps -----------------------------------------------------
         # (a prompt with one token left to prefill also has known − computed = 1, but is not decoding)
-        if (k and not waiting and k <= budget_max and bool(np.all(known - comp == 1))
-                and bool(np.all(R.generated[:k] >= 1))):
-            steps = _stretch_length(R, free, bs, send, released, cap, in_system, now, cost, full_only, finite_w,
-                                    finite_c, ratio, L, max_seqs)
+        if (
+            k
+            and not waiting
+            and k <= budget_max
+            and bool(np.all(known - comp == 1))
+            and bool(np.all(R.generated[:k] >= 1))
+        ):
+            steps = _stretch_length(
+                R,
+                free,
+                bs,
+                send,
+                released,
+                cap,
+                in_system,
+                now,
+                cost,
+                full_only,
+                finite_w,
+                finite_c,
+                ratio,
+                L,
+                max_seqs,
+            )
             if steps is not None:
                 m, times, pairs, kvs = steps
                 t0 = now
@@ -302,7 +337,9 @@ def simulate_stepwise(
             if released < n:
                 now = max(now, send[released])
                 continue
-            raise ScenarioError("the scheduler stalled with requests waiting; this is a capsim bug, please report it")
+            raise ScenarioError(
+                "the scheduler stalled with requests waiting; this is a capsim bug, please report it"
+            )
         comp = R.computed[:k]
         known = R.known[:k]
         s = comp
@@ -317,8 +354,16 @@ def simulate_stepwise(
         dt = cost.time(tokens, seqs, lm, pairs, kv)
         t0 = now
         now = now + dt
-        _account(run, cost, np.array([tokens]), np.array([lm]), np.array([pairs]), np.array([kv]), np.array([dt]),
-                  kv_per_tok)
+        _account(
+            run,
+            cost,
+            np.array([tokens]),
+            np.array([lm]),
+            np.array([pairs]),
+            np.array([kv]),
+            np.array([dt]),
+            kv_per_tok,
+        )
         run.steps += 1
         R.computed[:k] = e
         ids = R.rid[:k]
@@ -352,8 +397,17 @@ def simulate_stepwise(
     return run
 
 
-def _attention(s: np.ndarray, e: np.ndarray, active: np.ndarray, is_decode: np.ndarray, full_only: bool,
-               finite_w: np.ndarray, finite_c: np.ndarray, L: float, ratio: float) -> tuple[float, float]:
+def _attention(
+    s: np.ndarray,
+    e: np.ndarray,
+    active: np.ndarray,
+    is_decode: np.ndarray,
+    full_only: bool,
+    finite_w: np.ndarray,
+    finite_c: np.ndarray,
+    L: float,
+    ratio: float,
+) -> tuple[float, float]:
     """(prefill-equivalent pairs, KV tokens read), summed over layers, of spans [s, e) (engine.mixed_passes)."""
     sf = s.astype(np.float64)
     ef = e.astype(np.float64)
@@ -382,9 +436,23 @@ def _causal(p: np.ndarray, w: float) -> np.ndarray:
     return ww * (ww + 1.0) / 2.0 + (p - ww) * ww
 
 
-def _stretch_length(R: _Running, free: int, bs: int, send: np.ndarray, released: int, cap: int, in_system: int,
-                    now: float, cost: StepCost, full_only: bool, finite_w: np.ndarray, finite_c: np.ndarray,
-                    ratio: float, L: float, max_seqs: int):  # type: ignore[no-untyped-def]
+def _stretch_length(
+    R: _Running,
+    free: int,
+    bs: int,
+    send: np.ndarray,
+    released: int,
+    cap: int,
+    in_system: int,
+    now: float,
+    cost: StepCost,
+    full_only: bool,
+    finite_w: np.ndarray,
+    finite_c: np.ndarray,
+    ratio: float,
+    L: float,
+    max_seqs: int,
+):  # type: ignore[no-untyped-def]
     """(steps, step times, pairs, kv) of the pure-decode stretch starting now, or None for a single step.
 
     The stretch ends at the first completion, before any step would need more KV blocks than are free, and
@@ -432,8 +500,16 @@ def _stretch_length(R: _Running, free: int, bs: int, send: np.ndarray, released:
     return m, times[:m], pairs[:m], kv[:m]
 
 
-def _account(run: ReplicaRun, cost: StepCost, tokens: np.ndarray, lm: np.ndarray, pairs: np.ndarray,
-             kv: np.ndarray, times: np.ndarray, kv_per_tok: float) -> None:
+def _account(
+    run: ReplicaRun,
+    cost: StepCost,
+    tokens: np.ndarray,
+    lm: np.ndarray,
+    pairs: np.ndarray,
+    kv: np.ndarray,
+    times: np.ndarray,
+    kv_per_tok: float,
+) -> None:
     """Add steps' time, bytes and FLOPs to the run's totals (time-weighted utilisation)."""
     tr = cost.traffic(tokens, lm, pairs, kv)
     run.busy_s += float(times.sum())
@@ -446,4 +522,4 @@ def _account(run: ReplicaRun, cost: StepCost, tokens: np.ndarray, lm: np.ndarray
 
 def kv_block_count(kv_pool_bytes: float, kv_bytes_per_token: float, block_size: int) -> int:
     """Whole KV blocks of ``block_size`` tokens in a pool of ``kv_pool_bytes``."""
-    return int(math.floor(kv_pool_bytes / (kv_bytes_per_token * block_size)))
+    return math.floor(kv_pool_bytes / (kv_bytes_per_token * block_size))

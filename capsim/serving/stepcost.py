@@ -82,13 +82,22 @@ class StepCost:
         self._lm_f_dense = lm_cost.flops_dense - lm_cost.flops_dense[0]
         self.base = self.base + lm0
         # attention coefficients from the engine's own attn_core charge: (t_compute, t_memory) at a probe
-        probe = mixed_passes(rs, np.array([1.0]), np.array([1.0]), np.array([0.0]),
-                             np.zeros((rows, 1)), np.full((rows, 1), _PROBE_PAIRS), np.full((rows, 1), _PROBE_KV))
+        probe = mixed_passes(
+            rs,
+            np.array([1.0]),
+            np.array([1.0]),
+            np.array([0.0]),
+            np.zeros((rows, 1)),
+            np.full((rows, 1), _PROBE_PAIRS),
+            np.full((rows, 1), _PROBE_KV),
+        )
         t_cmp, t_mem = next((tc, tm) for op, tc, tm in probe.op_times if op == "attn_core")
         self.a = float(t_cmp[0]) / (_PROBE_PAIRS * self.num_layers)
         self.b = float(t_mem[0]) / ((_PROBE_KV + 1.0) * self.num_layers)
         self.kv_bytes_per_token_read = float(probe.kv_read_bytes[0]) / (_PROBE_KV * self.num_layers)
-        self.flops_per_pair = (float(probe.flops_sparse[0]) - self._f_sparse[1]) / (_PROBE_PAIRS * self.num_layers)
+        self.flops_per_pair = (float(probe.flops_sparse[0]) - self._f_sparse[1]) / (
+            _PROBE_PAIRS * self.num_layers
+        )
         self.sequence_dependent = self._routing_depends_on_sequences()
         self._extra: dict[tuple[int, int], tuple[float, float, float]] = {}
         self.check()
@@ -100,8 +109,12 @@ class StepCost:
         if router is None:
             return False
         t = np.array([2.0, 7.0, 64.0, float(max(self.max_tokens, 2))])
-        return not np.allclose(router.activated_per_layer(t), router.activated_per_layer(t, sequences=np.ones(4)),
-                               rtol=1e-12, atol=0.0)
+        return not np.allclose(
+            router.activated_per_layer(t),
+            router.activated_per_layer(t, sequences=np.ones(4)),
+            rtol=1e-12,
+            atol=0.0,
+        )
 
     def _sequence_extra(self, tokens: int, sequences: int) -> tuple[float, float, float]:
         """(time, sparse weight bytes, sparse FLOPs) of base(T, S) − base(T, T) for correlated routers."""
@@ -112,8 +125,11 @@ class StepCost:
             z = np.zeros((rows, 2))
             t = np.array([float(tokens)] * 2)
             c = mixed_passes(self.rs, t, np.array([float(sequences), float(tokens)]), np.zeros(2), z, z, z)
-            hit = (float(c.time[0] - c.time[1]), float(c.weight_bytes_sparse[0] - c.weight_bytes_sparse[1]),
-                   float(c.flops_sparse[0] - c.flops_sparse[1]))
+            hit = (
+                float(c.time[0] - c.time[1]),
+                float(c.weight_bytes_sparse[0] - c.weight_bytes_sparse[1]),
+                float(c.flops_sparse[0] - c.flops_sparse[1]),
+            )
             self._extra[key] = hit
         return hit
 
@@ -153,14 +169,23 @@ class StepCost:
         d_pairs = rng.uniform(0, 4e6, (rows, samples)) * (rng.random(samples) < 0.7)
         p_pairs = rng.uniform(0, 4e7, (rows, samples)) * (rng.random(samples) < 0.5)
         kv = rng.uniform(0, 4e6, (rows, samples))
-        ref = mixed_passes(self.rs, tokens.astype(float), seqs.astype(float), lm.astype(float), d_pairs, p_pairs, kv)
+        ref = mixed_passes(
+            self.rs, tokens.astype(float), seqs.astype(float), lm.astype(float), d_pairs, p_pairs, kv
+        )
         ratio = self.decode_pair_ratio()
         lw = self.layer_counts[:, None]
-        mine = np.array([
-            self.time(int(tokens[i]), int(seqs[i]), int(lm[i]),
-                      float((lw[:, 0] * (p_pairs[:, i] + ratio * d_pairs[:, i])).sum()), float((lw[:, 0] * kv[:, i]).sum()))
-            for i in range(samples)
-        ])
+        mine = np.array(
+            [
+                self.time(
+                    int(tokens[i]),
+                    int(seqs[i]),
+                    int(lm[i]),
+                    float((lw[:, 0] * (p_pairs[:, i] + ratio * d_pairs[:, i])).sum()),
+                    float((lw[:, 0] * kv[:, i]).sum()),
+                )
+                for i in range(samples)
+            ]
+        )
         err = float(np.max(np.abs(mine - ref.time) / ref.time))
         if err > 1e-9:
             raise ScenarioError(

@@ -43,8 +43,13 @@ class Workload:
         return int(self.prompt_tokens.shape[0])
 
     def subset(self, index: np.ndarray, concurrency: int | None) -> Workload:
-        return Workload(self.send_s[index], self.prompt_tokens[index], self.output_tokens[index], concurrency,
-                        self.description)
+        return Workload(
+            self.send_s[index],
+            self.prompt_tokens[index],
+            self.output_tokens[index],
+            concurrency,
+            self.description,
+        )
 
 
 _LENGTH = re.compile(r"^\s*(?:(fixed|lognormal|uniform):)?([0-9.eE+]+)(?::([0-9.eE+]+))?\s*$")
@@ -60,7 +65,7 @@ class LengthSpec:
 
     def sample(self, n: int, rng: np.random.Generator) -> IntArray:
         if self.kind == "fixed":
-            return np.full(n, int(round(self.a)), dtype=np.int64)
+            return np.full(n, round(self.a), dtype=np.int64)
         if self.kind == "uniform":
             return rng.integers(int(self.a), int(self.b) + 1, n).astype(np.int64)
         # lognormal with the given mean and std: σ² = ln(1 + std²/mean²), μ = ln(mean) − σ²/2
@@ -70,7 +75,7 @@ class LengthSpec:
 
     def describe(self) -> str:
         if self.kind == "fixed":
-            return f"{int(round(self.a))}"
+            return f"{round(self.a)}"
         if self.kind == "uniform":
             return f"uniform {int(self.a)}..{int(self.b)}"
         return f"lognormal mean {self.a:g} std {self.b:g}"
@@ -119,8 +124,15 @@ def send_times(n: int, rate: float | None, burstiness: float, rng: np.random.Gen
 
 
 def build_workload(
-    *, num_prompts: int, prompt: LengthSpec, output: LengthSpec, rate: float | None, burstiness: float = 1.0,
-    concurrency: int | None = None, seed: int = 0, duration_s: float | None = None,
+    *,
+    num_prompts: int,
+    prompt: LengthSpec,
+    output: LengthSpec,
+    rate: float | None,
+    burstiness: float = 1.0,
+    concurrency: int | None = None,
+    seed: int = 0,
+    duration_s: float | None = None,
 ) -> Workload:
     """Synthetic requests. ``duration_s`` (with a rate) sends requests for that long instead of a count."""
     if concurrency is not None and concurrency < 1:
@@ -128,7 +140,9 @@ def build_workload(
     rng = np.random.default_rng(seed)
     if duration_s is not None:
         if rate is None:
-            raise ScenarioError("--duration needs --rate (an offline or closed-loop run has no send schedule)")
+            raise ScenarioError(
+                "--duration needs --rate (an offline or closed-loop run has no send schedule)"
+            )
         # enough draws to cover the duration with overwhelming probability, then cut
         n_draw = int(rate * duration_s + 10 * math.sqrt(rate * duration_s / burstiness) + 16)
         send = send_times(n_draw, rate, burstiness, rng)
@@ -142,8 +156,15 @@ def build_workload(
         send = send_times(num_prompts, rate, burstiness, rng)
     prompts = prompt.sample(num_prompts, rng)
     outputs = output.sample(num_prompts, rng)
-    arrivals = "all at t=0" if rate is None else (
-        f"Poisson {rate:g} req/s" if burstiness == 1.0 else f"gamma arrivals {rate:g} req/s, burstiness {burstiness:g}")
+    arrivals = (
+        "all at t=0"
+        if rate is None
+        else (
+            f"Poisson {rate:g} req/s"
+            if burstiness == 1.0
+            else f"gamma arrivals {rate:g} req/s, burstiness {burstiness:g}"
+        )
+    )
     if concurrency is not None:
         arrivals += f", at most {concurrency} in flight"
     desc = f"{num_prompts} requests, {arrivals}; prompt {prompt.describe()}, output {output.describe()}"
@@ -175,8 +196,11 @@ def load_request_file(path: str | Path, *, rate_given: bool) -> Workload:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError:
-                raise DataFileError(str(p), f"line {i} is not JSON; write one object per line, e.g. "
-                                    '{"arrival_s": 0.1, "prompt_tokens": 512, "output_tokens": 128}') from None
+                raise DataFileError(
+                    str(p),
+                    f"line {i} is not JSON; write one object per line, e.g. "
+                    '{"arrival_s": 0.1, "prompt_tokens": 512, "output_tokens": 128}',
+                ) from None
             if not isinstance(obj, dict):
                 raise DataFileError(str(p), f"line {i} is not a JSON object")
             rows.append(obj)
@@ -210,5 +234,10 @@ def load_request_file(path: str | Path, *, rate_given: bool) -> Workload:
     send = np.array(arrivals) if has_arrival else np.zeros(len(rows))
     order = np.argsort(send, kind="stable")
     desc = f"{len(rows)} requests from {p.name}"
-    return Workload(send[order], np.array(prompts, dtype=np.int64)[order], np.array(outputs, dtype=np.int64)[order],
-                    None, desc)
+    return Workload(
+        send[order],
+        np.array(prompts, dtype=np.int64)[order],
+        np.array(outputs, dtype=np.int64)[order],
+        None,
+        desc,
+    )

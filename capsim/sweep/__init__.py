@@ -8,6 +8,13 @@ from .evaluate import COLUMNS, evaluate_segment, resolve_group, ttft_of
 from .grid import Grid, load_grid_toml, parse_int_axis
 
 __all__ = [
-    "COLUMNS", "QUANTITIES", "Grid", "decode_totals", "evaluate_segment", "load_grid_toml", "parse_int_axis",
-    "resolve_group", "ttft_of",
+    "COLUMNS",
+    "QUANTITIES",
+    "Grid",
+    "decode_totals",
+    "evaluate_segment",
+    "load_grid_toml",
+    "parse_int_axis",
+    "resolve_group",
+    "ttft_of",
 ]

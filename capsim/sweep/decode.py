@@ -33,8 +33,13 @@ SWEEP_RESOURCES: tuple[str, ...] = (*RESOURCES, "cpu", "link")
 order predict's bottleneck meets them."""
 
 QUANTITIES: tuple[str, ...] = (
-    "time", *(f"time_{r}" for r in SWEEP_RESOURCES), "weight_bytes_sparse", "weight_bytes_dense", "kv_read_bytes",
-    "flops_sparse", "flops_dense",
+    "time",
+    *(f"time_{r}" for r in SWEEP_RESOURCES),
+    "weight_bytes_sparse",
+    "weight_bytes_dense",
+    "kv_read_bytes",
+    "flops_sparse",
+    "flops_dense",
 )
 """Per-step quantities :func:`decode_totals` sums over the decode steps (seconds, bytes, FLOPs)."""
 
@@ -55,8 +60,15 @@ def step_quantities(cost: PassCost, n: int) -> np.ndarray:
     """The :data:`QUANTITIES` of ``n`` passes as an (n, len(QUANTITIES)) matrix."""
     out = np.empty((n, len(QUANTITIES)))
     zero = np.zeros(n)
-    rows = [cost.time, *(cost.time_by_resource.get(r, zero) for r in SWEEP_RESOURCES), cost.weight_bytes_sparse,
-            cost.weight_bytes_dense, cost.kv_read_bytes, cost.flops_sparse, cost.flops_dense]
+    rows = [
+        cost.time,
+        *(cost.time_by_resource.get(r, zero) for r in SWEEP_RESOURCES),
+        cost.weight_bytes_sparse,
+        cost.weight_bytes_dense,
+        cost.kv_read_bytes,
+        cost.flops_sparse,
+        cost.flops_dense,
+    ]
     for i, row in enumerate(rows):
         out[:, i] = row
     return out
@@ -121,8 +133,12 @@ class Knots:
 
 
 def decode_totals(
-    rs: Any, batch: np.ndarray, prompt_len: np.ndarray, gen_len: np.ndarray,
-    context_span: tuple[int, int] | None = None, context_step: float = 1.0,
+    rs: Any,
+    batch: np.ndarray,
+    prompt_len: np.ndarray,
+    gen_len: np.ndarray,
+    context_span: tuple[int, int] | None = None,
+    context_step: float = 1.0,
 ) -> tuple[np.ndarray, float]:
     """Exact sums over the gen_len − 1 decode steps of each configuration (step j attends to prompt_len + j
     tokens, as :func:`capsim.engine.decode_cost` evaluates them one by one): a (len(QUANTITIES), n) matrix,
@@ -180,8 +196,12 @@ def decode_totals(
     is_last[last] = True
     end_knot = np.where(is_last, np.arange(knots.bid.size), nxt)
     span = (knots.context[end_knot] - start).astype(np.float64)
-    slope = np.divide(knots.values[end_knot] - knots.values, span[:, None],
-                      out=np.zeros_like(knots.values), where=span[:, None] > 0)
+    slope = np.divide(
+        knots.values[end_knot] - knots.values,
+        span[:, None],
+        out=np.zeros_like(knots.values),
+        where=span[:, None] > 0,
+    )
     dom_hi = np.where(is_last, start, knots.context[end_knot] - 1)
     pieces_of = np.maximum(last - first, 1)  # a batch's pieces start at its first knot
 
@@ -207,8 +227,12 @@ def decode_totals(
 
 
 def _progression_totals(
-    rs: Any, batch: np.ndarray, prompt_len: np.ndarray, gen_len: np.ndarray,
-    context_span: tuple[int, int] | None, step: float,
+    rs: Any,
+    batch: np.ndarray,
+    prompt_len: np.ndarray,
+    gen_len: np.ndarray,
+    context_span: tuple[int, int] | None,
+    step: float,
 ) -> tuple[np.ndarray, float]:
     """:func:`decode_totals` over steps at contexts P + E·j, j = 1 … S, S = ceil((G − 1)/E)."""
     batch = np.asarray(batch, dtype=np.int64)
@@ -222,8 +246,12 @@ def _progression_totals(
     p, s = prompt[idx].astype(np.float64), steps[idx]
     lo_c, hi_c = p + step, p + step * s
     batches, bid = _distinct(batch[idx])
-    first_c = int(np.floor(lo_c.min())) if context_span is None else min(context_span[0], int(np.floor(lo_c.min())))
-    last_c = int(np.ceil(hi_c.max())) if context_span is None else max(context_span[1], int(np.ceil(hi_c.max())))
+    first_c = (
+        int(np.floor(lo_c.min())) if context_span is None else min(context_span[0], int(np.floor(lo_c.min())))
+    )
+    last_c = (
+        int(np.ceil(hi_c.max())) if context_span is None else max(context_span[1], int(np.ceil(hi_c.max())))
+    )
     ids = np.arange(batches.size)
     knots = Knots(rs, batches)
     kb, kc = [ids, ids], [np.full(batches.size, first_c), np.full(batches.size, last_c)]
@@ -247,8 +275,11 @@ def _progression_totals(
         is_last = j == last[bid]
         k0 = knots.context[j].astype(np.float64)
         k1 = knots.context[np.where(is_last, j, j + 1)].astype(np.float64)
-        slope = np.where(is_last[:, None], 0.0,
-                         (knots.values[np.where(is_last, j, j + 1)] - knots.values[j]) / np.maximum(k1 - k0, 1.0)[:, None])
+        slope = np.where(
+            is_last[:, None],
+            0.0,
+            (knots.values[np.where(is_last, j, j + 1)] - knots.values[j]) / np.maximum(k1 - k0, 1.0)[:, None],
+        )
         # progression points P + E·i inside [k0, k1) (the last knot of a batch: the point k0 itself)
         i_lo = np.maximum(np.ceil((k0 - p) / step), 1.0)
         i_hi = np.where(is_last, np.floor((k0 - p) / step), np.ceil((k1 - p) / step) - 1.0)

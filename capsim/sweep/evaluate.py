@@ -37,10 +37,32 @@ from .decode import QUANTITIES, SWEEP_RESOURCES, apply_sweep_mode, decode_totals
 from .grid import Grid, parse_layout
 
 COLUMNS: tuple[str, ...] = (
-    "model", "hardware", "gpus", "weight_dtype", "kv_dtype", "layout", "batch", "prompt_len", "gen_len",
-    "feasible", "max_batch", "waves", "batch_per_wave", "ttft_s", "tpot_s", "e2e_latency_s",
-    "decode_tokens_per_s", "prefill_tokens_per_s", "s_mbu", "mbu", "s_mfu", "mfu", "bottleneck",
-    "weights_gb", "memory_needed_gb", "usable_gb",
+    "model",
+    "hardware",
+    "gpus",
+    "weight_dtype",
+    "kv_dtype",
+    "layout",
+    "batch",
+    "prompt_len",
+    "gen_len",
+    "feasible",
+    "max_batch",
+    "waves",
+    "batch_per_wave",
+    "ttft_s",
+    "tpot_s",
+    "e2e_latency_s",
+    "decode_tokens_per_s",
+    "prefill_tokens_per_s",
+    "s_mbu",
+    "mbu",
+    "s_mfu",
+    "mfu",
+    "bottleneck",
+    "weights_gb",
+    "memory_needed_gb",
+    "usable_gb",
 )
 
 
@@ -59,8 +81,13 @@ def resolve_group(grid: Grid, key: tuple[str, str, int, str, str, str], db: Hard
     group's rows infeasible with the reason."""
     model_id, hardware, gpus, wdt, kvdt, layout = key
     scenario = Scenario(
-        model=model_id, hardware=hardware, gpus=gpus or None, weight_dtype=None if wdt == "native" else wdt,
-        kv_dtype=kvdt, routing=grid.routing, prefill_chunk_tokens=grid.prefill_chunk_tokens,
+        model=model_id,
+        hardware=hardware,
+        gpus=gpus or None,
+        weight_dtype=None if wdt == "native" else wdt,
+        kv_dtype=kvdt,
+        routing=grid.routing,
+        prefill_chunk_tokens=grid.prefill_chunk_tokens,
         host_memory_gb=getattr(grid, "host_memory_gb", None),
         **parse_layout(layout),
     )
@@ -70,7 +97,11 @@ def resolve_group(grid: Grid, key: tuple[str, str, int, str, str, str], db: Hard
         return Group(key, None, str(exc))
     model = resolve_model(model_id)
     if gpus == 0 and hardware in db.ids("accelerator"):
-        return Group(key, None, f"--gpus 0 means all devices of a system; {hardware} is one accelerator, so give a count")
+        return Group(
+            key,
+            None,
+            f"--gpus 0 means all devices of a system; {hardware} is one accelerator, so give a count",
+        )
     try:
         rs = resolve_on(scenario, db, model, gpus or None)
     except CapsimError as exc:
@@ -129,10 +160,17 @@ def evaluate_segment(grid: Grid, group: Group, start: int, stop: int) -> dict[st
     n = total_batch.shape[0]
     model_id, hardware, _, wdt, kvdt, layout = group.key
     rs = group.resolved
-    cols = _empty(n, {
-        "model": model_id, "hardware": hardware, "weight_dtype": wdt, "kv_dtype": kvdt, "layout": layout,
-        "bottleneck": "does not fit" if rs is not None else "does not run: " + (group.error or ""),
-    })
+    cols = _empty(
+        n,
+        {
+            "model": model_id,
+            "hardware": hardware,
+            "weight_dtype": wdt,
+            "kv_dtype": kvdt,
+            "layout": layout,
+            "bottleneck": "does not fit" if rs is not None else "does not run: " + (group.error or ""),
+        },
+    )
     cols["batch"][:] = total_batch
     cols["prompt_len"][:] = prompt
     cols["gen_len"][:] = gen
@@ -153,7 +191,9 @@ def evaluate_segment(grid: Grid, group: Group, start: int, stop: int) -> dict[st
     too_long = context_window_exceeded(rs.model, prompt, gen)
     if too_long.any():
         cols["bottleneck"] = cols["bottleneck"].astype(f"<U{max(cols['bottleneck'].dtype.itemsize // 4, 64)}")
-        cols["bottleneck"][too_long] = f"does not run: exceeds the {rs.model.max_context}-token context window"
+        cols["bottleneck"][too_long] = (
+            f"does not run: exceeds the {rs.model.max_context}-token context window"
+        )
         max_b = np.where(too_long, 0, max_b)
     feasible = max_b >= 1
     cols["feasible"][:] = feasible
@@ -162,8 +202,11 @@ def evaluate_segment(grid: Grid, group: Group, start: int, stop: int) -> dict[st
     # device: its attention rank's share of the wave, as predict's memory plan counts it
     per_seq = kv_bytes_per_sequence_at(rs, prompt + gen) + logit_bytes_per_sequence(rs)
     resident = -(-np.clip(np.minimum(batch, max_b), 1, None) // adp)
-    cols["memory_needed_gb"][:] = (sum(weight_bytes_per_device(rs).values()) + activation_bytes(rs, resident, prompt)
-                                   + per_seq * resident) / GB
+    cols["memory_needed_gb"][:] = (
+        sum(weight_bytes_per_device(rs).values())
+        + activation_bytes(rs, resident, prompt)
+        + per_seq * resident
+    ) / GB
     idx = np.nonzero(feasible)[0]
     if idx.size == 0:
         return cols
@@ -174,8 +217,9 @@ def evaluate_segment(grid: Grid, group: Group, start: int, stop: int) -> dict[st
 
     prefill, prefill_peak = prefill_totals(rs, wave_b, p, grid.prefill_chunk_tokens)
     ttft = prefill[0]
-    tpot, decode_time, decode_metrics = _decode_columns(rs, wave_b, p, g, grid.decode_context_span, prefill,
-                                                        prefill_peak)
+    tpot, decode_time, decode_metrics = _decode_columns(
+        rs, wave_b, p, g, grid.decode_context_span, prefill, prefill_peak
+    )
     cols["ttft_s"][idx] = ttft
     cols["tpot_s"][idx] = tpot
     cols["e2e_latency_s"][idx] = ttft + decode_time
@@ -245,8 +289,13 @@ def _first_of_runs(*keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _decode_columns(
-    rs: Any, wave_b: np.ndarray, prompt: np.ndarray, gen: np.ndarray, context_span: tuple[int, int],
-    prefill: np.ndarray, prefill_peak: float,
+    rs: Any,
+    wave_b: np.ndarray,
+    prompt: np.ndarray,
+    gen: np.ndarray,
+    context_span: tuple[int, int],
+    prefill: np.ndarray,
+    prefill_peak: float,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """TPOT, the whole decode time and the metrics predict reports (:func:`capsim.metrics.utilisation` over
     the decode steps' exact sums; over the prefill's where a configuration generates one token and so has no
@@ -257,17 +306,26 @@ def _decode_columns(
         # verify steps reach up to E − 1 < K + 1 tokens past the last plain context
         context_span = (context_span[0], context_span[1] + spec.draft_tokens + 1)
     totals, metric_peak = decode_totals(rs, wave_b, prompt, gen, context_span, per_step)
-    steps = np.ceil((gen - 1) / per_step).astype(np.float64) if spec is not None else (gen - 1).astype(np.float64)
+    steps = (
+        np.ceil((gen - 1) / per_step).astype(np.float64) if spec is not None else (gen - 1).astype(np.float64)
+    )
     time = totals[0]
     has = steps > 0
     # rows without a decode step report the prefill's metrics, as predict does (its "head" phase)
     sums = dict(zip(QUANTITIES, np.where(has[None, :], totals, prefill)))
     with np.errstate(invalid="ignore", divide="ignore"):
         tpot = np.where(has, time / np.where(has, steps, 1.0) / per_step, np.nan)
-    metrics = utilisation(sums["time"], sums["weight_bytes_dense"], sums["weight_bytes_sparse"],
-                          sums["kv_read_bytes"], sums["flops_dense"], sums["flops_sparse"],
-                          rs.layout.devices_per_replica, rs.rates.memory_bandwidth,
-                          np.where(has, metric_peak, prefill_peak))
+    metrics = utilisation(
+        sums["time"],
+        sums["weight_bytes_dense"],
+        sums["weight_bytes_sparse"],
+        sums["kv_read_bytes"],
+        sums["flops_dense"],
+        sums["flops_sparse"],
+        rs.layout.devices_per_replica,
+        rs.rates.memory_bandwidth,
+        np.where(has, metric_peak, prefill_peak),
+    )
     by_resource = np.stack([sums[f"time_{r}"] for r in SWEEP_RESOURCES])
     metrics["bottleneck"] = np.array(SWEEP_RESOURCES)[np.argmax(by_resource, axis=0)]
     return tpot, time, metrics

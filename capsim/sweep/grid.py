@@ -42,7 +42,9 @@ def _range_values(name: str, part: str, minimum: int) -> list[int]:
     start, stop = int(start_s), int(stop_s)
     for v in (start, stop):
         if v < minimum or v > MAX_AXIS_VALUE:
-            raise ScenarioError(f"--{name} range {part!r}: values must be between {minimum} and {MAX_AXIS_VALUE:,}")
+            raise ScenarioError(
+                f"--{name} range {part!r}: values must be between {minimum} and {MAX_AXIS_VALUE:,}"
+            )
     if stop < start:
         raise ScenarioError(f"--{name} range {part!r} is empty: STOP {stop} is below START {start}")
     if step_s.startswith("x"):
@@ -100,8 +102,19 @@ def parse_gpus_axis(text: str) -> tuple[int, ...]:
 
 
 LAYOUT_KEYS: dict[str, type] = {
-    "tp": int, "attention_dp": int, "ep": int, "pp": int, "dp": int, "nodes": int, "redundant_experts": int,
-    "all_to_all": str, "network": str, "spec": str, "acceptance": float, "two_batch_overlap": bool, "mode": str,
+    "tp": int,
+    "attention_dp": int,
+    "ep": int,
+    "pp": int,
+    "dp": int,
+    "nodes": int,
+    "redundant_experts": int,
+    "all_to_all": str,
+    "network": str,
+    "spec": str,
+    "acceptance": float,
+    "two_batch_overlap": bool,
+    "mode": str,
 }
 """Scenario options a sweep layout may set (capsim.scenario.Scenario fields)."""
 
@@ -130,7 +143,9 @@ def parse_layout(text: str) -> dict[str, Any]:
             else:
                 out[name] = kind(value.strip())
         except ValueError:
-            raise ScenarioError(f"layout {text!r}: {name} must be {LAYOUT_KEYS[name].__name__}, got {value!r}") from None
+            raise ScenarioError(
+                f"layout {text!r}: {name} must be {LAYOUT_KEYS[name].__name__}, got {value!r}"
+            ) from None
     return out
 
 
@@ -167,8 +182,17 @@ class Grid:
     """Parallel layouts (:func:`parse_layout` strings); ``""`` is the default TP group."""
 
     def __post_init__(self) -> None:
-        for name in ("models", "hardware", "gpus", "batch", "prompt_len", "gen_len", "weight_dtype", "kv_dtype",
-                     "layout"):
+        for name in (
+            "models",
+            "hardware",
+            "gpus",
+            "batch",
+            "prompt_len",
+            "gen_len",
+            "weight_dtype",
+            "kv_dtype",
+            "layout",
+        ):
             if not getattr(self, name):
                 raise ScenarioError(f"sweep axis {name!r} is empty")
         for layout in self.layout:
@@ -176,12 +200,17 @@ class Grid:
         if self.prefill_chunk_tokens < 1:
             raise ScenarioError(f"prefill_chunk_tokens must be >= 1, got {self.prefill_chunk_tokens}")
         if self.host_memory_gb is not None and not (0 < self.host_memory_gb < float("inf")):
-            raise ScenarioError(f"--host-memory-gb must be a positive number of GB, got {self.host_memory_gb}")
+            raise ScenarioError(
+                f"--host-memory-gb must be a positive number of GB, got {self.host_memory_gb}"
+            )
 
     @property
     def group_keys(self) -> list[tuple[str, str, int, str, str, str]]:
-        return list(itertools.product(self.models, self.hardware, self.gpus, self.weight_dtype, self.kv_dtype,
-                                      self.layout))
+        return list(
+            itertools.product(
+                self.models, self.hardware, self.gpus, self.weight_dtype, self.kv_dtype, self.layout
+            )
+        )
 
     @property
     def numeric_size(self) -> int:
@@ -220,7 +249,9 @@ class Grid:
         """Stable hash of everything that determines the rows (resume refuses a different grid)."""
         fields_ = asdict(self)
         if self.layout == ("",):
-            del fields_["layout"]  # grids without layouts keep the fingerprint they had before the axis existed
+            del fields_[
+                "layout"
+            ]  # grids without layouts keep the fingerprint they had before the axis existed
         payload = json.dumps(fields_, sort_keys=True, default=str)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -229,8 +260,18 @@ class Grid:
 
 
 _TOML_KEYS = {
-    "models", "hardware", "gpus", "batch", "prompt_len", "gen_len", "weight_dtype", "kv_dtype", "routing",
-    "prefill_chunk_tokens", "host_memory_gb", "layout",
+    "models",
+    "hardware",
+    "gpus",
+    "batch",
+    "prompt_len",
+    "gen_len",
+    "weight_dtype",
+    "kv_dtype",
+    "routing",
+    "prefill_chunk_tokens",
+    "host_memory_gb",
+    "layout",
 }
 
 
@@ -243,12 +284,16 @@ def load_grid_toml(path: Path) -> Grid:
     except IsADirectoryError:
         raise DataFileError(str(path), "is a directory; give the grid's TOML file") from None
     except OSError as exc:  # a file used as a folder on the way, permissions, a name too long
-        raise DataFileError(str(path), f"cannot be read ({exc.strerror or exc}); give the grid's TOML file") from None
+        raise DataFileError(
+            str(path), f"cannot be read ({exc.strerror or exc}); give the grid's TOML file"
+        ) from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise DataFileError(str(path), f"not valid TOML ({exc})") from None
     unknown = set(raw) - _TOML_KEYS
     if unknown:
-        raise DataFileError(str(path), f"unknown key {min(unknown)!r}; valid keys: {', '.join(sorted(_TOML_KEYS))}")
+        raise DataFileError(
+            str(path), f"unknown key {min(unknown)!r}; valid keys: {', '.join(sorted(_TOML_KEYS))}"
+        )
     kwargs: dict[str, Any] = {}
     for key, value in raw.items():
         if key in ("models", "hardware", "weight_dtype", "kv_dtype", "layout"):
@@ -259,7 +304,7 @@ def load_grid_toml(path: Path) -> Grid:
         elif key in ("gpus", "batch", "prompt_len", "gen_len"):
             items = value if isinstance(value, list) else [value]
             if not all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in items):
-                raise DataFileError(str(path), f"{key!r} must be integers or axis strings like \"1:1024:x2\"")
+                raise DataFileError(str(path), f'{key!r} must be integers or axis strings like "1:1024:x2"')
             text = ",".join(str(v) for v in items)
             kwargs[key] = parse_gpus_axis(text) if key == "gpus" else parse_int_axis(text, key)
         elif key == "routing" and not isinstance(value, str):
@@ -278,6 +323,15 @@ def load_grid_toml(path: Path) -> Grid:
 def describe_axes(grid: Grid) -> Sequence[str]:
     return [
         f"{name}: {len(getattr(grid, name))}"
-        for name in ("models", "hardware", "gpus", "batch", "prompt_len", "gen_len", "weight_dtype", "kv_dtype",
-                     "layout")
+        for name in (
+            "models",
+            "hardware",
+            "gpus",
+            "batch",
+            "prompt_len",
+            "gen_len",
+            "weight_dtype",
+            "kv_dtype",
+            "layout",
+        )
     ]

@@ -48,8 +48,10 @@ class SweepEstimate:
     chunk_bytes: int
 
     def describe(self) -> str:
-        return (f"{self.rows:,} rows, about {_size(self.output_bytes)} of output, "
-                f"{_size(self.chunk_bytes)} of memory per chunk")
+        return (
+            f"{self.rows:,} rows, about {_size(self.output_bytes)} of output, "
+            f"{_size(self.chunk_bytes)} of memory per chunk"
+        )
 
 
 def _size(n: float) -> str:
@@ -117,7 +119,9 @@ def check_output_path(path: Path, flag: str) -> None:
     try:
         fd, probe = tempfile.mkstemp(dir=folder, prefix=".capsim-probe-")
     except OSError as exc:
-        raise ScenarioError(f"{flag} {path}: cannot write in {folder} ({exc.strerror or exc}); choose another path") from None
+        raise ScenarioError(
+            f"{flag} {path}: cannot write in {folder} ({exc.strerror or exc}); choose another path"
+        ) from None
     os.close(fd)
     os.unlink(probe)
 

@@ -235,13 +235,20 @@ def row_groups_at(chunk: EncodedChunk, body_offset: int, first_ordinal: int) -> 
     body starts at ``body_offset`` in the output, and ordinals numbered from ``first_ordinal``."""
     delta = body_offset - len(MAGIC)  # in its own file the body started right after the magic
     shift = _shift_i64(delta)
-    column_meta = {fid: shift for fid in _CMD_OFFSETS}
-    column_chunk = {_CC_FILE_OFFSET: shift, _CC_META: _struct_field(column_meta),
-                    _CC_OFFSET_INDEX: shift, _CC_COLUMN_INDEX: shift}
+    column_meta = dict.fromkeys(_CMD_OFFSETS, shift)
+    column_chunk = {
+        _CC_FILE_OFFSET: shift,
+        _CC_META: _struct_field(column_meta),
+        _CC_OFFSET_INDEX: shift,
+        _CC_COLUMN_INDEX: shift,
+    }
 
     def row_group(i: int) -> dict[int, Rewrite]:
-        return {_RG_COLUMNS: _list_of_structs(lambda _: column_chunk), _RG_FILE_OFFSET: shift,
-                _RG_ORDINAL: _set_int(first_ordinal + i)}
+        return {
+            _RG_COLUMNS: _list_of_structs(lambda _: column_chunk),
+            _RG_FILE_OFFSET: shift,
+            _RG_ORDINAL: _set_int(first_ordinal + i),
+        }
 
     meta = chunk.metadata
     pos = _top_fields(meta)[_FMD_ROW_GROUPS][0]
@@ -264,5 +271,7 @@ def footer(template: EncodedChunk, row_groups: bytes, num_row_groups: int, num_r
             out_ += row_groups
         return end
 
-    _walk_struct(template.metadata, 0, out, {_FMD_NUM_ROWS: _set_int(num_rows), _FMD_ROW_GROUPS: set_row_groups})
+    _walk_struct(
+        template.metadata, 0, out, {_FMD_NUM_ROWS: _set_int(num_rows), _FMD_ROW_GROUPS: set_row_groups}
+    )
     return bytes(out) + len(out).to_bytes(4, "little") + MAGIC

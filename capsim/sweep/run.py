@@ -66,7 +66,9 @@ def pareto_rows(cols: dict[str, np.ndarray]) -> list[dict[str, Any]]:
     idx = np.nonzero(ok)[0]
     if idx.size == 0:
         return []
-    mask = pareto_mask(cols["tpot_s"][idx].astype(np.float64), cols["decode_tokens_per_s"][idx].astype(np.float64))
+    mask = pareto_mask(
+        cols["tpot_s"][idx].astype(np.float64), cols["decode_tokens_per_s"][idx].astype(np.float64)
+    )
     chosen = idx[mask]
     chosen = chosen[np.argsort(cols["tpot_s"][chosen].astype(np.float64), kind="stable")]
     return [{k: cell(cols[k][i]) for k in COLUMNS} for i in chosen]
@@ -75,7 +77,9 @@ def pareto_rows(cols: dict[str, np.ndarray]) -> list[dict[str, Any]]:
 def format_of(path: Path, fmt: str | None) -> str:
     chosen = fmt or {".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet"}.get(path.suffix, "")
     if chosen not in FORMATS:
-        raise ScenarioError(f"cannot tell the output format of {path}; use a .csv, .jsonl or .parquet name or --format")
+        raise ScenarioError(
+            f"cannot tell the output format of {path}; use a .csv, .jsonl or .parquet name or --format"
+        )
     if chosen in ("csv", "parquet"):
         require_pyarrow(chosen)
     return chosen
@@ -99,7 +103,9 @@ def merge_fronts(*fronts: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [rows[i] for i in chosen[np.argsort(tpot[chosen], kind="stable")]]
 
 
-def filter_and_encode(cols: dict[str, np.ndarray], fmt: str, filters: Filters) -> tuple[bytes, list[dict[str, Any]], int]:
+def filter_and_encode(
+    cols: dict[str, np.ndarray], fmt: str, filters: Filters
+) -> tuple[bytes, list[dict[str, Any]], int]:
     """(encoded kept rows, their Pareto rows, how many) of one evaluated chunk."""
     keep = filters.mask(cols)
     kept = cols if keep.all() else {k: v[keep] for k, v in cols.items()}
@@ -140,7 +146,9 @@ class SweepRun:
 
     def manifest(self) -> dict[str, Any]:
         return {
-            "grid": self.grid.fingerprint(), "chunk_rows": self.chunk_rows, "format": self.fmt,
+            "grid": self.grid.fingerprint(),
+            "chunk_rows": self.chunk_rows,
+            "format": self.fmt,
             "filters": [self.filters.feasible_only, self.filters.slo_tpot_s, self.filters.slo_ttft_s],
             "rows": self.grid.size,
         }
@@ -208,13 +216,17 @@ class SweepRun:
     def finish(self) -> Path:
         """Complete the output file, move it to ``out`` and remove the parts folder."""
         if self.committed < self.n_chunks:
-            raise DataFileError(str(self.parts_dir), f"part {self.committed} is missing; rerun the sweep to resume")
+            raise DataFileError(
+                str(self.parts_dir), f"part {self.committed} is missing; rerun the sweep to resume"
+            )
         self.stream.finish(self.out)
         remove_folder(self.parts_dir)
         return self.out
 
 
-def write_part_file(run: SweepRun, index: int, payload: bytes, front: list[dict[str, Any]], kept: int) -> None:
+def write_part_file(
+    run: SweepRun, index: int, payload: bytes, front: list[dict[str, Any]], kept: int
+) -> None:
     """Park chunk ``index`` as a part file: its sidecar (rows, Pareto rows) first, the part last, each atomic,
     so a part that exists is whole and has its sidecar."""
     atomic_write(run.part_info_path(index), json.dumps({"rows": kept, "front": front}).encode())
@@ -254,19 +266,27 @@ def _dask_chunk(
     if key not in _WORKER_GROUPS:
         from ..hardware import load_hardware_db
 
-        db = load_hardware_db(tuple(Path(p) for p in extra_db), on_redefinition="replace" if override else "raise")
+        db = load_hardware_db(
+            tuple(Path(p) for p in extra_db), on_redefinition="replace" if override else "raise"
+        )
         _WORKER_GROUPS.clear()
         _WORKER_GROUPS[key] = resolve_groups(grid, db)
     start, stop = run.rows_of(index)
-    payload, front, kept = filter_and_encode(evaluate_chunk(grid, _WORKER_GROUPS[key], start, stop), run.fmt,
-                                             run.filters)
+    payload, front, kept = filter_and_encode(
+        evaluate_chunk(grid, _WORKER_GROUPS[key], start, stop), run.fmt, run.filters
+    )
     write_part_file(run, index, payload, front, kept)
     return index, kept, front
 
 
 def run_dask(
-    run: SweepRun, todo: list[int], scheduler: str | None, extra_db: tuple[str, ...],
-    on_chunk: Callable[[int, int], None] | None = None, workers: int = 2, override: bool = False,
+    run: SweepRun,
+    todo: list[int],
+    scheduler: str | None,
+    extra_db: tuple[str, ...],
+    on_chunk: Callable[[int, int], None] | None = None,
+    workers: int = 2,
+    override: bool = False,
 ) -> int:
     """Evaluate chunks on a Dask cluster (``scheduler`` address, or a local cluster of ``workers`` processes).
 
@@ -289,7 +309,9 @@ def run_dask(
                 "(tcp://HOST:8786) or omit --scheduler for a local cluster"
             ) from None
     else:
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+        cluster = LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+        )
         client = Client(cluster)
     written = 0
     # the run travels once to each worker, not once per chunk (its stream's file handles stay here)

@@ -39,7 +39,9 @@ def require_pyarrow(fmt: str) -> None:
     try:
         import pyarrow  # noqa: F401
     except ImportError:
-        raise ScenarioError(f"{fmt} output needs pyarrow, a capsim dependency: pip install pyarrow (or write .jsonl)") from None
+        raise ScenarioError(
+            f"{fmt} output needs pyarrow, a capsim dependency: pip install pyarrow (or write .jsonl)"
+        ) from None
 
 
 # ---- encoding ------------------------------------------------------------------------------------------------
@@ -118,8 +120,13 @@ def encode_chunk(cols: dict[str, np.ndarray], fmt: str) -> bytes:
         sink = io.BytesIO()
         # one row group per chunk, no page index or bloom filter: the splice moves only plain offsets;
         # dictionary pages for the string columns only (on floats they cost time and save nothing)
-        pq.write_table(arrow_table(cols), sink, row_group_size=max(n, 1), write_page_index=False,
-                       use_dictionary=list(STRING_COLUMNS))
+        pq.write_table(
+            arrow_table(cols),
+            sink,
+            row_group_size=max(n, 1),
+            write_page_index=False,
+            use_dictionary=list(STRING_COLUMNS),
+        )
         return sink.getvalue()
     raise ValueError(f"unknown format {fmt!r}")
 
@@ -271,9 +278,15 @@ class StreamedOutput:
         self._commit()
 
     def _commit(self) -> None:
-        state = {"chunks": self.chunks, "length": self.length, "rows": self.rows, "front": self.front,
-                 "row_groups": self.row_groups, "row_group_bytes": self.row_group_bytes,
-                 "template": self._template.hex() if self._template else None}
+        state = {
+            "chunks": self.chunks,
+            "length": self.length,
+            "rows": self.rows,
+            "front": self.front,
+            "row_groups": self.row_groups,
+            "row_group_bytes": self.row_group_bytes,
+            "template": self._template.hex() if self._template else None,
+        }
         atomic_write(self.folder / self.PROGRESS, json.dumps(state).encode())
 
     def finish(self, out: Path) -> Path:
