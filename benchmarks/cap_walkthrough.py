@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from capsim.engine import decode_cost, predict, resolve
-from capsim.hardware import load_hardware_db
+from capsim.engine.predict import decode_cost, predict, resolve
+from capsim.engine.scenario import Scenario
+from capsim.hardware.db import load_hardware_db
 from capsim.routing._base import uniform_expected_activated
-from capsim.scenario import Scenario
 
 DB = load_hardware_db()
 

@@ -19,12 +19,12 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from capsim.engine import predict
-from capsim.hardware import load_hardware_db
-from capsim.model_db import resolve_model
+from capsim.engine.predict import predict
+from capsim.engine.scenario import Scenario
+from capsim.hardware.db import load_hardware_db
+from capsim.models.db import resolve_model
 from capsim.profile.moe_torch import MoEDecoder
 from capsim.profile.scaling import truncate_layers
-from capsim.scenario import Scenario
 
 SCOPES = (
     "attn_proj",

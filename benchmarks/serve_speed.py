@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from capsim.scenario import Scenario
+from capsim.engine.scenario import Scenario
 from capsim.serving import SchedulerConfig, build_replica, build_workload, parse_length, serve
 
 

@@ -38,10 +38,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from sweep_throughput import benchmark_grid
 
-from capsim.engine import predict
+from capsim.engine.predict import predict
+from capsim.engine.scenario import Scenario
 from capsim.errors import CapsimError
-from capsim.hardware import load_hardware_db
-from capsim.scenario import Scenario
+from capsim.hardware.db import load_hardware_db
 from capsim.sweep.grid import Grid
 from capsim.sweep.run import Filters, SweepRun, evaluate_chunk, resolve_groups, run_local
 

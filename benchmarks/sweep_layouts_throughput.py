@@ -22,10 +22,10 @@ import time
 
 import numpy as np
 
-from capsim.engine import predict
+from capsim.engine.predict import predict
+from capsim.engine.scenario import Scenario
 from capsim.errors import DoesNotFitError
-from capsim.hardware import load_hardware_db
-from capsim.scenario import Scenario
+from capsim.hardware.db import load_hardware_db
 from capsim.sweep.grid import Grid, parse_layout
 from capsim.sweep.run import evaluate_chunk, resolve_groups
 

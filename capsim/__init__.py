@@ -1,7 +1,7 @@
 """capsim: analytical simulator and cost model for sparse Mixture-of-Experts LLM inference.
 
 Data flow: hardware_db (:func:`load_hardware_db`) + model_db (:func:`resolve_model`) + routing
-(:func:`make_router`) + :class:`Scenario` -> per-layer FLOPs and bytes (capsim.formulas, capsim.roofline)
+(:func:`make_router`) + :class:`Scenario` -> per-layer FLOPs and bytes (capsim.engine.formulas, capsim.engine.roofline)
 -> :func:`predict` -> :class:`Prediction` (metrics defined in docs/metrics.md).
 """
 
@@ -12,51 +12,51 @@ from typing import TYPE_CHECKING as _TYPE_CHECKING
 # Public names are imported on first use (PEP 562): `capsim --help` and the CLI's start-up then load only
 # what they touch; sympy, networkx and the engine stay unloaded until a prediction needs them.
 _EXPORTS: dict[str, str] = {
-    "Accelerator": "hardware",
-    "AttentionSpec": "model",
-    "CPU": "hardware",
+    "Accelerator": "hardware.db",
+    "AttentionSpec": "models.spec",
+    "CPU": "hardware.db",
     "CapsimError": "errors",
     "ConfigFieldError": "errors",
-    "DRAM": "hardware",
+    "DRAM": "hardware.db",
     "DataFileError": "errors",
     "DoesNotFitError": "errors",
-    "Efficiency": "hardware",
-    "FFNKind": "model",
-    "HardwareDB": "hardware",
-    "Link": "hardware",
-    "MemoryPlan": "memory",
+    "Efficiency": "hardware.db",
+    "FFNKind": "models.spec",
+    "HardwareDB": "hardware.db",
+    "Link": "hardware.db",
+    "MemoryPlan": "engine.memory",
     "MissingValueError": "errors",
-    "MoESpec": "model",
-    "ModelDB": "model_db",
-    "ModelSpec": "model",
-    "PhaseMetrics": "metrics",
-    "Prediction": "metrics",
-    "PublishedCounts": "model_db",
+    "MoESpec": "models.spec",
+    "ModelDB": "models.db",
+    "ModelSpec": "models.spec",
+    "PhaseMetrics": "engine.metrics",
+    "Prediction": "engine.metrics",
+    "PublishedCounts": "models.db",
     "Router": "routing",
-    "SSD": "hardware",
-    "SUPPORTED_FAMILIES": "ingest_hf",
-    "Scenario": "scenario",
+    "SSD": "hardware.db",
+    "SUPPORTED_FAMILIES": "models.ingest_hf",
+    "Scenario": "engine.scenario",
     "ScenarioError": "errors",
-    "Sourced": "hardware",
-    "System": "hardware",
-    "Trace": "traces",
+    "Sourced": "hardware.db",
+    "System": "hardware.db",
+    "Trace": "routing.traces",
     "TraceError": "errors",
     "UnknownHardwareError": "errors",
     "UnknownIdError": "errors",
     "UnknownModelError": "errors",
     "UnknownRouterError": "errors",
     "UnsupportedModelError": "errors",
-    "decode_step_time": "engine",
-    "load_config_file": "ingest_hf",
-    "load_hardware_db": "hardware",
-    "load_model_db": "model_db",
-    "load_trace": "traces",
+    "decode_step_time": "engine.predict",
+    "load_config_file": "models.ingest_hf",
+    "load_hardware_db": "hardware.db",
+    "load_model_db": "models.db",
+    "load_trace": "routing.traces",
     "make_router": "routing",
-    "predict": "engine",
-    "resolve_model": "model_db",
-    "spec_from_config": "ingest_hf",
+    "predict": "engine.predict",
+    "resolve_model": "models.db",
+    "spec_from_config": "models.ingest_hf",
     "uniform_expected_activated": "routing",
-    "write_trace": "traces",
+    "write_trace": "routing.traces",
 }
 
 
@@ -76,8 +76,11 @@ def __dir__() -> list[str]:
 
 
 if _TYPE_CHECKING:  # static type checkers see the eager imports
-    from .engine import decode_step_time, predict
-    from .errors import (
+    from capsim.engine.memory import MemoryPlan
+    from capsim.engine.metrics import PhaseMetrics, Prediction
+    from capsim.engine.predict import decode_step_time, predict
+    from capsim.engine.scenario import Scenario
+    from capsim.errors import (
         CapsimError,
         ConfigFieldError,
         DataFileError,
@@ -91,7 +94,7 @@ if _TYPE_CHECKING:  # static type checkers see the eager imports
         UnknownRouterError,
         UnsupportedModelError,
     )
-    from .hardware import (
+    from capsim.hardware.db import (
         CPU,
         DRAM,
         SSD,
@@ -103,14 +106,11 @@ if _TYPE_CHECKING:  # static type checkers see the eager imports
         System,
         load_hardware_db,
     )
-    from .ingest_hf import SUPPORTED_FAMILIES, load_config_file, spec_from_config
-    from .memory import MemoryPlan
-    from .metrics import PhaseMetrics, Prediction
-    from .model import AttentionSpec, FFNKind, ModelSpec, MoESpec
-    from .model_db import ModelDB, PublishedCounts, load_model_db, resolve_model
-    from .routing import Router, make_router, uniform_expected_activated
-    from .scenario import Scenario
-    from .traces import Trace, load_trace, write_trace
+    from capsim.models.db import ModelDB, PublishedCounts, load_model_db, resolve_model
+    from capsim.models.ingest_hf import SUPPORTED_FAMILIES, load_config_file, spec_from_config
+    from capsim.models.spec import AttentionSpec, FFNKind, ModelSpec, MoESpec
+    from capsim.routing import Router, make_router, uniform_expected_activated
+    from capsim.routing.traces import Trace, load_trace, write_trace
 
 __version__ = "0.1.0"
 

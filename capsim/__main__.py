@@ -1,5 +1,5 @@
 """``python -m capsim``: the same as the ``capsim`` command (useful from a source checkout or a worktree)."""
 
-from .cli import main
+from capsim.cli import main
 
 main()

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
-from capsim.hardware import HardwareDB, load_hardware_db
+from capsim.hardware.db import HardwareDB, load_hardware_db
 
 settings.register_profile("dev", max_examples=25, deadline=None)
 settings.register_profile("ci", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -104,7 +104,7 @@ def max_roofline_db() -> HardwareDB:
     of compute-bound ones). Do not modify it."""
     from types import MappingProxyType
 
-    from capsim.hardware import _build_efficiency
+    from capsim.hardware.db import _build_efficiency
 
     db = load_hardware_db()
     plain = {}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import strategies as st
 
-from capsim.model import AttentionSpec, FFNKind, ModelSpec, MoESpec
+from capsim.models.spec import AttentionSpec, FFNKind, ModelSpec, MoESpec
 
 
 def tiny_moe_model(

@@ -1,4 +1,4 @@
-"""capsim.accuracy: model_db/accuracy.toml against the reference sheet, missing values, quantisation."""
+"""capsim.models.accuracy: model_db/accuracy.toml against the reference sheet, missing values, quantisation."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from capsim.accuracy import BENCHMARKS, AccuracyDB, check_benchmark, load_accuracy_db, parse_accuracy
 from capsim.errors import DataFileError, ScenarioError
-from capsim.model_db import load_model_db
+from capsim.models.accuracy import BENCHMARKS, AccuracyDB, check_benchmark, load_accuracy_db, parse_accuracy
+from capsim.models.db import load_model_db
 
 REFERENCE = Path("/work/shared/reference/models.md")
 

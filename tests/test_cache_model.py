@@ -1,4 +1,4 @@
-"""The analytic LRU expert-cache model (capsim.cache_model) against the simulated cache (capsim.offload
+"""The analytic LRU expert-cache model (capsim.engine.cache_model) against the simulated cache (capsim.engine.offload
 .simulate_tiers on a sampled routing stream) it replaces for LRU on synthetic routers."""
 
 from __future__ import annotations
@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from capsim.cache_model import device_cache_misses
-from capsim.deployment import access_stream, step_accesses
-from capsim.model_db import resolve_model
-from capsim.offload import simulate_tiers
-from capsim.placement import DRAM
+from capsim.engine.cache_model import device_cache_misses
+from capsim.engine.deployment import access_stream, step_accesses
+from capsim.engine.offload import simulate_tiers
+from capsim.engine.placement import DRAM
+from capsim.models.db import resolve_model
 from capsim.routing import make_router
 
 ROUTERS = [
@@ -58,8 +58,8 @@ def test_lru_hit_rate_matches_the_simulation(spec: str) -> None:
 
 def test_predict_uses_the_model_where_it_applies(default_hardware_db) -> None:  # type: ignore[no-untyped-def]
     """LRU on a synthetic router: analytic, no routing sample; LFU: simulated as before."""
-    from capsim.engine import predict
-    from capsim.scenario import Scenario
+    from capsim.engine.predict import predict
+    from capsim.engine.scenario import Scenario
 
     base = dict(model="mixtral-8x7b", hardware="h100-sxm", gpus=1, batch=8, mode="offload")
     lru = predict(Scenario(**base), hardware_db=default_hardware_db).deployment  # type: ignore[arg-type]

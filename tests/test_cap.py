@@ -16,14 +16,20 @@ from test_cost import HAND, write_cost_db
 from typer.testing import CliRunner
 
 from capsim.cli import app
-from capsim.cost import CostInputs, deployment_rates, load_cost, purchase_cost
-from capsim.energy import energy_report
+from capsim.economics.cost import CostInputs, deployment_rates, load_cost, purchase_cost
+from capsim.economics.energy import energy_report
+from capsim.economics.options import cap_class, collect_options, load_options_file, parse_option
+from capsim.engine.measure import (
+    Measurement,
+    activated_from_counts,
+    compat_sizes,
+    load_expert_counts,
+    measure,
+)
+from capsim.engine.metrics import PhaseMetrics
+from capsim.engine.scenario import Scenario
 from capsim.errors import DataFileError, ScenarioError
-from capsim.hardware import HardwareDB
-from capsim.measure import Measurement, activated_from_counts, compat_sizes, load_expert_counts, measure
-from capsim.metrics import PhaseMetrics
-from capsim.options import cap_class, collect_options, load_options_file, parse_option
-from capsim.scenario import Scenario
+from capsim.hardware.db import HardwareDB
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +146,7 @@ def test_usd_per_mtok_with_energy_by_hand(cost_db: HardwareDB, hand: CostInputs)
 
 
 def test_unused_accelerators_of_a_system_idle(cost_db: HardwareDB) -> None:
-    from capsim.cost import power_draw
+    from capsim.economics.cost import power_draw
 
     draw = power_draw("cost-test-server", 4, cost_db, used_devices=1)
     roles = {(p.role, p.count) for p in draw.parts if p.kind == "accelerator"}
@@ -224,7 +230,7 @@ def test_measure_bad_inputs_are_one_line_errors(tmp_path: Path) -> None:
 
 
 def test_compat_family_sizes_follow_moecap_code() -> None:
-    from capsim.engine import resolve_model
+    from capsim.engine.predict import resolve_model
 
     qwen = compat_sizes(resolve_model("qwen1.5-moe-a2.7b"))
     # Qwen2-MoE path: shared expert 3 x d x shared_expert_intermediate_size = 3 x 2048 x 5632 = 34,603,008
@@ -475,7 +481,7 @@ def test_plan_searches_the_batch_of_deployment_options() -> None:
 
 
 def test_moecap_records_use_the_per_pass_formula_and_skip_rules(tmp_path: Path) -> None:
-    from capsim.measure import load_moecap_records
+    from capsim.engine.measure import load_moecap_records
 
     recs = [
         # two decode passes identical to the hand-computed case above: S-MBU 0.469795 each
@@ -528,7 +534,7 @@ def test_moecap_records_use_the_per_pass_formula_and_skip_rules(tmp_path: Path) 
 
 
 def test_published_quantised_accuracy_moves_with_precision_and_cites_its_source() -> None:
-    from capsim.accuracy import load_accuracy_db
+    from capsim.models.accuracy import load_accuracy_db
 
     db = load_accuracy_db()
     # Neural Magic's model card: OpenLLM v1 average 79.93 unquantised, 79.04 for its FP8 checkpoint

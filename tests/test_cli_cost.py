@@ -107,7 +107,7 @@ def test_compare_json_by_hand(cost_dir: Path) -> None:
     # 20,000 / (4 x 8,760) + 0.5 kW x 1.5 x 0.10 = 0.5707763 + 0.075 (tests/test_cost.py)
     assert _rates(payload)["owned_usd_per_busy_hour"] == pytest.approx(20000 / 35040 + 0.075, rel=1e-9)
     full = option["cost"]["full_load"]
-    # per token, energy is charged at the decode phase's modelled draw (capsim.energy), not at TDP:
+    # per token, energy is charged at the decode phase's modelled draw (capsim.economics.energy), not at TDP:
     # 20,000 / 35,040 + P_decode kW x 1.5 x 0.10
     watts = full["energy"]["decode"]["watts"]
     assert 100.0 < watts < 500.0  # between idle (0.2 x 500 W) and TDP

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from capsim.cli import app
-from capsim.hardware import HardwareDB
+from capsim.hardware.db import HardwareDB
 
 # out_console() renders 120 columns when stdout is not a terminal, so long names wrap onto a second line
 runner = CliRunner(env={"NO_COLOR": "1"})

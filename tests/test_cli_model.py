@@ -169,7 +169,7 @@ def test_show_weight_dtype_override() -> None:
         "embeddings": "bf16",
         "lm_head": "bf16",
     }
-    # int4 with group-128 fp16 scales = 4.125 bits per weight (capsim.precision):
+    # int4 with group-128 fp16 scales = 4.125 bits per weight (capsim.models.precision):
     # (1,342,177,280 + 45,097,156,608) * 4.125/8 + (1,048,576 + 266,240 + 2*131,072,000) * 2
     expected = (1_342_177_280 + 45_097_156_608) * 4.125 / 8 + (1_048_576 + 266_240 + 2 * 131_072_000) * 2
     assert d["weight_bytes_total"] == pytest.approx(expected)

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from capsim.cli import app
 from capsim.cli import trace as trace_cli
-from capsim.traces import load_trace, write_trace
+from capsim.routing.traces import load_trace, write_trace
 
 runner = CliRunner()
 

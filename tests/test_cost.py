@@ -1,4 +1,4 @@
-"""capsim.cost: hand-computed costs, parts and missing prices, every input reaching the result, price files.
+"""capsim.economics.cost: hand-computed costs, parts and missing prices, every input reaching the result, price files.
 
 Cost arithmetic runs on labelled *test* entries (COST_FILES: invented values, said so in their ``source``)
 added to the shipped database, so that a change of a real price cannot silently move a hand-computed number.
@@ -14,7 +14,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from capsim.cost import (
+from capsim.economics.cost import (
     HOURS_PER_YEAR,
     SCALAR_INPUTS,
     CostInputs,
@@ -28,9 +28,9 @@ from capsim.cost import (
     purchase_cost,
     usd_per_mtok,
 )
+from capsim.engine.scenario import Scenario
 from capsim.errors import CapsimError, DataFileError, MissingValueError, ScenarioError, UnknownHardwareError
-from capsim.hardware import HardwareDB, load_hardware_db
-from capsim.scenario import Scenario
+from capsim.hardware.db import HardwareDB, load_hardware_db
 
 TEST_SOURCE = "capsim cost test fixture: invented values, not a real product"
 
@@ -241,7 +241,7 @@ def test_cost_report_charges_each_phase_to_its_tokens(cost_db: HardwareDB, hand:
     assert full.batch == 8 and report.per_user.batch == 1
     # Energy is charged at each phase's modelled draw, not at TDP: P = P_idle + (TDP - P_idle) x a with
     # P_idle = 0.2 x 500 W = 100 W and a = the share of the phase in which a kernel runs.
-    from capsim.engine import predict
+    from capsim.engine.predict import predict
 
     pred = predict(scenario, hardware_db=cost_db)
     energy = full.energy

@@ -1,5 +1,5 @@
 """CPU execution: NUMA modes over sockets, --threads, W8A8 on AMX, the per-CPU sustained bandwidth and the fitted
-kernel fraction (capsim.deployment, capsim.offload, hardware_db/efficiency.toml [cpu]).
+kernel fraction (capsim.engine.deployment, capsim.engine.offload, hardware_db/efficiency.toml [cpu]).
 
 Hand arithmetic uses the shipped entries: xeon-6980p has 12 channels per socket; MRDIMM-8800 moves 70.4 GB/s
 per channel (8800 MT/s x 8 B), so one socket peaks at 844.8 GB/s; its socket link is 6 UPI links x 24 GT/s x
@@ -15,9 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from capsim import Scenario, load_hardware_db, predict
-from capsim.deployment import Deployment, cpu_rates, socket_allreduce_time
+from capsim.engine.deployment import Deployment, cpu_rates, socket_allreduce_time
 from capsim.errors import MissingValueError, ScenarioError
-from capsim.hardware import load_hardware_db_with
+from capsim.hardware.db import load_hardware_db_with
 
 SYSTEM = {
     "schema": 1,

@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from capsim import MissingValueError, ScenarioError, predict
-from capsim.deployment import simulate_cache
-from capsim.engine import resolve
-from capsim.scenario import Scenario
+from capsim.engine.deployment import simulate_cache
+from capsim.engine.predict import resolve
+from capsim.engine.scenario import Scenario
 
 EXPERT_BYTES = 3 * 4096 * 14336 * 2  # one Mixtral-8x7B expert in bf16 = 352,321,536 bytes
 PCIE4 = (
@@ -47,7 +47,7 @@ def test_offload_mixtral_on_24gb_gpu_hand_computed(default_hardware_db) -> None:
     pred = predict(mixtral_on_4090(), hardware_db=default_hardware_db)
     dep = pred.deployment
     assert dep["cache_experts"] == 51
-    # the analytic LRU model (capsim.cache_model): no hit, to rounding
+    # the analytic LRU model (capsim.engine.cache_model): no hit, to rounding
     assert dep["hit_rate"] == pytest.approx(0.0, abs=1e-12)
     assert dep["misses_per_step"] == pytest.approx(64.0, rel=1e-12)
     assert dep["link_gb_per_step"] * 1e9 == pytest.approx(64 * EXPERT_BYTES)
@@ -139,7 +139,7 @@ def test_cache_simulation_matches_brute_force(steps, layers, experts, capacity, 
 
 
 def test_more_gpu_memory_never_slows_offload(default_hardware_db, tmp_path) -> None:
-    from capsim.hardware import load_hardware_db
+    from capsim.hardware.db import load_hardware_db
 
     src = default_hardware_db.accelerator("rtx-4090").file
     from pathlib import Path
@@ -168,7 +168,7 @@ def test_more_gpu_memory_never_slows_offload(default_hardware_db, tmp_path) -> N
 
 @pytest.mark.parametrize("factor", [1.5, 2.0, 4.0])
 def test_faster_link_never_slows_offload(default_hardware_db, monkeypatch, factor) -> None:
-    from capsim import offload
+    from capsim.engine import offload
 
     base = predict(mixtral_on_4090(prefetch=False), hardware_db=default_hardware_db).tpot_s
     original = offload.expert_link_bandwidth
@@ -275,8 +275,8 @@ def test_invalid_layouts(default_hardware_db, kw, error, match) -> None:  # type
 
 
 def test_offload_needs_an_moe_model(default_hardware_db) -> None:
-    from capsim.model import FFNKind
-    from capsim.model_db import resolve_model
+    from capsim.models.db import resolve_model
+    from capsim.models.spec import FFNKind
 
     m = resolve_model("mixtral-8x7b")
     dense = replace(

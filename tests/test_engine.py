@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from capsim import DoesNotFitError, ScenarioError
-from capsim.engine import decode_step_time, predict, resolve
-from capsim.model_db import resolve_model
+from capsim.engine.predict import decode_step_time, predict, resolve
+from capsim.engine.scenario import Scenario
+from capsim.models.db import resolve_model
 from capsim.routing import uniform_expected_activated
-from capsim.scenario import Scenario
 
 # Mixtral-8x7B (models.md §1; config model_db/mixtral-8x7b.json): d = 4096, 32 layers, 32 q / 8 kv heads of
 # 128, 8 experts of width 14336, top-2, vocab 32000, untied lm_head.

@@ -14,11 +14,11 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from capsim import DoesNotFitError
-from capsim.engine import decode_cost, predict, resolve
-from capsim.model import FFNKind
-from capsim.model_db import resolve_model
+from capsim.engine.predict import decode_cost, predict, resolve
+from capsim.engine.scenario import Scenario
+from capsim.models.db import resolve_model
+from capsim.models.spec import FFNKind
 from capsim.routing import uniform_expected_activated
-from capsim.scenario import Scenario
 
 MODELS = [
     "mixtral-8x7b",

@@ -13,11 +13,11 @@ import pytest
 import sympy as sp
 from typer.testing import CliRunner
 
-from capsim import formulas as F
+from capsim.engine import formulas as F
 from capsim.cli import app
-from capsim.explain import PROMPT, attention_kinds, causal_pairs_expr, explain, model_values
-from capsim.model_db import resolve_model
-from capsim.roofline import causal_pairs, projection_widths
+from capsim.engine.explain import PROMPT, attention_kinds, causal_pairs_expr, explain, model_values
+from capsim.engine.roofline import causal_pairs, projection_widths
+from capsim.models.db import resolve_model
 
 runner = CliRunner()
 
@@ -68,7 +68,7 @@ def test_sliding_window_layer_kinds() -> None:
 
 @pytest.mark.parametrize("window", [None, 1, 128, 4096])
 def test_prefill_pairs_expression_is_the_roofline_formula(window: int | None) -> None:
-    """The printed causal-pairs formula evaluates to what capsim.roofline.causal_pairs computes."""
+    """The printed causal-pairs formula evaluates to what capsim.engine.roofline.causal_pairs computes."""
     expr = causal_pairs_expr(window)
     for p in (1, 2, 127, 128, 129, 5000):
         expected = causal_pairs(float(p), np.inf if window is None else float(window))

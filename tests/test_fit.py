@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 
 from capsim import DoesNotFitError, predict
 from capsim.cli import app
-from capsim.fit import max_batch_at, max_context_at, placements
-from capsim.scenario import Scenario
+from capsim.economics.fit import max_batch_at, max_context_at, placements
+from capsim.engine.scenario import Scenario
 
 runner = CliRunner()
 

@@ -1,4 +1,4 @@
-"""The numeric path (capsim.formulas_eval, no sympy) runs exactly the formula table of capsim.formulas."""
+"""The numeric path (capsim.engine.formulas_eval, no sympy) runs exactly the formula table of capsim.engine.formulas."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from capsim import formulas
-from capsim.formulas_eval import evaluate
+from capsim.engine import formulas
+from capsim.engine.formulas_eval import evaluate
 
 GENERATED = Path(formulas.__file__).with_name("_formulas_compiled.py")
 
 
 def test_generated_module_matches_the_table() -> None:
-    # regenerate with: python -m capsim.formulas > capsim/_formulas_compiled.py
+    # regenerate with: python -m capsim.engine.formulas > capsim/engine/_formulas_compiled.py
     assert GENERATED.read_text() == formulas.compiled_source()
 
 

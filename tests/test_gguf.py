@@ -1,4 +1,4 @@
-"""GGUF weight formats (capsim.gguf): block bits, llama.cpp's per-tensor type rules, file sizes.
+"""GGUF weight formats (capsim.models.gguf): block bits, llama.cpp's per-tensor type rules, file sizes.
 
 Sources: ggml-org/llama.cpp ggml/src/ggml-common.h (block structs) and src/llama-quant.cpp
 (llama_tensor_get_type_impl); file sizes as printed by llama-bench in the published measurements
@@ -14,10 +14,10 @@ from typer.testing import CliRunner
 
 from capsim import predict, resolve_model
 from capsim.cli import app
+from capsim.engine.scenario import Scenario
 from capsim.errors import ScenarioError
-from capsim.gguf import FILE_TYPES, GGML_BLOCKS, bits, group_bits, use_more_bits
-from capsim.precision import weight_precision
-from capsim.scenario import Scenario
+from capsim.models.gguf import FILE_TYPES, GGML_BLOCKS, bits, group_bits, use_more_bits
+from capsim.models.precision import weight_precision
 from capsim.units import GIB
 
 

@@ -26,7 +26,7 @@ from capsim.errors import (
     ScenarioError,
     UnknownHardwareError,
 )
-from capsim.hardware import (
+from capsim.hardware.db import (
     CPU,
     EFFICIENCY_FIELDS,
     Accelerator,

@@ -1,4 +1,4 @@
-"""capsim.ingest_hf: per-family field maps, hand-computed counts, layer rules, windows, dtypes, every error.
+"""capsim.models.ingest_hf: per-family field maps, hand-computed counts, layer rules, windows, dtypes, every error.
 
 Configs come from the shipped model_db/ (verbatim copies of /work/shared/reference/models/*.json); each
 test that modifies one works on a deep copy. Arithmetic is written out in the comments.
@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 from capsim._paths import data_dir
 from capsim.errors import CapsimError, ConfigFieldError, DataFileError, UnsupportedModelError
-from capsim.ingest_hf import SUPPORTED_FAMILIES, detect_family, load_config_file, spec_from_config
-from capsim.model import FFNKind
+from capsim.models.ingest_hf import SUPPORTED_FAMILIES, detect_family, load_config_file, spec_from_config
+from capsim.models.spec import FFNKind
 
 
 def _config(model_id: str) -> dict[str, Any]:

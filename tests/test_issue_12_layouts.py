@@ -10,10 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from capsim import ScenarioError, predict
-from capsim.model_db import resolve_model
-from capsim.parallel import all_to_all_bytes, eplb_slots, imbalance
+from capsim.engine.parallel import all_to_all_bytes, eplb_slots, imbalance
+from capsim.engine.scenario import Scenario
+from capsim.models.db import resolve_model
 from capsim.routing import make_router
-from capsim.scenario import Scenario
 
 NVLINK4 = 450e9  # H100/H200 SXM NVLink 4 per direction through NVSwitch (hardware_db/links/nvlink4.toml)
 NCCL_BASE, NCCL_HOP = (
@@ -147,7 +147,7 @@ def test_impossible_layouts_name_the_valid_choices(default_hardware_db, kw, matc
 @pytest.mark.parametrize("name", ["sglang-dp-attention", "trtllm-dep", "vllm-dp-ep"])
 def test_attention_dp_presets_fill_the_layout(name: str) -> None:
     """9 nodes x 8 GPUs: attention DP over all 72 devices (tp 1) and EP 72; with --tp 2 on one node: 4 x 2."""
-    from capsim.presets import apply_preset
+    from capsim.engine.presets import apply_preset
 
     wide, _ = apply_preset(name, Scenario(model="deepseek-v3", hardware="h100-sxm", gpus=8, nodes=9))
     assert (wide.tp, wide.attention_dp, wide.ep) == (1, 72, 72)
@@ -170,7 +170,7 @@ R1_MINLAT = dict(
 
 
 def test_expected_tokens_per_verify_step() -> None:
-    from capsim.speculative import expected_tokens
+    from capsim.engine.speculative import expected_tokens
 
     assert expected_tokens(0.0, 3) == 1.0  # nothing accepted: the verified token only
     assert expected_tokens(1.0, 3) == 4.0  # everything accepted: K + 1
@@ -182,7 +182,7 @@ def test_mtp_module_is_one_moe_layer_plus_projection() -> None:
     """DeepSeek-V3's MTP module: README_WEIGHTS.md (deepseek-ai/DeepSeek-V3) gives 11.5B unique parameters
     (embedding and head shared). One MoE layer (attention 187.1M, router 1.8M, 256 x 44.04M experts, shared
     44.0M) + 2 x 7168^2 projection = 11.6B."""
-    from capsim.speculative import mtp_module_params
+    from capsim.engine.speculative import mtp_module_params
 
     total = sum(mtp_module_params(resolve_model("deepseek-v3")).values())
     assert total == pytest.approx(11.5e9, rel=0.02)

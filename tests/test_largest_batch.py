@@ -1,4 +1,4 @@
-"""One largest-batch authority (capsim.memory.largest_batch) used by predict, fit, plan and sweep (issue 15:
+"""One largest-batch authority (capsim.engine.memory.largest_batch) used by predict, fit, plan and sweep (issue 15:
 Mixtral-8x7B on 2x H100 used to give 601 in predict, waves of 589 at batch 600, and 583 in fit)."""
 
 from __future__ import annotations
@@ -10,10 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from capsim import Scenario, predict
-from capsim.engine import resolve
-from capsim.fit import max_batch_at
-from capsim.hardware import load_hardware_db
-from capsim.memory import (
+from capsim.economics.fit import max_batch_at
+from capsim.economics.plan import _configs
+from capsim.engine.memory import (
     activation_bytes,
     kv_bytes_per_sequence_at,
     largest_batch,
@@ -21,7 +20,8 @@ from capsim.memory import (
     usable_bytes,
     weight_bytes_per_device,
 )
-from capsim.plan import _configs
+from capsim.engine.predict import resolve
+from capsim.hardware.db import load_hardware_db
 from capsim.sweep.evaluate import evaluate_segment, resolve_group
 from capsim.sweep.grid import Grid
 

@@ -1,4 +1,4 @@
-"""capsim.model_db: the shipped database, its provenance, published counts, look-ups and resolve_model."""
+"""capsim.models.db: the shipped database, its provenance, published counts, look-ups and resolve_model."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from capsim._paths import data_dir
 from capsim.errors import DataFileError, UnknownModelError
-from capsim.model_db import ModelDB, load_model_db, resolve_model
+from capsim.models.db import ModelDB, load_model_db, resolve_model
 
 REFERENCE = Path("/work/shared/reference/models")
 

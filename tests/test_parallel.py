@@ -8,10 +8,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from capsim import ScenarioError, predict
-from capsim.model_db import resolve_model
-from capsim.parallel import all_to_all_time, straggler_factor
+from capsim.engine.parallel import all_to_all_time, straggler_factor
+from capsim.engine.scenario import Scenario
+from capsim.models.db import resolve_model
 from capsim.routing import make_router
-from capsim.scenario import Scenario
 
 
 def test_all_to_all_hand_computed() -> None:

@@ -9,9 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from capsim import MissingValueError, ScenarioError, predict
+from capsim.engine.parallel import Layout, layout_for
+from capsim.engine.scenario import Scenario
 from capsim.errors import UnknownHardwareError
-from capsim.parallel import Layout, layout_for
-from capsim.scenario import Scenario
 
 NVLINK4 = 450e9  # H100 SXM NVLink 4 per direction through NVSwitch (hardware.md)
 NCCL_BASE = 6.6e-6  # NCCL baseLat[Ring][LL] (hardware_db/efficiency.toml)

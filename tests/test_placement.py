@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from capsim import DoesNotFitError, ScenarioError, predict
-from capsim.deployment import AccessStream, cache_hits
-from capsim.offload import simulate_tiers
-from capsim.placement import (
+from capsim.engine.deployment import AccessStream, cache_hits
+from capsim.engine.offload import simulate_tiers
+from capsim.engine.placement import (
     DEVICE,
     DRAM,
     SSD,
@@ -23,7 +23,7 @@ from capsim.placement import (
     parse_placement,
     tier_counts,
 )
-from capsim.scenario import Scenario
+from capsim.engine.scenario import Scenario
 
 EXPERT_BYTES = 3 * 4096 * 14336 * 2  # one Mixtral-8x7B expert in bf16 = 352,321,536 bytes
 PCIE4 = (
@@ -314,8 +314,8 @@ def test_invalid_placements(default_hardware_db, kw, error, match) -> None:  # t
 def test_placement_on_a_dense_model_is_an_error(default_hardware_db) -> None:
     from dataclasses import replace
 
-    from capsim.model import FFNKind
-    from capsim.model_db import resolve_model
+    from capsim.models.db import resolve_model
+    from capsim.models.spec import FFNKind
 
     m = resolve_model("mixtral-8x7b")
     dense = replace(
@@ -329,7 +329,7 @@ def test_placement_on_a_dense_model_is_an_error(default_hardware_db) -> None:
 
 
 def test_more_gpu_memory_never_slows_auto_placement(default_hardware_db, tmp_path: Path) -> None:
-    from capsim.hardware import load_hardware_db
+    from capsim.hardware.db import load_hardware_db
 
     text = Path(default_hardware_db.accelerator("rtx-4090").file).read_text()
     times = []
@@ -355,7 +355,7 @@ def test_more_gpu_memory_never_slows_auto_placement(default_hardware_db, tmp_pat
 
 @pytest.mark.parametrize("factor", [1.5, 3.0])
 def test_faster_ssd_never_slows_offload(default_hardware_db, monkeypatch, factor) -> None:  # type: ignore[no-untyped-def]
-    from capsim import offload
+    from capsim.engine import offload
 
     sc = mixtral_4090(placement="experts:ssd", prefetch=False)
     base = predict(sc, hardware_db=default_hardware_db).tpot_s

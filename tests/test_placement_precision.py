@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from capsim import ScenarioError, predict
 from capsim.cli import app
-from capsim.scenario import Scenario
+from capsim.engine.scenario import Scenario
 
 EXPERT_PARAMS = 3 * 4096 * 14336  # one Mixtral-8x7B expert: 176,160,768 parameters
 ALL_EXPERTS = 32 * 8 * EXPERT_PARAMS  # 45,097,156,608
@@ -88,8 +88,8 @@ def test_fp8_is_faster_compute_only_where_the_device_has_fp8(max_roofline_db) ->
 def test_expert_dtype_needs_experts(default_hardware_db) -> None:
     from dataclasses import replace
 
-    from capsim.model import FFNKind
-    from capsim.model_db import resolve_model
+    from capsim.models.db import resolve_model
+    from capsim.models.spec import FFNKind
 
     m = resolve_model("mixtral-8x7b")
     dense = replace(

@@ -1,4 +1,4 @@
-"""capsim.plan: duration parsing, compare's ranking, and the SLO search against brute force."""
+"""capsim.economics.plan: duration parsing, compare's ranking, and the SLO search against brute force."""
 
 from __future__ import annotations
 
@@ -10,12 +10,9 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from test_cost import write_cost_db
 
-from capsim.cost import CostInputs, busy_rate, deployment_rates, owned_usd_per_hour
-from capsim.energy import energy_report
-from capsim.engine import predict
-from capsim.errors import DoesNotFitError, ScenarioError, UnknownHardwareError
-from capsim.hardware import HardwareDB
-from capsim.plan import (
+from capsim.economics.cost import CostInputs, busy_rate, deployment_rates, owned_usd_per_hour
+from capsim.economics.energy import energy_report
+from capsim.economics.plan import (
     SLO,
     PlanPoint,
     compare,
@@ -26,7 +23,10 @@ from capsim.plan import (
     plan,
     split_ids,
 )
-from capsim.scenario import Scenario
+from capsim.engine.predict import predict
+from capsim.engine.scenario import Scenario
+from capsim.errors import DoesNotFitError, ScenarioError, UnknownHardwareError
+from capsim.hardware.db import HardwareDB
 
 # Pinned prices (USD) so that the search's answer does not move when the shipped prices are revised.
 PRICES = {"h100-sxm": 30000.0, "mi300x": 15000.0, "l40s": 8000.0}
@@ -147,7 +147,7 @@ def _brute_force(db: HardwareDB, inputs: CostInputs, slo: SLO) -> dict[tuple[str
             if batch > pred.memory.max_batch:
                 continue
             if pred.tpot_s <= slo.tpot_s and (slo.ttft_s is None or pred.ttft_s <= slo.ttft_s):
-                # issue 14: energy at the modelled draw, time-weighted over prefill and decode (capsim.energy)
+                # issue 14: energy at the modelled draw, time-weighted over prefill and decode (capsim.economics.energy)
                 e = energy_report(
                     rates.power.parts,
                     pred,
@@ -243,7 +243,7 @@ def test_rented_basis_and_tokens_per_day_by_hand(cost_db: HardwareDB) -> None:
     assert q.replicas == 4 and q.utilization == pytest.approx(0.875)
     assert q.purchase_usd == 4 * 20000.0
     # 4 x [20,000/(3 x 8,760) + (P_idle + (P_busy - P_idle) x 0.875) kW x 1.2 x 0.08] x 24 h per day, over
-    # the volume; P_idle = 0.15 x 500 W = 75 W, P_busy = the modelled draw (capsim.energy), time-weighted over
+    # the volume; P_idle = 0.15 x 500 W = 75 W, P_busy = the modelled draw (capsim.economics.energy), time-weighted over
     # prefill and decode
     pred = predict(
         Scenario(model=MODEL, hardware="cost-test-gpu", gpus=1, batch=4, prompt_len=PROMPT, gen_len=GEN),

@@ -9,8 +9,8 @@ from typer.testing import CliRunner
 
 from capsim import ScenarioError
 from capsim.cli import app
-from capsim.presets import PRESETS, apply_preset
-from capsim.scenario import Scenario
+from capsim.engine.presets import PRESETS, apply_preset
+from capsim.engine.scenario import Scenario
 
 runner = CliRunner()
 

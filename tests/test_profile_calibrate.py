@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from capsim.engine import decode_step_time
+from capsim.engine.predict import decode_step_time
+from capsim.engine.scenario import Scenario
 from capsim.errors import DataFileError, ScenarioError
-from capsim.hardware import load_hardware_db
-from capsim.model_db import resolve_model
+from capsim.hardware.db import load_hardware_db
+from capsim.models.db import resolve_model
 from capsim.profile.calibrate import Calibration, entry_path, entry_toml, write_entry
 from capsim.profile.microbench import Measurement
 from capsim.profile.scaling import truncate_layers
 from capsim.profile.timing import Timing
-from capsim.scenario import Scenario
 
 
 def m(name: str, value: float, unit: str = "GB/s") -> Measurement:

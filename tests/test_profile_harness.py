@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from capsim.errors import ScenarioError, UnsupportedModelError
-from capsim.model import AttentionSpec, FFNKind, ModelSpec, MoESpec
-from capsim.traces import load_trace
+from capsim.models.spec import AttentionSpec, FFNKind, ModelSpec, MoESpec
+from capsim.routing.traces import load_trace
 
 torch = pytest.importorskip("torch")
 

@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from capsim import DataFileError, load_hardware_db
 from capsim.cli import app
-from capsim.hardware import load_hardware_db_with
-from capsim.published import (
+from capsim.hardware.db import load_hardware_db_with
+from capsim.validation.published import (
     CaseResult,
     PublishedCase,
     PublishedReport,
@@ -173,7 +173,8 @@ def test_a_feature_is_used_once_the_scenario_has_it(monkeypatch: pytest.MonkeyPa
     a feature whose field is missing makes the case not expressible, naming the feature."""
     from dataclasses import fields
 
-    from capsim import Scenario, published
+    from capsim import Scenario
+    from capsim.validation import published
 
     db = load_hardware_db()
     case = _case(
@@ -292,7 +293,7 @@ def test_new_hardware_entries_for_the_set() -> None:
 
 def test_every_shipped_case_is_predicted_or_says_why() -> None:
     """No case of the shipped set is dropped: each gets a finite prediction or a 'not expressible' reason."""
-    report = __import__("capsim.published", fromlist=["score_published"]).score_published()
+    report = __import__("capsim.validation.published", fromlist=["score_published"]).score_published()
     assert len(report.results) == len(load_published())
     for r in report.results:
         if r.status == "ok":

@@ -19,12 +19,12 @@ from typer.testing import CliRunner
 
 from capsim import ScenarioError, load_hardware_db, make_router, resolve_model
 from capsim.cli import app
-from capsim.cost import CostInputs, load_cost_file, owned_usd_per_hour
+from capsim.economics.cost import CostInputs, load_cost_file, owned_usd_per_hour
 from capsim.errors import ConfigFieldError, DataFileError, TraceError
-from capsim.hardware import _min_pair_bottleneck, _widest_from
-from capsim.ingest_hf import spec_from_config
+from capsim.hardware.db import _min_pair_bottleneck, _widest_from
+from capsim.models.ingest_hf import spec_from_config
 from capsim.report.plots import ParetoPoint, output_stem, plot_pareto
-from capsim.traces import write_trace
+from capsim.routing.traces import write_trace
 from capsim.units import HOURS, HOURS_PER_DAY, HOURS_PER_YEAR, KWH
 
 runner = CliRunner()
@@ -114,7 +114,7 @@ def test_non_utf8_prices_file_is_one_error_line(tmp_path: Path) -> None:
 
 
 def test_non_utf8_accuracy_file_is_a_data_file_error(tmp_path: Path) -> None:
-    from capsim.accuracy import load_accuracy_db
+    from capsim.models.accuracy import load_accuracy_db
 
     bad = tmp_path / "accuracy.toml"
     bad.write_bytes(b"\xff\xfe\x00garbage")

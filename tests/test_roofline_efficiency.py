@@ -13,10 +13,10 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from capsim import DataFileError, DoesNotFitError, predict
-from capsim.engine import decode_cost, prefill_cost, resolve
-from capsim.hardware import load_hardware_db
-from capsim.roofline import DeviceRates
-from capsim.scenario import Scenario
+from capsim.engine.predict import decode_cost, prefill_cost, resolve
+from capsim.engine.roofline import DeviceRates
+from capsim.engine.scenario import Scenario
+from capsim.hardware.db import load_hardware_db
 
 BASE = DeviceRates(
     peak_flops={"bf16": 1e12},

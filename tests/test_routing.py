@@ -21,7 +21,7 @@ from capsim.routing import (
     uniform_expected_activated,
     water_fill,
 )
-from capsim.traces import Trace
+from capsim.routing.traces import Trace
 
 # ---- closed forms, computed by hand ------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from capsim.routing import (
     trace_stats,
     unique_per_step,
 )
-from capsim.traces import Trace
+from capsim.routing.traces import Trace
 
 # one layer, E = 3, k = 1, tokens route to 0, 0, 1, 2
 SMALL = np.array([[[0], [0], [1], [2]]])

@@ -10,7 +10,7 @@ from strategies import tiny_moe_model
 
 from capsim.routing import SyntheticRouter, fit_trace, make_router, zipf_popularity
 from capsim.routing.popularity import dirichlet_popularity
-from capsim.traces import write_trace
+from capsim.routing.traces import write_trace
 
 
 @settings(max_examples=12, deadline=None)

@@ -7,7 +7,7 @@ import pytest
 from strategies import tiny_moe_model
 
 from capsim.routing import TraceRouter, make_router, uniform_expected_activated, unique_per_step
-from capsim.traces import Trace
+from capsim.routing.traces import Trace
 
 # 4 MoE layers, E = 32, k = 4; group-limited variant: 8 groups of 4, topk_group = 2
 MODEL = tiny_moe_model(4, 32, 4, n_group=8, topk_group=2)

@@ -1,4 +1,4 @@
-"""The one scenario validation layer (capsim.scenario_checks), shared by predict, sweep, fit and plan:
+"""The one scenario validation layer (capsim.engine.checks), shared by predict, sweep, fit and plan:
 the same impossible configuration is refused with the same line everywhere (issue 15)."""
 
 from __future__ import annotations
@@ -11,16 +11,16 @@ from typer.testing import CliRunner
 
 from capsim import Scenario, predict
 from capsim.cli import app
-from capsim.errors import ScenarioError
-from capsim.model_db import resolve_model
-from capsim.parallel import Layout
-from capsim.scenario_checks import (
+from capsim.engine.checks import (
     SCENARIO_CHECKS,
     check_scenario,
     context_window_exceeded,
     scenario_check,
     valid_tp_degrees,
 )
+from capsim.engine.parallel import Layout
+from capsim.errors import ScenarioError
+from capsim.models.db import resolve_model
 
 runner = CliRunner()
 

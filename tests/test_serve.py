@@ -9,8 +9,8 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from capsim.engine import predict
-from capsim.scenario import Scenario
+from capsim.engine.predict import predict
+from capsim.engine.scenario import Scenario
 from capsim.serving import SchedulerConfig, Workload, build_replica, build_workload, parse_length, serve
 from capsim.serving.simulate import simulate_replica
 

@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from capsim.engine import predict
+from capsim.engine.predict import predict
+from capsim.engine.scenario import Scenario
 from capsim.errors import DataFileError, ScenarioError
-from capsim.hardware import load_hardware_db
-from capsim.scenario import Scenario
+from capsim.hardware.db import load_hardware_db
 from capsim.serving import SchedulerConfig, Workload, build_replica, build_workload, parse_length, serve
 from capsim.serving.datasets import get_dataset, load_datasets
 from capsim.serving.metrics import parse_slo

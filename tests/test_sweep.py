@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from capsim.cli import app
-from capsim.engine import predict
-from capsim.scenario import Scenario
+from capsim.engine.predict import predict
+from capsim.engine.scenario import Scenario
 from capsim.sweep import Grid, evaluate_segment, parse_int_axis, resolve_group
 from capsim.sweep.run import Filters, SweepRun, pareto_mask, run_local
 
@@ -455,7 +455,7 @@ def test_rows_do_not_depend_on_chunking(default_hardware_db) -> None:
     of a step shape do not depend on the other shapes of the call (a sequential sum). The per-router cache of
     those values is emptied before each evaluation, so it is not what makes them agree. Floats to 1e-15
     relative, not bit for bit: some prefill sums still round differently for a call of one pass shape."""
-    from capsim.engine import _ACTIVATED_CACHE
+    from capsim.engine.predict import _ACTIVATED_CACHE
     from capsim.sweep.run import evaluate_chunk, resolve_groups
 
     grid = Grid(

@@ -12,8 +12,8 @@ import pytest
 from strategies import tiny_moe_model
 
 from capsim import TraceError
-from capsim import traces as traces_mod
-from capsim.traces import FORMAT_VERSION, load_trace, write_trace
+from capsim.routing import traces as traces_mod
+from capsim.routing.traces import FORMAT_VERSION, load_trace, write_trace
 
 FIX = "re-record it or re-create it with `capsim trace synth`"
 

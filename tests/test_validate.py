@@ -15,12 +15,12 @@ from typer.testing import CliRunner
 
 from capsim.cli import app
 from capsim.errors import ScenarioError
-from capsim.hardware import load_hardware_db
+from capsim.hardware.db import load_hardware_db
 from capsim.profile.calibrate import write_entry
 from capsim.profile.harness import CaseResult, ProfileCase, ProfileRun
 from capsim.profile.timing import Timing
 from capsim.profile.validate import compare, engine_predictor, report_stem, write_validation
-from capsim.traces import write_trace
+from capsim.routing.traces import write_trace
 
 CASES = (
     ProfileCase("decode", 1, 128),

@@ -26,9 +26,9 @@ def predicted_block_seconds(model: str, hardware: str, tokens: int) -> tuple[flo
     """(seconds of one MoE layer's router + experts for a decode pass of ``tokens`` tokens, expected experts)."""
     import numpy as np
 
-    from capsim.engine import decode_passes, resolve, resolve_model
+    from capsim.engine.predict import decode_passes, resolve, resolve_model
+    from capsim.engine.scenario import Scenario
     from capsim.profile.scaling import min_layers_for_moe, truncate_layers
-    from capsim.scenario import Scenario
 
     spec = resolve_model(model)
     spec = truncate_layers(spec, min_layers_for_moe(spec), "bf16")  # one MoE layer: fits one device

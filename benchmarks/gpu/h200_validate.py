@@ -84,7 +84,7 @@ def stage_environment(out: Path) -> None:
 
 
 def stage_calibrate(out: Path, device: str, tiny: bool) -> None:
-    from capsim.hardware import load_hardware_db
+    from capsim.hardware.db import load_hardware_db
     from capsim.profile.calibrate import calibrate, write_entry, write_report
 
     nominal = load_hardware_db().get("h200-sxm")

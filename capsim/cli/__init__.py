@@ -14,8 +14,8 @@ import typer
 from rich.markup import escape
 from typer.core import TyperGroup
 
-from ..errors import CapsimError
-from ._console import err_console
+from capsim.cli._console import err_console
+from capsim.errors import CapsimError
 
 
 class _CapsimGroup(TyperGroup):
@@ -124,7 +124,7 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
-        from .. import __version__
+        from capsim import __version__
 
         print(f"capsim {__version__}")
         raise typer.Exit()
@@ -175,7 +175,7 @@ def _convert(name: str) -> Any:
 
 
 def _register_all() -> None:
-    from . import cost, fit, hardware, measure, model, predict, profile, serve, sweep, trace
+    from capsim.cli import cost, fit, hardware, measure, model, predict, profile, serve, sweep, trace
 
     for module in (predict, fit, hardware, model, trace, profile, cost, sweep, measure, serve):
         module.register(_COMMANDS)

@@ -1,7 +1,7 @@
 """CLI commands ``capsim compare``, ``capsim plan`` and ``capsim radar`` (formatting only).
 
-The work happens in :mod:`capsim.plan` (options, search), :mod:`capsim.cost` (prices, energy, $/Mtok),
-:mod:`capsim.accuracy` and :mod:`capsim.report.plots`; JSON and CSV come from the results' ``to_dict`` /
+The work happens in :mod:`capsim.economics.plan` (options, search), :mod:`capsim.economics.cost` (prices, energy, $/Mtok),
+:mod:`capsim.models.accuracy` and :mod:`capsim.report.plots`; JSON and CSV come from the results' ``to_dict`` /
 ``to_row``. Cost formulas and the source of every default: docs/cost.md.
 """
 
@@ -18,15 +18,15 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
-from .. import units
-from ..cost import CostInputs, load_cost_file, parse_price_assignments
-from ..errors import ScenarioError
-from ..scenario import Scenario
-from ._console import err_console, out_console, print_json
-from .hardware import HardwareDbOption, OverrideOption, load_db
+from capsim import units
+from capsim.cli._console import err_console, out_console, print_json
+from capsim.cli.hardware import HardwareDbOption, OverrideOption, load_db
+from capsim.economics.cost import CostInputs, load_cost_file, parse_price_assignments
+from capsim.engine.scenario import Scenario
+from capsim.errors import ScenarioError
 
 if TYPE_CHECKING:
-    from ..plan import Basis, Objective, Option, PlanPoint
+    from capsim.economics.plan import Basis, Objective, Option, PlanPoint
 
 _SCENARIO_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(Scenario)}
 _COST_FIELDS = {f.name: f for f in fields(CostInputs)}
@@ -146,7 +146,7 @@ GridOption = Annotated[
 
 def deployment_options(option: list[str] | None, options_file: Path | None, base: Scenario) -> list[Any]:
     """The ``--option`` / ``--options`` deployments over ``base`` (the command's own flags)."""
-    from ..options import collect_options
+    from capsim.economics.options import collect_options
 
     return collect_options(option, options_file, base)
 
@@ -154,8 +154,8 @@ def deployment_options(option: list[str] | None, options_file: Path | None, base
 def option_ids(hardware: list[str] | None, system: list[str] | None, db: Any) -> list[str]:
     """The ids of ``--hardware`` then ``--system`` (comma-separated, deduplicated); ``--system`` ids must
     name system entries."""
-    from ..hardware import entry_kind
-    from ..plan import split_ids
+    from capsim.economics.plan import split_ids
+    from capsim.hardware.db import entry_kind
 
     systems = split_ids(system) if system else []
     for sid in systems:
@@ -294,7 +294,7 @@ def _print_parts_notes(options: Any) -> None:
 
 
 def render_comparison(result: Any) -> None:
-    """Rich table of a :class:`capsim.plan.Comparison`, then the notes behind its numbers."""
+    """Rich table of a :class:`capsim.economics.plan.Comparison`, then the notes behind its numbers."""
     console = out_console()
     first = result.options[0]
     dtypes = sorted({o.weight_dtype for o in result.options})
@@ -439,7 +439,7 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def render_plan(result: Any) -> None:
-    """Rich tables of a :class:`capsim.plan.PlanResult`."""
+    """Rich tables of a :class:`capsim.economics.plan.PlanResult`."""
     console = out_console()
     slo = f"TPOT ≤ {_ms(result.slo.tpot_s)}" + (
         f", TTFT ≤ {_ms(result.slo.ttft_s)}" if result.slo.ttft_s else ""
@@ -592,8 +592,8 @@ def register(app: typer.Typer) -> None:
             typer.Option("--csv", help="also write one CSV row per option to PATH", show_default=False),
         ] = None,
     ) -> None:
-        from ..plan import compare as run_compare
-        from ..plan import parse_gpus
+        from capsim.economics.plan import compare as run_compare
+        from capsim.economics.plan import parse_gpus
 
         if csv_path is not None:
             check_output_file(csv_path, "--csv", "compare.csv")
@@ -725,8 +725,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        from ..plan import SLO, parse_duration, split_ids
-        from ..plan import plan as run_plan
+        from capsim.economics.plan import SLO, parse_duration, split_ids
+        from capsim.economics.plan import plan as run_plan
 
         slo = SLO(
             parse_duration(slo_tpot, "--slo-tpot"),
@@ -869,8 +869,8 @@ def register(app: typer.Typer) -> None:
         hardware_db: HardwareDbOption = None,
         override: OverrideOption = False,
     ) -> None:
-        from ..plan import compare as run_compare
-        from ..plan import parse_gpus, split_ids
+        from capsim.economics.plan import compare as run_compare
+        from capsim.economics.plan import parse_gpus, split_ids
 
         if out is not None:
             check_output_file(out, "--out", "radar.png")
@@ -930,7 +930,7 @@ def register(app: typer.Typer) -> None:
             )
         for text in dropped:
             err_console().print(f"[yellow]not drawn[/yellow]: {escape(text)}", soft_wrap=True)
-        from ..report.plots import output_stem, plot_radar, radar_scores
+        from capsim.report.plots import output_stem, plot_radar, radar_scores
 
         # the resolved id, not the argument: a config.json path must not become a directory in the name
         stem = output_stem(out) if out is not None else _default_radar_stem(model_ids, hw_ids, batch)
@@ -1003,7 +1003,7 @@ def _radar_name(prefix: str, o: Any) -> str:
 
 def _radar_options(options: list[tuple[str, Any]], cost_axis: str) -> tuple[list[Any], list[str]]:
     """RadarOptions of the options that ran and have a value on the cost axis; the others with reasons."""
-    from ..report.plots import RadarOption
+    from capsim.report.plots import RadarOption
 
     drawn, dropped = [], []
     for prefix, o in options:
@@ -1033,9 +1033,9 @@ def _radar_pareto(
     options: list[tuple[str, Any]], stem: Path, db: Any, inputs: CostInputs, prompt_len: int, gen_len: int
 ) -> tuple[Path, Path]:
     """Sweep the batch of every drawable option (SLOs unbounded) and plot cost vs TPOT with the front."""
-    from ..plan import SLO, pareto_front
-    from ..plan import plan as run_plan
-    from ..report.plots import ParetoPoint, plot_pareto
+    from capsim.economics.plan import SLO, pareto_front
+    from capsim.economics.plan import plan as run_plan
+    from capsim.report.plots import ParetoPoint, plot_pareto
 
     points: list[tuple[str, PlanPoint, float]] = []
     for prefix, o in options:
@@ -1068,7 +1068,7 @@ def _radar_pareto(
 
 
 def _plan_plot(result: Any, path: Path) -> tuple[Path, Path]:
-    from ..report.plots import ParetoPoint, plot_pareto
+    from capsim.report.plots import ParetoPoint, plot_pareto
 
     priced = [p for p in result.feasible if p.usd_per_mtok is not None]
     if not priced:

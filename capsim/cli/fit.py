@@ -8,8 +8,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ._console import out_console, print_json
-from .hardware import HardwareDbOption, OverrideOption, load_db
+from capsim.cli._console import out_console, print_json
+from capsim.cli.hardware import HardwareDbOption, OverrideOption, load_db
 
 
 def register(app: typer.Typer) -> None:
@@ -37,15 +37,15 @@ def register(app: typer.Typer) -> None:
         override: OverrideOption = False,
         json_out: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
     ) -> None:
-        from ..errors import CapsimError, ScenarioError
-        from ..fit import max_batch_at, max_context_at, placements
-        from ..scenario import Scenario
+        from capsim.economics.fit import max_batch_at, max_context_at, placements
+        from capsim.engine.scenario import Scenario
+        from capsim.errors import CapsimError, ScenarioError
 
         db = load_db(hardware_db, override)
-        from ..plan import check_node_ids
+        from capsim.economics.plan import check_node_ids
 
         check_node_ids([hardware], db)  # unknown ids and non-deployable entries: one error line, exit 1
-        from ..model_db import resolve_model
+        from capsim.models.db import resolve_model
 
         resolve_model(model)  # an unknown model is one error line (exit 1), not a table of failed modes
         base = Scenario(

@@ -14,11 +14,11 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from .. import units
-from ._console import out_console, print_json
+from capsim import units
+from capsim.cli._console import out_console, print_json
 
-if TYPE_CHECKING:  # capsim.hardware (and networkx) load when a command runs, not at start-up
-    from ..hardware import Accelerator, Entry, HardwareDB, System
+if TYPE_CHECKING:  # capsim.hardware.db (and networkx) load when a command runs, not at start-up
+    from capsim.hardware.db import Accelerator, Entry, HardwareDB, System
 
 hardware_app = typer.Typer(
     help="Browse the hardware database (accelerators, CPUs, DRAM, SSDs, links, systems) and its sources.",
@@ -42,7 +42,7 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of 
 
 def load_db(paths: list[Path] | None, override: bool = False) -> HardwareDB:
     """The database the CLI works on: built-in entries plus ``--hardware-db`` paths."""
-    from ..hardware import load_hardware_db
+    from capsim.hardware.db import load_hardware_db
 
     return load_hardware_db(paths or (), on_redefinition="replace" if override else "raise")
 
@@ -100,7 +100,7 @@ _LIST_COLUMNS = (
 
 
 def _list_row(e: Entry) -> list[str]:
-    from ..hardware import CPU, DRAM, SSD, Accelerator, Link, System, entry_kind
+    from capsim.hardware.db import CPU, DRAM, SSD, Accelerator, Link, System, entry_kind
 
     memory = bandwidth = bf16 = tdp = price = ""
     if isinstance(e, Accelerator):
@@ -173,7 +173,7 @@ def show_command(
     override: OverrideOption = False,
 ) -> None:
     """Show every field of an entry with its source; for systems also the topology and its bandwidths."""
-    from ..hardware import CPU, Accelerator, System, entry_kind
+    from capsim.hardware.db import CPU, Accelerator, System, entry_kind
 
     db = load_db(hardware_db, override)
     entry = db.get(entry_id)

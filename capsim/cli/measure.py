@@ -1,6 +1,6 @@
 """CLI command ``capsim measure``: MBU, MFU, S-MBU and S-MFU of a run the user measured (formatting only).
 
-The work happens in :mod:`capsim.measure`; definitions in docs/metrics.md, MoE-CAP conventions in docs/cap.md.
+The work happens in :mod:`capsim.engine.measure`; definitions in docs/metrics.md, MoE-CAP conventions in docs/cap.md.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from typing import Annotated, Any
 
 import typer
 
-from ..scenario import Scenario
-from ._console import out_console, print_json
-from .hardware import HardwareDbOption, OverrideOption, load_db
+from capsim.cli._console import out_console, print_json
+from capsim.cli.hardware import HardwareDbOption, OverrideOption, load_db
+from capsim.engine.scenario import Scenario
 
 _DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(Scenario)}
 
@@ -27,7 +27,7 @@ def _pct(x: float | None) -> str:
 
 
 def render_measure(result: Any) -> None:
-    """The metrics table of a :class:`capsim.measure.MeasureResult`, then its basis."""
+    """The metrics table of a :class:`capsim.engine.measure.MeasureResult`, then its basis."""
     console = out_console()
     console.print(
         f"[bold]{result.model}[/bold] on {result.hardware} x{result.devices} · batch {result.batch} · "
@@ -113,10 +113,10 @@ def register(app: typer.Typer) -> None:
             bool, typer.Option("--json", help="print one JSON object instead of text")
         ] = False,
     ) -> None:
-        from ..errors import ScenarioError
-        from ..measure import Measurement, load_expert_counts, load_moecap_records
-        from ..measure import measure as run_measure
-        from ..plan import parse_duration
+        from capsim.economics.plan import parse_duration
+        from capsim.engine.measure import Measurement, load_expert_counts, load_moecap_records
+        from capsim.engine.measure import measure as run_measure
+        from capsim.errors import ScenarioError
 
         if activated_experts is not None and expert_counts is not None:
             raise ScenarioError("give --activated-experts or --expert-counts, not both")

@@ -1,6 +1,6 @@
 """``capsim model list`` and ``capsim model show``: the model database, formatted (no computation here).
 
-Counts come from :class:`capsim.model.ModelSpec`, published figures from :mod:`capsim.model_db`; the JSON is
+Counts come from :class:`capsim.models.spec.ModelSpec`, published figures from :mod:`capsim.models.db`; the JSON is
 built from the same dictionaries as the text, never scraped from it.
 """
 
@@ -12,13 +12,13 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from ..errors import ScenarioError
-from ..ingest_hf import load_config_file
-from ..model import WEIGHT_GROUPS, ModelSpec
-from ..model_db import PublishedCounts, load_model_db, resolve_model
-from ..precision import kv_precision, weight_precision
-from ..units import GB, KIB, MB
-from ._console import out_console, print_json
+from capsim.cli._console import out_console, print_json
+from capsim.errors import ScenarioError
+from capsim.models.db import PublishedCounts, load_model_db, resolve_model
+from capsim.models.ingest_hf import load_config_file
+from capsim.models.precision import kv_precision, weight_precision
+from capsim.models.spec import WEIGHT_GROUPS, ModelSpec
+from capsim.units import GB, KIB, MB
 
 model_app = typer.Typer(
     help="The model database: list the models, show one model's parameters, KV cache and weight bytes.",

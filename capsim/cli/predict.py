@@ -8,8 +8,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from ..scenario import Scenario
-from ._console import out_console, print_json
+from capsim.cli._console import out_console, print_json
+from capsim.engine.scenario import Scenario
 
 _DEFAULTS = {f.name: f.default for f in fields(Scenario)}
 
@@ -18,7 +18,7 @@ def _help(name: str) -> str:
     return Scenario.help_for(name)
 
 
-from .hardware import HardwareDbOption, OverrideOption, load_db  # noqa: E402  (one --hardware-db for all commands)
+from capsim.cli.hardware import HardwareDbOption, OverrideOption, load_db  # noqa: E402  (one --hardware-db for all commands)
 
 
 def _fmt_time(seconds: float | None) -> str:
@@ -36,7 +36,7 @@ def _pct(x: float) -> str:
 
 
 def render_prediction(pred: Any) -> None:
-    """Rich tables for a :class:`capsim.metrics.Prediction`."""
+    """Rich tables for a :class:`capsim.engine.metrics.Prediction`."""
     console = out_console()
     d = pred.to_dict()
     sc = d["scenario"]
@@ -308,7 +308,7 @@ def register(app: typer.Typer) -> None:
             bool, typer.Option("--json", help="print one JSON object instead of tables")
         ] = False,
     ) -> None:
-        from ..engine import predict as run_predict
+        from capsim.engine.predict import predict as run_predict
 
         scenario = Scenario(
             model=model,
@@ -347,7 +347,7 @@ def register(app: typer.Typer) -> None:
         )
         preset = None
         if system is not None:
-            from ..presets import apply_preset
+            from capsim.engine.presets import apply_preset
 
             scenario, preset = apply_preset(system, scenario)
         prediction = run_predict(scenario, hardware_db=load_db(hardware_db, override))

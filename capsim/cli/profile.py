@@ -18,9 +18,9 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from ..errors import ScenarioError
-from ._console import err_console, out_console, print_json
-from .hardware import HardwareDbOption, OverrideOption, hardware_app, load_db
+from capsim.cli._console import err_console, out_console, print_json
+from capsim.cli.hardware import HardwareDbOption, OverrideOption, hardware_app, load_db
+from capsim.errors import ScenarioError
 
 DEFAULT_OUT = Path("validation")
 
@@ -74,8 +74,8 @@ def _unused(path: Path, suffixes: tuple[str, ...] = ("",)) -> Path:
 
 
 def _slug_now(device: str, threads: int | None, what: str) -> str:
-    from ..profile._torch import require_torch, resolve_device
-    from ..profile.harness import machine_info, set_threads
+    from capsim.profile._torch import require_torch, resolve_device
+    from capsim.profile.harness import machine_info, set_threads
 
     torch = require_torch(what)
     set_threads(torch, threads)
@@ -125,7 +125,7 @@ def calibrate_command(
 
     Use it with any command: --hardware-db <file> --hardware <id>.
     """
-    from ..profile.calibrate import calibrate, write_entry, write_report
+    from capsim.profile.calibrate import calibrate, write_entry, write_report
 
     threads = _threads(threads, quick)
     nominal = {
@@ -229,7 +229,7 @@ def _plan(
 ) -> Any:
     from dataclasses import replace
 
-    from ..profile.harness import full_plan, grid, quick_plan
+    from capsim.profile.harness import full_plan, grid, quick_plan
 
     plan = quick_plan(model, device, threads) if quick else full_plan(model, device, threads)
     if batches or contexts or prefills:
@@ -272,7 +272,7 @@ def profile_command(
 ) -> None:
     """Time real MoE decode steps and prefills in PyTorch (a model's real shapes, random weights, its real
     router); write profile.json and one routing trace per case."""
-    from ..profile.harness import run_profile
+    from capsim.profile.harness import run_profile
 
     threads = _threads(threads, quick)
     plan = _plan(model, quick, device, threads, layers, dtype, batch, context, prefill)
@@ -364,14 +364,14 @@ def validate_command(
     decode-step time exceeds the threshold. With --published: score capsim on the published measurement set.
     """
     if published or published_file is not None:
-        from .published import run_published
+        from capsim.cli.published import run_published
 
         db = load_db(list(hardware_db or []), override) if hardware_db else None
         run_published(published_file, group or [], db, as_json)
         return
-    from ..profile.calibrate import calibrate, write_entry, write_report
-    from ..profile.harness import load_run, run_profile
-    from ..profile.validate import compare, engine_predictor, report_stem, write_validation
+    from capsim.profile.calibrate import calibrate, write_entry, write_report
+    from capsim.profile.harness import load_run, run_profile
+    from capsim.profile.validate import compare, engine_predictor, report_stem, write_validation
 
     command = _command_line()
     progress = _progress(as_json)

@@ -1,5 +1,5 @@
 """``capsim validate --published``: the published-measurement score as a table or JSON (formatting only; the
-work is in :mod:`capsim.published`)."""
+work is in :mod:`capsim.validation.published`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from ._console import err_console, out_console, print_json
+from capsim.cli._console import err_console, out_console, print_json
 
 
 def _fmt(value: float, metric: str) -> str:
@@ -20,7 +20,7 @@ def _fmt(value: float, metric: str) -> str:
 
 def run_published(path: Path | None, groups: Sequence[str], hardware_db: object, as_json: bool) -> None:
     """Score capsim on the measurement set at ``path`` (default: the shipped one); exit 1 when a gate fails."""
-    from ..published import score_published
+    from capsim.validation.published import score_published
 
     report = score_published(path, hardware_db=hardware_db, groups=groups)  # type: ignore[arg-type]
     if as_json:

@@ -9,9 +9,9 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from ..scenario import Scenario
-from ._console import out_console, print_json
-from .hardware import HardwareDbOption, OverrideOption, load_db
+from capsim.cli._console import out_console, print_json
+from capsim.cli.hardware import HardwareDbOption, OverrideOption, load_db
+from capsim.engine.scenario import Scenario
 
 _DEFAULTS = {f.name: f.default for f in fields(Scenario)}
 
@@ -282,7 +282,7 @@ def register(app: typer.Typer) -> None:
             bool, typer.Option("--json", help="print one JSON object instead of tables")
         ] = False,
     ) -> None:
-        from ..serving import api
+        from capsim.serving import api
 
         if list_datasets:
             _print_datasets(json_out)
@@ -349,7 +349,7 @@ def register(app: typer.Typer) -> None:
 
 
 def _print_datasets(json_out: bool) -> None:
-    from ..serving.datasets import load_datasets
+    from capsim.serving.datasets import load_datasets
 
     profiles = load_datasets()
     if json_out:

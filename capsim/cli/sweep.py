@@ -17,8 +17,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from ._console import err_console, out_console, print_json
-from .hardware import HardwareDbOption, OverrideOption, load_db
+from capsim.cli._console import err_console, out_console, print_json
+from capsim.cli.hardware import HardwareDbOption, OverrideOption, load_db
 
 
 def register(app: typer.Typer) -> None:
@@ -77,9 +77,9 @@ def register(app: typer.Typer) -> None:
         override: OverrideOption = False,
         json_out: Annotated[bool, typer.Option("--json", help="print the run summary as JSON")] = False,
     ) -> None:
-        from ..errors import ScenarioError
-        from ..plan import parse_duration
-        from ..sweep.grid import (
+        from capsim.economics.plan import parse_duration
+        from capsim.errors import ScenarioError
+        from capsim.sweep.grid import (
             Grid,
             load_grid_toml,
             parse_gpus_axis,
@@ -87,14 +87,14 @@ def register(app: typer.Typer) -> None:
             parse_layout_axis,
             parse_str_axis,
         )
-        from ..sweep.guard import (
+        from capsim.sweep.guard import (
             check_output_path,
             check_size,
             discard_parts_on_failure,
             estimate,
             sweep_lock,
         )
-        from ..sweep.run import Filters, SweepRun, format_of, resolve_groups
+        from capsim.sweep.run import Filters, SweepRun, format_of, resolve_groups
 
         if grid_file is not None:
             grid = load_grid_toml(grid_file)
@@ -148,7 +148,7 @@ def register(app: typer.Typer) -> None:
             )
 
     def _run_and_write(run, grid, db, backend, scheduler, workers, hardware_db, override, pareto, json_out):  # type: ignore[no-untyped-def]
-        from ..sweep.run import run_dask, run_local
+        from capsim.sweep.run import run_dask, run_local
 
         todo = run.prepare()
         resumed = run.n_chunks - len(todo)
@@ -191,7 +191,7 @@ def register(app: typer.Typer) -> None:
         if pareto is not None:
             import json
 
-            from ..sweep.run import atomic_write
+            from capsim.sweep.run import atomic_write
 
             pareto.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(pareto, (json.dumps(front, indent=2) + "\n").encode())
@@ -259,11 +259,11 @@ def register(app: typer.Typer) -> None:
         phase: Annotated[str, typer.Option(help="decode or prefill (MLA attention differs)")] = "decode",
         json_out: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
     ) -> None:
-        from ..errors import ScenarioError
-        from ..explain import attention_kinds
-        from ..explain import explain as explain_ops
-        from ..formulas import SYMBOL_MEANINGS
-        from ..model_db import resolve_model
+        from capsim.engine.explain import attention_kinds
+        from capsim.engine.explain import explain as explain_ops
+        from capsim.engine.formulas import SYMBOL_MEANINGS
+        from capsim.errors import ScenarioError
+        from capsim.models.db import resolve_model
 
         if phase not in ("decode", "prefill"):
             raise ScenarioError(f"unknown phase {phase!r}; choose decode or prefill")

@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from ..errors import ScenarioError, TraceError
+from capsim.errors import ScenarioError, TraceError
 
 if TYPE_CHECKING:  # the routing stack loads when a trace command runs, not at start-up
-    from ..model import ModelSpec
-    from ..routing.stats import TraceStats
-from ._console import out_console, print_json
+    from capsim.models.spec import ModelSpec
+    from capsim.routing.stats import TraceStats
+from capsim.cli._console import out_console, print_json
 
 trace_app = typer.Typer(
     help="Routing traces: synthesise one, show its statistics and heatmap, fit router parameters.",
@@ -35,7 +35,7 @@ def register(app: typer.Typer) -> None:
 
 def _resolve_model(model_id: str) -> ModelSpec:
     """Look a model up by id or config.json path (indirection so tests can substitute a tiny model)."""
-    from ..model_db import resolve_model
+    from capsim.models.db import resolve_model
 
     return resolve_model(model_id)
 
@@ -52,8 +52,8 @@ def synth(
     seed: Annotated[int, typer.Option(help="Seed for the router's profile and the sampling.")] = 0,
 ) -> None:
     """Sample a synthetic router into a trace file (written atomically)."""
-    from ..routing import SyntheticRouter, make_router
-    from ..traces import write_trace
+    from capsim.routing import SyntheticRouter, make_router
+    from capsim.routing.traces import write_trace
 
     spec = _resolve_model(model)
     r = make_router(router, spec, seed=seed)
@@ -111,8 +111,8 @@ def stats(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of the table.")] = False,
 ) -> None:
     """Per-layer activated experts (vs the uniform bound), load imbalance and reuse distance of a trace."""
-    from ..routing import resolve_trace_path, trace_stats
-    from ..traces import load_trace
+    from capsim.routing import resolve_trace_path, trace_stats
+    from capsim.routing.traces import load_trace
 
     trace = load_trace(resolve_trace_path(path))
     if model is not None:
@@ -243,8 +243,8 @@ def fit(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Estimate synthetic-router parameters (Zipf exponent, Dirichlet concentration, reuse, affinity)."""
-    from ..routing import fit_trace, resolve_trace_path
-    from ..traces import load_trace
+    from capsim.routing import fit_trace, resolve_trace_path
+    from capsim.routing.traces import load_trace
 
     trace = load_trace(resolve_trace_path(path))
     result = fit_trace(trace.topk_ids, trace.num_experts, source=trace.name)
@@ -269,8 +269,8 @@ def fit(
 @trace_app.command("list")
 def list_traces(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """The traces shipped in traces/ (see traces/README.md for how each was made)."""
-    from ..routing import shipped_traces
-    from ..traces import load_trace
+    from capsim.routing import shipped_traces
+    from capsim.routing.traces import load_trace
 
     rows: list[dict[str, Any]] = []
     for name, p in shipped_traces().items():

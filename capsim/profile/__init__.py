@@ -14,8 +14,8 @@ imports without it. Modules:
 
 from __future__ import annotations
 
-from ._torch import TorchMissingError, require_torch, torch_available
-from .harness import (
+from capsim.profile._torch import TorchMissingError, require_torch, torch_available
+from capsim.profile.harness import (
     CaseResult,
     ProfileCase,
     ProfilePlan,
@@ -26,9 +26,9 @@ from .harness import (
     quick_plan,
     run_profile,
 )
-from .scaling import layers_that_fit, truncate_layers
-from .timing import Timing, time_op
-from .validate import (
+from capsim.profile.scaling import layers_that_fit, truncate_layers
+from capsim.profile.timing import Timing, time_op
+from capsim.profile.validate import (
     DEFAULT_THRESHOLD,
     CaseComparison,
     Predictor,

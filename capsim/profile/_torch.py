@@ -11,7 +11,7 @@ import importlib.util
 from types import ModuleType
 from typing import Any
 
-from ..errors import CapsimError
+from capsim.errors import CapsimError
 
 INSTALL_HINT = (
     "install the profiling extra: pip install 'capsim[profile]' "
@@ -42,7 +42,7 @@ def require_torch(what: str = "the profiling harness") -> ModuleType:
 
 def resolve_device(torch: ModuleType, name: str) -> Any:
     """``torch.device`` for ``name`` (``auto`` = CUDA when available, else CPU), checked to exist."""
-    from ..errors import ScenarioError
+    from capsim.errors import ScenarioError
 
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -63,7 +63,7 @@ def synchronizer(torch: ModuleType, device: Any) -> Any:
 
 def dtype_of(torch: ModuleType, name: str) -> Any:
     """torch dtype for a capsim precision name (fp32, bf16, fp16)."""
-    from ..errors import ScenarioError
+    from capsim.errors import ScenarioError
 
     table = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     try:

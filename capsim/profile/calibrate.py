@@ -22,7 +22,7 @@ What goes into the entry (every value sourced ``measured on <date> by capsim cal
   streams its weight (the roofline multiplies the bandwidth of weight GEMMs by it).
 
 The entry is written atomically (temporary file + ``os.replace``) and then loaded back through
-:func:`capsim.hardware.load_hardware_db`, so a file that the database would reject is never left behind.
+:func:`capsim.hardware.db.load_hardware_db`, so a file that the database would reject is never left behind.
 """
 
 from __future__ import annotations
@@ -39,12 +39,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .. import units
-from ..errors import ScenarioError
-from ..model import AttentionSpec, FFNKind, ModelSpec, MoESpec
-from ._torch import require_torch, resolve_device, synchronizer
-from .harness import machine_info, set_threads
-from .microbench import (
+from capsim import units
+from capsim.errors import ScenarioError
+from capsim.models.spec import AttentionSpec, FFNKind, ModelSpec, MoESpec
+from capsim.profile._torch import require_torch, resolve_device, synchronizer
+from capsim.profile.harness import machine_info, set_threads
+from capsim.profile.microbench import (
     Measurement,
     host_device_copy,
     matmul_flops,
@@ -52,7 +52,7 @@ from .microbench import (
     op_overhead,
     skinny_gemm,
 )
-from .timing import time_op
+from capsim.profile.timing import time_op
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -185,7 +185,7 @@ def overhead_spec(num_layers: int) -> ModelSpec:
 def measure_layer_overhead(device: Any, *, repetitions: int = 30) -> dict[str, Measurement]:
     """Median decode-step time (batch 1, context 64) of the 1- and 3-layer overhead probes."""
     torch = require_torch("measuring layer overhead")
-    from .moe_torch import MoEDecoder
+    from capsim.profile.moe_torch import MoEDecoder
 
     sync = synchronizer(torch, device)
     out = {}
@@ -442,7 +442,7 @@ def entry_path(out: Path, cal: Calibration, entry_id: str | None = None) -> tupl
 def write_entry(cal: Calibration, out: Path, entry_id: str | None = None) -> Path:
     """Write the entry to ``out`` (a ``.toml`` file or a directory) atomically, after checking that the
     hardware database accepts it: a rejected entry never replaces a good one. Returns the file written."""
-    from ..hardware import load_hardware_db
+    from capsim.hardware.db import load_hardware_db
 
     path, chosen = entry_path(out, cal, entry_id)
     path.parent.mkdir(parents=True, exist_ok=True)

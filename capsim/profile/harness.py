@@ -1,7 +1,7 @@
 """The profiling harness: run a real MoE model (random weights, a published model's shapes) in PyTorch and
 time its decode steps and prefills; record what the router chose in every timed step as a routing trace.
 
-Definitions shared with the engine (capsim.engine.decode_step_time):
+Definitions shared with the engine (capsim.engine.predict.decode_step_time):
 - a *decode case* (batch B, context c) is one forward pass of B new tokens, each attending to c tokens
   (c − 1 cached plus itself), through every layer, the final norm, the lm_head and greedy sampling;
 - a *prefill case* (batch B, prompt P) is one forward pass of B·P prompt tokens with causal attention,
@@ -28,12 +28,12 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .. import units
-from ..errors import DataFileError, ScenarioError
-from ..model import ModelSpec
-from ._torch import dtype_of, require_torch, resolve_device, synchronizer
-from .scaling import layers_that_fit, truncate_layers
-from .timing import Timing, time_op
+from capsim import units
+from capsim.errors import DataFileError, ScenarioError
+from capsim.models.spec import ModelSpec
+from capsim.profile._torch import dtype_of, require_torch, resolve_device, synchronizer
+from capsim.profile.scaling import layers_that_fit, truncate_layers
+from capsim.profile.timing import Timing, time_op
 
 Phase = Literal["decode", "prefill"]
 RESULTS_FORMAT = "capsim-profile"
@@ -200,7 +200,7 @@ class ProfileRun:
 
     def scaled_spec(self) -> ModelSpec:
         """The truncated ModelSpec that was run (rebuilt from the model id, layer count and dtype)."""
-        from ..model_db import resolve_model
+        from capsim.models.db import resolve_model
 
         return truncate_layers(resolve_model(self.model), self.num_layers, self.dtype)
 
@@ -374,7 +374,7 @@ def run_profile(
     """
     import time
 
-    from ..model_db import resolve_model
+    from capsim.models.db import resolve_model
 
     plan.validate()
     torch = require_torch("capsim profile")
@@ -395,7 +395,7 @@ def run_profile(
     progress(f"building {scaled.name} ({dtype_name}, {device}) ...")
     started = time.perf_counter()
     torch.manual_seed(plan.seed)
-    from .moe_torch import MoEDecoder
+    from capsim.profile.moe_torch import MoEDecoder
 
     model = MoEDecoder(scaled, plan.max_context, device, dtype)
     model.allocate_cache(plan.max_batch)
@@ -448,7 +448,7 @@ def _run_case(
     traces_dir: Path,
     machine: dict[str, Any],
 ) -> CaseResult:
-    from ..traces import write_trace
+    from capsim.routing.traces import write_trace
 
     assert spec.moe is not None  # internal: truncate_layers guarantees a MoE layer
     # decode: a different batch of tokens for every repetition; prefill: one prompt, repeated

@@ -19,10 +19,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import units
-from ..errors import ScenarioError
-from ._torch import dtype_of, require_torch, synchronizer
-from .timing import Timing, time_op
+from capsim import units
+from capsim.errors import ScenarioError
+from capsim.profile._torch import dtype_of, require_torch, synchronizer
+from capsim.profile.timing import Timing, time_op
 
 CPU_ARRAY_BYTES = 256 * units.MIB
 GEMV_WIDTH = 2048

@@ -1,4 +1,4 @@
-"""A decoder-only MoE language model in PyTorch, built from a :class:`~capsim.model.ModelSpec`'s real shapes
+"""A decoder-only MoE language model in PyTorch, built from a :class:`~capsim.models.spec.ModelSpec`'s real shapes
 with random weights: what the profiling harness times.
 
 Imported lazily (it imports torch at module level); use :func:`capsim.profile.harness.build_model`.
@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.profiler import record_function as _scope  # labels each block in profiles; ~µs when not profiling
 
-from ..errors import UnsupportedModelError
-from ..model import FFNKind, ModelSpec
+from capsim.errors import UnsupportedModelError
+from capsim.models.spec import FFNKind, ModelSpec
 
 INIT_STD = 0.02
 """Standard deviation of the random weights (Hugging Face's ``initializer_range`` default)."""

@@ -10,9 +10,9 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-from ..errors import DoesNotFitError, ScenarioError
-from ..model import WEIGHT_GROUPS, ModelSpec
-from ..precision import weight_precision
+from capsim.errors import DoesNotFitError, ScenarioError
+from capsim.models.precision import weight_precision
+from capsim.models.spec import WEIGHT_GROUPS, ModelSpec
 
 
 def truncate_layers(spec: ModelSpec, num_layers: int, dtype: str) -> ModelSpec:

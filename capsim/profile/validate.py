@@ -6,7 +6,7 @@ threshold (25 % by default). Prefill errors are reported, not gated: the quick p
 cases, too few for a stable median.
 
 Predictions come from a :data:`Predictor`, a function ``(case, trace_path) -> seconds``. :func:`engine_predictor`
-builds the real one from :mod:`capsim.engine` (the calibrated hardware entry, the truncated model the harness
+builds the real one from :mod:`capsim.engine.predict` (the calibrated hardware entry, the truncated model the harness
 ran, the dtype it ran in, and routing replayed from the trace recorded during the case); tests pass stubs.
 """
 
@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ScenarioError
-from .harness import CaseResult, ProfileCase, ProfileRun
+from capsim.errors import ScenarioError
+from capsim.profile.harness import CaseResult, ProfileCase, ProfileRun
 
 DEFAULT_THRESHOLD = 0.25
 """Largest median |error| of decode-step time that passes (issue #6)."""
@@ -233,15 +233,15 @@ def _compare_case(run: ProfileRun, result: CaseResult, predictor: Predictor) -> 
 def engine_predictor(
     run: ProfileRun, *, hardware_id: str, hardware_db: Any, routing: str = "trace"
 ) -> Predictor:
-    """Predictions from :mod:`capsim.engine` for the model the harness ran (truncated, in its dtype).
+    """Predictions from :mod:`capsim.engine.predict` for the model the harness ran (truncated, in its dtype).
 
     ``routing``: ``trace`` replays the routing recorded during each case (``trace:<file>``); anything else is
     passed on as a router spec (``uniform``, ``zipf:1.2``, ...). Decode cases use
     ``decode_step_time(scenario, context)``; prefill cases the prefill time of a one-chunk prefill
     (``prefill_chunk_tokens`` ≥ batch × prompt, as the harness runs it in one pass).
     """
-    from ..engine import decode_step_time, predict
-    from ..scenario import Scenario
+    from capsim.engine.predict import decode_step_time, predict
+    from capsim.engine.scenario import Scenario
 
     spec = run.scaled_spec()
 

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, cast
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from .. import units
+from capsim import units
 
 if TYPE_CHECKING:
     from matplotlib.projections.polar import PolarAxes
@@ -100,7 +100,7 @@ def radar_scores(options: Sequence[RadarOption], cost_cap: float | None = None) 
 def _save(fig: object, out: Path) -> tuple[Path, Path]:
     """Write ``out``.png and ``out``.svg (suffixes appended: a stem such as ``radar-qwen1.5-moe-a2.7b`` keeps
     its dots); returns both paths. An unwritable path raises ScenarioError."""
-    from ..errors import ScenarioError
+    from capsim.errors import ScenarioError
 
     png, svg = out.with_name(out.name + ".png"), out.with_name(out.name + ".svg")
     try:

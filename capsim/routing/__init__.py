@@ -18,8 +18,8 @@ exact), :mod:`.analytics` (load, imbalance, reuse distance), :mod:`.fit` (parame
 
 from __future__ import annotations
 
-from ._base import FloatArray, IntArray, Router, step_geometry, uniform_expected_activated
-from .analytics import (
+from capsim.routing._base import FloatArray, IntArray, Router, step_geometry, uniform_expected_activated
+from capsim.routing.analytics import (
     expert_counts,
     load_imbalance,
     lru_hit_rate,
@@ -29,8 +29,8 @@ from .analytics import (
     step_load_imbalance,
     unique_per_step,
 )
-from .fit import TraceFit, fit_trace
-from .popularity import (
+from capsim.routing.fit import TraceFit, fit_trace
+from capsim.routing.popularity import (
     GroupPopularity,
     Popularity,
     dirichlet_popularity,
@@ -41,7 +41,7 @@ from .popularity import (
     water_fill,
     zipf_popularity,
 )
-from .spec import (
+from capsim.routing.spec import (
     ROUTER_KINDS,
     RouterSpec,
     UnknownRouterError,
@@ -50,9 +50,9 @@ from .spec import (
     resolve_trace_path,
     shipped_traces,
 )
-from .stats import TraceStats, trace_stats
-from .synthetic import SyntheticRouter, UniformRouter
-from .trace_router import TraceRouter
+from capsim.routing.stats import TraceStats, trace_stats
+from capsim.routing.synthetic import SyntheticRouter, UniformRouter
+from capsim.routing.trace_router import TraceRouter
 
 __all__ = [
     "ROUTER_KINDS",

@@ -15,7 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from ..errors import ScenarioError
+from capsim.errors import ScenarioError
 
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
@@ -127,7 +127,7 @@ def expected_activated_iid_runs(
         log_miss = sf[None, None, sl] * (log_first + (mf[None, None, sl] - 1.0) * log_next)
         # a sequential sum (cumsum) over experts, not numpy's pairwise/SIMD one, whose grouping depends on the
         # array's shape: each column's bits are then the same whatever else is in the call, so values can be
-        # cached per step shape (capsim.engine) and a sweep's rows do not depend on their chunk
+        # cached per step shape (capsim.engine.predict) and a sweep's rows do not depend on their chunk
         out[:, sl] = -np.cumsum(np.expm1(log_miss), axis=1)[:, -1, :] + 0.0  # + 0.0 turns -0.0 into 0.0
     return out[:, inverse.ravel()].reshape((num_layers, *shape))
 

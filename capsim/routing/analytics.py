@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ..errors import ScenarioError
-from ._base import FloatArray, IntArray
+from capsim.errors import ScenarioError
+from capsim.routing._base import FloatArray, IntArray
 
 _ACCESS_CHUNK = 1 << 22
 

@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import TraceError
-from ..model import ModelSpec
+from capsim.errors import TraceError
+from capsim.models.spec import ModelSpec
 
 COUNT_KEYS = ("logical_count", "expert_load_window", "expert_load_pass", "counts")
 """Names an expert-load array is looked up by, in order (SGLang's, then vLLM's, then a plain name)."""

@@ -26,11 +26,11 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ..errors import TraceError
-from ._base import FloatArray, IntArray
-from .analytics import expert_counts
-from .popularity import empirical_popularity, water_fill
-from .synthetic import SyntheticRouter
+from capsim.errors import TraceError
+from capsim.routing._base import FloatArray, IntArray
+from capsim.routing.analytics import expert_counts
+from capsim.routing.popularity import empirical_popularity, water_fill
+from capsim.routing.synthetic import SyntheticRouter
 
 _FIT_SEED = 20240101
 """Seed of the random pairings that estimate chance rates: fixed so a fit is reproducible."""

@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ScenarioError
-from ._base import FloatArray, IntArray
+from capsim.errors import ScenarioError
+from capsim.routing._base import FloatArray, IntArray
 
 _PERMUTATION_POOL = 128
 """Random expert orders per layer used by the systematic sampler. Marginals are exact for any order; the

@@ -32,13 +32,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .._paths import data_dir
-from ..errors import ScenarioError, TraceError, UnknownRouterError
-from ..model import ModelSpec
-from ..traces import Trace, load_trace
-from ._base import Router
-from .fit import fit_trace
-from .popularity import (
+from capsim._paths import data_dir
+from capsim.errors import ScenarioError, TraceError, UnknownRouterError
+from capsim.models.spec import ModelSpec
+from capsim.routing._base import Router
+from capsim.routing.fit import fit_trace
+from capsim.routing.popularity import (
     GroupPopularity,
     Popularity,
     dirichlet_popularity,
@@ -47,8 +46,9 @@ from .popularity import (
     uniform_popularity,
     zipf_popularity,
 )
-from .synthetic import SyntheticRouter, UniformRouter
-from .trace_router import TraceRouter
+from capsim.routing.synthetic import SyntheticRouter, UniformRouter
+from capsim.routing.trace_router import TraceRouter
+from capsim.routing.traces import Trace, load_trace
 
 
 @dataclass(frozen=True)
@@ -298,7 +298,7 @@ def default_router_for(family: str) -> DefaultRouter:
     family's own fit, else the pooled ``[default]``. A missing or malformed file is a DataFileError."""
     import tomllib
 
-    from ..errors import DataFileError
+    from capsim.errors import DataFileError
 
     path = data_dir("model_db") / ROUTING_FILE
     try:
@@ -341,7 +341,7 @@ def _default_router(text: str, shape: tuple[int, ...], seed: int, model: ModelSp
 
 
 def _counts(spec: RouterSpec, model: ModelSpec, seed: int) -> Router:
-    from .engine_dumps import check_against, load_expert_counts
+    from capsim.routing.engine_dumps import check_against, load_expert_counts
 
     assert model.moe is not None  # checked by make_router before dispatch
     counts = load_expert_counts(_need_arg(spec, "an expert-load dump path"))

@@ -7,12 +7,12 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ScenarioError
-from ..traces import Trace
-from ._base import FloatArray, IntArray, uniform_expected_activated
-from .analytics import load_imbalance, reuse_distances, step_load_imbalance
-from .fit import TraceFit, fit_trace
-from .trace_router import TraceRouter
+from capsim.errors import ScenarioError
+from capsim.routing._base import FloatArray, IntArray, uniform_expected_activated
+from capsim.routing.analytics import load_imbalance, reuse_distances, step_load_imbalance
+from capsim.routing.fit import TraceFit, fit_trace
+from capsim.routing.trace_router import TraceRouter
+from capsim.routing.traces import Trace
 
 
 @dataclass(frozen=True)

@@ -34,9 +34,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from ..errors import ScenarioError
-from ._base import FloatArray, IntArray, expected_activated_iid_runs, step_geometry
-from .popularity import GroupPopularity, Popularity
+from capsim.errors import ScenarioError
+from capsim.routing._base import FloatArray, IntArray, expected_activated_iid_runs, step_geometry
+from capsim.routing.popularity import GroupPopularity, Popularity
 
 
 class SyntheticRouter:
@@ -223,7 +223,7 @@ class UniformRouter(SyntheticRouter):
     """Independent uniform routing: the optimistic bound (fewest tokens per expert, most experts read)."""
 
     def __init__(self, num_moe_layers: int, num_experts: int, top_k: int) -> None:
-        from .popularity import uniform_popularity
+        from capsim.routing.popularity import uniform_popularity
 
         super().__init__(
             uniform_popularity(num_moe_layers, num_experts, top_k), name="uniform", spec="uniform"
@@ -247,7 +247,7 @@ def _physical_memory_bytes() -> float | None:
 
 
 def _too_large(num_layers: int, num_tokens: int, top_k: int) -> str:
-    from ..units import GB
+    from capsim.units import GB
 
     need = num_layers * num_tokens * top_k * np.dtype(np.int64).itemsize
     return (

@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from ..traces import Trace
-from ._base import FloatArray, IntArray, chunks, step_geometry
-from .analytics import expert_counts, occupancy
+from capsim.routing._base import FloatArray, IntArray, chunks, step_geometry
+from capsim.routing.analytics import expert_counts, occupancy
+from capsim.routing.traces import Trace
 
 
 class _GapTable:

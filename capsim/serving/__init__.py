@@ -1,12 +1,12 @@
 """Iteration-level serving simulation (``capsim serve``): workloads, the continuous-batching scheduler,
 step costs from the engine, and vLLM-named serving metrics. See docs/serving.md."""
 
-from .api import Curve, ServeRequest, parse_rates, run
-from .metrics import ServeResult, parse_slo
-from .run import Disaggregation, ReplicaModel, build_replica, serve
-from .simulate import SchedulerConfig, simulate_replica
-from .stepcost import StepCost
-from .workload import LengthSpec, Workload, build_workload, load_request_file, parse_length
+from capsim.serving.api import Curve, ServeRequest, parse_rates, run
+from capsim.serving.metrics import ServeResult, parse_slo
+from capsim.serving.run import Disaggregation, ReplicaModel, build_replica, serve
+from capsim.serving.simulate import SchedulerConfig, simulate_replica
+from capsim.serving.stepcost import StepCost
+from capsim.serving.workload import LengthSpec, Workload, build_workload, load_request_file, parse_length
 
 __all__ = [
     "Curve",

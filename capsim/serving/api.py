@@ -11,14 +11,14 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ScenarioError
-from ..hardware import HardwareDB
-from ..scenario import Scenario
-from .metrics import ServeResult, parse_slo
-from .presets import get_preset
-from .run import Disaggregation, ReplicaModel, build_replica, serve
-from .simulate import SchedulerConfig
-from .workload import Workload, build_workload, load_request_file, parse_length
+from capsim.engine.scenario import Scenario
+from capsim.errors import ScenarioError
+from capsim.hardware.db import HardwareDB
+from capsim.serving.metrics import ServeResult, parse_slo
+from capsim.serving.presets import get_preset
+from capsim.serving.run import Disaggregation, ReplicaModel, build_replica, serve
+from capsim.serving.simulate import SchedulerConfig
+from capsim.serving.workload import Workload, build_workload, load_request_file, parse_length
 
 
 @dataclass(frozen=True)
@@ -84,8 +84,8 @@ def parse_rates(text: str | float | None) -> list[float] | None:
 
 def scheduler_for(req: ServeRequest, scenario: Scenario, hardware_db: HardwareDB | None) -> SchedulerConfig:
     """The preset's limits on the scenario's device, with the options the user gave on top."""
-    from ..hardware import load_hardware_db
-    from ..units import GB
+    from capsim.hardware.db import load_hardware_db
+    from capsim.units import GB
 
     preset = get_preset(req.system)
     db = hardware_db if hardware_db is not None else load_hardware_db()
@@ -105,20 +105,20 @@ def scheduler_for(req: ServeRequest, scenario: Scenario, hardware_db: HardwareDB
 
 
 def workload_for(req: ServeRequest, rate: float | None) -> Workload:
-    from ..plan import parse_duration
+    from capsim.economics.plan import parse_duration
 
     if req.offline and rate is not None:
         raise ScenarioError("--offline sends every request at t = 0; drop --rate")
     if req.requests is not None:
         work = load_request_file(req.requests, rate_given=rate is not None or req.offline)
         if rate is not None or req.offline:
-            from .workload import send_times
+            from capsim.serving.workload import send_times
 
             send = send_times(work.size, rate, req.burstiness, np.random.default_rng(req.seed))
             work = replace(work, send_s=send)
         return replace(work, concurrency=req.concurrency)
     if req.dataset is not None:
-        from .datasets import get_dataset
+        from capsim.serving.datasets import get_dataset
 
         profile = get_dataset(req.dataset)
         prompt, output = profile.prompt, profile.output
@@ -237,7 +237,7 @@ class FleetPlan:
 def _fleet(
     req: ServeRequest, slo: dict[str, float], rates: list[float] | None, hardware_db: HardwareDB | None
 ) -> FleetPlan:
-    from .fleet import parse_candidates, size_fleet
+    from capsim.serving.fleet import parse_candidates, size_fleet
 
     if rates is not None and len(rates) > 1:
         raise ScenarioError("fleet sizing takes one --rate (the load the fleet must serve)")

@@ -15,8 +15,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from ..errors import DataFileError, ScenarioError
-from .workload import LengthSpec
+from capsim.errors import DataFileError, ScenarioError
+from capsim.serving.workload import LengthSpec
 
 _FILE = Path(__file__).with_name("datasets.toml")
 _Z90 = 1.2815515655446004

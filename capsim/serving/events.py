@@ -21,10 +21,10 @@ from collections import deque
 
 import numpy as np
 
-from ..errors import ScenarioError
-from .simulate import _STRETCH_CAP, ReplicaRun, SchedulerConfig
-from .stepcost import StepCost
-from .workload import Workload
+from capsim.errors import ScenarioError
+from capsim.serving.simulate import _STRETCH_CAP, ReplicaRun, SchedulerConfig
+from capsim.serving.stepcost import StepCost
+from capsim.serving.workload import Workload
 
 
 def simulate_events(

@@ -1,6 +1,6 @@
 """Fleet sizing with the serving simulation: for each candidate replica (hardware, devices per replica), the
 fewest replicas that meet every SLO at the 99th percentile under the offered load, and what that fleet costs
-per hour at the database's cloud prices (capsim.cost.cloud_rate). The cheapest fleet answers "what should I
+per hour at the database's cloud prices (capsim.economics.cost.cloud_rate). The cheapest fleet answers "what should I
 buy to serve 20 req/s with p99 TPOT ≤ 50 ms".
 
 The search doubles the replica count until the SLOs hold, then bisects; it assumes more replicas never make
@@ -12,14 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ..cost import CostInputs, cloud_rate
-from ..errors import DoesNotFitError, ScenarioError
-from ..hardware import HardwareDB
-from ..scenario import Scenario
-from .metrics import ServeResult
-from .run import build_replica, serve
-from .simulate import SchedulerConfig
-from .workload import Workload
+from capsim.economics.cost import CostInputs, cloud_rate
+from capsim.engine.scenario import Scenario
+from capsim.errors import DoesNotFitError, ScenarioError
+from capsim.hardware.db import HardwareDB
+from capsim.serving.metrics import ServeResult
+from capsim.serving.run import build_replica, serve
+from capsim.serving.simulate import SchedulerConfig
+from capsim.serving.workload import Workload
 
 MAX_REPLICAS = 512
 
@@ -97,7 +97,7 @@ def size_fleet(
     candidate's scheduler limits (the preset on that device)."""
     if not slo:
         raise ScenarioError("fleet sizing needs --slo (e.g. --slo tpot=50ms): the bound a fleet must meet")
-    from ..hardware import load_hardware_db
+    from capsim.hardware.db import load_hardware_db
 
     db = hardware_db if hardware_db is not None else load_hardware_db()
     inputs = cost_inputs or CostInputs()

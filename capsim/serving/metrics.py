@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import ScenarioError
+from capsim.errors import ScenarioError
 
 if TYPE_CHECKING:
-    from .run import Disaggregation, ReplicaModel
-    from .simulate import ReplicaRun, SchedulerConfig
-    from .workload import Workload
+    from capsim.serving.run import Disaggregation, ReplicaModel
+    from capsim.serving.simulate import ReplicaRun, SchedulerConfig
+    from capsim.serving.workload import Workload
 
 PERCENTILES = (50.0, 90.0, 99.0)
 LATENCIES = ("ttft", "tpot", "itl", "e2el")
@@ -33,7 +33,7 @@ SLO_KEYS = ("ttft", "tpot", "e2el")
 
 def parse_slo(text: str | None) -> dict[str, float]:
     """``"ttft=200ms,tpot=50ms"`` → {"ttft": 0.2, "tpot": 0.05} (seconds; keys ttft, tpot, e2el)."""
-    from ..plan import parse_duration
+    from capsim.economics.plan import parse_duration
 
     if text is None or not text.strip():
         return {}

@@ -10,8 +10,8 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 
-from ..errors import ScenarioError
-from .simulate import SchedulerConfig
+from capsim.errors import ScenarioError
+from capsim.serving.simulate import SchedulerConfig
 
 GIB = 2.0**30
 

@@ -1,6 +1,6 @@
 """``serve``: scenario + scheduler + workload -> simulated replicas -> vLLM-named serving metrics.
 
-The replica is resolved exactly as ``predict`` resolves it (:func:`capsim.engine.resolve`); its KV pool comes
+The replica is resolved exactly as ``predict`` resolves it (:func:`capsim.engine.predict.resolve`); its KV pool comes
 from the same memory plan (usable memory − weights − buffers of the largest step); step times come from
 :class:`capsim.serving.stepcost.StepCost` (the engine's ``mixed_passes``). A fleet of ``replicas`` copies gets
 the requests round-robin in send order. Disaggregated serving runs ``prefill_replicas`` prefill-only
@@ -15,15 +15,15 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ..engine import ResolvedScenario, resolve
-from ..errors import ScenarioError
-from ..hardware import HardwareDB
-from ..memory import MemoryPlan, kv_bytes_per_sequence_at
-from ..scenario import Scenario
-from .metrics import ServeResult, summarize
-from .simulate import ReplicaRun, SchedulerConfig, kv_block_count, simulate_replica
-from .stepcost import StepCost
-from .workload import Workload
+from capsim.engine.memory import MemoryPlan, kv_bytes_per_sequence_at
+from capsim.engine.predict import ResolvedScenario, resolve
+from capsim.engine.scenario import Scenario
+from capsim.errors import ScenarioError
+from capsim.hardware.db import HardwareDB
+from capsim.serving.metrics import ServeResult, summarize
+from capsim.serving.simulate import ReplicaRun, SchedulerConfig, kv_block_count, simulate_replica
+from capsim.serving.stepcost import StepCost
+from capsim.serving.workload import Workload
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ def build_replica(
     # The memory plan of a step of max_batched_tokens prompt tokens with max_num_seqs resident sequences: its
     # buffers are the largest step's activations and the logits of every resident sequence.
     # (the probe's sequence stays inside the model's context window, which the engine checks)
-    from ..engine import resolve_model
+    from capsim.engine.predict import resolve_model
 
     window = resolve_model(scenario.model).max_context or sched.max_batched_tokens + 1
     probe = replace(
@@ -215,7 +215,7 @@ def _link_bandwidth(rep: ReplicaModel, link: str | None, hardware_db: HardwareDB
     if link is None:
         bw = rep.rs.node.gpu_to_gpu_bandwidth()  # type: ignore[attr-defined]
         return bw, f"{rep.rs.node.id} GPU-to-GPU link"  # type: ignore[attr-defined]
-    from ..hardware import load_hardware_db
+    from capsim.hardware.db import load_hardware_db
 
     db = hardware_db if hardware_db is not None else load_hardware_db()
     entry = db.link(link)  # UnknownHardwareError / kind error with close matches

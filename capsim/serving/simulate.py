@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import ScenarioError
-from .stepcost import StepCost
-from .workload import Workload
+from capsim.errors import ScenarioError
+from capsim.serving.stepcost import StepCost
+from capsim.serving.workload import Workload
 
 _STRETCH_CAP = 4096
 """Most decode steps evaluated in one vectorised stretch (bounds the arrays, not the result)."""
@@ -127,7 +127,7 @@ def simulate_replica(
     full-attention models, the step-wise form otherwise; both give the same results."""
     sched.validate()
     if bool(np.all(np.isinf(cost.windows))):
-        from .events import simulate_events
+        from capsim.serving.events import simulate_events
 
         return simulate_events(
             cost, kv_blocks, sched, work, prefilled_first_token_s=prefilled_first_token_s, timeline=timeline
@@ -431,7 +431,7 @@ def _attention(
 
 
 def _causal(p: np.ndarray, w: float) -> np.ndarray:
-    """Σ_{i=1..p} min(i, w) (capsim.roofline.causal_pairs)."""
+    """Σ_{i=1..p} min(i, w) (capsim.engine.roofline.causal_pairs)."""
     ww = np.minimum(w, p)
     return ww * (ww + 1.0) / 2.0 + (p - ww) * ww
 

@@ -1,4 +1,4 @@
-"""The time and traffic of one continuous-batching step, exactly as :func:`capsim.engine.mixed_passes` says,
+"""The time and traffic of one continuous-batching step, exactly as :func:`capsim.engine.predict.mixed_passes` says,
 at a few microseconds per step.
 
 A step is one forward pass of T tokens from S sequences of which ``lm`` emit a token; its attention scores
@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..engine import ResolvedScenario, attention_window_rows, mixed_passes
-from ..errors import ScenarioError
+from capsim.engine.predict import ResolvedScenario, attention_window_rows, mixed_passes
+from capsim.errors import ScenarioError
 
 _PROBE_PAIRS = 1.0e6
 _PROBE_KV = 1.0e6
@@ -196,7 +196,7 @@ class StepCost:
 
     def decode_pair_ratio(self) -> float:
         """FLOPs of a decode pair over a prefill pair (1 except MLA's absorbed decode; engine.mixed_passes)."""
-        from ..roofline import attention_dims
+        from capsim.engine.roofline import attention_dims
 
         d_qk, d_v = attention_dims(self.rs.model, "decode")
         p_qk, p_v = attention_dims(self.rs.model, "prefill")

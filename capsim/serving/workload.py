@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataFileError, ScenarioError
+from capsim.errors import DataFileError, ScenarioError
 
 IntArray = np.ndarray
 

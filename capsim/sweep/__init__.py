@@ -3,9 +3,9 @@ configurations, written in resumable chunks (see docs/sweep.md)."""
 
 from __future__ import annotations
 
-from .decode import QUANTITIES, decode_totals
-from .evaluate import COLUMNS, evaluate_segment, resolve_group, ttft_of
-from .grid import Grid, load_grid_toml, parse_int_axis
+from capsim.sweep.decode import QUANTITIES, decode_totals
+from capsim.sweep.evaluate import COLUMNS, evaluate_segment, resolve_group, ttft_of
+from capsim.sweep.grid import Grid, load_grid_toml, parse_int_axis
 
 __all__ = [
     "COLUMNS",

@@ -1,10 +1,10 @@
 """Evaluate rows of a sweep grid with the engine's own pass builders, vectorised over configurations.
 
 Each group (model, hardware, gpus, dtypes) is resolved once; its numeric points (batch, prompt, generated
-length) are evaluated together in a handful of numpy calls through :func:`capsim.engine.prefill_passes` and
-:func:`capsim.engine.decode_passes`, i.e. the same formulas and the same roofline assembly as ``predict``:
+length) are evaluated together in a handful of numpy calls through :func:`capsim.engine.predict.prefill_passes` and
+:func:`capsim.engine.predict.decode_passes`, i.e. the same formulas and the same roofline assembly as ``predict``:
 
-- memory: :func:`capsim.memory.max_batch_that_fits`; a batch larger than the KV cache holds runs in waves;
+- memory: :func:`capsim.engine.memory.max_batch_that_fits`; a batch larger than the KV cache holds runs in waves;
 - TTFT: the (n−1) identical full prefill chunks are costed once and multiplied, plus the last chunk (which
   carries the lm_head) — predict's sum; configurations sharing (batch per wave, prompt) are costed once;
 - TPOT and the decode metrics: the *exact* sums over all G−1 decode steps, from a few steps evaluated per
@@ -18,10 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from ..engine import prefill_passes, resolve_model, resolve_on
-from ..errors import CapsimError
-from ..hardware import HardwareDB
-from ..memory import (
+from capsim.engine.checks import context_window_exceeded
+from capsim.engine.memory import (
     activation_bytes,
     kv_bytes_per_sequence_at,
     logit_bytes_per_sequence,
@@ -29,12 +27,14 @@ from ..memory import (
     usable_bytes,
     weight_bytes_per_device,
 )
-from ..metrics import utilisation
-from ..scenario import Scenario
-from ..scenario_checks import context_window_exceeded
-from ..units import GB
-from .decode import QUANTITIES, SWEEP_RESOURCES, apply_sweep_mode, decode_totals, step_quantities
-from .grid import Grid, parse_layout
+from capsim.engine.metrics import utilisation
+from capsim.engine.predict import prefill_passes, resolve_model, resolve_on
+from capsim.engine.scenario import Scenario
+from capsim.errors import CapsimError
+from capsim.hardware.db import HardwareDB
+from capsim.sweep.decode import QUANTITIES, SWEEP_RESOURCES, apply_sweep_mode, decode_totals, step_quantities
+from capsim.sweep.grid import Grid, parse_layout
+from capsim.units import GB
 
 COLUMNS: tuple[str, ...] = (
     "model",
@@ -119,7 +119,7 @@ def _outside_sweep_model(rs: Any) -> str | None:
     if rs.layout.pp > 1:
         return "pipeline parallelism is not swept; use capsim predict"
     if rs.deployment.mode == "cpu-experts":
-        from ..placement import SSD
+        from capsim.engine.placement import SSD
 
         if (rs.expert_tiers == SSD).any():
             return "cpu-experts with SSD-placed experts (paged per batch) is not swept; use capsim predict"
@@ -244,7 +244,7 @@ def prefill_totals(
     (row 0: TTFT), and the metric peak FLOP/s: (n_chunks − 1) × the full chunk + the last chunk (which
     carries the lm_head), as predict sums them. Runs of equal consecutive (batch, prompt_len) are costed once.
     Under attention data parallelism the busiest rank prefills ceil(batch / N) prompts, and EP/attention-DP
-    layouts add the MoE layers' communication and load balance (capsim.parallel), as predict does."""
+    layouts add the MoE layers' communication and load balance (capsim.engine.parallel), as predict does."""
     adp = rs.placement.attention_dp
     if adp > 1:
         batch = -(-batch // adp)
@@ -265,7 +265,7 @@ def prefill_totals(
         np.concatenate([wave_b.astype(np.float64), np.zeros(m)]),
     )
     if rs.layout.ep > 1 or adp > 1:
-        from ..parallel import apply_expert_parallel
+        from capsim.engine.parallel import apply_expert_parallel
 
         apply_expert_parallel(rs, costs, "prefill")
     apply_sweep_mode(rs, costs)
@@ -297,7 +297,7 @@ def _decode_columns(
     prefill: np.ndarray,
     prefill_peak: float,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-    """TPOT, the whole decode time and the metrics predict reports (:func:`capsim.metrics.utilisation` over
+    """TPOT, the whole decode time and the metrics predict reports (:func:`capsim.engine.metrics.utilisation` over
     the decode steps' exact sums; over the prefill's where a configuration generates one token and so has no
     decode step). Speculative decoding: ceil((G − 1)/E) verify steps, TPOT = step / E."""
     spec = rs.speculation

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DataFileError, ScenarioError
+from capsim.errors import DataFileError, ScenarioError
 
 MAX_AXIS_VALUES = 1_000_000
 """Values one numeric axis may hold (counted before the range is expanded, so 1:100000000:+1 costs nothing)."""
@@ -116,7 +116,7 @@ LAYOUT_KEYS: dict[str, type] = {
     "two_batch_overlap": bool,
     "mode": str,
 }
-"""Scenario options a sweep layout may set (capsim.scenario.Scenario fields)."""
+"""Scenario options a sweep layout may set (capsim.engine.scenario.Scenario fields)."""
 
 
 def parse_layout(text: str) -> dict[str, Any]:

@@ -26,8 +26,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ScenarioError
-from .grid import Grid
+from capsim.errors import ScenarioError
+from capsim.sweep.grid import Grid
 
 ROW_LIMIT = 100_000_000
 """Rows a sweep runs without ``--force`` (about 26 GB of CSV)."""

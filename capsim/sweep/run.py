@@ -23,12 +23,20 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DataFileError, ScenarioError
-from ..hardware import HardwareDB
-from .evaluate import COLUMNS, Group, evaluate_segment, resolve_group
-from .grid import Grid
-from .guard import has_finished_parts
-from .writers import FORMATS, StreamedOutput, atomic_write, cell, encode_chunk, remove_folder, require_pyarrow
+from capsim.errors import DataFileError, ScenarioError
+from capsim.hardware.db import HardwareDB
+from capsim.sweep.evaluate import COLUMNS, Group, evaluate_segment, resolve_group
+from capsim.sweep.grid import Grid
+from capsim.sweep.guard import has_finished_parts
+from capsim.sweep.writers import (
+    FORMATS,
+    StreamedOutput,
+    atomic_write,
+    cell,
+    encode_chunk,
+    remove_folder,
+    require_pyarrow,
+)
 
 
 @dataclass(frozen=True)
@@ -264,7 +272,7 @@ def _dask_chunk(
     grid = run.grid
     key = (grid.fingerprint(), extra_db, override)
     if key not in _WORKER_GROUPS:
-        from ..hardware import load_hardware_db
+        from capsim.hardware.db import load_hardware_db
 
         db = load_hardware_db(
             tuple(Path(p) for p in extra_db), on_redefinition="replace" if override else "raise"

@@ -28,8 +28,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from ..errors import ScenarioError
-from .evaluate import COLUMNS, STRING_COLUMNS
+from capsim.errors import ScenarioError
+from capsim.sweep.evaluate import COLUMNS, STRING_COLUMNS
 
 FORMATS = ("csv", "jsonl", "parquet")
 
@@ -243,7 +243,7 @@ class StreamedOutput:
             return self.chunks
         start = b""
         if self.fmt == "parquet":
-            from .parquet_splice import MAGIC
+            from capsim.sweep.parquet_splice import MAGIC
 
             start = MAGIC
         elif self.fmt == "csv":
@@ -258,7 +258,7 @@ class StreamedOutput:
         """Append the next chunk's encoded rows and commit them."""
         if self.fmt == "parquet":
             if rows:
-                from .parquet_splice import row_groups_at, split_file
+                from capsim.sweep.parquet_splice import row_groups_at, split_file
 
                 chunk = split_file(payload)
                 if self._template is None:
@@ -272,7 +272,7 @@ class StreamedOutput:
         self.rows += rows
         self.chunks += 1
         if front:
-            from .run import merge_fronts
+            from capsim.sweep.run import merge_fronts
 
             self.front = merge_fronts(self.front, front)
         self._commit()
@@ -292,7 +292,7 @@ class StreamedOutput:
     def finish(self, out: Path) -> Path:
         """Write the Parquet footer (if any), flush, and rename the file to ``out``."""
         if self.fmt == "parquet":
-            from .parquet_splice import EncodedChunk, footer, split_file
+            from capsim.sweep.parquet_splice import EncodedChunk, footer, split_file
 
             template = self._template
             if template is None:  # no row at all: the schema comes from an empty chunk
@@ -323,7 +323,7 @@ def _cut(path: Path, length: int) -> None:
 
 
 def _no_rows() -> dict[str, np.ndarray]:
-    from .evaluate import _empty
+    from capsim.sweep.evaluate import _empty
 
     return _empty(0, {"model": "", "hardware": "", "weight_dtype": "", "kv_dtype": "", "bottleneck": ""})
 

@@ -1,0 +1,1 @@
+"""capsim scored against published third-party measurements (``capsim validate --published``)."""
