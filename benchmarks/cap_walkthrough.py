@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from capsim.engine.predict import decode_cost, predict, resolve
+from capsim.engine.passes import decode_cost
+from capsim.engine.predict import predict
+from capsim.engine.resolve import resolve
 from capsim.engine.scenario import Scenario
 from capsim.hardware.db import load_hardware_db
 from capsim.routing._base import uniform_expected_activated

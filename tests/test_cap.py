@@ -230,7 +230,7 @@ def test_measure_bad_inputs_are_one_line_errors(tmp_path: Path) -> None:
 
 
 def test_compat_family_sizes_follow_moecap_code() -> None:
-    from capsim.engine.predict import resolve_model
+    from capsim.engine.resolve import resolve_model
 
     qwen = compat_sizes(resolve_model("qwen1.5-moe-a2.7b"))
     # Qwen2-MoE path: shared expert 3 x d x shared_expert_intermediate_size = 3 x 2048 x 5632 = 34,603,008

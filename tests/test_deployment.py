@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from capsim import MissingValueError, ScenarioError, predict
 from capsim.engine.deployment import simulate_cache
-from capsim.engine.predict import resolve
+from capsim.engine.resolve import resolve
 from capsim.engine.scenario import Scenario
 
 EXPERT_BYTES = 3 * 4096 * 14336 * 2  # one Mixtral-8x7B expert in bf16 = 352,321,536 bytes

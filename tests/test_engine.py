@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from capsim import DoesNotFitError, ScenarioError
-from capsim.engine.predict import decode_step_time, predict, resolve
+from capsim.engine.predict import decode_step_time, predict
+from capsim.engine.resolve import resolve
 from capsim.engine.scenario import Scenario
 from capsim.models.db import resolve_model
 from capsim.routing import uniform_expected_activated

@@ -14,7 +14,9 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from capsim import DoesNotFitError
-from capsim.engine.predict import decode_cost, predict, resolve
+from capsim.engine.passes import decode_cost
+from capsim.engine.predict import predict
+from capsim.engine.resolve import resolve
 from capsim.engine.scenario import Scenario
 from capsim.models.db import resolve_model
 from capsim.models.spec import FFNKind

@@ -13,8 +13,8 @@ import pytest
 import sympy as sp
 from typer.testing import CliRunner
 
-from capsim.engine import formulas as F
 from capsim.cli import app
+from capsim.engine import formulas as F
 from capsim.engine.explain import PROMPT, attention_kinds, causal_pairs_expr, explain, model_values
 from capsim.engine.roofline import causal_pairs, projection_widths
 from capsim.models.db import resolve_model

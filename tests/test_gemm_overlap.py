@@ -14,7 +14,8 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from capsim import DataFileError, Scenario, load_hardware_db
-from capsim.engine.predict import decode_cost, resolve
+from capsim.engine.passes import decode_cost
+from capsim.engine.resolve import resolve
 from capsim.engine.roofline import DeviceRates
 
 ROOT = Path(__file__).resolve().parent.parent

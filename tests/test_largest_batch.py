@@ -20,7 +20,7 @@ from capsim.engine.memory import (
     usable_bytes,
     weight_bytes_per_device,
 )
-from capsim.engine.predict import resolve
+from capsim.engine.resolve import resolve
 from capsim.hardware.db import load_hardware_db
 from capsim.sweep.evaluate import evaluate_segment, resolve_group
 from capsim.sweep.grid import Grid

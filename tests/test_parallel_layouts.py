@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from capsim import MissingValueError, ScenarioError, predict
-from capsim.engine.parallel import Layout, layout_for
+from capsim.engine.layout import Layout, layout_for
 from capsim.engine.scenario import Scenario
 from capsim.errors import UnknownHardwareError
 

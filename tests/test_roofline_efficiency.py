@@ -13,7 +13,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from capsim import DataFileError, DoesNotFitError, predict
-from capsim.engine.predict import decode_cost, prefill_cost, resolve
+from capsim.engine.passes import decode_cost, prefill_cost
+from capsim.engine.resolve import resolve
 from capsim.engine.roofline import DeviceRates
 from capsim.engine.scenario import Scenario
 from capsim.hardware.db import load_hardware_db

@@ -18,7 +18,7 @@ from capsim.engine.checks import (
     scenario_check,
     valid_tp_degrees,
 )
-from capsim.engine.parallel import Layout
+from capsim.engine.layout import Layout
 from capsim.errors import ScenarioError
 from capsim.models.db import resolve_model
 

@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from capsim.engine.predict import attention_window_rows, decode_passes, mixed_passes, prefill_passes, resolve
+from capsim.engine.passes import attention_window_rows, decode_passes, mixed_passes, prefill_passes
+from capsim.engine.resolve import resolve
 from capsim.engine.roofline import causal_pairs
 from capsim.engine.scenario import Scenario
 from capsim.serving.stepcost import StepCost

@@ -455,7 +455,7 @@ def test_rows_do_not_depend_on_chunking(default_hardware_db) -> None:
     of a step shape do not depend on the other shapes of the call (a sequential sum). The per-router cache of
     those values is emptied before each evaluation, so it is not what makes them agree. Floats to 1e-15
     relative, not bit for bit: some prefill sums still round differently for a call of one pass shape."""
-    from capsim.engine.predict import _ACTIVATED_CACHE
+    from capsim.engine.passes import _ACTIVATED_CACHE
     from capsim.sweep.run import evaluate_chunk, resolve_groups
 
     grid = Grid(

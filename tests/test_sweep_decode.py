@@ -1,6 +1,6 @@
 """Exact decode sums at grid scale (capsim.sweep.decode) against step-by-step evaluation.
 
-The reference is what predict does: :func:`capsim.engine.predict.decode_passes` at every context P+1 … P+G−1,
+The reference is what predict does: :func:`capsim.engine.passes.decode_passes` at every context P+1 … P+G−1,
 summed. The sweep path evaluates a few knots per batch size and integrates the piecewise-affine step cost;
 the two must agree to 1e-9 relative for every summed quantity, including the split of time between compute
 and memory, whose kinks the knots must find.
@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from capsim.engine.predict import decode_passes
+from capsim.engine.passes import decode_passes
 from capsim.sweep import Grid, resolve_group
 from capsim.sweep.decode import QUANTITIES, _distinct, decode_totals, finite_windows, step_quantities
 

@@ -26,7 +26,8 @@ def predicted_block_seconds(model: str, hardware: str, tokens: int) -> tuple[flo
     """(seconds of one MoE layer's router + experts for a decode pass of ``tokens`` tokens, expected experts)."""
     import numpy as np
 
-    from capsim.engine.predict import decode_passes, resolve, resolve_model
+    from capsim.engine.passes import decode_passes
+    from capsim.engine.resolve import resolve, resolve_model
     from capsim.engine.scenario import Scenario
     from capsim.profile.scaling import min_layers_for_moe, truncate_layers
 

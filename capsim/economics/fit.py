@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 
 from capsim.engine.memory import largest_batch, max_batch_that_fits
-from capsim.engine.predict import predict, resolve
+from capsim.engine.predict import predict
+from capsim.engine.resolve import resolve
 from capsim.engine.scenario import Scenario
 from capsim.errors import CapsimError
 from capsim.hardware.db import HardwareDB

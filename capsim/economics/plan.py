@@ -148,7 +148,7 @@ def accuracy_for(
 ) -> AccuracyValue:
     """Published accuracy of a model served at ``weight_dtype`` (None = native) quantised with ``method``;
     ``unknown`` (no value) for a quantised precision nothing was published for."""
-    from capsim.engine.predict import resolve_model
+    from capsim.engine.resolve import resolve_model
 
     model = resolve_model(model_id)
     dtype = None if weight_dtype in (None, "native") else weight_dtype
@@ -351,7 +351,8 @@ def evaluate_option(
     be built from the database, becomes an Option with ``problem`` set rather than an error, so one bad option
     does not hide the others."""
     from capsim.economics.options import cap_class
-    from capsim.engine.predict import predict, resolve_model
+    from capsim.engine.predict import predict
+    from capsim.engine.resolve import resolve_model
 
     model_id = scenario.model if isinstance(scenario.model, str) else scenario.model.id
     method = deployment.quant_method if deployment else None
@@ -447,7 +448,7 @@ def compare(
     at full load, TPOT, decode throughput, or purchase cost). Unknown ids and bad values raise before any
     prediction runs. Accuracy of all options comes from one published evaluation where one covers every
     quantised option (:func:`capsim.models.accuracy.comparable_variant`)."""
-    from capsim.engine.predict import resolve_model
+    from capsim.engine.resolve import resolve_model
     from capsim.models.accuracy import comparable_variant
 
     _check_choice(objective, OBJECTIVES, "--objective")
@@ -496,7 +497,7 @@ def compare(
     variant = comparable_variant(load_accuracy_db(), spec.id, key, quantised)
     options = [evaluate_option(sc, hardware_db, inputs, key, basis, d, variant) for sc, d in runs]
     ranked = sorted(options, key=_objective_key(objective))
-    from capsim.engine.predict import resolve_model
+    from capsim.engine.resolve import resolve_model
 
     return Comparison(resolve_model(model).id, objective, basis, key, tuple(ranked), inputs)
 
@@ -650,7 +651,7 @@ def _configs(
     counts: Sequence[int],
 ) -> tuple[list[_Config], list[tuple[str, str]]]:
     """Resolve every (hardware, devices, dtype) once: keep those that fit one sequence, with its KV limit."""
-    from capsim.engine.predict import resolve
+    from capsim.engine.resolve import resolve
 
     configs: list[_Config] = []
     skipped: list[tuple[str, str]] = []
@@ -679,7 +680,7 @@ def _option_configs(
     deployments: Sequence[DeploymentOption], spec: Any, db: HardwareDB
 ) -> tuple[list[_Config], list[tuple[str, str]]]:
     """One configuration per deployment option (its devices and settings fixed; the batch is searched)."""
-    from capsim.engine.predict import resolve
+    from capsim.engine.resolve import resolve
 
     configs: list[_Config] = []
     skipped: list[tuple[str, str]] = []
@@ -737,7 +738,8 @@ def plan(
     ``prune``: stop raising a configuration's batch once it misses an SLO (TPOT and TTFT grow with the batch
     in the roofline model); ``progress(done, total)`` is called after every predicted point.
     """
-    from capsim.engine.predict import predict, resolve_model
+    from capsim.engine.predict import predict
+    from capsim.engine.resolve import resolve_model
 
     _check_choice(basis, BASES, "--basis")
     bench = check_benchmark(benchmark)

@@ -5,7 +5,7 @@ A scenario is checked in two steps, each in one place:
 1. :meth:`capsim.engine.scenario.Scenario.validate` — the values alone (batch >= 1, known dtype names, …).
 2. :func:`check_scenario` — the values against the resolved model and layout: the model's context window,
    tensor parallelism dividing the attention heads, expert parallelism dividing the experts, the layout's
-   product, dtype names. :func:`capsim.engine.predict.resolve_on` calls it, so every command that resolves a
+   product, dtype names. :func:`capsim.engine.resolve.resolve_on` calls it, so every command that resolves a
    scenario (predict, fit, plan, sweep) refuses the same impossible configurations with the same message.
 
 Each check is a function ``(scenario, model, layout) -> None`` raising :class:`ScenarioError` with one line that
@@ -27,7 +27,7 @@ from numpy.typing import ArrayLike, NDArray
 from capsim.errors import ScenarioError
 
 if TYPE_CHECKING:
-    from capsim.engine.parallel import Layout
+    from capsim.engine.layout import Layout
     from capsim.engine.scenario import Scenario
     from capsim.models.spec import ModelSpec
 
@@ -116,7 +116,7 @@ def check_experts_divisible(scenario: Scenario, model: ModelSpec, layout: Layout
         return
     if model.moe is None:
         raise ScenarioError(f"--ep {ep} splits routed experts; {model.id!r} has none (use --ep 1)")
-    from capsim.engine.parallel import check_expert_layout
+    from capsim.engine.layout import check_expert_layout
 
     # EP divides the devices the MoE layers run on (tp x attention-dp) and the expert slots
     expert_ranks = getattr(layout, "expert_ranks", layout.tp)
@@ -126,7 +126,7 @@ def check_experts_divisible(scenario: Scenario, model: ModelSpec, layout: Layout
 # ---- layout product ------------------------------------------------------------------------------------
 @scenario_check
 def check_layout_product(scenario: Scenario, model: ModelSpec, layout: Layout) -> None:
-    """TP x PP x DP covers exactly the devices of the nodes (capsim.engine.parallel.layout_for builds layouts so;
+    """TP x PP x DP covers exactly the devices of the nodes (capsim.engine.layout.layout_for builds layouts so;
     this guards layouts built any other way)."""
     adp = getattr(layout, "attention_dp", 1)
     want = layout.tp * adp * layout.pp * layout.dp

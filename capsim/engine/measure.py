@@ -289,7 +289,8 @@ def measure(
     if records is not None:
         raise ScenarioError("--moecap-records are read with --moecap-compat (MoE-CAP's per-pass formulas)")
     from capsim.engine.metrics import phase_metrics
-    from capsim.engine.predict import decode_cost, prefill_cost, resolve
+    from capsim.engine.passes import decode_cost, prefill_cost
+    from capsim.engine.resolve import resolve
 
     rs, _memory = resolve(scenario, hardware_db)
     source = measured.activated_source or "routing model (capsim predict's): no measured counts given"
@@ -595,7 +596,7 @@ def _measure_compat(
     engine: str,
     records: PassRecords | None = None,
 ) -> MeasureResult:
-    from capsim.engine.predict import resolve, resolve_model
+    from capsim.engine.resolve import resolve, resolve_model
     from capsim.hardware.db import load_hardware_db
 
     if engine not in ENGINES:

@@ -29,11 +29,12 @@ from numpy.typing import ArrayLike, NDArray
 
 from capsim.engine.placement import DEVICE
 from capsim.engine.roofline import ACTIVATION_BYTES
+from capsim.engine.speculative import mtp_module_params
 from capsim.errors import DoesNotFitError
 from capsim.units import GB
 
 if TYPE_CHECKING:
-    from capsim.engine.predict import ResolvedScenario
+    from capsim.engine.resolved import ResolvedScenario
 
 _FP32_LOGIT_BYTES = 4.0
 FloatArray = NDArray[np.float64]
@@ -108,7 +109,6 @@ def weight_bytes_per_device(rs: ResolvedScenario) -> dict[str, float]:
         by_group = {g: (b if g == heavier else 0.0) if g in ends else b * share for g, b in by_group.items()}
     if getattr(rs, "speculation", None) is not None:
         # the drafter: DeepSeek's MTP module (one MoE layer + projection) or a whole draft model
-        from capsim.engine.speculative import draft_weight_bytes_per_device
 
         by_group["speculative_draft"] = draft_weight_bytes_per_device(rs)
     tiers = rs.expert_tiers
@@ -280,4 +280,20 @@ def plan_memory(rs: ResolvedScenario) -> MemoryPlan:
         batch=batch,
         waves=waves,
         devices=rs.layout.devices,
+    )
+
+
+def draft_weight_bytes_per_device(rs: ResolvedScenario) -> float:
+    """Device bytes of the drafter's weights: the MTP module (split like the main model's layers) or the whole
+    draft model (its own plan)."""
+    spec = rs.speculation
+    if spec is None:
+        return 0.0
+    if spec.kind == "draft":
+        return float(sum(weight_bytes_per_device(rs.draft).values()))
+    prec = rs.placement.weight_precision
+    tp, ranks = rs.placement.tp, rs.placement.expert_ranks
+    divisor = {"attention": tp, "router": 1, "routed_experts": ranks, "shared_experts": tp, "norms": 1}
+    return sum(
+        params * prec[g].bytes_per_element / divisor[g] for g, params in mtp_module_params(rs.model).items()
     )

@@ -23,7 +23,7 @@ from capsim.engine.roofline import RESOURCES, PassCost
 from capsim.models.precision import compute_key
 
 if TYPE_CHECKING:
-    from capsim.engine.predict import ResolvedScenario
+    from capsim.engine.resolved import ResolvedScenario
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from capsim.models.precision import compute_key
 from capsim.units import GB
 
 if TYPE_CHECKING:
-    from capsim.engine.predict import ResolvedScenario
+    from capsim.engine.resolved import ResolvedScenario
 
 FloatArray = np.ndarray
 

@@ -162,7 +162,7 @@ class Scenario:
                 raise ScenarioError(f"{label} must be an integer >= 1, got {value!r}")
         if not isinstance(self.redundant_experts, int) or self.redundant_experts < 0:
             raise ScenarioError(f"redundant-experts must be an integer >= 0, got {self.redundant_experts!r}")
-        from capsim.engine.parallel import ALL_TO_ALL_BACKENDS
+        from capsim.engine.layout import ALL_TO_ALL_BACKENDS
 
         if self.all_to_all not in ALL_TO_ALL_BACKENDS:
             raise ScenarioError(

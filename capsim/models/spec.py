@@ -43,7 +43,7 @@ WEIGHT_GROUPS: tuple[str, ...] = (
 
 QUANTISABLE_GROUPS: tuple[str, ...] = ("attention", "routed_experts", "shared_experts", "dense_ffn")
 """The GEMM weights a ``--weight-dtype`` override applies to; router, norms, embeddings and lm_head stay bf16
-(as quantised checkpoints keep them, and as capsim.engine.predict.weight_precisions does)."""
+(as quantised checkpoints keep them, and as capsim.engine.resolve.weight_precisions does)."""
 
 
 @dataclass(frozen=True)

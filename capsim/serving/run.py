@@ -1,6 +1,6 @@
 """``serve``: scenario + scheduler + workload -> simulated replicas -> vLLM-named serving metrics.
 
-The replica is resolved exactly as ``predict`` resolves it (:func:`capsim.engine.predict.resolve`); its KV pool comes
+The replica is resolved exactly as ``predict`` resolves it (:func:`capsim.engine.resolve.resolve`); its KV pool comes
 from the same memory plan (usable memory − weights − buffers of the largest step); step times come from
 :class:`capsim.serving.stepcost.StepCost` (the engine's ``mixed_passes``). A fleet of ``replicas`` copies gets
 the requests round-robin in send order. Disaggregated serving runs ``prefill_replicas`` prefill-only
@@ -16,7 +16,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from capsim.engine.memory import MemoryPlan, kv_bytes_per_sequence_at
-from capsim.engine.predict import ResolvedScenario, resolve
+from capsim.engine.resolve import resolve
+from capsim.engine.resolved import ResolvedScenario
 from capsim.engine.scenario import Scenario
 from capsim.errors import ScenarioError
 from capsim.hardware.db import HardwareDB
@@ -70,7 +71,7 @@ def build_replica(
     # The memory plan of a step of max_batched_tokens prompt tokens with max_num_seqs resident sequences: its
     # buffers are the largest step's activations and the logits of every resident sequence.
     # (the probe's sequence stays inside the model's context window, which the engine checks)
-    from capsim.engine.predict import resolve_model
+    from capsim.engine.resolve import resolve_model
 
     window = resolve_model(scenario.model).max_context or sched.max_batched_tokens + 1
     probe = replace(

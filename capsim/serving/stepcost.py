@@ -1,4 +1,4 @@
-"""The time and traffic of one continuous-batching step, exactly as :func:`capsim.engine.predict.mixed_passes` says,
+"""The time and traffic of one continuous-batching step, exactly as :func:`capsim.engine.passes.mixed_passes` says,
 at a few microseconds per step.
 
 A step is one forward pass of T tokens from S sequences of which ``lm`` emit a token; its attention scores
@@ -25,7 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from capsim.engine.predict import ResolvedScenario, attention_window_rows, mixed_passes
+from capsim.engine.passes import attention_window_rows, mixed_passes
+from capsim.engine.resolved import ResolvedScenario
 from capsim.errors import ScenarioError
 
 _PROBE_PAIRS = 1.0e6

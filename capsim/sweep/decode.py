@@ -1,7 +1,7 @@
 """Exact sums over every decode step of many configurations, from a few evaluated steps per batch size.
 
 A decode step of ``B`` sequences at context ``c`` (each new token attends to ``c`` tokens) costs what
-:func:`capsim.engine.predict.decode_passes` says; predict sums that over the steps c = P+1 … P+G−1. For a fixed B the
+:func:`capsim.engine.passes.decode_passes` says; predict sums that over the steps c = P+1 … P+G−1. For a fixed B the
 step is a *piecewise affine* function of c, because
 
 - only the attention core depends on c, through min(c, w) per layer (FLOPs ∝ B·min(c, w), KV bytes
@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from capsim.engine.metrics import RESOURCES
-from capsim.engine.predict import decode_steps
+from capsim.engine.passes import decode_steps
 from capsim.engine.roofline import PassCost
 
 SWEEP_RESOURCES: tuple[str, ...] = (*RESOURCES, "cpu", "link")
@@ -50,7 +50,7 @@ def apply_sweep_mode(rs: Any, cost: PassCost) -> None:
     tokens, not its context, so decode sums stay piecewise affine between the same knots."""
     if rs.deployment.mode == "cpu-experts" and cost.time.size:
         from capsim.engine.offload import apply_cpu_experts
-        from capsim.engine.predict import decode_passes
+        from capsim.engine.passes import decode_passes
 
         # SSD paging (the only batch-dependent part, given as ``batch``) is outside the sweep: no SSD tiers
         apply_cpu_experts(rs, 1, cost, decode_passes(rs, np.zeros(0), np.zeros(0)))
@@ -141,7 +141,7 @@ def decode_totals(
     context_step: float = 1.0,
 ) -> tuple[np.ndarray, float]:
     """Exact sums over the gen_len − 1 decode steps of each configuration (step j attends to prompt_len + j
-    tokens, as :func:`capsim.engine.predict.decode_cost` evaluates them one by one): a (len(QUANTITIES), n) matrix,
+    tokens, as :func:`capsim.engine.passes.decode_cost` evaluates them one by one): a (len(QUANTITIES), n) matrix,
     one row per quantity, and the metric peak FLOP/s of the passes. Configurations with gen_len < 2 have no
     steps and sum to 0.
 
@@ -152,7 +152,7 @@ def decode_totals(
 
     ``context_step`` E != 1 (speculative decoding: a verify step yields E tokens per sequence) sums instead over
     the ceil((gen_len − 1)/E) steps at contexts prompt_len + E·j, j = 1, 2, …, as
-    :func:`capsim.engine.predict.decode_cost` places them; each piece then holds the progression's points in
+    :func:`capsim.engine.passes.decode_cost` places them; each piece then holds the progression's points in
     [k_j, k_{j+1})."""
     if context_step != 1.0:
         return _progression_totals(rs, batch, prompt_len, gen_len, context_span, float(context_step))

@@ -1,8 +1,8 @@
 """Evaluate rows of a sweep grid with the engine's own pass builders, vectorised over configurations.
 
 Each group (model, hardware, gpus, dtypes) is resolved once; its numeric points (batch, prompt, generated
-length) are evaluated together in a handful of numpy calls through :func:`capsim.engine.predict.prefill_passes` and
-:func:`capsim.engine.predict.decode_passes`, i.e. the same formulas and the same roofline assembly as ``predict``:
+length) are evaluated together in a handful of numpy calls through :func:`capsim.engine.passes.prefill_passes` and
+:func:`capsim.engine.passes.decode_passes`, i.e. the same formulas and the same roofline assembly as ``predict``:
 
 - memory: :func:`capsim.engine.memory.max_batch_that_fits`; a batch larger than the KV cache holds runs in waves;
 - TTFT: the (n−1) identical full prefill chunks are costed once and multiplied, plus the last chunk (which
@@ -28,7 +28,8 @@ from capsim.engine.memory import (
     weight_bytes_per_device,
 )
 from capsim.engine.metrics import utilisation
-from capsim.engine.predict import prefill_passes, resolve_model, resolve_on
+from capsim.engine.passes import prefill_passes
+from capsim.engine.resolve import resolve_model, resolve_on
 from capsim.engine.scenario import Scenario
 from capsim.errors import CapsimError
 from capsim.hardware.db import HardwareDB
