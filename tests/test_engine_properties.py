@@ -19,7 +19,7 @@ from capsim.engine.predict import predict
 from capsim.engine.resolve import resolve
 from capsim.engine.scenario import Scenario
 from capsim.models.db import resolve_model
-from capsim.models.spec import FFNKind
+from capsim.models.parts import FFNKind
 from capsim.routing import uniform_expected_activated
 
 MODELS = [

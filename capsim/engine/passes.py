@@ -12,9 +12,9 @@ import numpy as np
 from capsim.engine.resolved import ResolvedScenario
 from capsim.engine.roofline import (
     PassCost,
-    _layer_tables,
     attention_dims,
     causal_pairs,
+    layer_tables,
     pass_cost,
 )
 from capsim.models.spec import ModelSpec
@@ -90,7 +90,7 @@ def _activated_cached(rs: ResolvedScenario, tokens: np.ndarray, sequences: np.nd
 
 def _window_rows(model: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
     """Distinct attention windows (inf = full) and how many layers have each: per-layer arrays fold to these."""
-    _, windows = _layer_tables(model)
+    _, windows = layer_tables(model)
     unique, counts = np.unique(windows, return_counts=True)
     return unique, counts.astype(np.float64)
 

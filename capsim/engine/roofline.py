@@ -24,8 +24,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from capsim.engine import formulas_eval as formulas
+from capsim.models.parts import FFNKind
 from capsim.models.precision import Precision, compute_key
-from capsim.models.spec import FFNKind, ModelSpec
+from capsim.models.spec import ModelSpec
 
 FloatArray = NDArray[np.float64]
 
@@ -145,7 +146,7 @@ class PassCost:
         return self.activated_experts[self.activated_rows]
 
 
-def _layer_tables(model: ModelSpec) -> tuple[NDArray[np.bool_], FloatArray]:
+def layer_tables(model: ModelSpec) -> tuple[NDArray[np.bool_], FloatArray]:
     is_moe = np.array([k is FFNKind.MOE for k in model.ffn_kinds], dtype=bool)
     windows = np.array(
         [np.inf if model.window(i) is None else float(model.window(i)) for i in range(model.num_layers)]  # type: ignore[arg-type]

@@ -137,7 +137,7 @@ INT_COLUMNS = ("gpus", "batch", "prompt_len", "gen_len", "max_batch", "waves", "
 _BOTTLENECK_WIDTH = max(len(v) for v in (*SWEEP_RESOURCES, "none", "does not fit"))
 
 
-def _empty(n: int, strings: dict[str, str]) -> dict[str, np.ndarray]:
+def empty_columns(n: int, strings: dict[str, str]) -> dict[str, np.ndarray]:
     """Columns of ``n`` rows: ``strings`` filled in (fixed-width unicode: far cheaper than object arrays),
     integers 0, flags False, floats NaN (what a row that does not run reports)."""
     cols: dict[str, np.ndarray] = {}
@@ -161,7 +161,7 @@ def evaluate_segment(grid: Grid, group: Group, start: int, stop: int) -> dict[st
     n = total_batch.shape[0]
     model_id, hardware, _, wdt, kvdt, layout = group.key
     rs = group.resolved
-    cols = _empty(
+    cols = empty_columns(
         n,
         {
             "model": model_id,
@@ -330,3 +330,15 @@ def _decode_columns(
     by_resource = np.stack([sums[f"time_{r}"] for r in SWEEP_RESOURCES])
     metrics["bottleneck"] = np.array(SWEEP_RESOURCES)[np.argmax(by_resource, axis=0)]
     return tpot, time, metrics
+
+
+def cell(value: Any) -> Any:
+    """A numpy scalar as the JSON value it stands for (non-finite floats: None)."""
+    if isinstance(value, (np.floating, float)):
+        v = float(value)
+        return v if np.isfinite(v) else None
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.bool_,)):
+        return bool(value)
+    return value
