@@ -80,7 +80,7 @@ def _every_import(tree: ast.Module) -> list[ast.stmt]:
 
 def test_graph_sees_known_edges() -> None:
     graph = import_graph()
-    # engine/predict.py: from capsim.engine.passes import decode_cost, prefill_cost
+    # engine/predict.py: from capsim.engine.passes import decode_times, prefill_times
     assert graph.has_edge("capsim.engine.predict", "capsim.engine.passes")
     # memory.py imports ResolvedScenario only under TYPE_CHECKING: not a load-time edge, but a deferred one
     assert not graph.has_edge("capsim.engine.memory", "capsim.engine.resolved")

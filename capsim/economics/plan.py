@@ -673,7 +673,7 @@ def _configs(
                 except (DoesNotFitError, MissingValueError, ScenarioError) as exc:
                     skipped.append((label, str(exc)))
                     continue
-                configs.append(_Config(hw, devices, dtype, memory.max_batch, rs.placement.tp))
+                configs.append(_Config(hw, devices, dtype, memory.max_batch, rs.sharding.tp))
     return configs, skipped
 
 

@@ -183,7 +183,7 @@ def evaluate_segment(grid: Grid, group: Group, start: int, stop: int) -> dict[st
     # data-parallel replicas split the batch; the rest describes one replica (predict's convention)
     replicas = rs.layout.dp
     batch = -(-total_batch // replicas) if replicas > 1 else total_batch
-    adp = rs.placement.attention_dp
+    adp = rs.sharding.attention_dp
     cols["gpus"][:] = rs.layout.devices
     cols["weights_gb"][:] = sum(weight_bytes_per_device(rs).values()) / GB
     cols["usable_gb"][:] = usable_bytes(rs) / GB
@@ -246,7 +246,7 @@ def prefill_totals(
     carries the lm_head), as predict sums them. Runs of equal consecutive (batch, prompt_len) are costed once.
     Under attention data parallelism the busiest rank prefills ceil(batch / N) prompts, and EP/attention-DP
     layouts add the MoE layers' communication and load balance (capsim.engine.parallel), as predict does."""
-    adp = rs.placement.attention_dp
+    adp = rs.sharding.attention_dp
     if adp > 1:
         batch = -(-batch // adp)
     first, run = _first_of_runs(batch, prompt_len)
