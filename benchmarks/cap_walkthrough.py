@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from capsim.engine.passes import decode_cost
+from capsim.engine.passes import decode_times
 from capsim.engine.predict import predict
 from capsim.engine.resolve import resolve
 from capsim.engine.scenario import Scenario
@@ -32,7 +32,7 @@ def activated_share(model: str, batch: int) -> float:
         ),
         DB,
     )
-    cost = decode_cost(rs, batch)
+    cost = decode_times(rs, batch)
     return float(cost.weight_bytes_sparse[0] / cost.weight_bytes_dense[0])
 
 
@@ -70,7 +70,7 @@ def main() -> None:
     rs, _ = resolve(
         Scenario(model="deepseek-r1", hardware="h200-sxm", gpus=8, batch=1, prompt_len=64, gen_len=2), DB
     )
-    cost = decode_cost(rs, 1)
+    cost = decode_times(rs, 1)
     rs16, _ = resolve(
         Scenario(
             model="deepseek-r1",
@@ -83,7 +83,7 @@ def main() -> None:
         ),
         DB,
     )
-    cost16 = decode_cost(rs16, 1)
+    cost16 = decode_times(rs16, 1)
 
     def need(c: object, which: str) -> float:
         return float(getattr(c, which)[0] + c.kv_read_bytes[0]) / 0.1 / 1e9  # type: ignore[attr-defined]
@@ -120,7 +120,7 @@ def main() -> None:
                 ),
                 DB,
             )
-            c = decode_cost(rs, batch)
+            c = decode_times(rs, batch)
             step = float((c.weight_bytes_sparse + c.kv_read_bytes).mean()) / (bw * 1e9)
             if step <= 0.25:
                 best = (batch, step)

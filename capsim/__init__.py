@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING as _TYPE_CHECKING
 # what they touch; sympy, networkx and the engine stay unloaded until a prediction needs them.
 _EXPORTS: dict[str, str] = {
     "Accelerator": "hardware.db",
-    "AttentionSpec": "models.spec",
+    "AttentionSpec": "models.parts",
     "CPU": "hardware.db",
     "CapsimError": "errors",
     "ConfigFieldError": "errors",
@@ -21,12 +21,12 @@ _EXPORTS: dict[str, str] = {
     "DataFileError": "errors",
     "DoesNotFitError": "errors",
     "Efficiency": "hardware.db",
-    "FFNKind": "models.spec",
+    "FFNKind": "models.parts",
     "HardwareDB": "hardware.db",
     "Link": "hardware.db",
     "MemoryPlan": "engine.memory",
     "MissingValueError": "errors",
-    "MoESpec": "models.spec",
+    "MoESpec": "models.parts",
     "ModelDB": "models.db",
     "ModelSpec": "models.spec",
     "PhaseMetrics": "engine.metrics",
@@ -108,7 +108,8 @@ if _TYPE_CHECKING:  # static type checkers see the eager imports
     )
     from capsim.models.db import ModelDB, PublishedCounts, load_model_db, resolve_model
     from capsim.models.ingest_hf import SUPPORTED_FAMILIES, load_config_file, spec_from_config
-    from capsim.models.spec import AttentionSpec, FFNKind, ModelSpec, MoESpec
+    from capsim.models.parts import AttentionSpec, FFNKind, MoESpec
+    from capsim.models.spec import ModelSpec
     from capsim.routing import Router, make_router, uniform_expected_activated
     from capsim.routing.traces import Trace, load_trace, write_trace
 

@@ -12,9 +12,14 @@ from pathlib import Path
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
 
+def data_candidates(name: str, in_clone: str | None = None) -> tuple[Path, Path]:
+    """Where data set ``name`` may be: the wheel's copy, then the clone's (``in_clone``, default ``name``)."""
+    return _PACKAGE_DIR / "_data" / name, _PACKAGE_DIR.parent / (in_clone or name)
+
+
 def data_dir(name: str) -> Path:
     """Return the directory of the shipped data set ``name`` (``hardware_db``, ``model_db``, ``traces``)."""
-    for candidate in (_PACKAGE_DIR / "_data" / name, _PACKAGE_DIR.parent / name):
+    for candidate in data_candidates(name):
         if candidate.is_dir():
             return candidate
     raise FileNotFoundError(f"capsim data directory {name!r} not found next to the package; reinstall capsim")

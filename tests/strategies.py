@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import strategies as st
 
-from capsim.models.spec import AttentionSpec, FFNKind, ModelSpec, MoESpec
+from capsim.models.parts import AttentionSpec, FFNKind, MoESpec
+from capsim.models.spec import ModelSpec
 
 
 def tiny_moe_model(

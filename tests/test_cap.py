@@ -16,9 +16,11 @@ from test_cost import HAND, write_cost_db
 from typer.testing import CliRunner
 
 from capsim.cli import app
-from capsim.economics.cost import CostInputs, deployment_rates, load_cost, purchase_cost
+from capsim.economics.cost import deployment_rates, load_cost
 from capsim.economics.energy import energy_report
+from capsim.economics.inputs import CostInputs
 from capsim.economics.options import cap_class, collect_options, load_options_file, parse_option
+from capsim.economics.pricing import purchase_cost
 from capsim.engine.measure import (
     Measurement,
     activated_from_counts,

@@ -16,8 +16,6 @@ from hypothesis import strategies as st
 
 from capsim.economics.cost import (
     HOURS_PER_YEAR,
-    SCALAR_INPUTS,
-    CostInputs,
     busy_rate,
     check_price_ids,
     cost_report,
@@ -28,6 +26,7 @@ from capsim.economics.cost import (
     purchase_cost,
     usd_per_mtok,
 )
+from capsim.economics.inputs import SCALAR_INPUTS, CostInputs
 from capsim.engine.scenario import Scenario
 from capsim.errors import CapsimError, DataFileError, MissingValueError, ScenarioError, UnknownHardwareError
 from capsim.hardware.db import HardwareDB, load_hardware_db

@@ -276,7 +276,7 @@ def test_invalid_layouts(default_hardware_db, kw, error, match) -> None:  # type
 
 def test_offload_needs_an_moe_model(default_hardware_db) -> None:
     from capsim.models.db import resolve_model
-    from capsim.models.spec import FFNKind
+    from capsim.models.parts import FFNKind
 
     m = resolve_model("mixtral-8x7b")
     dense = replace(

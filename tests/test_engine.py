@@ -96,7 +96,7 @@ def test_default_gpu_count_is_smallest_that_fits(default_hardware_db):
     # Mixtral bf16 weights ~ 93.4 GB > 80 GB x 0.9: one H100 cannot hold it, two can.
     sc = Scenario(model="mixtral-8x7b", hardware="h100-sxm", gpus=None)
     rs, _ = resolve(sc, default_hardware_db)
-    assert rs.placement.tp == 2
+    assert rs.sharding.tp == 2
 
 
 def test_does_not_fit_names_need_and_have(default_hardware_db):

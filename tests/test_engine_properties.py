@@ -14,12 +14,12 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from capsim import DoesNotFitError
-from capsim.engine.passes import decode_cost
+from capsim.engine.passes import decode_times
 from capsim.engine.predict import predict
 from capsim.engine.resolve import resolve
 from capsim.engine.scenario import Scenario
 from capsim.models.db import resolve_model
-from capsim.models.spec import FFNKind
+from capsim.models.parts import FFNKind
 from capsim.routing import uniform_expected_activated
 
 MODELS = [
@@ -84,13 +84,13 @@ def test_tpot_non_increasing_in_bandwidth_and_flops(default_hardware_db, sc: Sce
         assume(False)
         return
     batch = min(sc.batch, memory.max_batch)
-    base = decode_cost(rs, batch).time
+    base = decode_times(rs, batch).time
     faster_mem = replace(rs, rates=replace(rs.rates, memory_bandwidth=rs.rates.memory_bandwidth * factor))
     faster_flops = replace(
         rs, rates=replace(rs.rates, peak_flops={k: v * factor for k, v in rs.rates.peak_flops.items()})
     )
-    assert np.all(decode_cost(faster_mem, batch).time <= base * (1 + 1e-12))
-    assert np.all(decode_cost(faster_flops, batch).time <= base * (1 + 1e-12))
+    assert np.all(decode_times(faster_mem, batch).time <= base * (1 + 1e-12))
+    assert np.all(decode_times(faster_flops, batch).time <= base * (1 + 1e-12))
 
 
 @settings(max_examples=200, deadline=None)

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from capsim import DoesNotFitError, predict
 from capsim.cli import app
-from capsim.economics.fit import max_batch_at, max_context_at, placements
+from capsim.economics.feasibility import max_batch_at, max_context_at, placements
 from capsim.engine.scenario import Scenario
 
 runner = CliRunner()

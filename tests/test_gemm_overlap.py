@@ -14,7 +14,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from capsim import DataFileError, Scenario, load_hardware_db
-from capsim.engine.passes import decode_cost
+from capsim.engine.passes import decode_times
 from capsim.engine.resolve import resolve
 from capsim.engine.roofline import DeviceRates
 
@@ -76,8 +76,8 @@ def test_attention_core_keeps_the_plain_max(default_hardware_db) -> None:
     assert rs.rates.gemm_overlap == pytest.approx(1.51)
     # without the kernel-latency floor, which binds on these small-batch weight GEMMs (tests/test_kernel_latency.py)
     rs = replace(rs, rates=replace(rs.rates, kernel_latency_s=0.0))
-    soft = decode_cost(rs, 64)
-    hard = decode_cost(replace(rs, rates=replace(rs.rates, gemm_overlap=None)), 64)
+    soft = decode_times(rs, 64)
+    hard = decode_times(replace(rs, rates=replace(rs.rates, gemm_overlap=None)), 64)
     assert np.array_equal(soft.time_by_op["attn_core"], hard.time_by_op["attn_core"])
     for op in ("attn_proj", "routed_experts", "lm_head"):
         assert np.all(soft.time_by_op[op] > hard.time_by_op[op])

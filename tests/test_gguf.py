@@ -16,7 +16,8 @@ from capsim import predict, resolve_model
 from capsim.cli import app
 from capsim.engine.scenario import Scenario
 from capsim.errors import ScenarioError
-from capsim.models.gguf import FILE_TYPES, GGML_BLOCKS, bits, group_bits, use_more_bits
+from capsim.models.ggml_types import FILE_TYPES, GGML_BLOCKS, bits
+from capsim.models.gguf import group_bits, use_more_bits
 from capsim.models.precision import weight_precision
 from capsim.units import GIB
 

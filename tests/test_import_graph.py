@@ -2,9 +2,8 @@
 
 Edges are the imports a module runs when it loads (its body, ``try`` and non-``TYPE_CHECKING`` ``if`` blocks).
 Imports inside functions (deferred for start-up time or optional dependencies) and ``if TYPE_CHECKING:`` blocks
-are not edges: they cannot leave a module half-initialised. The type-level and deferred cycles that remain
-(engine <-> memory/metrics/offload/parallel/speculative through ResolvedScenario, cost <-> pricing, ...) are listed
-in CHANGELOG as open work; ``deferred_cycles`` below finds them."""
+are not edges: they cannot leave a module half-initialised. The stricter test counts those too
+(``deferred_cycles``): a stage may only import the stages before it, even for a type annotation."""
 
 from __future__ import annotations
 
@@ -81,7 +80,7 @@ def _every_import(tree: ast.Module) -> list[ast.stmt]:
 
 def test_graph_sees_known_edges() -> None:
     graph = import_graph()
-    # engine/predict.py: from capsim.engine.passes import decode_cost, prefill_cost
+    # engine/predict.py: from capsim.engine.passes import decode_times, prefill_times
     assert graph.has_edge("capsim.engine.predict", "capsim.engine.passes")
     # memory.py imports ResolvedScenario only under TYPE_CHECKING: not a load-time edge, but a deferred one
     assert not graph.has_edge("capsim.engine.memory", "capsim.engine.resolved")
@@ -91,6 +90,26 @@ def test_graph_sees_known_edges() -> None:
         assert import_graph().has_edge("capsim.engine.memory", "capsim.engine.resolved")
     finally:
         globals()["_top_level_imports"] = load_time
+
+
+def test_no_cycle_even_counting_deferred_and_type_only_imports() -> None:
+    cycles = deferred_cycles()
+    assert not cycles, "cycles: " + "; ".join(" -> ".join(c + [c[0]]) for c in cycles[:10])
+
+
+def test_no_private_names_imported_across_modules() -> None:
+    """``from capsim.x import _name`` reaches into another module's internals; a private *module* of the same
+    package (``_formulas_compiled``) is fine."""
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("capsim"):
+                for alias in node.names:
+                    full = f"{node.module}.{alias.name}"
+                    is_module = (PACKAGE.parent / (full.replace(".", "/") + ".py")).exists()
+                    if alias.name.startswith("_") and not alias.name.startswith("__") and not is_module:
+                        offenders.append(f"{path.relative_to(PACKAGE.parent)}: {full}")
+    assert not offenders, offenders
 
 
 def test_no_import_cycle() -> None:

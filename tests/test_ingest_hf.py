@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from capsim._paths import data_dir
 from capsim.errors import CapsimError, ConfigFieldError, DataFileError, UnsupportedModelError
 from capsim.models.ingest_hf import SUPPORTED_FAMILIES, detect_family, load_config_file, spec_from_config
-from capsim.models.spec import FFNKind
+from capsim.models.parts import FFNKind
 
 
 def _config(model_id: str) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from capsim import Scenario, predict
-from capsim.economics.fit import max_batch_at
+from capsim.economics.feasibility import max_batch_at
 from capsim.economics.plan import _configs
 from capsim.engine.memory import (
     activation_bytes,

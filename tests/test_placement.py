@@ -315,7 +315,7 @@ def test_placement_on_a_dense_model_is_an_error(default_hardware_db) -> None:
     from dataclasses import replace
 
     from capsim.models.db import resolve_model
-    from capsim.models.spec import FFNKind
+    from capsim.models.parts import FFNKind
 
     m = resolve_model("mixtral-8x7b")
     dense = replace(

@@ -89,7 +89,7 @@ def test_expert_dtype_needs_experts(default_hardware_db) -> None:
     from dataclasses import replace
 
     from capsim.models.db import resolve_model
-    from capsim.models.spec import FFNKind
+    from capsim.models.parts import FFNKind
 
     m = resolve_model("mixtral-8x7b")
     dense = replace(

@@ -10,14 +10,14 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from test_cost import write_cost_db
 
-from capsim.economics.cost import CostInputs, busy_rate, deployment_rates, owned_usd_per_hour
+from capsim.economics.cost import busy_rate, deployment_rates, owned_usd_per_hour
 from capsim.economics.energy import energy_report
+from capsim.economics.inputs import CostInputs
 from capsim.economics.plan import (
     SLO,
     PlanPoint,
     compare,
     pareto_front,
-    pareto_mask,
     parse_duration,
     parse_gpus,
     plan,
@@ -97,6 +97,13 @@ def test_gpus_and_id_lists() -> None:
 
 
 # --------------------------------------------------------------------------------------------- pareto
+
+
+def pareto_mask(cost: np.ndarray, tpot: np.ndarray) -> np.ndarray:
+    """Brute-force reference: rows no other row beats on (cost, tpot), both minimised (O(n²))."""
+    c, t = cost[:, None], tpot[:, None]
+    dominated = ((c >= c.T) & (t >= t.T) & ((c > c.T) | (t > t.T))).any(axis=1)
+    return ~dominated
 
 
 def _point(cost: float, tpot: float, i: int = 0) -> PlanPoint:

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from capsim.errors import ScenarioError, UnsupportedModelError
-from capsim.models.spec import AttentionSpec, FFNKind, ModelSpec, MoESpec
+from capsim.models.parts import AttentionSpec, FFNKind, MoESpec
+from capsim.models.spec import ModelSpec
 from capsim.routing.traces import load_trace
 
 torch = pytest.importorskip("torch")

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from capsim.errors import DoesNotFitError, ScenarioError
 from capsim.models.db import resolve_model
-from capsim.models.spec import FFNKind
+from capsim.models.parts import FFNKind
 from capsim.profile.scaling import (
     fixed_bytes,
     layer_bytes,

@@ -19,7 +19,8 @@ from typer.testing import CliRunner
 
 from capsim import ScenarioError, load_hardware_db, make_router, resolve_model
 from capsim.cli import app
-from capsim.economics.cost import CostInputs, load_cost_file, owned_usd_per_hour
+from capsim.economics.cost import load_cost_file, owned_usd_per_hour
+from capsim.economics.inputs import CostInputs
 from capsim.errors import ConfigFieldError, DataFileError, TraceError
 from capsim.hardware.db import _min_pair_bottleneck, _widest_from
 from capsim.models.ingest_hf import spec_from_config

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from capsim import DataFileError, DoesNotFitError, predict
-from capsim.engine.passes import decode_cost, prefill_cost
+from capsim.engine.passes import decode_times, prefill_times
 from capsim.engine.resolve import resolve
 from capsim.engine.roofline import DeviceRates
 from capsim.engine.scenario import Scenario
@@ -66,8 +66,8 @@ def test_bandwidth_of_weight_gemms_is_scaled_by_g_of_m(default_hardware_db) -> N
         weight_dtype="fp8",
     )
     curve = ((1.0, 4.0), (1.0, 0.5))
-    plain = decode_cost(_resolved(default_hardware_db, sc, None), 4)
-    curved = decode_cost(_resolved(default_hardware_db, sc, curve), 4)
+    plain = decode_times(_resolved(default_hardware_db, sc, None), 4)
+    curved = decode_times(_resolved(default_hardware_db, sc, curve), 4)
     assert np.all(plain.time_by_resource["compute"] == 0.0)  # memory-bound everywhere: the ratios are exact
     # attention projections and lm_head: M = 4 tokens -> g = 0.5 -> twice the time
     for op in ("attn_proj", "lm_head"):
@@ -91,8 +91,8 @@ def test_compute_bound_prefill_keeps_its_compute_time(default_hardware_db) -> No
     """A 4096-token prefill chunk on an H100 is compute-bound: slowing bandwidth by 2x (g = 0.5 at every M)
     leaves the attention projections at their compute time (2·4096·N / F ≫ 2 x N·b / B)."""
     sc = Scenario(model="mixtral-8x7b", hardware="h100-sxm", gpus=2, batch=1, prompt_len=4096, gen_len=2)
-    plain = prefill_cost(_resolved(default_hardware_db, sc, None), 1)
-    curved = prefill_cost(_resolved(default_hardware_db, sc, ((1.0,), (0.5,))), 1)
+    plain = prefill_times(_resolved(default_hardware_db, sc, None), 1)
+    curved = prefill_times(_resolved(default_hardware_db, sc, ((1.0,), (0.5,))), 1)
     assert np.array_equal(curved.time_by_op["attn_proj"], plain.time_by_op["attn_proj"])
 
 
@@ -209,7 +209,7 @@ def test_no_curve_on_gpus_and_a_flat_one_changes_nothing(default_hardware_db, sc
     assert rs.rates.gemm_m_curve == (fitted if rs.efficiency.device_class == "datacenter-gpu" else None)
     rs = replace(rs, rates=replace(rs.rates, gemm_m_curve=None))
     flat = replace(rs, rates=replace(rs.rates, gemm_m_curve=((1.0,), (1.0,))))
-    for cost in (decode_cost, prefill_cost):
+    for cost in (decode_times, prefill_times):
         a, b = cost(rs, sc.batch), cost(flat, sc.batch)
         assert np.array_equal(a.time, b.time)
         assert all(np.array_equal(a.time_by_op[op], b.time_by_op[op]) for op in a.time_by_op)
@@ -229,7 +229,7 @@ def test_a_curve_never_speeds_anything_up(default_hardware_db, sc: Scenario, fra
     )  # the plain rate (no class curve) as baseline
     curve = (tuple(float(4**i) for i in range(len(fractions))), tuple(fractions))
     curved = replace(rs, rates=replace(rs.rates, gemm_m_curve=curve))
-    for cost in (decode_cost, prefill_cost):
+    for cost in (decode_times, prefill_times):
         a, b = cost(rs, sc.batch), cost(curved, sc.batch)
         for op, t in a.time_by_op.items():
             if op in WEIGHT_OPS:

@@ -15,7 +15,7 @@ from capsim.serving import SchedulerConfig, Workload, build_replica, build_workl
 from capsim.serving.datasets import get_dataset, load_datasets
 from capsim.serving.metrics import parse_slo
 from capsim.serving.presets import get_preset
-from capsim.serving.run import Disaggregation
+from capsim.serving.replica import Disaggregation
 
 GB = 1e9
 MIXTRAL = Scenario(model="mixtral-8x7b", hardware="h100-sxm", gpus=8)

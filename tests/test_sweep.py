@@ -15,7 +15,8 @@ from capsim.cli import app
 from capsim.engine.predict import predict
 from capsim.engine.scenario import Scenario
 from capsim.sweep import Grid, evaluate_segment, parse_int_axis, resolve_group
-from capsim.sweep.run import Filters, SweepRun, pareto_mask, run_local
+from capsim.sweep.fronts import pareto_mask
+from capsim.sweep.run import Filters, SweepRun, run_local
 
 runner = CliRunner()
 
@@ -367,9 +368,9 @@ def test_dask_backend_matches_local_and_resumes(tmp_path, default_hardware_db) -
 def _columns_with_awkward_values():  # type: ignore[no-untyped-def]
     """Three rows: a normal one, one that does not run (NaN floats, a reason with a comma and quotes), and
     one with an infinite value."""
-    from capsim.sweep.evaluate import _empty
+    from capsim.sweep.evaluate import empty_columns
 
-    cols = _empty(
+    cols = empty_columns(
         3,
         {"model": "m", "hardware": "h", "weight_dtype": "native", "kv_dtype": "bf16", "bottleneck": "memory"},
     )
@@ -382,8 +383,8 @@ def _columns_with_awkward_values():  # type: ignore[no-untyped-def]
 
 
 def test_text_encoders_write_what_csv_and_json_modules_would(tmp_path) -> None:
-    from capsim.sweep.evaluate import COLUMNS
-    from capsim.sweep.writers import cell, csv_header, encode_chunk
+    from capsim.sweep.evaluate import COLUMNS, cell
+    from capsim.sweep.writers import csv_header, encode_chunk
 
     cols = _columns_with_awkward_values()
     lines = encode_chunk(cols, "jsonl").decode().splitlines()

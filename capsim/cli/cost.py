@@ -21,7 +21,8 @@ from rich.table import Table
 from capsim import units
 from capsim.cli._console import err_console, out_console, print_json
 from capsim.cli.hardware import HardwareDbOption, OverrideOption, load_db
-from capsim.economics.cost import CostInputs, load_cost_file, parse_price_assignments
+from capsim.economics.cost import load_cost_file, parse_price_assignments
+from capsim.economics.inputs import CostInputs
 from capsim.engine.scenario import Scenario
 from capsim.errors import ScenarioError
 

@@ -37,7 +37,7 @@ def register(app: typer.Typer) -> None:
         override: OverrideOption = False,
         json_out: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
     ) -> None:
-        from capsim.economics.fit import max_batch_at, max_context_at, placements
+        from capsim.economics.feasibility import max_batch_at, max_context_at, placements
         from capsim.engine.scenario import Scenario
         from capsim.errors import CapsimError, ScenarioError
 

@@ -28,7 +28,6 @@ import numpy as np
 from capsim import units
 from capsim.economics.cost import (
     TOKENS_PER_MTOK,
-    CostInputs,
     CostReport,
     DeploymentRates,
     check_price_ids,
@@ -36,9 +35,11 @@ from capsim.economics.cost import (
     finite_cost,
     price_predictions,
 )
+from capsim.economics.inputs import CostInputs
 from capsim.engine.scenario import Scenario
 from capsim.errors import DoesNotFitError, MissingValueError, ScenarioError
 from capsim.models.accuracy import AccuracyValue, check_benchmark, load_accuracy_db
+from capsim.pareto import pareto_mask
 from capsim.units import GB
 
 if TYPE_CHECKING:
@@ -672,7 +673,7 @@ def _configs(
                 except (DoesNotFitError, MissingValueError, ScenarioError) as exc:
                     skipped.append((label, str(exc)))
                     continue
-                configs.append(_Config(hw, devices, dtype, memory.max_batch, rs.placement.tp))
+                configs.append(_Config(hw, devices, dtype, memory.max_batch, rs.sharding.tp))
     return configs, skipped
 
 
@@ -970,22 +971,8 @@ def cheapest_per_config(points: Iterable[PlanPoint]) -> list[PlanPoint]:
 
 def pareto_front(points: Iterable[PlanPoint]) -> list[PlanPoint]:
     """Points not dominated in (cost per Mtok, TPOT), both lower-is-better, sorted by cost."""
-    ordered = sorted(
+    priced = sorted(
         (p for p in points if p.usd_per_mtok is not None), key=lambda p: (p.usd_per_mtok, p.tpot_s)
     )
-    front: list[PlanPoint] = []
-    best_tpot = math.inf
-    for p in ordered:
-        if p.tpot_s < best_tpot:
-            front.append(p)
-            best_tpot = p.tpot_s
-    return front
-
-
-def pareto_mask(cost: np.ndarray, tpot: np.ndarray) -> np.ndarray:
-    """Boolean mask of the non-dominated rows of (cost, tpot), both minimised (vectorised O(n²) check,
-    for plots and tests over small sets)."""
-    c = np.asarray(cost, dtype=np.float64)[:, None]
-    t = np.asarray(tpot, dtype=np.float64)[:, None]
-    dominated = ((c >= c.T) & (t >= t.T) & ((c > c.T) | (t > t.T))).any(axis=1)
-    return np.asarray(~dominated, dtype=bool)
+    mask = pareto_mask([p.usd_per_mtok for p in priced], [p.tpot_s for p in priced])
+    return [p for p, keep in zip(priced, mask) if keep]

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from capsim.errors import MissingValueError
 
 if TYPE_CHECKING:
-    from capsim.economics.cost import CostInputs
+    from capsim.economics.inputs import CostInputs
     from capsim.hardware.db import HardwareDB, System
 
 
@@ -169,7 +169,7 @@ def purchase_cost(
     entry = db.get(hardware_id)
     if isinstance(entry, Accelerator):
         part = _priced(entry, "purchase_usd", inputs, "accelerator", devices, "each")
-        host = PartCost("host", "platform", 1, "each", None, missing=_NO_HOST)
+        host = PartCost("host", "platform", 1, "each", None, missing=NO_HOST_PRICE)
         return PurchaseCost((part, host), scope=f"{devices} accelerator(s); host server not priced")
     system = db.system(hardware_id)
     whole = _priced(system, "purchase_usd", inputs, "system", 1, "each")
@@ -273,7 +273,7 @@ def _system_parts(
     return tuple(parts)
 
 
-_NO_HOST = (
+NO_HOST_PRICE = (
     "an accelerator id has no host server (CPU, DRAM, chassis, power supply) in the database; "
     "use a system id (capsim hardware list --kind system) for a whole-machine figure"
 )

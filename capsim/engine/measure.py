@@ -289,7 +289,7 @@ def measure(
     if records is not None:
         raise ScenarioError("--moecap-records are read with --moecap-compat (MoE-CAP's per-pass formulas)")
     from capsim.engine.metrics import phase_metrics
-    from capsim.engine.passes import decode_cost, prefill_cost
+    from capsim.engine.passes import decode_times, prefill_times
     from capsim.engine.resolve import resolve
 
     rs, _memory = resolve(scenario, hardware_db)
@@ -306,14 +306,14 @@ def measure(
     tpot = measured.decode_step_s(batch)
     devices = rs.layout.devices_per_replica
     bw = rs.rates.memory_bandwidth
-    decode = decode_cost(rs, batch)
+    decode = decode_times(rs, batch)
     if decode.time.size == 0:
         raise ScenarioError("--gen-len must be >= 2 for decode metrics (the first token comes from prefill)")
     # the measured TPOT replaces the modelled step time; bytes and FLOPs per step are the engine's
     dec = phase_metrics(replace(decode, time=np.full_like(decode.time, tpot)), devices, bw)
     pre_util = None
     if measured.ttft_s is not None:
-        prefill = prefill_cost(rs, batch)
+        prefill = prefill_times(rs, batch)
         scale = measured.ttft_s / float(prefill.time.sum())
         pre_util = _util(phase_metrics(replace(prefill, time=prefill.time * scale), devices, bw))
     activated = decode.activated_by_layer()

@@ -86,14 +86,14 @@ class MemoryPlan:
 
 def weight_bytes_per_device(rs: ResolvedScenario) -> dict[str, float]:
     """Resident weight bytes per device by group (all experts), under TP."""
-    tp = rs.placement.tp
-    prec = rs.placement.weight_precision
+    tp = rs.sharding.tp
+    prec = rs.sharding.weight_precision
     replicated = {"router", "norms"}
     by_group = {
         group: params * prec[group].bytes_per_element / (1 if group in replicated else tp)
         for group, params in rs.model.params_by_group().items()
     }
-    placement = rs.placement
+    placement = rs.sharding
     if "routed_experts" in by_group and (placement.attention_dp > 1 or placement.redundant_experts):
         # experts (plus EPLB's redundant replicas) over all tp x attention-dp devices, not one rank's tp
         moe = rs.model.moe
@@ -121,7 +121,7 @@ def weight_bytes_per_device(rs: ResolvedScenario) -> dict[str, float]:
 def logit_bytes_per_sequence(rs: ResolvedScenario) -> float:
     """fp32 logits of one resident sequence, per device: they grow with the resident batch, so the fit counts
     them per sequence next to its KV cache (a batch larger than memory runs in waves, not out of memory)."""
-    return rs.model.vocab_size * _FP32_LOGIT_BYTES / rs.placement.tp
+    return rs.model.vocab_size * _FP32_LOGIT_BYTES / rs.sharding.tp
 
 
 def activation_bytes(rs: ResolvedScenario, batch: ArrayLike, prompt_len: ArrayLike) -> FloatArray:
@@ -147,7 +147,7 @@ def buffer_bytes(rs: ResolvedScenario, batch: ArrayLike, prompt_len: ArrayLike) 
     widths.append(2 * model.dense_intermediate_size)
     act = chunk_tokens * (2 * model.hidden_size + max(widths)) * ACTIVATION_BYTES
     logits = b * model.vocab_size * _FP32_LOGIT_BYTES
-    return np.asarray((act + logits) / rs.placement.tp, dtype=np.float64)
+    return np.asarray((act + logits) / rs.sharding.tp, dtype=np.float64)
 
 
 def kv_bytes_per_sequence_at(rs: ResolvedScenario, length: ArrayLike) -> FloatArray:
@@ -159,7 +159,7 @@ def kv_bytes_per_sequence_at(rs: ResolvedScenario, length: ArrayLike) -> FloatAr
     per_unique = np.array(
         [model.kv_elements_per_token(context=int(n)) * int(n) for n in unique], dtype=np.float64
     )
-    scale = rs.placement.kv_precision.bytes_per_element / rs.placement.kv_divisor(model)
+    scale = rs.sharding.kv_precision.bytes_per_element / rs.sharding.kv_divisor(model)
     if rs.layout.pp > 1:
         # a pipeline stage keeps the KV of its own layers only
         scale *= rs.layout.stage_layers(model.num_layers) / model.num_layers
@@ -214,7 +214,7 @@ def largest_batch(rs: ResolvedScenario, prompt_len: ArrayLike, gen_len: ArrayLik
         short = np.minimum(np.floor((usable - weights) / (per_token * p + per_seq)), np.ceil(chunk / p) - 1)
     best = np.where(full * p >= chunk, full, short)
     per_rank = np.clip(np.nan_to_num(best, nan=0.0, posinf=0.0, neginf=0.0), 0, None)
-    return np.asarray(per_rank * rs.placement.attention_dp, dtype=np.int64)
+    return np.asarray(per_rank * rs.sharding.attention_dp, dtype=np.int64)
 
 
 def max_batch_that_fits(
@@ -233,7 +233,7 @@ def max_batch_that_fits(
 
 
 def _fit_hint(rs: ResolvedScenario, needed_per_device: float, usable: float) -> str:
-    tp = rs.placement.tp * rs.layout.pp
+    tp = rs.sharding.tp * rs.layout.pp
     total = needed_per_device * tp
     min_devices = math.ceil(total / usable) if usable > 0 else 0
     hint = f"try --gpus {min_devices} or more" if min_devices > tp else "try more GPUs"
@@ -254,7 +254,7 @@ def plan_memory(rs: ResolvedScenario) -> MemoryPlan:
     per_seq = kv_per_seq + logits_per_seq
     sc = rs.scenario
     max_batch = int(largest_batch(rs, sc.prompt_len, sc.gen_len))
-    tp = rs.placement.tp
+    tp = rs.sharding.tp
     where = f"{tp}x {device.id}" if tp > 1 else device.id  # type: ignore[attr-defined]
     if max_batch < 1:
         needed = weights + float(activation_bytes(rs, 1, sc.prompt_len)) + per_seq
@@ -264,7 +264,7 @@ def plan_memory(rs: ResolvedScenario) -> MemoryPlan:
             f"{where} (usable {rs.efficiency.gpu_memory_utilization:.0%} of capacity)",  # type: ignore[attr-defined]
             _fit_hint(rs, needed, usable),
         )
-    adp = rs.placement.attention_dp
+    adp = rs.sharding.attention_dp
     batch = sc.batch
     waves = math.ceil(batch / max_batch)
     resident = math.ceil(min(batch, max_batch) / adp)  # one wave's sequences on the busiest attention rank
@@ -291,8 +291,8 @@ def draft_weight_bytes_per_device(rs: ResolvedScenario) -> float:
         return 0.0
     if spec.kind == "draft":
         return float(sum(weight_bytes_per_device(rs.draft).values()))
-    prec = rs.placement.weight_precision
-    tp, ranks = rs.placement.tp, rs.placement.expert_ranks
+    prec = rs.sharding.weight_precision
+    tp, ranks = rs.sharding.tp, rs.sharding.expert_ranks
     divisor = {"attention": tp, "router": 1, "routed_experts": ranks, "shared_experts": tp, "norms": 1}
     return sum(
         params * prec[g].bytes_per_element / divisor[g] for g, params in mtp_module_params(rs.model).items()

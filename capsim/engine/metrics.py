@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from capsim.engine.memory import MemoryPlan
-from capsim.engine.roofline import RESOURCES, PassCost
+from capsim.engine.roofline import RESOURCES, PassTimes
 from capsim.models.precision import compute_key
 
 if TYPE_CHECKING:
@@ -82,7 +82,7 @@ def utilisation(
         }
 
 
-def phase_metrics(cost: PassCost, devices: int, bandwidth_peak: float) -> PhaseMetrics:
+def phase_metrics(cost: PassTimes, devices: int, bandwidth_peak: float) -> PhaseMetrics:
     """Time-weighted utilisation over all passes of ``cost`` on ``devices`` devices."""
     total_time = float(cost.time.sum())
     if total_time <= 0.0 or cost.time.size == 0:
@@ -203,15 +203,14 @@ def _assumptions(rs: ResolvedScenario) -> dict[str, Any]:
     return {
         "model": {"id": model.id, "source": model.source},
         "hardware": {"id": device.id, "node": node.id, "source": device.source},
-        "tensor_parallel": rs.placement.tp,
+        "tensor_parallel": rs.sharding.tp,
         "layout": rs.layout.to_dict(),
-        "weight_precision": {g: p.name for g, p in rs.placement.weight_precision.items()},
+        "weight_precision": {g: p.name for g, p in rs.sharding.weight_precision.items()},
         # the GEMM rate each group runs at: its own format where the device has one, else dequantised to bf16
         "compute_precision": {
-            g: compute_key(p, frozenset(rs.rates.peak_flops))
-            for g, p in rs.placement.weight_precision.items()
+            g: compute_key(p, frozenset(rs.rates.peak_flops)) for g, p in rs.sharding.weight_precision.items()
         },
-        "kv_precision": rs.placement.kv_precision.name,
+        "kv_precision": rs.sharding.kv_precision.name,
         "routing": rs.router.describe() if rs.router else "dense model: no routing",
         "efficiency": {
             name: sourced(name)
@@ -242,8 +241,8 @@ def build_prediction(
     rs: ResolvedScenario,
     memory: MemoryPlan,
     wave_batch: int,
-    prefill: PassCost,
-    decode: PassCost,
+    prefill: PassTimes,
+    decode: PassTimes,
     deployment: dict[str, Any] | None = None,
     *,
     replicas: int = 1,

@@ -30,7 +30,7 @@ from capsim.engine.deployment import (
 )
 from capsim.engine.memory import MemoryPlan
 from capsim.engine.placement import DEVICE, DRAM, SSD, tier_counts
-from capsim.engine.roofline import ACTIVATION_BYTES, PassCost
+from capsim.engine.roofline import ACTIVATION_BYTES, PassTimes
 from capsim.errors import DoesNotFitError, MissingValueError
 from capsim.models.precision import compute_key
 from capsim.units import GB
@@ -63,7 +63,7 @@ def sample_steps(rs: ResolvedScenario, batch: int, cacheable: np.ndarray) -> int
     return max(min(wanted, affordable), min(wanted, MIN_SAMPLED_STEPS))
 
 
-def _add_resource(cost: PassCost, resource: str, seconds: np.ndarray, op: str) -> None:
+def _add_resource(cost: PassTimes, resource: str, seconds: np.ndarray, op: str) -> None:
     cost.time = cost.time + seconds
     cost.time_by_op[op] = cost.time_by_op.get(op, np.zeros_like(cost.time)) + seconds
     cost.time_by_resource[resource] = cost.time_by_resource.get(resource, np.zeros_like(cost.time)) + seconds
@@ -73,13 +73,13 @@ def expert_bytes_on_gpu(rs: ResolvedScenario) -> float:
     """Bytes of one routed expert per device (split over TP ranks)."""
     return (
         rs.model.expert_params
-        * rs.placement.weight_precision["routed_experts"].bytes_per_element
-        / rs.placement.tp
+        * rs.sharding.weight_precision["routed_experts"].bytes_per_element
+        / rs.sharding.tp
     )
 
 
 def _expert_bytes(rs: ResolvedScenario) -> float:
-    return expert_bytes_on_gpu(rs) * rs.placement.tp
+    return expert_bytes_on_gpu(rs) * rs.sharding.tp
 
 
 # ---- host tiers: what DRAM and the SSD hold ------------------------------------------------------------------
@@ -241,7 +241,7 @@ def _links(rs: ResolvedScenario) -> tuple[tuple[float, str] | None, tuple[float,
     return host, ssd
 
 
-def _charge_links(cost: PassCost, link_times: list[np.ndarray] | list[float], prefetch: bool) -> None:
+def _charge_links(cost: PassTimes, link_times: list[np.ndarray] | list[float], prefetch: bool) -> None:
     """Add the exposed link time: with prefetch, links run alongside the device and each other, so a pass
     takes max(device, slowest link); without it the copies serialise before the compute."""
     if not link_times:
@@ -260,7 +260,7 @@ def _link_report(
 
 
 def apply_offload(
-    rs: ResolvedScenario, memory: MemoryPlan, batch: int, prefill: PassCost, decode: PassCost
+    rs: ResolvedScenario, memory: MemoryPlan, batch: int, prefill: PassTimes, decode: PassTimes
 ) -> dict[str, Any]:
     """Size the device expert cache, simulate it (and the host page cache) on the router, and add the link
     time of the misses to every pass."""
@@ -295,19 +295,19 @@ def apply_offload(
     host_link, ssd_link = _links(rs)
     full = _expert_bytes(rs)
     links: dict[str, dict[str, float | str]] = {}
-    decode_times: list[float] = []
+    fetch_times: list[float] = []
     if host_link is not None:
         # every TP rank fetches its shard of each missing expert over its own link: per-device bytes / link
-        decode_times.append(outcome.misses_per_step * per_dev / host_link[0])
+        fetch_times.append(outcome.misses_per_step * per_dev / host_link[0])
         links["host_to_device"] = _link_report(
-            host_link[1], host_link[0], outcome.misses_per_step * full, decode_times[-1]
+            host_link[1], host_link[0], outcome.misses_per_step * full, fetch_times[-1]
         )
     if ssd_link is not None:
         # SSD reads: all ranks' shards come from the (shared) drives; on a DRAM device every miss is a read
         reads = outcome.ssd_reads_per_step if two_level else outcome.misses_per_step
-        decode_times.append(reads * full / ssd_link[0])
-        links["ssd_to_host"] = _link_report(ssd_link[1], ssd_link[0], reads * full, decode_times[-1])
-    _charge_links(decode, decode_times, dep.prefetch)
+        fetch_times.append(reads * full / ssd_link[0])
+        links["ssd_to_host"] = _link_report(ssd_link[1], ssd_link[0], reads * full, fetch_times[-1])
+    _charge_links(decode, fetch_times, dep.prefetch)
     _charge_links(
         prefill, _prefill_link_times(rs, prefill, capacity, host, host_link, ssd_link), dep.prefetch
     )
@@ -337,7 +337,7 @@ def apply_offload(
 
 def _prefill_link_times(
     rs: ResolvedScenario,
-    cost: PassCost,
+    cost: PassTimes,
     capacity: int,
     host: HostTiers,
     host_link: tuple[float, str] | None,
@@ -374,7 +374,7 @@ def _with_notes(out: dict[str, Any], notes: list[str]) -> dict[str, Any]:
 
 
 def off_device_activation(
-    rs: ResolvedScenario, cost: PassCost, mask: np.ndarray
+    rs: ResolvedScenario, cost: PassTimes, mask: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """(A_S, k_S): expected distinct experts of the set ``mask`` (MoE layers x experts) activated per layer and
     pass, and expected experts of the set per token, per layer.
@@ -393,13 +393,13 @@ def off_device_activation(
 
 
 def _gpu_expert_fraction_left(
-    rs: ResolvedScenario, cost: PassCost, a_cpu: np.ndarray, k_cpu: np.ndarray
+    rs: ResolvedScenario, cost: PassTimes, a_cpu: np.ndarray, k_cpu: np.ndarray
 ) -> np.ndarray:
     """Fraction of the GPU's routed-expert time that stays on the GPU: max(F_left/R, B_left/W) / max(F/R, B/W)
     with F ∝ Σ_l k_l (token-expert pairs), B ∝ Σ_l A_l (weights read)."""
     moe = rs.model.moe
     assert moe is not None
-    prec = rs.placement.weight_precision["routed_experts"]
+    prec = rs.sharding.weight_precision["routed_experts"]
     rate = rs.rates.flops_rate(compute_key(prec, frozenset(rs.rates.peak_flops)))
     n_moe = rs.model.num_moe_layers
     flops = 2 * cost.tokens * moe.top_k * rs.model.expert_params * n_moe
@@ -412,7 +412,7 @@ def _gpu_expert_fraction_left(
     return np.divide(after, before, out=np.zeros_like(before), where=before > 0)
 
 
-def _remove_gpu_expert_time(cost: PassCost, removed: np.ndarray) -> None:
+def _remove_gpu_expert_time(cost: PassTimes, removed: np.ndarray) -> None:
     """Take ``removed`` seconds of routed-expert time off the GPU, from the memory and compute buckets in
     proportion to their share (the op's own split is not kept)."""
     cost.time = cost.time - removed
@@ -425,7 +425,7 @@ def _remove_gpu_expert_time(cost: PassCost, removed: np.ndarray) -> None:
 
 
 def apply_cpu_experts(
-    rs: ResolvedScenario, batch: int, prefill: PassCost, decode: PassCost
+    rs: ResolvedScenario, batch: int, prefill: PassTimes, decode: PassTimes
 ) -> dict[str, Any]:
     """Move the off-GPU experts' work from the GPU to the CPU (plus PCIe hand-offs and SSD paging)."""
     model, dep = rs.model, rs.deployment
@@ -439,7 +439,7 @@ def apply_cpu_experts(
     )  # from the database the scenario was resolved against (--hardware-db included)
     if cpu_eff is None:
         raise MissingValueError(rs.node.id, "efficiency class 'cpu'", "CPU-computed experts")  # type: ignore[attr-defined]
-    prec = rs.placement.weight_precision["routed_experts"]
+    prec = rs.sharding.weight_precision["routed_experts"]
     key = compute_key(prec, frozenset(peaks))
     flops_rate = peaks[key] * cpu_eff.compute_fraction
     # sustained streaming (per CPU entry) x the fraction CPU MoE kernels reach of it (fitted, efficiency.toml)
@@ -533,7 +533,7 @@ def _ssd_paging(rs: ResolvedScenario, batch: int, host: HostTiers) -> dict[str, 
     }
 
 
-def apply_socket_tp(rs: ResolvedScenario, prefill: PassCost, decode: PassCost) -> dict[str, Any]:
+def apply_socket_tp(rs: ResolvedScenario, prefill: PassTimes, decode: PassTimes) -> dict[str, Any]:
     """``--mode cpu --numa tp``: every decoder layer all-reduces its activations between the sockets twice
     (after attention and after the FFN), over the socket link (:func:`capsim.engine.deployment.socket_allreduce_time`);
     the latency is the cpu class's all-reduce base latency."""

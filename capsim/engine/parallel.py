@@ -56,7 +56,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from capsim.engine.formulas_eval import ring_allreduce_time
-from capsim.engine.roofline import ACTIVATION_BYTES, PassCost
+from capsim.engine.roofline import ACTIVATION_BYTES, PassTimes
 
 if TYPE_CHECKING:
     from capsim.engine.resolved import ResolvedScenario
@@ -210,7 +210,7 @@ def straggler_factors(rs: ResolvedScenario, tokens: np.ndarray) -> tuple[np.ndar
     nodes of :data:`STRAGGLER_NODES_PER_OCTAVE` around them, memoised per (inclusion, EP, redundant) on the
     inclusion's bytes (every decode step of a scenario, every scenario of a sweep group, asks again)."""
     pi = rs.inclusion()
-    ep, redundant = rs.layout.ep, rs.placement.redundant_experts
+    ep, redundant = rs.layout.ep, rs.sharding.redundant_experts
     key = (hash(pi.tobytes()), pi.shape, ep, redundant)
     table = _NODE_CACHE.setdefault(key, {})
     if len(_NODE_CACHE) > 256:
@@ -325,7 +325,7 @@ def dispatch_combine_time(
     return t, {"all_to_all": kernel, "all_to_all_gb_s": (bw_d * ratio, bw_c * ratio)}
 
 
-def apply_expert_parallel(rs: ResolvedScenario, cost: PassCost, phase: str = "decode") -> dict[str, Any]:
+def apply_expert_parallel(rs: ResolvedScenario, cost: PassTimes, phase: str = "decode") -> dict[str, Any]:
     """MoE-layer communication and load balance of attention-DP / EP layouts (module docstring): the MoE layers'
     TP all-reduce is replaced by dispatch + combine (EP) or a gather/scatter over all expert ranks (attention DP
     with --ep 1), and the routed experts wait for the slowest EP group."""
@@ -373,8 +373,8 @@ def apply_expert_parallel(rs: ResolvedScenario, cost: PassCost, phase: str = "de
             )
         info["straggler_factor_mean"] = float(tok_f.mean())
         info["straggler_activated_factor_mean"] = float(act_f.mean())
-        if rs.placement.redundant_experts:
-            info["redundant_experts"] = rs.placement.redundant_experts
+        if rs.sharding.redundant_experts:
+            info["redundant_experts"] = rs.sharding.redundant_experts
     else:
         # every expert split over all M devices: gather the N ranks' tokens before, scatter after (one
         # all-reduce's volume over M ranks)
@@ -401,7 +401,7 @@ def apply_expert_parallel(rs: ResolvedScenario, cost: PassCost, phase: str = "de
     return info
 
 
-def two_batch_overlap(rs: ResolvedScenario, half: PassCost) -> PassCost:
+def two_batch_overlap(rs: ResolvedScenario, half: PassTimes) -> PassTimes:
     """Two-batch overlap (SGLang ``--enable-two-batch-overlap``, DeepSeek's dual micro-batch decode): the batch
     runs as two micro-batches whose dispatch/combine overlaps the other's compute. From the cost of one
     micro-batch (``half``, with its communication ``c`` and the rest ``r`` of which ``o`` is the per-step
@@ -463,20 +463,20 @@ def _intra_node_bandwidth(rs: ResolvedScenario) -> float:
     return node.gpu_to_gpu_bandwidth() if node.accelerator_count >= 2 else node.host_to_gpu_bandwidth()  # type: ignore[attr-defined]
 
 
-def _scale(cost: PassCost, factor: np.ndarray) -> None:
+def _scale(cost: PassTimes, factor: np.ndarray) -> None:
     """Multiply every time component of ``cost`` by ``factor`` (per pass)."""
     cost.time = cost.time * factor
     cost.time_by_op = {k: v * factor for k, v in cost.time_by_op.items()}
     cost.time_by_resource = {k: v * factor for k, v in cost.time_by_resource.items()}
 
 
-def _add_hops(cost: PassCost, hops: np.ndarray) -> None:
+def _add_hops(cost: PassTimes, hops: np.ndarray) -> None:
     cost.time = cost.time + hops
     cost.time_by_op["pipeline_p2p"] = cost.time_by_op.get("pipeline_p2p", np.zeros_like(cost.time)) + hops
     cost.time_by_resource["interconnect"] = cost.time_by_resource["interconnect"] + hops
 
 
-def apply_pipeline_decode(rs: ResolvedScenario, cost: PassCost, micro_batches: int) -> None:
+def apply_pipeline_decode(rs: ResolvedScenario, cost: PassTimes, micro_batches: int) -> None:
     """Decode passes computed for one micro-batch -> one token of every sequence of the replica:
     time = pp x slowest stage + hops; bytes, FLOPs and tokens x m (each stage runs every micro-batch)."""
     layout = rs.layout
@@ -498,7 +498,7 @@ def apply_pipeline_decode(rs: ResolvedScenario, cost: PassCost, micro_batches: i
         setattr(cost, name, getattr(cost, name) * m)
 
 
-def apply_pipeline_prefill(rs: ResolvedScenario, cost: PassCost) -> None:
+def apply_pipeline_prefill(rs: ResolvedScenario, cost: PassTimes) -> None:
     """Prefill chunks stream through the stages: each chunk costs the slowest stage; the last one also fills
     and drains the pipeline ((pp − 1) more stage times) and pays the hops."""
     layout = rs.layout

@@ -11,11 +11,11 @@ import numpy as np
 
 from capsim.engine.resolved import ResolvedScenario
 from capsim.engine.roofline import (
-    PassCost,
-    _layer_tables,
+    PassTimes,
     attention_dims,
     causal_pairs,
-    pass_cost,
+    layer_tables,
+    pass_times,
 )
 from capsim.models.spec import ModelSpec
 
@@ -90,7 +90,7 @@ def _activated_cached(rs: ResolvedScenario, tokens: np.ndarray, sequences: np.nd
 
 def _window_rows(model: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
     """Distinct attention windows (inf = full) and how many layers have each: per-layer arrays fold to these."""
-    _, windows = _layer_tables(model)
+    _, windows = layer_tables(model)
     unique, counts = np.unique(windows, return_counts=True)
     return unique, counts.astype(np.float64)
 
@@ -101,7 +101,7 @@ def prefill_passes(
     prompt_len: np.ndarray,
     chunk_tokens: np.ndarray,
     lm_sequences: np.ndarray,
-) -> PassCost:
+) -> PassTimes:
     """Cost of prefill chunks, one entry per chunk; each chunk belongs to a prefill of ``batch`` prompts of
     ``prompt_len`` tokens and carries ``chunk_tokens`` of its B·P tokens (arrays broadcast together).
 
@@ -121,12 +121,12 @@ def prefill_passes(
     pairs = batch[None, :] * causal_pairs(prompt_len[None, :], windows[:, None]) * share[None, :]
     kv_read = np.broadcast_to(tokens, (windows.shape[0], tokens.shape[0]))
     sequences = np.maximum(1.0, share * batch)
-    adp = rs.placement.attention_dp
+    adp = rs.sharding.attention_dp
     expert_tokens = tokens * adp if adp > 1 else None
     activated, moe_weights = _activated(rs, tokens * adp, sequences * adp)
-    return pass_cost(
+    return pass_times(
         model,
-        rs.placement,
+        rs.sharding,
         rs.rates,
         phase="prefill",
         tokens=tokens,
@@ -144,7 +144,7 @@ def prefill_passes(
 
 def decode_passes(
     rs: ResolvedScenario, batch: np.ndarray, context: np.ndarray, tokens_per_sequence: int = 1
-) -> PassCost:
+) -> PassTimes:
     """Cost of decode steps, one entry per step: ``batch`` sequences each adding one token that attends to
     ``context`` tokens (window-capped per layer); arrays broadcast together. Under attention data parallelism
     (N ranks) the busiest rank decodes ceil(batch / N) sequences and the MoE layers see all ``batch`` tokens.
@@ -152,7 +152,7 @@ def decode_passes(
     same cached context (its KV read once) and all get logits."""
     model = rs.model
     batch_all, context = (np.asarray(a, dtype=np.float64) for a in np.broadcast_arrays(batch, context))
-    adp = rs.placement.attention_dp
+    adp = rs.sharding.attention_dp
     q = float(tokens_per_sequence)
     sequences = np.ceil(batch_all / adp) if adp > 1 else batch_all
     tokens = sequences * q if q != 1.0 else sequences
@@ -160,9 +160,9 @@ def decode_passes(
     c_eff = np.minimum(context[None, :], windows[:, None])  # (distinct windows, steps)
     activated, moe_weights = _activated(rs, batch_all * q if q != 1.0 else batch_all)
     reads = sequences[None, :] * c_eff
-    return pass_cost(
+    return pass_times(
         model,
-        rs.placement,
+        rs.sharding,
         rs.rates,
         phase="decode",
         tokens=tokens,
@@ -192,7 +192,7 @@ def mixed_passes(
     decode_pairs: np.ndarray,
     prefill_pairs: np.ndarray,
     kv_read: np.ndarray,
-) -> PassCost:
+) -> PassTimes:
     """Cost of continuous-batching steps, one entry per step: each step is ONE forward pass over ``tokens``
     tokens (decode tokens plus prefill-chunk tokens) from ``sequences`` sequences, so weights are read once
     and the activated experts are counted over all the step's tokens. ``lm_sequences`` sequences emit a
@@ -219,9 +219,9 @@ def mixed_passes(
     ) * ((d_qk + d_v) / (p_qk + p_v))
     kv_read = np.broadcast_to(np.asarray(kv_read, dtype=np.float64), shape)
     activated, moe_weights = _activated(rs, tokens, sequences)
-    return pass_cost(
+    return pass_times(
         rs.model,
-        rs.placement,
+        rs.sharding,
         rs.rates,
         phase="prefill",
         tokens=tokens,
@@ -244,18 +244,18 @@ def prefill_chunks(total_tokens: int, chunk: int) -> np.ndarray:
     return tokens
 
 
-def prefill_cost(rs: ResolvedScenario, batch: int) -> PassCost:
+def prefill_times(rs: ResolvedScenario, batch: int) -> PassTimes:
     """Prefill of ``batch`` prompts in chunks of ``prefill_chunk_tokens`` tokens (see :func:`prefill_passes`);
     the lm_head runs once per sequence, in the last chunk."""
     sc = rs.scenario
-    batch = math.ceil(batch / rs.placement.attention_dp)  # the busiest attention rank's prompts
+    batch = math.ceil(batch / rs.sharding.attention_dp)  # the busiest attention rank's prompts
     tokens = prefill_chunks(batch * sc.prompt_len, sc.prefill_chunk_tokens)
     lm = np.zeros(tokens.shape[0])
     lm[-1] = batch
     return prefill_passes(rs, np.float64(batch), np.float64(sc.prompt_len), tokens, lm)
 
 
-def decode_steps(rs: ResolvedScenario, batch: np.ndarray, context: np.ndarray) -> PassCost:
+def decode_steps(rs: ResolvedScenario, batch: np.ndarray, context: np.ndarray) -> PassTimes:
     """Decode steps as predict charges them, one entry per step: the target's pass (a verify pass of K + 1
     tokens per sequence under ``--spec``), the MoE layers' communication and load balance of EP/attention-DP
     layouts (capsim.engine.parallel), and the draft passes (capsim.engine.speculative). What the layout and the drafts
@@ -284,7 +284,7 @@ def decode_steps(rs: ResolvedScenario, batch: np.ndarray, context: np.ndarray) -
     return cost
 
 
-def decode_cost(rs: ResolvedScenario, batch: int) -> PassCost:
+def decode_times(rs: ResolvedScenario, batch: int) -> PassTimes:
     """The gen_len − 1 decode steps after prefill; step j's new token attends to prompt_len + j tokens."""
     sc = rs.scenario
     spec = rs.speculation
@@ -300,7 +300,7 @@ def decode_cost(rs: ResolvedScenario, batch: int) -> PassCost:
 
 
 def add_draft_passes(
-    rs: ResolvedScenario, decode: PassCost, batch: np.ndarray, context: np.ndarray
+    rs: ResolvedScenario, decode: PassTimes, batch: np.ndarray, context: np.ndarray
 ) -> dict[str, Any]:
     """Add the K draft passes of every verify step (steps of ``batch`` sequences at ``context``, arrays) to
     ``decode`` in place; returns what they cost. The draft pass's roofline charges join ``decode.op_times``
@@ -333,7 +333,7 @@ def add_draft_passes(
     return {**spec.to_dict(), "draft_s_per_step": float(draft.mean()), "draft_pass_s": float(one.mean())}
 
 
-def _mtp_pass_time(rs: ResolvedScenario, plain: PassCost, batch: np.ndarray) -> np.ndarray:
+def _mtp_pass_time(rs: ResolvedScenario, plain: PassTimes, batch: np.ndarray) -> np.ndarray:
     """One MTP draft pass over ``batch`` sequences: one MoE layer's share of a plain decode step (attention per
     layer, MoE ops and their communication per MoE layer, the per-layer overhead), the lm_head, and the 2d x d
     projection (weight read or GEMM, whichever is longer, split over the TP ranks)."""
@@ -349,9 +349,9 @@ def _mtp_pass_time(rs: ResolvedScenario, plain: PassCost, batch: np.ndarray) -> 
         / moe_layers
     )
     d = float(model.hidden_size)
-    prec = rs.placement.weight_precision["attention"]
-    tp = rs.placement.tp
-    rows = np.ceil(np.asarray(batch, dtype=np.float64) / rs.placement.attention_dp)
+    prec = rs.sharding.weight_precision["attention"]
+    tp = rs.sharding.tp
+    rows = np.ceil(np.asarray(batch, dtype=np.float64) / rs.sharding.attention_dp)
     from capsim.models.precision import compute_key
 
     flops_rate = rates.flops_rate(compute_key(prec, frozenset(rates.peak_flops)))

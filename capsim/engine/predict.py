@@ -11,14 +11,14 @@ from dataclasses import replace
 
 from capsim.engine.memory import MemoryPlan
 from capsim.engine.metrics import Prediction, build_prediction
-from capsim.engine.passes import decode_cost, prefill_cost
+from capsim.engine.passes import decode_times, prefill_times
 from capsim.engine.placement import (
     DEVICE,
 )
 from capsim.engine.resolve import resolve
 from capsim.engine.resolved import ResolvedScenario
 from capsim.engine.roofline import (
-    PassCost,
+    PassTimes,
 )
 from capsim.engine.scenario import Scenario
 from capsim.errors import ScenarioError
@@ -36,8 +36,8 @@ def predict(scenario: Scenario, *, hardware_db: HardwareDB | None = None) -> Pre
     rs, memory = resolve(replica, hardware_db)
     wave_batch = min(replica.batch, memory.max_batch)
     micro = min(wave_batch, rs.layout.pp)
-    prefill = prefill_cost(rs, wave_batch)
-    decode = decode_cost(rs, math.ceil(wave_batch / micro))
+    prefill = prefill_times(rs, wave_batch)
+    decode = decode_times(rs, math.ceil(wave_batch / micro))
     if rs.layout.ep > 1 or rs.layout.attention_dp > 1:
         from capsim.engine.parallel import apply_expert_parallel
 
@@ -71,7 +71,7 @@ def predict(scenario: Scenario, *, hardware_db: HardwareDB | None = None) -> Pre
 
 
 def _apply_mode(
-    rs: ResolvedScenario, memory: MemoryPlan, batch: int, prefill: PassCost, decode: PassCost
+    rs: ResolvedScenario, memory: MemoryPlan, batch: int, prefill: PassTimes, decode: PassTimes
 ) -> dict:
     """Adjust the device-resident pass costs for the mode: expert fetches (offload, or SSD paging of a DRAM
     device) or CPU-computed experts. Returns what the mode decided, for the output."""
@@ -100,4 +100,4 @@ def decode_step_time(scenario: Scenario, context: int, *, hardware_db: HardwareD
     if context < 2:
         raise ScenarioError(f"context must be >= 2 tokens for a decode step, got {context}")
     rs, _ = resolve(replace(scenario, prompt_len=context - 1, gen_len=2), hardware_db)
-    return float(decode_cost(rs, scenario.batch).time[0])
+    return float(decode_times(rs, scenario.batch).time[0])

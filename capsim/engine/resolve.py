@@ -22,7 +22,7 @@ from capsim.engine.placement import (
 from capsim.engine.resolved import ResolvedScenario
 from capsim.engine.roofline import (
     DeviceRates,
-    Placement,
+    Sharding,
 )
 from capsim.engine.scenario import Scenario
 from capsim.engine.speculative import parse_spec
@@ -145,7 +145,7 @@ def resolve_on(scenario: Scenario, db: HardwareDB, model: ModelSpec, count: int 
             "--two-batch-overlap hides dispatch/combine behind compute; give --ep > 1 or "
             "--attention-dp > 1 (a TP group has no all-to-all to hide)"
         )
-    placement = Placement(
+    sharding = Sharding(
         tp=tp,
         weight_precision=weight_precisions(model, scenario.weight_dtype, scenario.expert_dtype),
         kv_precision=kv_precision(scenario.kv_dtype),
@@ -193,7 +193,7 @@ def resolve_on(scenario: Scenario, db: HardwareDB, model: ModelSpec, count: int 
         node,
         device,
         eff,
-        placement,
+        sharding,
         rates,
         router,
         deployment,
@@ -254,7 +254,7 @@ def _settle_mode(rs: ResolvedScenario) -> ResolvedScenario:
 
 def expert_bytes(rs: ResolvedScenario) -> float:
     """Bytes of one whole routed expert at its weight precision (not split over ranks)."""
-    return rs.model.expert_params * rs.placement.weight_precision["routed_experts"].bytes_per_element
+    return rs.model.expert_params * rs.sharding.weight_precision["routed_experts"].bytes_per_element
 
 
 def _staging_experts(rs: ResolvedScenario) -> int:
@@ -289,7 +289,7 @@ def _auto_tiers(rs: ResolvedScenario) -> ResolvedScenario:
         - buffer_bytes_per_device(everything)
         - kv_bytes_per_sequence(everything) * sc.batch
     )
-    per_device_expert = expert_bytes(rs) / rs.placement.tp
+    per_device_expert = expert_bytes(rs) / rs.sharding.tp
     slots = int(max(free, 0.0) // per_device_expert)
     total = model.num_moe_layers * moe.num_experts
     notes = rs.notes

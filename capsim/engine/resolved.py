@@ -15,7 +15,7 @@ from capsim.engine.placement import (
 )
 from capsim.engine.roofline import (
     DeviceRates,
-    Placement,
+    Sharding,
 )
 from capsim.engine.scenario import Scenario
 from capsim.engine.speculative import Speculation
@@ -33,7 +33,7 @@ class ResolvedScenario:
     node: System
     device: Accelerator
     efficiency: Efficiency
-    placement: Placement
+    sharding: Sharding
     rates: DeviceRates
     router: Router | None
     deployment: Deployment = Deployment()

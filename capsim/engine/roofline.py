@@ -24,8 +24,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from capsim.engine import formulas_eval as formulas
+from capsim.models.parts import FFNKind
 from capsim.models.precision import Precision, compute_key
-from capsim.models.spec import FFNKind, ModelSpec
+from capsim.models.spec import ModelSpec
 
 FloatArray = NDArray[np.float64]
 
@@ -96,7 +97,7 @@ step at batch 1 is mostly these."""
 
 
 @dataclass(frozen=True)
-class Placement:
+class Sharding:
     """How the model is laid out: weight precision per group and the tensor-parallel degree."""
 
     tp: int
@@ -122,7 +123,7 @@ class Placement:
 
 
 @dataclass
-class PassCost:
+class PassTimes:
     """Cost of a sequence of forward passes (decode steps or prefill chunks), one entry per pass.
 
     ``time_by_op`` and ``flops``/``bytes`` are per pass (arrays over passes); ``*_replica`` are for the whole
@@ -203,7 +204,7 @@ def kernels_per_pass(model: ModelSpec) -> float:
     )
 
 
-def _layer_tables(model: ModelSpec) -> tuple[NDArray[np.bool_], FloatArray]:
+def layer_tables(model: ModelSpec) -> tuple[NDArray[np.bool_], FloatArray]:
     is_moe = np.array([k is FFNKind.MOE for k in model.ffn_kinds], dtype=bool)
     windows = np.array(
         [np.inf if model.window(i) is None else float(model.window(i)) for i in range(model.num_layers)]  # type: ignore[arg-type]
@@ -246,9 +247,9 @@ def projection_widths(model: ModelSpec) -> tuple[float, float]:
     return w_qkv, float(att.num_heads * att.value_head_dim)
 
 
-def pass_cost(
+def pass_times(
     model: ModelSpec,
-    placement: Placement,
+    sharding: Sharding,
     rates: DeviceRates,
     *,
     phase: str,
@@ -262,7 +263,7 @@ def pass_cost(
     layer_weights: FloatArray | None = None,
     moe_layer_weights: FloatArray | None = None,
     expert_tokens: FloatArray | None = None,
-) -> PassCost:
+) -> PassTimes:
     """Cost of ``n`` forward passes at once (arrays of shape (n,); per-layer arrays (num_layers, n)).
 
     ``activated`` is the expected distinct experts per MoE layer, shape (num_moe_layers, n).
@@ -270,7 +271,7 @@ def pass_cost(
     each row of the per-layer arrays stands for, ``moe_layer_weights`` likewise for the rows of
     ``activated`` (default: one layer per row). Folding changes no result, only the work.
 
-    Under attention data parallelism (``placement.attention_dp`` = N > 1) ``tokens``, ``sequences`` and the
+    Under attention data parallelism (``sharding.attention_dp`` = N > 1) ``tokens``, ``sequences`` and the
     per-layer arrays are one attention rank's (its share of the sequences), and ``expert_tokens`` the tokens
     all N ranks send to the MoE layers together (default ``tokens``): times are one rank's, with the routed
     experts split over tp x N devices; the replica totals of bytes, FLOPs and tokens (for the MBU family)
@@ -279,8 +280,8 @@ def pass_cost(
     att = model.attention
     d = float(model.hidden_size)
     n_layers = model.num_layers
-    tp = placement.tp
-    wp = placement.weight_precision
+    tp = sharding.tp
+    wp = sharding.weight_precision
     available = frozenset(rates.peak_flops)
 
     def rate_for(group: str) -> float:
@@ -290,7 +291,7 @@ def pass_cost(
     # Attention core runs in the activation precision (bf16) whatever the weights are.
     core_rate = rates.flops_rate(compute_key(Precision("bf16", 16, "bf16"), available))
     bytes_rate = rates.bytes_rate
-    kv_div = placement.kv_divisor(model)
+    kv_div = sharding.kv_divisor(model)
     d_qk, d_v = attention_dims(model, phase)
     w_qkv, w_o = projection_widths(model)
     moe = model.moe
@@ -302,7 +303,7 @@ def pass_cost(
     T_exp = (
         T if expert_tokens is None else np.broadcast_to(np.asarray(expert_tokens, dtype=np.float64), T.shape)
     )
-    adp = placement.attention_dp
+    adp = sharding.attention_dp
     # replica totals: attention-side work runs on every attention-DP rank (weights read adp times, per-token
     # work in proportion to the tokens); 1 without attention DP
     work_scale = T_exp / T if expert_tokens is not None else 1.0
@@ -368,7 +369,7 @@ def pass_cost(
             "kv_read_tokens": kv_read_tokens_per_layer,
             "T": T[None, :],
             "kv_e": float(att.kv_elements_per_token()),
-            "b_kv": placement.kv_precision.bytes_per_element,
+            "b_kv": sharding.kv_precision.bytes_per_element,
         },
     )
     rows = np.asarray(pairs_per_layer).shape[0]
@@ -379,7 +380,7 @@ def pass_cost(
     kv_read = (
         (np.broadcast_to(np.asarray(kv_read_tokens_per_layer, dtype=np.float64), (rows, n)) * lw).sum(axis=0)
         * att.kv_elements_per_token()
-        * placement.kv_precision.bytes_per_element
+        * sharding.kv_precision.bytes_per_element
     )
     flops_sparse = flops_sparse + f_core
 
@@ -426,7 +427,7 @@ def pass_cost(
         g = rates.gemm_factor(expert_rows)
         ob_rows = np.broadcast_to(ob, (moe_rows, n)) * mw[:, None]
         bytes_at_g = ((wb_rows + ob_rows) / g).sum(axis=0)
-        ranks = placement.expert_ranks
+        ranks = sharding.expert_ranks
         charge(
             "routed_experts", n_moe * f / ranks, bytes_at_g / ranks, rate_for("routed_experts"), layers=n_moe
         )
@@ -531,7 +532,7 @@ def pass_cost(
     # Metric denominators use the fastest rate any op ran at, so S-MFU <= 1 holds by construction.
     used = {compute_key(p, available) for p in wp.values()} | {"bf16"} & set(available)
     metric_peak = max(rates.peak_flops[key] for key in used if key in rates.peak_flops)
-    return PassCost(
+    return PassTimes(
         time=total,
         time_by_op=time_by_op,
         time_by_resource=by_resource,

@@ -20,88 +20,33 @@ default quantizer options (quantized output tensor, no --pure, no per-tensor ove
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from capsim.models.ggml_types import FILE_TYPES, NATIVE_COMPUTE, bits
+from capsim.models.parts import AttentionSpec, FFNKind, MoESpec
 from capsim.models.precision import Precision
 
-if TYPE_CHECKING:
-    from capsim.models.spec import ModelSpec
 
-# ggml type -> (weights per block, bytes per block), ggml-common.h (commit 01243c58)
-GGML_BLOCKS: dict[str, tuple[int, int]] = {
-    "q4_0": (32, 18),  # fp16 d + 16 B nibbles
-    "q4_1": (32, 20),  # fp16 d, m + 16 B
-    "q5_0": (32, 22),  # fp16 d + 4 B high bits + 16 B
-    "q5_1": (32, 24),
-    "q8_0": (32, 34),  # fp16 d + 32 int8
-    "q2_k": (256, 84),  # "Effectively 2.625 bits per weight"
-    "q3_k": (256, 110),  # 3.4375
-    "q4_k": (256, 144),  # 4.5
-    "q5_k": (256, 176),  # 5.5
-    "q6_k": (256, 210),  # 6.5625
-    "iq1_s": (256, 50),  # 1.5625
-    "iq1_m": (256, 56),  # 1.75
-    "iq2_xxs": (256, 66),  # 2.0625
-    "iq2_xs": (256, 74),  # 2.3125
-    "iq2_s": (256, 82),  # 2.5625
-    "iq3_xxs": (256, 98),  # 3.0625
-    "iq3_s": (256, 110),  # 3.4375
-    "iq4_nl": (32, 18),  # 4.5
-    "iq4_xs": (256, 136),  # 4.25
-}
+class LayerShapes(Protocol):
+    """What the quantizer's per-tensor rules read of a model (capsim.models.spec.ModelSpec has all of it; a
+    protocol, so that ModelSpec can ask this module for its GGUF precisions without an import cycle)."""
 
-# GGUF file type (llama-quantize's name, lower case) -> default ggml type (llama_ftype_get_default_type)
-FILE_TYPES: dict[str, str] = {
-    "q4_0": "q4_0",
-    "q4_1": "q4_1",
-    "q5_0": "q5_0",
-    "q5_1": "q5_1",
-    "q8_0": "q8_0",
-    "q2_k": "q2_k",
-    "q3_k_s": "q3_k",
-    "q3_k_m": "q3_k",
-    "q3_k_l": "q3_k",
-    "q4_k_s": "q4_k",
-    "q4_k_m": "q4_k",
-    "q5_k_s": "q5_k",
-    "q5_k_m": "q5_k",
-    "q6_k": "q6_k",
-    "iq1_s": "iq1_s",
-    "iq1_m": "iq1_m",
-    "iq2_xxs": "iq2_xxs",
-    "iq2_xs": "iq2_xs",
-    "iq2_s": "iq2_xs",
-    "iq2_m": "iq2_s",
-    "iq3_xxs": "iq3_xxs",
-    "iq3_xs": "iq3_s",
-    "iq3_s": "iq3_s",
-    "iq3_m": "iq3_s",
-    "iq4_nl": "iq4_nl",
-    "iq4_xs": "iq4_xs",
-}
-"""Block types without a file type of that name (q4_k, q5_k, q3_k) mean every quantisable tensor in that type
-(llama-quantize --pure)."""
-
-# llama.cpp's integer dot-product kernels quantise activations to 8 bits (q8_0/q8_1/q8_K), so the compute is
-# int8 where the device lists an int8 rate (AVX-512 VNNI / AMX on CPUs, dp4a/mma MMQ on GPUs), else bf16.
-NATIVE_COMPUTE = "int8"
-
-
-def bits(ggml_type: str) -> float:
-    """Bits per weight of a ggml block type, block bytes x 8 / block weights."""
-    n, size = GGML_BLOCKS[ggml_type]
-    return size * 8.0 / n
-
-
-def is_gguf(name: str) -> bool:
-    """Whether ``name`` is a GGUF file type or ggml block type capsim knows."""
-    return name.lower() in FILE_TYPES or name.lower() in GGML_BLOCKS
-
-
-def base_precision(name: str) -> Precision:
-    """The default tensor type of a GGUF file type (or the block type itself), as a :class:`Precision`."""
-    key = name.lower()
-    return Precision(key, bits(FILE_TYPES.get(key, key)), NATIVE_COMPUTE)
+    @property
+    def num_layers(self) -> int: ...
+    @property
+    def hidden_size(self) -> int: ...
+    @property
+    def attention(self) -> AttentionSpec: ...
+    @property
+    def moe(self) -> MoESpec | None: ...
+    @property
+    def ffn_kinds(self) -> tuple[FFNKind, ...]: ...
+    @property
+    def gated_ffn(self) -> bool: ...
+    @property
+    def tie_word_embeddings(self) -> bool: ...
+    @property
+    def attention_params_per_layer(self) -> int: ...
 
 
 def use_more_bits(i_layer: int, n_layers: int) -> bool:
@@ -203,7 +148,7 @@ def _mix(parts: list[tuple[float, str]]) -> float:
     return sum(p * bits(t) for p, t in parts) / total if total else 0.0
 
 
-def group_bits(model: ModelSpec, name: str) -> dict[str, float]:
+def group_bits(model: LayerShapes, name: str) -> dict[str, float]:
     """Bits per weight of every quantised weight group of ``model`` stored as GGUF ``name``.
 
     Groups: attention, routed_experts, shared_experts, dense_ffn, embeddings, lm_head (router and norms are
@@ -264,7 +209,7 @@ def group_bits(model: ModelSpec, name: str) -> dict[str, float]:
     }
 
 
-def group_precisions(model: ModelSpec, name: str) -> dict[str, Precision]:
+def group_precisions(model: LayerShapes, name: str) -> dict[str, Precision]:
     """:func:`group_bits` as :class:`Precision` objects named after the file type."""
     key = name.lower()
     return {g: Precision(key, b, NATIVE_COMPUTE) for g, b in group_bits(model, key).items()}

@@ -36,7 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from capsim.errors import ConfigFieldError, DataFileError, UnsupportedModelError
-from capsim.models.spec import AttentionSpec, FFNKind, ModelSpec, MoESpec
+from capsim.models.parts import AttentionSpec, FFNKind, MoESpec
+from capsim.models.spec import ModelSpec
 
 _REQUIRED: Any = object()
 """Sentinel default: the key must be present."""

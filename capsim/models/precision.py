@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from capsim.errors import ScenarioError
+from capsim.models.ggml_types import FILE_TYPES, GGML_BLOCKS, NATIVE_COMPUTE, bits, is_gguf
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,6 @@ KV_PRECISIONS: dict[str, Precision] = {
 
 def weight_dtype_names() -> list[str]:
     """Every accepted weight dtype: capsim's formats, then the GGUF file and block types (capsim.models.gguf)."""
-    from capsim.models.gguf import FILE_TYPES, GGML_BLOCKS
 
     return list(WEIGHT_PRECISIONS) + [n for n in {**FILE_TYPES, **GGML_BLOCKS} if n not in WEIGHT_PRECISIONS]
 
@@ -76,7 +76,6 @@ def weight_dtype_choices() -> str:
 
 def is_weight_dtype(name: str) -> bool:
     """Whether ``name`` is an accepted weight dtype (case-insensitive)."""
-    from capsim.models.gguf import is_gguf
 
     return name.lower() in WEIGHT_PRECISIONS or is_gguf(name)
 
@@ -89,7 +88,7 @@ def weight_precision(name: str) -> Precision:
     key = name.lower()
     if key in WEIGHT_PRECISIONS:
         return WEIGHT_PRECISIONS[key]
-    from capsim.models.gguf import base_precision, is_gguf
+    pass
 
     if is_gguf(key):
         return base_precision(key)
@@ -117,3 +116,9 @@ def compute_key(precision: Precision, available: frozenset[str] | set[str]) -> s
         if fallback in available:
             return fallback
     raise ScenarioError("device lists no bf16, fp16 or fp32 peak FLOPS; cannot cost compute")
+
+
+def base_precision(name: str) -> Precision:
+    """The default tensor type of a GGUF file type (or the block type itself), as a :class:`Precision`."""
+    key = name.lower()
+    return Precision(key, bits(FILE_TYPES.get(key, key)), NATIVE_COMPUTE)

@@ -41,7 +41,8 @@ from typing import Any
 
 from capsim import units
 from capsim.errors import ScenarioError
-from capsim.models.spec import AttentionSpec, FFNKind, ModelSpec, MoESpec
+from capsim.models.parts import AttentionSpec, FFNKind, MoESpec
+from capsim.models.spec import ModelSpec
 from capsim.profile._torch import require_torch, resolve_device, synchronizer
 from capsim.profile.harness import machine_info, set_threads
 from capsim.profile.microbench import (

@@ -29,7 +29,8 @@ from torch import nn
 from torch.profiler import record_function as _scope  # labels each block in profiles; ~µs when not profiling
 
 from capsim.errors import UnsupportedModelError
-from capsim.models.spec import FFNKind, ModelSpec
+from capsim.models.parts import FFNKind
+from capsim.models.spec import ModelSpec
 
 INIT_STD = 0.02
 """Standard deviation of the random weights (Hugging Face's ``initializer_range`` default)."""

@@ -3,8 +3,10 @@ step costs from the engine, and vLLM-named serving metrics. See docs/serving.md.
 
 from capsim.serving.api import Curve, ServeRequest, parse_rates, run
 from capsim.serving.metrics import ServeResult, parse_slo
-from capsim.serving.run import Disaggregation, ReplicaModel, build_replica, serve
-from capsim.serving.simulate import SchedulerConfig, simulate_replica
+from capsim.serving.replica import Disaggregation, ReplicaModel
+from capsim.serving.run import build_replica, serve
+from capsim.serving.scheduler import SchedulerConfig
+from capsim.serving.simulate import simulate_replica
 from capsim.serving.stepcost import StepCost
 from capsim.serving.workload import LengthSpec, Workload, build_workload, load_request_file, parse_length
 

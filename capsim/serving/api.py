@@ -16,8 +16,9 @@ from capsim.errors import ScenarioError
 from capsim.hardware.db import HardwareDB
 from capsim.serving.metrics import ServeResult, parse_slo
 from capsim.serving.presets import get_preset
-from capsim.serving.run import Disaggregation, ReplicaModel, build_replica, serve
-from capsim.serving.simulate import SchedulerConfig
+from capsim.serving.replica import Disaggregation, ReplicaModel
+from capsim.serving.run import build_replica, serve
+from capsim.serving.scheduler import SchedulerConfig
 from capsim.serving.workload import Workload, build_workload, load_request_file, parse_length
 
 

@@ -22,7 +22,7 @@ from collections import deque
 import numpy as np
 
 from capsim.errors import ScenarioError
-from capsim.serving.simulate import _STRETCH_CAP, ReplicaRun, SchedulerConfig
+from capsim.serving.scheduler import STRETCH_CAP, ReplicaRun, SchedulerConfig
 from capsim.serving.stepcost import StepCost
 from capsim.serving.workload import Workload
 
@@ -147,7 +147,7 @@ def simulate_events(
         if nd and not pre and not waiting:
             fin = next_completion()
             assert fin is not None  # every decode has a completion entry
-            m = min(fin - g + 1, _STRETCH_CAP)
+            m = min(fin - g + 1, STRETCH_CAP)
             j = np.arange(m, dtype=np.int64)
             if bs == 1:
                 need = np.full(m, nd, dtype=np.int64)

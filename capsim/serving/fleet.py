@@ -12,13 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from capsim.economics.cost import CostInputs, cloud_rate
+from capsim.economics.cost import cloud_rate
+from capsim.economics.inputs import CostInputs
 from capsim.engine.scenario import Scenario
 from capsim.errors import DoesNotFitError, ScenarioError
 from capsim.hardware.db import HardwareDB
 from capsim.serving.metrics import ServeResult
 from capsim.serving.run import build_replica, serve
-from capsim.serving.simulate import SchedulerConfig
+from capsim.serving.scheduler import SchedulerConfig
 from capsim.serving.workload import Workload
 
 MAX_REPLICAS = 512

@@ -22,8 +22,8 @@ import numpy as np
 from capsim.errors import ScenarioError
 
 if TYPE_CHECKING:
-    from capsim.serving.run import Disaggregation, ReplicaModel
-    from capsim.serving.simulate import ReplicaRun, SchedulerConfig
+    from capsim.serving.replica import Disaggregation, ReplicaModel
+    from capsim.serving.scheduler import ReplicaRun, SchedulerConfig
     from capsim.serving.workload import Workload
 
 PERCENTILES = (50.0, 90.0, 99.0)

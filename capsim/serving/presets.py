@@ -11,7 +11,7 @@ import difflib
 from dataclasses import dataclass
 
 from capsim.errors import ScenarioError
-from capsim.serving.simulate import SchedulerConfig
+from capsim.serving.scheduler import SchedulerConfig
 
 GIB = 2.0**30
 

@@ -11,42 +11,22 @@ decode side to the prefill side is modelled).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 
-from capsim.engine.memory import MemoryPlan, kv_bytes_per_sequence_at
+from capsim.engine.memory import kv_bytes_per_sequence_at
 from capsim.engine.resolve import resolve
 from capsim.engine.resolved import ResolvedScenario
 from capsim.engine.scenario import Scenario
 from capsim.errors import ScenarioError
 from capsim.hardware.db import HardwareDB
 from capsim.serving.metrics import ServeResult, summarize
-from capsim.serving.simulate import ReplicaRun, SchedulerConfig, kv_block_count, simulate_replica
+from capsim.serving.replica import Disaggregation, ReplicaModel
+from capsim.serving.scheduler import ReplicaRun, SchedulerConfig
+from capsim.serving.simulate import kv_block_count, simulate_replica
 from capsim.serving.stepcost import StepCost
 from capsim.serving.workload import Workload
-
-
-@dataclass(frozen=True)
-class Disaggregation:
-    """Prefill and decode on separate replicas, KV cache sent over ``link`` (a hardware-DB link id; None =
-    the node's GPU-to-GPU link)."""
-
-    prefill_replicas: int
-    decode_replicas: int
-    link: str | None = None
-
-
-@dataclass
-class ReplicaModel:
-    """A resolved replica: its step-cost model and KV cache."""
-
-    rs: ResolvedScenario
-    memory: MemoryPlan
-    cost: StepCost
-    kv_blocks: int
-    kv_bytes_per_token: float
-    kv_pool_bytes: float
 
 
 def _unsupported(rs: ResolvedScenario) -> None:

@@ -11,7 +11,7 @@ step is a *piecewise affine* function of c, because
 
 So each summed quantity (time, time per resource, bytes, FLOPs) is affine between *knots*: the smallest and
 largest context any configuration of that batch needs, the windows, and each op's flip, located by linear
-interpolation of its t_compute − t_memory (:attr:`capsim.engine.roofline.PassCost.op_times`) between two knots and
+interpolation of its t_compute − t_memory (:attr:`capsim.engine.roofline.PassTimes.op_times`) between two knots and
 bracketed by the integers either side. The sum of an affine f over the integers x … y is
 (y − x + 1)·(f(x) + f(y))/2, so a configuration's total needs no further evaluation. Nothing here re-derives
 a formula: the knots' values come from ``decode_passes`` itself, and the flips from the roofline's own
@@ -26,7 +26,7 @@ import numpy as np
 
 from capsim.engine.metrics import RESOURCES
 from capsim.engine.passes import decode_steps
-from capsim.engine.roofline import PassCost
+from capsim.engine.roofline import PassTimes
 
 SWEEP_RESOURCES: tuple[str, ...] = (*RESOURCES, "cpu", "link")
 """The roofline's resources plus those the cpu-experts mode charges (CPU compute, PCIe hand-offs), in the
@@ -44,7 +44,7 @@ QUANTITIES: tuple[str, ...] = (
 """Per-step quantities :func:`decode_totals` sums over the decode steps (seconds, bytes, FLOPs)."""
 
 
-def apply_sweep_mode(rs: Any, cost: PassCost) -> None:
+def apply_sweep_mode(rs: Any, cost: PassTimes) -> None:
     """The mode's change to device-resident passes, as predict applies it (:mod:`capsim.engine.offload`): for
     cpu-experts the off-GPU experts' work moves to the CPU, plus the PCIe hand-offs. Those depend on a pass's
     tokens, not its context, so decode sums stay piecewise affine between the same knots."""
@@ -56,7 +56,7 @@ def apply_sweep_mode(rs: Any, cost: PassCost) -> None:
         apply_cpu_experts(rs, 1, cost, decode_passes(rs, np.zeros(0), np.zeros(0)))
 
 
-def step_quantities(cost: PassCost, n: int) -> np.ndarray:
+def step_quantities(cost: PassTimes, n: int) -> np.ndarray:
     """The :data:`QUANTITIES` of ``n`` passes as an (n, len(QUANTITIES)) matrix."""
     out = np.empty((n, len(QUANTITIES)))
     zero = np.zeros(n)
@@ -141,7 +141,7 @@ def decode_totals(
     context_step: float = 1.0,
 ) -> tuple[np.ndarray, float]:
     """Exact sums over the gen_len − 1 decode steps of each configuration (step j attends to prompt_len + j
-    tokens, as :func:`capsim.engine.passes.decode_cost` evaluates them one by one): a (len(QUANTITIES), n) matrix,
+    tokens, as :func:`capsim.engine.passes.decode_times` evaluates them one by one): a (len(QUANTITIES), n) matrix,
     one row per quantity, and the metric peak FLOP/s of the passes. Configurations with gen_len < 2 have no
     steps and sum to 0.
 
@@ -152,7 +152,7 @@ def decode_totals(
 
     ``context_step`` E != 1 (speculative decoding: a verify step yields E tokens per sequence) sums instead over
     the ceil((gen_len − 1)/E) steps at contexts prompt_len + E·j, j = 1, 2, …, as
-    :func:`capsim.engine.passes.decode_cost` places them; each piece then holds the progression's points in
+    :func:`capsim.engine.passes.decode_times` places them; each piece then holds the progression's points in
     [k_j, k_{j+1})."""
     if context_step != 1.0:
         return _progression_totals(rs, batch, prompt_len, gen_len, context_span, float(context_step))

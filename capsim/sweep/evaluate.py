@@ -137,7 +137,7 @@ INT_COLUMNS = ("gpus", "batch", "prompt_len", "gen_len", "max_batch", "waves", "
 _BOTTLENECK_WIDTH = max(len(v) for v in (*SWEEP_RESOURCES, "none", "does not fit"))
 
 
-def _empty(n: int, strings: dict[str, str]) -> dict[str, np.ndarray]:
+def empty_columns(n: int, strings: dict[str, str]) -> dict[str, np.ndarray]:
     """Columns of ``n`` rows: ``strings`` filled in (fixed-width unicode: far cheaper than object arrays),
     integers 0, flags False, floats NaN (what a row that does not run reports)."""
     cols: dict[str, np.ndarray] = {}
@@ -161,7 +161,7 @@ def evaluate_segment(grid: Grid, group: Group, start: int, stop: int) -> dict[st
     n = total_batch.shape[0]
     model_id, hardware, _, wdt, kvdt, layout = group.key
     rs = group.resolved
-    cols = _empty(
+    cols = empty_columns(
         n,
         {
             "model": model_id,
@@ -183,7 +183,7 @@ def evaluate_segment(grid: Grid, group: Group, start: int, stop: int) -> dict[st
     # data-parallel replicas split the batch; the rest describes one replica (predict's convention)
     replicas = rs.layout.dp
     batch = -(-total_batch // replicas) if replicas > 1 else total_batch
-    adp = rs.placement.attention_dp
+    adp = rs.sharding.attention_dp
     cols["gpus"][:] = rs.layout.devices
     cols["weights_gb"][:] = sum(weight_bytes_per_device(rs).values()) / GB
     cols["usable_gb"][:] = usable_bytes(rs) / GB
@@ -246,7 +246,7 @@ def prefill_totals(
     carries the lm_head), as predict sums them. Runs of equal consecutive (batch, prompt_len) are costed once.
     Under attention data parallelism the busiest rank prefills ceil(batch / N) prompts, and EP/attention-DP
     layouts add the MoE layers' communication and load balance (capsim.engine.parallel), as predict does."""
-    adp = rs.placement.attention_dp
+    adp = rs.sharding.attention_dp
     if adp > 1:
         batch = -(-batch // adp)
     first, run = _first_of_runs(batch, prompt_len)
@@ -330,3 +330,15 @@ def _decode_columns(
     by_resource = np.stack([sums[f"time_{r}"] for r in SWEEP_RESOURCES])
     metrics["bottleneck"] = np.array(SWEEP_RESOURCES)[np.argmax(by_resource, axis=0)]
     return tpot, time, metrics
+
+
+def cell(value: Any) -> Any:
+    """A numpy scalar as the JSON value it stands for (non-finite floats: None)."""
+    if isinstance(value, (np.floating, float)):
+        v = float(value)
+        return v if np.isfinite(v) else None
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.bool_,)):
+        return bool(value)
+    return value

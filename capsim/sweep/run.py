@@ -26,13 +26,13 @@ import numpy as np
 from capsim.errors import DataFileError, ScenarioError
 from capsim.hardware.db import HardwareDB
 from capsim.sweep.evaluate import COLUMNS, Group, evaluate_segment, resolve_group
+from capsim.sweep.fronts import pareto_rows
 from capsim.sweep.grid import Grid
 from capsim.sweep.guard import has_finished_parts
 from capsim.sweep.writers import (
     FORMATS,
     StreamedOutput,
     atomic_write,
-    cell,
     encode_chunk,
     remove_folder,
     require_pyarrow,
@@ -59,29 +59,6 @@ class Filters:
         return keep
 
 
-def pareto_mask(tpot: np.ndarray, throughput: np.ndarray) -> np.ndarray:
-    """Rows not dominated in (lower TPOT, higher throughput): sort by TPOT, keep strict throughput records."""
-    order = np.lexsort((-throughput, tpot))
-    sorted_tp = throughput[order]
-    previous_best = np.maximum.accumulate(np.concatenate([[-np.inf], sorted_tp[:-1]]))
-    keep = np.zeros(tpot.shape[0], dtype=bool)
-    keep[order] = sorted_tp > previous_best
-    return keep
-
-
-def pareto_rows(cols: dict[str, np.ndarray]) -> list[dict[str, Any]]:
-    ok = cols["feasible"].astype(bool) & np.isfinite(cols["tpot_s"].astype(np.float64))
-    idx = np.nonzero(ok)[0]
-    if idx.size == 0:
-        return []
-    mask = pareto_mask(
-        cols["tpot_s"][idx].astype(np.float64), cols["decode_tokens_per_s"][idx].astype(np.float64)
-    )
-    chosen = idx[mask]
-    chosen = chosen[np.argsort(cols["tpot_s"][chosen].astype(np.float64), kind="stable")]
-    return [{k: cell(cols[k][i]) for k in COLUMNS} for i in chosen]
-
-
 def format_of(path: Path, fmt: str | None) -> str:
     chosen = fmt or {".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet"}.get(path.suffix, "")
     if chosen not in FORMATS:
@@ -97,18 +74,6 @@ def evaluate_chunk(grid: Grid, groups: list[Group], start: int, stop: int) -> di
     """Columns of rows ``start:stop`` (concatenated over the groups the chunk spans)."""
     parts = [evaluate_segment(grid, groups[g], a, b) for g, a, b in grid.segments(start, stop)]
     return {name: np.concatenate([p[name] for p in parts]) for name in COLUMNS}
-
-
-def merge_fronts(*fronts: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Pareto front of the union of fronts (row dicts, as :func:`pareto_rows` returns them, so feasible with
-    a finite TPOT), ordered by TPOT."""
-    rows = [r for front in fronts for r in front]
-    if not rows:
-        return []
-    tpot = np.array([r["tpot_s"] for r in rows], dtype=np.float64)
-    throughput = np.array([r["decode_tokens_per_s"] for r in rows], dtype=np.float64)
-    chosen = np.nonzero(pareto_mask(tpot, throughput))[0]
-    return [rows[i] for i in chosen[np.argsort(tpot[chosen], kind="stable")]]
 
 
 def filter_and_encode(

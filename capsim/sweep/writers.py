@@ -131,18 +131,6 @@ def encode_chunk(cols: dict[str, np.ndarray], fmt: str) -> bytes:
     raise ValueError(f"unknown format {fmt!r}")
 
 
-def cell(value: Any) -> Any:
-    """A numpy scalar as the JSON value it stands for (non-finite floats: None)."""
-    if isinstance(value, (np.floating, float)):
-        v = float(value)
-        return v if np.isfinite(v) else None
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.bool_,)):
-        return bool(value)
-    return value
-
-
 def _encode_jsonl(cols: dict[str, np.ndarray]) -> bytes:
     """JSON lines, each what ``json.dumps`` writes for the row's dict, built column by column (one ``repr`` per
     float, one escape per distinct string) rather than cell by cell."""
@@ -272,7 +260,7 @@ class StreamedOutput:
         self.rows += rows
         self.chunks += 1
         if front:
-            from capsim.sweep.run import merge_fronts
+            from capsim.sweep.fronts import merge_fronts
 
             self.front = merge_fronts(self.front, front)
         self._commit()
@@ -323,9 +311,11 @@ def _cut(path: Path, length: int) -> None:
 
 
 def _no_rows() -> dict[str, np.ndarray]:
-    from capsim.sweep.evaluate import _empty
+    from capsim.sweep.evaluate import empty_columns
 
-    return _empty(0, {"model": "", "hardware": "", "weight_dtype": "", "kv_dtype": "", "bottleneck": ""})
+    return empty_columns(
+        0, {"model": "", "hardware": "", "weight_dtype": "", "kv_dtype": "", "bottleneck": ""}
+    )
 
 
 def remove_folder(folder: Path) -> None:

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from capsim._paths import _PACKAGE_DIR
+from capsim._paths import data_candidates
 from capsim.engine.engines import load_engines
 from capsim.engine.scenario import Scenario
 from capsim.errors import CapsimError, DataFileError
@@ -173,7 +173,7 @@ class PublishedCase:
 
 def default_path() -> Path:
     """The shipped measurement set: ``capsim/_data/published`` in a wheel, ``validation/published`` in a clone."""
-    for candidate in (_PACKAGE_DIR / "_data" / "published", _PACKAGE_DIR.parent / "validation" / "published"):
+    for candidate in data_candidates("published", "validation/published"):
         if (candidate / PUBLISHED_FILE).is_file():
             return candidate / PUBLISHED_FILE
     raise FileNotFoundError(
