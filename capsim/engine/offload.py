@@ -30,6 +30,7 @@ from capsim.engine.deployment import (
 )
 from capsim.engine.memory import MemoryPlan
 from capsim.engine.placement import DEVICE, DRAM, SSD, tier_counts
+from capsim.engine.reports import DeploymentReport, LinkLoad, TierLoad
 from capsim.engine.roofline import ACTIVATION_BYTES, PassTimes
 from capsim.errors import DoesNotFitError, MissingValueError
 from capsim.models.precision import compute_key
@@ -95,11 +96,11 @@ class HostTiers:
     page_cache_experts: int
     notes: list[str] = field(default_factory=list)
 
-    def to_dict(self, rs: ResolvedScenario) -> dict[str, Any]:
+    def to_dict(self, rs: ResolvedScenario) -> dict[str, TierLoad]:
         counts = tier_counts(rs.expert_tiers)
         device = "dram (device)" if rs.device_is_dram else "gpu"
         per = _expert_bytes(rs)
-        out: dict[str, Any] = {device: {"experts": counts["gpu"], "gb": counts["gpu"] * per / GB}}
+        out: dict[str, TierLoad] = {device: {"experts": counts["gpu"], "gb": counts["gpu"] * per / GB}}
         if not rs.device_is_dram:
             out["dram"] = {
                 "experts": counts["dram"],
@@ -251,9 +252,7 @@ def _charge_links(cost: PassTimes, link_times: list[np.ndarray] | list[float], p
     _add_resource(cost, "link", exposed, "expert_fetch")
 
 
-def _link_report(
-    path: str, bandwidth: float, bytes_per_step: float, seconds: float
-) -> dict[str, float | str]:
+def _link_report(path: str, bandwidth: float, bytes_per_step: float, seconds: float) -> LinkLoad:
     """One link's load per decode step: bytes over all its instances (one per TP rank for host links), and
     the seconds one instance is busy (before any overlap with compute)."""
     return {"path": path, "gb_s": bandwidth / GB, "gb_per_step": bytes_per_step / GB, "s_per_step": seconds}
@@ -261,7 +260,7 @@ def _link_report(
 
 def apply_offload(
     rs: ResolvedScenario, memory: MemoryPlan, batch: int, prefill: PassTimes, decode: PassTimes
-) -> dict[str, Any]:
+) -> DeploymentReport:
     """Size the device expert cache, simulate it (and the host page cache) on the router, and add the link
     time of the misses to every pass."""
     model, dep, tiers = rs.model, rs.deployment, rs.expert_tiers
@@ -294,7 +293,7 @@ def apply_offload(
     )
     host_link, ssd_link = _links(rs)
     full = _expert_bytes(rs)
-    links: dict[str, dict[str, float | str]] = {}
+    links: dict[str, LinkLoad] = {}
     fetch_times: list[float] = []
     if host_link is not None:
         # every TP rank fetches its shard of each missing expert over its own link: per-device bytes / link
@@ -313,7 +312,7 @@ def apply_offload(
     )
     primary = host_link or ssd_link
     assert primary is not None  # some expert is off the device in offload mode: internal invariant
-    out: dict[str, Any] = {
+    out: DeploymentReport = {
         "mode": dep.mode if dep.mode == "cpu" else "offload",
         "cache_experts": capacity,
         "hit_rate": outcome.hit_rate,
@@ -364,7 +363,7 @@ def _prefill_link_times(
     return times
 
 
-def _with_notes(out: dict[str, Any], notes: list[str]) -> dict[str, Any]:
+def _with_notes(out: DeploymentReport, notes: list[str]) -> DeploymentReport:
     if notes:
         out["note"] = "; ".join(notes)
     return out
@@ -426,7 +425,7 @@ def _remove_gpu_expert_time(cost: PassTimes, removed: np.ndarray) -> None:
 
 def apply_cpu_experts(
     rs: ResolvedScenario, batch: int, prefill: PassTimes, decode: PassTimes
-) -> dict[str, Any]:
+) -> DeploymentReport:
     """Move the off-GPU experts' work from the GPU to the CPU (plus PCIe hand-offs and SSD paging)."""
     model, dep = rs.model, rs.deployment
     moe = model.moe
@@ -488,7 +487,7 @@ def apply_cpu_experts(
         if paging["reads_per_step"]:
             # page faults block the CPU thread that touches the expert: serial with the compute
             _add_resource(cost, "link", np.broadcast_to(page_time, cost.time.shape).copy(), "ssd_paging")
-    out: dict[str, Any] = {
+    out: DeploymentReport = {
         "mode": "cpu-experts",
         "cpu": cpu.id,
         "sockets_streaming": sockets,
@@ -533,7 +532,7 @@ def _ssd_paging(rs: ResolvedScenario, batch: int, host: HostTiers) -> dict[str, 
     }
 
 
-def apply_socket_tp(rs: ResolvedScenario, prefill: PassTimes, decode: PassTimes) -> dict[str, Any]:
+def apply_socket_tp(rs: ResolvedScenario, prefill: PassTimes, decode: PassTimes) -> DeploymentReport:
     """``--mode cpu --numa tp``: every decoder layer all-reduces its activations between the sockets twice
     (after attention and after the FFN), over the socket link (:func:`capsim.engine.deployment.socket_allreduce_time`);
     the latency is the cpu class's all-reduce base latency."""
