@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from capsim.cli._console import out_console, print_json
+from capsim.engine.reports import DeploymentReport
 from capsim.engine.scenario import Scenario
 
 _DEFAULTS = {f.name: f.default for f in fields(Scenario)}
@@ -103,7 +104,7 @@ def render_prediction(pred: Any) -> None:
             f"(min {min(acts):.2f}, max {max(acts):.2f}, {len(acts)} MoE layers)"
         )
 
-    _render_deployment(d)
+    _render_deployment(d, pred.deployment)
     m = d["memory"]
     mem = Table(title=f"memory per device ({m['devices']} devices)", title_justify="left")
     for col in ("weights", "KV cache", "buffers", "total", "usable", "capacity", "max batch"):
@@ -152,10 +153,9 @@ def render_prediction(pred: Any) -> None:
     console.print("  metric definitions: docs/metrics.md")
 
 
-def _render_deployment(d: dict[str, Any]) -> None:
+def _render_deployment(d: dict[str, Any], dep: DeploymentReport) -> None:
     """Mode summary, experts per tier, load per link and where a decode step's time goes."""
     console = out_console()
-    dep = d["deployment"]
     mode = dep.get("mode", "gpu")
     if "cache_experts" in dep:
         console.print(

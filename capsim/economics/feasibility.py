@@ -21,6 +21,7 @@ import numpy as np
 
 from capsim.engine.memory import largest_batch, max_batch_that_fits
 from capsim.engine.predict import predict
+from capsim.engine.reports import DeploymentReport
 from capsim.engine.resolve import resolve
 from capsim.engine.scenario import Scenario
 from capsim.errors import CapsimError
@@ -189,7 +190,7 @@ def _requested_layout(sc: Scenario) -> str | None:
     return layout_label({"tp": tp, "attention_dp": sc.attention_dp, "ep": sc.ep, "pp": sc.pp, "dp": sc.dp})
 
 
-def _detail(mode: str, dep: dict[str, Any], pred: Any) -> str:
+def _detail(mode: str, dep: DeploymentReport, pred: Any) -> str:
     tiers = dep.get("tiers", {})
     where = ", ".join(f"{t['experts']} experts on {name}" for name, t in tiers.items() if t["experts"])
     if mode == "gpu":

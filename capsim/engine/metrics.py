@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from capsim.engine.memory import MemoryPlan
+from capsim.engine.reports import DeploymentReport
 from capsim.engine.roofline import RESOURCES, PassTimes
 from capsim.models.precision import compute_key
 
@@ -133,7 +134,7 @@ class Prediction:
     batch_per_wave: int
     decode_step_times_s: np.ndarray = field(repr=False)
     assumptions: dict[str, Any] = field(default_factory=dict)
-    deployment: dict[str, Any] = field(default_factory=dict)
+    deployment: DeploymentReport = field(default_factory=lambda: DeploymentReport())
 
     @property
     def prefill_time_s(self) -> float:
@@ -243,7 +244,7 @@ def build_prediction(
     wave_batch: int,
     prefill: PassTimes,
     decode: PassTimes,
-    deployment: dict[str, Any] | None = None,
+    deployment: DeploymentReport | None = None,
     *,
     replicas: int = 1,
     total_batch: int | None = None,

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 from capsim.engine import formulas_eval as formulas
 from capsim.engine.deployment import (
@@ -30,6 +31,7 @@ from capsim.engine.deployment import (
 )
 from capsim.engine.memory import MemoryPlan
 from capsim.engine.placement import DEVICE, DRAM, SSD, tier_counts
+from capsim.engine.reports import DeploymentReport, LinkLoad, TierLoad
 from capsim.engine.roofline import ACTIVATION_BYTES, PassTimes
 from capsim.errors import DoesNotFitError, MissingValueError
 from capsim.models.precision import compute_key
@@ -95,11 +97,11 @@ class HostTiers:
     page_cache_experts: int
     notes: list[str] = field(default_factory=list)
 
-    def to_dict(self, rs: ResolvedScenario) -> dict[str, Any]:
+    def to_dict(self, rs: ResolvedScenario) -> dict[str, TierLoad]:
         counts = tier_counts(rs.expert_tiers)
         device = "dram (device)" if rs.device_is_dram else "gpu"
         per = _expert_bytes(rs)
-        out: dict[str, Any] = {device: {"experts": counts["gpu"], "gb": counts["gpu"] * per / GB}}
+        out: dict[str, TierLoad] = {device: {"experts": counts["gpu"], "gb": counts["gpu"] * per / GB}}
         if not rs.device_is_dram:
             out["dram"] = {
                 "experts": counts["dram"],
@@ -229,7 +231,7 @@ def cache_outcome(
     )
 
 
-def _links(rs: ResolvedScenario) -> tuple[tuple[float, str] | None, tuple[float, str] | None]:
+def expert_links(rs: ResolvedScenario) -> tuple[tuple[float, str] | None, tuple[float, str] | None]:
     """(host DRAM -> device link, SSD -> host memory link) as (bytes/s, path); None where not used."""
     tiers = rs.expert_tiers
     host = None
@@ -241,27 +243,57 @@ def _links(rs: ResolvedScenario) -> tuple[tuple[float, str] | None, tuple[float,
     return host, ssd
 
 
-def _charge_links(cost: PassTimes, link_times: list[np.ndarray] | list[float], prefetch: bool) -> None:
+def charge_links(cost: PassTimes, link_times: list[np.ndarray], prefetch: bool) -> np.ndarray:
     """Add the exposed link time: with prefetch, links run alongside the device and each other, so a pass
-    takes max(device, slowest link); without it the copies serialise before the compute."""
+    takes max(device, slowest link); without it the copies serialise before the compute. Returns the slowest
+    link's time minus the device's before the charge (the sign says which one a prefetching pass waits on:
+    a sweep tracks where it flips, :mod:`capsim.sweep.decode`)."""
     if not link_times:
-        return
+        return np.full(cost.time.shape, -np.inf)
     times = [np.broadcast_to(np.asarray(t, dtype=np.float64), cost.time.shape) for t in link_times]
-    exposed = np.maximum(np.max(times, axis=0) - cost.time, 0.0) if prefetch else np.sum(times, axis=0)
+    margin: np.ndarray = np.max(times, axis=0) - cost.time
+    exposed = np.maximum(margin, 0.0) if prefetch else np.sum(times, axis=0)
     _add_resource(cost, "link", exposed, "expert_fetch")
+    return margin
 
 
-def _link_report(
-    path: str, bandwidth: float, bytes_per_step: float, seconds: float
-) -> dict[str, float | str]:
+def _link_report(path: str, bandwidth: float, bytes_per_step: float, seconds: float) -> LinkLoad:
     """One link's load per decode step: bytes over all its instances (one per TP rank for host links), and
     the seconds one instance is busy (before any overlap with compute)."""
     return {"path": path, "gb_s": bandwidth / GB, "gb_per_step": bytes_per_step / GB, "s_per_step": seconds}
 
 
+def expert_cache_capacity(rs: ResolvedScenario, free_bytes: ArrayLike) -> NDArray[np.int64]:
+    """Experts the device's expert cache holds in ``free_bytes`` per device (what weights, buffers and the
+    KV cache leave), at most every off-device expert; vectorised over configurations."""
+    n_cacheable = int((rs.expert_tiers != DEVICE).sum())
+    slots = np.floor_divide(
+        np.maximum(np.asarray(free_bytes, dtype=np.float64), 0.0), expert_bytes_on_gpu(rs)
+    )
+    return np.minimum(slots, n_cacheable).astype(np.int64)
+
+
+def decode_link_times(
+    rs: ResolvedScenario, misses_per_step: ArrayLike, ssd_reads_per_step: ArrayLike
+) -> list[np.ndarray]:
+    """Seconds each link is busy per decode step (host link, then SSD), from the cache's misses and SSD reads
+    per step (arrays of configurations, or scalars)."""
+    host_link, ssd_link = expert_links(rs)
+    misses = np.asarray(misses_per_step, dtype=np.float64)
+    times: list[np.ndarray] = []
+    if host_link is not None:
+        # every TP rank fetches its shard of each missing expert over its own link: per-device bytes / link
+        times.append(misses * expert_bytes_on_gpu(rs) / host_link[0])
+    if ssd_link is not None:
+        # SSD reads: all ranks' shards come from the (shared) drives; on a DRAM device every miss is a read
+        reads = misses if rs.device_is_dram else np.asarray(ssd_reads_per_step, dtype=np.float64)
+        times.append(reads * _expert_bytes(rs) / ssd_link[0])
+    return times
+
+
 def apply_offload(
     rs: ResolvedScenario, memory: MemoryPlan, batch: int, prefill: PassTimes, decode: PassTimes
-) -> dict[str, Any]:
+) -> DeploymentReport:
     """Size the device expert cache, simulate it (and the host page cache) on the router, and add the link
     time of the misses to every pass."""
     model, dep, tiers = rs.model, rs.deployment, rs.expert_tiers
@@ -270,14 +302,13 @@ def apply_offload(
     host = host_tiers(rs)
     per_dev = expert_bytes_on_gpu(rs)
     cacheable = tiers != DEVICE
-    n_cacheable = int(cacheable.sum())
     free = (
         memory.usable_bytes
         - memory.weights_bytes
         - memory.buffers_bytes
         - memory.kv_bytes_per_sequence * batch
     )
-    capacity = int(min(max(free, 0.0) // per_dev, n_cacheable))
+    capacity = int(expert_cache_capacity(rs, free))
     if capacity < moe.top_k:
         raise DoesNotFitError(
             memory.weights_bytes
@@ -292,28 +323,22 @@ def apply_offload(
     outcome = cache_outcome(
         rs, batch, cacheable, capacity, host.page_cache_experts, dep.cache_policy, two_level
     )
-    host_link, ssd_link = _links(rs)
+    host_link, ssd_link = expert_links(rs)
     full = _expert_bytes(rs)
-    links: dict[str, dict[str, float | str]] = {}
-    fetch_times: list[float] = []
+    fetch_times = decode_link_times(rs, outcome.misses_per_step, outcome.ssd_reads_per_step)
+    links: dict[str, LinkLoad] = {}
     if host_link is not None:
-        # every TP rank fetches its shard of each missing expert over its own link: per-device bytes / link
-        fetch_times.append(outcome.misses_per_step * per_dev / host_link[0])
         links["host_to_device"] = _link_report(
-            host_link[1], host_link[0], outcome.misses_per_step * full, fetch_times[-1]
+            host_link[1], host_link[0], outcome.misses_per_step * full, float(fetch_times[0])
         )
     if ssd_link is not None:
-        # SSD reads: all ranks' shards come from the (shared) drives; on a DRAM device every miss is a read
         reads = outcome.ssd_reads_per_step if two_level else outcome.misses_per_step
-        fetch_times.append(reads * full / ssd_link[0])
-        links["ssd_to_host"] = _link_report(ssd_link[1], ssd_link[0], reads * full, fetch_times[-1])
-    _charge_links(decode, fetch_times, dep.prefetch)
-    _charge_links(
-        prefill, _prefill_link_times(rs, prefill, capacity, host, host_link, ssd_link), dep.prefetch
-    )
+        links["ssd_to_host"] = _link_report(ssd_link[1], ssd_link[0], reads * full, float(fetch_times[-1]))
+    charge_links(decode, fetch_times, dep.prefetch)
+    charge_links(prefill, prefill_link_times(rs, prefill, capacity, host), dep.prefetch)
     primary = host_link or ssd_link
     assert primary is not None  # some expert is off the device in offload mode: internal invariant
-    out: dict[str, Any] = {
+    out: DeploymentReport = {
         "mode": dep.mode if dep.mode == "cpu" else "offload",
         "cache_experts": capacity,
         "hit_rate": outcome.hit_rate,
@@ -335,24 +360,21 @@ def apply_offload(
     return _with_notes(out, host.notes)
 
 
-def _prefill_link_times(
-    rs: ResolvedScenario,
-    cost: PassTimes,
-    capacity: int,
-    host: HostTiers,
-    host_link: tuple[float, str] | None,
-    ssd_link: tuple[float, str] | None,
+def prefill_link_times(
+    rs: ResolvedScenario, cost: PassTimes, capacity: ArrayLike, host: HostTiers
 ) -> list[np.ndarray]:
     """A prefill chunk activates A_l experts per layer; those off the device (their share of the layer's
     experts) are fetched unless cached: misses = accesses x (1 - cache / off-device experts), the steady
-    state of a chunk that scans more experts than the cache holds. SSD misses beyond the page cache are reads."""
+    state of a chunk that scans more experts than the cache holds. SSD misses beyond the page cache are reads.
+    ``capacity``: the cache's experts, per pass (or one for all)."""
     if cost.time.size == 0:
         return []
+    host_link, ssd_link = expert_links(rs)
     tiers = rs.expert_tiers
     off_share = (tiers != DEVICE).mean(axis=1)  # per MoE layer
     accesses = (cost.activated_by_layer() * off_share[:, None]).sum(axis=0)
     n_off = float((tiers != DEVICE).sum())
-    misses = accesses * max(0.0, 1.0 - capacity / n_off)
+    misses = accesses * np.maximum(0.0, 1.0 - np.asarray(capacity, dtype=np.float64) / n_off)
     n_ssd = float((tiers == SSD).sum())
     uncached_ssd = max(n_ssd - host.page_cache_experts, 0.0) if not rs.device_is_dram else n_ssd
     reads = misses * (uncached_ssd / n_off)
@@ -364,7 +386,7 @@ def _prefill_link_times(
     return times
 
 
-def _with_notes(out: dict[str, Any], notes: list[str]) -> dict[str, Any]:
+def _with_notes(out: DeploymentReport, notes: list[str]) -> DeploymentReport:
     if notes:
         out["note"] = "; ".join(notes)
     return out
@@ -426,7 +448,7 @@ def _remove_gpu_expert_time(cost: PassTimes, removed: np.ndarray) -> None:
 
 def apply_cpu_experts(
     rs: ResolvedScenario, batch: int, prefill: PassTimes, decode: PassTimes
-) -> dict[str, Any]:
+) -> DeploymentReport:
     """Move the off-GPU experts' work from the GPU to the CPU (plus PCIe hand-offs and SSD paging)."""
     model, dep = rs.model, rs.deployment
     moe = model.moe
@@ -488,7 +510,7 @@ def apply_cpu_experts(
         if paging["reads_per_step"]:
             # page faults block the CPU thread that touches the expert: serial with the compute
             _add_resource(cost, "link", np.broadcast_to(page_time, cost.time.shape).copy(), "ssd_paging")
-    out: dict[str, Any] = {
+    out: DeploymentReport = {
         "mode": "cpu-experts",
         "cpu": cpu.id,
         "sockets_streaming": sockets,
@@ -533,7 +555,7 @@ def _ssd_paging(rs: ResolvedScenario, batch: int, host: HostTiers) -> dict[str, 
     }
 
 
-def apply_socket_tp(rs: ResolvedScenario, prefill: PassTimes, decode: PassTimes) -> dict[str, Any]:
+def apply_socket_tp(rs: ResolvedScenario, prefill: PassTimes, decode: PassTimes) -> DeploymentReport:
     """``--mode cpu --numa tp``: every decoder layer all-reduces its activations between the sockets twice
     (after attention and after the FFN), over the socket link (:func:`capsim.engine.deployment.socket_allreduce_time`);
     the latency is the cpu class's all-reduce base latency."""

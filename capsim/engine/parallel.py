@@ -56,6 +56,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from capsim.engine.formulas_eval import ring_allreduce_time
+from capsim.engine.reports import ExpertParallelReport
 from capsim.engine.roofline import ACTIVATION_BYTES, PassTimes
 
 if TYPE_CHECKING:
@@ -281,7 +282,7 @@ def _interp_ep(table: dict[int, tuple[float, float]], ep: int) -> tuple[float, f
 
 def dispatch_combine_time(
     rs: ResolvedScenario, expert_tokens: np.ndarray, phase: str
-) -> tuple[np.ndarray, dict[str, Any]]:
+) -> tuple[np.ndarray, ExpertParallelReport]:
     """Seconds of one MoE layer's dispatch + combine for steps of ``expert_tokens`` replica tokens."""
     layout, model, rates = rs.layout, rs.model, rs.rates
     moe = model.moe
@@ -325,7 +326,9 @@ def dispatch_combine_time(
     return t, {"all_to_all": kernel, "all_to_all_gb_s": (bw_d * ratio, bw_c * ratio)}
 
 
-def apply_expert_parallel(rs: ResolvedScenario, cost: PassTimes, phase: str = "decode") -> dict[str, Any]:
+def apply_expert_parallel(
+    rs: ResolvedScenario, cost: PassTimes, phase: str = "decode"
+) -> ExpertParallelReport:
     """MoE-layer communication and load balance of attention-DP / EP layouts (module docstring): the MoE layers'
     TP all-reduce is replaced by dispatch + combine (EP) or a gather/scatter over all expert ranks (attention DP
     with --ep 1), and the routed experts wait for the slowest EP group."""
@@ -336,7 +339,7 @@ def apply_expert_parallel(rs: ResolvedScenario, cost: PassTimes, phase: str = "d
     n_moe = model.num_moe_layers
     expert_tokens = cost.tokens
     rank_tokens = expert_tokens / layout.attention_dp  # the attention TP group's share (ceil ignored here)
-    info: dict[str, Any] = {
+    info: ExpertParallelReport = {
         "ep": layout.ep,
         "attention_dp": layout.attention_dp,
         "expert_ranks": layout.expert_ranks,

@@ -268,7 +268,7 @@ def decode_steps(rs: ResolvedScenario, batch: np.ndarray, context: np.ndarray) -
     if rs.layout.ep > 1 or rs.layout.attention_dp > 1:
         from capsim.engine.parallel import apply_expert_parallel
 
-        cost.extra["ep"] = apply_expert_parallel(rs, cost, "decode")  # type: ignore[assignment]
+        cost.extra["ep"] = apply_expert_parallel(rs, cost, "decode")
     if tbo and cost.time.size:
         from capsim.engine.parallel import two_batch_overlap
 
@@ -280,7 +280,7 @@ def decode_steps(rs: ResolvedScenario, batch: np.ndarray, context: np.ndarray) -
             "all_to_all_exposed_s_per_pass": float(cost.time_by_op["all_to_all"].mean()),
         }
     if spec is not None:
-        cost.extra["speculative"] = add_draft_passes(rs, cost, batch, context)  # type: ignore[assignment]
+        cost.extra["speculative"] = add_draft_passes(rs, cost, batch, context)
     return cost
 
 

@@ -15,6 +15,7 @@ from capsim.engine.passes import decode_times, prefill_times
 from capsim.engine.placement import (
     DEVICE,
 )
+from capsim.engine.reports import DeploymentReport
 from capsim.engine.resolve import resolve
 from capsim.engine.resolved import ResolvedScenario
 from capsim.engine.roofline import (
@@ -43,9 +44,9 @@ def predict(scenario: Scenario, *, hardware_db: HardwareDB | None = None) -> Pre
 
         apply_expert_parallel(rs, prefill, "prefill")
     ep_info = decode.extra.get("ep", {})
-    deployment = {**_apply_mode(rs, memory, wave_batch, prefill, decode), **ep_info}  # type: ignore[dict-item]
+    deployment: DeploymentReport = {**_apply_mode(rs, memory, wave_batch, prefill, decode), **ep_info}
     if rs.speculation is not None:
-        deployment["speculative"] = decode.extra.get("speculative", rs.speculation.to_dict())  # type: ignore[attr-defined]
+        deployment["speculative"] = decode.extra.get("speculative", rs.speculation.to_dict())
     if rs.layout.pp > 1:
         from capsim.engine.parallel import apply_pipeline_decode, apply_pipeline_prefill
 
@@ -72,7 +73,7 @@ def predict(scenario: Scenario, *, hardware_db: HardwareDB | None = None) -> Pre
 
 def _apply_mode(
     rs: ResolvedScenario, memory: MemoryPlan, batch: int, prefill: PassTimes, decode: PassTimes
-) -> dict:
+) -> DeploymentReport:
     """Adjust the device-resident pass costs for the mode: expert fetches (offload, or SSD paging of a DRAM
     device) or CPU-computed experts. Returns what the mode decided, for the output."""
     mode = rs.deployment.mode

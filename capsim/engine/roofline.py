@@ -24,6 +24,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from capsim.engine import formulas_eval as formulas
+from capsim.engine.reports import PassExtras
 from capsim.models.parts import FFNKind
 from capsim.models.precision import Precision, compute_key
 from capsim.models.spec import ModelSpec
@@ -143,7 +144,7 @@ class PassTimes:
     tokens: FloatArray
     metric_peak_flops: float
     activated_rows: NDArray[np.int64] | None = None
-    extra: dict[str, float] = field(default_factory=dict)
+    extra: PassExtras = field(default_factory=lambda: PassExtras())
     op_times: list[tuple[str, FloatArray, FloatArray]] = field(default_factory=list)
     """(op, t_compute, t_memory) of every roofline charge, in order (arrays over passes); the op's time is
     their max. Sweeps use them to find where an op's binding resource flips along the context."""
