@@ -291,7 +291,6 @@ def register(app: typer.Typer) -> None:
         dp: Annotated[int, typer.Option(help=_help("dp"))] = _DEFAULTS["dp"],
         nodes: Annotated[int, typer.Option(help=_help("nodes"))] = _DEFAULTS["nodes"],
         network: Annotated[str | None, typer.Option(help=_help("network"))] = _DEFAULTS["network"],
-        engine: Annotated[str | None, typer.Option(help=_help("engine"))] = _DEFAULTS["engine"],
         expert_dtype: Annotated[str | None, typer.Option(help=_help("expert_dtype"))] = _DEFAULTS[
             "expert_dtype"
         ],
@@ -300,7 +299,7 @@ def register(app: typer.Typer) -> None:
             typer.Option(
                 help="serving-system preset: vllm-like, sglang-like, vllm-ep-like, "
                 "sglang-dp-attention, trtllm-dep, vllm-dp-ep, "
-                "hf-transformers-like, moe-infinity-like, mixtral-offloading-like, ktransformers-like, llamacpp-cpu-moe[:N] (--n-cpu-moe N)"
+                "moe-infinity-like, mixtral-offloading-like, ktransformers-like, llamacpp-cpu-moe[:N] (--n-cpu-moe N)"
             ),
         ] = None,
         hardware_db: HardwareDbOption = None,
@@ -344,7 +343,6 @@ def register(app: typer.Typer) -> None:
             nodes=nodes,
             network=network,
             expert_dtype=expert_dtype,
-            engine=engine,
             threads=threads,
         )
         preset = None
