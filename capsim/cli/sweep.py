@@ -191,7 +191,7 @@ def register(app: typer.Typer) -> None:
         if pareto is not None:
             import json
 
-            from capsim.sweep.run import atomic_write
+            from capsim.sweep.writers import atomic_write
 
             pareto.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(pareto, (json.dumps(front, indent=2) + "\n").encode())
