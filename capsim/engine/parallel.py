@@ -94,7 +94,7 @@ def _erf(x: NDArray[np.float64]) -> NDArray[np.float64]:
     a = np.abs(x)
     t = 1.0 / (1.0 + 0.3275911 * a)
     poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
-    return sign * (1.0 - poly * np.exp(-a * a))
+    return np.asarray(sign * (1.0 - poly * np.exp(-a * a)), dtype=np.float64)
 
 
 def expected_max_normal(mean: np.ndarray, var: np.ndarray, points: int = 129) -> np.ndarray:
