@@ -174,11 +174,12 @@ def test_every_value_has_a_source(default_hardware_db: HardwareDB) -> None:
     for device_class in default_hardware_db.efficiency_classes():
         eff = default_hardware_db.efficiency(device_class)
         # every required field, plus the optional fitted terms (gemm_tokens_efficiency.M, gemm_overlap_exponent,
-        # kernel_bw_fraction of the cpu class)
+        # kernel_bw_fraction of the cpu class, kernel_latency_s of the datacenter-gpu class)
         optional = {
             n
             for n in eff.provenance
-            if n.startswith("gemm_tokens_efficiency.") or n in ("gemm_overlap_exponent", "kernel_bw_fraction")
+            if n.startswith("gemm_tokens_efficiency.")
+            or n in ("gemm_overlap_exponent", "kernel_bw_fraction", "kernel_latency_s")
         }
         assert set(eff.provenance) - optional == set(EFFICIENCY_FIELDS)
         for name, sourced in eff.provenance.items():

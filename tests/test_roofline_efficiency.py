@@ -48,9 +48,10 @@ def test_interpolation_is_linear_in_log_tokens_and_clamped() -> None:
 
 def _resolved(db, sc: Scenario, curve):  # type: ignore[no-untyped-def]
     """``sc`` resolved with the curve ``curve`` under the plain roofline max(t_c, t_m) (the fitted soft
-    roofline of datacenter GPUs is switched off so the curve's effect is exact and alone)."""
+    roofline of datacenter GPUs and its kernel-latency floor are switched off so the curve's effect is exact and
+    alone)."""
     rs, _ = resolve(sc, db)
-    return replace(rs, rates=replace(rs.rates, gemm_m_curve=curve, gemm_overlap=None))
+    return replace(rs, rates=replace(rs.rates, gemm_m_curve=curve, gemm_overlap=None, kernel_latency_s=0.0))
 
 
 def test_bandwidth_of_weight_gemms_is_scaled_by_g_of_m(default_hardware_db) -> None:

@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from capsim.engine.passes import decode_passes
+from capsim.engine.roofline import BLOCK_KERNELS
 from capsim.sweep import Grid, resolve_group
 from capsim.sweep.decode import QUANTITIES, _distinct, decode_totals, finite_windows, step_quantities
 
@@ -107,7 +108,7 @@ def test_one_more_step_adds_that_step(default_hardware_db, batch: int, prompt: i
 
 def test_roofline_op_times_are_what_it_charged(default_hardware_db) -> None:
     """Each op's time is max(t_compute, t_memory) of its entry in op_times (weight GEMMs: the device's soft
-    roofline of the two, DeviceRates.gemm_time), and compute + memory time is the sum over ops of the bound
+    roofline of the two, DeviceRates.gemm_time, floored at their kernels' latency), and compute + memory time is the sum over ops of the bound
     side: the data the knots are found from is the roofline's own decision."""
     rs = _resolved(default_hardware_db, "deepseek-v3", "b200", 1)
     cost = decode_passes(rs, np.array([1.0, 8.0, 64.0]), np.array([2.0, 100.0, 5000.0]))
@@ -115,9 +116,23 @@ def test_roofline_op_times_are_what_it_charged(default_hardware_db) -> None:
     assert len(names) == len(set(names)) == len(set(cost.time_by_op) - {"allreduce", "overhead"})
     compute = np.zeros(3)
     memory = np.zeros(3)
+    model = rs.model
+    layers = {
+        "attn_proj": model.num_layers,
+        "router": model.num_moe_layers,
+        "routed_experts": model.num_moe_layers,
+        "shared_experts": model.num_moe_layers,
+        "dense_ffn": model.num_dense_layers,
+        "lm_head": 1,
+    }
     for name, tc, tm in cost.op_times:
-        # the attention core keeps the plain max, so a step stays piecewise affine in the context
-        t = np.maximum(tc, tm) if name == "attn_core" else rs.rates.gemm_time(tc, tm)
+        # the attention core keeps the plain max, so a step stays piecewise affine in the context; weight GEMM
+        # ops take at least their block's kernel latencies (constant in the context)
+        if name == "attn_core":
+            t = np.maximum(tc, tm)
+        else:
+            floor = layers[name] * BLOCK_KERNELS[name][model.attention.kind] * rs.rates.kernel_latency_s
+            t = np.maximum(rs.rates.gemm_time(tc, tm), floor)
         np.testing.assert_array_equal(cost.time_by_op[name], t)
         compute += np.where(tc >= tm, t, 0.0)
         memory += np.where(tc >= tm, 0.0, t)

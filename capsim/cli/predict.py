@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
 from capsim.cli._console import out_console, print_json
+from capsim.cli.hardware import HardwareDbOption, OverrideOption, load_db
+from capsim.cli.scenario_options import scenario_options
 from capsim.engine.reports import DeploymentReport
 from capsim.engine.scenario import Scenario
-
-_DEFAULTS = {f.name: f.default for f in fields(Scenario)}
-
-
-def _help(name: str) -> str:
-    return Scenario.help_for(name)
-
-
-from capsim.cli.hardware import HardwareDbOption, OverrideOption, load_db  # noqa: E402  (one --hardware-db for all commands)
 
 
 def _fmt_time(seconds: float | None) -> str:
@@ -244,56 +236,9 @@ def _render_step_time(d: dict[str, Any]) -> None:
 
 def register(app: typer.Typer) -> None:
     @app.command(help="Predict TTFT, TPOT, throughput, MBU/MFU, S-MBU/S-MFU and memory for one scenario.")
+    @scenario_options
     def predict(
-        model: Annotated[str, typer.Option(help=_help("model"))] = _DEFAULTS["model"],
-        hardware: Annotated[str, typer.Option(help=_help("hardware"))] = _DEFAULTS["hardware"],
-        gpus: Annotated[int | None, typer.Option(help=_help("gpus"))] = _DEFAULTS["gpus"],
-        batch: Annotated[int, typer.Option(help=_help("batch"))] = _DEFAULTS["batch"],
-        prompt_len: Annotated[int, typer.Option(help=_help("prompt_len"))] = _DEFAULTS["prompt_len"],
-        gen_len: Annotated[int, typer.Option(help=_help("gen_len"))] = _DEFAULTS["gen_len"],
-        weight_dtype: Annotated[str | None, typer.Option(help=_help("weight_dtype"))] = _DEFAULTS[
-            "weight_dtype"
-        ],
-        kv_dtype: Annotated[str, typer.Option(help=_help("kv_dtype"))] = _DEFAULTS["kv_dtype"],
-        routing: Annotated[str, typer.Option(help=_help("routing"))] = _DEFAULTS["routing"],
-        prefill_chunk: Annotated[int, typer.Option(help=_help("prefill_chunk_tokens"))] = _DEFAULTS[
-            "prefill_chunk_tokens"
-        ],
-        seed: Annotated[int, typer.Option(help=_help("seed"))] = _DEFAULTS["seed"],
-        mode: Annotated[str, typer.Option(help=_help("mode"))] = _DEFAULTS["mode"],
-        expert_layers: Annotated[str | None, typer.Option(help=_help("expert_layers"))] = _DEFAULTS[
-            "expert_layers"
-        ],
-        expert_tier: Annotated[str, typer.Option(help=_help("expert_tier"))] = _DEFAULTS["expert_tier"],
-        cache_policy: Annotated[str, typer.Option(help=_help("cache_policy"))] = _DEFAULTS["cache_policy"],
-        prefetch: Annotated[
-            bool, typer.Option("--prefetch/--no-prefetch", help=_help("prefetch"))
-        ] = _DEFAULTS["prefetch"],
-        numa: Annotated[str, typer.Option(help=_help("numa"))] = _DEFAULTS["numa"],
-        threads: Annotated[int | None, typer.Option(help=_help("threads"))] = _DEFAULTS["threads"],
-        host_memory_gb: Annotated[float | None, typer.Option(help=_help("host_memory_gb"))] = _DEFAULTS[
-            "host_memory_gb"
-        ],
-        placement: Annotated[str | None, typer.Option(help=_help("placement"))] = _DEFAULTS["placement"],
-        ep: Annotated[int, typer.Option(help=_help("ep"))] = _DEFAULTS["ep"],
-        attention_dp: Annotated[int, typer.Option(help=_help("attention_dp"))] = _DEFAULTS["attention_dp"],
-        redundant_experts: Annotated[int, typer.Option(help=_help("redundant_experts"))] = _DEFAULTS[
-            "redundant_experts"
-        ],
-        all_to_all: Annotated[str, typer.Option(help=_help("all_to_all"))] = _DEFAULTS["all_to_all"],
-        two_batch_overlap: Annotated[
-            bool, typer.Option("--two-batch-overlap/--no-two-batch-overlap", help=_help("two_batch_overlap"))
-        ] = _DEFAULTS["two_batch_overlap"],
-        spec: Annotated[str | None, typer.Option(help=_help("spec"))] = _DEFAULTS["spec"],
-        acceptance: Annotated[float | None, typer.Option(help=_help("acceptance"))] = _DEFAULTS["acceptance"],
-        tp: Annotated[int | None, typer.Option(help=_help("tp"))] = _DEFAULTS["tp"],
-        pp: Annotated[int, typer.Option(help=_help("pp"))] = _DEFAULTS["pp"],
-        dp: Annotated[int, typer.Option(help=_help("dp"))] = _DEFAULTS["dp"],
-        nodes: Annotated[int, typer.Option(help=_help("nodes"))] = _DEFAULTS["nodes"],
-        network: Annotated[str | None, typer.Option(help=_help("network"))] = _DEFAULTS["network"],
-        expert_dtype: Annotated[str | None, typer.Option(help=_help("expert_dtype"))] = _DEFAULTS[
-            "expert_dtype"
-        ],
+        scenario: Scenario,
         system: Annotated[
             str | None,
             typer.Option(
@@ -310,41 +255,6 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         from capsim.engine.predict import predict as run_predict
 
-        scenario = Scenario(
-            model=model,
-            hardware=hardware,
-            gpus=gpus,
-            batch=batch,
-            prompt_len=prompt_len,
-            gen_len=gen_len,
-            weight_dtype=weight_dtype,
-            kv_dtype=kv_dtype,
-            routing=routing,
-            prefill_chunk_tokens=prefill_chunk,
-            seed=seed,
-            mode=mode,
-            expert_layers=expert_layers,
-            expert_tier=expert_tier,
-            cache_policy=cache_policy,
-            prefetch=prefetch,
-            numa=numa,
-            host_memory_gb=host_memory_gb,
-            placement=placement,
-            ep=ep,
-            attention_dp=attention_dp,
-            redundant_experts=redundant_experts,
-            all_to_all=all_to_all,
-            spec=spec,
-            acceptance=acceptance,
-            two_batch_overlap=two_batch_overlap,
-            tp=tp,
-            pp=pp,
-            dp=dp,
-            nodes=nodes,
-            network=network,
-            expert_dtype=expert_dtype,
-            threads=threads,
-        )
         preset = None
         if system is not None:
             from capsim.engine.presets import apply_preset

@@ -171,6 +171,23 @@ class Prediction:
         }
 
 
+def _engine_basis(rs: ResolvedScenario, class_latency: dict[str, Any] | None) -> dict[str, Any]:
+    """The execution costs the scenario's engine (or the device class) adds, with their sources."""
+    from capsim.engine.engines import engine_profile
+
+    profile = engine_profile(rs.scenario.engine) if rs.scenario.engine else None
+    out: dict[str, Any] = {"id": rs.scenario.engine, "execution": profile.execution if profile else "graphs"}
+    sources = dict(profile.sources) if profile else {}
+    if "kernel_latency_s" in sources:
+        out["kernel_latency_s"] = {"value": rs.rates.kernel_latency_s, "source": sources["kernel_latency_s"]}
+    elif class_latency is not None:
+        out["kernel_latency_s"] = class_latency
+    for name in ("moe_host_s", "expert_host_s"):
+        if name in sources:
+            out[name] = {"value": getattr(profile, name), "source": sources[name]}
+    return out
+
+
 def _assumptions(rs: ResolvedScenario) -> dict[str, Any]:
     eff, device, node = rs.efficiency, rs.device, rs.node
     prov = getattr(eff, "provenance", {})
@@ -208,6 +225,7 @@ def _assumptions(rs: ResolvedScenario) -> dict[str, Any]:
                 "gpu_memory_utilization",
             )
         },
+        "engine": _engine_basis(rs, sourced("kernel_latency_s") if "kernel_latency_s" in prov else None),
         "peaks": {
             "memory_bandwidth_gb_s": device.memory_bandwidth_gb_s,
             "peak_tflops_dense": dict(device.peak_tflops_dense),

@@ -359,4 +359,7 @@ def _mtp_pass_time(rs: ResolvedScenario, plain: PassTimes, batch: np.ndarray) ->
         2.0 * d * d * prec.bytes_per_element / tp / rates.bytes_rate,
         2.0 * rows * 2.0 * d * d / tp / flops_rate,
     )
+    # the layer's kernel-latency floors are in the per-layer shares of the plain step's ops above; the
+    # projection GEMM is one more kernel
+    projection = np.maximum(projection, rates.kernel_latency_s)
     return attention + moe + ops.get("lm_head", zero) + rates.per_layer_overhead_s + projection

@@ -1,9 +1,9 @@
 """Named presets for common serving systems: each sets the execution mode and cache behaviour the system
 documents, and says what it assumes. A preset fills in scenario options the user left at their defaults.
 
-Only the documented, structural behaviour is reproduced (where weights live, which device computes the
-experts, how missing experts are cached); kernel-level differences between engines are not modelled, so two
-presets with the same structure predict the same times.
+The documented, structural behaviour is reproduced (where weights live, which device computes the experts,
+how missing experts are cached), and each preset names its engine (capsim/engine/engines.toml): the engine's
+kernel latency under CUDA graphs, or its host dispatch when it runs eagerly.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ PRESETS: dict[str, Preset] = {
     for p in (
         Preset(
             "vllm-like",
-            {"mode": "gpu"},
+            {"mode": "gpu", "engine": "vllm"},
             "every weight resident in GPU memory, tensor parallel over the devices, 90 % of device memory "
             "usable (gpu_memory_utilization default), continuous batching approximated by a fixed batch",
             "https://docs.vllm.ai/en/latest/models/engine_args.html (--tensor-parallel-size, "
@@ -37,7 +37,7 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             "sglang-like",
-            {"mode": "gpu"},
+            {"mode": "gpu", "engine": "sglang"},
             "every weight resident in GPU memory, tensor parallel over the devices (--tp), 90 % of device "
             "memory for weights and KV pool (--mem-fraction-static 0.9), a fixed batch for continuous batching; "
             "data-parallel attention: the sglang-dp-attention preset",
@@ -46,13 +46,13 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             "vllm-ep-like",
-            {"mode": "gpu", "ep": 0},
+            {"mode": "gpu", "ep": 0, "engine": "vllm"},
             "as vllm-like, with experts split whole over the devices (expert parallel, all-to-all dispatch)",
             "https://docs.vllm.ai/en/latest/models/engine_args.html (--enable-expert-parallel)",
         ),
         Preset(
             "sglang-dp-attention",
-            {"mode": "gpu", "attention_dp": 0, "ep": 0},
+            {"mode": "gpu", "attention_dp": 0, "ep": 0, "engine": "sglang"},
             "SGLang --enable-dp-attention --dp N with --ep-size N (DeepSeek recipe): attention data parallel over "
             "every device (each rank its own sequences and KV cache), routed experts expert-parallel over every "
             "device; --all-to-all deepep for --moe-a2a-backend deepep",
@@ -61,7 +61,7 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             "trtllm-dep",
-            {"mode": "gpu", "attention_dp": 0, "ep": 0},
+            {"mode": "gpu", "attention_dp": 0, "ep": 0, "engine": "tensorrt-llm"},
             "TensorRT-LLM 'DEP' layout (enable_attention_dp with moe_expert_parallel_size = GPUs, e.g. DEP8): "
             "attention data parallel and experts expert-parallel over every device",
             "NVIDIA/TensorRT-LLM docs/source/developer-guide/perf-overview.md (commit 03e27c7d, 'H200 DEP8 (FP8)' "
@@ -69,7 +69,7 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             "vllm-dp-ep",
-            {"mode": "gpu", "attention_dp": 0, "ep": 0},
+            {"mode": "gpu", "attention_dp": 0, "ep": 0, "engine": "vllm"},
             "vLLM --data-parallel-size N --enable-expert-parallel: attention data parallel over the N ranks, expert "
             "layers expert-parallel over DP x TP devices (without --enable-expert-parallel they form a DP x TP "
             "tensor-parallel group: --ep 1)",
@@ -77,8 +77,22 @@ PRESETS: dict[str, Preset] = {
             "https://docs.vllm.ai/en/latest/serving/expert_parallel_deployment/",
         ),
         Preset(
+            "hf-transformers-like",
+            {"mode": "gpu", "engine": "transformers"},
+            "every weight resident in GPU memory, PyTorch eager execution as Hugging Face transformers runs MoE "
+            "blocks (a Python loop over the activated experts): each pass takes max(host dispatch, device time)",
+            "capsim/engine/engines.toml [transformers] (fitted to transformers 5.17.0 MoE blocks measured on an "
+            "H200, validation/cuda-nvidia-h200-2026-12-04/transformers_moe.json)",
+        ),
+        Preset(
             "moe-infinity-like",
-            {"mode": "offload", "cache_policy": "lfu", "prefetch": True, "prefetch_accuracy": 0.86},
+            {
+                "mode": "offload",
+                "cache_policy": "lfu",
+                "prefetch": True,
+                "prefetch_accuracy": 0.86,
+                "engine": "moe-infinity",
+            },
             "experts in pinned host DRAM, a GPU expert cache kept by activation frequency (modelled as LFU), "
             "next experts prefetched while the GPU computes: 86 % of them named ahead of use (the measured "
             "accuracy of next-layer gate prediction, capsim.engine.offload.NEXT_LAYER_GATE_ACCURACY; no figure "

@@ -9,6 +9,7 @@ from dataclasses import replace
 import numpy as np
 
 from capsim.engine.deployment import Deployment, cpu_device, host_memory_bytes, parse_layer_range
+from capsim.engine.engines import engine_profile
 from capsim.engine.layout import Layout, layout_for
 from capsim.engine.memory import MemoryPlan, plan_memory
 from capsim.engine.placement import (
@@ -151,6 +152,8 @@ def resolve_on(scenario: Scenario, db: HardwareDB, model: ModelSpec, count: int 
         attention_dp=layout.attention_dp,
         redundant_experts=scenario.redundant_experts,
     )
+    # the engine's execution costs; a CPU running the whole model keeps the cpu class's
+    profile = engine_profile(scenario.engine) if deployment.mode != "cpu" else None
     rates = DeviceRates(
         peak_flops={key: v * TFLOPS for key, v in device.peak_tflops_dense.items()},
         memory_bandwidth=device.memory_bandwidth_gb_s * GB_PER_S,
@@ -161,6 +164,11 @@ def resolve_on(scenario: Scenario, db: HardwareDB, model: ModelSpec, count: int 
         * (eff.kernel_bw_fraction if deployment.mode == "cpu" else 1.0),
         step_overhead_s=eff.step_overhead_s,
         per_layer_overhead_s=eff.per_layer_overhead_s,
+        kernel_latency_s=eff.kernel_latency_s
+        if profile is None or profile.kernel_latency_s is None
+        else profile.kernel_latency_s,
+        eager_moe_host_s=profile.moe_host_s if profile is not None and profile.eager else None,
+        eager_expert_host_s=(profile.expert_host_s or 0.0) if profile is not None else 0.0,
         link_bandwidth=node.gpu_to_gpu_bandwidth()
         if min(layout.expert_ranks, node.accelerator_count) > 1
         else 0.0,

@@ -54,6 +54,15 @@ class DeviceRates:
     gemm_m_curve: tuple[tuple[float, ...], tuple[float, ...]] | None = None
     """Optional calibration ``(tokens M, fraction)``, M ascending: the fraction of ``bytes_rate`` a weight GEMM
     over M token rows sustains (``gemm_tokens_efficiency``). None = 1 at every M."""
+    kernel_latency_s: float = 0.0
+    """Fixed device time per kernel of a forward pass (``kernel_latency_s``), charged for every kernel the
+    floor of each weight-GEMM op, whose block of :data:`BLOCK_KERNELS` kernels takes at least that each: a decode
+step at batch 1 is mostly these."""
+    eager_moe_host_s: float | None = None
+    """Eager execution (capsim.engine.engines): host dispatch per MoE layer besides its experts; a pass then
+    takes max(host dispatch, device time). None = CUDA/HIP graphs (no host term beyond the step overhead)."""
+    eager_expert_host_s: float = 0.0
+    """Eager execution: host dispatch per activated expert per MoE layer."""
     gemm_overlap: float | None = None
     """Optional exponent p of the weight GEMMs' soft roofline, t = (t_c^p + t_m^p)^(1/p)
     (``gemm_overlap_exponent``): near the ridge a real kernel keeps neither the tensor cores nor the memory
@@ -145,6 +154,55 @@ class PassTimes:
         if self.activated_rows is None:
             return self.activated_experts
         return self.activated_experts[self.activated_rows]
+
+
+BLOCK_KERNELS: dict[str, dict[str, int]] = {
+    "attn_proj": {"gqa": 6, "mla": 10},
+    "router": {"gqa": 2, "mla": 2},
+    "routed_experts": {"gqa": 5, "mla": 5},
+    "shared_experts": {"gqa": 3, "mla": 3},
+    "dense_ffn": {"gqa": 3, "mla": 3},
+    "lm_head": {"gqa": 1, "mla": 1},
+}
+"""Kernels per layer (lm_head: per pass) of the block each weight-GEMM op stands for, by attention kind: the
+op takes at least that many ``kernel_latency_s`` (a latency floor; a large op is unaffected).
+
+- attn_proj, the attention block with its two RMSNorms (residual add fused: vLLM fused_add_rms_norm) but
+  without the attention kernel itself (charged as attn_core). GQA: 2 norms + qkv GEMM, rotary embedding,
+  KV-cache write, o GEMM (vLLM ``vllm/model_executor/models/llama.py``: qkv_proj, rotary_emb,
+  reshape_and_cache, attention, o_proj) = 6. MLA: 2 norms + 8 of the 9 kernels of TensorRT-LLM's DeepSeek-R1
+  decode layer (modules 1-8 of the 'Everything in One Diagram' list in docs/source/blogs/tech_blog/blog1_
+  Pushing_Latency_Boundaries_Optimizing_DeepSeek-R1_Performance_on_NVIDIA_B200_GPUs.md, commit 01c4ece:
+  Fuse_A GEMM, two RMSNorms, UQ_QR GEMM, UK batched GEMM, KV-cache concat + RoPE, [attention], UV batched GEMM,
+  WO GEMM) = 10.
+- router: router GEMM and top-k; routed_experts: token alignment, grouped GEMM, activation, grouped GEMM,
+  reduction of the k outputs (vLLM ``fused_moe.py``: gate, topk_softmax | moe_align_block_size,
+  fused_moe_kernel, silu_and_mul, fused_moe_kernel, moe_sum).
+- shared_experts, dense_ffn: gate/up GEMM, activation, down GEMM (vLLM LlamaMLP); lm_head: one GEMM.
+
+The attention kernel (attn_core) keeps its plain roofline, affine in the context, and no floor: decode sums over
+the context stay exact; tensor-parallel all-reduces have their own latency model."""
+
+
+def kernels_per_pass(model: ModelSpec) -> float:
+    """Kernels of one forward pass as :data:`BLOCK_KERNELS` counts them:
+
+        K = L·attn + L_moe·(router + routed + shared if any) + L_dense·FFN + 1 (lm_head)
+
+    e.g. DeepSeek-V3 (61 MLA layers, 58 MoE layers with a shared expert, 3 dense): 61·10 + 58·10 + 3·3 + 1 =
+    1,200; Mixtral-8x7B (32 GQA layers, all MoE, no shared expert): 32·6 + 32·7 + 1 = 417."""
+    kind = model.attention.kind
+    k = {op: kinds[kind] for op, kinds in BLOCK_KERNELS.items()}
+    moe = (
+        k["router"] + k["routed_experts"] + (k["shared_experts"] if model.shared_params_per_moe_layer else 0)
+    )
+    dense = k["dense_ffn"] if model.dense_ffn_params_per_layer else 0
+    return float(
+        model.num_layers * k["attn_proj"]
+        + model.num_moe_layers * moe
+        + model.num_dense_layers * dense
+        + k["lm_head"]
+    )
 
 
 def layer_tables(model: ModelSpec) -> tuple[NDArray[np.bool_], FloatArray]:
@@ -262,6 +320,7 @@ def pass_times(
         rate: float,
         rows: FloatArray | None = None,
         gemm: bool = True,
+        layers: float = 1.0,
     ) -> FloatArray:
         # weight GEMMs over few token rows stream their weights below the GEMV rate on some devices
         # (calibrated curve g(M)); ops charged with bytes already divided by g pass rows=None. Weight GEMMs
@@ -270,6 +329,10 @@ def pass_times(
         t_compute = flops / rate
         t_memory = bytes_dev / (bytes_rate * (rates.gemm_factor(rows) if rows is not None else 1.0))
         t = rates.gemm_time(t_compute, t_memory) if gemm else np.maximum(t_compute, t_memory)
+        if gemm and rates.kernel_latency_s:
+            # a block of kernels takes at least its kernels' latencies (BLOCK_KERNELS per layer); the floor is
+            # constant in the context, so decode sums stay piecewise affine
+            t = np.maximum(t, layers * BLOCK_KERNELS[name][att.kind] * rates.kernel_latency_s)
         time_by_op[name] = time_by_op.get(name, zeros) + t
         op_times.append((name, t_compute, t_memory))
         # t·mask, not np.where: the same values for finite t, without where's slow data-dependent branches
@@ -291,7 +354,7 @@ def pass_times(
             "b_w": wp["attention"].bytes_per_element,
         },
     )
-    charge("attn_proj", n_layers * f / tp, n_layers * (wb + ob) / tp, attn_rate, T)
+    charge("attn_proj", n_layers * f / tp, n_layers * (wb + ob) / tp, attn_rate, T, layers=n_layers)
     # Accumulators are explicit (n,) arrays: lambdified formulas return 0-d values for scalar inputs.
     weight_sparse = zeros + n_layers * wb
     flops_sparse = zeros + n_layers * f
@@ -335,7 +398,7 @@ def pass_times(
         }
         f, wb, ob = formulas.evaluate("router", router_vals)
         # the router is replicated on every rank (small), so its weights are not split
-        charge("router", n_moe * f, n_moe * (wb + ob / tp), rate_for("router"), T)
+        charge("router", n_moe * f, n_moe * (wb + ob / tp), rate_for("router"), T, layers=n_moe)
         weight_sparse += n_moe * wb
         weight_dense += n_moe * wb
         flops_sparse += n_moe * f
@@ -366,7 +429,9 @@ def pass_times(
         ob_rows = np.broadcast_to(ob, (moe_rows, n)) * mw[:, None]
         bytes_at_g = ((wb_rows + ob_rows) / g).sum(axis=0)
         ranks = sharding.expert_ranks
-        charge("routed_experts", n_moe * f / ranks, bytes_at_g / ranks, rate_for("routed_experts"))
+        charge(
+            "routed_experts", n_moe * f / ranks, bytes_at_g / ranks, rate_for("routed_experts"), layers=n_moe
+        )
         f_d, wb_d, _ = formulas.evaluate("routed_experts_dense", exp_vals)
         # routed experts are counted for the whole replica already: set aside from the attention-side scaling
         experts = (wb_total, zeros + n_moe * wb_d, zeros + n_moe * f, zeros + n_moe * f_d)
@@ -380,7 +445,14 @@ def pass_times(
                     "b_w": wp["shared_experts"].bytes_per_element,
                 },
             )
-            charge("shared_experts", n_moe * f / tp, n_moe * (wb + ob) / tp, rate_for("shared_experts"), T)
+            charge(
+                "shared_experts",
+                n_moe * f / tp,
+                n_moe * (wb + ob) / tp,
+                rate_for("shared_experts"),
+                T,
+                layers=n_moe,
+            )
             weight_sparse = weight_sparse + n_moe * wb
             weight_dense = weight_dense + n_moe * wb
             flops_sparse += n_moe * f
@@ -395,7 +467,9 @@ def pass_times(
                 "b_w": wp["dense_ffn"].bytes_per_element,
             },
         )
-        charge("dense_ffn", n_dense * f / tp, n_dense * (wb + ob) / tp, rate_for("dense_ffn"), T)
+        charge(
+            "dense_ffn", n_dense * f / tp, n_dense * (wb + ob) / tp, rate_for("dense_ffn"), T, layers=n_dense
+        )
         weight_sparse = weight_sparse + n_dense * wb
         weight_dense = weight_dense + n_dense * wb
         flops_sparse += n_dense * f
@@ -432,6 +506,17 @@ def pass_times(
     overhead = np.full(n, rates.step_overhead_s + n_layers * rates.per_layer_overhead_s)
     time_by_op["overhead"] = overhead
     by_resource["overhead"] += overhead
+    if rates.eager_moe_host_s is not None and moe is not None and n_moe:
+        # eager execution: the host dispatches every op while the device runs the ones already queued, so the
+        # pass takes max(host dispatch, device time); the host pays per MoE layer and per activated expert
+        # (capsim.engine.engines). The unhidden host time is charged as overhead; (host, device) joins op_times
+        # so that sweeps find where the binding side flips along the context.
+        host = n_moe * rates.eager_moe_host_s + rates.eager_expert_host_s * (a * mw[:, None]).sum(axis=0)
+        device = np.sum(list(time_by_op.values()), axis=0) - rates.step_overhead_s
+        waiting = np.maximum(host - device, 0.0)
+        time_by_op["host_dispatch"] = waiting
+        by_resource["overhead"] += waiting
+        op_times.append(("host_dispatch", host, device))
 
     if moe is not None and n_moe:
         w_s, w_d, f_s, f_d = experts

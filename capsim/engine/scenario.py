@@ -127,6 +127,12 @@ class Scenario:
     network: str | None = _opt(
         None, "link id joining the nodes (e.g. ib-ndr, roce-400g); default: the system's"
     )
+    engine: str | None = _opt(
+        None,
+        "serving engine whose execution costs apply (capsim/engine/engines.toml: tensorrt-llm, vllm, sglang, "
+        "transformers, moe-infinity): kernel latency with CUDA graphs, host dispatch when eager; default: "
+        "the device class's",
+    )
     expert_dtype: str | None = _opt(
         None,
         "weight precision of the routed experts only (e.g. int4 with bf16 attention); default: --weight-dtype",

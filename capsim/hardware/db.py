@@ -58,6 +58,10 @@ GEMM_OVERLAP_FIELD = "gemm_overlap_exponent"
 KERNEL_BW_FIELD = "kernel_bw_fraction"
 """Optional efficiency field: the fraction of the sustained bandwidth (``memory_bw_fraction`` x peak) that an
 engine's inference kernels reach when streaming weights (1 when absent); fitted for the ``cpu`` class."""
+KERNEL_LATENCY_FIELD = "kernel_latency_s"
+"""Optional efficiency field: the fixed time each kernel of a forward pass adds on the device (launch gap,
+ramp-up and tail of a dependent kernel in a CUDA graph), charged per kernel a decoder layer launches
+(:func:`capsim.engine.roofline.kernels_per_pass`); 0 when absent."""
 FABRICS: tuple[str, ...] = ("nvswitch", "full-mesh", "pcie", "none")
 LINK_TOPOLOGIES: tuple[str, ...] = ("switch", "mesh", "pair", "torus", "point-to-point", "network")
 LINK_SCOPES: tuple[str, ...] = ("per-device", "per-link", "per-port")
@@ -144,6 +148,12 @@ class Efficiency:
         return 1.0 if entry is None else float(entry.value)
 
     @property
+    def kernel_latency_s(self) -> float:
+        """Seconds each kernel of a forward pass adds on the device (``kernel_latency_s``; 0 when absent)."""
+        entry = self.provenance.get(KERNEL_LATENCY_FIELD)
+        return 0.0 if entry is None else float(entry.value)
+
+    @property
     def gemm_overlap_exponent(self) -> float | None:
         """p of the weight GEMMs' soft roofline t = (t_c^p + t_m^p)^(1/p) (``gemm_overlap_exponent``); None
         when absent (the plain roofline max(t_c, t_m), the limit p -> infinity)."""
@@ -155,6 +165,8 @@ class Efficiency:
         out.update({name: getattr(self, name) for name in EFFICIENCY_FIELDS})
         if KERNEL_BW_FIELD in self.provenance:
             out[KERNEL_BW_FIELD] = self.kernel_bw_fraction
+        if KERNEL_LATENCY_FIELD in self.provenance:
+            out[KERNEL_LATENCY_FIELD] = self.kernel_latency_s
         if self.gemm_m_curve is not None:
             out[GEMM_CURVE_FIELD] = {str(int(m)): f for m, f in zip(*self.gemm_m_curve)}
         if self.gemm_overlap_exponent is not None:
@@ -587,6 +599,7 @@ def _efficiency_fields(prefix: str, required: bool) -> dict[str, _Field]:
     # optional soft-roofline exponent of weight GEMMs (>= 1; absent = max(t_compute, t_memory))
     fields[f"{prefix}{GEMM_OVERLAP_FIELD}"] = _Field("float")
     fields[f"{prefix}{KERNEL_BW_FIELD}"] = _Field("fraction")
+    fields[f"{prefix}{KERNEL_LATENCY_FIELD}"] = _Field("float")
     return fields
 
 

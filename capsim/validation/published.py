@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from capsim._paths import data_candidates
+from capsim.engine.engines import load_engines
 from capsim.engine.scenario import Scenario
 from capsim.errors import CapsimError, DataFileError
 from capsim.hardware.db import HardwareDB, load_hardware_db
@@ -343,6 +344,9 @@ def scenario_for(case: PublishedCase, db: HardwareDB) -> tuple[Scenario, Hardwar
     for name in ("redundant_experts", "all_to_all", "network", "two_batch_overlap"):
         if getattr(case, name):
             settings[name] = getattr(case, name)
+    if case.engine is not None and case.engine in load_engines():
+        # the engine's execution costs (kernel latency, eager host dispatch): capsim/engine/engines.toml
+        settings["engine"] = case.engine
     if case.host_memory_gb is not None:
         settings["host_memory_gb"] = float(case.host_memory_gb)
     if case.numa is not None:
