@@ -23,7 +23,8 @@ import numpy as np
 
 from capsim.engine.predict import predict
 from capsim.engine.scenario import Scenario
-from capsim.hardware import db as hwdb
+from capsim.hardware.db import load_hardware_db
+from capsim.hardware.entries import Efficiency
 from capsim.validation.published import load_published, predict_case
 
 
@@ -93,7 +94,7 @@ def points() -> list[Point]:
             ),
         )
     ]
-    db = hwdb.load_hardware_db()
+    db = load_hardware_db()
     checks.clear()
     for case in load_published():
         if case.hardware is None or case.placement != "gpu":
@@ -117,12 +118,12 @@ def points() -> list[Point]:
 
 def with_latency(latency_s: float, fn: Callable[[], float]) -> float:
     """``fn()`` with every device class's kernel latency set to ``latency_s`` (a fit-time override)."""
-    original = hwdb.Efficiency.kernel_latency_s
-    hwdb.Efficiency.kernel_latency_s = property(lambda self: latency_s)  # type: ignore[method-assign,assignment]
+    original = Efficiency.kernel_latency_s
+    Efficiency.kernel_latency_s = property(lambda self: latency_s)  # type: ignore[method-assign,assignment]
     try:
         return fn()
     finally:
-        hwdb.Efficiency.kernel_latency_s = original  # type: ignore[method-assign]
+        Efficiency.kernel_latency_s = original  # type: ignore[method-assign]
 
 
 def fit(pts: list[Point], grid: np.ndarray) -> tuple[float, np.ndarray]:

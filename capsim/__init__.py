@@ -12,18 +12,18 @@ from typing import TYPE_CHECKING as _TYPE_CHECKING
 # Public names are imported on first use (PEP 562): `capsim --help` and the CLI's start-up then load only
 # what they touch; sympy, networkx and the engine stay unloaded until a prediction needs them.
 _EXPORTS: dict[str, str] = {
-    "Accelerator": "hardware.db",
+    "Accelerator": "hardware.entries",
     "AttentionSpec": "models.parts",
-    "CPU": "hardware.db",
+    "CPU": "hardware.entries",
     "CapsimError": "errors",
     "ConfigFieldError": "errors",
-    "DRAM": "hardware.db",
+    "DRAM": "hardware.entries",
     "DataFileError": "errors",
     "DoesNotFitError": "errors",
-    "Efficiency": "hardware.db",
+    "Efficiency": "hardware.entries",
     "FFNKind": "models.parts",
     "HardwareDB": "hardware.db",
-    "Link": "hardware.db",
+    "Link": "hardware.entries",
     "MemoryPlan": "engine.memory",
     "MissingValueError": "errors",
     "MoESpec": "models.parts",
@@ -33,12 +33,12 @@ _EXPORTS: dict[str, str] = {
     "Prediction": "engine.metrics",
     "PublishedCounts": "models.db",
     "Router": "routing",
-    "SSD": "hardware.db",
+    "SSD": "hardware.entries",
     "SUPPORTED_FAMILIES": "models.ingest_hf",
     "Scenario": "engine.scenario",
     "ScenarioError": "errors",
-    "Sourced": "hardware.db",
-    "System": "hardware.db",
+    "Sourced": "hardware.entries",
+    "System": "hardware.entries",
     "Trace": "routing.traces",
     "TraceError": "errors",
     "UnknownHardwareError": "errors",
@@ -94,18 +94,8 @@ if _TYPE_CHECKING:  # static type checkers see the eager imports
         UnknownRouterError,
         UnsupportedModelError,
     )
-    from capsim.hardware.db import (
-        CPU,
-        DRAM,
-        SSD,
-        Accelerator,
-        Efficiency,
-        HardwareDB,
-        Link,
-        Sourced,
-        System,
-        load_hardware_db,
-    )
+    from capsim.hardware.db import HardwareDB, load_hardware_db
+    from capsim.hardware.entries import CPU, DRAM, SSD, Accelerator, Efficiency, Link, Sourced, System
     from capsim.models.db import ModelDB, PublishedCounts, load_model_db, resolve_model
     from capsim.models.ingest_hf import SUPPORTED_FAMILIES, load_config_file, spec_from_config
     from capsim.models.parts import AttentionSpec, FFNKind, MoESpec

@@ -104,7 +104,7 @@ def max_roofline_db() -> HardwareDB:
     of compute-bound ones). Do not modify it."""
     from types import MappingProxyType
 
-    from capsim.hardware.db import _build_efficiency
+    from capsim.hardware.parse import build_efficiency
 
     db = load_hardware_db()
     plain = {}
@@ -116,7 +116,7 @@ def max_roofline_db() -> HardwareDB:
                 k.startswith("gemm_tokens_efficiency.") or k in ("gemm_overlap_exponent", "kernel_latency_s")
             )
         }
-        plain[cls] = _build_efficiency(cls, MappingProxyType(prov))
+        plain[cls] = build_efficiency(cls, MappingProxyType(prov))
     return HardwareDB({i: db.get(i) for i in db.ids()}, plain)
 
 

@@ -26,18 +26,10 @@ from capsim.errors import (
     ScenarioError,
     UnknownHardwareError,
 )
-from capsim.hardware.db import (
-    CPU,
-    EFFICIENCY_FIELDS,
-    Accelerator,
-    HardwareDB,
-    Sourced,
-    System,
-    _torus_pairs,
-    _widest_from,
-    entry_kind,
-    load_hardware_db,
-)
+from capsim.hardware.db import HardwareDB, load_hardware_db
+from capsim.hardware.entries import CPU, EFFICIENCY_FIELDS, Accelerator, Sourced, System, entry_kind
+from capsim.hardware.paths import widest_from
+from capsim.hardware.topology import torus_pairs
 
 HW_DIR = data_dir("hardware_db")
 WriteTree = Callable[[Path, dict[str, str]], Path]
@@ -719,7 +711,7 @@ def bandwidth_graphs(draw: st.DrawFn) -> nx.DiGraph:
 
 @given(bandwidth_graphs())
 def test_widest_path_matches_brute_force(g: nx.DiGraph) -> None:
-    reach = _widest_from(g, 0)
+    reach = widest_from(g, 0)
     for b in range(1, g.number_of_nodes()):
         expected = _brute_force_widest(g, 0, b)
         assert reach.get(b, 0.0) == expected
@@ -727,7 +719,7 @@ def test_widest_path_matches_brute_force(g: nx.DiGraph) -> None:
 
 @given(bandwidth_graphs())
 def test_widest_path_is_bounded_by_endpoint_edges(g: nx.DiGraph) -> None:
-    reach = _widest_from(g, 0)
+    reach = widest_from(g, 0)
     for b, width in reach.items():
         assert width <= max(d["bandwidth_bytes_s"] for _, _, d in g.out_edges(0, data=True))
         assert width <= max(d["bandwidth_bytes_s"] for _, _, d in g.in_edges(b, data=True))
@@ -738,7 +730,7 @@ def test_widest_path_is_bounded_by_endpoint_edges(g: nx.DiGraph) -> None:
 @example(4, 2)  # 2x2: both dimensions of size 2 -> each neighbour joined by 2 ports
 def test_torus_uses_every_port_once(count: int, dims: int) -> None:
     """Each chip of a torus has 2 ports per dimension of size > 1, and every port joins exactly one peer."""
-    pairs = _torus_pairs(count, dims)
+    pairs = torus_pairs(count, dims)
     ports = [0] * count
     for (i, j), n in pairs.items():
         assert i < j and n >= 1

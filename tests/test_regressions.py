@@ -22,7 +22,7 @@ from capsim.cli import app
 from capsim.economics.cost import load_cost_file, owned_usd_per_hour
 from capsim.economics.inputs import CostInputs
 from capsim.errors import ConfigFieldError, DataFileError, TraceError
-from capsim.hardware.db import _min_pair_bottleneck, _widest_from
+from capsim.hardware.paths import min_pair_bottleneck, widest_from
 from capsim.models.ingest_hf import spec_from_config
 from capsim.report.plots import ParetoPoint, output_stem, plot_pareto
 from capsim.routing.traces import write_trace
@@ -404,7 +404,7 @@ def test_shipped_systems_gpu_bandwidth_equals_the_pairwise_search() -> None:
         gpus = system.accelerator_nodes
         if len(gpus) < 2:
             continue
-        brute = min(_widest_from(system.graph, g).get(h, 0.0) for g in gpus for h in gpus if h != g)
+        brute = min(widest_from(system.graph, g).get(h, 0.0) for g in gpus for h in gpus if h != g)
         assert system.gpu_to_gpu_bandwidth() == pytest.approx(brute), sid
 
 
@@ -428,15 +428,15 @@ def symmetric_graphs(draw: Any) -> tuple[nx.DiGraph, list[str]]:
 @given(symmetric_graphs())
 def test_min_pair_bottleneck_equals_the_pairwise_widest_path(case: tuple[nx.DiGraph, list[str]]) -> None:
     graph, terminals = case
-    brute = min(_widest_from(graph, a).get(b, 0.0) for a in terminals for b in terminals if a != b)
-    assert _min_pair_bottleneck(graph, terminals) == brute
+    brute = min(widest_from(graph, a).get(b, 0.0) for a in terminals for b in terminals if a != b)
+    assert min_pair_bottleneck(graph, terminals) == brute
 
 
 def test_min_pair_bottleneck_declines_direction_dependent_links() -> None:
     g = nx.DiGraph()
     g.add_edge("a", "b", bandwidth_bytes_s=2.0)
     g.add_edge("b", "a", bandwidth_bytes_s=1.0)
-    assert _min_pair_bottleneck(g, ["a", "b"]) is None
+    assert min_pair_bottleneck(g, ["a", "b"]) is None
 
 
 def test_topology_table_is_capped(tmp_path: Path) -> None:

@@ -156,7 +156,7 @@ def option_ids(hardware: list[str] | None, system: list[str] | None, db: Any) ->
     """The ids of ``--hardware`` then ``--system`` (comma-separated, deduplicated); ``--system`` ids must
     name system entries."""
     from capsim.economics.plan import split_ids
-    from capsim.hardware.db import entry_kind
+    from capsim.hardware.entries import entry_kind
 
     systems = split_ids(system) if system else []
     for sid in systems:

@@ -17,8 +17,9 @@ from rich.text import Text
 from capsim import units
 from capsim.cli._console import out_console, print_json
 
-if TYPE_CHECKING:  # capsim.hardware.db (and networkx) load when a command runs, not at start-up
-    from capsim.hardware.db import Accelerator, Entry, HardwareDB, System
+if TYPE_CHECKING:  # capsim.hardware (and networkx) load when a command runs, not at start-up
+    from capsim.hardware.db import HardwareDB
+    from capsim.hardware.entries import Accelerator, Entry, System
 
 hardware_app = typer.Typer(
     help="Browse the hardware database (accelerators, CPUs, DRAM, SSDs, links, systems) and its sources.",
@@ -100,7 +101,7 @@ _LIST_COLUMNS = (
 
 
 def _list_row(e: Entry) -> list[str]:
-    from capsim.hardware.db import CPU, DRAM, SSD, Accelerator, Link, System, entry_kind
+    from capsim.hardware.entries import CPU, DRAM, SSD, Accelerator, Link, System, entry_kind
 
     memory = bandwidth = bf16 = tdp = price = ""
     if isinstance(e, Accelerator):
@@ -173,7 +174,7 @@ def show_command(
     override: OverrideOption = False,
 ) -> None:
     """Show every field of an entry with its source; for systems also the topology and its bandwidths."""
-    from capsim.hardware.db import CPU, Accelerator, System, entry_kind
+    from capsim.hardware.entries import CPU, Accelerator, System, entry_kind
 
     db = load_db(hardware_db, override)
     entry = db.get(entry_id)

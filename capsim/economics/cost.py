@@ -99,7 +99,7 @@ def _file_number(value: Any, name: str, path: Path) -> float:
 
 def check_price_ids(inputs: CostInputs, db: HardwareDB) -> None:
     """Every id in the price overrides names a priceable database entry (UnknownHardwareError otherwise)."""
-    from capsim.hardware.db import entry_kind
+    from capsim.hardware.entries import entry_kind
 
     priceable = {"accelerator", "cpu", "dram", "ssd", "system"}
     for option, prices, kinds in (
@@ -193,7 +193,7 @@ def power_draw(
     """Power of what is bought (see :func:`purchase_cost`): the accelerators (those beyond ``used_devices``
     idle), and for a system its CPUs, SSDs, DRAM (no power figure: missing) and platform (``platform.power_w``
     where given, else missing); an accelerator id has no host, which is listed as missing."""
-    from capsim.hardware.db import Accelerator
+    from capsim.hardware.entries import Accelerator
 
     entry = db.get(hardware_id)
     if isinstance(entry, Accelerator):
@@ -262,7 +262,7 @@ def cloud_rate(
     Accelerator ids: the per-device price × devices. Systems: the system's own price where listed, else its
     accelerator's per-device price × its accelerator count (a cloud GPU instance includes its host).
     """
-    from capsim.hardware.db import Accelerator
+    from capsim.hardware.entries import Accelerator
 
     entry = db.get(hardware_id)
     if hardware_id in inputs.cloud_usd_per_hour:

@@ -118,7 +118,7 @@ NODE_KINDS: tuple[str, ...] = ("accelerator", "system")
 def check_node_ids(hardware: Sequence[str], db: HardwareDB) -> None:
     """Every id exists (UnknownHardwareError with close matches) and names an accelerator or a system
     (ScenarioError otherwise), before any prediction runs."""
-    from capsim.hardware.db import entry_kind
+    from capsim.hardware.entries import entry_kind
 
     for hw in hardware:
         kind = entry_kind(db.get(hw))

@@ -14,7 +14,8 @@ from capsim.errors import MissingValueError
 
 if TYPE_CHECKING:
     from capsim.economics.inputs import CostInputs
-    from capsim.hardware.db import HardwareDB, System
+    from capsim.hardware.db import HardwareDB
+    from capsim.hardware.entries import System
 
 
 @dataclass(frozen=True)
@@ -164,7 +165,7 @@ def purchase_cost(
     the database cannot price: named as missing, so the total is a lower bound); for a system id the whole
     system (bought whole even when fewer of its accelerators are used), its published price or the sum of
     its parts. ``host_memory_gb`` is the DRAM bought when the system entry leaves the capacity to the buyer."""
-    from capsim.hardware.db import Accelerator
+    from capsim.hardware.entries import Accelerator
 
     entry = db.get(hardware_id)
     if isinstance(entry, Accelerator):
@@ -181,7 +182,7 @@ def purchase_cost(
 def _platform_parts(system: System) -> list[PartCost]:
     """Chassis, motherboard, PSU, cooling, NICs and assembly from ``platform.<part>_usd``; with none given,
     one missing line names them all (a system with accelerators needs them; a CPU box too)."""
-    from capsim.hardware.db import PLATFORM_PARTS
+    from capsim.hardware.entries import PLATFORM_PARTS
 
     given = {part: system.provenance.get(f"platform.{part}_usd") for part in PLATFORM_PARTS}
     if not any(v is not None for v in given.values()):

@@ -48,7 +48,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from capsim.errors import MissingValueError, ScenarioError
-from capsim.hardware.db import Accelerator, Sourced, System
+from capsim.hardware.entries import Accelerator, Sourced, System
 from capsim.units import GB, GB_PER_S, TFLOPS
 
 if TYPE_CHECKING:

@@ -19,7 +19,7 @@ from capsim.engine.roofline import (
 )
 from capsim.engine.scenario import Scenario
 from capsim.engine.speculative import Speculation
-from capsim.hardware.db import Accelerator, Efficiency, System
+from capsim.hardware.entries import Accelerator, Efficiency, System
 from capsim.models.spec import ModelSpec
 from capsim.routing import Router
 

@@ -115,6 +115,11 @@ LAYOUT_KEYS: dict[str, type] = {
     "acceptance": float,
     "two_batch_overlap": bool,
     "mode": str,
+    "expert_tier": str,
+    "expert_layers": str,
+    "placement": str,
+    "cache_policy": str,
+    "prefetch": bool,
 }
 """Scenario options a sweep layout may set (capsim.engine.scenario.Scenario fields)."""
 
