@@ -347,7 +347,7 @@ def access_stream(accesses: list[list[np.ndarray]], cacheable: np.ndarray) -> Ac
             layer.append(np.full(keep.size, ell, dtype=np.int64))
             expert.append(keep)
 
-    def cat(parts):
+    def cat(parts: list[NDArray[np.int64]]) -> NDArray[np.int64]:
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
     return AccessStream(cat(step), cat(layer), cat(expert), len(accesses))

@@ -24,9 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from capsim.engine.metrics import RESOURCES
 from capsim.engine.passes import decode_steps
-from capsim.engine.roofline import PassTimes
+from capsim.engine.roofline import RESOURCES, PassTimes
 
 SWEEP_RESOURCES: tuple[str, ...] = (*RESOURCES, "cpu", "link")
 """The roofline's resources plus those the cpu-experts mode charges (CPU compute, PCIe hand-offs), in the
