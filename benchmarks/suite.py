@@ -245,7 +245,8 @@ def main() -> None:
                     kind = ";".join(member.layout) or f"gpu-resident {member.hardware[0]}"
                     w, c, n, _, _ = evaluation_rate([member], db, args.chunk)
                     print(
-                        f"    {kind:<28}: {n:>7,} rows {w:>12,.0f} configs/s wall {c:>12,.0f} configs/s CPU"
+                        f"    {kind:<28}: {n:>7,} rows {w:>12,.0f} configs/s wall {c:>12,.0f} configs/s CPU "
+                        "(a second pass: router and straggler caches warm)"
                     )
             if args.skip_e2e or len(members) > 1:
                 continue

@@ -54,6 +54,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from capsim.engine.formulas_eval import ring_allreduce_time
 from capsim.engine.reports import ExpertParallelReport
@@ -87,13 +88,13 @@ DEEPEP_FP8_DISPATCH_BYTES = 1.0 + 4.0 / 128.0
 """FP8 dispatch: one byte per element plus one fp32 scale per 128 elements (DeepEP's per-token-group FP8)."""
 
 
-def _erf(x: np.ndarray) -> np.ndarray:
+def _erf(x: NDArray[np.float64]) -> NDArray[np.float64]:
     """erf by Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7): numpy has no erf and scipy is optional."""
     sign = np.sign(x)
     a = np.abs(x)
     t = 1.0 / (1.0 + 0.3275911 * a)
     poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
-    return sign * (1.0 - poly * np.exp(-a * a))
+    return np.asarray(sign * (1.0 - poly * np.exp(-a * a)), dtype=np.float64)
 
 
 def expected_max_normal(mean: np.ndarray, var: np.ndarray, points: int = 129) -> np.ndarray:
@@ -196,7 +197,7 @@ def _row_weights(pi: np.ndarray, ep: int, redundant: int) -> np.ndarray:
     """Share of the layers each distinct placement problem of :func:`_layer_slot_loads` stands for."""
     rows = pi if redundant == 0 else np.sort(pi, axis=1)
     _, counts = np.unique(rows, axis=0, return_counts=True)
-    return counts / counts.sum()
+    return np.asarray(counts / counts.sum(), dtype=np.float64)
 
 
 _NODE_CACHE: dict[tuple[Any, ...], dict[int, tuple[float, float]]] = {}
@@ -463,7 +464,7 @@ def pipeline_hop_time(rs: ResolvedScenario, tokens: np.ndarray) -> np.ndarray:
 
 def _intra_node_bandwidth(rs: ResolvedScenario) -> float:
     node = rs.node
-    return node.gpu_to_gpu_bandwidth() if node.accelerator_count >= 2 else node.host_to_gpu_bandwidth()  # type: ignore[attr-defined]
+    return node.gpu_to_gpu_bandwidth() if node.accelerator_count >= 2 else node.host_to_gpu_bandwidth()
 
 
 def _scale(cost: PassTimes, factor: np.ndarray) -> None:

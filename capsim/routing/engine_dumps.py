@@ -53,11 +53,11 @@ class ExpertCounts:
         total = self.counts.sum(axis=0).astype(np.float64)
         per_layer = total.sum(axis=1, keepdims=True)
         pi = np.divide(top_k * total, per_layer, out=np.zeros_like(total), where=per_layer > 0)
-        return np.clip(pi, 0.0, 1.0)
+        return np.asarray(np.clip(pi, 0.0, 1.0), dtype=np.float64)
 
     def activated_per_pass(self) -> np.ndarray:
         """Distinct experts with a token, per pass and MoE layer (the measured A of each pass)."""
-        return (self.counts > 0).sum(axis=2)
+        return np.asarray((self.counts > 0).sum(axis=2))
 
 
 def _load_raw(path: Path) -> dict[str, Any]:
@@ -131,7 +131,8 @@ def _fold_physical(file: Path, counts: np.ndarray, mapping: np.ndarray) -> np.nd
     logical = int(mapping.max()) + 1
     out = np.zeros((counts.shape[0], layers, logical), dtype=np.int64)
     for layer in range(layers):
-        np.add.at(out[:, layer, :], (slice(None), mapping[layer]), counts[:, layer, :])
+        # transposed views: physical expert j of every pass adds into logical expert mapping[layer, j]
+        np.add.at(out[:, layer, :].T, mapping[layer], counts[:, layer, :].T)
     return out
 
 

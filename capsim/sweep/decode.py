@@ -24,9 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from capsim.engine.metrics import RESOURCES
 from capsim.engine.passes import decode_steps
-from capsim.engine.roofline import PassTimes
+from capsim.engine.roofline import RESOURCES, PassTimes
 
 SWEEP_RESOURCES: tuple[str, ...] = (*RESOURCES, "cpu", "link")
 """The roofline's resources plus those the cpu-experts mode charges (CPU compute, PCIe hand-offs), in the
@@ -105,7 +104,7 @@ class ModeAdjust:
 
             assert capacity is not None  # evaluate_segment sizes the cache of every offload row
             times = prefill_link_times(self.rs, cost, capacity, self.host)
-            charge_links(cost, times, self.rs.deployment.prefetch)
+            charge_links(cost, times, self.rs.deployment.prefetch, self.rs.deployment.prefetch_accuracy)
 
     def decode(self, cost: PassTimes, batch: np.ndarray, capacity: np.ndarray | None) -> np.ndarray:
         """Apply the mode to decode steps of ``batch`` sequences; returns the extra margins (steps x k) whose
@@ -120,8 +119,9 @@ class ModeAdjust:
 
             assert capacity is not None
             misses, reads = self._misses(batch, capacity)
+            dep = self.rs.deployment
             margin = charge_links(
-                cost, decode_link_times(self.rs, misses, reads), self.rs.deployment.prefetch
+                cost, decode_link_times(self.rs, misses, reads), dep.prefetch, dep.prefetch_accuracy
             )
             if self.rs.deployment.prefetch:
                 return margin[:, None]

@@ -362,8 +362,11 @@ def scenario_for(case: PublishedCase, db: HardwareDB) -> tuple[Scenario, Hardwar
     if case.placement == "cpu-experts" and case.cpu_expert_layers is not None:
         settings["placement"] = f"experts[0:{case.cpu_expert_layers}]:dram"
     if case.placement == "offload-pcie":
-        # an offloading engine keeps an expert cache and prefetches (MoE-Infinity's design)
-        settings.update(cache_policy="lfu", prefetch=True)
+        # an offloading engine keeps an expert cache and prefetches (MoE-Infinity's design), naming the
+        # next experts as well as next-layer gate prediction does (capsim.engine.presets moe-infinity-like)
+        from capsim.engine.offload import NEXT_LAYER_GATE_ACCURACY
+
+        settings.update(cache_policy="lfu", prefetch=True, prefetch_accuracy=NEXT_LAYER_GATE_ACCURACY)
     return Scenario(**settings), db
 
 
