@@ -56,6 +56,7 @@ if TYPE_CHECKING:
 
 MODES = ("gpu", "offload", "cpu-experts", "cpu")
 CACHE_POLICIES = ("lru", "lfu", "oracle")
+HOST_COPIES = ("pinned", "pageable")
 EXPERT_TIERS = ("dram", "ssd")
 NUMA_POLICIES = ("single", "replicate", "interleave", "tp")
 
@@ -70,6 +71,11 @@ class Deployment:
     expert_tier: str = "dram"
     cache_policy: str = "lru"
     prefetch: bool = True
+    prefetch_accuracy: float = 1.0
+    """With prefetch: share of the fetched experts named ahead of use (copied while the device computes);
+    the rest are fetched on demand (capsim.engine.offload.exposed_link_time). 1 = perfect overlap."""
+    host_copy: str = "pinned"
+    """Host buffers the experts are copied from: pinned (page-locked) or pageable (staged by the driver)."""
     numa: str = "single"
     host_memory_gb: float | None = None
     cache_sample_steps: int = 64
@@ -84,6 +90,7 @@ class Deployment:
             (self.cache_policy, CACHE_POLICIES, "cache policy"),
             (self.expert_tier, EXPERT_TIERS, "expert tier"),
             (self.numa, NUMA_POLICIES, "numa policy"),
+            (self.host_copy, HOST_COPIES, "host copy buffer"),
         )
         for value, valid, label in checks:
             if value not in valid:
@@ -92,6 +99,11 @@ class Deployment:
             isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1
         ):
             raise ScenarioError(f"--threads must be an integer >= 1, got {self.threads!r}")
+        if not 0.0 <= self.prefetch_accuracy <= 1.0:
+            raise ScenarioError(
+                f"--prefetch-accuracy must be between 0 and 1 (a share of the fetched experts), "
+                f"got {self.prefetch_accuracy!r}"
+            )
         if self.host_memory_gb is not None and self.host_memory_gb <= 0:
             raise ScenarioError(f"host memory must be > 0 GB, got {self.host_memory_gb}")
         if self.placement is not None:

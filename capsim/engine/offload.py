@@ -53,7 +53,28 @@ PCIE_COPY_EFFICIENCY = 0.78
 PCIe 3.0 x16, 12.15 of 15.75 GB/s = 0.77 (CUDA bandwidthTest, pinned, 32 MB, Tesla P100;
 mpicbg-scicomp/gearshifft PR #82); PCIe 4.0 x16, 25 of 32 GB/s = 0.78 ("measured peak", A100, BaM authors,
 ZaidQureshi/bam issue #54). Offloading engines copy experts from pinned host buffers (MoE-Infinity,
-Mixtral-offloading, llama.cpp); pageable copies are slower still and are not modelled."""
+Mixtral-offloading, llama.cpp); pageable ones: :data:`PAGEABLE_COPY_SHARE`."""
+
+PAGEABLE_COPY_SHARE = 0.54
+"""Pageable host-to-device copies reach this share of pinned ones for expert-sized (>= 64 MiB) transfers: the
+driver stages them through a pinned bounce buffer. Measured: RTX 4090, PCIe 4.0 x16, 64 MiB, pageable 12.88 vs
+pinned 23.9 GB/s = 0.54 (NVlabs/cuda-oxide PR #976, pinned_overlap example output); PCIe 3.0, "without pinned
+memory 5-6 GB/s, and 11-12 GB/s with" = 0.5 (rapidsai/dask-cuda PR #98). Smaller copies lose less (0.77 at
+16 MiB on the same RTX 4090): the 64 MiB figure is the bound for the large experts offloading moves."""
+
+COPY_LATENCY_S = 6e-6
+"""Fixed cost of one host-to-device copy call (DMA set-up and completion), paid per weight tensor of every
+expert fetched: rocm-bandwidth-test reports 6 us for a 4 KiB host-to-device copy on an MI300X
+(ROCm/hip issue #3809, which measures 36-40 us through hipMemcpy's software stack: engines that queue
+async copies on a stream pay the DMA figure). No CUDA figure for a lone async copy is in the reference."""
+
+NEXT_LAYER_GATE_ACCURACY = 0.86
+"""Share of a layer's experts that speculative prefetch names right one layer ahead by applying the next
+layer's gate to the current hidden state (the predictor of Mixtral-offloading, Pre-gated MoE, AdapMoE,
+HOBBIT, ProMoE): 88.6 % of routed slots on Qwen3-30B-A3B measured on device (Helldez/BigMoeOnEdge
+docs/expert-prediction.md, "stale-gate predictor"), 0.826 hit@k one layer ahead for a post-hoc linear
+predictor on a 16-expert MoE (splch/predictability-aware-training README, 3 seeds); mean 0.856. The rest are
+fetched on demand when the router asks for them."""
 
 
 def sample_steps(rs: ResolvedScenario, batch: int, cacheable: np.ndarray) -> int:
@@ -238,24 +259,61 @@ def expert_links(rs: ResolvedScenario) -> tuple[tuple[float, str] | None, tuple[
     host = None
     if not rs.device_is_dram and (tiers != DEVICE).any():
         width, path = expert_link_bandwidth(rs.node, replace(rs.deployment, expert_tier="dram"))
-        # copies reach the measured pinned-copy share of the link's nominal rate
-        host = (width * PCIE_COPY_EFFICIENCY, f"{path} (x{PCIE_COPY_EFFICIENCY} pinned-copy efficiency)")
+        # copies reach the measured pinned-copy share of the link's nominal rate (less for pageable buffers)
+        share = PCIE_COPY_EFFICIENCY
+        label = f"x{PCIE_COPY_EFFICIENCY} pinned-copy efficiency"
+        if rs.deployment.host_copy == "pageable":
+            share *= PAGEABLE_COPY_SHARE
+            label += f", x{PAGEABLE_COPY_SHARE} pageable"
+        host = (width * share, f"{path} ({label})")
     ssd = ssd_read_bandwidth(rs.node) if (tiers == SSD).any() else None
     return host, ssd
 
 
-def charge_links(cost: PassTimes, link_times: list[np.ndarray], prefetch: bool) -> np.ndarray:
-    """Add the exposed link time: with prefetch, links run alongside the device and each other, so a pass
-    takes max(device, slowest link); without it the copies serialise before the compute. Returns the slowest
-    link's time minus the device's before the charge (the sign says which one a prefetching pass waits on:
-    a sweep tracks where it flips, :mod:`capsim.sweep.decode`)."""
+def exposed_link_time(
+    device: ArrayLike, link_times: list[np.ndarray], prefetch: bool, accuracy: ArrayLike = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """(link seconds a pass adds to its ``device`` seconds, margin), elementwise over configurations.
+
+    With prefetch, the share ``accuracy`` (p) of the fetched experts was named ahead of use and copies while
+    the device computes, every link alongside the others; the rest are fetched when the router asks for them,
+    each through its links in turn, while the device waits:
+    added = max(p * max_links - device, 0) + (1 - p) * sum_links. Without prefetch every copy waits:
+    added = sum_links. p = 1 is perfect overlap (max(device, slowest link)). margin = p * max_links - device
+    (max_links - device without prefetch): its sign says whether the prefetched copies or the device bind."""
+    dev = np.asarray(device, dtype=np.float64)
+    times = [np.broadcast_to(np.asarray(t, dtype=np.float64), dev.shape) for t in link_times]
+    slowest, total = np.max(times, axis=0), np.sum(times, axis=0)
+    if not prefetch:
+        return total, slowest - dev
+    p = np.asarray(accuracy, dtype=np.float64)
+    margin: np.ndarray = p * slowest - dev
+    return np.maximum(margin, 0.0) + (1.0 - p) * total, margin
+
+
+def charge_links(
+    cost: PassTimes, link_times: list[np.ndarray], prefetch: bool, accuracy: ArrayLike = 1.0
+) -> np.ndarray:
+    """Add the exposed link time (:func:`exposed_link_time`) to ``cost``. Returns the margin before the
+    charge (the sign says which side a prefetching pass waits on: a sweep tracks where it flips,
+    :mod:`capsim.sweep.decode`); -inf without links."""
     if not link_times:
         return np.full(cost.time.shape, -np.inf)
-    times = [np.broadcast_to(np.asarray(t, dtype=np.float64), cost.time.shape) for t in link_times]
-    margin: np.ndarray = np.max(times, axis=0) - cost.time
-    exposed = np.maximum(margin, 0.0) if prefetch else np.sum(times, axis=0)
+    exposed, margin = exposed_link_time(cost.time, link_times, prefetch, accuracy)
     _add_resource(cost, "link", exposed, "expert_fetch")
     return margin
+
+
+def copies_per_expert(rs: ResolvedScenario) -> int:
+    """Weight tensors of one routed expert, each a copy call: 3 for gated FFN experts (gate, up, down), 2
+    otherwise."""
+    return 3 if rs.model.gated_ffn else 2
+
+
+def expert_fetch_seconds(rs: ResolvedScenario, bandwidth: float, nbytes: float) -> float:
+    """Seconds one expert's copy of ``nbytes`` occupies a host link of ``bandwidth``: its bytes plus the fixed
+    cost of each copy call (:data:`COPY_LATENCY_S`)."""
+    return nbytes / bandwidth + copies_per_expert(rs) * COPY_LATENCY_S
 
 
 def _link_report(path: str, bandwidth: float, bytes_per_step: float, seconds: float) -> LinkLoad:
@@ -284,7 +342,7 @@ def decode_link_times(
     times: list[np.ndarray] = []
     if host_link is not None:
         # every TP rank fetches its shard of each missing expert over its own link: per-device bytes / link
-        times.append(misses * expert_bytes_on_gpu(rs) / host_link[0])
+        times.append(misses * expert_fetch_seconds(rs, host_link[0], expert_bytes_on_gpu(rs)))
     if ssd_link is not None:
         # SSD reads: all ranks' shards come from the (shared) drives; on a DRAM device every miss is a read
         reads = misses if rs.device_is_dram else np.asarray(ssd_reads_per_step, dtype=np.float64)
@@ -335,8 +393,10 @@ def apply_offload(
     if ssd_link is not None:
         reads = outcome.ssd_reads_per_step if two_level else outcome.misses_per_step
         links["ssd_to_host"] = _link_report(ssd_link[1], ssd_link[0], reads * full, float(fetch_times[-1]))
-    charge_links(decode, fetch_times, dep.prefetch)
-    charge_links(prefill, prefill_link_times(rs, prefill, capacity, host), dep.prefetch)
+    charge_links(decode, fetch_times, dep.prefetch, dep.prefetch_accuracy)
+    charge_links(
+        prefill, prefill_link_times(rs, prefill, capacity, host), dep.prefetch, dep.prefetch_accuracy
+    )
     primary = host_link or ssd_link
     assert primary is not None  # some expert is off the device in offload mode: internal invariant
     out: DeploymentReport = {
@@ -351,6 +411,8 @@ def apply_offload(
         "offloaded_moe_layers": int(rs.offloaded.sum()),
         "policy": dep.cache_policy,
         "prefetch": dep.prefetch,
+        "prefetch_accuracy": dep.prefetch_accuracy,
+        "host_copy": dep.host_copy,
         "cache_model": outcome.model,
         "sampled_steps": outcome.sampled_steps,
         "ssd_reads_per_step": outcome.ssd_reads_per_step if ssd_link is not None else 0.0,
@@ -381,7 +443,7 @@ def prefill_link_times(
     reads = misses * (uncached_ssd / n_off)
     times = []
     if host_link is not None:
-        times.append(misses * expert_bytes_on_gpu(rs) / host_link[0])
+        times.append(misses * expert_fetch_seconds(rs, host_link[0], expert_bytes_on_gpu(rs)))
     if ssd_link is not None:
         times.append((reads if not rs.device_is_dram else misses) * _expert_bytes(rs) / ssd_link[0])
     return times

@@ -64,6 +64,14 @@ class Scenario:
     prefetch: bool = _opt(
         True, "offload: overlap expert copies with compute (optimistic) instead of serialising"
     )
+    prefetch_accuracy: float = _opt(
+        1.0,
+        "offload with prefetch: share of the fetched experts predicted ahead of use (overlapped); the rest "
+        "are fetched on demand, serially (0.86 for next-layer gate prediction, docs/deployment.md)",
+    )
+    host_copy: str = _opt(
+        "pinned", "offload: host buffers experts are copied from, pinned or pageable (about half the rate)"
+    )
     numa: str = _opt(
         "single",
         "CPU execution over sockets: single (one socket), replicate (a weight copy per socket), "
@@ -142,6 +150,8 @@ class Scenario:
             expert_tier=self.expert_tier,
             cache_policy=self.cache_policy,
             prefetch=self.prefetch,
+            prefetch_accuracy=self.prefetch_accuracy,
+            host_copy=self.host_copy,
             numa=self.numa,
             host_memory_gb=self.host_memory_gb,
             placement=self.placement,

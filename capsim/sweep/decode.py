@@ -104,7 +104,7 @@ class ModeAdjust:
 
             assert capacity is not None  # evaluate_segment sizes the cache of every offload row
             times = prefill_link_times(self.rs, cost, capacity, self.host)
-            charge_links(cost, times, self.rs.deployment.prefetch)
+            charge_links(cost, times, self.rs.deployment.prefetch, self.rs.deployment.prefetch_accuracy)
 
     def decode(self, cost: PassTimes, batch: np.ndarray, capacity: np.ndarray | None) -> np.ndarray:
         """Apply the mode to decode steps of ``batch`` sequences; returns the extra margins (steps x k) whose
@@ -119,8 +119,9 @@ class ModeAdjust:
 
             assert capacity is not None
             misses, reads = self._misses(batch, capacity)
+            dep = self.rs.deployment
             margin = charge_links(
-                cost, decode_link_times(self.rs, misses, reads), self.rs.deployment.prefetch
+                cost, decode_link_times(self.rs, misses, reads), dep.prefetch, dep.prefetch_accuracy
             )
             if self.rs.deployment.prefetch:
                 return margin[:, None]

@@ -120,6 +120,8 @@ LAYOUT_KEYS: dict[str, type] = {
     "placement": str,
     "cache_policy": str,
     "prefetch": bool,
+    "prefetch_accuracy": float,
+    "host_copy": str,
 }
 """Scenario options a sweep layout may set (capsim.engine.scenario.Scenario fields)."""
 
