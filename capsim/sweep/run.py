@@ -295,7 +295,8 @@ def run_dask(
         # Local workers are forked from this process after it has resolved the grid and compiled the formulas,
         # so each starts with them instead of importing capsim and resolving again (on a 2-core machine that
         # start-up cost 2-3 s of CPU per worker); spawn where the platform cannot fork. The workers' sampling
-        # profiler (every 10 ms) is off: it serves the dashboard, which a sweep's cluster does not open.
+        # profiler (every 10 ms) is off: it serves the dashboard, which nobody opens. The scheduler's HTTP
+        # server takes any free port (":0"), never 8787, which another cluster on the machine may hold.
         fork = "fork" in multiprocessing.get_all_start_methods()
         if fork:
             _worker_groups(run.grid, extra_db, override)
@@ -304,7 +305,7 @@ def run_dask(
             settings["distributed.worker.multiprocessing-method"] = "fork"
         with dask.config.set(settings):
             cluster = LocalCluster(
-                n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+                n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0"
             )
         client = Client(cluster)
     written = 0

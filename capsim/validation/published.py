@@ -57,6 +57,10 @@ METRICS = {
 
 PLACEMENTS = ("gpu", "cpu-experts", "cpu-only", "offload-pcie", "unified-memory")
 
+CONFIDENCES = ("high", "medium", "low")
+"""How sure a case's mapping is: high (configuration stated), medium (some of it read in or assumed, said in
+notes), low (a single user's report, rounded figures or an unstated format)."""
+
 FEATURE_FIELDS: dict[str, str] = {
     "attention_dp": "attention_dp",
     "speculative": "spec",
@@ -200,6 +204,8 @@ def _parse_case(raw: Mapping[str, Any], where: str) -> PublishedCase:
             )
     if raw["metric"] not in METRICS:
         raise DataFileError(where, f"metric {raw['metric']!r} is not one of {', '.join(METRICS)}")
+    if raw["confidence"] not in CONFIDENCES:
+        raise DataFileError(where, f"confidence {raw['confidence']!r} is not one of {', '.join(CONFIDENCES)}")
     if raw["placement"] not in PLACEMENTS:
         raise DataFileError(where, f"placement {raw['placement']!r} is not one of {', '.join(PLACEMENTS)}")
     if not raw["value"] > 0:
