@@ -19,14 +19,14 @@ from numpy.typing import ArrayLike, NDArray
 from capsim.engine import formulas_eval as formulas
 from capsim.engine.deployment import (
     AccessStream,
-    access_stream,
+    access_stream_of_ids,
     cache_hits,
     cpu_rates,
     expert_link_bandwidth,
     host_memory_bytes,
     socket_allreduce_time,
     ssd_read_bandwidth,
-    step_accesses,
+    step_expert_ids,
     weight_copies,
 )
 from capsim.engine.memory import MemoryPlan
@@ -250,7 +250,8 @@ def cache_outcome(
         return CacheOutcome(accesses, misses, reads, 1.0 - misses / accesses, "analytic")
     steps = sample_steps(rs, batch, cacheable)
     assert router is not None  # experts are offloaded for MoE models, which always resolve a router
-    stream = access_stream(step_accesses(router, batch, steps, rs.scenario.seed), cacheable)
+    ids = step_expert_ids(router, batch, steps, rs.scenario.seed)
+    stream = access_stream_of_ids(ids, tiers.shape[1], cacheable)
     return replace(
         simulate_tiers(stream, tiers, capacity, page_slots, policy, two_level), sampled_steps=stream.steps
     )
