@@ -231,3 +231,44 @@ def test_straggler_integral_in_place_gives_the_same_bits(shape, seed, zero_varia
     if zero_variance:
         var[..., 0] = 0.0
     assert np.array_equal(expected_max_normal(mean, var), _textbook_expected_max_normal(mean, var))
+
+
+def test_front_rows_are_what_cell_makes_of_each_value(default_hardware_db) -> None:
+    """The Pareto rows built column by column equal the rows built value by value through ``cell`` (same
+    Python types, NaN as None, same JSON), on a chunk with infeasible rows and a "does not run" group."""
+    import json
+
+    from capsim.sweep.evaluate import COLUMNS, cell
+    from capsim.sweep.fronts import pareto_rows
+    from capsim.sweep.run import evaluate_chunk, resolve_groups
+
+    grid = Grid(
+        models=("mixtral-8x7b", "qwen3-30b-a3b"),
+        hardware=("h100-sxm", "dgx-h100"),
+        gpus=(1, 16),
+        batch=(1, 8, 64, 4096),
+        prompt_len=(100, 32000),
+        gen_len=(1, 50),
+    )
+    cols = evaluate_chunk(grid, resolve_groups(grid, default_hardware_db), 0, grid.size)
+    assert not cols["feasible"].all() and np.isnan(cols["mbu"]).any()
+    rows = pareto_rows(cols)
+    assert len(rows) >= 3
+    order = {(r["model"], r["hardware"], r["gpus"], r["batch"], r["prompt_len"], r["gen_len"]) for r in rows}
+    expected = [
+        {k: cell(cols[k][i]) for k in COLUMNS}
+        for i in range(grid.size)
+        if (
+            str(cols["model"][i]),
+            str(cols["hardware"][i]),
+            int(cols["gpus"][i]),
+            int(cols["batch"][i]),
+            int(cols["prompt_len"][i]),
+            int(cols["gen_len"][i]),
+        )
+        in order
+    ]
+    key = lambda r: (r["tpot_s"], r["model"], r["hardware"], r["gpus"], r["batch"], r["prompt_len"])  # noqa: E731
+    assert json.dumps(sorted(rows, key=key)) == json.dumps(sorted(expected, key=key))
+    # plain Python values (cell leaves numpy's str_ subclass; JSON cannot tell them apart)
+    assert all(type(v) in (str, int, float, bool, type(None)) for r in rows for v in r.values())
