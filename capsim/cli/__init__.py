@@ -8,7 +8,8 @@ Every command module under ``capsim.cli`` exposes ``register(app)``. Errors: lib
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -17,16 +18,34 @@ from typer.core import TyperGroup
 from capsim.cli._console import err_console
 from capsim.errors import CapsimError
 
+if TYPE_CHECKING:  # the click that typer vendors: its Context is what the group's methods receive
+    from typer._click.core import Context as ClickContext
+
 
 class _CapsimGroup(TyperGroup):
     """Top-level command group: turns any CapsimError raised below it into one error line and exit 1, and a
     usage error (unknown option or command, a value of the wrong type) into one error line and exit 2."""
 
-    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
         from typer import _click  # the click typer ships (its exceptions are what the parser raises)
 
         try:
-            result = super().main(*args, standalone_mode=False, **kwargs)
+            result = super().main(
+                args,
+                prog_name,
+                complete_var,
+                standalone_mode=False,
+                windows_expand_args=windows_expand_args,
+                **extra,
+            )
         except _click.exceptions.NoArgsIsHelpError as exc:
             if not standalone_mode:
                 raise
@@ -61,10 +80,10 @@ class _CapsimGroup(TyperGroup):
     # Commands are converted from their typer declarations to click commands on first use: typer would
     # otherwise build every command's parameters (signature and annotation evaluation, ~0.2 s) at each start,
     # though one run uses one command.
-    def list_commands(self, ctx: typer.Context) -> list[str]:
+    def list_commands(self, ctx: ClickContext) -> list[str]:
         return list(dict.fromkeys([*super().list_commands(ctx), *_declared_names()]))
 
-    def get_command(self, ctx: typer.Context, cmd_name: str) -> Any:
+    def get_command(self, ctx: ClickContext, cmd_name: str) -> Any:
         command = super().get_command(ctx, cmd_name)
         if command is None:
             command = _convert(cmd_name)
@@ -72,7 +91,7 @@ class _CapsimGroup(TyperGroup):
                 self.add_command(command, cmd_name)
         return command
 
-    def resolve_command(self, ctx: typer.Context, args: list[str]) -> Any:
+    def resolve_command(self, ctx: ClickContext, args: list[str]) -> Any:
         from difflib import get_close_matches
 
         from typer import _click
@@ -88,7 +107,7 @@ class _CapsimGroup(TyperGroup):
                 )
             raise
 
-    def invoke(self, ctx: typer.Context) -> Any:  # typer vendors click; do not import it
+    def invoke(self, ctx: ClickContext) -> Any:  # typer vendors click; do not import it
         try:
             return super().invoke(ctx)
         except CapsimError as exc:

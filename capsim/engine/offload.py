@@ -35,6 +35,7 @@ from capsim.engine.reports import DeploymentReport, LinkLoad, TierLoad
 from capsim.engine.roofline import ACTIVATION_BYTES, PassTimes
 from capsim.errors import DoesNotFitError, MissingValueError
 from capsim.models.precision import compute_key
+from capsim.routing.synthetic import SyntheticRouter
 from capsim.units import GB
 
 if TYPE_CHECKING:
@@ -150,7 +151,7 @@ def host_tiers(rs: ResolvedScenario, dram_copies: int = 1) -> HostTiers:
     if rs.device_is_dram:
         return HostTiers(dram_bytes, ssd_bytes, None, 0, notes)  # DRAM is the device: plan_memory checked it
     try:
-        capacity = host_memory_bytes(rs.node, rs.deployment)  # type: ignore[arg-type]
+        capacity = host_memory_bytes(rs.node, rs.deployment)
     except MissingValueError:
         if dram_bytes:
             notes.append(
@@ -166,7 +167,7 @@ def host_tiers(rs: ResolvedScenario, dram_copies: int = 1) -> HostTiers:
         raise DoesNotFitError(
             dram_bytes,
             capacity,
-            f"host DRAM of {rs.node.id}",  # type: ignore[attr-defined]
+            f"host DRAM of {rs.node.id}",
             "place some experts on the SSD (e.g. --placement cold-experts:N:ssd) or add DRAM",
         )
     return HostTiers(dram_bytes, ssd_bytes, capacity, int((capacity - dram_bytes) // per), notes)
@@ -226,7 +227,7 @@ def cache_outcome(
     # a host page cache holding some but not all SSD experts sees the device cache's misses, which are
     # correlated with its own content (an expert missed is one unused for long): simulated, not modelled
     partial_page_cache = two_level and 0 < page_slots < n_ssd
-    if policy == "lru" and hasattr(router, "new_origin") and not partial_page_cache:
+    if policy == "lru" and isinstance(router, SyntheticRouter) and not partial_page_cache:
         from capsim.engine.cache_model import device_cache_misses
 
         moe = rs.model.moe
@@ -235,7 +236,7 @@ def cache_outcome(
             router.inclusion,
             router.new_origin,
             cacheable,
-            batch,  # type: ignore[attr-defined]
+            batch,
             capacity,
             moe.top_k,
         )
@@ -257,7 +258,7 @@ def expert_links(rs: ResolvedScenario) -> tuple[tuple[float, str] | None, tuple[
     tiers = rs.expert_tiers
     host = None
     if not rs.device_is_dram and (tiers != DEVICE).any():
-        width, path = expert_link_bandwidth(rs.node, replace(rs.deployment, expert_tier="dram"))  # type: ignore[arg-type]
+        width, path = expert_link_bandwidth(rs.node, replace(rs.deployment, expert_tier="dram"))
         # copies reach the measured pinned-copy share of the link's nominal rate (less for pageable buffers)
         share = PCIE_COPY_EFFICIENCY
         label = f"x{PCIE_COPY_EFFICIENCY} pinned-copy efficiency"
@@ -265,7 +266,7 @@ def expert_links(rs: ResolvedScenario) -> tuple[tuple[float, str] | None, tuple[
             share *= PAGEABLE_COPY_SHARE
             label += f", x{PAGEABLE_COPY_SHARE} pageable"
         host = (width * share, f"{path} ({label})")
-    ssd = ssd_read_bandwidth(rs.node) if (tiers == SSD).any() else None  # type: ignore[arg-type]
+    ssd = ssd_read_bandwidth(rs.node) if (tiers == SSD).any() else None
     return host, ssd
 
 
@@ -374,7 +375,7 @@ def apply_offload(
             + memory.kv_bytes_per_sequence * batch
             + moe.top_k * per_dev,
             memory.usable_bytes,
-            f"the {'memory' if rs.device_is_dram else 'GPU'} of {rs.node.id}",  # type: ignore[attr-defined]
+            f"the {'memory' if rs.device_is_dram else 'GPU'} of {rs.node.id}",
             "no room for even top-k experts in the expert cache; lower --batch, offload more experts or quantise",
         )
     two_level = not rs.device_is_dram
@@ -515,20 +516,20 @@ def apply_cpu_experts(
     model, dep = rs.model, rs.deployment
     moe = model.moe
     assert moe is not None
-    host = host_tiers(rs, dram_copies=weight_copies(rs.node, dep))  # type: ignore[arg-type]
-    bandwidth, peaks, sockets, how = cpu_rates(rs.node, dep)  # type: ignore[arg-type]
-    cpu, _ = rs.node.cpus[0]  # type: ignore[attr-defined]
+    host = host_tiers(rs, dram_copies=weight_copies(rs.node, dep))
+    bandwidth, peaks, sockets, how = cpu_rates(rs.node, dep)
+    cpu, _ = rs.node.cpus[0]
     cpu_eff = (
         rs.cpu_efficiency
     )  # from the database the scenario was resolved against (--hardware-db included)
     if cpu_eff is None:
-        raise MissingValueError(rs.node.id, "efficiency class 'cpu'", "CPU-computed experts")  # type: ignore[attr-defined]
+        raise MissingValueError(rs.node.id, "efficiency class 'cpu'", "CPU-computed experts")
     prec = rs.sharding.weight_precision["routed_experts"]
     key = compute_key(prec, frozenset(peaks))
     flops_rate = peaks[key] * cpu_eff.compute_fraction
     # sustained streaming (per CPU entry) x the fraction CPU MoE kernels reach of it (fitted, efficiency.toml)
     bytes_rate = bandwidth * cpu_eff.memory_bw_fraction * cpu_eff.kernel_bw_fraction
-    link_bw = rs.node.host_to_gpu_bandwidth() * PCIE_COPY_EFFICIENCY  # type: ignore[attr-defined]
+    link_bw = rs.node.host_to_gpu_bandwidth() * PCIE_COPY_EFFICIENCY
     # one small host<->device copy: NCCL's base latency plus one PCI hop (the GPU's efficiency entry), standing
     # in for a DMA launch; no measured figure for KTransformers-style hand-offs is in the reference
     handoff_latency = rs.rates.allreduce_base_latency_s + rs.rates.allreduce_hop_latency_s
@@ -566,7 +567,7 @@ def apply_cpu_experts(
         # --numa tp: the CPU experts' partial sums are all-reduced between the sockets in every CPU layer
         cpu_time = cpu_time + n_layers_cpu * socket_allreduce_time(
             rs.node, dep, cost.tokens, model.hidden_size, cpu_eff.allreduce_base_latency_s
-        )  # type: ignore[arg-type]
+        )
         _add_resource(cost, "cpu", cpu_time, "cpu_experts")
         _add_resource(cost, "link", handoff, "cpu_gpu_handoff")
         if paging["reads_per_step"]:
@@ -604,7 +605,7 @@ def _ssd_paging(rs: ResolvedScenario, batch: int, host: HostTiers) -> dict[str, 
     n_ssd = int((tiers == SSD).sum())
     if n_ssd == 0:
         return {"decode_s": 0.0, "prefill_s": 0.0, "reads_per_step": 0.0, "links": {}}
-    bw, path = ssd_read_bandwidth(rs.node)  # type: ignore[arg-type]
+    bw, path = ssd_read_bandwidth(rs.node)
     outcome = cache_outcome(rs, batch, tiers == SSD, host.page_cache_experts, 0, "lru", two_level=False)
     full = _expert_bytes(rs)
     reads = outcome.misses_per_step
@@ -632,7 +633,7 @@ def apply_socket_tp(rs: ResolvedScenario, prefill: PassTimes, decode: PassTimes)
             * socket_allreduce_time(
                 rs.node, rs.deployment, cost.tokens, rs.model.hidden_size, eff.allreduce_base_latency_s
             )
-        )  # type: ignore[arg-type, attr-defined]
+        )
         _add_resource(cost, "interconnect", seconds, "socket_allreduce")
         per_layer["decode" if cost is decode else "prefill"] = float(seconds.mean()) / rs.model.num_layers
     return {"mode": "cpu", "numa": "tp", "socket_allreduce_s_per_layer": per_layer}

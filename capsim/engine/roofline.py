@@ -87,7 +87,10 @@ step at batch 1 is mostly these."""
         if self.gemm_m_curve is None:
             return 1.0
         ms, fractions = self.gemm_m_curve
-        return np.interp(np.log(np.maximum(rows, 1.0)), np.log(np.asarray(ms)), np.asarray(fractions))
+        factor: FloatArray | float = np.interp(
+            np.log(np.maximum(rows, 1.0)), np.log(np.asarray(ms)), np.asarray(fractions)
+        )
+        return factor
 
     def flops_rate(self, key: str) -> float:
         return self.peak_flops[key] * self.compute_fraction

@@ -150,10 +150,10 @@ def simulate_events(
             m = min(fin - g + 1, STRETCH_CAP)
             j = np.arange(m, dtype=np.int64)
             if bs == 1:
-                need = np.full(m, nd, dtype=np.int64)
+                need_per_step = np.full(m, nd, dtype=np.int64)
             else:
-                need = np.asarray(resid, dtype=np.int64)[(1 - (g + j)) % bs]
-            cum_need = np.cumsum(need)
+                need_per_step = np.asarray(resid, dtype=np.int64)[(1 - (g + j)) % bs]
+            cum_need = np.cumsum(need_per_step)
             fits = int(np.searchsorted(cum_need, free, side="right"))
             m = min(m, fits)  # stop before the step that would need a block that is not free
             if m >= 1:

@@ -292,7 +292,7 @@ def ttft_of(rs: Any, batch: np.ndarray, prompt_len: np.ndarray, chunk_tokens: in
     """Seconds to prefill ``batch`` prompts of ``prompt_len`` tokens in chunks of ``chunk_tokens`` (arrays of
     configurations): (n_chunks − 1)·t(full chunk) + t(last chunk, with the lm_head), as predict sums them."""
     totals, _ = prefill_totals(rs, batch, prompt_len, chunk_tokens)
-    return totals[0]
+    return np.asarray(totals[0])
 
 
 def prefill_totals(

@@ -64,10 +64,10 @@ def _range_values(name: str, part: str, minimum: int) -> list[int]:
         )
     if step_s.startswith("x"):
         values: list[int] = []
-        v = float(start)
-        while v <= stop:
-            values.append(round(v))
-            v *= factor
+        current = float(start)
+        while current <= stop:
+            values.append(round(current))
+            current *= factor
         return values
     return list(range(start, stop + 1, step))
 
