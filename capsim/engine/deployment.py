@@ -279,8 +279,8 @@ def ssd_read_bandwidth(node: System) -> tuple[float, str]:
 # ---- expert cache simulation -------------------------------------------------------------------------------
 
 
-def step_accesses(router: Router, batch: int, steps: int, seed: int) -> list[list[np.ndarray]]:
-    """Per decode step, per MoE layer, the distinct experts the batch activates.
+def step_expert_ids(router: Router, batch: int, steps: int, seed: int) -> NDArray[np.int64]:
+    """(MoE layers, steps, batch, k) expert ids the batch's sequences route to in each decode step.
 
     Synthetic routers are sampled once for ``batch`` x ``steps`` consecutive tokens, cut into ``batch`` runs
     of ``steps`` tokens, one per sequence (one draw costs about as much as a short one; runs of a stationary
@@ -298,12 +298,31 @@ def step_accesses(router: Router, batch: int, steps: int, seed: int) -> list[lis
                 "use a longer trace or a smaller --batch for the cache simulation"
             )
         runs = topk[:, : batch * steps].reshape(topk.shape[0], batch, steps, topk.shape[2])
-        ids = runs.transpose(0, 2, 1, 3)
-    else:
-        raise ScenarioError(
-            f"router {router.name!r} cannot be sampled for a cache simulation; use a synthetic router"
-        )
+        return np.asarray(runs.transpose(0, 2, 1, 3), dtype=np.int64)
+    raise ScenarioError(
+        f"router {router.name!r} cannot be sampled for a cache simulation; use a synthetic router"
+    )
+
+
+def step_accesses(router: Router, batch: int, steps: int, seed: int) -> list[list[np.ndarray]]:
+    """Per decode step, per MoE layer, the distinct experts the batch activates (sorted)."""
+    ids = step_expert_ids(router, batch, steps, seed)
     return [[np.unique(ids[layer, t]) for layer in range(ids.shape[0])] for t in range(ids.shape[1])]
+
+
+def access_stream_of_ids(ids: NDArray[np.int64], num_experts: int, cacheable: np.ndarray) -> AccessStream:
+    """:func:`access_stream` of :func:`step_accesses` without the per-(step, layer) loop: the distinct
+    experts of each (step, layer), in step, layer, expert order, kept where ``cacheable`` (a bool mask over
+    MoE layers or over (layer, expert)). Same stream, element for element."""
+    layers, steps = ids.shape[0], ids.shape[1]
+    present = np.zeros((steps, layers, num_experts), dtype=bool)
+    t_idx = np.arange(steps)[None, :, None, None]
+    l_idx = np.arange(layers)[:, None, None, None]
+    present[np.broadcast_to(t_idx, ids.shape), np.broadcast_to(l_idx, ids.shape), ids] = True
+    mask = np.asarray(cacheable, dtype=bool)
+    present &= (mask[:, :num_experts] if mask.ndim == 2 else mask[:, None])[None, :, :]
+    step, layer, expert = np.nonzero(present)  # C order: step, then layer, then expert id
+    return AccessStream(step.astype(np.int64), layer.astype(np.int64), expert.astype(np.int64), steps)
 
 
 @dataclass(frozen=True)
@@ -364,9 +383,11 @@ def cache_hits(stream: AccessStream, capacity: int, policy: str) -> NDArray[np.b
     hits = np.zeros(n, dtype=bool)
     if capacity <= 0 or n == 0:
         return hits
-    keys = list(zip(stream.layer.tolist(), stream.expert.tolist()))
+    # one int per (layer, expert): dict and heap operations on ints are cheaper than on tuples
+    width = int(stream.expert.max(initial=0)) + 1
+    keys: list[int] = (stream.layer * width + stream.expert).tolist()
     if policy == "lru":
-        lru: OrderedDict[tuple[int, int], None] = OrderedDict()
+        lru: OrderedDict[int, None] = OrderedDict()
         for i, key in enumerate(keys):
             if key in lru:
                 hits[i] = True
@@ -378,13 +399,13 @@ def cache_hits(stream: AccessStream, capacity: int, policy: str) -> NDArray[np.b
         return hits
     next_use = [math.inf] * n
     if policy == "oracle":
-        seen_at: dict[tuple[int, int], int] = {}
+        seen_at: dict[int, int] = {}
         for i in range(n - 1, -1, -1):
             next_use[i] = seen_at.get(keys[i], math.inf)
             seen_at[keys[i]] = i
-    freq: dict[tuple[int, int], int] = {}
-    current: dict[tuple[int, int], tuple[float, int]] = {}  # cached key -> its live heap priority
-    heap: list[tuple[float, int, tuple[int, int]]] = []
+    freq: dict[int, int] = {}
+    current: dict[int, tuple[float, int]] = {}  # cached key -> its live heap priority
+    heap: list[tuple[float, int, int]] = []
     for i, key in enumerate(keys):
         freq[key] = freq.get(key, 0) + 1
         # heap minimum = victim: LFU (fewest uses, least recent), oracle (furthest next use, least recent)

@@ -19,14 +19,14 @@ from numpy.typing import ArrayLike, NDArray
 from capsim.engine import formulas_eval as formulas
 from capsim.engine.deployment import (
     AccessStream,
-    access_stream,
+    access_stream_of_ids,
     cache_hits,
     cpu_rates,
     expert_link_bandwidth,
     host_memory_bytes,
     socket_allreduce_time,
     ssd_read_bandwidth,
-    step_accesses,
+    step_expert_ids,
     weight_copies,
 )
 from capsim.engine.memory import MemoryPlan
@@ -247,7 +247,8 @@ def cache_outcome(
         reads = 0.0 if (two_level and page_slots >= n_ssd) else float(missed[on_ssd].sum())
         return CacheOutcome(accesses, misses, reads, 1.0 - misses / accesses, "analytic")
     steps = sample_steps(rs, batch, cacheable)
-    stream = access_stream(step_accesses(rs.router, batch, steps, rs.scenario.seed), cacheable)  # type: ignore[arg-type]
+    ids = step_expert_ids(rs.router, batch, steps, rs.scenario.seed)  # type: ignore[arg-type]
+    stream = access_stream_of_ids(ids, tiers.shape[1], cacheable)
     return replace(
         simulate_tiers(stream, tiers, capacity, page_slots, policy, two_level), sampled_steps=stream.steps
     )
