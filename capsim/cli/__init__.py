@@ -20,6 +20,7 @@ from capsim.errors import CapsimError
 
 if TYPE_CHECKING:  # the click that typer vendors: its Context is what the group's methods receive
     from typer._click.core import Context as ClickContext
+    from typer.models import CommandInfo
 
 
 class _CapsimGroup(TyperGroup):
@@ -162,21 +163,26 @@ _COMMANDS = typer.Typer()
 """Where the command modules declare their commands; :class:`_CapsimGroup` converts each on first use."""
 
 
-def _declared_names() -> list[str]:
+def _command_name(info: CommandInfo) -> str:
+    """The name typer gives a declared command: its explicit name, else its function's, dashed."""
     from typer.main import get_command_name
 
-    names = [
-        info.name or get_command_name(info.callback.__name__)  # type: ignore[union-attr]
-        for info in _COMMANDS.registered_commands
-    ]
+    if info.name:
+        return info.name
+    assert info.callback is not None  # @app.command() always records the decorated function
+    return get_command_name(info.callback.__name__)
+
+
+def _declared_names() -> list[str]:
+    names = [_command_name(info) for info in _COMMANDS.registered_commands]
     return names + [str(info.name) for info in _COMMANDS.registered_groups]
 
 
 def _convert(name: str) -> Any:
-    from typer.main import get_command_from_info, get_command_name, get_group_from_info
+    from typer.main import get_command_from_info, get_group_from_info
 
     for info in _COMMANDS.registered_commands:
-        if (info.name or get_command_name(info.callback.__name__)) == name:  # type: ignore[union-attr]
+        if _command_name(info) == name:
             return get_command_from_info(
                 info,
                 pretty_exceptions_short=app.pretty_exceptions_short,

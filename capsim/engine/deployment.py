@@ -286,15 +286,20 @@ def step_expert_ids(router: Router, batch: int, steps: int, seed: int) -> NDArra
     of ``steps`` tokens, one per sequence (one draw costs about as much as a short one; runs of a stationary
     router are independent sequences but for the state carried across a run boundary). A trace router replays
     its trace the same way (fewer steps when the trace is short)."""
-    sample = getattr(router, "sample", None)
-    trace = getattr(router, "trace", None)
-    if sample is not None or trace is not None:
+    from capsim.routing.synthetic import SyntheticRouter
+    from capsim.routing.trace_router import TraceRouter
+
+    if isinstance(router, SyntheticRouter | TraceRouter):
         # (L, N, k) token-expert ids in token order
-        topk = np.asarray(sample(batch * steps, seed=seed) if sample is not None else trace.topk_ids)  # type: ignore[union-attr]
+        if isinstance(router, SyntheticRouter):
+            topk = np.asarray(router.sample(batch * steps, seed=seed))
+        else:
+            topk = np.asarray(router.trace.topk_ids)
         steps = min(steps, topk.shape[1] // batch)
-        if steps < 1:
+        if steps < 1:  # a trace shorter than one token per sequence (a sample has batch x steps tokens)
+            name = router.trace.name if isinstance(router, TraceRouter) else router.name
             raise ScenarioError(
-                f"trace {trace.name!r} has {topk.shape[1]} tokens, fewer than the batch of {batch}; "  # type: ignore[union-attr]
+                f"trace {name!r} has {topk.shape[1]} tokens, fewer than the batch of {batch}; "
                 "use a longer trace or a smaller --batch for the cache simulation"
             )
         runs = topk[:, : batch * steps].reshape(topk.shape[0], batch, steps, topk.shape[2])

@@ -382,7 +382,8 @@ def resolve_speculation(rs: ResolvedScenario, db: HardwareDB, count: int | None)
                 "mtp:K cannot draft; use --spec draft:MODEL:K with a draft model"
             )
         return replace(rs, speculation=spec)
-    draft_model = resolve_model(spec.draft_model)  # type: ignore[arg-type]
+    assert spec.draft_model is not None  # parse_spec names the model of every draft-model speculation
+    draft_model = resolve_model(spec.draft_model)
     if draft_model.vocab_size != rs.model.vocab_size:
         raise ScenarioError(
             f"draft model {draft_model.id!r} has a vocabulary of {draft_model.vocab_size:,} tokens, "
