@@ -25,6 +25,9 @@ class _CapsimGroup(TyperGroup):
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
         from typer import _click  # the click typer ships (its exceptions are what the parser raises)
 
+        from capsim.cli._coercion import use_plain_conversion
+
+        use_plain_conversion(self)  # the root's own options (--version); commands get it in _convert
         try:
             result = super().main(*args, standalone_mode=False, **kwargs)
         except _click.exceptions.NoArgsIsHelpError as exc:
@@ -156,20 +159,26 @@ def _declared_names() -> list[str]:
 def _convert(name: str) -> Any:
     from typer.main import get_command_from_info, get_command_name, get_group_from_info
 
+    from capsim.cli._coercion import use_plain_conversion  # option values without pydantic (start-up)
+
     for info in _COMMANDS.registered_commands:
         if (info.name or get_command_name(info.callback.__name__)) == name:  # type: ignore[union-attr]
-            return get_command_from_info(
-                info,
-                pretty_exceptions_short=app.pretty_exceptions_short,
-                rich_markup_mode=app.rich_markup_mode,
+            return use_plain_conversion(
+                get_command_from_info(
+                    info,
+                    pretty_exceptions_short=app.pretty_exceptions_short,
+                    rich_markup_mode=app.rich_markup_mode,
+                )
             )
     for group in _COMMANDS.registered_groups:
         if group.name == name:
-            return get_group_from_info(
-                group,
-                pretty_exceptions_short=app.pretty_exceptions_short,
-                suggest_commands=app.suggest_commands,
-                rich_markup_mode=app.rich_markup_mode,
+            return use_plain_conversion(
+                get_group_from_info(
+                    group,
+                    pretty_exceptions_short=app.pretty_exceptions_short,
+                    suggest_commands=app.suggest_commands,
+                    rich_markup_mode=app.rich_markup_mode,
+                )
             )
     return None
 
