@@ -143,3 +143,21 @@ def test_start_up_imports_nothing_it_does_not_use(argv: list[str], unused: list[
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stderr.strip().splitlines()[-1] == "[]", done.stderr
+
+
+def test_help_listing_summaries_equal_the_converted_commands() -> None:
+    """`capsim --help` lists commands from summaries (no parameters built); each must show what the converted
+    command would: the same help, short help, panel, hidden and deprecated flags."""
+    from capsim.cli import _convert, _declared_names, _summary
+
+    summarised = 0
+    for name in _declared_names():
+        summary = _summary(name)
+        if summary is None:  # a group: converted as before
+            continue
+        summarised += 1
+        command = _convert(name)
+        for attr in ("name", "help", "short_help", "hidden", "deprecated", "rich_help_panel"):
+            assert getattr(summary, attr) == getattr(command, attr), (name, attr)
+        assert summary.get_short_help_str(80) == command.get_short_help_str(80)
+    assert summarised >= 10

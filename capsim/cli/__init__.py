@@ -69,11 +69,24 @@ class _CapsimGroup(TyperGroup):
 
     def get_command(self, ctx: typer.Context, cmd_name: str) -> Any:
         command = super().get_command(ctx, cmd_name)
+        if command is None and self._listing:
+            command = _summary(cmd_name)
         if command is None:
             command = _convert(cmd_name)
             if command is not None:
                 self.add_command(command, cmd_name)
         return command
+
+    # `capsim --help` lists each command's name and short help: for that, a command without its parameters
+    # (building all of them is ~0.04 s CPU, a sixth of --help) and not kept, so a run converts it properly.
+    _listing = False
+
+    def format_help(self, ctx: typer.Context, formatter: Any) -> None:
+        self._listing = True
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            self._listing = False
 
     def resolve_command(self, ctx: typer.Context, args: list[str]) -> Any:
         from difflib import get_close_matches
@@ -154,6 +167,28 @@ def _declared_names() -> list[str]:
         for info in _COMMANDS.registered_commands
     ]
     return names + [str(info.name) for info in _COMMANDS.registered_groups]
+
+
+def _summary(name: str) -> Any:
+    """Command ``name`` as the help listing shows it (name, help, panel; no parameters), or None for a group
+    or an unknown name. The help text is what typer's conversion takes: ``help=`` else the docstring."""
+    import inspect
+
+    from typer.core import TyperCommand
+    from typer.main import get_command_name
+
+    for info in _COMMANDS.registered_commands:
+        if (info.name or get_command_name(info.callback.__name__)) == name:  # type: ignore[union-attr]
+            return TyperCommand(
+                name=name,
+                help=inspect.getdoc(info.callback) if info.help is None else inspect.cleandoc(info.help),
+                short_help=info.short_help,
+                hidden=info.hidden,
+                deprecated=info.deprecated,
+                rich_markup_mode=app.rich_markup_mode,
+                rich_help_panel=info.rich_help_panel,
+            )
+    return None
 
 
 def _convert(name: str) -> Any:
