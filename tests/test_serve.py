@@ -252,3 +252,29 @@ def test_issue_11_last_prompt_token_is_not_a_decode():
         run = sim(replica.cost, 100, sched, work)
         assert run.steps == 3  # chunk of 16, chunk of 1 (first token), one decode (second token)
         assert np.isfinite(run.first_token_s[0]) and run.finish_s[0] > run.first_token_s[0]
+
+
+def test_replicas_beyond_the_requests_stay_idle_and_cost_nothing(replica):
+    """Regression (the long fuzz run's process killed for memory, rc 137): `--replicas 2147483648` listed 2^31
+    request shards (3.8 GB before the MemoryError). Replicas that get no request are idle: 4 requests on
+    2^31 replicas are served as on 4 (one request each), only the device count differs."""
+    from capsim.serving.replica import Disaggregation
+
+    sched = SchedulerConfig(max_num_seqs=1024, max_batched_tokens=8192)
+    work = _fixed(4, 512, 16)
+    four = serve(MIXTRAL, sched, work, replicas=4, replica=replica)
+    huge = serve(MIXTRAL, sched, work, replicas=2**31, replica=replica)
+    assert huge.latency == four.latency
+    assert huge.completed == four.completed == 4
+    dis = Disaggregation(prefill_replicas=1, decode_replicas=2**31, link=None)
+    assert serve(MIXTRAL, sched, work, disaggregation=dis, replica=replica).completed == 4
+
+
+def test_fewer_clients_than_replicas_is_refused(replica):
+    """Regression (found with the fuzz run's inputs): `--concurrency 1 --replicas 2` gave the second replica
+    no client, and its closed loop waited forever (a hang). Now one clear error."""
+    from capsim.errors import ScenarioError
+
+    sched = SchedulerConfig(max_num_seqs=1024, max_batched_tokens=8192)
+    with pytest.raises(ScenarioError, match="--concurrency 1 is below --replicas 2"):
+        serve(MIXTRAL, sched, _fixed(4, 512, 16, concurrency=1), replicas=2, replica=replica)
