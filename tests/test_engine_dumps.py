@@ -92,3 +92,49 @@ def test_inclusion_sums_to_k_and_activation_is_monotone(tmp_path_factory, row: l
     router = make_router(f"counts:{path}", MODEL)
     a = router.activated_per_layer(np.array([1.0, 2.0, 8.0, 64.0]))
     assert (np.diff(a, axis=1) >= -1e-12).all()
+
+
+def test_sglang_per_pass_records_with_redundant_experts(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """What SGLang's _DetailAccumulator.dump writes (--expert-distribution-recorder-mode per_pass/per_token):
+    dict(records=[{forward_pass_id, rank, gatherer_key, global_physical_count (layers, physical), ...}],
+    last_physical_to_logical_map (layers, physical)). 10 physical experts: 8 and 9 replicate logical 0 and 1."""
+    mapping = torch.tensor(np.tile(np.array([0, 1, 2, 3, 4, 5, 6, 7, 0, 1]), (2, 1)))
+    first = torch.zeros((2, 10), dtype=torch.int32)
+    first[:, :8] = 1
+    first[:, 8:] = 1  # pass 0: 10 assignments per layer, logical 0 and 1 get 2 each
+    second = torch.zeros((2, 10), dtype=torch.int32)
+    second[0, 0] = 3  # pass 1: layer 0 sends 3 to physical 0 and 3 to physical 8 (both logical 0)
+    second[0, 8] = 3
+    second[1, 2:8] = 1
+    records = [
+        {"forward_pass_id": 0, "rank": 0, "gatherer_key": "primary", "global_physical_count": first},
+        {
+            "forward_pass_id": 1,
+            "rank": 0,
+            "gatherer_key": "primary",
+            "global_physical_count": second,
+            "topk_ids_of_layer": torch.zeros((2, 3, 8), dtype=torch.int32),  # per_token mode's extra
+            "input_ids": [1, 2, 3],
+        },
+    ]
+    path = tmp_path / "expert_distribution_recorder_1.0_0.pt"
+    torch.save({"records": records, "last_physical_to_logical_map": mapping}, path)
+    loaded = load_expert_counts(path)
+    assert loaded.key == "global_physical_count" and loaded.counts.shape == (2, 2, 8)
+    assert loaded.counts[0, 0].tolist() == [2, 2, 1, 1, 1, 1, 1, 1]
+    assert loaded.counts[1, 0].tolist() == [6, 0, 0, 0, 0, 0, 0, 0]
+    # layer 0 over both passes: logical 0 has 2 + 6 = 8 of 16 assignments -> pi = 2 x 8 / 16 = 1.0
+    pi = loaded.inclusion(top_k=2)
+    assert pi[0, 0] == pytest.approx(1.0) and pi[0].sum() == pytest.approx(2.0)
+    router = make_router(f"counts:{path}", MODEL)
+    assert router.inclusion[0, 0] == pytest.approx(1.0)
+
+
+def test_sglang_records_without_counts_say_so(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "expert_distribution_recorder_1.0_0.pt"
+    torch.save({"records": [{"forward_pass_id": 0}]}, path)
+    with pytest.raises(TraceError, match="every entry of records needs a global_physical_count"):
+        load_expert_counts(path)
+    torch.save({"records": []}, path)
+    with pytest.raises(TraceError, match="records is empty"):
+        load_expert_counts(path)

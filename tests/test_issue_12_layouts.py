@@ -193,7 +193,7 @@ def test_mtp_with_acceptance_zero_costs_a_module_per_draft_and_gains_nothing(def
     K = 2 MTP passes: one layer's share of the plain step (attention ops and all-reduces / 61 layers, MoE ops
     and all-to-all / 58 MoE layers), the lm_head, one per-layer overhead (8.7 us) and the 2 x 7168^2 fp8
     projection split over 8 ranks at 4.8 TB/s x 0.85 (memory-bound at 2 rows: 3.1 us), which as one kernel takes
-    at least the class's kernel latency (15.5 us)."""
+    at least the class's kernel latency (15 us)."""
     plain = predict(Scenario(**R1_MINLAT), hardware_db=default_hardware_db)
     spec = predict(Scenario(**R1_MINLAT, spec="mtp:2", acceptance=0.0), hardware_db=default_hardware_db)
     assert spec.decode.passes == plain.decode.passes == 64
@@ -201,7 +201,7 @@ def test_mtp_with_acceptance_zero_costs_a_module_per_draft_and_gains_nothing(def
     layer = (ops["attn_proj"] + ops["attn_core"] + ops["allreduce"]) / 61 + (
         ops["router"] + ops["routed_experts"] + ops["shared_experts"] + ops["all_to_all"]
     ) / 58
-    projection = max(2 * 7168**2 * 1 / 8 / (4800e9 * 0.85), 15.5e-6)
+    projection = max(2 * 7168**2 * 1 / 8 / (4800e9 * 0.85), 15.0e-6)
     module = layer + ops["lm_head"] + 8.7e-6 + projection
     assert spec.deployment["speculative"]["draft_s_per_step"] == pytest.approx(2 * module, rel=1e-6)
     assert spec.tpot_s > plain.tpot_s  # the verify step carries 3 tokens per sequence and the drafts on top
@@ -399,3 +399,17 @@ def test_two_batch_overlap_hides_the_smaller_of_compute_and_communication(defaul
     assert tbo.deployment["two_batch_overlap"] is True
     with pytest.raises(ScenarioError, match="give --ep > 1 or --attention-dp > 1"):
         predict(Scenario(**DSV3, batch=8, two_batch_overlap=True), hardware_db=default_hardware_db)
+
+
+def test_mtp_default_tokens_per_step_are_trtllm_measurements() -> None:
+    """Without --acceptance, MTP's tokens per verify step are TensorRT-LLM's measured DeepSeek-R1 figures
+    (blog1 'Autoregressive MTP Layers' table: 1.92, 2.58, 2.82, 2.99, 3.01 for K = 1-5; K > 5 as K = 5), not
+    the constant-a series (0.875 at every position would give 1 + 0.875 + 0.766 + 0.670 = 3.31 at K = 3)."""
+    from capsim.engine.speculative import parse_spec
+
+    assert parse_spec("mtp:1", None).tokens_per_step == 1.92
+    assert parse_spec("mtp:3", None).tokens_per_step == 2.82
+    assert parse_spec("mtp:8", None).tokens_per_step == 3.01
+    assert parse_spec("mtp:3", None).acceptance == pytest.approx(0.92)  # the first draft's, reported
+    # an explicit acceptance keeps the series
+    assert parse_spec("mtp:3", 0.875).tokens_per_step == pytest.approx(1 + 0.875 + 0.875**2 + 0.875**3)

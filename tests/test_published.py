@@ -92,6 +92,7 @@ def test_shipped_set_loads_with_sources() -> None:
     [
         (('metric = "tpot_s"', 'metric = "tps"'), "metric 'tps' is not one of tpot_s"),
         (("batch = 1", "batch = 0"), "field 'batch' must be >= 1, got 0"),
+        (('confidence = "high"', 'confidence = "sure"'), "confidence 'sure' is not one of high, medium, low"),
         (("batch = 1", "batch = true"), "field 'batch' must be int, got True"),
         (('engine = "vllm"', 'engine = "vllm"\ncolour = "red"'), "unknown field(s) colour"),
         (('locator = "here"\n', ""), "field 'locator' is required"),
@@ -248,6 +249,20 @@ def test_throughput_with_prefill_counts_every_wave() -> None:
     )
     assert steady.predicted == pytest.approx(p.batch_per_wave / p.tpot_s)
     assert math.isfinite(steady.predicted)
+
+
+def test_prefill_throughput_is_prompt_tokens_of_a_wave_over_its_ttft() -> None:
+    """prefill_tokens_per_s: the resident batch's prompt tokens over the TTFT of that batch (one replica). The
+    shipped set has such cases (vllm bench serve runs of 100 prompts of 32,000 tokens: input tokens / duration)."""
+    from capsim import predict
+
+    case = _case(metric="prefill_tokens_per_s", value=10000.0, batch=8, prompt_len=4096, gen_len=1)
+    result = predict_case(case)
+    scenario, db = scenario_for(case, load_hardware_db())
+    p = predict(scenario, hardware_db=db)
+    assert result.status == "ok"
+    assert result.predicted == pytest.approx(p.batch_per_wave * 4096 / p.ttft_s)
+    assert any(c.metric == "prefill_tokens_per_s" for c in load_published())
 
 
 def test_cli_published_table_and_json(tmp_path: Path) -> None:

@@ -8,7 +8,8 @@ Every command module under ``capsim.cli`` exposes ``register(app)``. Errors: lib
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -17,19 +18,38 @@ from typer.core import TyperGroup
 from capsim.cli._console import err_console
 from capsim.errors import CapsimError
 
+if TYPE_CHECKING:  # the click that typer vendors: its Context is what the group's methods receive
+    from typer._click.core import Context as ClickContext
+    from typer.models import CommandInfo
+
 
 class _CapsimGroup(TyperGroup):
     """Top-level command group: turns any CapsimError raised below it into one error line and exit 1, and a
     usage error (unknown option or command, a value of the wrong type) into one error line and exit 2."""
 
-    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
         from typer import _click  # the click typer ships (its exceptions are what the parser raises)
 
         from capsim.cli._coercion import use_plain_conversion
 
         use_plain_conversion(self)  # the root's own options (--version); commands get it in _convert
         try:
-            result = super().main(*args, standalone_mode=False, **kwargs)
+            result = super().main(
+                args,
+                prog_name,
+                complete_var,
+                standalone_mode=False,
+                windows_expand_args=windows_expand_args,
+                **extra,
+            )
         except _click.exceptions.NoArgsIsHelpError as exc:
             if not standalone_mode:
                 raise
@@ -64,10 +84,10 @@ class _CapsimGroup(TyperGroup):
     # Commands are converted from their typer declarations to click commands on first use: typer would
     # otherwise build every command's parameters (signature and annotation evaluation, ~0.2 s) at each start,
     # though one run uses one command.
-    def list_commands(self, ctx: typer.Context) -> list[str]:
+    def list_commands(self, ctx: ClickContext) -> list[str]:
         return list(dict.fromkeys([*super().list_commands(ctx), *_declared_names()]))
 
-    def get_command(self, ctx: typer.Context, cmd_name: str) -> Any:
+    def get_command(self, ctx: ClickContext, cmd_name: str) -> Any:
         command = super().get_command(ctx, cmd_name)
         if command is None and self._listing:
             command = _summary(cmd_name)
@@ -81,14 +101,14 @@ class _CapsimGroup(TyperGroup):
     # (building all of them is ~0.04 s CPU, a sixth of --help) and not kept, so a run converts it properly.
     _listing = False
 
-    def format_help(self, ctx: typer.Context, formatter: Any) -> None:
+    def format_help(self, ctx: ClickContext, formatter: Any) -> None:
         self._listing = True
         try:
             super().format_help(ctx, formatter)
         finally:
             self._listing = False
 
-    def resolve_command(self, ctx: typer.Context, args: list[str]) -> Any:
+    def resolve_command(self, ctx: ClickContext, args: list[str]) -> Any:
         from difflib import get_close_matches
 
         from typer import _click
@@ -104,7 +124,7 @@ class _CapsimGroup(TyperGroup):
                 )
             raise
 
-    def invoke(self, ctx: typer.Context) -> Any:  # typer vendors click; do not import it
+    def invoke(self, ctx: ClickContext) -> Any:  # typer vendors click; do not import it
         try:
             return super().invoke(ctx)
         except CapsimError as exc:
@@ -159,13 +179,18 @@ _COMMANDS = typer.Typer()
 """Where the command modules declare their commands; :class:`_CapsimGroup` converts each on first use."""
 
 
-def _declared_names() -> list[str]:
+def _command_name(info: CommandInfo) -> str:
+    """The name typer gives a declared command: its explicit name, else its function's, dashed."""
     from typer.main import get_command_name
 
-    names = [
-        info.name or get_command_name(info.callback.__name__)  # type: ignore[union-attr]
-        for info in _COMMANDS.registered_commands
-    ]
+    if info.name:
+        return info.name
+    assert info.callback is not None  # @app.command() always records the decorated function
+    return get_command_name(info.callback.__name__)
+
+
+def _declared_names() -> list[str]:
+    names = [_command_name(info) for info in _COMMANDS.registered_commands]
     return names + [str(info.name) for info in _COMMANDS.registered_groups]
 
 
@@ -175,10 +200,9 @@ def _summary(name: str) -> Any:
     import inspect
 
     from typer.core import TyperCommand
-    from typer.main import get_command_name
 
     for info in _COMMANDS.registered_commands:
-        if (info.name or get_command_name(info.callback.__name__)) == name:  # type: ignore[union-attr]
+        if _command_name(info) == name:
             return TyperCommand(
                 name=name,
                 help=inspect.getdoc(info.callback) if info.help is None else inspect.cleandoc(info.help),
@@ -192,12 +216,12 @@ def _summary(name: str) -> Any:
 
 
 def _convert(name: str) -> Any:
-    from typer.main import get_command_from_info, get_command_name, get_group_from_info
+    from typer.main import get_command_from_info, get_group_from_info
 
     from capsim.cli._coercion import use_plain_conversion  # option values without pydantic (start-up)
 
     for info in _COMMANDS.registered_commands:
-        if (info.name or get_command_name(info.callback.__name__)) == name:  # type: ignore[union-attr]
+        if _command_name(info) == name:
             return use_plain_conversion(
                 get_command_from_info(
                     info,

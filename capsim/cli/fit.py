@@ -108,7 +108,7 @@ def register(app: typer.Typer) -> None:
                     r.detail,
                 )
         console.print(table)
-        if "max_batch" in limits:
+        if best is not None and "max_batch" in limits:
             moved = " (experts moved off the GPU as needed)" if best.placement == "auto" else ""
             layout = f" ({limits['layout']})" if limits.get("layout") else ""
             console.print(

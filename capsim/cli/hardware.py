@@ -18,6 +18,8 @@ from capsim import units
 from capsim.cli._console import out_console, print_json
 
 if TYPE_CHECKING:  # capsim.hardware (and networkx) load when a command runs, not at start-up
+    from rich.console import JustifyMethod
+
     from capsim.hardware.db import HardwareDB
     from capsim.hardware.entries import Accelerator, Entry, System
 
@@ -88,7 +90,7 @@ def list_command(
     console.print(f"{len(entries)} entries; '?' = soft value. Sources: capsim hardware show ID")
 
 
-_LIST_COLUMNS = (
+_LIST_COLUMNS: tuple[tuple[str, JustifyMethod], ...] = (
     ("id", "left"),
     ("kind", "left"),
     ("name", "left"),
@@ -217,7 +219,13 @@ _MAX_TOPOLOGY_ROWS = 1024
 def _print_topology(s: System, payload: dict[str, Any]) -> None:
     console = out_console()
     table = Table(title=f"topology ({s.fabric})", title_justify="left")
-    for column, justify in (("from", "left"), ("to", "left"), ("GB/s per dir", "right"), ("link", "left")):
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
+        ("from", "left"),
+        ("to", "left"),
+        ("GB/s per dir", "right"),
+        ("link", "left"),
+    )
+    for column, justify in columns:
         table.add_column(column, justify=justify)
     edges = payload["topology"]["edges"]
     for edge in edges[:_MAX_TOPOLOGY_ROWS]:

@@ -244,7 +244,8 @@ def register(app: typer.Typer) -> None:
             typer.Option(
                 help="serving-system preset: vllm-like, sglang-like, vllm-ep-like, "
                 "sglang-dp-attention, trtllm-dep, vllm-dp-ep, "
-                "moe-infinity-like, mixtral-offloading-like, ktransformers-like, llamacpp-cpu-moe[:N] (--n-cpu-moe N)"
+                "hf-transformers-like, moe-infinity-like, mixtral-offloading-like, ktransformers-like, "
+                "llamacpp-cpu-moe[:N] (--n-cpu-moe N)"
             ),
         ] = None,
         hardware_db: HardwareDbOption = None,

@@ -13,7 +13,7 @@ from capsim.cli._console import out_console, print_json
 from capsim.cli.hardware import HardwareDbOption, OverrideOption, load_db
 from capsim.engine.scenario import Scenario
 
-_DEFAULTS = {f.name: f.default for f in fields(Scenario)}
+_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(Scenario)}
 
 
 def _help(name: str) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import (
@@ -19,6 +19,11 @@ from rich.table import Table
 
 from capsim.cli._console import err_console, out_console, print_json
 from capsim.cli.hardware import HardwareDbOption, OverrideOption, load_db
+
+if TYPE_CHECKING:  # the sweep package loads when the command runs, not at start-up
+    from capsim.hardware.db import HardwareDB
+    from capsim.sweep.grid import Grid
+    from capsim.sweep.run import SweepRun
 
 
 def register(app: typer.Typer) -> None:
@@ -40,9 +45,11 @@ def register(app: typer.Typer) -> None:
         layout: Annotated[
             str,
             typer.Option(
-                help="parallel layouts separated by ';', each key=value pairs of tp, "
-                "attention_dp, ep, dp, redundant_experts, all_to_all, two_batch_overlap, spec, acceptance, e.g. "
-                "'tp=8;tp=1,attention_dp=8,ep=8;tp=8,ep=4,spec=mtp:3' (empty: the default TP group)"
+                help="parallel layouts and modes separated by ';', each key=value pairs of tp, "
+                "attention_dp, ep, dp, redundant_experts, all_to_all, two_batch_overlap, spec, acceptance, "
+                "mode (gpu, offload, cpu-experts, cpu), expert_tier, expert_layers, placement, prefetch, "
+                "cache_policy, e.g. 'tp=8;tp=1,attention_dp=8,ep=8;tp=8,ep=4,spec=mtp:3' or "
+                "'mode=offload;mode=offload,prefetch=false' (empty: the default TP group)"
             ),
         ] = "",
         grid_file: Annotated[
@@ -147,7 +154,18 @@ def register(app: typer.Typer) -> None:
                 run, grid, db, backend, scheduler, workers, hardware_db, override, pareto, json_out
             )
 
-    def _run_and_write(run, grid, db, backend, scheduler, workers, hardware_db, override, pareto, json_out):  # type: ignore[no-untyped-def]
+    def _run_and_write(
+        run: SweepRun,
+        grid: Grid,
+        db: HardwareDB,
+        backend: str,
+        scheduler: str | None,
+        workers: int,
+        hardware_db: list[Path] | None,
+        override: bool,
+        pareto: Path | None,
+        json_out: bool,
+    ) -> None:
         from capsim.sweep.run import run_dask, run_local
 
         todo = run.prepare()
@@ -191,7 +209,7 @@ def register(app: typer.Typer) -> None:
         if pareto is not None:
             import json
 
-            from capsim.sweep.run import atomic_write
+            from capsim.sweep.writers import atomic_write
 
             pareto.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(pareto, (json.dumps(front, indent=2) + "\n").encode())

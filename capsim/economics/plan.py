@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from capsim.economics.options import DeploymentOption
     from capsim.engine.metrics import Prediction
     from capsim.hardware.db import HardwareDB
+    from capsim.models.spec import ModelSpec
 
 Objective = Literal["cost_per_mtok", "tpot", "throughput", "purchase"]
 Basis = Literal["owned", "rented"]
@@ -134,7 +135,7 @@ def _check_choice(value: str, choices: Sequence[str], option: str) -> None:
         raise ScenarioError(f"{option} {value!r} is not one of {', '.join(choices)}")
 
 
-def native_weight_dtype(model: Any) -> str:
+def native_weight_dtype(model: ModelSpec) -> str:
     """The published precision of the model's expert (or dense FFN) weights (``bf16``, ``fp8``, ...)."""
     return model.weight_dtype("routed_experts" if model.is_moe else "dense_ffn")
 
@@ -223,7 +224,8 @@ class Option:
         """Full-load cost per million output tokens on the option's basis (owned or rented)."""
         if self.cost is None:
             return None
-        return getattr(self.cost.full_load, self.basis).usd_per_mtok_output
+        usd: float | None = getattr(self.cost.full_load, self.basis).usd_per_mtok_output
+        return usd
 
     @property
     def headroom_gb(self) -> float | None:
@@ -852,7 +854,7 @@ def _plan_accuracy(
     from capsim.models.accuracy import comparable_variant
 
     native = native_weight_dtype(spec)
-    wanted = [
+    wanted: list[tuple[str, str | None]] = [
         (d, None) for d in weight_dtypes if d != "native" and is_quantised(Scenario(weight_dtype=d), native)
     ]
     wanted += [
@@ -972,7 +974,8 @@ def cheapest_per_config(points: Iterable[PlanPoint]) -> list[PlanPoint]:
 def pareto_front(points: Iterable[PlanPoint]) -> list[PlanPoint]:
     """Points not dominated in (cost per Mtok, TPOT), both lower-is-better, sorted by cost."""
     priced = sorted(
-        (p for p in points if p.usd_per_mtok is not None), key=lambda p: (p.usd_per_mtok, p.tpot_s)
+        ((p.usd_per_mtok, p) for p in points if p.usd_per_mtok is not None),
+        key=lambda cp: (cp[0], cp[1].tpot_s),
     )
-    mask = pareto_mask([p.usd_per_mtok for p in priced], [p.tpot_s for p in priced])
-    return [p for p, keep in zip(priced, mask) if keep]
+    mask = pareto_mask([cost for cost, _ in priced], [p.tpot_s for _, p in priced])
+    return [p for (_, p), keep in zip(priced, mask) if keep]

@@ -102,7 +102,7 @@ def lru_misses_per_step(
     others = distinct[None, 1:] - (1.0 - absent[:, 1:])
     hit_given = ndtr((capacity - 0.5 - others) / np.sqrt(var[None, 1:] + 1e-12))
     hit = (1.0 - beyond[:, 0]) + (p_bin * hit_given).sum(axis=1)
-    return used * (1.0 - np.clip(hit, 0.0, 1.0))
+    return np.asarray(used * (1.0 - np.clip(hit, 0.0, 1.0)), dtype=np.float64)
 
 
 def device_cache_misses(

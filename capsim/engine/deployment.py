@@ -56,6 +56,7 @@ if TYPE_CHECKING:
 
 MODES = ("gpu", "offload", "cpu-experts", "cpu")
 CACHE_POLICIES = ("lru", "lfu", "oracle")
+HOST_COPIES = ("pinned", "pageable")
 EXPERT_TIERS = ("dram", "ssd")
 NUMA_POLICIES = ("single", "replicate", "interleave", "tp")
 
@@ -70,6 +71,11 @@ class Deployment:
     expert_tier: str = "dram"
     cache_policy: str = "lru"
     prefetch: bool = True
+    prefetch_accuracy: float = 1.0
+    """With prefetch: share of the fetched experts named ahead of use (copied while the device computes);
+    the rest are fetched on demand (capsim.engine.offload.exposed_link_time). 1 = perfect overlap."""
+    host_copy: str = "pinned"
+    """Host buffers the experts are copied from: pinned (page-locked) or pageable (staged by the driver)."""
     numa: str = "single"
     host_memory_gb: float | None = None
     cache_sample_steps: int = 64
@@ -84,6 +90,7 @@ class Deployment:
             (self.cache_policy, CACHE_POLICIES, "cache policy"),
             (self.expert_tier, EXPERT_TIERS, "expert tier"),
             (self.numa, NUMA_POLICIES, "numa policy"),
+            (self.host_copy, HOST_COPIES, "host copy buffer"),
         )
         for value, valid, label in checks:
             if value not in valid:
@@ -92,6 +99,11 @@ class Deployment:
             isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1
         ):
             raise ScenarioError(f"--threads must be an integer >= 1, got {self.threads!r}")
+        if not 0.0 <= self.prefetch_accuracy <= 1.0:
+            raise ScenarioError(
+                f"--prefetch-accuracy must be between 0 and 1 (a share of the fetched experts), "
+                f"got {self.prefetch_accuracy!r}"
+            )
         if self.host_memory_gb is not None and self.host_memory_gb <= 0:
             raise ScenarioError(f"host memory must be > 0 GB, got {self.host_memory_gb}")
         if self.placement is not None:
@@ -267,31 +279,55 @@ def ssd_read_bandwidth(node: System) -> tuple[float, str]:
 # ---- expert cache simulation -------------------------------------------------------------------------------
 
 
-def step_accesses(router: Router, batch: int, steps: int, seed: int) -> list[list[np.ndarray]]:
-    """Per decode step, per MoE layer, the distinct experts the batch activates.
+def step_expert_ids(router: Router, batch: int, steps: int, seed: int) -> NDArray[np.int64]:
+    """(MoE layers, steps, batch, k) expert ids the batch's sequences route to in each decode step.
 
     Synthetic routers are sampled once for ``batch`` x ``steps`` consecutive tokens, cut into ``batch`` runs
     of ``steps`` tokens, one per sequence (one draw costs about as much as a short one; runs of a stationary
     router are independent sequences but for the state carried across a run boundary). A trace router replays
     its trace the same way (fewer steps when the trace is short)."""
-    sample = getattr(router, "sample", None)
-    trace = getattr(router, "trace", None)
-    if sample is not None or trace is not None:
+    from capsim.routing.synthetic import SyntheticRouter
+    from capsim.routing.trace_router import TraceRouter
+
+    if isinstance(router, SyntheticRouter | TraceRouter):
         # (L, N, k) token-expert ids in token order
-        topk = np.asarray(sample(batch * steps, seed=seed) if sample is not None else trace.topk_ids)  # type: ignore[union-attr]
+        if isinstance(router, SyntheticRouter):
+            topk = np.asarray(router.sample(batch * steps, seed=seed))
+        else:
+            topk = np.asarray(router.trace.topk_ids)
         steps = min(steps, topk.shape[1] // batch)
-        if steps < 1:
+        if steps < 1:  # a trace shorter than one token per sequence (a sample has batch x steps tokens)
+            name = router.trace.name if isinstance(router, TraceRouter) else router.name
             raise ScenarioError(
-                f"trace {trace.name!r} has {topk.shape[1]} tokens, fewer than the batch of {batch}; "  # type: ignore[union-attr]
+                f"trace {name!r} has {topk.shape[1]} tokens, fewer than the batch of {batch}; "
                 "use a longer trace or a smaller --batch for the cache simulation"
             )
         runs = topk[:, : batch * steps].reshape(topk.shape[0], batch, steps, topk.shape[2])
-        ids = runs.transpose(0, 2, 1, 3)
-    else:
-        raise ScenarioError(
-            f"router {router.name!r} cannot be sampled for a cache simulation; use a synthetic router"
-        )
+        return np.asarray(runs.transpose(0, 2, 1, 3), dtype=np.int64)
+    raise ScenarioError(
+        f"router {router.name!r} cannot be sampled for a cache simulation; use a synthetic router"
+    )
+
+
+def step_accesses(router: Router, batch: int, steps: int, seed: int) -> list[list[np.ndarray]]:
+    """Per decode step, per MoE layer, the distinct experts the batch activates (sorted)."""
+    ids = step_expert_ids(router, batch, steps, seed)
     return [[np.unique(ids[layer, t]) for layer in range(ids.shape[0])] for t in range(ids.shape[1])]
+
+
+def access_stream_of_ids(ids: NDArray[np.int64], num_experts: int, cacheable: np.ndarray) -> AccessStream:
+    """:func:`access_stream` of :func:`step_accesses` without the per-(step, layer) loop: the distinct
+    experts of each (step, layer), in step, layer, expert order, kept where ``cacheable`` (a bool mask over
+    MoE layers or over (layer, expert)). Same stream, element for element."""
+    layers, steps = ids.shape[0], ids.shape[1]
+    present = np.zeros((steps, layers, num_experts), dtype=bool)
+    t_idx = np.arange(steps)[None, :, None, None]
+    l_idx = np.arange(layers)[:, None, None, None]
+    present[np.broadcast_to(t_idx, ids.shape), np.broadcast_to(l_idx, ids.shape), ids] = True
+    mask = np.asarray(cacheable, dtype=bool)
+    present &= (mask[:, :num_experts] if mask.ndim == 2 else mask[:, None])[None, :, :]
+    step, layer, expert = np.nonzero(present)  # C order: step, then layer, then expert id
+    return AccessStream(step.astype(np.int64), layer.astype(np.int64), expert.astype(np.int64), steps)
 
 
 @dataclass(frozen=True)
@@ -335,7 +371,7 @@ def access_stream(accesses: list[list[np.ndarray]], cacheable: np.ndarray) -> Ac
             layer.append(np.full(keep.size, ell, dtype=np.int64))
             expert.append(keep)
 
-    def cat(parts):
+    def cat(parts: list[NDArray[np.int64]]) -> NDArray[np.int64]:
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
     return AccessStream(cat(step), cat(layer), cat(expert), len(accesses))
@@ -352,9 +388,11 @@ def cache_hits(stream: AccessStream, capacity: int, policy: str) -> NDArray[np.b
     hits = np.zeros(n, dtype=bool)
     if capacity <= 0 or n == 0:
         return hits
-    keys = list(zip(stream.layer.tolist(), stream.expert.tolist()))
+    # one int per (layer, expert): dict and heap operations on ints are cheaper than on tuples
+    width = int(stream.expert.max(initial=0)) + 1
+    keys: list[int] = (stream.layer * width + stream.expert).tolist()
     if policy == "lru":
-        lru: OrderedDict[tuple[int, int], None] = OrderedDict()
+        lru: OrderedDict[int, None] = OrderedDict()
         for i, key in enumerate(keys):
             if key in lru:
                 hits[i] = True
@@ -366,13 +404,13 @@ def cache_hits(stream: AccessStream, capacity: int, policy: str) -> NDArray[np.b
         return hits
     next_use = [math.inf] * n
     if policy == "oracle":
-        seen_at: dict[tuple[int, int], int] = {}
+        seen_at: dict[int, int] = {}
         for i in range(n - 1, -1, -1):
             next_use[i] = seen_at.get(keys[i], math.inf)
             seen_at[keys[i]] = i
-    freq: dict[tuple[int, int], int] = {}
-    current: dict[tuple[int, int], tuple[float, int]] = {}  # cached key -> its live heap priority
-    heap: list[tuple[float, int, tuple[int, int]]] = []
+    freq: dict[int, int] = {}
+    current: dict[int, tuple[float, int]] = {}  # cached key -> its live heap priority
+    heap: list[tuple[float, int, int]] = []
     for i, key in enumerate(keys):
         freq[key] = freq.get(key, 0) + 1
         # heap minimum = victim: LFU (fewest uses, least recent), oracle (furthest next use, least recent)

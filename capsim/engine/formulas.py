@@ -152,8 +152,8 @@ class CompiledOp:
 
 
 def _lambdify(expr: sp.Expr, args: tuple[sp.Symbol, ...]) -> Callable[..., np.ndarray]:
-    fn = sp.lambdify(args, expr, modules="numpy")
-    return fn  # type: ignore[no-any-return]
+    fn: Callable[..., np.ndarray] = sp.lambdify(args, expr, modules="numpy")  # sympy is untyped
+    return fn
 
 
 @cache
@@ -190,6 +190,13 @@ def compiled_source() -> str:
         "# ruff: noqa",
         "from __future__ import annotations",
         "",
+        "from collections.abc import Callable",
+        "from typing import Any",
+        "",
+        "# Arguments are Python numbers or numpy arrays (broadcast together); the result has their type.",
+        "Formula = Callable[..., Any]",
+        "",
+        "",
     ]
     args_table, functions = [], []
     for name, op in OPS.items():
@@ -202,14 +209,23 @@ def compiled_source() -> str:
         for part in ("flops", "weight_bytes", "other_bytes"):
             expr = getattr(op, part)
             lines += [
-                f"def {name}__{part}({', '.join(arg_names)}):",
+                f"def {name}__{part}({', '.join(f'{a}: Any' for a in arg_names)}) -> Any:",
                 f"    return {printer.doprint(expr)}",
                 "",
                 "",
             ]
             parts.append(f"{name}__{part}")
         functions.append(f"    {name!r}: ({', '.join(parts)}),")
-    lines += ["ARGS = {", *args_table, "}", "", "FUNCTIONS = {", *functions, "}", ""]
+    lines += [
+        "ARGS: dict[str, tuple[str, ...]] = {",
+        *args_table,
+        "}",
+        "",
+        "FUNCTIONS: dict[str, tuple[Formula, Formula, Formula]] = {",
+        *functions,
+        "}",
+        "",
+    ]
     return "\n".join(lines)
 
 

@@ -278,7 +278,7 @@ def measure(
     *,
     hardware_db: HardwareDB | None = None,
     convention: Literal["paper", "moecap-compat"] = "paper",
-    engine: Engine = "sglang",
+    engine: str = "sglang",
     records: PassRecords | None = None,
 ) -> MeasureResult:
     """MBU/MFU/S-MBU/S-MFU of a measured run of ``scenario`` (see the module docstring)."""
@@ -539,14 +539,16 @@ def _compat_records(
 ) -> MeasureResult:
     """MoE-CAP's per-pass formulas over the recorded passes (their C_r, B_r, A_r and t_r), unweighted means;
     TPOT = mean decode-pass latency, as its code reports."""
-    common = {"bytes_per_param": b, "devices": devices, "bandwidth_gb_s": bw, "peak_tflops": peak}
     s_mbu, s_mfu = compat_decode(
         sizes,
         activated=rec.decode_activated,
         batch=rec.decode_batch,
         seq_lens_sum=rec.decode_seq_lens_sum,
         latency_s=rec.decode_latency_s,
-        **common,
+        bytes_per_param=b,
+        devices=devices,
+        bandwidth_gb_s=bw,
+        peak_tflops=peak,
     )
     pre = None
     ttft = None
@@ -557,7 +559,10 @@ def _compat_records(
             batch=rec.prefill_seq_lens_sum,
             seq_lens_sum=rec.prefill_seq_lens_sum,
             latency_s=rec.prefill_latency_s,
-            **common,
+            bytes_per_param=b,
+            devices=devices,
+            bandwidth_gb_s=bw,
+            peak_tflops=peak,
         )
         pre = PhaseUtilisation(None, None, p_mbu, p_mfu)
         ttft = float(rec.prefill_latency_s.mean())
@@ -613,9 +618,9 @@ def _measure_compat(
         bw, peak = MOECAP_HARDWARE[device_id]
         table = MOECAP_HARDWARE_SOURCE
     else:
-        bw = float(rs.device.memory_bandwidth_gb_s)  # type: ignore[attr-defined]
+        bw = float(rs.device.memory_bandwidth_gb_s)
         sparse = dict(getattr(rs.device, "peak_tflops_sparse", {}) or {})
-        dense = dict(rs.device.peak_tflops_dense)  # type: ignore[attr-defined]
+        dense = dict(rs.device.peak_tflops_dense)
         peak = float(sparse.get("bf16") or 2.0 * dense.get("bf16", 0.0))
         if not peak:
             raise ScenarioError(f"{device_id} has no bf16 peak in the database for the compat S-MFU")

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -66,7 +66,7 @@ class MemoryPlan:
     def total_bytes(self) -> float:
         return self.weights_bytes + self.kv_bytes + self.buffers_bytes
 
-    def to_dict(self) -> dict[str, float | int]:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "weights_gb": self.weights_bytes / GB,
             "kv_cache_gb": self.kv_bytes / GB,
@@ -168,7 +168,8 @@ def kv_bytes_per_sequence_at(rs: ResolvedScenario, length: ArrayLike) -> FloatAr
         scale *= (model.num_layers + 1) / model.num_layers  # the MTP module's layer keeps its own KV
     kv = per_unique[inverse].reshape(lengths.shape) * scale
     if spec is not None and spec.kind == "draft":
-        kv = kv + kv_bytes_per_sequence_at(rs.draft, lengths)  # type: ignore[attr-defined]
+        assert rs.draft is not None  # resolve sets the draft model for every draft-model speculation
+        kv = kv + kv_bytes_per_sequence_at(rs.draft, lengths)
     return np.asarray(kv, dtype=np.float64)
 
 
@@ -183,7 +184,7 @@ def kv_bytes_per_sequence(rs: ResolvedScenario) -> float:
 
 def usable_bytes(rs: ResolvedScenario) -> float:
     """Device memory the serving engine may use: capacity x gpu_memory_utilization."""
-    return rs.device.memory_capacity_gb * GB * rs.efficiency.gpu_memory_utilization  # type: ignore[attr-defined]
+    return rs.device.memory_capacity_gb * GB * rs.efficiency.gpu_memory_utilization
 
 
 def largest_batch(rs: ResolvedScenario, prompt_len: ArrayLike, gen_len: ArrayLike) -> NDArray[np.int64]:
@@ -245,7 +246,7 @@ def _fit_hint(rs: ResolvedScenario, needed_per_device: float, usable: float) -> 
 def plan_memory(rs: ResolvedScenario) -> MemoryPlan:
     """Check the scenario fits; work out the largest batch the KV cache holds and the number of waves."""
     device = rs.device
-    capacity = device.memory_capacity_gb * GB  # type: ignore[attr-defined]
+    capacity = device.memory_capacity_gb * GB
     usable = usable_bytes(rs)
     by_group = weight_bytes_per_device(rs)
     weights = sum(by_group.values())
@@ -255,13 +256,13 @@ def plan_memory(rs: ResolvedScenario) -> MemoryPlan:
     sc = rs.scenario
     max_batch = int(largest_batch(rs, sc.prompt_len, sc.gen_len))
     tp = rs.sharding.tp
-    where = f"{tp}x {device.id}" if tp > 1 else device.id  # type: ignore[attr-defined]
+    where = f"{tp}x {device.id}" if tp > 1 else device.id
     if max_batch < 1:
         needed = weights + float(activation_bytes(rs, 1, sc.prompt_len)) + per_seq
         raise DoesNotFitError(
             needed * tp,
             usable * tp,
-            f"{where} (usable {rs.efficiency.gpu_memory_utilization:.0%} of capacity)",  # type: ignore[attr-defined]
+            f"{where} (usable {rs.efficiency.gpu_memory_utilization:.0%} of capacity)",
             _fit_hint(rs, needed, usable),
         )
     adp = rs.sharding.attention_dp
@@ -290,6 +291,7 @@ def draft_weight_bytes_per_device(rs: ResolvedScenario) -> float:
     if spec is None:
         return 0.0
     if spec.kind == "draft":
+        assert rs.draft is not None  # resolve sets the draft model for every draft-model speculation
         return float(sum(weight_bytes_per_device(rs.draft).values()))
     prec = rs.sharding.weight_precision
     tp, ranks = rs.sharding.tp, rs.sharding.expert_ranks

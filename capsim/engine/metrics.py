@@ -66,7 +66,7 @@ def utilisation(
     flops_sparse: Any,
     devices: int,
     bandwidth_peak: float,
-    flops_peak: float,
+    flops_peak: float | np.ndarray,
 ) -> dict[str, Any]:
     """MBU, S-MBU, MFU and S-MFU of passes summing to ``time`` seconds, bytes and FLOPs (floats, or arrays of
     such sums: sweeps call this on whole columns), on ``devices`` devices with vendor peaks:

@@ -19,14 +19,14 @@ from numpy.typing import ArrayLike, NDArray
 from capsim.engine import formulas_eval as formulas
 from capsim.engine.deployment import (
     AccessStream,
-    access_stream,
+    access_stream_of_ids,
     cache_hits,
     cpu_rates,
     expert_link_bandwidth,
     host_memory_bytes,
     socket_allreduce_time,
     ssd_read_bandwidth,
-    step_accesses,
+    step_expert_ids,
     weight_copies,
 )
 from capsim.engine.memory import MemoryPlan
@@ -35,6 +35,7 @@ from capsim.engine.reports import DeploymentReport, LinkLoad, TierLoad
 from capsim.engine.roofline import ACTIVATION_BYTES, PassTimes
 from capsim.errors import DoesNotFitError, MissingValueError
 from capsim.models.precision import compute_key
+from capsim.routing.synthetic import SyntheticRouter
 from capsim.units import GB
 
 if TYPE_CHECKING:
@@ -52,14 +53,37 @@ PCIE_COPY_EFFICIENCY = 0.78
 PCIe 3.0 x16, 12.15 of 15.75 GB/s = 0.77 (CUDA bandwidthTest, pinned, 32 MB, Tesla P100;
 mpicbg-scicomp/gearshifft PR #82); PCIe 4.0 x16, 25 of 32 GB/s = 0.78 ("measured peak", A100, BaM authors,
 ZaidQureshi/bam issue #54). Offloading engines copy experts from pinned host buffers (MoE-Infinity,
-Mixtral-offloading, llama.cpp); pageable copies are slower still and are not modelled."""
+Mixtral-offloading, llama.cpp); pageable ones: :data:`PAGEABLE_COPY_SHARE`."""
+
+PAGEABLE_COPY_SHARE = 0.54
+"""Pageable host-to-device copies reach this share of pinned ones for expert-sized (>= 64 MiB) transfers: the
+driver stages them through a pinned bounce buffer. Measured: RTX 4090, PCIe 4.0 x16, 64 MiB, pageable 12.88 vs
+pinned 23.9 GB/s = 0.54 (NVlabs/cuda-oxide PR #976, pinned_overlap example output); PCIe 3.0, "without pinned
+memory 5-6 GB/s, and 11-12 GB/s with" = 0.5 (rapidsai/dask-cuda PR #98). Smaller copies lose less (0.77 at
+16 MiB on the same RTX 4090): the 64 MiB figure is the bound for the large experts offloading moves."""
+
+COPY_LATENCY_S = 6e-6
+"""Fixed cost of one host-to-device copy call (DMA set-up and completion), paid per weight tensor of every
+expert fetched: rocm-bandwidth-test reports 6 us for a 4 KiB host-to-device copy on an MI300X
+(ROCm/hip issue #3809, which measures 36-40 us through hipMemcpy's software stack: engines that queue
+async copies on a stream pay the DMA figure). No CUDA figure for a lone async copy is in the reference."""
+
+NEXT_LAYER_GATE_ACCURACY = 0.86
+"""Share of a layer's experts that speculative prefetch names right one layer ahead by applying the next
+layer's gate to the current hidden state (the predictor of Mixtral-offloading, Pre-gated MoE, AdapMoE,
+HOBBIT, ProMoE): 88.6 % of routed slots on Qwen3-30B-A3B measured on device (Helldez/BigMoeOnEdge
+docs/expert-prediction.md, "stale-gate predictor"), 0.826 hit@k one layer ahead for a post-hoc linear
+predictor on a 16-expert MoE (splch/predictability-aware-training README, 3 seeds); mean 0.856. The rest are
+fetched on demand when the router asks for them."""
 
 
 def sample_steps(rs: ResolvedScenario, batch: int, cacheable: np.ndarray) -> int:
     """Decode steps to simulate: --cache-sample-steps (64), at most gen_len − 1, and no more than keep the
     stream of accesses to ``cacheable`` experts under :data:`MAX_SAMPLED_ACCESSES`."""
     wanted = max(1, min(rs.deployment.cache_sample_steps, max(rs.scenario.gen_len - 1, 1)))
-    per_layer = rs.router.activated_per_layer(np.array([float(batch)]))[:, 0]  # type: ignore[union-attr]
+    router = rs.router
+    assert router is not None  # experts are offloaded for MoE models, which always resolve a router
+    per_layer = router.activated_per_layer(np.array([float(batch)]))[:, 0]
     per_step = float((per_layer * cacheable.mean(axis=1)).sum())
     affordable = int(MAX_SAMPLED_ACCESSES // per_step) if per_step > 0 else wanted
     return max(min(wanted, affordable), min(wanted, MIN_SAMPLED_STEPS))
@@ -129,7 +153,7 @@ def host_tiers(rs: ResolvedScenario, dram_copies: int = 1) -> HostTiers:
     if rs.device_is_dram:
         return HostTiers(dram_bytes, ssd_bytes, None, 0, notes)  # DRAM is the device: plan_memory checked it
     try:
-        capacity = host_memory_bytes(rs.node, rs.deployment)  # type: ignore[arg-type]
+        capacity = host_memory_bytes(rs.node, rs.deployment)
     except MissingValueError:
         if dram_bytes:
             notes.append(
@@ -145,7 +169,7 @@ def host_tiers(rs: ResolvedScenario, dram_copies: int = 1) -> HostTiers:
         raise DoesNotFitError(
             dram_bytes,
             capacity,
-            f"host DRAM of {rs.node.id}",  # type: ignore[attr-defined]
+            f"host DRAM of {rs.node.id}",
             "place some experts on the SSD (e.g. --placement cold-experts:N:ssd) or add DRAM",
         )
     return HostTiers(dram_bytes, ssd_bytes, capacity, int((capacity - dram_bytes) // per), notes)
@@ -205,7 +229,7 @@ def cache_outcome(
     # a host page cache holding some but not all SSD experts sees the device cache's misses, which are
     # correlated with its own content (an expert missed is one unused for long): simulated, not modelled
     partial_page_cache = two_level and 0 < page_slots < n_ssd
-    if policy == "lru" and hasattr(router, "new_origin") and not partial_page_cache:
+    if policy == "lru" and isinstance(router, SyntheticRouter) and not partial_page_cache:
         from capsim.engine.cache_model import device_cache_misses
 
         moe = rs.model.moe
@@ -214,7 +238,7 @@ def cache_outcome(
             router.inclusion,
             router.new_origin,
             cacheable,
-            batch,  # type: ignore[attr-defined]
+            batch,
             capacity,
             moe.top_k,
         )
@@ -225,7 +249,9 @@ def cache_outcome(
         reads = 0.0 if (two_level and page_slots >= n_ssd) else float(missed[on_ssd].sum())
         return CacheOutcome(accesses, misses, reads, 1.0 - misses / accesses, "analytic")
     steps = sample_steps(rs, batch, cacheable)
-    stream = access_stream(step_accesses(rs.router, batch, steps, rs.scenario.seed), cacheable)  # type: ignore[arg-type]
+    assert router is not None  # experts are offloaded for MoE models, which always resolve a router
+    ids = step_expert_ids(router, batch, steps, rs.scenario.seed)
+    stream = access_stream_of_ids(ids, tiers.shape[1], cacheable)
     return replace(
         simulate_tiers(stream, tiers, capacity, page_slots, policy, two_level), sampled_steps=stream.steps
     )
@@ -236,25 +262,62 @@ def expert_links(rs: ResolvedScenario) -> tuple[tuple[float, str] | None, tuple[
     tiers = rs.expert_tiers
     host = None
     if not rs.device_is_dram and (tiers != DEVICE).any():
-        width, path = expert_link_bandwidth(rs.node, replace(rs.deployment, expert_tier="dram"))  # type: ignore[arg-type]
-        # copies reach the measured pinned-copy share of the link's nominal rate
-        host = (width * PCIE_COPY_EFFICIENCY, f"{path} (x{PCIE_COPY_EFFICIENCY} pinned-copy efficiency)")
-    ssd = ssd_read_bandwidth(rs.node) if (tiers == SSD).any() else None  # type: ignore[arg-type]
+        width, path = expert_link_bandwidth(rs.node, replace(rs.deployment, expert_tier="dram"))
+        # copies reach the measured pinned-copy share of the link's nominal rate (less for pageable buffers)
+        share = PCIE_COPY_EFFICIENCY
+        label = f"x{PCIE_COPY_EFFICIENCY} pinned-copy efficiency"
+        if rs.deployment.host_copy == "pageable":
+            share *= PAGEABLE_COPY_SHARE
+            label += f", x{PAGEABLE_COPY_SHARE} pageable"
+        host = (width * share, f"{path} ({label})")
+    ssd = ssd_read_bandwidth(rs.node) if (tiers == SSD).any() else None
     return host, ssd
 
 
-def charge_links(cost: PassTimes, link_times: list[np.ndarray], prefetch: bool) -> np.ndarray:
-    """Add the exposed link time: with prefetch, links run alongside the device and each other, so a pass
-    takes max(device, slowest link); without it the copies serialise before the compute. Returns the slowest
-    link's time minus the device's before the charge (the sign says which one a prefetching pass waits on:
-    a sweep tracks where it flips, :mod:`capsim.sweep.decode`)."""
+def exposed_link_time(
+    device: ArrayLike, link_times: list[np.ndarray], prefetch: bool, accuracy: ArrayLike = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """(link seconds a pass adds to its ``device`` seconds, margin), elementwise over configurations.
+
+    With prefetch, the share ``accuracy`` (p) of the fetched experts was named ahead of use and copies while
+    the device computes, every link alongside the others; the rest are fetched when the router asks for them,
+    each through its links in turn, while the device waits:
+    added = max(p * max_links - device, 0) + (1 - p) * sum_links. Without prefetch every copy waits:
+    added = sum_links. p = 1 is perfect overlap (max(device, slowest link)). margin = p * max_links - device
+    (max_links - device without prefetch): its sign says whether the prefetched copies or the device bind."""
+    dev = np.asarray(device, dtype=np.float64)
+    times = [np.broadcast_to(np.asarray(t, dtype=np.float64), dev.shape) for t in link_times]
+    slowest, total = np.max(times, axis=0), np.sum(times, axis=0)
+    if not prefetch:
+        return total, slowest - dev
+    p = np.asarray(accuracy, dtype=np.float64)
+    margin: np.ndarray = p * slowest - dev
+    return np.maximum(margin, 0.0) + (1.0 - p) * total, margin
+
+
+def charge_links(
+    cost: PassTimes, link_times: list[np.ndarray], prefetch: bool, accuracy: ArrayLike = 1.0
+) -> np.ndarray:
+    """Add the exposed link time (:func:`exposed_link_time`) to ``cost``. Returns the margin before the
+    charge (the sign says which side a prefetching pass waits on: a sweep tracks where it flips,
+    :mod:`capsim.sweep.decode`); -inf without links."""
     if not link_times:
         return np.full(cost.time.shape, -np.inf)
-    times = [np.broadcast_to(np.asarray(t, dtype=np.float64), cost.time.shape) for t in link_times]
-    margin: np.ndarray = np.max(times, axis=0) - cost.time
-    exposed = np.maximum(margin, 0.0) if prefetch else np.sum(times, axis=0)
+    exposed, margin = exposed_link_time(cost.time, link_times, prefetch, accuracy)
     _add_resource(cost, "link", exposed, "expert_fetch")
     return margin
+
+
+def copies_per_expert(rs: ResolvedScenario) -> int:
+    """Weight tensors of one routed expert, each a copy call: 3 for gated FFN experts (gate, up, down), 2
+    otherwise."""
+    return 3 if rs.model.gated_ffn else 2
+
+
+def expert_fetch_seconds(rs: ResolvedScenario, bandwidth: float, nbytes: float) -> float:
+    """Seconds one expert's copy of ``nbytes`` occupies a host link of ``bandwidth``: its bytes plus the fixed
+    cost of each copy call (:data:`COPY_LATENCY_S`)."""
+    return nbytes / bandwidth + copies_per_expert(rs) * COPY_LATENCY_S
 
 
 def _link_report(path: str, bandwidth: float, bytes_per_step: float, seconds: float) -> LinkLoad:
@@ -283,7 +346,7 @@ def decode_link_times(
     times: list[np.ndarray] = []
     if host_link is not None:
         # every TP rank fetches its shard of each missing expert over its own link: per-device bytes / link
-        times.append(misses * expert_bytes_on_gpu(rs) / host_link[0])
+        times.append(misses * expert_fetch_seconds(rs, host_link[0], expert_bytes_on_gpu(rs)))
     if ssd_link is not None:
         # SSD reads: all ranks' shards come from the (shared) drives; on a DRAM device every miss is a read
         reads = misses if rs.device_is_dram else np.asarray(ssd_reads_per_step, dtype=np.float64)
@@ -316,7 +379,7 @@ def apply_offload(
             + memory.kv_bytes_per_sequence * batch
             + moe.top_k * per_dev,
             memory.usable_bytes,
-            f"the {'memory' if rs.device_is_dram else 'GPU'} of {rs.node.id}",  # type: ignore[attr-defined]
+            f"the {'memory' if rs.device_is_dram else 'GPU'} of {rs.node.id}",
             "no room for even top-k experts in the expert cache; lower --batch, offload more experts or quantise",
         )
     two_level = not rs.device_is_dram
@@ -334,8 +397,10 @@ def apply_offload(
     if ssd_link is not None:
         reads = outcome.ssd_reads_per_step if two_level else outcome.misses_per_step
         links["ssd_to_host"] = _link_report(ssd_link[1], ssd_link[0], reads * full, float(fetch_times[-1]))
-    charge_links(decode, fetch_times, dep.prefetch)
-    charge_links(prefill, prefill_link_times(rs, prefill, capacity, host), dep.prefetch)
+    charge_links(decode, fetch_times, dep.prefetch, dep.prefetch_accuracy)
+    charge_links(
+        prefill, prefill_link_times(rs, prefill, capacity, host), dep.prefetch, dep.prefetch_accuracy
+    )
     primary = host_link or ssd_link
     assert primary is not None  # some expert is off the device in offload mode: internal invariant
     out: DeploymentReport = {
@@ -350,6 +415,8 @@ def apply_offload(
         "offloaded_moe_layers": int(rs.offloaded.sum()),
         "policy": dep.cache_policy,
         "prefetch": dep.prefetch,
+        "prefetch_accuracy": dep.prefetch_accuracy,
+        "host_copy": dep.host_copy,
         "cache_model": outcome.model,
         "sampled_steps": outcome.sampled_steps,
         "ssd_reads_per_step": outcome.ssd_reads_per_step if ssd_link is not None else 0.0,
@@ -380,7 +447,7 @@ def prefill_link_times(
     reads = misses * (uncached_ssd / n_off)
     times = []
     if host_link is not None:
-        times.append(misses * expert_bytes_on_gpu(rs) / host_link[0])
+        times.append(misses * expert_fetch_seconds(rs, host_link[0], expert_bytes_on_gpu(rs)))
     if ssd_link is not None:
         times.append((reads if not rs.device_is_dram else misses) * _expert_bytes(rs) / ssd_link[0])
     return times
@@ -453,20 +520,20 @@ def apply_cpu_experts(
     model, dep = rs.model, rs.deployment
     moe = model.moe
     assert moe is not None
-    host = host_tiers(rs, dram_copies=weight_copies(rs.node, dep))  # type: ignore[arg-type]
-    bandwidth, peaks, sockets, how = cpu_rates(rs.node, dep)  # type: ignore[arg-type]
-    cpu, _ = rs.node.cpus[0]  # type: ignore[attr-defined]
+    host = host_tiers(rs, dram_copies=weight_copies(rs.node, dep))
+    bandwidth, peaks, sockets, how = cpu_rates(rs.node, dep)
+    cpu, _ = rs.node.cpus[0]
     cpu_eff = (
         rs.cpu_efficiency
     )  # from the database the scenario was resolved against (--hardware-db included)
     if cpu_eff is None:
-        raise MissingValueError(rs.node.id, "efficiency class 'cpu'", "CPU-computed experts")  # type: ignore[attr-defined]
+        raise MissingValueError(rs.node.id, "efficiency class 'cpu'", "CPU-computed experts")
     prec = rs.sharding.weight_precision["routed_experts"]
     key = compute_key(prec, frozenset(peaks))
     flops_rate = peaks[key] * cpu_eff.compute_fraction
     # sustained streaming (per CPU entry) x the fraction CPU MoE kernels reach of it (fitted, efficiency.toml)
     bytes_rate = bandwidth * cpu_eff.memory_bw_fraction * cpu_eff.kernel_bw_fraction
-    link_bw = rs.node.host_to_gpu_bandwidth() * PCIE_COPY_EFFICIENCY  # type: ignore[attr-defined]
+    link_bw = rs.node.host_to_gpu_bandwidth() * PCIE_COPY_EFFICIENCY
     # one small host<->device copy: NCCL's base latency plus one PCI hop (the GPU's efficiency entry), standing
     # in for a DMA launch; no measured figure for KTransformers-style hand-offs is in the reference
     handoff_latency = rs.rates.allreduce_base_latency_s + rs.rates.allreduce_hop_latency_s
@@ -504,7 +571,7 @@ def apply_cpu_experts(
         # --numa tp: the CPU experts' partial sums are all-reduced between the sockets in every CPU layer
         cpu_time = cpu_time + n_layers_cpu * socket_allreduce_time(
             rs.node, dep, cost.tokens, model.hidden_size, cpu_eff.allreduce_base_latency_s
-        )  # type: ignore[arg-type]
+        )
         _add_resource(cost, "cpu", cpu_time, "cpu_experts")
         _add_resource(cost, "link", handoff, "cpu_gpu_handoff")
         if paging["reads_per_step"]:
@@ -542,7 +609,7 @@ def _ssd_paging(rs: ResolvedScenario, batch: int, host: HostTiers) -> dict[str, 
     n_ssd = int((tiers == SSD).sum())
     if n_ssd == 0:
         return {"decode_s": 0.0, "prefill_s": 0.0, "reads_per_step": 0.0, "links": {}}
-    bw, path = ssd_read_bandwidth(rs.node)  # type: ignore[arg-type]
+    bw, path = ssd_read_bandwidth(rs.node)
     outcome = cache_outcome(rs, batch, tiers == SSD, host.page_cache_experts, 0, "lru", two_level=False)
     full = _expert_bytes(rs)
     reads = outcome.misses_per_step
@@ -570,7 +637,7 @@ def apply_socket_tp(rs: ResolvedScenario, prefill: PassTimes, decode: PassTimes)
             * socket_allreduce_time(
                 rs.node, rs.deployment, cost.tokens, rs.model.hidden_size, eff.allreduce_base_latency_s
             )
-        )  # type: ignore[arg-type, attr-defined]
+        )
         _add_resource(cost, "interconnect", seconds, "socket_allreduce")
         per_layer["decode" if cost is decode else "prefill"] = float(seconds.mean()) / rs.model.num_layers
     return {"mode": "cpu", "numa": "tp", "socket_allreduce_s_per_layer": per_layer}

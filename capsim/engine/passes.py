@@ -97,8 +97,8 @@ def _window_rows(model: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
 
 def prefill_passes(
     rs: ResolvedScenario,
-    batch: np.ndarray,
-    prompt_len: np.ndarray,
+    batch: np.ndarray | np.float64,
+    prompt_len: np.ndarray | np.float64,
     chunk_tokens: np.ndarray,
     lm_sequences: np.ndarray,
 ) -> PassTimes:
@@ -143,7 +143,10 @@ def prefill_passes(
 
 
 def decode_passes(
-    rs: ResolvedScenario, batch: np.ndarray, context: np.ndarray, tokens_per_sequence: int = 1
+    rs: ResolvedScenario,
+    batch: np.ndarray | np.float64,
+    context: np.ndarray,
+    tokens_per_sequence: int = 1,
 ) -> PassTimes:
     """Cost of decode steps, one entry per step: ``batch`` sequences each adding one token that attends to
     ``context`` tokens (window-capped per layer); arrays broadcast together. Under attention data parallelism
@@ -255,13 +258,13 @@ def prefill_times(rs: ResolvedScenario, batch: int) -> PassTimes:
     return prefill_passes(rs, np.float64(batch), np.float64(sc.prompt_len), tokens, lm)
 
 
-def decode_steps(rs: ResolvedScenario, batch: np.ndarray, context: np.ndarray) -> PassTimes:
+def decode_steps(rs: ResolvedScenario, batch: np.ndarray | np.float64, context: np.ndarray) -> PassTimes:
     """Decode steps as predict charges them, one entry per step: the target's pass (a verify pass of K + 1
     tokens per sequence under ``--spec``), the MoE layers' communication and load balance of EP/attention-DP
     layouts (capsim.engine.parallel), and the draft passes (capsim.engine.speculative). What the layout and the drafts
     decided is left in ``cost.extra`` ("ep", "speculative")."""
     spec = rs.speculation
-    per_sequence = spec.draft_tokens + 1 if spec is not None else 1  # type: ignore[attr-defined]
+    per_sequence = spec.draft_tokens + 1 if spec is not None else 1
     tbo = rs.scenario.two_batch_overlap
     micro = np.ceil(np.asarray(batch, dtype=np.float64) / 2.0) if tbo else batch
     cost = decode_passes(rs, micro, context, per_sequence)
@@ -276,7 +279,7 @@ def decode_steps(rs: ResolvedScenario, batch: np.ndarray, context: np.ndarray) -
         cost = two_batch_overlap(rs, cost)
         cost.extra["ep"] = {
             **info,
-            "two_batch_overlap": True,  # type: ignore[dict-item]
+            "two_batch_overlap": True,
             "all_to_all_exposed_s_per_pass": float(cost.time_by_op["all_to_all"].mean()),
         }
     if spec is not None:
@@ -290,7 +293,7 @@ def decode_times(rs: ResolvedScenario, batch: int) -> PassTimes:
     spec = rs.speculation
     if spec is not None:
         # verify steps: each yields E tokens per sequence on average (capsim.engine.speculative)
-        per_step = spec.tokens_per_step  # type: ignore[attr-defined]
+        per_step = spec.tokens_per_step
         steps = math.ceil(max(sc.gen_len - 1, 0) / per_step)
         context = sc.prompt_len + per_step * np.arange(1, steps + 1, dtype=np.float64)
     else:
@@ -300,17 +303,19 @@ def decode_times(rs: ResolvedScenario, batch: int) -> PassTimes:
 
 
 def add_draft_passes(
-    rs: ResolvedScenario, decode: PassTimes, batch: np.ndarray, context: np.ndarray
+    rs: ResolvedScenario, decode: PassTimes, batch: np.ndarray | np.float64, context: np.ndarray
 ) -> dict[str, Any]:
     """Add the K draft passes of every verify step (steps of ``batch`` sequences at ``context``, arrays) to
     ``decode`` in place; returns what they cost. The draft pass's roofline charges join ``decode.op_times``
     so that sweeps see where its ops change binding resource along the context."""
 
     spec = rs.speculation
+    assert spec is not None  # draft passes are added under --spec only
     if decode.time.size == 0:
         return spec.to_dict()
     batch, context = (np.asarray(a, dtype=np.float64) for a in np.broadcast_arrays(batch, context))
     if spec.kind == "draft":
+        assert rs.draft is not None  # resolve sets the draft model for every draft-model speculation
         plain = decode_passes(rs.draft, batch, context)
         one = plain.time
     else:

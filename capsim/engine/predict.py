@@ -62,7 +62,7 @@ def predict(scenario: Scenario, *, hardware_db: HardwareDB | None = None) -> Pre
     )
     if rs.speculation is not None and prediction.tpot_s:
         # a verify step yields E tokens per sequence: TPOT = step time / E (capsim.engine.speculative)
-        per_step = rs.speculation.tokens_per_step  # type: ignore[attr-defined]
+        per_step = rs.speculation.tokens_per_step
         prediction = replace(
             prediction,
             tpot_s=prediction.tpot_s / per_step,

@@ -68,6 +68,8 @@ class DeploymentReport(ExpertParallelReport, total=False):
     offloaded_moe_layers: int
     policy: str
     prefetch: bool
+    prefetch_accuracy: float
+    host_copy: str
     cache_model: str
     sampled_steps: int
     ssd_reads_per_step: float

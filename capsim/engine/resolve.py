@@ -28,6 +28,7 @@ from capsim.engine.scenario import Scenario
 from capsim.engine.speculative import parse_spec
 from capsim.errors import DoesNotFitError, MissingValueError, ScenarioError
 from capsim.hardware.db import HardwareDB, load_hardware_db
+from capsim.hardware.entries import System
 from capsim.models.precision import Precision, kv_precision
 from capsim.models.spec import ModelSpec
 from capsim.routing import make_router
@@ -58,9 +59,9 @@ AUTO_DEVICE_COUNTS = (1, 2, 4, 8)
 """Tensor-parallel degrees tried when --gpus is not given for an accelerator id (common TP sizes)."""
 
 
-def _mode_for(scenario: Scenario, node: object, deployment: Deployment) -> Deployment:
+def _mode_for(scenario: Scenario, node: System, deployment: Deployment) -> Deployment:
     """The execution mode the node allows: CPU-only nodes run ``cpu``; unified memory has no host tier."""
-    accelerator = getattr(node, "accelerator", None)
+    accelerator = node.accelerator
     if accelerator is None and deployment.mode != "cpu":
         if deployment.mode != "gpu":
             raise ScenarioError(
@@ -88,7 +89,9 @@ def resolve_on(scenario: Scenario, db: HardwareDB, model: ModelSpec, count: int 
         )  # the CPU entry's own [efficiency] (sustained bandwidth) merged
         layout = Layout()
     else:
-        device = node.accelerator
+        accelerator = node.accelerator
+        assert accelerator is not None  # _mode_for runs a node without accelerators in cpu mode
+        device = accelerator
         eff = db.efficiency_for(device)
         layout = layout_for(
             scenario.tp,
@@ -133,11 +136,11 @@ def resolve_on(scenario: Scenario, db: HardwareDB, model: ModelSpec, count: int 
             raise ScenarioError(
                 f"{what} with experts off the GPU is not modelled; use one TP group with offload modes"
             )
-        if model.is_moe:
+        if model.is_moe and model.moe is not None:
             check_expert_layout(
                 model.moe.num_experts,
                 scenario.ep,
-                layout.expert_ranks,  # type: ignore[union-attr]
+                layout.expert_ranks,
                 scenario.redundant_experts,
             )
     if scenario.two_batch_overlap and layout.ep == 1 and layout.attention_dp == 1:
@@ -223,7 +226,7 @@ def _with_expert_tiers(rs: ResolvedScenario) -> ResolvedScenario:
             return _auto_tiers(rs)
         tiers = expert_tier_map(spec, *shape, rs.inclusion(), device_is_dram=rs.device_is_dram)
         if rs.device_is_dram and dep.mode != "cpu" and any(c.tier == "dram" for c in spec.clauses):
-            note = f"{rs.device.id} has unified memory: experts placed in dram are in device memory"  # type: ignore[attr-defined]
+            note = f"{rs.device.id} has unified memory: experts placed in dram are in device memory"
             rs = replace(rs, notes=rs.notes + (note,))
     elif dep.mode in ("offload", "cpu-experts"):
         tiers = expert_tier_map(
@@ -308,10 +311,10 @@ def _auto_tiers(rs: ResolvedScenario) -> ResolvedScenario:
     dram_slots: int | None = None
     if not rs.device_is_dram:
         try:
-            dram_slots = int(host_memory_bytes(rs.node, rs.deployment) // expert_bytes(rs))  # type: ignore[arg-type]
+            dram_slots = int(host_memory_bytes(rs.node, rs.deployment) // expert_bytes(rs))
         except MissingValueError:
             pass  # every off-GPU expert goes to DRAM; the offload report notes the unknown capacity
-    has_ssd = any(str(n).startswith("ssd") for n in rs.node.topology)  # type: ignore[attr-defined]
+    has_ssd = any(str(n).startswith("ssd") for n in rs.node.topology)
     tiers = auto_tier_map(
         rs.inclusion(), slots, dram_slots, has_ssd=has_ssd, device_is_dram=rs.device_is_dram
     )
@@ -363,6 +366,8 @@ def resolve_speculation(rs: ResolvedScenario, db: HardwareDB, count: int | None)
     """``rs`` with its :class:`Speculation` (and, for a draft model, the draft resolved on the same devices)."""
 
     sc = rs.scenario
+    if sc.spec is None:
+        return rs
     spec = parse_spec(sc.spec, sc.acceptance)
     if rs.layout.pp > 1:
         raise ScenarioError(
@@ -377,7 +382,8 @@ def resolve_speculation(rs: ResolvedScenario, db: HardwareDB, count: int | None)
                 "mtp:K cannot draft; use --spec draft:MODEL:K with a draft model"
             )
         return replace(rs, speculation=spec)
-    draft_model = resolve_model(spec.draft_model)  # type: ignore[arg-type]
+    assert spec.draft_model is not None  # parse_spec names the model of every draft-model speculation
+    draft_model = resolve_model(spec.draft_model)
     if draft_model.vocab_size != rs.model.vocab_size:
         raise ScenarioError(
             f"draft model {draft_model.id!r} has a vocabulary of {draft_model.vocab_size:,} tokens, "

@@ -87,7 +87,10 @@ step at batch 1 is mostly these."""
         if self.gemm_m_curve is None:
             return 1.0
         ms, fractions = self.gemm_m_curve
-        return np.interp(np.log(np.maximum(rows, 1.0)), np.log(np.asarray(ms)), np.asarray(fractions))
+        factor: FloatArray | float = np.interp(
+            np.log(np.maximum(rows, 1.0)), np.log(np.asarray(ms)), np.asarray(fractions)
+        )
+        return factor
 
     def flops_rate(self, key: str) -> float:
         return self.peak_flops[key] * self.compute_fraction
@@ -208,7 +211,7 @@ def kernels_per_pass(model: ModelSpec) -> float:
 def layer_tables(model: ModelSpec) -> tuple[NDArray[np.bool_], FloatArray]:
     is_moe = np.array([k is FFNKind.MOE for k in model.ffn_kinds], dtype=bool)
     windows = np.array(
-        [np.inf if model.window(i) is None else float(model.window(i)) for i in range(model.num_layers)]  # type: ignore[arg-type]
+        [np.inf if (w := model.window(i)) is None else float(w) for i in range(model.num_layers)]
     )
     return is_moe, windows
 

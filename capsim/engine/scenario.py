@@ -4,11 +4,14 @@ builds its flags from these fields so the defaults of the library and of the com
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from capsim.errors import ScenarioError
 from capsim.models.precision import KV_PRECISIONS, is_weight_dtype, weight_dtype_choices
 from capsim.models.spec import ModelSpec
+
+if TYPE_CHECKING:
+    from capsim.engine.deployment import Deployment
 
 MAX_DEVICES_PER_NODE = 4096
 """Devices in one node (one scale-up domain): the largest shipped system has 72 (GB200 NVL72)."""
@@ -60,6 +63,14 @@ class Scenario:
     cache_policy: str = _opt("lru", "GPU expert-cache policy for offload: lru, lfu or oracle (Belady)")
     prefetch: bool = _opt(
         True, "offload: overlap expert copies with compute (optimistic) instead of serialising"
+    )
+    prefetch_accuracy: float = _opt(
+        1.0,
+        "offload with prefetch: share of the fetched experts predicted ahead of use (overlapped); the rest "
+        "are fetched on demand, serially (0.86 for next-layer gate prediction, docs/deployment.md)",
+    )
+    host_copy: str = _opt(
+        "pinned", "offload: host buffers experts are copied from, pinned or pageable (about half the rate)"
     )
     numa: str = _opt(
         "single",
@@ -130,7 +141,7 @@ class Scenario:
         "weight precision of the routed experts only (e.g. int4 with bf16 attention); default: --weight-dtype",
     )
 
-    def deployment(self):  # type: ignore[no-untyped-def]
+    def deployment(self) -> Deployment:
         """The execution mode and expert placement as a :class:`capsim.engine.deployment.Deployment`."""
         from capsim.engine.deployment import Deployment
 
@@ -139,6 +150,8 @@ class Scenario:
             expert_tier=self.expert_tier,
             cache_policy=self.cache_policy,
             prefetch=self.prefetch,
+            prefetch_accuracy=self.prefetch_accuracy,
+            host_copy=self.host_copy,
             numa=self.numa,
             host_memory_gb=self.host_memory_gb,
             placement=self.placement,
@@ -187,21 +200,21 @@ class Scenario:
         if self.gpus is not None and (not isinstance(self.gpus, int) or self.gpus < 1):
             raise ScenarioError(f"gpus must be an integer >= 1, got {self.gpus!r}")
         # bounds before anything is built: a node of 2^31 devices would be a graph of 2^31 nodes
-        for value, label, most in (
+        bounds: tuple[tuple[int | None, str, int], ...] = (
             (self.gpus, "--gpus", MAX_DEVICES_PER_NODE),
             (self.tp, "--tp", MAX_DEVICES_PER_NODE),
             (self.ep, "--ep", MAX_DEVICES_PER_NODE),
             (self.pp, "--pp", MAX_DEGREE),
             (self.dp, "--dp", MAX_DEGREE),
             (self.nodes, "--nodes", MAX_DEGREE),
-        ):
-            if isinstance(value, int) and value > most:
+        )
+        for degree, label, most in bounds:
+            if isinstance(degree, int) and degree > most:
                 raise ScenarioError(
-                    f"{label} {value:,} is beyond what capsim models (at most {most:,}); use a smaller value"
+                    f"{label} {degree:,} is beyond what capsim models (at most {most:,}); use a smaller value"
                 )
-        degrees = [self.tp, self.pp, self.dp, getattr(self, "attention_dp", 1), self.nodes]
-        if all(isinstance(v, int) for v in degrees) and self.tp is not None:
-            tp, pp, dp, adp, nodes = degrees
+        tp, pp, dp, adp, nodes = self.tp, self.pp, self.dp, self.attention_dp, self.nodes
+        if tp is not None and all(isinstance(v, int) for v in (tp, pp, dp, adp, nodes)):
             per_node = -(-tp * adp * pp * dp // nodes)
             if per_node > MAX_DEVICES_PER_NODE:
                 raise ScenarioError(

@@ -18,10 +18,11 @@ attention, router, experts, shared experts, communication and per-layer overhead
 read and the lm_head over B rows. For K > the checkpoint's modules the one module is run K times (SGLang's
 and TensorRT-LLM's MTP with more draft steps than modules reuse it), its weights held once.
 
-Acceptance a: ``--acceptance`` or, for MTP, the DeepSeek-V3 report's figure (§5.4.3: "the acceptance rate of
-the second token prediction ranges between 85% and 90%"; the midpoint 0.875), applied at every draft position
-(an optimistic assumption for K > 1: later positions are accepted less often). A draft model has no sourced
-default: it needs ``--acceptance``.
+Acceptance: ``--acceptance`` a, applied at every draft position (E = 1 + a + … + a^K tokens per verify step),
+or, for MTP without it, the tokens per verify step TensorRT-LLM measured for DeepSeek-R1 with K = 1…5 draft
+steps of its one MTP module (:data:`MTP_TOKENS_PER_STEP`): later positions are accepted less often (the one
+module drafts from its own guesses), so E saturates near 3 instead of growing as a constant-a series would. A
+draft model has no sourced default: it needs ``--acceptance``.
 """
 
 from __future__ import annotations
@@ -36,6 +37,14 @@ MTP_ACCEPTANCE_SOURCE = (
     "DeepSeek-V3 Technical Report (arXiv:2412.19437) §5.4.3: second-token acceptance rate 85%-90% "
     "(midpoint 0.875), taken for every draft position"
 )
+MTP_TOKENS_PER_STEP = (1.92, 2.58, 2.82, 2.99, 3.01)
+"""Tokens per verify step of DeepSeek-R1's MTP with K = 1…5 draft steps (the one MTP module run
+autoregressively), as measured by TensorRT-LLM; K > 5 takes the K = 5 value (the gain has stopped)."""
+MTP_TOKENS_SOURCE = (
+    "NVIDIA/TensorRT-LLM docs/source/blogs/tech_blog/blog1_Pushing_Latency_Boundaries_Optimizing_DeepSeek-R1_"
+    "Performance_on_NVIDIA_B200_GPUs.md (commit 01c4ece), 'Autoregressive MTP Layers' table: acceptance rate "
+    "1.92 / 2.58 / 2.82 / 2.99 / 3.01 tokens per step for MTP 1-5 (DeepSeek-R1, 8xB200, strict acceptance)"
+)
 
 
 @dataclass(frozen=True)
@@ -47,10 +56,15 @@ class Speculation:
     acceptance: float
     acceptance_source: str
     draft_model: str | None = None
+    measured_tokens_per_step: float | None = None
+    """Tokens per verify step from a measurement (MTP default), used instead of the constant-a series."""
 
     @property
     def tokens_per_step(self) -> float:
-        """E = (1 − a^{K+1}) / (1 − a): expected tokens a verify step yields per sequence."""
+        """Expected tokens a verify step yields per sequence: the measured figure where there is one, else
+        E = (1 − a^{K+1}) / (1 − a)."""
+        if self.measured_tokens_per_step is not None:
+            return self.measured_tokens_per_step
         return expected_tokens(self.acceptance, self.draft_tokens)
 
     def to_dict(self) -> dict[str, object]:
@@ -81,7 +95,10 @@ def parse_spec(text: str, acceptance: float | None) -> Speculation:
     if parts[0] == "mtp" and len(parts) == 2:
         k = _draft_count(parts[1], text, hint)
         if acceptance is None:
-            return Speculation("mtp", k, MTP_ACCEPTANCE, MTP_ACCEPTANCE_SOURCE)
+            measured = MTP_TOKENS_PER_STEP[min(k, len(MTP_TOKENS_PER_STEP)) - 1]
+            # the first draft's acceptance (E = 1 + a at K = 1), reported; E itself is the measured figure
+            first = MTP_TOKENS_PER_STEP[0] - 1.0
+            return Speculation("mtp", k, first, MTP_TOKENS_SOURCE, measured_tokens_per_step=measured)
         return Speculation("mtp", k, acceptance, "--acceptance")
     if parts[0] == "draft" and len(parts) >= 3:
         k = _draft_count(parts[-1], text, hint)

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal, TypeVar
 
 from capsim._paths import data_dir
 from capsim.errors import DataFileError, ScenarioError, UnknownHardwareError
@@ -44,6 +44,8 @@ from capsim.hardware.parse import (
     parse_tree,
 )
 from capsim.hardware.topology import subset_graph, synthetic_graph, system_graph
+
+_E = TypeVar("_E", Accelerator, CPU, DRAM, SSD, Link, System)
 
 
 class HardwareDB:
@@ -86,7 +88,7 @@ class HardwareDB:
     def system(self, entry_id: str) -> System:
         return self._typed(entry_id, System, "system")
 
-    def _typed(self, entry_id: str, cls: type, kind: str) -> Any:
+    def _typed(self, entry_id: str, cls: type[_E], kind: str) -> _E:
         entry = self._entries.get(entry_id)
         if entry is None:
             raise _unknown(entry_id, self.ids(kind))
@@ -260,22 +262,16 @@ def _assemble(records: Sequence[Record], efficiency_records: Sequence[Efficiency
     by_id = {r.id: r for r in records}
     efficiency = {e.device_class: build_efficiency(e.device_class, e.fields) for e in efficiency_records}
     entries: dict[str, Entry] = {r.id: BUILDERS[r.kind](r) for r in records if r.kind != "system"}
-    # systems are resolved against the other entries, so add placeholders for reference checks first
-    placeholders = {r.id: _SystemStub(r.id) for r in records if r.kind == "system"}
-    check_references({**entries, **placeholders}, by_id, efficiency)
+    # systems are resolved against the other entries, so they enter the reference checks by kind before they exist
+    kinds = {i: entry_kind(e) for i, e in entries.items()} | {
+        r.id: r.kind for r in records if r.kind == "system"
+    }
+    check_references(kinds, by_id, efficiency)
     db = HardwareDB(entries, efficiency)
     for r in records:
         if r.kind == "system":
             entries[r.id] = _build_system(r, db)
     return HardwareDB(entries, efficiency)
-
-
-@dataclass(frozen=True)
-class _SystemStub:
-    """Stands in for a system during reference checks (only ``kind`` is consulted)."""
-
-    id: str
-    kind: ClassVar[str] = "system"
 
 
 @lru_cache(maxsize=1)

@@ -348,7 +348,8 @@ class Link(_EntryMixin):
 
     id: str
     name: str
-    kind: str  # type: ignore[misc]
+    # the technology, an instance field where other entries have the ClassVar database kind (entry_kind)
+    kind: str  # type: ignore[misc]  # mypy: instance field overrides the mixin's ClassVar
     topology: str
     scope: str
     gb_s_per_dir: float

@@ -16,7 +16,7 @@ from __future__ import annotations
 import difflib
 import math
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
@@ -45,7 +45,6 @@ from capsim.hardware.entries import (
     Provenance,
     Sourced,
     Value,
-    entry_kind,
     with_article,
 )
 
@@ -527,7 +526,7 @@ def _build_link(r: Record) -> Link:
     )
 
 
-BUILDERS = {
+BUILDERS: dict[str, Callable[[Record], Entry]] = {
     "accelerator": _build_accelerator,
     "cpu": _build_cpu,
     "dram": _build_dram,
@@ -537,15 +536,14 @@ BUILDERS = {
 
 
 def build_efficiency(device_class: str, fields: Provenance) -> Efficiency:
-    return Efficiency(
-        device_class=device_class, provenance=fields, **{n: fields[n].value for n in EFFICIENCY_FIELDS}
-    )
+    # the schema validated every efficiency field as a number
+    numbers = {n: v for n in EFFICIENCY_FIELDS if isinstance(v := fields[n].value, int | float)}
+    return Efficiency(device_class=device_class, provenance=fields, **numbers)
 
 
-def check_references(
-    entries: Mapping[str, Entry], records: Mapping[str, Record], classes: Iterable[str]
-) -> None:
-    """Every ``ref:<kind>`` field names an entry of that kind; every device class has efficiency defaults."""
+def check_references(kinds: Mapping[str, str], records: Mapping[str, Record], classes: Iterable[str]) -> None:
+    """Every ``ref:<kind>`` field names an entry of that kind (``kinds``: id -> database kind of every entry,
+    systems included before they are built); every device class has efficiency defaults."""
     classes = set(classes)
     for r in records.values():
         schema = _SCHEMAS[r.kind]
@@ -553,9 +551,8 @@ def check_references(
             spec = schema[_pattern_of(name)]
             if spec.type.startswith("ref:"):
                 want = spec.type[4:]
-                target = entries.get(str(sourced.value))
-                if target is None or entry_kind(target) != want:
-                    valid = sorted(i for i, e in entries.items() if entry_kind(e) == want)
+                if kinds.get(str(sourced.value)) != want:
+                    valid = sorted(i for i, kind in kinds.items() if kind == want)
                     close = difflib.get_close_matches(str(sourced.value), valid, n=3, cutoff=0.6)
                     hint = f"did you mean {', '.join(close)}?" if close else f"{want} ids: {', '.join(valid)}"
                     raise DataFileError(

@@ -29,6 +29,7 @@ Encoder-decoder models (Switch Transformers) raise :class:`~capsim.errors.Unsupp
 
 from __future__ import annotations
 
+import builtins
 import difflib
 import json
 from collections.abc import Callable, Mapping, Sequence
@@ -102,13 +103,15 @@ class _Fields:
     def int(self, key: str, default: Any = _REQUIRED, minimum: int = 1) -> int:
         value = self._raw(key, default)
         if value is default and default is not _REQUIRED:
-            return value  # type: ignore[no-any-return]
+            return value  # type: ignore[no-any-return]  # the caller's own default, returned as given
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             expected = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
             raise self._bad(key, value, expected)
         return value
 
-    def optional_int(self, key: str, default: int | None = None, minimum: int = 1) -> int | None:
+    def optional_int(
+        self, key: builtins.str, default: builtins.int | None = None, minimum: builtins.int = 1
+    ) -> builtins.int | None:
         """An integer that may be JSON null (returned as None)."""
         value = self._raw(key, default)
         if value is None:
@@ -131,7 +134,9 @@ class _Fields:
             raise self._bad(key, value, "a string")
         return value
 
-    def int_list(self, key: str, default: Sequence[int] = (), minimum: int = 0) -> tuple[int, ...]:
+    def int_list(
+        self, key: builtins.str, default: Sequence[builtins.int] = (), minimum: builtins.int = 0
+    ) -> tuple[builtins.int, ...]:
         value = self._raw(key, list(default))
         if value is None:
             return tuple(default)
@@ -141,7 +146,7 @@ class _Fields:
             raise self._bad(key, value, f"a list of integers >= {minimum}")
         return tuple(value)
 
-    def str_list(self, key: str) -> tuple[str, ...] | None:
+    def str_list(self, key: builtins.str) -> tuple[builtins.str, ...] | None:
         value = self._raw(key, None)
         if value is None:
             return None
@@ -149,7 +154,7 @@ class _Fields:
             raise self._bad(key, value, "a list of strings")
         return tuple(value)
 
-    def mapping(self, key: str, default: Any = _REQUIRED) -> Mapping[str, Any]:
+    def mapping(self, key: builtins.str, default: Any = _REQUIRED) -> Mapping[builtins.str, Any]:
         value = self._raw(key, default)
         if value is None and default is not _REQUIRED:
             return {}
@@ -157,11 +162,11 @@ class _Fields:
             raise self._bad(key, value, "a JSON object")
         return value
 
-    def nested(self, key: str, default: Any = _REQUIRED) -> _Fields:
+    def nested(self, key: builtins.str, default: Any = _REQUIRED) -> _Fields:
         """Field access into the sub-object ``key`` (error names become ``key.sub``)."""
         return _Fields(self.mapping(key, default), self.path, self.family, f"{self.prefix}{key}.")
 
-    def error(self, key: str, problem: str) -> ConfigFieldError:
+    def error(self, key: builtins.str, problem: builtins.str) -> ConfigFieldError:
         return ConfigFieldError(self.path, self._name(key), problem)
 
 

@@ -179,7 +179,7 @@ class GQAAttention(nn.Module):
         b, t, _ = x.shape
         with _scope("attn_proj"):
             qkv = F.linear(x, self.w_qkv, self.b_qkv)
-        q, k, v = qkv.split((self.q_out, self.kv_out, self.kv_out), dim=-1)
+        q, k, v = torch.split(qkv, [self.q_out, self.kv_out, self.kv_out], dim=-1)
         if self.q_norm is not None and self.k_norm is not None and not self.qk_per_head:
             q, k = self.q_norm(q), self.k_norm(k)
         q = q.view(b, t, self.h, self.d_h).transpose(1, 2)
@@ -269,7 +269,7 @@ class MLAAttention(nn.Module):
         b, t, _ = x.shape
         q = F.linear(self.q_norm(F.linear(x, self.w_dq)), self.w_uq) if self.q_lora else F.linear(x, self.w_q)
         q = q.view(b, t, self.h, self.nope + self.rope).transpose(1, 2)
-        q_nope, q_rope = q.split((self.nope, self.rope), dim=-1)
+        q_nope, q_rope = torch.split(q, [self.nope, self.rope], dim=-1)
         return q_nope, self.rotary.apply(q_rope, start, t)
 
     def forward(self, x: torch.Tensor, start: int) -> torch.Tensor:
@@ -277,13 +277,13 @@ class MLAAttention(nn.Module):
         b, t, _ = x.shape
         end = start + t
         q_nope, q_rope = self._queries(x, start)
-        latent, k_rope = F.linear(x, self.w_dkv).split((self.r_kv, self.rope), dim=-1)
+        latent, k_rope = torch.split(F.linear(x, self.w_dkv), [self.r_kv, self.rope], dim=-1)
         latent = self.kv_norm(latent)
         k_rope = self.rotary.apply(k_rope, start, t)
         cache = self.cache[:b]
         cache[:, 0, start:end] = torch.cat([latent, k_rope], dim=-1)
         w_ukv = self.w_ukv.view(self.h, self.nope + self.d_v, self.r_kv)
-        w_uk, w_uv = w_ukv.split((self.nope, self.d_v), dim=1)
+        w_uk, w_uv = torch.split(w_ukv, [self.nope, self.d_v], dim=1)
         if t == 1:
             # absorbed: q_lat = q_nope · W_UK per head; attend over [c_KV | k_rope]; values are c_KV
             q_lat = torch.einsum("bhtn,hnc->bhtc", q_nope, w_uk)
@@ -295,7 +295,7 @@ class MLAAttention(nn.Module):
         else:
             cached = cache[:, 0, :end]
             kv = F.linear(cached[..., : self.r_kv], self.w_ukv).view(b, end, self.h, self.nope + self.d_v)
-            k_nope, v = kv.transpose(1, 2).split((self.nope, self.d_v), dim=-1)
+            k_nope, v = torch.split(kv.transpose(1, 2), [self.nope, self.d_v], dim=-1)
             k_r = cached[..., self.r_kv :].unsqueeze(1).expand(b, self.h, end, self.rope)
             keys = torch.cat([k_nope, k_r], dim=-1)
             query = torch.cat([q_nope, q_rope], dim=-1)
@@ -448,8 +448,10 @@ class DecoderLayer(nn.Module):
         h = x + a
         if isinstance(self.ffn, GatedFFN):
             with _scope("dense_ffn"):
-                return h + self.ffn(self.norm_ffn(h))
-        return h + self.ffn(self.norm_ffn(h))
+                out: torch.Tensor = h + self.ffn(self.norm_ffn(h))
+                return out
+        out = h + self.ffn(self.norm_ffn(h))
+        return out
 
 
 class MoEDecoder(nn.Module):

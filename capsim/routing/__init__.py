@@ -18,6 +18,7 @@ exact), :mod:`.analytics` (load, imbalance, reuse distance), :mod:`.fit` (parame
 
 from __future__ import annotations
 
+from capsim.errors import UnknownRouterError
 from capsim.routing._base import FloatArray, IntArray, Router, step_geometry, uniform_expected_activated
 from capsim.routing.analytics import (
     expert_counts,
@@ -44,7 +45,6 @@ from capsim.routing.popularity import (
 from capsim.routing.spec import (
     ROUTER_KINDS,
     RouterSpec,
-    UnknownRouterError,
     make_router,
     parse_router_spec,
     resolve_trace_path,

@@ -6,7 +6,11 @@ Engines that balance experts record how many tokens each expert received, per Mo
   ``torch.save`` file ``expert_distribution_recorder_<time>.pt`` holding a dict whose ``logical_count`` is an
   integer tensor of shape (buffered passes, MoE layers, logical experts), summed over ranks
   (sgl-project/sglang ``python/sglang/srt/eplb/expert_distribution.py``, ``_StatAccumulator.dump``); combined
-  files keep one pass, (1, L, E).
+  files keep one pass, (1, L, E). The ``per_pass`` and ``per_token`` modes write one file per rank,
+  ``expert_distribution_recorder_<time>_<rank>.pt``: a dict of ``records`` (one per forward pass, each with a
+  ``global_physical_count`` of shape (MoE layers, physical experts); per_token adds the pass's
+  ``topk_ids_of_layer``) and ``last_physical_to_logical_map`` (``_DetailAccumulator.dump``). The passes'
+  counts are stacked and the physical experts folded into their logical ones.
 - **vLLM** EPLB (``--enable-eplb``): ``EplbState.expert_load_window``, a tensor of shape (window passes, MoE
   layers, physical experts), and ``expert_load_pass``, (MoE layers, physical experts); vLLM writes no file, so
   save either with ``torch.save`` or ``numpy.save`` (a ``.pt``, ``.npy`` or ``.npz`` with one array). Physical
@@ -34,6 +38,10 @@ from capsim.models.spec import ModelSpec
 COUNT_KEYS = ("logical_count", "expert_load_window", "expert_load_pass", "counts")
 """Names an expert-load array is looked up by, in order (SGLang's, then vLLM's, then a plain name)."""
 MAP_KEY = "physical_to_logical_map"
+RECORDS_KEY = "records"
+"""SGLang per_pass / per_token dumps: a list of per-pass dicts holding ``global_physical_count``."""
+RECORD_COUNT_KEY = "global_physical_count"
+RECORDS_MAP_KEY = "last_physical_to_logical_map"
 
 
 @dataclass(frozen=True)
@@ -53,11 +61,11 @@ class ExpertCounts:
         total = self.counts.sum(axis=0).astype(np.float64)
         per_layer = total.sum(axis=1, keepdims=True)
         pi = np.divide(top_k * total, per_layer, out=np.zeros_like(total), where=per_layer > 0)
-        return np.clip(pi, 0.0, 1.0)
+        return np.asarray(np.clip(pi, 0.0, 1.0), dtype=np.float64)
 
     def activated_per_pass(self) -> np.ndarray:
         """Distinct experts with a token, per pass and MoE layer (the measured A of each pass)."""
-        return (self.counts > 0).sum(axis=2)
+        return np.asarray((self.counts > 0).sum(axis=2))
 
 
 def _load_raw(path: Path) -> dict[str, Any]:
@@ -78,8 +86,38 @@ def _load_raw(path: Path) -> dict[str, Any]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(obj, dict):
             obj = {"counts": obj}
-        return {k: (v.numpy() if hasattr(v, "numpy") else v) for k, v in obj.items()}
+        return {k: _to_numpy(v) for k, v in obj.items()}
     raise TraceError(str(path), f"unknown expert-load dump type {suffix!r}; give a .pt, .npy or .npz file")
+
+
+def _to_numpy(value: Any) -> Any:
+    """Tensors to arrays, through the lists and dicts of SGLang's per-pass records."""
+    if hasattr(value, "numpy"):
+        return value.numpy()
+    if isinstance(value, dict):
+        return {k: _to_numpy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_to_numpy(v) for v in value]
+    return value
+
+
+def _records_to_counts(file: Path, raw: dict[str, Any]) -> dict[str, Any]:
+    """SGLang per_pass / per_token dump -> {global_physical_count: (passes, layers, physical)[, map]}."""
+    records = raw[RECORDS_KEY]
+    if not isinstance(records, list) or not records:
+        raise TraceError(str(file), f"{RECORDS_KEY} is empty: the recorder saw no forward pass")
+    try:
+        passes = [np.asarray(r[RECORD_COUNT_KEY]) for r in records]
+    except (KeyError, TypeError):
+        raise TraceError(
+            str(file), f"every entry of {RECORDS_KEY} needs a {RECORD_COUNT_KEY} (layers x physical experts)"
+        ) from None
+    if len({c.shape for c in passes}) != 1:
+        raise TraceError(str(file), f"the {RECORD_COUNT_KEY} arrays of {RECORDS_KEY} differ in shape")
+    out: dict[str, Any] = {RECORD_COUNT_KEY: np.stack(passes)}
+    if RECORDS_MAP_KEY in raw:
+        out[MAP_KEY] = np.asarray(raw[RECORDS_MAP_KEY])
+    return out
 
 
 def load_expert_counts(path: str | Path) -> ExpertCounts:
@@ -94,9 +132,14 @@ def load_expert_counts(path: str | Path) -> ExpertCounts:
     if not file.is_file():
         raise TraceError(str(file), "no such expert-load dump; give the .pt/.npy/.npz file the engine wrote")
     raw = _load_raw(file)
-    key = next((k for k in COUNT_KEYS if k in raw), None)
+    if RECORDS_KEY in raw:
+        raw = _records_to_counts(file, raw)
+    key = next((k for k in (*COUNT_KEYS, RECORD_COUNT_KEY) if k in raw), None)
     if key is None:
-        raise TraceError(str(file), f"no expert-load array in it; expected one of {', '.join(COUNT_KEYS)}")
+        raise TraceError(
+            str(file),
+            f"no expert-load array in it; expected one of {', '.join(COUNT_KEYS)} or SGLang's {RECORDS_KEY}",
+        )
     counts = np.asarray(raw[key])
     if counts.ndim == 2:
         counts = counts[None]
@@ -131,7 +174,8 @@ def _fold_physical(file: Path, counts: np.ndarray, mapping: np.ndarray) -> np.nd
     logical = int(mapping.max()) + 1
     out = np.zeros((counts.shape[0], layers, logical), dtype=np.int64)
     for layer in range(layers):
-        np.add.at(out[:, layer, :], (slice(None), mapping[layer]), counts[:, layer, :])
+        # transposed views: physical expert j of every pass adds into logical expert mapping[layer, j]
+        np.add.at(out[:, layer, :].T, mapping[layer], counts[:, layer, :].T)
     return out
 
 

@@ -55,7 +55,8 @@ def simulate_events(
     gen = [0] * n
     if prefilled:
         gen = [1] * n
-        first = [float(x) for x in prefilled_first_token_s]  # type: ignore[union-attr]
+        assert prefilled_first_token_s is not None  # prefilled says so
+        first = [float(x) for x in prefilled_first_token_s]
         last_tok = list(first)
 
     L = cost.num_layers
@@ -150,10 +151,10 @@ def simulate_events(
             m = min(fin - g + 1, STRETCH_CAP)
             j = np.arange(m, dtype=np.int64)
             if bs == 1:
-                need = np.full(m, nd, dtype=np.int64)
+                need_per_step = np.full(m, nd, dtype=np.int64)
             else:
-                need = np.asarray(resid, dtype=np.int64)[(1 - (g + j)) % bs]
-            cum_need = np.cumsum(need)
+                need_per_step = np.asarray(resid, dtype=np.int64)[(1 - (g + j)) % bs]
+            cum_need = np.cumsum(need_per_step)
             fits = int(np.searchsorted(cum_need, free, side="right"))
             m = min(m, fits)  # stop before the step that would need a block that is not free
             if m >= 1:

@@ -81,7 +81,7 @@ def parse_candidates(text: str) -> list[tuple[str, int]]:
 
 
 def _meets(res: ServeResult, slo: dict[str, float]) -> bool:
-    return all(res.latency[k]["p99"] is not None and res.latency[k]["p99"] <= v for k, v in slo.items())
+    return all((p99 := res.latency[k]["p99"]) is not None and p99 <= v for k, v in slo.items())
 
 
 def size_fleet(

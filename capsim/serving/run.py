@@ -69,7 +69,7 @@ def build_replica(
     blocks = kv_block_count(pool, per_token, sched.block_size)
     if blocks < 1:
         raise ScenarioError(
-            f"no room for a KV block on {rs.device.id}: weights and buffers leave {pool / 1e9:.2f} GB; "  # type: ignore[attr-defined]
+            f"no room for a KV block on {rs.device.id}: weights and buffers leave {pool / 1e9:.2f} GB; "
             "use more GPUs, a lower --weight-dtype or smaller --max-batched-tokens/--max-num-seqs"
         )
     cost = StepCost(
@@ -207,8 +207,8 @@ def serve(
 def _link_bandwidth(rep: ReplicaModel, link: str | None, hardware_db: HardwareDB | None) -> tuple[float, str]:
     """Bytes/s per device on the prefill→decode link and its name."""
     if link is None:
-        bw = rep.rs.node.gpu_to_gpu_bandwidth()  # type: ignore[attr-defined]
-        return bw, f"{rep.rs.node.id} GPU-to-GPU link"  # type: ignore[attr-defined]
+        bw = rep.rs.node.gpu_to_gpu_bandwidth()
+        return bw, f"{rep.rs.node.id} GPU-to-GPU link"
     from capsim.hardware.db import load_hardware_db
 
     db = hardware_db if hardware_db is not None else load_hardware_db()

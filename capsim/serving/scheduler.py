@@ -3,6 +3,7 @@ stepwise (capsim.serving.simulate) and event-driven (capsim.serving.events) simu
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -58,7 +59,7 @@ class ReplicaRun:
     flops_dense: float = 0.0
     max_kv_blocks_used: int = 0
     kv_blocks: int = 0
-    timeline: dict[str, list[float]] = field(default_factory=dict)
+    timeline: dict[str, Sequence[float]] = field(default_factory=dict)
 
     def itl_samples(self) -> np.ndarray:
         """Every inter-token latency (seconds), one per output token after the first."""

@@ -114,7 +114,7 @@ def simulate_stepwise(
         last_tok[:] = prefilled_first_token_s
     run = ReplicaRun(arrival, first, finish, preempt, kv_blocks=kv_blocks)
     tl: dict[str, list[float]] = {"t": [], "running": [], "waiting": [], "kv_used": [], "tokens": []}
-    run.timeline = tl
+    run.timeline = dict(tl)  # the same lists, appended to below
 
     windows, counts = cost.windows, cost.layer_counts
     full_only = bool(np.all(np.isinf(windows)))
@@ -177,7 +177,7 @@ def simulate_stepwise(
                 max_seqs,
             )
             if steps is not None:
-                m, times, pairs, kvs = steps
+                m, times, stretch_pairs, kvs = steps
                 t0 = now
                 cum = np.cumsum(times)
                 ends = t0 + cum
@@ -197,7 +197,7 @@ def simulate_stepwise(
                 now = float(ends[m - 1])
                 last_tok[ids] = now
                 tokens_m = np.full(m, k, dtype=np.int64)
-                _account(run, cost, tokens_m, tokens_m, pairs[:m], kvs[:m], times[:m], kv_per_tok)
+                _account(run, cost, tokens_m, tokens_m, stretch_pairs[:m], kvs[:m], times[:m], kv_per_tok)
                 run.steps += m
                 run.max_kv_blocks_used = max(run.max_kv_blocks_used, kv_blocks - free)
                 if timeline:
@@ -376,7 +376,7 @@ def _attention(
 def _causal(p: np.ndarray, w: float) -> np.ndarray:
     """Σ_{i=1..p} min(i, w) (capsim.engine.roofline.causal_pairs)."""
     ww = np.minimum(w, p)
-    return ww * (ww + 1.0) / 2.0 + (p - ww) * ww
+    return np.asarray(ww * (ww + 1.0) / 2.0 + (p - ww) * ww, dtype=np.float64)
 
 
 def _stretch_length(
@@ -395,7 +395,7 @@ def _stretch_length(
     ratio: float,
     L: float,
     max_seqs: int,
-):  # type: ignore[no-untyped-def]
+) -> tuple[int, np.ndarray, np.ndarray, np.ndarray] | None:
     """(steps, step times, pairs, kv) of the pure-decode stretch starting now, or None for a single step.
 
     The stretch ends at the first completion, before any step would need more KV blocks than are free, and

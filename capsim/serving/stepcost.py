@@ -147,7 +147,7 @@ class StepCost:
     def times(self, tokens: np.ndarray, lm: np.ndarray, pairs: np.ndarray, kv: np.ndarray) -> np.ndarray:
         """Vectorised :meth:`time` for steps whose sequences equal their tokens or whose router ignores S."""
         attn = np.maximum(self.a * pairs, self.b * (kv + self.num_layers * tokens))
-        return self.base[tokens] + self.lm_time[lm] + attn
+        return np.asarray(self.base[tokens] + self.lm_time[lm] + attn, dtype=np.float64)
 
     def traffic(self, tokens: np.ndarray, lm: np.ndarray, pairs: np.ndarray, kv: np.ndarray) -> StepTraffic:
         """Bytes and FLOPs of steps (vectorised); the KV bytes read are separate (:attr:`kv_bytes_per_token_read`)."""

@@ -24,9 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from capsim.engine.metrics import RESOURCES
 from capsim.engine.passes import decode_steps
-from capsim.engine.roofline import PassTimes
+from capsim.engine.roofline import RESOURCES, PassTimes
 
 SWEEP_RESOURCES: tuple[str, ...] = (*RESOURCES, "cpu", "link")
 """The roofline's resources plus those the cpu-experts mode charges (CPU compute, PCIe hand-offs), in the
@@ -44,16 +43,96 @@ QUANTITIES: tuple[str, ...] = (
 """Per-step quantities :func:`decode_totals` sums over the decode steps (seconds, bytes, FLOPs)."""
 
 
-def apply_sweep_mode(rs: Any, cost: PassTimes) -> None:
-    """The mode's change to device-resident passes, as predict applies it (:mod:`capsim.engine.offload`): for
-    cpu-experts the off-GPU experts' work moves to the CPU, plus the PCIe hand-offs. Those depend on a pass's
-    tokens, not its context, so decode sums stay piecewise affine between the same knots."""
-    if rs.deployment.mode == "cpu-experts" and cost.time.size:
+class ModeAdjust:
+    """The mode's change to device-resident passes, as predict applies it (:mod:`capsim.engine.offload`), for
+    one resolved group:
+
+    - cpu-experts: the off-GPU experts' work moves to the CPU, plus the PCIe hand-offs. Those depend on a
+      pass's tokens, not its context, so decode sums stay piecewise affine between the same knots.
+    - offload: the expert cache's misses cross the links (:func:`capsim.engine.offload.decode_link_times`,
+      :func:`~capsim.engine.offload.prefill_link_times`). The cache holds what a configuration's memory
+      leaves (its ``capacity``), so a pass is keyed by (batch, capacity); the steady-state misses per step
+      of each distinct pair come from :func:`capsim.engine.offload.cache_outcome` (predict's call), once.
+      A decode step's link time does not depend on its context; with prefetch the step takes
+      max(device, link), whose flip :meth:`decode` returns as one more margin for the knots to bracket.
+    """
+
+    def __init__(self, rs: Any) -> None:
+        from capsim.engine.placement import DEVICE
+
+        self.rs = rs
+        mode = rs.deployment.mode
+        off_device = bool(rs.expert_tiers.size and (rs.expert_tiers != DEVICE).any())
+        self.offload = mode == "offload" or (mode in ("cpu", "gpu") and off_device)
+        self.cpu_experts = mode == "cpu-experts"
+        self._outcomes: dict[tuple[int, int], tuple[float, float]] = {}
+        if self.offload:
+            from capsim.engine.offload import host_tiers
+
+            self.host = host_tiers(rs)  # raises DoesNotFitError where host DRAM is too small, as predict does
+            self.cacheable = rs.expert_tiers != DEVICE
+
+    def _misses(self, batch: np.ndarray, capacity: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(misses, SSD reads) per decode step of each (batch, capacity), each distinct pair evaluated once."""
+        from capsim.engine.offload import cache_outcome
+
+        rs, dep = self.rs, self.rs.deployment
+        keys = list(zip(batch.astype(np.int64).tolist(), capacity.astype(np.int64).tolist()))
+        for key in dict.fromkeys(keys):
+            if key not in self._outcomes:
+                out = cache_outcome(
+                    rs,
+                    key[0],
+                    self.cacheable,
+                    key[1],
+                    self.host.page_cache_experts,
+                    dep.cache_policy,
+                    not rs.device_is_dram,
+                )
+                self._outcomes[key] = (out.misses_per_step, out.ssd_reads_per_step)
+        values = np.array([self._outcomes[k] for k in keys], dtype=np.float64).reshape(len(keys), 2)
+        return values[:, 0], values[:, 1]
+
+    def prefill(self, cost: PassTimes, capacity: np.ndarray | None) -> None:
+        """Apply the mode to prefill chunks (``capacity``: each pass's expert cache, offload only)."""
+        if not cost.time.size:
+            return
+        if self.cpu_experts:
+            self._cpu_experts(cost)
+        elif self.offload:
+            from capsim.engine.offload import charge_links, prefill_link_times
+
+            assert capacity is not None  # evaluate_segment sizes the cache of every offload row
+            times = prefill_link_times(self.rs, cost, capacity, self.host)
+            charge_links(cost, times, self.rs.deployment.prefetch, self.rs.deployment.prefetch_accuracy)
+
+    def decode(self, cost: PassTimes, batch: np.ndarray, capacity: np.ndarray | None) -> np.ndarray:
+        """Apply the mode to decode steps of ``batch`` sequences; returns the extra margins (steps x k) whose
+        sign changes the step's affine piece (offload with prefetch: slowest link − device time)."""
+        none = np.zeros((cost.time.size, 0))
+        if not cost.time.size:
+            return none
+        if self.cpu_experts:
+            self._cpu_experts(cost)
+        elif self.offload:
+            from capsim.engine.offload import charge_links, decode_link_times
+
+            assert capacity is not None
+            misses, reads = self._misses(batch, capacity)
+            dep = self.rs.deployment
+            margin = charge_links(
+                cost, decode_link_times(self.rs, misses, reads), dep.prefetch, dep.prefetch_accuracy
+            )
+            if self.rs.deployment.prefetch:
+                return margin[:, None]
+        return none
+
+    def _cpu_experts(self, cost: PassTimes) -> None:
         from capsim.engine.offload import apply_cpu_experts
         from capsim.engine.passes import decode_passes
 
         # SSD paging (the only batch-dependent part, given as ``batch``) is outside the sweep: no SSD tiers
-        apply_cpu_experts(rs, 1, cost, decode_passes(rs, np.zeros(0), np.zeros(0)))
+        apply_cpu_experts(self.rs, 1, cost, decode_passes(self.rs, np.zeros(0), np.zeros(0)))
 
 
 def step_quantities(cost: PassTimes, n: int) -> np.ndarray:
@@ -81,11 +160,16 @@ def finite_windows(model: Any) -> np.ndarray:
 
 
 class Knots:
-    """Decode steps evaluated at knots (batch id, context), kept sorted by (batch id, context)."""
+    """Decode steps evaluated at knots (batch id, context), kept sorted by (batch id, context). A batch id
+    names one step shape: a batch size and, under offload, the expert cache's capacity."""
 
-    def __init__(self, rs: Any, batches: np.ndarray) -> None:
+    def __init__(
+        self, rs: Any, batches: np.ndarray, adjust: ModeAdjust, capacities: np.ndarray | None = None
+    ) -> None:
         self.rs = rs
         self.batches = batches
+        self.capacities = capacities
+        self.adjust = adjust
         self.bid = np.zeros(0, dtype=np.int64)
         self.context = np.zeros(0, dtype=np.int64)
         self.values = np.zeros((0, len(QUANTITIES)))
@@ -103,9 +187,12 @@ class Knots:
             return
         b, c = new_keys // scale, new_keys % scale
         cost = decode_steps(self.rs, self.batches[b].astype(np.float64), c.astype(np.float64))
-        apply_sweep_mode(self.rs, cost)
+        extra = self.adjust.decode(
+            cost, self.batches[b], None if self.capacities is None else self.capacities[b]
+        )
         self.metric_peak_flops = cost.metric_peak_flops
         margin = np.stack([tc - tm for _, tc, tm in cost.op_times], axis=1)  # (knots, ops)
+        margin = np.concatenate([margin, extra], axis=1)
         bits = np.left_shift(np.int64(1), np.arange(margin.shape[1], dtype=np.int64))
         code = ((margin >= 0) * bits).sum(axis=1)  # bit k set: op k compute-bound there
         bid_all = np.concatenate([self.bid, b])
@@ -139,6 +226,8 @@ def decode_totals(
     gen_len: np.ndarray,
     context_span: tuple[int, int] | None = None,
     context_step: float = 1.0,
+    capacity: np.ndarray | None = None,
+    adjust: ModeAdjust | None = None,
 ) -> tuple[np.ndarray, float]:
     """Exact sums over the gen_len − 1 decode steps of each configuration (step j attends to prompt_len + j
     tokens, as :func:`capsim.engine.passes.decode_times` evaluates them one by one): a (len(QUANTITIES), n) matrix,
@@ -153,9 +242,15 @@ def decode_totals(
     ``context_step`` E != 1 (speculative decoding: a verify step yields E tokens per sequence) sums instead over
     the ceil((gen_len − 1)/E) steps at contexts prompt_len + E·j, j = 1, 2, …, as
     :func:`capsim.engine.passes.decode_times` places them; each piece then holds the progression's points in
-    [k_j, k_{j+1})."""
+    [k_j, k_{j+1}).
+
+    ``capacity``: each configuration's expert-cache capacity under offload (steps are then keyed by batch and
+    capacity); ``adjust``: the group's :class:`ModeAdjust` (made here when not given)."""
+    adjust = adjust if adjust is not None else ModeAdjust(rs)
     if context_step != 1.0:
-        return _progression_totals(rs, batch, prompt_len, gen_len, context_span, float(context_step))
+        return _progression_totals(
+            rs, batch, prompt_len, gen_len, context_span, float(context_step), capacity, adjust
+        )
     batch = np.asarray(batch, dtype=np.int64)
     lo = np.asarray(prompt_len, dtype=np.int64) + 1
     hi = np.asarray(prompt_len, dtype=np.int64) + np.asarray(gen_len, dtype=np.int64) - 1
@@ -165,14 +260,14 @@ def decode_totals(
     if idx.size == 0:
         return totals, 0.0
     lo, hi = lo[idx], hi[idx]
-    batches, bid = _distinct(batch[idx])
+    batches, capacities, bid = _step_shapes(batch[idx], None if capacity is None else capacity[idx])
     first_c, last_c = context_span if context_span is not None else (int(lo.min()), int(hi.max()))
     if first_c > int(lo.min()) or last_c < int(hi.max()):
         raise ValueError(f"context_span {context_span} does not cover the steps' contexts")
     c_min = np.full(batches.size, first_c, dtype=np.int64)
     c_max = np.full(batches.size, last_c, dtype=np.int64)
 
-    knots = Knots(rs, batches)
+    knots = Knots(rs, batches, adjust, capacities)
     ids = np.arange(batches.size)
     kb, kc = [ids, ids], [c_min, c_max]
     for w in finite_windows(rs.model):
@@ -233,6 +328,8 @@ def _progression_totals(
     gen_len: np.ndarray,
     context_span: tuple[int, int] | None,
     step: float,
+    capacity: np.ndarray | None,
+    adjust: ModeAdjust,
 ) -> tuple[np.ndarray, float]:
     """:func:`decode_totals` over steps at contexts P + E·j, j = 1 … S, S = ceil((G − 1)/E)."""
     batch = np.asarray(batch, dtype=np.int64)
@@ -245,7 +342,7 @@ def _progression_totals(
         return totals, 0.0
     p, s = prompt[idx].astype(np.float64), steps[idx]
     lo_c, hi_c = p + step, p + step * s
-    batches, bid = _distinct(batch[idx])
+    batches, capacities, bid = _step_shapes(batch[idx], None if capacity is None else capacity[idx])
     first_c = (
         int(np.floor(lo_c.min())) if context_span is None else min(context_span[0], int(np.floor(lo_c.min())))
     )
@@ -253,7 +350,7 @@ def _progression_totals(
         int(np.ceil(hi_c.max())) if context_span is None else max(context_span[1], int(np.ceil(hi_c.max())))
     )
     ids = np.arange(batches.size)
-    knots = Knots(rs, batches)
+    knots = Knots(rs, batches, adjust, capacities)
     kb, kc = [ids, ids], [np.full(batches.size, first_c), np.full(batches.size, last_c)]
     for w in finite_windows(rs.model):
         if first_c < w < last_c:
@@ -290,6 +387,20 @@ def _progression_totals(
         sums += piece * count
     totals[:, idx] = sums
     return totals, knots.metric_peak_flops
+
+
+def _step_shapes(
+    batch: np.ndarray, capacity: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """(distinct batches, their cache capacities or None, step-shape id of each configuration): one shape per
+    distinct batch, or per distinct (batch, capacity) under offload."""
+    if capacity is None:
+        batches, bid = _distinct(batch)
+        return batches, None, bid
+    cap = np.asarray(capacity, dtype=np.int64)
+    scale = np.int64(int(cap.max()) + 1)
+    keys, bid = _distinct(batch.astype(np.int64) * scale + cap)
+    return keys // scale, keys % scale, bid
 
 
 def _distinct(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

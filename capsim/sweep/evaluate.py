@@ -33,7 +33,7 @@ from capsim.engine.resolve import resolve_model, resolve_on
 from capsim.engine.scenario import Scenario
 from capsim.errors import CapsimError
 from capsim.hardware.db import HardwareDB
-from capsim.sweep.decode import QUANTITIES, SWEEP_RESOURCES, apply_sweep_mode, decode_totals, step_quantities
+from capsim.sweep.decode import QUANTITIES, SWEEP_RESOURCES, ModeAdjust, decode_totals, step_quantities
 from capsim.sweep.grid import Grid, parse_layout
 from capsim.units import GB
 
@@ -74,6 +74,8 @@ class Group:
     key: tuple[str, str, int, str, str, str]
     resolved: Any | None
     error: str | None
+    adjust: ModeAdjust | None = None
+    """What the group's mode changes on its passes (built once: offload's cache outcomes are memoised)."""
 
 
 def resolve_group(grid: Grid, key: tuple[str, str, int, str, str, str], db: HardwareDB) -> Group:
@@ -110,25 +112,57 @@ def resolve_group(grid: Grid, key: tuple[str, str, int, str, str, str], db: Hard
             raise
         return Group(key, None, str(exc))
     reason = _outside_sweep_model(rs)
-    return Group(key, None, reason) if reason else Group(key, rs, None)
+    if reason:
+        return Group(key, None, reason)
+    try:
+        adjust = ModeAdjust(rs)
+    except CapsimError as exc:  # e.g. host DRAM cannot hold the offloaded experts: no row runs
+        return Group(key, None, str(exc))
+    return Group(key, rs, None, adjust)
 
 
 def _outside_sweep_model(rs: Any) -> str | None:
     """Why predict would add costs the vectorised path does not (None when it adds none): sweeps model one
-    replica with every weight in device memory, or with the off-GPU experts computed by the CPU
-    (``mode=cpu-experts`` in the layout, experts in DRAM)."""
+    replica with every weight in device memory, with the off-GPU experts computed by the CPU
+    (``mode=cpu-experts``, experts in DRAM), or fetched into an LRU expert cache (``mode=offload``, or experts
+    placed off a CPU-only system's memory) whose hit rate the analytic model gives."""
+    from capsim.engine.placement import DEVICE, SSD
+
     if rs.layout.pp > 1:
         return "pipeline parallelism is not swept; use capsim predict"
-    if rs.deployment.mode == "cpu-experts":
-        from capsim.engine.placement import SSD
-
+    if rs.deployment.numa == "tp":
+        return "--numa tp is not swept; use capsim predict"
+    if rs.scenario.placement is not None and "auto" in rs.scenario.placement:
+        return "placement=auto places experts per batch and length; not swept, use capsim predict"
+    mode = rs.deployment.mode
+    if mode == "cpu-experts":
         if (rs.expert_tiers == SSD).any():
             return "cpu-experts with SSD-placed experts (paged per batch) is not swept; use capsim predict"
         return None
-    if rs.offloaded.size and rs.offloaded.any():
-        return "experts placed off the device (offload) are not swept; use capsim predict"
-    if rs.deployment.mode not in ("gpu", "cpu"):
-        return f"--mode {rs.deployment.mode} is not swept; use capsim predict"
+    if mode not in ("gpu", "cpu", "offload"):
+        return f"--mode {mode} is not swept; use capsim predict"
+    off_device = rs.expert_tiers.size and (rs.expert_tiers != DEVICE).any()
+    if mode == "offload" or off_device:
+        dep, tiers = rs.deployment, rs.expert_tiers
+        if dep.cache_policy != "lru" or not hasattr(rs.router, "new_origin"):
+            return (
+                f"offload with the {dep.cache_policy} policy"
+                + ("" if hasattr(rs.router, "new_origin") else " on a routing trace")
+                + " is simulated per configuration; not swept (the LRU model on a synthetic router is), "
+                "use capsim predict"
+            )
+        from capsim.engine.offload import host_tiers
+
+        n_ssd = int(((tiers != DEVICE) & (tiers == SSD)).sum())
+        try:
+            page_slots = host_tiers(rs).page_cache_experts
+        except CapsimError as exc:
+            return str(exc)
+        if not rs.device_is_dram and 0 < page_slots < n_ssd:
+            return (
+                "offload with a host page cache holding some but not all SSD experts is simulated; not swept, "
+                "use capsim predict"
+            )
     return None
 
 
@@ -213,13 +247,24 @@ def evaluate_segment(grid: Grid, group: Group, start: int, stop: int) -> dict[st
         return cols
     b, p, g, mb = batch[idx], prompt[idx], gen[idx], max_b[idx]
     wave_b = np.minimum(b, mb)
+    adjust = group.adjust if group.adjust is not None else ModeAdjust(rs)
+    capacity = None
+    if adjust.offload:
+        capacity = _expert_cache(rs, wave_b, p, g)
+        # predict refuses a configuration whose cache cannot hold even top-k experts (DoesNotFitError)
+        runs = capacity >= rs.model.moe.top_k
+        if not runs.all():
+            cols["feasible"][idx[~runs]] = False
+            idx, b, p, g, mb, wave_b, capacity = (a[runs] for a in (idx, b, p, g, mb, wave_b, capacity))
+            if idx.size == 0:
+                return cols
     cols["waves"][idx] = -(-b // mb)
     cols["batch_per_wave"][idx] = wave_b
 
-    prefill, prefill_peak = prefill_totals(rs, wave_b, p, grid.prefill_chunk_tokens)
+    prefill, prefill_peak = prefill_totals(rs, wave_b, p, grid.prefill_chunk_tokens, capacity, adjust)
     ttft = prefill[0]
     tpot, decode_time, decode_metrics = _decode_columns(
-        rs, wave_b, p, g, grid.decode_context_span, prefill, prefill_peak
+        rs, wave_b, p, g, grid.decode_context_span, prefill, prefill_peak, capacity, adjust
     )
     cols["ttft_s"][idx] = ttft
     cols["tpot_s"][idx] = tpot
@@ -231,25 +276,47 @@ def evaluate_segment(grid: Grid, group: Group, start: int, stop: int) -> dict[st
     return cols
 
 
+def _expert_cache(rs: Any, wave_b: np.ndarray, prompt: np.ndarray, gen: np.ndarray) -> np.ndarray:
+    """Experts the offload cache holds per configuration: usable memory less the weights, one wave's buffers
+    and its KV cache at full length, in the order predict's memory plan subtracts them
+    (:func:`capsim.engine.offload.expert_cache_capacity`). Offload runs one TP group (no attention DP)."""
+    from capsim.engine.offload import expert_cache_capacity
+
+    weights = sum(weight_bytes_per_device(rs).values())
+    buffers = activation_bytes(rs, wave_b, prompt) + logit_bytes_per_sequence(rs) * wave_b
+    kv_per_seq = kv_bytes_per_sequence_at(rs, prompt + gen)
+    return expert_cache_capacity(rs, usable_bytes(rs) - weights - buffers - kv_per_seq * wave_b)
+
+
 def ttft_of(rs: Any, batch: np.ndarray, prompt_len: np.ndarray, chunk_tokens: int) -> np.ndarray:
     """Seconds to prefill ``batch`` prompts of ``prompt_len`` tokens in chunks of ``chunk_tokens`` (arrays of
     configurations): (n_chunks − 1)·t(full chunk) + t(last chunk, with the lm_head), as predict sums them."""
     totals, _ = prefill_totals(rs, batch, prompt_len, chunk_tokens)
-    return totals[0]
+    return np.asarray(totals[0])
 
 
 def prefill_totals(
-    rs: Any, batch: np.ndarray, prompt_len: np.ndarray, chunk_tokens: int
+    rs: Any,
+    batch: np.ndarray,
+    prompt_len: np.ndarray,
+    chunk_tokens: int,
+    capacity: np.ndarray | None = None,
+    adjust: ModeAdjust | None = None,
 ) -> tuple[np.ndarray, float]:
     """The :data:`QUANTITIES` summed over each configuration's prefill chunks, a (len(QUANTITIES), n) matrix
     (row 0: TTFT), and the metric peak FLOP/s: (n_chunks − 1) × the full chunk + the last chunk (which
     carries the lm_head), as predict sums them. Runs of equal consecutive (batch, prompt_len) are costed once.
     Under attention data parallelism the busiest rank prefills ceil(batch / N) prompts, and EP/attention-DP
-    layouts add the MoE layers' communication and load balance (capsim.engine.parallel), as predict does."""
+    layouts add the MoE layers' communication and load balance (capsim.engine.parallel), as predict does.
+    ``capacity``: each configuration's expert cache under offload."""
+    adjust = adjust if adjust is not None else ModeAdjust(rs)
     adp = rs.sharding.attention_dp
     if adp > 1:
         batch = -(-batch // adp)
-    first, run = _first_of_runs(batch, prompt_len)
+    if capacity is None:
+        first, run = _first_of_runs(batch, prompt_len)
+    else:
+        first, run = _first_of_runs(batch, prompt_len, capacity)
     wave_b, prompt = batch[first], prompt_len[first]
     total = wave_b * prompt
     n_chunks = -(-total // chunk_tokens)
@@ -269,7 +336,11 @@ def prefill_totals(
         from capsim.engine.parallel import apply_expert_parallel
 
         apply_expert_parallel(rs, costs, "prefill")
-    apply_sweep_mode(rs, costs)
+    if capacity is not None:
+        cap = capacity[first]
+        adjust.prefill(costs, np.concatenate([cap, cap[multi]]).astype(np.float64))
+    else:
+        adjust.prefill(costs, None)
     per_pass = step_quantities(costs, n + m)  # (passes, quantities)
     sums = per_pass[:n].copy()
     sums[multi] += (n_chunks[multi] - 1)[:, None] * per_pass[n:]
@@ -297,6 +368,8 @@ def _decode_columns(
     context_span: tuple[int, int],
     prefill: np.ndarray,
     prefill_peak: float,
+    capacity: np.ndarray | None = None,
+    adjust: ModeAdjust | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """TPOT, the whole decode time and the metrics predict reports (:func:`capsim.engine.metrics.utilisation` over
     the decode steps' exact sums; over the prefill's where a configuration generates one token and so has no
@@ -306,7 +379,7 @@ def _decode_columns(
     if spec is not None:
         # verify steps reach up to E − 1 < K + 1 tokens past the last plain context
         context_span = (context_span[0], context_span[1] + spec.draft_tokens + 1)
-    totals, metric_peak = decode_totals(rs, wave_b, prompt, gen, context_span, per_step)
+    totals, metric_peak = decode_totals(rs, wave_b, prompt, gen, context_span, per_step, capacity, adjust)
     steps = (
         np.ceil((gen - 1) / per_step).astype(np.float64) if spec is not None else (gen - 1).astype(np.float64)
     )

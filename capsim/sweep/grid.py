@@ -64,10 +64,10 @@ def _range_values(name: str, part: str, minimum: int) -> list[int]:
         )
     if step_s.startswith("x"):
         values: list[int] = []
-        v = float(start)
-        while v <= stop:
-            values.append(round(v))
-            v *= factor
+        current = float(start)
+        while current <= stop:
+            values.append(round(current))
+            current *= factor
         return values
     return list(range(start, stop + 1, step))
 
@@ -115,6 +115,13 @@ LAYOUT_KEYS: dict[str, type] = {
     "acceptance": float,
     "two_batch_overlap": bool,
     "mode": str,
+    "expert_tier": str,
+    "expert_layers": str,
+    "placement": str,
+    "cache_policy": str,
+    "prefetch": bool,
+    "prefetch_accuracy": float,
+    "host_copy": str,
 }
 """Scenario options a sweep layout may set (capsim.engine.scenario.Scenario fields)."""
 

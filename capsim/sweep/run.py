@@ -229,12 +229,9 @@ _WORKER_GROUPS: dict[tuple[str, tuple[str, ...], bool], list[Group]] = {}
 """Resolved groups per (grid fingerprint, extra databases), kept by each worker process across its chunks."""
 
 
-def _dask_chunk(
-    run: SweepRun, index: int, extra_db: tuple[str, ...], override: bool
-) -> tuple[int, int, list[dict[str, Any]]]:
-    """On a Dask worker: evaluate chunk ``index`` (resolving the grid's groups once per worker), filter and
-    encode it, and write it as a part file. Returns (index, rows kept, its Pareto rows)."""
-    grid = run.grid
+def _worker_groups(grid: Grid, extra_db: tuple[str, ...], override: bool) -> list[Group]:
+    """The grid's resolved groups in this process, resolved on first use (and the formulas compiled by
+    evaluating a few rows): a worker does it once, or inherits them from the client it was forked from."""
     key = (grid.fingerprint(), extra_db, override)
     if key not in _WORKER_GROUPS:
         from capsim.hardware.db import load_hardware_db
@@ -244,10 +241,19 @@ def _dask_chunk(
         )
         _WORKER_GROUPS.clear()
         _WORKER_GROUPS[key] = resolve_groups(grid, db)
+        evaluate_chunk(grid, _WORKER_GROUPS[key], 0, min(grid.size, 10))
+    return _WORKER_GROUPS[key]
+
+
+def _dask_chunk(
+    run: SweepRun, index: int, extra_db: tuple[str, ...], override: bool
+) -> tuple[int, int, list[dict[str, Any]]]:
+    """On a Dask worker: evaluate chunk ``index`` (resolving the grid's groups once per worker), filter and
+    encode it, and write it as a part file. Returns (index, rows kept, its Pareto rows)."""
+    grid = run.grid
+    groups = _worker_groups(grid, extra_db, override)
     start, stop = run.rows_of(index)
-    payload, front, kept = filter_and_encode(
-        evaluate_chunk(grid, _WORKER_GROUPS[key], start, stop), run.fmt, run.filters
-    )
+    payload, front, kept = filter_and_encode(evaluate_chunk(grid, groups, start, stop), run.fmt, run.filters)
     write_part_file(run, index, payload, front, kept)
     return index, kept, front
 
@@ -282,9 +288,25 @@ def run_dask(
                 "(tcp://HOST:8786) or omit --scheduler for a local cluster"
             ) from None
     else:
-        cluster = LocalCluster(
-            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
-        )
+        import multiprocessing
+
+        import dask
+
+        # Local workers are forked from this process after it has resolved the grid and compiled the formulas,
+        # so each starts with them instead of importing capsim and resolving again (on a 2-core machine that
+        # start-up cost 2-3 s of CPU per worker); spawn where the platform cannot fork. The workers' sampling
+        # profiler (every 10 ms) is off: it serves the dashboard, which nobody opens. The scheduler's HTTP
+        # server takes any free port (":0"), never 8787, which another cluster on the machine may hold.
+        fork = "fork" in multiprocessing.get_all_start_methods()
+        if fork:
+            _worker_groups(run.grid, extra_db, override)
+        settings: dict[str, Any] = {"distributed.worker.profile.enabled": False}
+        if fork:
+            settings["distributed.worker.multiprocessing-method"] = "fork"
+        with dask.config.set(settings):
+            cluster = LocalCluster(
+                n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0"
+            )
         client = Client(cluster)
     written = 0
     # the run travels once to each worker, not once per chunk (its stream's file handles stay here)

@@ -57,6 +57,10 @@ METRICS = {
 
 PLACEMENTS = ("gpu", "cpu-experts", "cpu-only", "offload-pcie", "unified-memory")
 
+CONFIDENCES = ("high", "medium", "low")
+"""How sure a case's mapping is: high (configuration stated), medium (some of it read in or assumed, said in
+notes), low (a single user's report, rounded figures or an unstated format)."""
+
 FEATURE_FIELDS: dict[str, str] = {
     "attention_dp": "attention_dp",
     "speculative": "spec",
@@ -200,6 +204,8 @@ def _parse_case(raw: Mapping[str, Any], where: str) -> PublishedCase:
             )
     if raw["metric"] not in METRICS:
         raise DataFileError(where, f"metric {raw['metric']!r} is not one of {', '.join(METRICS)}")
+    if raw["confidence"] not in CONFIDENCES:
+        raise DataFileError(where, f"confidence {raw['confidence']!r} is not one of {', '.join(CONFIDENCES)}")
     if raw["placement"] not in PLACEMENTS:
         raise DataFileError(where, f"placement {raw['placement']!r} is not one of {', '.join(PLACEMENTS)}")
     if not raw["value"] > 0:
@@ -356,8 +362,11 @@ def scenario_for(case: PublishedCase, db: HardwareDB) -> tuple[Scenario, Hardwar
     if case.placement == "cpu-experts" and case.cpu_expert_layers is not None:
         settings["placement"] = f"experts[0:{case.cpu_expert_layers}]:dram"
     if case.placement == "offload-pcie":
-        # an offloading engine keeps an expert cache and prefetches (MoE-Infinity's design)
-        settings.update(cache_policy="lfu", prefetch=True)
+        # an offloading engine keeps an expert cache and prefetches (MoE-Infinity's design), naming the
+        # next experts as well as next-layer gate prediction does (capsim.engine.presets moe-infinity-like)
+        from capsim.engine.offload import NEXT_LAYER_GATE_ACCURACY
+
+        settings.update(cache_policy="lfu", prefetch=True, prefetch_accuracy=NEXT_LAYER_GATE_ACCURACY)
     return Scenario(**settings), db
 
 
