@@ -24,6 +24,7 @@ from capsim.engine.deployment import (
     cpu_rates,
     expert_link_bandwidth,
     host_memory_bytes,
+    runs_in_ggml_cpu_kernels,
     socket_allreduce_time,
     ssd_read_bandwidth,
     step_expert_ids,
@@ -521,14 +522,15 @@ def apply_cpu_experts(
     moe = model.moe
     assert moe is not None
     host = host_tiers(rs, dram_copies=weight_copies(rs.node, dep))
-    bandwidth, peaks, sockets, how = cpu_rates(rs.node, dep)
+    prec = rs.sharding.weight_precision["routed_experts"]
+    # GGUF experts run in ggml's CPU kernels: the FP32 vector rate (deployment.GGML_CPU_COMPUTE)
+    bandwidth, peaks, sockets, how = cpu_rates(rs.node, dep, ggml=runs_in_ggml_cpu_kernels(prec.name))
     cpu, _ = rs.node.cpus[0]
     cpu_eff = (
         rs.cpu_efficiency
     )  # from the database the scenario was resolved against (--hardware-db included)
     if cpu_eff is None:
         raise MissingValueError(rs.node.id, "efficiency class 'cpu'", "CPU-computed experts")
-    prec = rs.sharding.weight_precision["routed_experts"]
     key = compute_key(prec, frozenset(peaks))
     flops_rate = peaks[key] * cpu_eff.compute_fraction
     # sustained streaming (per CPU entry) x the fraction CPU MoE kernels reach of it (fitted, efficiency.toml)
