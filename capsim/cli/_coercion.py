@@ -75,10 +75,14 @@ class PlainRuntimeParam(RuntimeParam):
         if converted is _MISS:
             return build_runtime_param(param.type_descriptor)._coerce_value(value, param=param, ctx=ctx)
         if self.annotation is Path or get_args(self.annotation) == (Path,):
-            # typer's path step (stat, dash handling) on the Path pydantic would have made
-            if isinstance(converted, list):
-                return [self._path(p, param, ctx) for p in converted]
-            return self._path(converted, param, ctx)
+            # typer's path step (stat, dash handling) on the Path pydantic would have made; a name the system
+            # cannot stat (a NUL byte: ValueError) is an error pydantic words, so typer's converter answers
+            try:
+                if isinstance(converted, list):
+                    return [self._path(p, param, ctx) for p in converted]
+                return self._path(converted, param, ctx)
+            except ValueError:
+                return build_runtime_param(param.type_descriptor)._coerce_value(value, param=param, ctx=ctx)
         return converted
 
     def _path(self, value: Path, param: _TyperParameter, ctx: Context) -> Any:
