@@ -524,7 +524,7 @@ def apply_cpu_experts(
     host = host_tiers(rs, dram_copies=weight_copies(rs.node, dep))
     prec = rs.sharding.weight_precision["routed_experts"]
     # GGUF experts run in ggml's CPU kernels: the FP32 vector rate (deployment.GGML_CPU_COMPUTE)
-    bandwidth, peaks, sockets, how = cpu_rates(rs.node, dep, ggml=runs_in_ggml_cpu_kernels(prec.name))  # type: ignore[arg-type]
+    bandwidth, peaks, sockets, how = cpu_rates(rs.node, dep, ggml=runs_in_ggml_cpu_kernels(prec.name))
     cpu, _ = rs.node.cpus[0]
     cpu_eff = (
         rs.cpu_efficiency
