@@ -156,7 +156,7 @@ def register(app: typer.Typer) -> None:
             measured,
             hardware_db=load_db(hardware_db, override),
             convention="moecap-compat" if moecap_compat else "paper",
-            engine=engine,  # type: ignore[arg-type]
+            engine=engine,
             records=None if moecap_records is None else load_moecap_records(moecap_records),
         )
         if json_out:

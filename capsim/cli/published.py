@@ -5,11 +5,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
 
 from capsim.cli._console import err_console, out_console, print_json
+
+if TYPE_CHECKING:
+    from capsim.hardware.db import HardwareDB
 
 
 def _fmt(value: float, metric: str) -> str:
@@ -18,11 +22,13 @@ def _fmt(value: float, metric: str) -> str:
     return f"{value:,.0f} tok/s"
 
 
-def run_published(path: Path | None, groups: Sequence[str], hardware_db: object, as_json: bool) -> None:
+def run_published(
+    path: Path | None, groups: Sequence[str], hardware_db: HardwareDB | None, as_json: bool
+) -> None:
     """Score capsim on the measurement set at ``path`` (default: the shipped one); exit 1 when a gate fails."""
     from capsim.validation.published import score_published
 
-    report = score_published(path, hardware_db=hardware_db, groups=groups)  # type: ignore[arg-type]
+    report = score_published(path, hardware_db=hardware_db, groups=groups)
     if as_json:
         print_json(report.to_dict())
     else:
@@ -37,20 +43,21 @@ def run_published(path: Path | None, groups: Sequence[str], hardware_db: object,
         for r in report.results:
             c = r.case
             metric = c.metric.replace("decode_tokens_per_s_", "decode tok/s ").replace("_", " ")
-            if r.predicted is None:
+            predicted, error = r.predicted, r.error
+            if predicted is None or error is None:  # no prediction (the error is None exactly then)
                 table.add_row(
                     c.id, c.group, metric, _fmt(c.value, c.metric), f"[yellow]{r.status}[/yellow]", "", "", ""
                 )
                 continue
-            colour = "green" if abs(r.error) <= 0.25 else "red"  # type: ignore[arg-type]
+            colour = "green" if abs(error) <= 0.25 else "red"
             table.add_row(
                 c.id,
                 c.group,
                 metric,
                 _fmt(c.value, c.metric),
-                _fmt(r.predicted, c.metric),
+                _fmt(predicted, c.metric),
                 f"{r.ratio:.2f}",
-                f"[{colour}]{r.error:+.1%}[/{colour}]",
+                f"[{colour}]{error:+.1%}[/{colour}]",
                 f"{r.speed_ratio:.2f}x",
             )
         console.print(table)

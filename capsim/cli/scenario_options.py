@@ -49,6 +49,7 @@ def scenario_options(command: Callable[..., None]) -> Callable[..., None]:
         command(scenario, **kwargs)
 
     del run.__wrapped__  # typer must read the signature below, not the wrapped function's
+    # inspect (and so typer) reads __signature__; typeshed does not declare it on functions
     run.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
         [p.replace(annotation=annotations[p.name]) for p in params]
     )

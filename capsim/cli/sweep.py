@@ -45,9 +45,11 @@ def register(app: typer.Typer) -> None:
         layout: Annotated[
             str,
             typer.Option(
-                help="parallel layouts separated by ';', each key=value pairs of tp, "
-                "attention_dp, ep, dp, redundant_experts, all_to_all, two_batch_overlap, spec, acceptance, e.g. "
-                "'tp=8;tp=1,attention_dp=8,ep=8;tp=8,ep=4,spec=mtp:3' (empty: the default TP group)"
+                help="parallel layouts and modes separated by ';', each key=value pairs of tp, "
+                "attention_dp, ep, dp, redundant_experts, all_to_all, two_batch_overlap, spec, acceptance, "
+                "mode (gpu, offload, cpu-experts, cpu), expert_tier, expert_layers, placement, prefetch, "
+                "cache_policy, e.g. 'tp=8;tp=1,attention_dp=8,ep=8;tp=8,ep=4,spec=mtp:3' or "
+                "'mode=offload;mode=offload,prefetch=false' (empty: the default TP group)"
             ),
         ] = "",
         grid_file: Annotated[

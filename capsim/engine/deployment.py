@@ -162,12 +162,36 @@ def socket_link_bandwidth(node: System, what: str) -> float:
     return cpu.socket_link_gb_s_per_dir * GB_PER_S
 
 
-def cpu_rates(node: System, deployment: Deployment) -> tuple[float, dict[str, float], int, str]:
+GGML_CPU_COMPUTE = "fp32"
+"""The peak GGUF weights compute at on a CPU: llama.cpp's ggml CPU kernels (and KTransformers v0.2's
+llamafile/ggml ones) unpack k-quant and MXFP4 blocks and multiply with AVX-512/AVX2 integer or FMA
+instructions, not AMX tiles (KTransformers' tutorial: its AMX kernel is v0.3 only). Measured prefill rates of
+GGUF models on CPUs, as a share of the FP32 vector peak of the cores used (FLOPs of the routed experts or of
+the whole model per second): KTransformers v0.2 DeepSeek-V3 Q4_K_M, 500-token prompt, one Xeon 6454S socket
+54.21 tok/s -> 0.49, two sockets 82.94 tok/s -> 0.38 (kvcache-ai/ktransformers
+doc/en/DeepseekR1_V3_tutorial.md @ 034a116); llama.cpp gpt-oss-120b MXFP4 pp512 on 44 EPYC 9B14 cores
+205.86 tok/s -> 0.62 (validation/published/measurements.toml). Geometric mean 0.49: the cpu class's
+compute_fraction (0.5) applied to this peak (docs/deployment.md, CPU prefill)."""
+
+
+def runs_in_ggml_cpu_kernels(weight_dtype: str | None) -> bool:
+    """Whether weights of this dtype compute in ggml-style CPU vector kernels on a CPU: GGUF file and block
+    types, and MXFP4 (ggml's GGML_TYPE_MXFP4 blocks, gpt-oss's GGUF; no CPU has FP4 hardware)."""
+    from capsim.models.ggml_types import is_gguf
+
+    name = (weight_dtype or "").lower()
+    return is_gguf(name) or name == "mxfp4"
+
+
+def cpu_rates(
+    node: System, deployment: Deployment, ggml: bool = False
+) -> tuple[float, dict[str, float], int, str]:
     """(streaming bandwidth bytes/s, peak FLOP/s by precision, sockets used, derivation) of the node's CPUs.
 
     Per socket: the populated channels' peak (the CPU entry's own figure when the node lists no DRAM); over the
     sockets used as the NUMA mode says
-    (module docstring); FLOPS x threads / cores with ``--threads``."""
+    (module docstring); FLOPS x threads / cores with ``--threads``. ``ggml``: the weights are GGUF and run in
+    ggml's CPU kernels, which reach the FP32 vector rate only (:data:`GGML_CPU_COMPUTE`)."""
     if not node.cpus:
         raise MissingValueError(node.id, "cpus", "CPU execution (the node lists no CPU entry)")
     cpu, sockets = node.cpus[0]
@@ -193,6 +217,9 @@ def cpu_rates(node: System, deployment: Deployment) -> tuple[float, dict[str, fl
     cores = cpu.cores * used
     threads = min(deployment.threads, cores) if deployment.threads is not None else cores
     peaks = {key: v * TFLOPS * used * threads / cores for key, v in cpu.peak_tflops_dense.items()}
+    if ggml and GGML_CPU_COMPUTE in peaks:
+        peaks = {GGML_CPU_COMPUTE: peaks[GGML_CPU_COMPUTE]}
+        how += "; GGUF weights in ggml CPU kernels: FP32 vector rate"
     how += f"; {used} socket(s) streaming ({deployment.numa})"
     if deployment.threads is not None:
         how += f"; {threads} of {cores} cores computing"
@@ -212,9 +239,10 @@ def socket_allreduce_time(
     return latency_s + data / link
 
 
-def cpu_device(node: System, deployment: Deployment) -> Accelerator:
-    """The node's CPU sockets as a compute device (for ``--mode cpu``), with its derivation as provenance."""
-    bandwidth, peaks, used, how = cpu_rates(node, deployment)
+def cpu_device(node: System, deployment: Deployment, ggml: bool = False) -> Accelerator:
+    """The node's CPU sockets as a compute device (for ``--mode cpu``), with its derivation as provenance;
+    ``ggml``: GGUF weights (:func:`cpu_rates`)."""
+    bandwidth, peaks, used, how = cpu_rates(node, deployment, ggml)
     cpu, _sockets = node.cpus[0]
     capacity = host_memory_bytes(node, deployment) / weight_copies(node, deployment)
     source = f"derived from {node.id}: {how}"
@@ -244,14 +272,14 @@ def cpu_device(node: System, deployment: Deployment) -> Accelerator:
 
 
 def _host_source(node: System) -> str | None:
-    nodes = set(node.graph.nodes)
+    nodes = set(node.topology)
     return next((n for n in ("dram0", "cpu0", "host0") if n in nodes), None)
 
 
 def expert_link_bandwidth(node: System, deployment: Deployment) -> tuple[float, str]:
     """Bytes/s per direction from the experts' tier (``deployment.expert_tier``) to GPU 0, on the node's
     topology graph (the widest path's narrowest edge)."""
-    nodes = set(node.graph.nodes)
+    nodes = set(node.topology)
     if deployment.expert_tier == "ssd":
         if "ssd0" not in nodes:
             raise MissingValueError(node.id, "ssds", "SSD-backed experts (the node lists no SSD)")
@@ -265,7 +293,7 @@ def expert_link_bandwidth(node: System, deployment: Deployment) -> tuple[float, 
 def ssd_read_bandwidth(node: System) -> tuple[float, str]:
     """Bytes/s from the node's SSDs into host memory: the widest path from ssd0 to DRAM (or the CPU), times
     the number of SSDs (assumed striped, RAID-0 style). MissingValueError when the node lists no SSD."""
-    ssds = sorted(n for n in node.graph.nodes if str(n).startswith("ssd"))
+    ssds = sorted(n for n in node.topology if str(n).startswith("ssd"))
     if not ssds:
         raise MissingValueError(node.id, "ssds", "SSD-backed experts (the node lists no SSD)")
     target = _host_source(node)
@@ -286,15 +314,20 @@ def step_expert_ids(router: Router, batch: int, steps: int, seed: int) -> NDArra
     of ``steps`` tokens, one per sequence (one draw costs about as much as a short one; runs of a stationary
     router are independent sequences but for the state carried across a run boundary). A trace router replays
     its trace the same way (fewer steps when the trace is short)."""
-    sample = getattr(router, "sample", None)
-    trace = getattr(router, "trace", None)
-    if sample is not None or trace is not None:
+    from capsim.routing.synthetic import SyntheticRouter
+    from capsim.routing.trace_router import TraceRouter
+
+    if isinstance(router, SyntheticRouter | TraceRouter):
         # (L, N, k) token-expert ids in token order
-        topk = np.asarray(sample(batch * steps, seed=seed) if sample is not None else trace.topk_ids)  # type: ignore[union-attr]
+        if isinstance(router, SyntheticRouter):
+            topk = np.asarray(router.sample(batch * steps, seed=seed))
+        else:
+            topk = np.asarray(router.trace.topk_ids)
         steps = min(steps, topk.shape[1] // batch)
-        if steps < 1:
+        if steps < 1:  # a trace shorter than one token per sequence (a sample has batch x steps tokens)
+            name = router.trace.name if isinstance(router, TraceRouter) else router.name
             raise ScenarioError(
-                f"trace {trace.name!r} has {topk.shape[1]} tokens, fewer than the batch of {batch}; "  # type: ignore[union-attr]
+                f"trace {name!r} has {topk.shape[1]} tokens, fewer than the batch of {batch}; "
                 "use a longer trace or a smaller --batch for the cache simulation"
             )
         runs = topk[:, : batch * steps].reshape(topk.shape[0], batch, steps, topk.shape[2])

@@ -152,8 +152,8 @@ class CompiledOp:
 
 
 def _lambdify(expr: sp.Expr, args: tuple[sp.Symbol, ...]) -> Callable[..., np.ndarray]:
-    fn = sp.lambdify(args, expr, modules="numpy")
-    return fn  # type: ignore[no-any-return]
+    fn: Callable[..., np.ndarray] = sp.lambdify(args, expr, modules="numpy")  # sympy is untyped
+    return fn
 
 
 @cache

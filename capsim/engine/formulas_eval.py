@@ -9,7 +9,10 @@ A test regenerates it and fails when it differs, so the two cannot drift.
 
 from __future__ import annotations
 
+from typing import overload
+
 import numpy as np
+from numpy.typing import NDArray
 
 
 def evaluate(name: str, values: dict[str, object]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -28,9 +31,25 @@ def evaluate(name: str, values: dict[str, object]) -> tuple[np.ndarray, np.ndarr
     )
 
 
-def ring_allreduce_time(  # type: ignore[no-untyped-def]
-    message_bytes, ranks: int, link_bytes_s: float, hop_latency_s: float, base_latency_s: float = 0.0
-):
+@overload
+def ring_allreduce_time(
+    message_bytes: float, ranks: int, link_bytes_s: float, hop_latency_s: float, base_latency_s: float = 0.0
+) -> float: ...
+@overload
+def ring_allreduce_time(
+    message_bytes: NDArray[np.float64],
+    ranks: int,
+    link_bytes_s: float,
+    hop_latency_s: float,
+    base_latency_s: float = 0.0,
+) -> NDArray[np.float64]: ...
+def ring_allreduce_time(
+    message_bytes: float | NDArray[np.float64],
+    ranks: int,
+    link_bytes_s: float,
+    hop_latency_s: float,
+    base_latency_s: float = 0.0,
+) -> float | NDArray[np.float64]:
     """Ring all-reduce of ``message_bytes`` over ``ranks``: a base launch latency, 2(N−1) hops of latency,
     and 2(N−1)/N of the message over each link direction (reduce-scatter then all-gather; Patarasuk & Yuan
     2009; NCCL's tuning model has the same base + per-hop latency terms)."""

@@ -278,7 +278,7 @@ def measure(
     *,
     hardware_db: HardwareDB | None = None,
     convention: Literal["paper", "moecap-compat"] = "paper",
-    engine: Engine = "sglang",
+    engine: str = "sglang",
     records: PassRecords | None = None,
 ) -> MeasureResult:
     """MBU/MFU/S-MBU/S-MFU of a measured run of ``scenario`` (see the module docstring)."""

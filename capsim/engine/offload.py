@@ -24,6 +24,7 @@ from capsim.engine.deployment import (
     cpu_rates,
     expert_link_bandwidth,
     host_memory_bytes,
+    runs_in_ggml_cpu_kernels,
     socket_allreduce_time,
     ssd_read_bandwidth,
     step_expert_ids,
@@ -81,7 +82,9 @@ def sample_steps(rs: ResolvedScenario, batch: int, cacheable: np.ndarray) -> int
     """Decode steps to simulate: --cache-sample-steps (64), at most gen_len − 1, and no more than keep the
     stream of accesses to ``cacheable`` experts under :data:`MAX_SAMPLED_ACCESSES`."""
     wanted = max(1, min(rs.deployment.cache_sample_steps, max(rs.scenario.gen_len - 1, 1)))
-    per_layer = rs.router.activated_per_layer(np.array([float(batch)]))[:, 0]  # type: ignore[union-attr]
+    router = rs.router
+    assert router is not None  # experts are offloaded for MoE models, which always resolve a router
+    per_layer = router.activated_per_layer(np.array([float(batch)]))[:, 0]
     per_step = float((per_layer * cacheable.mean(axis=1)).sum())
     affordable = int(MAX_SAMPLED_ACCESSES // per_step) if per_step > 0 else wanted
     return max(min(wanted, affordable), min(wanted, MIN_SAMPLED_STEPS))
@@ -247,7 +250,8 @@ def cache_outcome(
         reads = 0.0 if (two_level and page_slots >= n_ssd) else float(missed[on_ssd].sum())
         return CacheOutcome(accesses, misses, reads, 1.0 - misses / accesses, "analytic")
     steps = sample_steps(rs, batch, cacheable)
-    ids = step_expert_ids(rs.router, batch, steps, rs.scenario.seed)  # type: ignore[arg-type]
+    assert router is not None  # experts are offloaded for MoE models, which always resolve a router
+    ids = step_expert_ids(router, batch, steps, rs.scenario.seed)
     stream = access_stream_of_ids(ids, tiers.shape[1], cacheable)
     return replace(
         simulate_tiers(stream, tiers, capacity, page_slots, policy, two_level), sampled_steps=stream.steps
@@ -518,14 +522,15 @@ def apply_cpu_experts(
     moe = model.moe
     assert moe is not None
     host = host_tiers(rs, dram_copies=weight_copies(rs.node, dep))
-    bandwidth, peaks, sockets, how = cpu_rates(rs.node, dep)
+    prec = rs.sharding.weight_precision["routed_experts"]
+    # GGUF experts run in ggml's CPU kernels: the FP32 vector rate (deployment.GGML_CPU_COMPUTE)
+    bandwidth, peaks, sockets, how = cpu_rates(rs.node, dep, ggml=runs_in_ggml_cpu_kernels(prec.name))
     cpu, _ = rs.node.cpus[0]
     cpu_eff = (
         rs.cpu_efficiency
     )  # from the database the scenario was resolved against (--hardware-db included)
     if cpu_eff is None:
         raise MissingValueError(rs.node.id, "efficiency class 'cpu'", "CPU-computed experts")
-    prec = rs.sharding.weight_precision["routed_experts"]
     key = compute_key(prec, frozenset(peaks))
     flops_rate = peaks[key] * cpu_eff.compute_fraction
     # sustained streaming (per CPU entry) x the fraction CPU MoE kernels reach of it (fitted, efficiency.toml)

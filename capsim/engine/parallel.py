@@ -88,13 +88,32 @@ DEEPEP_FP8_DISPATCH_BYTES = 1.0 + 4.0 / 128.0
 """FP8 dispatch: one byte per element plus one fp32 scale per 128 elements (DeepEP's per-token-group FP8)."""
 
 
-def _erf(x: NDArray[np.float64]) -> NDArray[np.float64]:
-    """erf by Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7): numpy has no erf and scipy is optional."""
+def _erf_in_place(x: NDArray[np.float64]) -> NDArray[np.float64]:
+    """erf by Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7): numpy has no erf and scipy is optional. Overwrites
+    ``x``: the arrays are large (straggler factors: layers x steps x groups x grid points, where temporaries
+    cost more than the arithmetic), so the polynomial is evaluated in place, with the same operations in the
+    same order as t·(a1 + t·(a2 + t·(a3 + t·(a4 + t·a5)))), t = 1/(1 + p·|x|): the same bits."""
     sign = np.sign(x)
-    a = np.abs(x)
-    t = 1.0 / (1.0 + 0.3275911 * a)
-    poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
-    return np.asarray(sign * (1.0 - poly * np.exp(-a * a)), dtype=np.float64)
+    a = np.abs(x, out=x)
+    t = np.multiply(a, 0.3275911)
+    t += 1.0
+    np.divide(1.0, t, out=t)
+    poly = np.multiply(t, 1.061405429)
+    poly += -1.453152027
+    poly *= t
+    poly += 1.421413741
+    poly *= t
+    poly += -0.284496736
+    poly *= t
+    poly += 0.254829592
+    poly *= t
+    gauss = np.multiply(a, a, out=t)  # t is spent: exp(-a²) in its place
+    np.negative(gauss, out=gauss)
+    np.exp(gauss, out=gauss)
+    poly *= gauss
+    np.subtract(1.0, poly, out=poly)
+    poly *= sign
+    return poly
 
 
 def expected_max_normal(mean: np.ndarray, var: np.ndarray, points: int = 129) -> np.ndarray:
@@ -108,10 +127,14 @@ def expected_max_normal(mean: np.ndarray, var: np.ndarray, points: int = 129) ->
     u = np.linspace(0.0, 1.0, points)
     x = lo[..., None] + (hi - lo)[..., None] * u  # (..., 1, points)
     safe = np.where(sd > 0, sd, 1.0)[..., None]
-    z = (x - mean[..., None]) / safe
-    cdf = np.where(
-        sd[..., None] > 0, 0.5 * (1.0 + _erf(z / math.sqrt(2.0))), (x >= mean[..., None]).astype(float)
-    )
+    z = x - mean[..., None]
+    z /= safe
+    z /= math.sqrt(2.0)
+    cdf = _erf_in_place(z)  # Φ = (1 + erf(z/√2)) / 2, in place
+    cdf += 1.0
+    cdf *= 0.5
+    if not (sd > 0).all():
+        cdf = np.where(sd[..., None] > 0, cdf, (x >= mean[..., None]).astype(float))
     tail = 1.0 - np.prod(cdf, axis=-2)  # (..., points)
     width = (hi - lo)[..., 0]
     return np.asarray(

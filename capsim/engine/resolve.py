@@ -8,7 +8,13 @@ from dataclasses import replace
 
 import numpy as np
 
-from capsim.engine.deployment import Deployment, cpu_device, host_memory_bytes, parse_layer_range
+from capsim.engine.deployment import (
+    Deployment,
+    cpu_device,
+    host_memory_bytes,
+    parse_layer_range,
+    runs_in_ggml_cpu_kernels,
+)
 from capsim.engine.engines import engine_profile
 from capsim.engine.layout import Layout, layout_for
 from capsim.engine.memory import MemoryPlan, plan_memory
@@ -83,7 +89,7 @@ def resolve_on(scenario: Scenario, db: HardwareDB, model: ModelSpec, count: int 
     if deployment.mode == "cpu":
         if (scenario.tp or 1) * scenario.pp * scenario.dp * scenario.nodes > 1:
             raise ScenarioError("CPU-only execution runs on one node's sockets; drop --tp/--pp/--dp/--nodes")
-        device = cpu_device(node, deployment)
+        device = cpu_device(node, deployment, ggml=runs_in_ggml_cpu_kernels(scenario.weight_dtype))
         eff = db.efficiency_for(
             node.cpus[0][0]
         )  # the CPU entry's own [efficiency] (sustained bandwidth) merged
@@ -317,7 +323,7 @@ def _auto_tiers(rs: ResolvedScenario) -> ResolvedScenario:
             dram_slots = int(host_memory_bytes(rs.node, rs.deployment) // expert_bytes(rs))
         except MissingValueError:
             pass  # every off-GPU expert goes to DRAM; the offload report notes the unknown capacity
-    has_ssd = any(str(n).startswith("ssd") for n in rs.node.graph.nodes)
+    has_ssd = any(str(n).startswith("ssd") for n in rs.node.topology)
     tiers = auto_tier_map(
         rs.inclusion(), slots, dram_slots, has_ssd=has_ssd, device_is_dram=rs.device_is_dram
     )
@@ -385,7 +391,8 @@ def resolve_speculation(rs: ResolvedScenario, db: HardwareDB, count: int | None)
                 "mtp:K cannot draft; use --spec draft:MODEL:K with a draft model"
             )
         return replace(rs, speculation=spec)
-    draft_model = resolve_model(spec.draft_model)  # type: ignore[arg-type]
+    assert spec.draft_model is not None  # parse_spec names the model of every draft-model speculation
+    draft_model = resolve_model(spec.draft_model)
     if draft_model.vocab_size != rs.model.vocab_size:
         raise ScenarioError(
             f"draft model {draft_model.id!r} has a vocabulary of {draft_model.vocab_size:,} tokens, "

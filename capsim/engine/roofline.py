@@ -211,7 +211,7 @@ def kernels_per_pass(model: ModelSpec) -> float:
 def layer_tables(model: ModelSpec) -> tuple[NDArray[np.bool_], FloatArray]:
     is_moe = np.array([k is FFNKind.MOE for k in model.ffn_kinds], dtype=bool)
     windows = np.array(
-        [np.inf if model.window(i) is None else float(model.window(i)) for i in range(model.num_layers)]  # type: ignore[arg-type]
+        [np.inf if (w := model.window(i)) is None else float(w) for i in range(model.num_layers)]
     )
     return is_moe, windows
 

@@ -103,7 +103,7 @@ class _Fields:
     def int(self, key: str, default: Any = _REQUIRED, minimum: int = 1) -> int:
         value = self._raw(key, default)
         if value is default and default is not _REQUIRED:
-            return value  # type: ignore[no-any-return]
+            return value  # type: ignore[no-any-return]  # the caller's own default, returned as given
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             expected = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
             raise self._bad(key, value, expected)

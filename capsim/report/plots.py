@@ -29,6 +29,7 @@ from numpy.typing import ArrayLike, NDArray
 from capsim import units
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
     from matplotlib.projections.polar import PolarAxes
 
 RADAR_FLOOR = 20.0
@@ -97,7 +98,7 @@ def radar_scores(options: Sequence[RadarOption], cost_cap: float | None = None) 
     return np.column_stack([perf, cost_score, acc])
 
 
-def _save(fig: object, out: Path) -> tuple[Path, Path]:
+def _save(fig: Figure, out: Path) -> tuple[Path, Path]:
     """Write ``out``.png and ``out``.svg (suffixes appended: a stem such as ``radar-qwen1.5-moe-a2.7b`` keeps
     its dots); returns both paths. An unwritable path raises ScenarioError."""
     from capsim.errors import ScenarioError
@@ -105,8 +106,8 @@ def _save(fig: object, out: Path) -> tuple[Path, Path]:
     png, svg = out.with_name(out.name + ".png"), out.with_name(out.name + ".svg")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(png, dpi=120)  # type: ignore[attr-defined]
-        fig.savefig(svg)  # type: ignore[attr-defined]
+        fig.savefig(png, dpi=120)
+        fig.savefig(svg)
     except OSError as exc:
         raise ScenarioError(f"cannot write {png} ({exc.strerror}); choose another output path") from None
     return png, svg

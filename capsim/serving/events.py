@@ -55,7 +55,8 @@ def simulate_events(
     gen = [0] * n
     if prefilled:
         gen = [1] * n
-        first = [float(x) for x in prefilled_first_token_s]  # type: ignore[union-attr]
+        assert prefilled_first_token_s is not None  # prefilled says so
+        first = [float(x) for x in prefilled_first_token_s]
         last_tok = list(first)
 
     L = cost.num_layers

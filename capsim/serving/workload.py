@@ -223,7 +223,10 @@ def load_request_file(path: str | Path, *, rate_given: bool) -> Workload:
         outputs.append(values[1])
         if has_arrival:
             try:
-                a = float(row["arrival_s"])  # type: ignore[arg-type]
+                value = row["arrival_s"]
+                if not isinstance(value, int | float | str):
+                    raise TypeError(value)
+                a = float(value)
             except (KeyError, TypeError, ValueError):
                 raise DataFileError(str(p), f"request {i}: arrival_s must be a number of seconds") from None
             if not (a >= 0 and math.isfinite(a)):

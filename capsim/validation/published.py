@@ -102,6 +102,7 @@ _OPTIONAL: dict[str, type | tuple[type, ...]] = {
     "cpu_expert_layers": int,
     "batch_upper_bound": bool,
     "numa": str,
+    "threads": int,
     "includes_prefill": bool,
     "speculative": bool,
     "engine": str,
@@ -150,6 +151,9 @@ class PublishedCase:
     cpu_expert_layers: int | None = None
     numa: str | None = None
     """How the CPU sockets share the weights (capsim --numa); None: replicate for multi-socket CPU-only runs."""
+    threads: int | None = None
+    """CPU threads the engine computed with (llama.cpp -t, KTransformers cpu_infer), when the source gives
+    fewer than the sockets' cores (capsim --threads); None: every core."""
     batch_upper_bound: bool = False
     includes_prefill: bool = False
     speculative: bool = False
@@ -361,6 +365,8 @@ def scenario_for(case: PublishedCase, db: HardwareDB) -> tuple[Scenario, Hardwar
         settings["host_memory_gb"] = float(case.host_memory_gb)
     if case.numa is not None:
         settings["numa"] = case.numa
+    if case.threads is not None:
+        settings["threads"] = case.threads
     elif case.placement == "cpu-only" and case.cpu_sockets and case.cpu_sockets > 1:
         settings["numa"] = "replicate"
     if case.placement == "cpu-experts" and case.cpu_expert_layers is not None:
