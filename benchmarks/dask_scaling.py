@@ -2,7 +2,7 @@
 
 For each worker count: a local Dask cluster (one thread per worker process) sweeps the grid to Parquet (or
 CSV); the same grid is swept by ``run_local`` in this process. Printed: wall time with and without the
-cluster's start-up, the CPU time of this process and of the worker processes (psutil), and whether the output
+cluster's start-up, the CPU time of this process and of the worker processes (psutil, sampled), and whether the output
 is byte-identical to the local one (sha256). The grid is benchmarks/sweep_throughput.py's 10^6 rows times
 ``--scale`` batches, so start-up (process spawn, imports, database, formulas: a few seconds) is amortised.
 
@@ -43,20 +43,43 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def children_cpu() -> float:
-    """CPU seconds of this process's finished and live descendants (the Dask workers and their nanny)."""
-    import psutil
+class DescendantsCPU:
+    """CPU seconds of this process's descendants (the Dask nannies and workers, also those a fork server
+    starts, which are not this process's children): sampled every 0.1 s while running, the last reading of
+    each process summed (up to 0.1 s of a process's last work can be missed)."""
 
-    me = psutil.Process()
-    total = 0.0
-    for child in me.children(recursive=True):
-        try:
-            t = child.cpu_times()
-            total += t.user + t.system
-        except psutil.Error:
-            pass
-    own = me.cpu_times()
-    return total + own.children_user + own.children_system
+    def __init__(self) -> None:
+        import threading
+
+        self.seen: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        import psutil
+
+        me = psutil.Process()
+        while True:
+            for child in me.children(recursive=True):
+                try:
+                    t = child.cpu_times()
+                    self.seen[child.pid] = t.user + t.system
+                except psutil.Error:
+                    pass
+            if self._stop.wait(0.1):
+                return
+
+    def __enter__(self) -> DescendantsCPU:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def total(self) -> float:
+        return sum(self.seen.values())
 
 
 def run_once(grid: Grid, out: Path, fmt: str, chunk: int, workers: int) -> tuple[float, float, float, float]:
@@ -70,16 +93,16 @@ def run_once(grid: Grid, out: Path, fmt: str, chunk: int, workers: int) -> tuple
         run_local(sweep, db, todo)
         cpu_workers = 0.0
     else:
-        before = children_cpu()
-        run_dask(
-            sweep,
-            todo,
-            None,
-            (),
-            on_chunk=lambda i, n: first_chunk.append(time.perf_counter()) if not first_chunk else None,
-            workers=workers,
-        )
-        cpu_workers = children_cpu() - before
+        with DescendantsCPU() as descendants:
+            run_dask(
+                sweep,
+                todo,
+                None,
+                (),
+                on_chunk=lambda i, n: first_chunk.append(time.perf_counter()) if not first_chunk else None,
+                workers=workers,
+            )
+        cpu_workers = descendants.total
     sweep.finish()
     wall = time.perf_counter() - start
     # start-up: until the first chunk came back (cluster up, workers resolved the groups, one chunk done)

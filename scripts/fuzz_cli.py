@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import os
 import signal
 import sys
 import tempfile
@@ -30,6 +31,20 @@ class _Hang(Exception):
     pass
 
 
+def _rss_mb() -> float:
+    """This process's resident memory now (MB), from /proc (0 where there is none)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0.0
+    return pages * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+
+GROWTH_MB = 200.0
+"""An invocation after which the process holds this much more memory is recorded with its argument vector
+(a run killed for memory, rc 137, is otherwise silent about the input that did it)."""
+
+
 def _alarm(signum, frame):  # type: ignore[no-untyped-def]
     raise _Hang("invocation ran past 120 s")
 
@@ -44,7 +59,9 @@ def main() -> int:
     counts: collections.Counter[str] = collections.Counter()
     by_command: collections.Counter[str] = collections.Counter()
     failures: list[dict[str, object]] = []
+    growth: list[dict[str, object]] = []
     start = time.perf_counter()
+    rss_start = _rss_mb()
     signal.signal(signal.SIGALRM, _alarm)
 
     @seed(args.seed)
@@ -60,6 +77,7 @@ def main() -> int:
         n = sum(counts.values())
         if n >= args.invocations:
             return
+        rss_before = _rss_mb()
         with tempfile.TemporaryDirectory() as tmp:
             sandbox = Path(tmp)
             populate(sandbox)
@@ -72,6 +90,16 @@ def main() -> int:
                 return
             finally:
                 signal.alarm(0)
+        rss_after = _rss_mb()
+        if rss_after - rss_before > GROWTH_MB:
+            growth.append(
+                {"argv": argv, "rss_before_mb": round(rss_before), "rss_after_mb": round(rss_after)}
+            )
+            print(
+                f"MEMORY: capsim {' '.join(argv)!r}: {rss_before:.0f} -> {rss_after:.0f} MB",
+                file=sys.stderr,
+                flush=True,
+            )
         counts[f"exit {outcome.exit_code}"] += 1
         by_command[" ".join(w for w in argv[:2] if not w.startswith("-"))] += 1
         if outcome.problem is not None:
@@ -83,7 +111,11 @@ def main() -> int:
             )
         if (n + 1) % 250 == 0:
             rate = (n + 1) / (time.perf_counter() - start)
-            print(f"{n + 1} invocations, {len(failures)} broken, {rate:.1f}/s", file=sys.stderr, flush=True)
+            print(
+                f"{n + 1} invocations, {len(failures)} broken, {rate:.1f}/s, {_rss_mb():.0f} MB resident",
+                file=sys.stderr,
+                flush=True,
+            )
 
     while sum(counts.values()) < args.invocations:  # hypothesis may stop early on a small space
         one()
@@ -96,6 +128,8 @@ def main() -> int:
             1 for f in failures if "uncaught" in str(f["problem"]) or "traceback" in str(f["problem"])
         ),
         "seconds": round(time.perf_counter() - start, 1),
+        "resident_mb": {"start": round(rss_start), "end": round(_rss_mb())},
+        "memory_growth": growth[:200],
         "seed": args.seed,
         "failures": failures[:200],
     }

@@ -145,6 +145,13 @@ def _run(argv: list[str]) -> None:
     ]
 )
 @example(argv=["sweep", "--grid", "existing.csv/inner.csv", "--out", "o.csv"])
+# the long run's process killed for memory (rc 137): 2^31 request shards; and a closed loop left without clients
+@example(
+    argv=["serve", "--model", "mixtral-8x7b", "--offline", "--num-prompts", "16", "--replicas", "2147483648"]
+)
+@example(
+    argv=["serve", "--model", "mixtral-8x7b", "--concurrency", "1", "--replicas", "2", "--num-prompts", "16"]
+)
 def test_any_command_keeps_the_contract(argv: list[str]) -> None:
     _run(argv)
 

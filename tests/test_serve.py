@@ -6,7 +6,7 @@ import functools
 
 import numpy as np
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 from capsim.engine.predict import predict
@@ -193,6 +193,22 @@ def test_fleet_of_replicas_splits_the_load(replica):
     assert two.request_throughput == pytest.approx(2 * one.request_throughput, rel=0.15)
 
 
+# Reported by two helpers: before fa3f158 the step-wise simulator left request 9's first token NaN here (its
+# 841-token prompt is chunked 423 + 418 under the 423-token budget beside 3 other sequences, capped at 4 in
+# flight; the step that scheduled its last prompt chunk was taken for a decode). The event simulator was right.
+@example(
+    case=(
+        Workload(
+            np.zeros(16),
+            np.array([1] * 9 + [841] + [1] * 6),
+            np.array([1, 1, 1, 1, 1, 1, 5, 5, 4, 2, 1, 1, 1, 1, 1, 1]),
+            4,
+        ),
+        SchedulerConfig(max_num_seqs=4, max_batched_tokens=423, chunked_prefill=True, block_size=16),
+        56,
+    ),
+    prefilled=False,
+)
 @settings(max_examples=40, deadline=None)
 @given(case=workloads(), prefilled=st.booleans())
 def test_event_driven_equals_stepwise(case, prefilled):
@@ -211,6 +227,7 @@ def test_event_driven_equals_stepwise(case, prefilled):
     first = work.send_s + 0.01 if prefilled else None
     a = simulate_stepwise(replica.cost, blocks, sched, work, prefilled_first_token_s=first)
     b = simulate_events(replica.cost, blocks, sched, work, prefilled_first_token_s=first)
+    assert not np.isnan(a.first_token_s).any() and not np.isnan(b.first_token_s).any()  # no lost first token
     for name in ("arrival_s", "first_token_s", "finish_s"):
         assert np.allclose(getattr(a, name), getattr(b, name), rtol=1e-9, atol=1e-12, equal_nan=True), name
     assert np.array_equal(a.preemptions, b.preemptions)
@@ -235,3 +252,29 @@ def test_issue_11_last_prompt_token_is_not_a_decode():
         run = sim(replica.cost, 100, sched, work)
         assert run.steps == 3  # chunk of 16, chunk of 1 (first token), one decode (second token)
         assert np.isfinite(run.first_token_s[0]) and run.finish_s[0] > run.first_token_s[0]
+
+
+def test_replicas_beyond_the_requests_stay_idle_and_cost_nothing(replica):
+    """Regression (the long fuzz run's process killed for memory, rc 137): `--replicas 2147483648` listed 2^31
+    request shards (3.8 GB before the MemoryError). Replicas that get no request are idle: 4 requests on
+    2^31 replicas are served as on 4 (one request each), only the device count differs."""
+    from capsim.serving.replica import Disaggregation
+
+    sched = SchedulerConfig(max_num_seqs=1024, max_batched_tokens=8192)
+    work = _fixed(4, 512, 16)
+    four = serve(MIXTRAL, sched, work, replicas=4, replica=replica)
+    huge = serve(MIXTRAL, sched, work, replicas=2**31, replica=replica)
+    assert huge.latency == four.latency
+    assert huge.completed == four.completed == 4
+    dis = Disaggregation(prefill_replicas=1, decode_replicas=2**31, link=None)
+    assert serve(MIXTRAL, sched, work, disaggregation=dis, replica=replica).completed == 4
+
+
+def test_fewer_clients_than_replicas_is_refused(replica):
+    """Regression (found with the fuzz run's inputs): `--concurrency 1 --replicas 2` gave the second replica
+    no client, and its closed loop waited forever (a hang). Now one clear error."""
+    from capsim.errors import ScenarioError
+
+    sched = SchedulerConfig(max_num_seqs=1024, max_batched_tokens=8192)
+    with pytest.raises(ScenarioError, match="--concurrency 1 is below --replicas 2"):
+        serve(MIXTRAL, sched, _fixed(4, 512, 16, concurrency=1), replicas=2, replica=replica)

@@ -38,6 +38,9 @@ class _CapsimGroup(TyperGroup):
     ) -> Any:
         from typer import _click  # the click typer ships (its exceptions are what the parser raises)
 
+        from capsim.cli._coercion import use_plain_conversion
+
+        use_plain_conversion(self)  # the root's own options (--version); commands get it in _convert
         try:
             result = super().main(
                 args,
@@ -86,11 +89,24 @@ class _CapsimGroup(TyperGroup):
 
     def get_command(self, ctx: ClickContext, cmd_name: str) -> Any:
         command = super().get_command(ctx, cmd_name)
+        if command is None and self._listing:
+            command = _summary(cmd_name)
         if command is None:
             command = _convert(cmd_name)
             if command is not None:
                 self.add_command(command, cmd_name)
         return command
+
+    # `capsim --help` lists each command's name and short help: for that, a command without its parameters
+    # (building all of them is ~0.04 s CPU, a sixth of --help) and not kept, so a run converts it properly.
+    _listing = False
+
+    def format_help(self, ctx: ClickContext, formatter: Any) -> None:
+        self._listing = True
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            self._listing = False
 
     def resolve_command(self, ctx: ClickContext, args: list[str]) -> Any:
         from difflib import get_close_matches
@@ -178,23 +194,50 @@ def _declared_names() -> list[str]:
     return names + [str(info.name) for info in _COMMANDS.registered_groups]
 
 
-def _convert(name: str) -> Any:
-    from typer.main import get_command_from_info, get_group_from_info
+def _summary(name: str) -> Any:
+    """Command ``name`` as the help listing shows it (name, help, panel; no parameters), or None for a group
+    or an unknown name. The help text is what typer's conversion takes: ``help=`` else the docstring."""
+    import inspect
+
+    from typer.core import TyperCommand
 
     for info in _COMMANDS.registered_commands:
         if _command_name(info) == name:
-            return get_command_from_info(
-                info,
-                pretty_exceptions_short=app.pretty_exceptions_short,
+            return TyperCommand(
+                name=name,
+                help=inspect.getdoc(info.callback) if info.help is None else inspect.cleandoc(info.help),
+                short_help=info.short_help,
+                hidden=info.hidden,
+                deprecated=info.deprecated,
                 rich_markup_mode=app.rich_markup_mode,
+                rich_help_panel=info.rich_help_panel,
+            )
+    return None
+
+
+def _convert(name: str) -> Any:
+    from typer.main import get_command_from_info, get_group_from_info
+
+    from capsim.cli._coercion import use_plain_conversion  # option values without pydantic (start-up)
+
+    for info in _COMMANDS.registered_commands:
+        if _command_name(info) == name:
+            return use_plain_conversion(
+                get_command_from_info(
+                    info,
+                    pretty_exceptions_short=app.pretty_exceptions_short,
+                    rich_markup_mode=app.rich_markup_mode,
+                )
             )
     for group in _COMMANDS.registered_groups:
         if group.name == name:
-            return get_group_from_info(
-                group,
-                pretty_exceptions_short=app.pretty_exceptions_short,
-                suggest_commands=app.suggest_commands,
-                rich_markup_mode=app.rich_markup_mode,
+            return use_plain_conversion(
+                get_group_from_info(
+                    group,
+                    pretty_exceptions_short=app.pretty_exceptions_short,
+                    suggest_commands=app.suggest_commands,
+                    rich_markup_mode=app.rich_markup_mode,
+                )
             )
     return None
 

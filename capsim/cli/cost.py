@@ -21,7 +21,6 @@ from rich.table import Table
 from capsim import units
 from capsim.cli._console import err_console, out_console, print_json
 from capsim.cli.hardware import HardwareDbOption, OverrideOption, load_db
-from capsim.economics.cost import load_cost_file, parse_price_assignments
 from capsim.economics.inputs import CostInputs
 from capsim.engine.scenario import Scenario
 from capsim.errors import ScenarioError
@@ -215,6 +214,8 @@ def cost_inputs(
     grid_gco2_kwh: float | None = None,
 ) -> CostInputs:
     """CostInputs from the defaults, then the ``--prices`` file, then the command-line options."""
+    from capsim.economics.cost import load_cost_file, parse_price_assignments  # numpy: not at start-up
+
     inputs = CostInputs()
     if prices_file is not None:
         inputs = inputs.override(**load_cost_file(prices_file))

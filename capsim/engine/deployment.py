@@ -272,14 +272,14 @@ def cpu_device(node: System, deployment: Deployment, ggml: bool = False) -> Acce
 
 
 def _host_source(node: System) -> str | None:
-    nodes = set(node.graph.nodes)
+    nodes = set(node.topology)
     return next((n for n in ("dram0", "cpu0", "host0") if n in nodes), None)
 
 
 def expert_link_bandwidth(node: System, deployment: Deployment) -> tuple[float, str]:
     """Bytes/s per direction from the experts' tier (``deployment.expert_tier``) to GPU 0, on the node's
     topology graph (the widest path's narrowest edge)."""
-    nodes = set(node.graph.nodes)
+    nodes = set(node.topology)
     if deployment.expert_tier == "ssd":
         if "ssd0" not in nodes:
             raise MissingValueError(node.id, "ssds", "SSD-backed experts (the node lists no SSD)")
@@ -293,7 +293,7 @@ def expert_link_bandwidth(node: System, deployment: Deployment) -> tuple[float, 
 def ssd_read_bandwidth(node: System) -> tuple[float, str]:
     """Bytes/s from the node's SSDs into host memory: the widest path from ssd0 to DRAM (or the CPU), times
     the number of SSDs (assumed striped, RAID-0 style). MissingValueError when the node lists no SSD."""
-    ssds = sorted(n for n in node.graph.nodes if str(n).startswith("ssd"))
+    ssds = sorted(n for n in node.topology if str(n).startswith("ssd"))
     if not ssds:
         raise MissingValueError(node.id, "ssds", "SSD-backed experts (the node lists no SSD)")
     target = _host_source(node)

@@ -320,7 +320,7 @@ def _auto_tiers(rs: ResolvedScenario) -> ResolvedScenario:
             dram_slots = int(host_memory_bytes(rs.node, rs.deployment) // expert_bytes(rs))
         except MissingValueError:
             pass  # every off-GPU expert goes to DRAM; the offload report notes the unknown capacity
-    has_ssd = any(str(n).startswith("ssd") for n in rs.node.graph.nodes)
+    has_ssd = any(str(n).startswith("ssd") for n in rs.node.topology)
     tiers = auto_tier_map(
         rs.inclusion(), slots, dram_slots, has_ssd=has_ssd, device_is_dram=rs.device_is_dram
     )

@@ -169,13 +169,13 @@ def _subset(system: System, count: int | None) -> System:
     return replace(
         system,
         accelerator_count=count,
-        graph=subset_graph(system.graph, system.accelerator_count, count),
+        topology=subset_graph(system.topology, system.accelerator_count, count),
         name=f"{system.name} ({count} used)",
     )
 
 
 def _synthetic_node(acc: Accelerator, count: int, db: HardwareDB) -> System:
-    graph, fabric = synthetic_graph(acc, count, db.link)
+    topology, fabric = synthetic_graph(acc, count, db.link)
     return System(
         id=acc.id if count == 1 else f"{acc.id}x{count}",
         name=acc.name if count == 1 else f"{count}x {acc.name}",
@@ -189,7 +189,7 @@ def _synthetic_node(acc: Accelerator, count: int, db: HardwareDB) -> System:
         scale_out_ports=None,
         purchase_usd=None if acc.purchase_usd is None else acc.purchase_usd * count,
         cloud_usd_per_hour=None if acc.cloud_usd_per_hour is None else acc.cloud_usd_per_hour * count,
-        graph=graph,
+        topology=topology,
         source=f"synthetic node built by capsim from {acc.id} ({acc.file})",
         provenance=acc.provenance,
         file=acc.file,
@@ -225,7 +225,7 @@ def _build_system(r: Record, db: HardwareDB) -> System:
     )
     fabric = field_value(f, "fabric")
     scale_out = db.link(field_value(f, "scale_out")) if "scale_out" in f else None
-    graph = system_graph(path, acc, acc_count, cpus, dram, ssds, fabric, db.link)
+    topology = system_graph(path, acc, acc_count, cpus, dram, ssds, fabric, db.link)
     return System(
         id=r.id,
         name=field_value(f, "name"),
@@ -239,7 +239,7 @@ def _build_system(r: Record, db: HardwareDB) -> System:
         scale_out_ports=field_value(f, "scale_out_ports"),
         purchase_usd=field_value(f, "price.purchase_usd"),
         cloud_usd_per_hour=field_value(f, "price.cloud_usd_per_hour"),
-        graph=graph,
+        topology=topology,
         source=r.source,
         provenance=f,
         file=path,

@@ -12,12 +12,13 @@ import difflib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from capsim import units
 from capsim.errors import MissingValueError, ScenarioError
-from capsim.hardware.paths import min_pair_bottleneck, widest_from
+from capsim.hardware.paths import Topology, min_pair_bottleneck, widest_from
 
 if TYPE_CHECKING:
     import networkx as nx
@@ -391,9 +392,10 @@ class DramConfig:
 class System(_EntryMixin):
     """A node: accelerators, CPUs, DRAM and drives joined by a topology graph.
 
-    ``graph`` (frozen ``networkx.DiGraph``) has nodes ``gpu0..``, ``cpu0..`` (or ``host0`` when the CPU is not in
-    the database), ``dram0..`` (one per socket), ``ssd0..`` and ``nvswitch`` for switched fabrics; every edge
-    carries ``bandwidth_bytes_s`` for that direction and the ``link`` id it uses.
+    ``topology`` has nodes ``gpu0..``, ``cpu0..`` (or ``host0`` when the CPU is not in the database), ``dram0..``
+    (one per socket), ``ssd0..`` and ``nvswitch`` for switched fabrics; every edge carries ``bandwidth_bytes_s``
+    for that direction and the ``link`` id it uses. ``graph`` is the same as a frozen ``networkx.DiGraph``,
+    built on first use (networkx is not imported to predict).
     """
 
     kind: ClassVar[str] = "system"
@@ -409,10 +411,15 @@ class System(_EntryMixin):
     scale_out_ports: int | None
     purchase_usd: float | None
     cloud_usd_per_hour: float | None
-    graph: nx.DiGraph
+    topology: Topology
     source: str
     provenance: Provenance
     file: str = ""
+
+    @cached_property
+    def graph(self) -> nx.DiGraph:
+        """:attr:`topology` as a frozen ``networkx.DiGraph``."""
+        return self.topology.to_networkx()
 
     @property
     def accelerator_nodes(self) -> list[str]:
@@ -425,7 +432,7 @@ class System(_EntryMixin):
         self._check_node(b)
         if a == b:
             raise ScenarioError(f"bandwidth_between needs two different nodes of {self.id}; got {a!r} twice")
-        width = widest_from(self.graph, a).get(b)
+        width = widest_from(self.topology, a).get(b)
         if width is None:
             raise MissingValueError(self.id, f"path {a} -> {b}", "bandwidth_between")
         return width
@@ -457,12 +464,12 @@ class System(_EntryMixin):
         gpus = self.accelerator_nodes
         if len(gpus) < 2:
             return None
-        narrowest = min_pair_bottleneck(self.graph, gpus)
+        narrowest = min_pair_bottleneck(self.topology, gpus)
         if narrowest is None:
             # direction-dependent links: one widest-path search per accelerator (O(n^2) pairs)
             narrowest = math.inf
             for g in gpus:
-                reach = widest_from(self.graph, g)
+                reach = widest_from(self.topology, g)
                 narrowest = min(narrowest, min(reach.get(h, 0.0) for h in gpus if h != g))
         return narrowest if narrowest > 0.0 else None
 
@@ -471,16 +478,14 @@ class System(_EntryMixin):
             return None
         if self.accelerator.unified_memory:
             return self.accelerator.memory_bandwidth_bytes_s
-        sources = [n for n, d in self.graph.nodes(data=True) if d["kind"] == "dram"] or [
-            n for n, d in self.graph.nodes(data=True) if d["kind"] in ("cpu", "host")
-        ]
-        reach = [widest_from(self.graph, s) for s in sources]  # one search per source, not per GPU
+        sources = self.topology.nodes_of_kind("dram") or self.topology.nodes_of_kind("cpu", "host")
+        reach = [widest_from(self.topology, s) for s in sources]  # one search per source, not per GPU
         widths = [max((r.get(gpu, 0.0) for r in reach), default=0.0) for gpu in self.accelerator_nodes]
         return min(widths) if widths and min(widths) > 0.0 else None
 
     def _check_node(self, name: str) -> None:
-        if name not in self.graph:
-            nodes = sorted(self.graph.nodes)
+        if name not in self.topology:
+            nodes = sorted(self.topology)
             close = difflib.get_close_matches(name, nodes, n=3, cutoff=0.5)
             hint = f"did you mean {', '.join(close)}?" if close else f"nodes: {', '.join(nodes)}"
             raise ScenarioError(f"{self.id} has no node {name!r}; {hint}")
@@ -489,7 +494,7 @@ class System(_EntryMixin):
         """The topology as a list of directed edges (GB/s per direction, link id)."""
         return [
             {"from": u, "to": v, "bandwidth_gb_s": d["bandwidth_bytes_s"] / units.GB_PER_S, "link": d["link"]}
-            for u, v, d in sorted(self.graph.edges(data=True), key=lambda e: (e[0], e[1]))
+            for u, v, d in sorted(self.topology.edges(), key=lambda e: (e[0], e[1]))
         ]
 
     def bandwidth_summary(self) -> dict[str, float | None]:
@@ -525,7 +530,7 @@ class System(_EntryMixin):
             "cloud_usd_per_hour": self.cloud_usd_per_hour,
             "source": self.source,
             "file": self.file,
-            "topology": {"nodes": sorted(self.graph.nodes), "edges": self.edges()},
+            "topology": {"nodes": sorted(self.topology), "edges": self.edges()},
             "computed": {
                 "gpu_to_gpu_gb_s": None if gpu_gpu is None else gpu_gpu / units.GB_PER_S,
                 "host_to_gpu_gb_s": None if host_gpu is None else host_gpu / units.GB_PER_S,

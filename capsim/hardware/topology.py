@@ -1,4 +1,4 @@
-"""The topology graphs of systems: ``networkx.DiGraph`` whose nodes are devices and whose edges carry
+"""The topology graphs of systems (:class:`capsim.hardware.paths.Topology`): nodes are devices, edges carry
 ``bandwidth_bytes_s`` per direction and the ``link`` id they use.
 
 A system file's graph (:func:`system_graph`), a synthetic node of one accelerator kind joined by its scale-up
@@ -10,15 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 
-import networkx as nx
-
 from capsim import units
 from capsim.errors import DataFileError, MissingValueError, ScenarioError
 from capsim.hardware.entries import CPU, SSD, Accelerator, DramConfig, Link
+from capsim.hardware.paths import Topology, TopologyBuilder
 
 
 def connect(
-    g: nx.DiGraph, a: str, b: str, bandwidth_bytes_s: float, link: str, back: float | None = None
+    g: TopologyBuilder, a: str, b: str, bandwidth_bytes_s: float, link: str, back: float | None = None
 ) -> None:
     """Two directed edges a->b and b->a (``back`` bytes/s for b->a when the directions differ)."""
     g.add_edge(a, b, bandwidth_bytes_s=bandwidth_bytes_s, link=link)
@@ -83,7 +82,7 @@ def _scale_up_rate(acc: Accelerator, link: Link) -> float:
     return gb_s * units.GB_PER_S
 
 
-def _add_scale_up(g: nx.DiGraph, acc: Accelerator, link: Link, count: int) -> str:
+def _add_scale_up(g: TopologyBuilder, acc: Accelerator, link: Link, count: int) -> str:
     domain = acc.scale_up_domain_max
     if link.topology != "pair":
         if domain is None:
@@ -132,10 +131,10 @@ def system_graph(
     ssds: tuple[tuple[SSD, int], ...],
     fabric: str,
     link: Callable[[str], Link],
-) -> nx.DiGraph:
+) -> Topology:
     """The frozen graph of a system file: sockets (``cpu0..`` or ``host0``), accelerators, the scale-up fabric,
     DRAM per socket and drives; ``link`` looks up a link id (DataFileError naming ``path`` on a bad fabric)."""
-    g = nx.DiGraph()
+    g = TopologyBuilder()
     sockets = sum(n for _, n in cpus)
     cpu = cpus[0][0] if cpus else None
     host_nodes = [f"cpu{j}" for j in range(sockets)] or ["host0"]
@@ -160,11 +159,16 @@ def system_graph(
         connect(g, f"ssd{k}", host_nodes[0], ssd.read_bytes_s, "nvme", back=ssd.write_bytes_s)
     if "host0" in g and g.degree("host0") == 0:
         g.remove_node("host0")
-    return nx.freeze(g)
+    return g.freeze()
 
 
 def _add_system_fabric(
-    g: nx.DiGraph, path: str, acc: Accelerator | None, count: int, fabric: str, link: Callable[[str], Link]
+    g: TopologyBuilder,
+    path: str,
+    acc: Accelerator | None,
+    count: int,
+    fabric: str,
+    link: Callable[[str], Link],
 ) -> None:
     if fabric in ("pcie", "none") or acc is None or count < 2:
         if fabric in ("nvswitch", "full-mesh") and (acc is None or count < 2):
@@ -188,7 +192,7 @@ def _add_system_fabric(
 
 
 def _add_dram(
-    g: nx.DiGraph, path: str, cpu: CPU | None, sockets: int, dram: DramConfig, host_nodes: list[str]
+    g: TopologyBuilder, path: str, cpu: CPU | None, sockets: int, dram: DramConfig, host_nodes: list[str]
 ) -> None:
     if cpu is None:
         raise DataFileError(path, "field 'dram' needs 'cpus' (DRAM hangs off a CPU socket)")
@@ -209,10 +213,10 @@ def _add_dram(
         connect(g, f"dram{j}", host, rate, dram.dram.id)
 
 
-def synthetic_graph(acc: Accelerator, count: int, link: Callable[[str], Link]) -> tuple[nx.DiGraph, str]:
+def synthetic_graph(acc: Accelerator, count: int, link: Callable[[str], Link]) -> tuple[Topology, str]:
     """The frozen graph of ``count`` ``acc`` devices and its fabric name: joined by the device's scale-up link
     (through a switch, a full mesh, bridged pairs or a torus), else through the host's PCIe."""
-    g = nx.DiGraph()
+    g = TopologyBuilder()
     for i in range(count):
         g.add_node(f"gpu{i}", kind="accelerator")
     fabric = "none"
@@ -229,11 +233,9 @@ def synthetic_graph(acc: Accelerator, count: int, link: Callable[[str], Link]) -
             f"{acc.id} has neither a scale-up nor a host link in the database, so {count} of them cannot be "
             "joined; use count 1 or add links with --hardware-db"
         )
-    return nx.freeze(g), fabric
+    return g.freeze(), fabric
 
 
-def subset_graph(graph: nx.DiGraph, accelerator_count: int, count: int) -> nx.DiGraph:
-    """``graph`` without accelerators ``gpu{count}..gpu{accelerator_count - 1}`` (frozen)."""
-    kept = graph.copy()
-    kept.remove_nodes_from(f"gpu{i}" for i in range(count, accelerator_count))
-    return nx.freeze(kept)
+def subset_graph(graph: Topology, accelerator_count: int, count: int) -> Topology:
+    """``graph`` without accelerators ``gpu{count}..gpu{accelerator_count - 1}``."""
+    return graph.without([f"gpu{i}" for i in range(count, accelerator_count)])

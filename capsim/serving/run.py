@@ -104,9 +104,20 @@ def check_workload(work: Workload, replica: ReplicaModel, sched: SchedulerConfig
 
 
 def _dispatch(work: Workload, replicas: int) -> list[np.ndarray]:
-    """Round-robin in send order."""
+    """Round-robin in send order: the requests of each replica that gets any (replicas beyond the number of
+    requests stay idle, and are not listed: `--replicas 2147483648` listed 2^31 of them and ran out of memory).
+    """
     idx = np.arange(work.size)
-    return [idx[r::replicas] for r in range(replicas)]
+    return [idx[r::replicas] for r in range(min(replicas, max(work.size, 1)))]
+
+
+def _check_concurrency(concurrency: int | None, replicas: int, flag: str) -> None:
+    """Closed-loop clients are split over the replicas; a replica left with none would wait forever."""
+    if concurrency is not None and concurrency < replicas:
+        raise ScenarioError(
+            f"--concurrency {concurrency} is below {flag} {replicas}: each replica needs at least one client "
+            f"in flight; use --concurrency >= {replicas} or fewer replicas"
+        )
 
 
 def _split_concurrency(concurrency: int | None, replicas: int, r: int) -> int | None:
@@ -159,6 +170,8 @@ def serve(
     """Simulate serving ``work`` and summarise it (see :class:`capsim.serving.metrics.ServeResult`)."""
     if replicas < 1:
         raise ScenarioError(f"--replicas must be >= 1, got {replicas}")
+    if disaggregation is None:
+        _check_concurrency(work.concurrency, replicas, "--replicas")
     rep = replica if replica is not None else build_replica(scenario, sched, hardware_db)
     check_workload(work, rep, sched)
     n = work.size
@@ -213,6 +226,7 @@ def _serve_disaggregated(
 ) -> tuple[ReplicaRun, float]:
     if dis.prefill_replicas < 1 or dis.decode_replicas < 1:
         raise ScenarioError("--prefill-replicas and --decode-replicas must both be >= 1")
+    _check_concurrency(work.concurrency, dis.prefill_replicas, "--prefill-replicas")
     n = work.size
     # prefill side: every request needs one output token (its first), made by the prefill replica
     pre_work = Workload(
@@ -230,7 +244,7 @@ def _serve_disaggregated(
     multi = np.nonzero(work.output_tokens > 1)[0]
     order = multi[np.argsort(landed[multi], kind="stable")]
     dec_runs = []
-    for r in range(dis.decode_replicas):
+    for r in range(min(dis.decode_replicas, max(order.size, 1))):  # idle decode replicas are not run
         idx = order[r :: dis.decode_replicas]
         sub = Workload(landed[idx], work.prompt_tokens[idx], work.output_tokens[idx], None, work.description)
         dec_runs.append(

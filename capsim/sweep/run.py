@@ -289,6 +289,7 @@ def run_dask(
             ) from None
     else:
         import multiprocessing
+        import warnings
 
         import dask
 
@@ -303,7 +304,10 @@ def run_dask(
         settings: dict[str, Any] = {"distributed.worker.profile.enabled": False}
         if fork:
             settings["distributed.worker.multiprocessing-method"] = "fork"
-        with dask.config.set(settings):
+        with dask.config.set(settings), warnings.catch_warnings():
+            # Python >= 3.12 warns on any fork of a multi-threaded process; the nanny forks from the
+            # cluster's event-loop thread, and its child runs only that thread's work (a new event loop)
+            warnings.filterwarnings("ignore", message=".*fork.*", category=DeprecationWarning)
             cluster = LocalCluster(
                 n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0"
             )
