@@ -43,6 +43,10 @@ QUANTITIES: tuple[str, ...] = (
 """Per-step quantities :func:`decode_totals` sums over the decode steps (seconds, bytes, FLOPs)."""
 
 
+OUTCOMES_KEPT = 100_000
+"""Cache outcomes an offload group keeps (two floats per (batch, capacity)); past that the memo restarts."""
+
+
 class ModeAdjust:
     """The mode's change to device-resident passes, as predict applies it (:mod:`capsim.engine.offload`), for
     one resolved group:
@@ -78,6 +82,8 @@ class ModeAdjust:
 
         rs, dep = self.rs, self.rs.deployment
         keys = list(zip(batch.astype(np.int64).tolist(), capacity.astype(np.int64).tolist()))
+        if len(self._outcomes) > OUTCOMES_KEPT:  # memory follows the chunk, not the grid
+            self._outcomes.clear()
         for key in dict.fromkeys(keys):
             if key not in self._outcomes:
                 out = cache_outcome(
