@@ -164,3 +164,26 @@ def test_help_listing_summaries_equal_the_converted_commands() -> None:
             assert getattr(summary, attr) == getattr(command, attr), (name, attr)
         assert summary.get_short_help_str(80) == command.get_short_help_str(80)
     assert summarised >= 10
+
+
+def test_each_command_names_the_modules_that_declare_it() -> None:
+    """A run imports only the command modules ``capsim.cli._MODULES`` names: every declared command must be
+    there, with the module that declares it (in a fresh process, so every module registers once)."""
+    code = (
+        "import importlib, typer\n"
+        "from capsim.cli import _MODULES, _ORDER, _command_name\n"
+        "home = {}\n"
+        "for m in _ORDER:\n"
+        "    t = typer.Typer()\n"
+        "    importlib.import_module('capsim.cli.' + m).register(t)\n"
+        "    for name in [_command_name(i) for i in t.registered_commands] + [g.name for g in t.registered_groups]:\n"
+        "        home[name] = m\n"
+        "from capsim.cli.hardware import hardware_app\n"
+        "extra = {_command_name(i) for i in hardware_app.registered_commands} - {'list', 'show'}\n"
+        "print(sorted(home) == sorted(_MODULES), all(home[n] in _MODULES[n] for n in home), extra)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "True True {'calibrate'}", done.stdout + done.stderr
+    from capsim.cli import _MODULES
+
+    assert "profile" in _MODULES["hardware"]  # the module that adds `hardware calibrate`

@@ -175,8 +175,47 @@ def _root(
     """Analytical simulator and cost model for sparse MoE LLM inference. Metrics: see docs/metrics.md."""
 
 
-_COMMANDS = typer.Typer()
-"""Where the command modules declare their commands; :class:`_CapsimGroup` converts each on first use."""
+_MODULES: dict[str, tuple[str, ...]] = {
+    "predict": ("predict",),
+    "fit": ("fit",),
+    "hardware": ("hardware", "profile"),  # profile adds `hardware calibrate` to the group
+    "model": ("model",),
+    "trace": ("trace",),
+    "profile": ("profile",),
+    "validate": ("profile",),
+    "calibrate": ("profile",),
+    "compare": ("cost",),
+    "plan": ("cost",),
+    "radar": ("cost",),
+    "sweep": ("sweep",),
+    "explain": ("sweep",),
+    "measure": ("measure",),
+    "serve": ("serve",),
+}
+"""Which modules of ``capsim.cli`` declare each command: a run imports those only (importing every command's
+module costs ~0.05 s of start-up). ``tests/test_cli_coercion.py`` checks this against the declarations."""
+_ORDER = ("predict", "fit", "hardware", "model", "trace", "profile", "cost", "sweep", "measure", "serve")
+"""Every command module, in the order of the help listing."""
+_REGISTRIES: dict[str, typer.Typer] = {}
+"""Each imported command module's declarations (its ``register``), by module name."""
+
+
+def _registry(module: str) -> typer.Typer:
+    registry = _REGISTRIES.get(module)
+    if registry is None:
+        import importlib
+
+        registry = typer.Typer()
+        importlib.import_module(f"capsim.cli.{module}").register(registry)
+        _REGISTRIES[module] = registry
+    return registry
+
+
+def _declared(modules: Sequence[str] = _ORDER) -> tuple[list[CommandInfo], list[Any]]:
+    """The commands and the groups ``modules`` declare, in listing order (commands first, then groups)."""
+    registries = [_registry(m) for m in _ORDER if m in modules]
+    commands = [info for r in registries for info in r.registered_commands]
+    return commands, [group for r in registries for group in r.registered_groups]
 
 
 def _command_name(info: CommandInfo) -> str:
@@ -190,8 +229,8 @@ def _command_name(info: CommandInfo) -> str:
 
 
 def _declared_names() -> list[str]:
-    names = [_command_name(info) for info in _COMMANDS.registered_commands]
-    return names + [str(info.name) for info in _COMMANDS.registered_groups]
+    commands, groups = _declared()
+    return [_command_name(info) for info in commands] + [str(info.name) for info in groups]
 
 
 def _summary(name: str) -> Any:
@@ -201,7 +240,7 @@ def _summary(name: str) -> Any:
 
     from typer.core import TyperCommand
 
-    for info in _COMMANDS.registered_commands:
+    for info in _declared(_MODULES.get(name, _ORDER))[0]:
         if _command_name(info) == name:
             return TyperCommand(
                 name=name,
@@ -220,7 +259,8 @@ def _convert(name: str) -> Any:
 
     from capsim.cli._coercion import use_plain_conversion  # option values without pydantic (start-up)
 
-    for info in _COMMANDS.registered_commands:
+    commands, groups = _declared(_MODULES.get(name, _ORDER))
+    for info in commands:
         if _command_name(info) == name:
             return use_plain_conversion(
                 get_command_from_info(
@@ -229,7 +269,7 @@ def _convert(name: str) -> Any:
                     rich_markup_mode=app.rich_markup_mode,
                 )
             )
-    for group in _COMMANDS.registered_groups:
+    for group in groups:
         if group.name == name:
             return use_plain_conversion(
                 get_group_from_info(
@@ -240,16 +280,6 @@ def _convert(name: str) -> Any:
                 )
             )
     return None
-
-
-def _register_all() -> None:
-    from capsim.cli import cost, fit, hardware, measure, model, predict, profile, serve, sweep, trace
-
-    for module in (predict, fit, hardware, model, trace, profile, cost, sweep, measure, serve):
-        module.register(_COMMANDS)
-
-
-_register_all()
 
 
 def main() -> None:
