@@ -242,3 +242,57 @@ def test_list_shows_every_shipped_trace():
     assert [r["name"] for r in rows] == list(shipped_traces())
     for r in rows:
         assert r["router"], r  # every shipped trace says which router made it
+
+
+# ---- import-sglang ------------------------------------------------------------------------------------------
+def test_import_sglang_per_token_dump(tmp_path: Path, tiny_models):
+    """SGLang's per_token recorder (_DetailAccumulator.dump): records with topk_ids_of_layer (layers, tokens, 8),
+    -1 in the unused columns, physical ids mapped to logical ones by last_physical_to_logical_map. Two passes
+    of 2 and 1 tokens, 2 layers, k = 2 of 8 logical experts, physical expert 8 a replica of logical 3."""
+    torch = pytest.importorskip("torch")
+    pad = -torch.ones((2, 2, 6), dtype=torch.int32)
+    first = torch.cat([torch.tensor([[[0, 1], [2, 8]], [[4, 5], [6, 7]]], dtype=torch.int32), pad], dim=2)
+    second = torch.cat(
+        [torch.tensor([[[8, 0]], [[1, 2]]], dtype=torch.int32), -torch.ones((2, 1, 6), dtype=torch.int32)],
+        dim=2,
+    )
+    mapping = torch.tensor([[0, 1, 2, 3, 4, 5, 6, 7, 3]] * 2)
+    dump = tmp_path / "expert_distribution_recorder_1.0_0.pt"
+    torch.save(
+        {
+            "records": [
+                {
+                    "forward_pass_id": 0,
+                    "topk_ids_of_layer": first,
+                    "global_physical_count": torch.zeros(2, 9),
+                },
+                {
+                    "forward_pass_id": 1,
+                    "topk_ids_of_layer": second,
+                    "global_physical_count": torch.zeros(2, 9),
+                },
+            ],
+            "last_physical_to_logical_map": mapping,
+        },
+        dump,
+    )
+    out = tmp_path / "sg.npz"
+    result = _run("import-sglang", str(dump), "--model", "tiny-moe-2x8k2", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"wrote {out} (tiny-moe-2x8k2: 2 MoE layers x 3 tokens x top-2)\n"
+    tr = load_trace(out)
+    # layer 0: tokens (0,1), (2,8->3), (8->3,0); layer 1: (4,5), (6,7), (1,2)
+    assert tr.topk_ids.tolist() == [[[0, 1], [2, 3], [3, 0]], [[4, 5], [6, 7], [1, 2]]]
+    assert tr.metadata["recorded_with"].startswith("sglang")
+
+
+def test_import_sglang_needs_per_token_records(tmp_path: Path, tiny_models):
+    torch = pytest.importorskip("torch")
+    dump = tmp_path / "stat.pt"
+    torch.save({"rank": 0, "logical_count": torch.zeros((1, 2, 8), dtype=torch.int32)}, dump)
+    result = _run("import-sglang", str(dump), "--model", "tiny-moe-2x8k2", "--out", str(tmp_path / "x.npz"))
+    assert result.exit_code == 1
+    assert (
+        "no per-token routes in it: record with --expert-distribution-recorder-mode per_token"
+        in result.output
+    )

@@ -67,8 +67,9 @@ def test_floor_binds_at_batch_1_by_hand() -> None:
 
 def test_floor_leaves_large_kernels_alone() -> None:
     """An 8,192-token prefill chunk: the attention projections and experts are far above their floors and do
-    not change; only the router (a 4096 x 8 GEMM and top-k per layer) sits at its floor of 32 x 2 kernels."""
-    rs = _rs("vllm")
+    not change; only the router (a 4096 x 8 GEMM and top-k per layer) sits at its floor of 32 x 2 kernels
+    (vLLM 0.7's 26.25 us per kernel)."""
+    rs = _rs("vllm-0.7")
     zero = replace(rs, rates=replace(rs.rates, kernel_latency_s=0.0))
     from capsim.engine.passes import prefill_passes
 
@@ -161,10 +162,12 @@ def test_eager_host_fit_matches_the_h200_blocks() -> None:
 
 def test_shipped_profiles_are_sourced() -> None:
     engines = load_engines()
-    assert {"tensorrt-llm", "vllm", "sglang", "transformers", "moe-infinity"} <= set(engines)
+    assert {"tensorrt-llm", "vllm", "vllm-0.7", "sglang", "transformers", "moe-infinity"} <= set(engines)
     for profile in engines.values():
         named = {
-            k for k in ("kernel_latency_s", "moe_host_s", "expert_host_s") if getattr(profile, k) is not None
+            k
+            for k in ("kernel_latency_s", "moe_host_s", "expert_host_s", "compute_fraction")
+            if getattr(profile, k) is not None
         }
         assert named == {k for k, _ in profile.sources}
         assert all(source for _, source in profile.sources)
@@ -241,7 +244,7 @@ def test_shipped_kernel_latencies_are_the_fit() -> None:
     every, _ = fit.fit(points, grid)
     engines = load_engines()
     assert engines["tensorrt-llm"].kernel_latency_s == pytest.approx(trt)
-    assert engines["vllm"].kernel_latency_s == pytest.approx(py) == engines["sglang"].kernel_latency_s
+    assert engines["vllm-0.7"].kernel_latency_s == pytest.approx(py) == engines["sglang"].kernel_latency_s
     from capsim.hardware.db import load_hardware_db
 
     assert load_hardware_db().efficiency("datacenter-gpu").kernel_latency_s == pytest.approx(every)

@@ -1,6 +1,8 @@
-"""``capsim trace synth|stats|fit|list``: routing traces, formatted (the analytics live in capsim.routing).
+"""``capsim trace synth|import-sglang|stats|fit|list``: routing traces, formatted (the analytics live in
+capsim.routing).
 
-``synth`` samples a synthetic router into a trace file; ``stats`` prints per-layer activation, load
+``synth`` samples a synthetic router into a trace file; ``import-sglang`` converts SGLang's per-token expert
+recorder dump into one; ``stats`` prints per-layer activation, load
 imbalance and reuse distance as a rich table (or ``--json``) and writes a layers x experts heatmap PNG;
 ``fit`` prints the router parameters estimated from a trace; ``list`` shows the shipped traces.
 """
@@ -21,7 +23,8 @@ if TYPE_CHECKING:  # the routing stack loads when a trace command runs, not at s
 from capsim.cli._console import out_console, print_json
 
 trace_app = typer.Typer(
-    help="Routing traces: synthesise one, show its statistics and heatmap, fit router parameters.",
+    help="Routing traces: synthesise one, import SGLang's per-token recorder dump, show its statistics and "
+    "heatmap, fit router parameters.",
     no_args_is_help=True,
 )
 
@@ -87,6 +90,52 @@ def synth(
     console = out_console()
     console.print(
         f"wrote {path} ({spec.id}: {r.num_moe_layers} MoE layers x {tokens} tokens x top-{r.top_k} of {r.num_experts})",
+        soft_wrap=True,
+        markup=False,
+    )
+
+
+# ---- import-sglang --------------------------------------------------------------------------------------
+@trace_app.command("import-sglang")
+def import_sglang(
+    dump: Annotated[
+        Path, typer.Argument(help="SGLang per_token recorder file (expert_distribution_recorder_*.pt).")
+    ],
+    model: Annotated[str, typer.Option("--model", "-m", help="Model id or config.json path.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Trace file to write (.npz).")],
+) -> None:
+    """Turn an SGLang ``--expert-distribution-recorder-mode per_token`` dump into a capsim trace."""
+    from capsim.routing.engine_dumps import load_token_routes
+    from capsim.routing.traces import write_trace
+
+    spec = _resolve_model(model)
+    if spec.moe is None:
+        raise ScenarioError(f"{spec.id} has no routed experts; a routing trace needs an MoE model")
+    ids = load_token_routes(dump, spec.moe.top_k)
+    if ids.shape[0] != spec.num_moe_layers or ids.max() >= spec.moe.num_experts:
+        raise TraceError(
+            str(dump),
+            f"has {ids.shape[0]} MoE layers and expert ids up to {int(ids.max())}; {spec.id} has "
+            f"{spec.num_moe_layers} layers of {spec.moe.num_experts} experts",
+        )
+    try:
+        path = write_trace(
+            out,
+            ids,
+            model_id=spec.id,
+            num_experts=spec.moe.num_experts,
+            top_k=spec.moe.top_k,
+            metadata={
+                "recorded_with": "sglang expert distribution recorder (per_token)",
+                "source": str(dump),
+            },
+        )
+    except OSError as exc:
+        raise TraceError(
+            str(out), f"cannot be written ({exc.strerror or exc}); choose another path"
+        ) from None
+    out_console().print(
+        f"wrote {path} ({spec.id}: {ids.shape[0]} MoE layers x {ids.shape[1]} tokens x top-{spec.moe.top_k})",
         soft_wrap=True,
         markup=False,
     )

@@ -3,8 +3,13 @@
 An engine adds to the device's roofline what its execution costs: with CUDA/HIP graphs, a fixed device time per
 kernel (``kernel_latency_s``, a floor under every block of kernels: capsim.engine.roofline.BLOCK_KERNELS); run
 eagerly (PyTorch eager, as Hugging Face transformers and MoE-Infinity run MoE blocks), host dispatch per MoE
-layer and per activated expert, which overlaps the device's work: a pass takes max(host, device). Values absent
-from a profile fall back to the device class's (hardware_db/efficiency.toml). Every value names its source.
+layer and per activated expert, which overlaps the device's work: a pass takes max(host, device); and the
+fraction of dense peak FLOP/s its compute-bound kernels sustain (``compute_fraction``). Values absent from a
+profile fall back to the device class's (hardware_db/efficiency.toml). Every value names its source.
+
+An engine's costs change between releases, so a profile may name the ``releases`` it was fitted on and the
+``family`` it belongs to: ``vllm@0.7.3`` picks the vllm-family profile whose releases hold 0.7; a bare ``vllm``
+is the table of that id (the newest release with data).
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ from capsim.errors import DataFileError, ScenarioError
 
 _FILE = Path(__file__).with_name("engines.toml")
 EXECUTIONS = ("graphs", "eager")
-_VALUES = ("kernel_latency_s", "moe_host_s", "expert_host_s")
+_VALUES = ("kernel_latency_s", "moe_host_s", "expert_host_s", "compute_fraction")
+_FRACTIONS = frozenset({"compute_fraction"})
 
 
 @dataclass(frozen=True)
@@ -35,7 +41,24 @@ class EngineProfile:
     """Eager execution: host dispatch per MoE layer besides its experts (seconds)."""
     expert_host_s: float | None = None
     """Eager execution: host dispatch per activated expert per MoE layer (seconds)."""
+    compute_fraction: float | None = None
+    """Sustained / dense peak FLOP/s of the engine's compute-bound kernels (GEMMs, grouped MoE GEMMs, attention)."""
     sources: tuple[tuple[str, str], ...] = ()
+    family: str = ""
+    """The engine this profile is a release of (its id when the file names none)."""
+    releases: tuple[tuple[int, int], tuple[int, int]] | None = None
+    """Inclusive (major, minor) range of the releases the values were fitted on; None = any release."""
+
+    def covers(self, version: tuple[int, int]) -> bool:
+        return self.releases is None or self.releases[0] <= version <= self.releases[1]
+
+    @property
+    def releases_text(self) -> str:
+        """'0.10-0.11', '0.7' (one minor release) or '' (any release)."""
+        if self.releases is None:
+            return ""
+        lo, hi = (f"{a}.{b}" for a, b in self.releases)
+        return lo if lo == hi else f"{lo}-{hi}"
 
     @property
     def eager(self) -> bool:
@@ -44,6 +67,8 @@ class EngineProfile:
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"id": self.id, "name": self.name, "execution": self.execution}
         out.update({k: getattr(self, k) for k in _VALUES if getattr(self, k) is not None})
+        if self.releases is not None:
+            out["releases"] = self.releases_text
         out["sources"] = dict(self.sources)
         return out
 
@@ -57,7 +82,30 @@ def _value(entry: dict[str, Any], key: str, where: str) -> tuple[float | None, s
     value = raw.get("value")
     if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
         raise DataFileError(where, f"{key} must be a number >= 0 (seconds), got {value!r}")
+    if key in _FRACTIONS and not 0 < value <= 1:
+        raise DataFileError(where, f"{key} must be a fraction in (0, 1], got {value!r}")
     return float(value), str(raw["source"])
+
+
+def parse_release(text: str) -> tuple[int, int]:
+    """'0.10.2', 'v0.11', '0.7.3.dev138' -> (major, minor). Raises ValueError when there are not two numbers."""
+    parts = text.strip().lstrip("vV").split(".")
+    if len(parts) < 2 or not parts[0].isdigit() or not parts[1].isdigit():
+        raise ValueError(f"release {text!r} is not MAJOR.MINOR[.PATCH]")
+    return int(parts[0]), int(parts[1])
+
+
+def _releases(raw: Any, where: str) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    if raw is None:
+        return None
+    try:
+        lo, _, hi = str(raw).partition("-")
+        span = (parse_release(lo), parse_release(hi or lo))
+    except ValueError as exc:
+        raise DataFileError(where, f"releases must be 'A.B' or 'A.B-C.D' ({exc})") from None
+    if span[0] > span[1]:
+        raise DataFileError(where, f"releases {raw!r} run backwards")
+    return span
 
 
 @cache
@@ -73,7 +121,7 @@ def load_engines(path: str | None = None) -> dict[str, EngineProfile]:
         where = f"{p} [{eid}]"
         if not isinstance(entry, dict):
             raise DataFileError(where, "every top-level key is an engine table")
-        unknown = sorted(set(entry) - {"name", "execution", *_VALUES})
+        unknown = sorted(set(entry) - {"name", "execution", "family", "releases", *_VALUES})
         if unknown:
             raise DataFileError(where, f"unknown field(s) {', '.join(unknown)}")
         if not isinstance(entry.get("name"), str) or not entry["name"]:
@@ -90,6 +138,8 @@ def load_engines(path: str | None = None) -> dict[str, EngineProfile]:
             execution,
             **{k: v for k, (v, _) in values.items()},
             sources=tuple((k, s) for k, (v, s) in values.items() if v is not None),
+            family=str(entry.get("family", eid)),
+            releases=_releases(entry.get("releases"), where),
         )
     return out
 
@@ -97,11 +147,28 @@ def load_engines(path: str | None = None) -> dict[str, EngineProfile]:
 def engine_profile(name: str | None) -> EngineProfile | None:
     """The profile of engine ``name`` (None: no engine named, the device class's defaults apply).
 
-    Raises ScenarioError for an unknown name, with the closest ids."""
+    ``name`` is a profile id (``vllm``, ``vllm-0.7``) or ``FAMILY@RELEASE`` (``vllm@0.10.2``): the profile of that
+    family whose ``releases`` hold the release. Raises ScenarioError for an unknown name (with the closest ids)
+    or a release no profile of the family was fitted on (with the releases there are)."""
     if name is None:
         return None
     engines = load_engines()
-    key = name.strip().lower()
+    key, at, release = name.strip().lower().partition("@")
+    if at:
+        family = [p for p in engines.values() if p.family == key]
+        if not family:
+            raise ScenarioError(f"unknown engine {key!r} in {name!r}; choose one of {', '.join(engines)}")
+        try:
+            version = parse_release(release)
+        except ValueError as exc:
+            raise ScenarioError(f"engine {name!r}: {exc}; write e.g. {key}@0.10.2") from None
+        for profile in family:
+            if profile.covers(version):
+                return profile
+        known = ", ".join(f"{p.id} ({p.releases_text})" for p in family if p.releases)
+        raise ScenarioError(
+            f"no {key} profile for release {release}; profiles fitted on: {known} (name one of them)"
+        )
     if key not in engines:
         close = difflib.get_close_matches(key, list(engines), n=3, cutoff=0.5)
         hint = f"did you mean {', '.join(close)}?" if close else f"choose one of {', '.join(engines)}"

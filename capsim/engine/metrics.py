@@ -182,7 +182,9 @@ def _engine_basis(rs: ResolvedScenario, class_latency: dict[str, Any] | None) ->
         out["kernel_latency_s"] = {"value": rs.rates.kernel_latency_s, "source": sources["kernel_latency_s"]}
     elif class_latency is not None:
         out["kernel_latency_s"] = class_latency
-    for name in ("moe_host_s", "expert_host_s"):
+    if profile is not None and profile.releases is not None:
+        out["releases"] = profile.to_dict()["releases"]
+    for name in ("moe_host_s", "expert_host_s", "compute_fraction"):
         if name in sources:
             out[name] = {"value": getattr(profile, name), "source": sources[name]}
     return out

@@ -166,7 +166,10 @@ def resolve_on(scenario: Scenario, db: HardwareDB, model: ModelSpec, count: int 
     rates = DeviceRates(
         peak_flops={key: v * TFLOPS for key, v in device.peak_tflops_dense.items()},
         memory_bandwidth=device.memory_bandwidth_gb_s * GB_PER_S,
-        compute_fraction=eff.compute_fraction,
+        # a named engine's compute-bound kernels may sustain less of the peak than the class's GEMM tables say
+        compute_fraction=eff.compute_fraction
+        if profile is None or profile.compute_fraction is None
+        else profile.compute_fraction,
         # CPU execution: sustained streaming (memory_bw_fraction) x what CPU MoE engines' kernels reach of it
         # (fitted); an accelerator entry (a calibrated machine included) carries its own measured fractions
         memory_fraction=eff.memory_bw_fraction

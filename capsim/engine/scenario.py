@@ -135,7 +135,8 @@ class Scenario:
     engine: str | None = _opt(
         None,
         "serving engine whose execution costs apply (capsim/engine/engines.toml: tensorrt-llm, vllm, sglang, "
-        "transformers, moe-infinity): kernel latency with CUDA graphs, host dispatch when eager; default: "
+        "transformers, moe-infinity; FAMILY@RELEASE such as vllm@0.7.3 picks the profile fitted on that "
+        "release): kernel latency with CUDA graphs, host dispatch when eager, compute fraction; default: "
         "the device class's",
     )
     expert_dtype: str | None = _opt(

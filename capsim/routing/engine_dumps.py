@@ -120,6 +120,55 @@ def _records_to_counts(file: Path, raw: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+TOKEN_IDS_KEY = "topk_ids_of_layer"
+"""SGLang per_token records: (MoE layers, tokens of the pass, 8) expert ids, -1 where a column is unused."""
+
+
+def load_token_routes(path: str | Path, top_k: int) -> np.ndarray:
+    """(MoE layers, tokens, ``top_k``) logical expert ids of an SGLang ``per_token`` dump: every record's
+    ``topk_ids_of_layer`` in record order (a pass's tokens in the engine's batch order), physical ids folded to
+    logical ones through ``last_physical_to_logical_map``, the recorder's -1 padding columns (it keeps 8) cut
+    to ``top_k``. A route of consecutive tokens of one sequence only when the batch held one sequence (the
+    recorder keeps no request ids): record at batch 1 to study reuse over time (docs/trace-format.md).
+
+    Raises :class:`TraceError` for a file without per-token records or with fewer than ``top_k`` ids per token."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise TraceError(str(file), "no such expert-load dump; give the .pt file SGLang's recorder wrote")
+    raw = _load_raw(file)
+    records = raw.get(RECORDS_KEY)
+    if (
+        not isinstance(records, list)
+        or not records
+        or not all(isinstance(r, dict) and TOKEN_IDS_KEY in r for r in records)
+    ):
+        raise TraceError(
+            str(file),
+            f"no per-token routes in it: record with --expert-distribution-recorder-mode per_token "
+            f"(each of its {RECORDS_KEY} holds {TOKEN_IDS_KEY})",
+        )
+    ids = np.concatenate([np.asarray(r[TOKEN_IDS_KEY], dtype=np.int64) for r in records], axis=1)
+    if ids.ndim != 3 or ids.shape[2] < top_k:
+        raise TraceError(
+            str(file), f"{TOKEN_IDS_KEY} has shape {ids.shape}; expected (layers, tokens, >= {top_k})"
+        )
+    ids = ids[:, :, :top_k]
+    if (ids < 0).any():
+        raise TraceError(
+            str(file), f"some tokens have fewer than {top_k} expert ids (-1 entries): wrong top-k?"
+        )
+    if RECORDS_MAP_KEY in raw:
+        mapping = np.asarray(raw[RECORDS_MAP_KEY], dtype=np.int64)
+        if mapping.ndim != 2 or mapping.shape[0] != ids.shape[0] or ids.max() >= mapping.shape[1]:
+            raise TraceError(
+                str(file), f"{RECORDS_MAP_KEY} has shape {mapping.shape}; it does not cover the recorded ids"
+            )
+        ids = np.take_along_axis(mapping[:, None, :], ids.reshape(ids.shape[0], 1, -1), axis=2).reshape(
+            ids.shape
+        )
+    return ids
+
+
 def load_expert_counts(path: str | Path) -> ExpertCounts:
     """Read an SGLang or vLLM expert-load dump (module docstring) as counts (passes, layers, experts).
 

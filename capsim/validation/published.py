@@ -106,6 +106,7 @@ _OPTIONAL: dict[str, type | tuple[type, ...]] = {
     "includes_prefill": bool,
     "speculative": bool,
     "engine": str,
+    "engine_version": str,
     "notes": list,
     "redundant_experts": int,
     "all_to_all": str,
@@ -157,6 +158,8 @@ class PublishedCase:
     includes_prefill: bool = False
     speculative: bool = False
     engine: str | None = None
+    engine_version: str | None = None
+    """The engine release the case ran (e.g. 0.10.2): it picks the engine's profile for that release."""
     notes: tuple[str, ...] = ()
     redundant_experts: int = 0
     """EPLB's extra expert replicas (--redundant-experts)."""
@@ -354,9 +357,10 @@ def scenario_for(case: PublishedCase, db: HardwareDB) -> tuple[Scenario, Hardwar
     for name in ("redundant_experts", "all_to_all", "network", "two_batch_overlap"):
         if getattr(case, name):
             settings[name] = getattr(case, name)
-    if case.engine is not None and case.engine in load_engines():
-        # the engine's execution costs (kernel latency, eager host dispatch): capsim/engine/engines.toml
-        settings["engine"] = case.engine
+    if case.engine is not None and case.engine in {p.family for p in load_engines().values()}:
+        # the engine's execution costs (kernel latency, eager host dispatch, compute fraction) for the release
+        # the case ran: capsim/engine/engines.toml
+        settings["engine"] = f"{case.engine}@{case.engine_version}" if case.engine_version else case.engine
     if case.host_memory_gb is not None:
         settings["host_memory_gb"] = float(case.host_memory_gb)
     if case.numa is not None:
