@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-HEAVY = ("sympy", "scipy", "matplotlib", "torch", "dask", "networkx", "numpy", "pyarrow")
+HEAVY = ("sympy", "scipy", "matplotlib", "torch", "dask", "networkx", "pydantic", "numpy", "pyarrow")
 _SCRIPT = Path(sys.executable).with_name("capsim")
 """The console script pip installed (not a shell shim in front of it, e.g. pyenv's, which adds its own time)."""
 _CAPSIM = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "capsim"]

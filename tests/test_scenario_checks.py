@@ -133,3 +133,16 @@ def test_expert_divisibility_names_valid_degrees() -> None:
         match=r"--ep 8 must divide both the 8 devices .* and the 60 experts; valid --ep: 1, 2, 4$",
     ):
         check_scenario(Scenario(model=model), model, Layout(tp=8, devices_per_node=8, ep=8))
+
+
+@pytest.mark.parametrize("command", ["predict", "fit"])
+def test_host_memory_finite_in_gb_but_not_in_bytes_is_refused(command: str) -> None:
+    """Regression (long fuzz run): --host-memory-gb 1.7976931348623157e+308 is a finite number of GB, but
+    times 1e9 bytes/GB it is inf, and the DRAM expert-slot count became inf // x = NaN (a ValueError
+    traceback from fit). Above 1e9 GB (an exabyte) is refused with one line."""
+    with pytest.raises(ScenarioError, match=r"beyond what capsim models \(at most 1,000,000,000 GB\)"):
+        Scenario(host_memory_gb=1.7976931348623157e308).validate()
+    result = runner.invoke(app, [command, "--host-memory-gb", "1.7976931348623157e+308", "--json"])
+    assert result.exit_code == 1, result.output
+    assert "beyond what capsim models" in result.output
+    Scenario(host_memory_gb=1e9).validate()  # the bound itself is accepted

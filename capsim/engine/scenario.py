@@ -19,6 +19,8 @@ MAX_DEGREE = 1 << 20
 """Pipeline stages, replicas and nodes capsim accepts."""
 MAX_COUNT = 2**31 - 1
 """Largest batch or token count (int64 sums and products of them stay exact)."""
+MAX_HOST_MEMORY_GB = 1e9
+"""Largest host memory per node (an exabyte; far beyond any machine, and finite in bytes)."""
 
 
 def _opt(default: Any, help: str) -> Any:
@@ -234,6 +236,12 @@ class Scenario:
         if self.host_memory_gb is not None and not (0 < self.host_memory_gb < float("inf")):
             raise ScenarioError(
                 f"--host-memory-gb must be a positive number of GB, got {self.host_memory_gb!r}"
+            )
+        if self.host_memory_gb is not None and self.host_memory_gb > MAX_HOST_MEMORY_GB:
+            # 1.8e308 GB is finite, but not in bytes: the expert-slot count became inf // x = NaN (fuzz run)
+            raise ScenarioError(
+                f"--host-memory-gb {self.host_memory_gb:g} is beyond what capsim models "
+                f"(at most {MAX_HOST_MEMORY_GB:,.0f} GB)"
             )
         for dtype, flag in ((self.weight_dtype, "weight"), (self.expert_dtype, "expert")):
             if dtype is not None and not is_weight_dtype(dtype):
