@@ -77,7 +77,8 @@ FITTED_ON = frozenset(
     }
 )
 """The small-batch published cases the shipped kernel latencies were fitted on (vLLM 0.7 / SGLang 0.4 of early
-2025, TensorRT-LLM). Small-batch cases added later (e.g. vLLM 0.10 gpt-oss-120b rows) are out of sample."""
+2025, TensorRT-LLM). Small-batch cases added later (e.g. vLLM 0.10 gpt-oss-120b rows) are out of sample here;
+the vLLM 0.10-0.11 profile is fitted on its own release's cases by benchmarks/fit_vllm_release.py."""
 
 
 def points() -> list[Point]:
