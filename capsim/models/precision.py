@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from capsim.errors import ScenarioError
-from capsim.models.ggml_types import FILE_TYPES, GGML_BLOCKS, NATIVE_COMPUTE, bits, is_gguf
+from capsim.models.ggml_types import FILE_TYPES, NATIVE_COMPUTE, bits, is_gguf
 
 
 @dataclass(frozen=True)
@@ -61,12 +61,6 @@ KV_PRECISIONS: dict[str, Precision] = {
         Precision("fp8", 8.0, "bf16"),  # fp8 KV is upcast inside attention kernels
     )
 }
-
-
-def weight_dtype_names() -> list[str]:
-    """Every accepted weight dtype: capsim's formats, then the GGUF file and block types (capsim.models.gguf)."""
-
-    return list(WEIGHT_PRECISIONS) + [n for n in {**FILE_TYPES, **GGML_BLOCKS} if n not in WEIGHT_PRECISIONS]
 
 
 def weight_dtype_choices() -> str:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import os
 import tempfile
 import zipfile
@@ -475,8 +474,3 @@ def _check_json(name: str, meta: Mapping[str, Any]) -> None:
         raise TraceError(
             name, f"metadata is not JSON-serialisable ({exc}); pass plain str/int/float/list/dict"
         ) from None
-
-
-def trace_nbytes(num_layers: int, num_tokens: int, top_k: int, num_experts: int) -> int:
-    """Uncompressed size of the id array in bytes (the file is at most this plus a few hundred bytes)."""
-    return math.prod((num_layers, num_tokens, top_k)) * _ids_dtype(num_experts).itemsize

@@ -14,7 +14,7 @@ import itertools
 import json
 import math
 import tomllib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -325,20 +325,3 @@ def load_grid_toml(path: Path) -> Grid:
     if "models" not in kwargs or "hardware" not in kwargs:
         raise DataFileError(str(path), "needs at least 'models' and 'hardware'")
     return Grid(**kwargs)
-
-
-def describe_axes(grid: Grid) -> Sequence[str]:
-    return [
-        f"{name}: {len(getattr(grid, name))}"
-        for name in (
-            "models",
-            "hardware",
-            "gpus",
-            "batch",
-            "prompt_len",
-            "gen_len",
-            "weight_dtype",
-            "kv_dtype",
-            "layout",
-        )
-    ]
