@@ -1,4 +1,4 @@
-"""KTransformers' CPU-side profile (capsim/engine/engines.toml [ktransformers], docs/validation.md §5.9): its own
+"""KTransformers' CPU-side profile (capsim/engine/engines.toml [ktransformers], docs/validation.md §5.11): its own
 CPU kernel bandwidth fraction and the share a second socket adds under --numa replicate, by hand, and that the
 shipped values are the fit they cite (benchmarks/fit_ktransformers_cpu.py)."""
 

@@ -219,7 +219,8 @@ def engine_profile(name: str | None) -> EngineProfile | None:
             version = parse_release(release)
         except ValueError as exc:
             raise ScenarioError(f"engine {name!r}: {exc}; write e.g. {key}@0.10.2") from None
-        for profile in family:
+        # a profile fitted on the release wins over the family's catch-all (no releases named)
+        for profile in sorted(family, key=lambda p: p.releases is None):
             if profile.covers(version):
                 return profile
         known = ", ".join(f"{p.id} ({p.releases_text})" for p in family if p.releases)
