@@ -5,7 +5,8 @@ Grids:
 - GPU-resident: 2 models x 5 devices x 4 GPU counts x 250 batches x 10 prompt x 10 generated lengths = 10^6
   (benchmarks/sweep_throughput.py's grid);
 - mixed: GPU-resident, offload (``mode=offload``, LRU cache model), CPU-expert (``mode=cpu-experts``) and EP
-  groups; each kind's own rate is printed too;
+  groups; each kind's own rate is printed too: its share of the aggregate pass, and alone in a fresh process
+  (``--one-kind``), cold (its first pass) and warm (its second);
 - EP layouts: DeepSeek-V3 and Qwen3-235B expert-parallel layouts on 8 GPUs.
 End-to-end output rates are timed for the GPU-resident grid.
 
@@ -15,6 +16,8 @@ Peers (per configuration, one core, measured side by side in issue 16): LLM-View
 Run: PYTHONPATH=. python benchmarks/suite.py [--quick] [--skip-e2e]
 Threads are pinned to one (env vars before numpy loads) and the process to one CPU (sched_setaffinity).
 CPU time (process_time) is printed next to wall time: on a shared machine it is the figure to quote.
+Every aggregate rate is COLD: a user's first pass, after resolving the groups and lambdifying the formulas
+(one 10-row chunk), with the router's expectations, straggler factors and cache outcomes still to compute.
 """
 
 from __future__ import annotations
@@ -26,7 +29,9 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "ARRO
 
 import argparse
 import dataclasses
+import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -158,24 +163,45 @@ def timed(fn: Any) -> tuple[float, float]:
     return time.perf_counter() - start, time.process_time() - start_cpu
 
 
-def evaluation_rate(grids: list[Grid], db: Any, chunk: int) -> tuple[float, float, int, int, list[str]]:
-    """(configs/s wall, configs/s CPU, rows, feasible rows, reasons groups did not run) over the grids."""
+@dataclasses.dataclass
+class Rates:
+    """One pass over some grids: configurations/s (wall and CPU time), rows, rows that fit, and the reasons
+    groups did not run; ``member_cpu_s``: each grid's CPU seconds inside the pass."""
+
+    wall: float
+    cpu: float
+    rows: int
+    feasible: int
+    reasons: list[str]
+    member_cpu_s: list[float]
+
+
+def evaluation_rate(grids: list[Grid], db: Any, chunk: int, passes: int = 1) -> list[Rates]:
+    """The rates of ``passes`` successive passes over the grids. The first is COLD, as a user's first sweep:
+    only the groups are resolved and the formulas lambdified beforehand (one 10-row chunk of each grid's
+    first group); the router's expectations, the straggler factors and the cache outcomes are computed in it.
+    Later passes find them memoised (warm)."""
     resolved = [(grid, resolve_groups(grid, db)) for grid in grids]
     for grid, groups in resolved:
         evaluate_chunk(grid, groups, 0, min(10, grid.size))  # one-off: lambdify the formulas
-    feasible = 0
     reasons = sorted({g.error for _, groups in resolved for g in groups if g.error})
-
-    def run() -> None:
-        nonlocal feasible
-        for grid, groups in resolved:
-            for begin in range(0, grid.size, chunk):
-                cols = evaluate_chunk(grid, groups, begin, min(grid.size, begin + chunk))
-                feasible += int(cols["feasible"].sum())
-
-    wall, cpu = timed(run)
     rows = sum(grid.size for grid in grids)
-    return rows / wall, rows / cpu, rows, feasible, reasons
+    out = []
+    for _ in range(passes):
+        rates = Rates(0.0, 0.0, rows, 0, reasons, [])
+
+        def run(rates: Rates = rates) -> None:
+            for grid, groups in resolved:
+                start_cpu = time.process_time()
+                for begin in range(0, grid.size, chunk):
+                    cols = evaluate_chunk(grid, groups, begin, min(grid.size, begin + chunk))
+                    rates.feasible += int(cols["feasible"].sum())
+                rates.member_cpu_s.append(time.process_time() - start_cpu)
+
+        wall, cpu = timed(run)
+        rates.wall, rates.cpu = rows / wall, rows / cpu
+        out.append(rates)
+    return out
 
 
 def end_to_end_rate(grid: Grid, db: Any, fmt: str, chunk: int, folder: Path) -> tuple[float, float, float]:
@@ -213,40 +239,76 @@ def peer_ratios(per_config_s: float) -> str:
     return ", ".join(f"{PEERS_MS[p] * 1e-3 / per_config_s:,.3g}x {p}" for p in PEERS_MS)
 
 
+GRID_SETS = {"mixed": mixed_grids, "ep": ep_grids}
+
+
+def kind_name(member: Grid) -> str:
+    return ";".join(member.layout) or f"gpu-resident {member.hardware[0]}"
+
+
+def one_kind(spec: str, chunk: int) -> None:
+    """``--one-kind SET:INDEX``: that grid alone in this (fresh) process, a cold then a warm pass, as JSON."""
+    name, index = spec.split(":")
+    member = GRID_SETS[name]()[int(index)]
+    cold, warm = evaluation_rate([member], load_hardware_db(), chunk, passes=2)
+    print(json.dumps({"rows": cold.rows, "cold": [cold.wall, cold.cpu], "warm": [warm.wall, warm.cpu]}))
+
+
+def kind_alone(spec: str, chunk: int) -> dict[str, Any]:
+    """One grid's cold and warm rates, measured in a fresh Python process (nothing memoised before it)."""
+    done = subprocess.run(
+        [sys.executable, __file__, "--one-kind", spec, "--chunk", str(chunk)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--chunk", type=int, default=50_000)
     parser.add_argument("--repeats", type=int, default=5, help="scalar predict repeats per mode (median)")
     parser.add_argument("--skip-e2e", action="store_true", help="evaluation rates only (no output written)")
     parser.add_argument("--quick", action="store_true", help="a 10x smaller GPU-resident grid")
+    parser.add_argument("--one-kind", help=argparse.SUPPRESS)  # internal: one grid in a fresh process
     args = parser.parse_args()
+    if args.one_kind:
+        pin_one_core()
+        one_kind(args.one_kind, args.chunk)
+        return
     print(f"one core: {pin_one_core()}; numpy {np.__version__}")
     db = load_hardware_db()
     gpu_grid = benchmark_grid()
     if args.quick:
         gpu_grid = dataclasses.replace(gpu_grid, batch=gpu_grid.batch[:25])
-    grids = {
-        "GPU-resident": [gpu_grid],
-        "mixed (GPU, offload, CPU-expert, EP groups)": mixed_grids(),
-        "EP layouts": ep_grids(),
+    grids: dict[str, tuple[str | None, list[Grid]]] = {
+        "GPU-resident": (None, [gpu_grid]),
+        "mixed (GPU, offload, CPU-expert, EP groups)": ("mixed", mixed_grids()),
+        "EP layouts": ("ep", ep_grids()),
     }
     with tempfile.TemporaryDirectory() as tmp:
-        for name, members in grids.items():
-            wall_rate, cpu_rate, rows, feasible, reasons = evaluation_rate(members, db, args.chunk)
-            print(f"{name}: {rows:,} configurations ({feasible:,} fit)")
-            for reason in reasons:
+        for name, (set_name, members) in grids.items():
+            cold = evaluation_rate(members, db, args.chunk)[0]
+            print(f"{name}: {cold.rows:,} configurations ({cold.feasible:,} fit)")
+            for reason in cold.reasons:
                 print(f"  a group did not run: {reason}")
             print(
-                f"  evaluation : {wall_rate:>12,.0f} configs/s wall {cpu_rate:>12,.0f} configs/s CPU   "
-                f"({peer_ratios(1 / cpu_rate)})"
+                f"  evaluation, cold (first pass): {cold.wall:>10,.0f} configs/s wall {cold.cpu:>10,.0f} "
+                f"configs/s CPU   ({peer_ratios(1 / cold.cpu)})"
             )
-            if len(members) > 1:
-                for member in members:
-                    kind = ";".join(member.layout) or f"gpu-resident {member.hardware[0]}"
-                    w, c, n, _, _ = evaluation_rate([member], db, args.chunk)
+            if set_name is not None:
+                print(
+                    "    per kind: its CPU time inside that pass | alone in a fresh process: cold (first pass), "
+                    "warm (second pass), configs/s CPU"
+                )
+                for i, member in enumerate(members):
+                    alone = kind_alone(f"{set_name}:{i}", args.chunk)
                     print(
-                        f"    {kind:<28}: {n:>7,} rows {w:>12,.0f} configs/s wall {c:>12,.0f} configs/s CPU "
-                        "(a second pass: router and straggler caches warm)"
+                        f"    {kind_name(member):<44} {member.size:>7,} rows "
+                        f"{member.size / cold.member_cpu_s[i]:>10,.0f} in the pass | "
+                        f"cold {alone['cold'][1]:>10,.0f}  warm {alone['warm'][1]:>10,.0f}"
                     )
             if args.skip_e2e or len(members) > 1:
                 continue

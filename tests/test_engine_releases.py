@@ -1,6 +1,7 @@
 """Engine profiles by release and an engine's compute fraction (capsim/engine/engines.toml, docs/validation.md
 §5.7): which profile a release picks, the compute-bound time by hand, monotonicity, the loader's errors, and that
-the shipped late-2025 vLLM values are the fit they cite (benchmarks/fit_vllm_release.py)."""
+the shipped late-2025 vLLM and TensorRT-LLM 0.17 values are the fits they cite (benchmarks/fit_vllm_release.py,
+benchmarks/fit_trtllm_release.py)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,9 @@ def test_release_picks_the_profile() -> None:
     assert engine_profile("VLLM@v0.7") is engines["vllm-0.7"]
     assert engine_profile("vllm") is engines["vllm"]  # bare id: the newest release with data
     assert engine_profile("tensorrt-llm@1.0") is engines["tensorrt-llm"]  # no releases named: any release
+    # a profile fitted on the release wins over the family's catch-all, whatever their order in the file
+    assert engine_profile("tensorrt-llm@0.17.0") is engines["tensorrt-llm-0.17"]
+    assert engine_profile("tensorrt-llm") is engines["tensorrt-llm"]
     assert engine_profile("sglang@0.4.3") is engines["sglang"]
 
 
@@ -87,6 +91,11 @@ def test_compute_fraction_by_hand() -> None:
     assert early.time_by_op["attn_core"][0] == pytest.approx(flops / (989.4e12 * 0.70), rel=1e-6)
     _, none = _prefill(None)
     assert none.time_by_op["attn_core"][0] == early.time_by_op["attn_core"][0]
+    # TensorRT-LLM 0.17 (docs/validation.md §5.9): 1.7595e13 / (989.4e12 x 0.51 = 5.0459e14) = 34.9 ms
+    rs17, trt17 = _prefill("tensorrt-llm@0.17")
+    assert rs17.rates.compute_fraction == 0.51
+    assert trt17.time_by_op["attn_core"][0] == pytest.approx(flops / (989.4e12 * 0.51), rel=1e-6)
+    assert trt17.time_by_op["attn_core"][0] == pytest.approx(0.034870, rel=1e-3)
 
 
 @settings(max_examples=30, deadline=None)
@@ -139,3 +148,27 @@ def test_shipped_vllm_values_are_a_minimum_of_the_fit() -> None:
     cases = fit.fit_cases()
     assert len(cases) == 9
     assert fit.best(fit.predictions(cases)) == (1, 1)
+
+
+def _trtllm_fit_module():  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location(
+        "fit_trtllm_release", ROOT / "benchmarks/fit_trtllm_release.py"
+    )
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_shipped_trtllm_017_compute_fraction_is_a_minimum_of_the_fit() -> None:
+    """The shipped compute fraction of [tensorrt-llm-0.17] beats its grid neighbours (0.01) on the fit's loss,
+    sum of ln(predicted/measured)^2 over the 12 published TensorRT-LLM 0.17 rows (the full grid, leave-one-out
+    and split: python benchmarks/fit_trtllm_release.py)."""
+    fit = _trtllm_fit_module()
+    shipped = load_engines()["tensorrt-llm-0.17"]
+    assert shipped.compute_fraction is not None
+    fit.COMPUTE_FRACTION_GRID = shipped.compute_fraction + np.array([-0.01, 0.0, 0.01])
+    cases = fit.fit_cases()
+    assert len(cases) == 12 and all(c.engine_version == "0.17" for c in cases)
+    assert fit.best(fit.predictions(cases)) == 1

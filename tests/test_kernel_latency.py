@@ -166,7 +166,13 @@ def test_shipped_profiles_are_sourced() -> None:
     for profile in engines.values():
         named = {
             k
-            for k in ("kernel_latency_s", "moe_host_s", "expert_host_s", "compute_fraction")
+            for k in (
+                "kernel_latency_s",
+                "moe_host_s",
+                "expert_host_s",
+                "compute_fraction",
+                "quantized_compute",
+            )
             if getattr(profile, k) is not None
         }
         assert named == {k for k, _ in profile.sources}
@@ -210,6 +216,10 @@ def test_published_cases_run_with_their_engine() -> None:
             scenario, _ = scenario_for(case, db)
             assert scenario.engine == "tensorrt-llm"
         if case.engine == "llama.cpp":
+            scenario, _ = scenario_for(case, db)
+            # its CUDA profile; resolve leaves it out on CPUs and Apple GPUs (tests/test_llamacpp_profile.py)
+            assert scenario.engine == "llama.cpp"
+        if case.engine == "ktransformers":
             scenario, _ = scenario_for(case, db)
             assert scenario.engine is None  # no profile: the device class's values
 

@@ -58,6 +58,23 @@ MODE_CASES = {
     ),
     "offload, 8 GPUs": ("deepseek-v3", "h100-sxm", 8, "native", "mode=offload", None),
     "cpu-experts": ("mixtral-8x7b", "epyc-9654-4090", 1, "int4", "mode=cpu-experts", None),
+    # layers split between the GPU and the CPU (each layer's 5 least used experts in DRAM), and whole layers
+    "cpu-experts, split layers": (
+        "qwen3-30b-a3b",
+        "epyc-9654-4090",
+        1,
+        "int4",
+        "mode=cpu-experts,placement=cold-experts:5:dram",
+        None,
+    ),
+    "cpu-experts, a third of the layers": (
+        "qwen3-30b-a3b",
+        "epyc-9654-4090",
+        1,
+        "int4",
+        "mode=cpu-experts,expert_layers=0:16",
+        None,
+    ),
     "cpu": ("mixtral-8x7b", "epyc-9654-2s", 0, "int4", "mode=cpu", 768.0),
 }
 
@@ -272,3 +289,81 @@ def test_front_rows_are_what_cell_makes_of_each_value(default_hardware_db) -> No
     assert json.dumps(sorted(rows, key=key)) == json.dumps(sorted(expected, key=key))
     # plain Python values (cell leaves numpy's str_ subclass; JSON cannot tell them apart)
     assert all(type(v) in (str, int, float, bool, type(None)) for r in rows for v in r.values())
+
+
+def _textbook_cpu_expert_time(rs, cost, mask):  # type: ignore[no-untyped-def]
+    """The CPU experts' seconds per pass as the per-layer expression: A_S,l = A_l·Σ_S a_i/Σ_i a_i with
+    a_i = 1 − (1 − π_i)^T, k_S,l = Σ_S π_l,i, each layer's max(F/R, B/W), summed over the layers in order."""
+    from capsim.engine import formulas_eval
+    from capsim.engine.deployment import cpu_rates, runs_in_ggml_cpu_kernels
+    from capsim.engine.roofline import ACTIVATION_BYTES
+    from capsim.models.precision import compute_key
+
+    pi = rs.inclusion()
+    k_set = (pi * mask).sum(axis=1)
+    unique, inverse = np.unique(cost.tokens, return_inverse=True)
+    hit = 1.0 - (1.0 - pi[:, :, None]) ** unique[None, None, :]
+    total = hit.sum(axis=1)
+    share = np.divide((hit * mask[:, :, None]).sum(axis=1), total, out=np.zeros_like(total), where=total > 0)
+    a_set = cost.activated_by_layer() * share[:, inverse.reshape(-1)]
+    prec = rs.sharding.weight_precision["routed_experts"]
+    bandwidth, peaks, _, _ = cpu_rates(rs.node, rs.deployment, ggml=runs_in_ggml_cpu_kernels(prec.name))
+    eff = rs.cpu_efficiency
+    flops_rate = peaks[compute_key(prec, frozenset(peaks))] * eff.compute_fraction
+    bytes_rate = bandwidth * eff.memory_bw_fraction * eff.kernel_bw_fraction
+    f, wb, ob = formulas_eval.evaluate(
+        "routed_experts",
+        {
+            "T": cost.tokens[None, :],
+            "k": k_set[:, None],
+            "N_exp": float(rs.model.expert_params),
+            "A": a_set,
+            "b_w": prec.bytes_per_element,
+            "d": float(rs.model.hidden_size),
+            "b_a": ACTIVATION_BYTES,
+        },
+    )
+    return np.maximum(f / flops_rate, (wb + ob) / bytes_rate).sum(axis=0)
+
+
+@pytest.mark.parametrize(
+    "model,placement",
+    [
+        ("qwen3-30b-a3b", None),
+        ("qwen3-30b-a3b", "cold-experts:5:dram"),
+        ("qwen3-30b-a3b", "experts[0:16]:dram"),
+        ("mixtral-8x7b", "hot-experts[4:20]:3:dram"),
+    ],
+)
+def test_cpu_experts_layer_classes_give_the_per_layer_bits(default_hardware_db, model, placement) -> None:  # type: ignore[no-untyped-def]
+    """Issue 16 (cpu-experts groups): layers that share the router's activation row and k_S are costed once
+    and expanded; the CPU time equals the per-layer expression bit for bit, for every layer's experts in DRAM,
+    layers split between GPU and CPU, and GPU-only layers."""
+    import copy
+
+    from capsim.engine.offload import apply_cpu_experts
+    from capsim.engine.passes import decode_passes, prefill_passes
+    from capsim.engine.placement import DEVICE
+    from capsim.engine.resolve import resolve
+
+    scenario = Scenario(
+        model=model,
+        hardware="epyc-9654-4090",
+        gpus=1,
+        weight_dtype="int4",
+        mode="cpu-experts",
+        placement=placement,
+    )
+    rs, _ = resolve(scenario, default_hardware_db)
+    mask = rs.expert_tiers != DEVICE
+    rng = np.random.default_rng(7)
+    batch = rng.integers(1, 200, 300).astype(np.float64)
+    prompt = rng.integers(1, 9000, 300).astype(np.float64)
+    for cost in (
+        prefill_passes(rs, batch, prompt, np.minimum(batch * prompt, 8192.0), batch),
+        decode_passes(rs, batch, prompt),
+    ):
+        expected = _textbook_cpu_expert_time(rs, cost, mask)
+        moved = copy.deepcopy(cost)
+        apply_cpu_experts(rs, 1, moved, decode_passes(rs, np.zeros(0), np.zeros(0)))
+        assert np.array_equal(moved.time_by_resource["cpu"], expected)

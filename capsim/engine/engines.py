@@ -48,6 +48,17 @@ class EngineProfile:
     """The engine this profile is a release of (its id when the file names none)."""
     releases: tuple[tuple[int, int], tuple[int, int]] | None = None
     """Inclusive (major, minor) range of the releases the values were fitted on; None = any release."""
+    device_classes: tuple[str, ...] = ()
+    """Device classes (hardware_db/efficiency.toml) the values were fitted on and apply to; on any other class
+    the class's own values apply. Empty = every class."""
+    quantized_compute: str | None = None
+    """Peak-FLOPS key the engine's kernels for block-quantized weights (GGUF types, MXFP4) run at, whatever the
+    format's own rate: llama.cpp's CUDA MMQ kernels quantise the activations to 8 bits and multiply on the int8
+    units. None = the format's own rate (capsim.models.precision)."""
+
+    def applies_to(self, device_class: str) -> bool:
+        """Whether the profile's values hold on a device of ``device_class``."""
+        return not self.device_classes or device_class in self.device_classes
 
     def covers(self, version: tuple[int, int]) -> bool:
         return self.releases is None or self.releases[0] <= version <= self.releases[1]
@@ -69,6 +80,10 @@ class EngineProfile:
         out.update({k: getattr(self, k) for k in _VALUES if getattr(self, k) is not None})
         if self.releases is not None:
             out["releases"] = self.releases_text
+        if self.device_classes:
+            out["device_classes"] = list(self.device_classes)
+        if self.quantized_compute is not None:
+            out["quantized_compute"] = self.quantized_compute
         out["sources"] = dict(self.sources)
         return out
 
@@ -85,6 +100,25 @@ def _value(entry: dict[str, Any], key: str, where: str) -> tuple[float | None, s
     if key in _FRACTIONS and not 0 < value <= 1:
         raise DataFileError(where, f"{key} must be a fraction in (0, 1], got {value!r}")
     return float(value), str(raw["source"])
+
+
+QUANTIZED_COMPUTE_KEYS = ("int8", "fp8", "fp4", "bf16", "fp16", "fp32")
+"""Peak-FLOPS keys an engine's quantized-weight kernels may run at (hardware_db peak_tflops_dense keys)."""
+
+
+def _quantized_compute(raw: Any, where: str) -> tuple[str | None, str]:
+    if raw is None:
+        return None, ""
+    if not isinstance(raw, dict) or not isinstance(raw.get("source"), str) or not raw["source"]:
+        raise DataFileError(
+            where, "quantized_compute must be { value = '...', source = '...' } with a source"
+        )
+    value = raw.get("value")
+    if value not in QUANTIZED_COMPUTE_KEYS:
+        raise DataFileError(
+            where, f"quantized_compute must be one of {', '.join(QUANTIZED_COMPUTE_KEYS)}, got {value!r}"
+        )
+    return str(value), str(raw["source"])
 
 
 def parse_release(text: str) -> tuple[int, int]:
@@ -121,7 +155,10 @@ def load_engines(path: str | None = None) -> dict[str, EngineProfile]:
         where = f"{p} [{eid}]"
         if not isinstance(entry, dict):
             raise DataFileError(where, "every top-level key is an engine table")
-        unknown = sorted(set(entry) - {"name", "execution", "family", "releases", *_VALUES})
+        unknown = sorted(
+            set(entry)
+            - {"name", "execution", "family", "releases", "device_classes", "quantized_compute", *_VALUES}
+        )
         if unknown:
             raise DataFileError(where, f"unknown field(s) {', '.join(unknown)}")
         if not isinstance(entry.get("name"), str) or not entry["name"]:
@@ -132,14 +169,21 @@ def load_engines(path: str | None = None) -> dict[str, EngineProfile]:
         values = {k: _value(entry, k, where) for k in _VALUES}
         if execution == "eager" and (values["moe_host_s"][0] is None or values["expert_host_s"][0] is None):
             raise DataFileError(where, "eager execution needs moe_host_s and expert_host_s")
+        classes = entry.get("device_classes", [])
+        if not isinstance(classes, list) or not all(isinstance(c, str) and c for c in classes):
+            raise DataFileError(where, "device_classes must be a list of device-class names")
+        quantized, quantized_source = _quantized_compute(entry.get("quantized_compute"), where)
+        sources = tuple((k, s) for k, (v, s) in values.items() if v is not None)
         out[eid] = EngineProfile(
             eid,
             entry["name"],
             execution,
             **{k: v for k, (v, _) in values.items()},
-            sources=tuple((k, s) for k, (v, s) in values.items() if v is not None),
+            sources=sources + ((("quantized_compute", quantized_source),) if quantized else ()),
             family=str(entry.get("family", eid)),
             releases=_releases(entry.get("releases"), where),
+            device_classes=tuple(classes),
+            quantized_compute=quantized,
         )
     return out
 
@@ -162,7 +206,8 @@ def engine_profile(name: str | None) -> EngineProfile | None:
             version = parse_release(release)
         except ValueError as exc:
             raise ScenarioError(f"engine {name!r}: {exc}; write e.g. {key}@0.10.2") from None
-        for profile in family:
+        # a profile fitted on the release wins over the family's catch-all (no releases named)
+        for profile in sorted(family, key=lambda p: p.releases is None):
             if profile.covers(version):
                 return profile
         known = ", ".join(f"{p.id} ({p.releases_text})" for p in family if p.releases)

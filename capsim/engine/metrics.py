@@ -177,6 +177,13 @@ def _engine_basis(rs: ResolvedScenario, class_latency: dict[str, Any] | None) ->
 
     profile = engine_profile(rs.scenario.engine) if rs.scenario.engine else None
     out: dict[str, Any] = {"id": rs.scenario.engine, "execution": profile.execution if profile else "graphs"}
+    if profile is not None and rs.deployment.mode == "cpu":
+        out["not_applied"] = "CPU-only execution: the cpu class's values apply"
+        profile = None
+    elif profile is not None and not profile.applies_to(rs.device.device_class):
+        # fitted on other device classes: the class's values applied (capsim.engine.resolve)
+        out["not_applied"] = f"profile fitted on {', '.join(profile.device_classes)}; class values used"
+        profile = None
     sources = dict(profile.sources) if profile else {}
     if "kernel_latency_s" in sources:
         out["kernel_latency_s"] = {"value": rs.rates.kernel_latency_s, "source": sources["kernel_latency_s"]}
@@ -184,7 +191,7 @@ def _engine_basis(rs: ResolvedScenario, class_latency: dict[str, Any] | None) ->
         out["kernel_latency_s"] = class_latency
     if profile is not None and profile.releases is not None:
         out["releases"] = profile.to_dict()["releases"]
-    for name in ("moe_host_s", "expert_host_s", "compute_fraction"):
+    for name in ("moe_host_s", "expert_host_s", "compute_fraction", "quantized_compute"):
         if name in sources:
             out[name] = {"value": getattr(profile, name), "source": sources[name]}
     return out

@@ -517,21 +517,54 @@ def off_device_activation(
     k_S,l = Σ_{i∈S_l} π_l,i exactly. A_S,l = A_l · Σ_{i∈S} a_i / Σ_i a_i with a_i = 1 − (1 − π_i)^T: the
     router's count split in proportion to each expert's chance of being hit by T independent tokens (exact for
     independent tokens, proportional otherwise)."""
+    rows, layer_row, k_set = _off_device_rows(rs, cost, mask)
+    return rows[layer_row], k_set
+
+
+def _off_device_rows(
+    rs: ResolvedScenario, cost: PassTimes, mask: np.ndarray
+) -> tuple[np.ndarray, NDArray[np.intp], np.ndarray]:
+    """:func:`off_device_activation` with the layers that share every input computed once: (distinct rows of
+    A_S, the row of each layer, k_S per layer). Layers share a row when they share the router's activation row
+    and their set is all or none of their experts (the common case: every layer's experts in DRAM), so the
+    per-layer arrays cost (distinct rows x passes), not (layers x passes); each value is the same product."""
     pi = rs.inclusion()
     k_set = (pi * mask).sum(axis=1)
-    activated = cost.activated_by_layer()
-    unique, inverse = np.unique(cost.tokens, return_inverse=True)
-    hit = 1.0 - (1.0 - pi[:, :, None]) ** unique[None, None, :]  # (L, E, distinct T)
-    total = hit.sum(axis=1)
-    share = np.divide((hit * mask[:, :, None]).sum(axis=1), total, out=np.zeros_like(total), where=total > 0)
-    return activated * share[:, inverse.reshape(-1)], k_set
+    layers = mask.shape[0]
+    act_row = (
+        np.arange(layers) if cost.activated_rows is None else np.asarray(cost.activated_rows, dtype=np.intp)
+    )
+    full, some = np.asarray(mask.all(axis=1)), np.asarray(mask.any(axis=1))
+    split = np.nonzero(some & ~full)[0]
+    # a layer whose experts are all in the set has share 1 wherever a token arrives (Σ_S a_i / Σ_i a_i = 1: the
+    # same sum over and under the bar), one with none of them share 0; only a layer split between the GPU and
+    # the CPU needs each expert's hit chance, an (E x distinct T) power per such layer
+    kind = np.where(full, -1, -2)
+    kind[split] = split
+    _, first, layer_row = np.unique(
+        np.column_stack([act_row, kind]), axis=0, return_index=True, return_inverse=True
+    )
+    layer_row = layer_row.reshape(-1)
+    share = np.zeros((first.size, cost.tokens.shape[0]))
+    share[full[first]] = cost.tokens > 0
+    split_rows = np.nonzero(kind[first] >= 0)[0]
+    if split_rows.size:
+        which = first[split_rows]
+        unique, inverse = np.unique(cost.tokens, return_inverse=True)
+        hit = 1.0 - (1.0 - pi[which, :, None]) ** unique[None, None, :]  # (split layers, E, distinct T)
+        total = hit.sum(axis=1)
+        part = (hit * mask[which, :, None]).sum(axis=1)
+        share[split_rows] = np.divide(part, total, out=np.zeros_like(total), where=total > 0)[
+            :, inverse.reshape(-1)
+        ]
+    return cost.activated_experts[act_row[first]] * share, layer_row, k_set
 
 
 def _gpu_expert_fraction_left(
-    rs: ResolvedScenario, cost: PassTimes, a_cpu: np.ndarray, k_cpu: np.ndarray
+    rs: ResolvedScenario, cost: PassTimes, a_cpu_sum: np.ndarray, k_cpu: np.ndarray
 ) -> np.ndarray:
     """Fraction of the GPU's routed-expert time that stays on the GPU: max(F_left/R, B_left/W) / max(F/R, B/W)
-    with F ∝ Σ_l k_l (token-expert pairs), B ∝ Σ_l A_l (weights read)."""
+    with F ∝ Σ_l k_l (token-expert pairs), B ∝ Σ_l A_l (weights read); ``a_cpu_sum``: Σ_l A_S,l per pass."""
     moe = rs.model.moe
     assert moe is not None
     prec = rs.sharding.weight_precision["routed_experts"]
@@ -541,7 +574,7 @@ def _gpu_expert_fraction_left(
     flops_left = 2 * cost.tokens * (moe.top_k * n_moe - k_cpu.sum()) * rs.model.expert_params
     a_all = cost.activated_by_layer().sum(axis=0)
     weights = a_all * rs.model.expert_params * prec.bytes_per_element
-    weights_left = (a_all - a_cpu.sum(axis=0)) * rs.model.expert_params * prec.bytes_per_element
+    weights_left = (a_all - a_cpu_sum) * rs.model.expert_params * prec.bytes_per_element
     before = rs.rates.gemm_time(flops / rate, weights / rs.rates.bytes_rate)
     after = rs.rates.gemm_time(flops_left / rate, weights_left / rs.rates.bytes_rate)
     return np.divide(after, before, out=np.zeros_like(before), where=before > 0)
@@ -591,22 +624,29 @@ def apply_cpu_experts(
     for cost, page_time in ((prefill, paging["prefill_s"]), (decode, paging["decode_s"])):
         if cost.time.size == 0:
             continue
-        a_cpu, k_cpu = off_device_activation(rs, cost, on_cpu)
+        a_rows, layer_row, k_cpu = _off_device_rows(rs, cost, on_cpu)
+        # layers with the same activation row and the same k_S cost the same: each such class is evaluated
+        # once, then expanded to its layers and summed over them in layer order (the per-layer sum's bits)
+        _, first, cls = np.unique(
+            np.column_stack([layer_row, k_cpu]), axis=0, return_index=True, return_inverse=True
+        )
         f, wb, ob = formulas.evaluate(
             "routed_experts",
             {
                 "T": cost.tokens[None, :],
-                "k": k_cpu[:, None],
+                "k": k_cpu[first][:, None],
                 "N_exp": float(model.expert_params),
-                "A": a_cpu,
+                "A": a_rows[layer_row[first]],
                 "b_w": prec.bytes_per_element,
                 "d": float(model.hidden_size),
                 "b_a": ACTIVATION_BYTES,
             },
         )
-        per_layer = np.maximum(f / flops_rate, (wb + ob) / bytes_rate)  # (L, passes), 0 for GPU-only layers
-        cpu_time = per_layer.sum(axis=0)
-        kept = _gpu_expert_fraction_left(rs, cost, a_cpu, k_cpu)
+        per_class = np.maximum(
+            f / flops_rate, (wb + ob) / bytes_rate
+        )  # (classes, passes), 0: GPU-only layers
+        cpu_time = per_class[cls.reshape(-1)].sum(axis=0)
+        kept = _gpu_expert_fraction_left(rs, cost, a_rows[layer_row].sum(axis=0), k_cpu)
         _remove_gpu_expert_time(
             cost, cost.time_by_op.get("routed_experts", np.zeros_like(cost.time)) * (1 - kept)
         )

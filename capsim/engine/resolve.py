@@ -61,6 +61,16 @@ def weight_precisions(
     return chosen
 
 
+def engine_precisions(precisions: dict[str, Precision], compute: str) -> dict[str, Precision]:
+    """``precisions`` with every block-quantized group (GGUF types, MXFP4) computing at the peak ``compute``: an
+    engine whose kernels for those formats use one set of units whatever the format (llama.cpp's CUDA MMQ: 8-bit
+    activations on the int8 units). Storage bits are unchanged."""
+    return {
+        g: replace(p, native_compute=compute) if runs_in_ggml_cpu_kernels(p.name) else p
+        for g, p in precisions.items()
+    }
+
+
 AUTO_DEVICE_COUNTS = (1, 2, 4, 8)
 """Tensor-parallel degrees tried when --gpus is not given for an accelerator id (common TP sizes)."""
 
@@ -154,15 +164,21 @@ def resolve_on(scenario: Scenario, db: HardwareDB, model: ModelSpec, count: int 
             "--two-batch-overlap hides dispatch/combine behind compute; give --ep > 1 or "
             "--attention-dp > 1 (a TP group has no all-to-all to hide)"
         )
+    # the engine's execution costs; a CPU running the whole model keeps the cpu class's, and a profile fitted on
+    # other device classes (llama.cpp's CUDA kernels on an Apple GPU) leaves the class's values in place
+    profile = engine_profile(scenario.engine) if deployment.mode != "cpu" else None
+    if profile is not None and not profile.applies_to(device.device_class):
+        profile = None
+    precisions = weight_precisions(model, scenario.weight_dtype, scenario.expert_dtype)
+    if profile is not None and profile.quantized_compute is not None:
+        precisions = engine_precisions(precisions, profile.quantized_compute)
     sharding = Sharding(
         tp=tp,
-        weight_precision=weight_precisions(model, scenario.weight_dtype, scenario.expert_dtype),
+        weight_precision=precisions,
         kv_precision=kv_precision(scenario.kv_dtype),
         attention_dp=layout.attention_dp,
         redundant_experts=scenario.redundant_experts,
     )
-    # the engine's execution costs; a CPU running the whole model keeps the cpu class's
-    profile = engine_profile(scenario.engine) if deployment.mode != "cpu" else None
     rates = DeviceRates(
         peak_flops={key: v * TFLOPS for key, v in device.peak_tflops_dense.items()},
         memory_bandwidth=device.memory_bandwidth_gb_s * GB_PER_S,

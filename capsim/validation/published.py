@@ -113,6 +113,7 @@ _OPTIONAL: dict[str, type | tuple[type, ...]] = {
     "network": str,
     "spec": str,
     "two_batch_overlap": bool,
+    "prefill_chunk": int,
 }
 
 
@@ -171,6 +172,8 @@ class PublishedCase:
     """How a speculative case drafted (--spec), e.g. mtp:3."""
     two_batch_overlap: bool = False
     """Decode ran as two overlapped micro-batches (--two-batch-overlap)."""
+    prefill_chunk: int | None = None
+    """Tokens per prefill forward pass when the source sets it (llama-bench -ub; capsim --prefill-chunk)."""
 
     @property
     def is_time(self) -> bool:
@@ -361,6 +364,8 @@ def scenario_for(case: PublishedCase, db: HardwareDB) -> tuple[Scenario, Hardwar
         # the engine's execution costs (kernel latency, eager host dispatch, compute fraction) for the release
         # the case ran: capsim/engine/engines.toml
         settings["engine"] = f"{case.engine}@{case.engine_version}" if case.engine_version else case.engine
+    if case.prefill_chunk is not None:
+        settings["prefill_chunk_tokens"] = case.prefill_chunk
     if case.host_memory_gb is not None:
         settings["host_memory_gb"] = float(case.host_memory_gb)
     if case.numa is not None:
