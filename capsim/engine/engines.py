@@ -25,8 +25,15 @@ from capsim.errors import DataFileError, ScenarioError
 
 _FILE = Path(__file__).with_name("engines.toml")
 EXECUTIONS = ("graphs", "eager")
-_VALUES = ("kernel_latency_s", "moe_host_s", "expert_host_s", "compute_fraction")
-_FRACTIONS = frozenset({"compute_fraction"})
+_VALUES = (
+    "kernel_latency_s",
+    "moe_host_s",
+    "expert_host_s",
+    "compute_fraction",
+    "cpu_kernel_bw_fraction",
+    "replicate_socket_share",
+)
+_FRACTIONS = frozenset({"compute_fraction", "cpu_kernel_bw_fraction", "replicate_socket_share"})
 
 
 @dataclass(frozen=True)
@@ -43,6 +50,12 @@ class EngineProfile:
     """Eager execution: host dispatch per activated expert per MoE layer (seconds)."""
     compute_fraction: float | None = None
     """Sustained / dense peak FLOP/s of the engine's compute-bound kernels (GEMMs, grouped MoE GEMMs, attention)."""
+    cpu_kernel_bw_fraction: float | None = None
+    """CPU-computed experts: the share of the CPU's sustained bandwidth the engine's expert kernels reach in
+    decode, replacing the cpu class's ``kernel_bw_fraction`` (fitted over several engines); None = the class's."""
+    replicate_socket_share: float | None = None
+    """CPU-computed experts under ``--numa replicate``: the share of one socket's rate each further socket adds
+    (capsim.engine.deployment.cpu_rates); None = 1 (perfect scaling)."""
     sources: tuple[tuple[str, str], ...] = ()
     family: str = ""
     """The engine this profile is a release of (its id when the file names none)."""

@@ -30,6 +30,7 @@ from capsim.engine.deployment import (
     step_expert_ids,
     weight_copies,
 )
+from capsim.engine.engines import engine_profile
 from capsim.engine.memory import MemoryPlan
 from capsim.engine.placement import DEVICE, DRAM, SSD, tier_counts
 from capsim.engine.reports import DeploymentReport, LinkLoad, TierLoad
@@ -602,7 +603,11 @@ def apply_cpu_experts(
     host = host_tiers(rs, dram_copies=weight_copies(rs.node, dep))
     prec = rs.sharding.weight_precision["routed_experts"]
     # GGUF experts run in ggml's CPU kernels: the FP32 vector rate (deployment.GGML_CPU_COMPUTE)
-    bandwidth, peaks, sockets, how = cpu_rates(rs.node, dep, ggml=runs_in_ggml_cpu_kernels(prec.name))
+    profile = engine_profile(rs.scenario.engine) if rs.scenario.engine else None
+    share = profile.replicate_socket_share if profile and profile.replicate_socket_share is not None else 1.0
+    bandwidth, peaks, sockets, how = cpu_rates(
+        rs.node, dep, ggml=runs_in_ggml_cpu_kernels(prec.name), socket_share=share
+    )
     cpu, _ = rs.node.cpus[0]
     cpu_eff = (
         rs.cpu_efficiency
@@ -612,7 +617,12 @@ def apply_cpu_experts(
     key = compute_key(prec, frozenset(peaks))
     flops_rate = peaks[key] * cpu_eff.compute_fraction
     # sustained streaming (per CPU entry) x the fraction CPU MoE kernels reach of it (fitted, efficiency.toml)
-    bytes_rate = bandwidth * cpu_eff.memory_bw_fraction * cpu_eff.kernel_bw_fraction
+    kernel_bw = (
+        profile.cpu_kernel_bw_fraction
+        if profile is not None and profile.cpu_kernel_bw_fraction is not None
+        else cpu_eff.kernel_bw_fraction
+    )
+    bytes_rate = bandwidth * cpu_eff.memory_bw_fraction * kernel_bw
     link_bw = rs.node.host_to_gpu_bandwidth() * PCIE_COPY_EFFICIENCY
     # one small host<->device copy: NCCL's base latency plus one PCI hop (the GPU's efficiency entry), standing
     # in for a DMA launch; no measured figure for KTransformers-style hand-offs is in the reference
@@ -677,8 +687,9 @@ def apply_cpu_experts(
         "handoff_latency_s": handoff_latency,
         "cpu_efficiency": {
             "memory_bw_fraction": cpu_eff.memory_bw_fraction,
-            "kernel_bw_fraction": cpu_eff.kernel_bw_fraction,
+            "kernel_bw_fraction": kernel_bw,
             "compute_fraction": cpu_eff.compute_fraction,
+            "replicate_socket_share": share,
         },
         "tiers": host.to_dict(rs),
         "links": paging["links"],
