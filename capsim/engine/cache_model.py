@@ -245,28 +245,38 @@ def _misses_per_expert(
         spread = 6.0 * np.sqrt(var + 1e-12)
         return excess + spread, excess - spread
 
+    # gaps past every class's tail (P(previous use further back) < TAIL for each) add nothing, so the band
+    # ends there and the search stops there: a window that never fills the cache does not spread the band's
+    # points over 2^41 steps, and a cache that holds every window up to the tail is all hits
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tails = (
+            1.0
+            + (np.log(TAIL * used) / batch[None, :] - classes.log_first[:, None]) / classes.log_next[:, None]
+        )
+    tail = np.ceil(np.where((used > 0) & (classes.log_next[:, None] < 0), tails, np.inf).max(axis=0))
     # the band of gaps where P(hit | gap) goes from ~1 to ~0: D(d) ± 6σ crosses C. Bracketed by doubling
-    # (1, 2, 4, ... DOUBLINGS_PER_CALL at a time, on the pairs not yet past it), then narrowed by bisection to a few per
-    # cent of the gap (the band's points are spread over it anyway), widening it, never cutting it
+    # (1, 2, 4, ..., DOUBLINGS_PER_CALL at a time, on the pairs not yet past it or their tail), then narrowed
+    # by bisection to 1/8 of the gap (the band's points are spread over it anyway): widened, never cut
     doublings = 2.0 ** np.arange(int(np.log2(LONGEST_GAP)) + 2)
     n_pairs = capacity.size
-    first = np.full((2, n_pairs), doublings.size - 1)  # first doubling with margin >= 0 (+, then −)
+    first = np.full((2, n_pairs), -1)  # first doubling with margin >= 0 (+, then −); -1: none up to the tail
     pending = np.arange(n_pairs)
     for begin in range(0, doublings.size, DOUBLINGS_PER_CALL):
         gaps = doublings[begin : begin + DOUBLINGS_PER_CALL]
         plus, minus = margins(np.broadcast_to(gaps, (pending.size, gaps.size)), pending)
         for side, margin in enumerate((plus, minus)):
             reached = margin >= 0
-            now = reached.any(axis=1) & (first[side, pending] == doublings.size - 1)
+            now = reached.any(axis=1) & (first[side, pending] < 0)
             first[side, pending[now]] = begin + reached[now].argmax(axis=1)
-        pending = pending[~(minus >= 0).any(axis=1)]
+        pending = pending[~(minus >= 0).any(axis=1) & (gaps[-1] < tail[pending])]
         if pending.size == 0:
             break
     ends = []
     for side in (0, 1):
-        hi = doublings[first[side]]
-        lo = np.where(first[side] > 0, hi / 2.0, 0.0)
-        search = (first[side] > 0) & (hi <= LONGEST_GAP)
+        # not reached: the window never fills the cache, up to the tail or 2^41 steps
+        hi = np.where(first[side] >= 0, doublings[first[side]], doublings[-1])
+        lo = np.where(first[side] != 0, hi / 2.0, 0.0)
+        search = (first[side] > 0) & (lo < tail)
         while True:
             rows = np.nonzero(search & (hi - lo > np.maximum(1.0, hi * BAND_EDGE_TOLERANCE)))[0]
             if rows.size == 0:
@@ -277,16 +287,8 @@ def _misses_per_expert(
             hi[rows[~fits]] = mid[~fits]
         # the band starts where a window surely fits (lo) and ends where it surely does not (hi)
         ends.append(np.maximum(lo, 1.0) if side == 0 else hi)
-    d_lo, d_hi = ends
-    # gaps past every class's tail (P(previous use further back) < TAIL for each) add nothing: the band ends
-    # there, so a window that never fills the cache does not spread the band's points over 2^41 steps
-    with np.errstate(divide="ignore", invalid="ignore"):
-        tails = (
-            1.0
-            + (np.log(TAIL * used) / batch[None, :] - classes.log_first[:, None]) / classes.log_next[:, None]
-        )
-    tails = np.where((used > 0) & (classes.log_next[:, None] < 0), tails, np.inf)
-    d_hi = np.maximum(np.minimum(d_hi, np.ceil(tails.max(axis=0))), d_lo)
+    d_lo = np.minimum(ends[0], np.maximum(tail, 1.0))
+    d_hi = np.maximum(np.minimum(ends[1], tail), d_lo)
     points = np.minimum(MAX_GAP_POINTS, d_hi - d_lo + 2).astype(np.int64)
     per_expert = np.empty_like(used)
     # pairs with as many gap points together; a block takes its widest pair's count, and a narrower pair's
