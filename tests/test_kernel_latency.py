@@ -173,6 +173,8 @@ def test_shipped_profiles_are_sourced() -> None:
                 "compute_fraction",
                 "quantized_compute",
                 "per_sequence_s",
+                "cpu_kernel_bw_fraction",
+                "replicate_socket_share",
             )
             if getattr(profile, k) is not None
         }
@@ -222,7 +224,9 @@ def test_published_cases_run_with_their_engine() -> None:
             assert scenario.engine == "llama.cpp"
         if case.engine == "ktransformers":
             scenario, _ = scenario_for(case, db)
-            assert scenario.engine is None  # no profile: the device class's values
+            assert (
+                scenario.engine == "ktransformers"
+            )  # its CPU-side values (tests/test_ktransformers_profile.py)
 
 
 def test_presets_name_their_engine() -> None:

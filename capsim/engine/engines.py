@@ -27,8 +27,16 @@ from capsim.errors import DataFileError, ScenarioError
 
 _FILE = Path(__file__).with_name("engines.toml")
 EXECUTIONS = ("graphs", "eager")
-_VALUES = ("kernel_latency_s", "moe_host_s", "expert_host_s", "compute_fraction", "per_sequence_s")
-_FRACTIONS = frozenset({"compute_fraction"})
+_VALUES = (
+    "kernel_latency_s",
+    "moe_host_s",
+    "expert_host_s",
+    "compute_fraction",
+    "cpu_kernel_bw_fraction",
+    "replicate_socket_share",
+    "per_sequence_s",
+)
+_FRACTIONS = frozenset({"compute_fraction", "cpu_kernel_bw_fraction", "replicate_socket_share"})
 
 
 @dataclass(frozen=True)
@@ -48,6 +56,12 @@ class EngineProfile:
     per_sequence_s: float | None = None
     """Time a step adds per sequence that emits a token in it (sampling, stop checks, per-request bookkeeping of
     the engine's runtime), on top of the device's roofline; None = none charged."""
+    cpu_kernel_bw_fraction: float | None = None
+    """CPU-computed experts: the share of the CPU's sustained bandwidth the engine's expert kernels reach in
+    decode, replacing the cpu class's ``kernel_bw_fraction`` (fitted over several engines); None = the class's."""
+    replicate_socket_share: float | None = None
+    """CPU-computed experts under ``--numa replicate``: the share of one socket's rate each further socket adds
+    (capsim.engine.deployment.cpu_rates); None = 1 (perfect scaling)."""
     sources: tuple[tuple[str, str], ...] = ()
     family: str = ""
     """The engine this profile is a release of (its id when the file names none)."""
