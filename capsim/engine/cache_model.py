@@ -45,8 +45,8 @@ profiles are the same multiset of π with the same ν form one layer class, and 
 uniform routers collapse to one class, the default shuffled Zipf profiles to one layer class), and the bands
 of all pairs are found together. Each pair's numbers do not depend on which other pairs share the call (sums
 over classes run in order with np.add.accumulate: np.sum's grouping depends on the array's shape), so a sweep's
-rows are the same whatever its chunking, and :func:`device_cache_misses` (one pair, predict's call) gives the
-sweep's bits.
+rows are the same whatever its chunking, and predict's call (one pair, through
+:class:`capsim.engine.offload.DecodeCache`) gives the sweep's bits.
 """
 
 from __future__ import annotations
@@ -212,8 +212,10 @@ def _misses_per_expert(
 ) -> FloatArray:
     """Steady-state misses per step of one expert of each class (U, P), for pairs the cache cannot hold whole."""
     lf, ln = classes.log_first[:, None, None], classes.log_next[:, None, None]
-    w = classes.weight[:, None, None]
     mates = _sum0(classes.weight[:, None] * used) / max(classes.moe_layers, 1)
+    starts = list(classes.layer_start[:-1])
+    layers = classes.layer_count[:, None, None]
+    experts = np.add.reduceat(classes.per_layer, starts)[:, None, None]
 
     def log_absent(d: FloatArray, rows: slice | NDArray[np.int64]) -> FloatArray:
         """(U, p, G) log-probability that an expert is unused for d[p, g] consecutive steps (0 for d = 0)."""
@@ -223,15 +225,16 @@ def _misses_per_expert(
     def stats(d: FloatArray, rows: slice | NDArray[np.int64]) -> tuple[FloatArray, FloatArray, FloatArray]:
         """(absent (U, p, G), distinct experts used in d steps (p, G), its variance (p, G)) for pairs ``rows``."""
         absent = np.exp(log_absent(d, rows))
-        distinct = _sum0(w * (1.0 - absent))
-        var_ind = _sum0(w * absent * (1.0 - absent))
-        draws = np.where(d > 0, batch[rows][:, None] * (1.0 + (d - 1.0) * classes.mean_nu), 0.0)
-        # per layer class: Σ over its layers of (Σ_i N_i)² − Σ_i N_i² (pairs of one layer's experts)
-        starts = list(classes.layer_start[:-1])
+        # per layer of each layer class c: T_c = Σ_i N_i and S_c = Σ_i N_i² over its experts; then, over the
+        # L_c layers of each, D = Σ_c L_c·(E_c − T_c) (E_c: its cacheable experts per layer), the indicators'
+        # variance Σ_c L_c·(T_c − S_c), and the pairs of one layer's experts Σ_c L_c·(T_c² − S_c)
         per = classes.per_layer[:, None, None] * absent
         tot = np.add.reduceat(per, starts, axis=0)
         sq = np.add.reduceat(per * absent, starts, axis=0)
-        spread = _sum0(classes.layer_count[:, None, None] * (tot * tot - sq))
+        distinct = _sum0(layers * (experts - tot))
+        var_ind = _sum0(layers * (tot - sq))
+        spread = _sum0(layers * (tot * tot - sq))
+        draws = np.where(d > 0, batch[rows][:, None] * (1.0 + (d - 1.0) * classes.mean_nu), 0.0)
         # pair_factor^T − 1, as expm1(T · log pair_factor): libm's pow takes ~60 ns at the huge T of long gaps
         cov = np.expm1(draws * np.log(classes.pair_factor)) * spread
         var = np.maximum(var_ind + cov, 0.0) + 0.25 * mates[rows][:, None]
