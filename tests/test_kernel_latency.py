@@ -172,6 +172,7 @@ def test_shipped_profiles_are_sourced() -> None:
                 "expert_host_s",
                 "compute_fraction",
                 "quantized_compute",
+                "per_sequence_s",
                 "cpu_kernel_bw_fraction",
                 "replicate_socket_share",
             )

@@ -45,8 +45,8 @@ profiles are the same multiset of π with the same ν form one layer class, and 
 uniform routers collapse to one class, the default shuffled Zipf profiles to one layer class), and the bands
 of all pairs are found together. Each pair's numbers do not depend on which other pairs share the call (sums
 over classes run in order with np.add.accumulate: np.sum's grouping depends on the array's shape), so a sweep's
-rows are the same whatever its chunking, and :func:`device_cache_misses` (one pair, predict's call) gives the
-sweep's bits.
+rows are the same whatever its chunking, and predict's call (one pair, through
+:class:`capsim.engine.offload.DecodeCache`) gives the sweep's bits.
 """
 
 from __future__ import annotations
@@ -212,8 +212,10 @@ def _misses_per_expert(
 ) -> FloatArray:
     """Steady-state misses per step of one expert of each class (U, P), for pairs the cache cannot hold whole."""
     lf, ln = classes.log_first[:, None, None], classes.log_next[:, None, None]
-    w = classes.weight[:, None, None]
     mates = _sum0(classes.weight[:, None] * used) / max(classes.moe_layers, 1)
+    starts = list(classes.layer_start[:-1])
+    layers = classes.layer_count[:, None, None]
+    experts = np.add.reduceat(classes.per_layer, starts)[:, None, None]
 
     def log_absent(d: FloatArray, rows: slice | NDArray[np.int64]) -> FloatArray:
         """(U, p, G) log-probability that an expert is unused for d[p, g] consecutive steps (0 for d = 0)."""
@@ -223,15 +225,16 @@ def _misses_per_expert(
     def stats(d: FloatArray, rows: slice | NDArray[np.int64]) -> tuple[FloatArray, FloatArray, FloatArray]:
         """(absent (U, p, G), distinct experts used in d steps (p, G), its variance (p, G)) for pairs ``rows``."""
         absent = np.exp(log_absent(d, rows))
-        distinct = _sum0(w * (1.0 - absent))
-        var_ind = _sum0(w * absent * (1.0 - absent))
-        draws = np.where(d > 0, batch[rows][:, None] * (1.0 + (d - 1.0) * classes.mean_nu), 0.0)
-        # per layer class: Σ over its layers of (Σ_i N_i)² − Σ_i N_i² (pairs of one layer's experts)
-        starts = list(classes.layer_start[:-1])
+        # per layer of each layer class c: T_c = Σ_i N_i and S_c = Σ_i N_i² over its experts; then, over the
+        # L_c layers of each, D = Σ_c L_c·(E_c − T_c) (E_c: its cacheable experts per layer), the indicators'
+        # variance Σ_c L_c·(T_c − S_c), and the pairs of one layer's experts Σ_c L_c·(T_c² − S_c)
         per = classes.per_layer[:, None, None] * absent
         tot = np.add.reduceat(per, starts, axis=0)
         sq = np.add.reduceat(per * absent, starts, axis=0)
-        spread = _sum0(classes.layer_count[:, None, None] * (tot * tot - sq))
+        distinct = _sum0(layers * (experts - tot))
+        var_ind = _sum0(layers * (tot - sq))
+        spread = _sum0(layers * (tot * tot - sq))
+        draws = np.where(d > 0, batch[rows][:, None] * (1.0 + (d - 1.0) * classes.mean_nu), 0.0)
         # pair_factor^T − 1, as expm1(T · log pair_factor): libm's pow takes ~60 ns at the huge T of long gaps
         cov = np.expm1(draws * np.log(classes.pair_factor)) * spread
         var = np.maximum(var_ind + cov, 0.0) + 0.25 * mates[rows][:, None]
@@ -245,28 +248,38 @@ def _misses_per_expert(
         spread = 6.0 * np.sqrt(var + 1e-12)
         return excess + spread, excess - spread
 
+    # gaps past every class's tail (P(previous use further back) < TAIL for each) add nothing, so the band
+    # ends there and the search stops there: a window that never fills the cache does not spread the band's
+    # points over 2^41 steps, and a cache that holds every window up to the tail is all hits
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tails = (
+            1.0
+            + (np.log(TAIL * used) / batch[None, :] - classes.log_first[:, None]) / classes.log_next[:, None]
+        )
+    tail = np.ceil(np.where((used > 0) & (classes.log_next[:, None] < 0), tails, np.inf).max(axis=0))
     # the band of gaps where P(hit | gap) goes from ~1 to ~0: D(d) ± 6σ crosses C. Bracketed by doubling
-    # (1, 2, 4, ... DOUBLINGS_PER_CALL at a time, on the pairs not yet past it), then narrowed by bisection to a few per
-    # cent of the gap (the band's points are spread over it anyway), widening it, never cutting it
+    # (1, 2, 4, ..., DOUBLINGS_PER_CALL at a time, on the pairs not yet past it or their tail), then narrowed
+    # by bisection to 1/8 of the gap (the band's points are spread over it anyway): widened, never cut
     doublings = 2.0 ** np.arange(int(np.log2(LONGEST_GAP)) + 2)
     n_pairs = capacity.size
-    first = np.full((2, n_pairs), doublings.size - 1)  # first doubling with margin >= 0 (+, then −)
+    first = np.full((2, n_pairs), -1)  # first doubling with margin >= 0 (+, then −); -1: none up to the tail
     pending = np.arange(n_pairs)
     for begin in range(0, doublings.size, DOUBLINGS_PER_CALL):
         gaps = doublings[begin : begin + DOUBLINGS_PER_CALL]
         plus, minus = margins(np.broadcast_to(gaps, (pending.size, gaps.size)), pending)
         for side, margin in enumerate((plus, minus)):
             reached = margin >= 0
-            now = reached.any(axis=1) & (first[side, pending] == doublings.size - 1)
+            now = reached.any(axis=1) & (first[side, pending] < 0)
             first[side, pending[now]] = begin + reached[now].argmax(axis=1)
-        pending = pending[~(minus >= 0).any(axis=1)]
+        pending = pending[~(minus >= 0).any(axis=1) & (gaps[-1] < tail[pending])]
         if pending.size == 0:
             break
     ends = []
     for side in (0, 1):
-        hi = doublings[first[side]]
-        lo = np.where(first[side] > 0, hi / 2.0, 0.0)
-        search = (first[side] > 0) & (hi <= LONGEST_GAP)
+        # not reached: the window never fills the cache, up to the tail or 2^41 steps
+        hi = np.where(first[side] >= 0, doublings[first[side]], doublings[-1])
+        lo = np.where(first[side] != 0, hi / 2.0, 0.0)
+        search = (first[side] > 0) & (lo < tail)
         while True:
             rows = np.nonzero(search & (hi - lo > np.maximum(1.0, hi * BAND_EDGE_TOLERANCE)))[0]
             if rows.size == 0:
@@ -277,16 +290,8 @@ def _misses_per_expert(
             hi[rows[~fits]] = mid[~fits]
         # the band starts where a window surely fits (lo) and ends where it surely does not (hi)
         ends.append(np.maximum(lo, 1.0) if side == 0 else hi)
-    d_lo, d_hi = ends
-    # gaps past every class's tail (P(previous use further back) < TAIL for each) add nothing: the band ends
-    # there, so a window that never fills the cache does not spread the band's points over 2^41 steps
-    with np.errstate(divide="ignore", invalid="ignore"):
-        tails = (
-            1.0
-            + (np.log(TAIL * used) / batch[None, :] - classes.log_first[:, None]) / classes.log_next[:, None]
-        )
-    tails = np.where((used > 0) & (classes.log_next[:, None] < 0), tails, np.inf)
-    d_hi = np.maximum(np.minimum(d_hi, np.ceil(tails.max(axis=0))), d_lo)
+    d_lo = np.minimum(ends[0], np.maximum(tail, 1.0))
+    d_hi = np.maximum(np.minimum(ends[1], tail), d_lo)
     points = np.minimum(MAX_GAP_POINTS, d_hi - d_lo + 2).astype(np.int64)
     per_expert = np.empty_like(used)
     # pairs with as many gap points together; a block takes its widest pair's count, and a narrower pair's
