@@ -10,6 +10,9 @@ dense peak the engine's compute-bound kernels sustain in prefill. The points are
 gpt-oss-20b and -120b, RTX 4090 gpt-oss-20b, RTX 3090 DeepSeek-V2-Lite: three GPUs, three models, MXFP4 and
 Q4_0). The fit minimises Σ ln(predicted/measured)² over a grid; leave-one-out refits without each case and
 predicts it. Decode (tg) cases are printed as a check: they are bandwidth-bound and barely depend on the value.
+So are three rows of the RTX 3090 case's own table that are not in the set (the same pp512 at microbatch 256,
+128 and 64: 24, 12 and 6 tokens per expert), the check of whether one fraction carries across the tokens each
+expert sees (it does not: docs/validation.md §5.8).
 
 Usage: PYTHONPATH=. python benchmarks/fit_llamacpp_prefill.py
 """
@@ -27,6 +30,10 @@ from capsim.validation.published import PublishedCase, load_published, predict_c
 
 PROFILE = "llama.cpp"
 COMPUTE_FRACTION_GRID = np.round(np.arange(0.04, 0.3001, 0.005), 3)
+SWEEP_CASE = "llamacpp-pr15525-rtx3090-dsv2lite-q4_0-pp512"
+SWEEP = ((256, 3280.19), (128, 2103.93), (64, 1268.85))
+"""(microbatch, baseline t/s) of the RTX 3090 DeepSeek-V2-Lite Q4_0 pp512 rows of ggml-org/llama.cpp#15525's
+table (PR description, 'Microbatch size' column) below the case's microbatch 512: not in the set, not fitted."""
 
 
 def gpu_cases() -> list[PublishedCase]:
@@ -89,6 +96,13 @@ def main() -> None:
             if case.metric != "prefill_tokens_per_s":
                 r = predict_case(case)
                 print(f"  {case.id:50s} {r.speed_ratio:.2f}")
+        print("microbatch sweep of the RTX 3090 case at the fitted value (speed ratio, not fitted):")
+        base = next(c for c in prefill if c.id == SWEEP_CASE)
+        for ub, value in SWEEP:
+            r = predict_case(replace(base, prefill_chunk=ub, value=value))
+            print(
+                f"  ub {ub:4d} ({ub * 6 / 64:4.1f} tokens per expert) measured {value:8.1f} tok/s, speed ratio {r.speed_ratio:.2f}"
+            )
     finally:
         table[PROFILE] = shipped
 

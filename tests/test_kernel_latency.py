@@ -172,6 +172,10 @@ def test_shipped_profiles_are_sourced() -> None:
                 "expert_host_s",
                 "compute_fraction",
                 "quantized_compute",
+                "per_sequence_s",
+                "kv_cache_free_fraction",
+                "cpu_kernel_bw_fraction",
+                "replicate_socket_share",
             )
             if getattr(profile, k) is not None
         }
@@ -221,7 +225,9 @@ def test_published_cases_run_with_their_engine() -> None:
             assert scenario.engine == "llama.cpp"
         if case.engine == "ktransformers":
             scenario, _ = scenario_for(case, db)
-            assert scenario.engine is None  # no profile: the device class's values
+            assert (
+                scenario.engine == "ktransformers"
+            )  # its CPU-side values (tests/test_ktransformers_profile.py)
 
 
 def test_presets_name_their_engine() -> None:

@@ -184,14 +184,19 @@ def runs_in_ggml_cpu_kernels(weight_dtype: str | None) -> bool:
 
 
 def cpu_rates(
-    node: System, deployment: Deployment, ggml: bool = False
+    node: System, deployment: Deployment, ggml: bool = False, socket_share: float = 1.0
 ) -> tuple[float, dict[str, float], int, str]:
     """(streaming bandwidth bytes/s, peak FLOP/s by precision, sockets used, derivation) of the node's CPUs.
 
     Per socket: the populated channels' peak (the CPU entry's own figure when the node lists no DRAM); over the
     sockets used as the NUMA mode says
     (module docstring); FLOPS x threads / cores with ``--threads``. ``ggml``: the weights are GGUF and run in
-    ggml's CPU kernels, which reach the FP32 vector rate only (:data:`GGML_CPU_COMPUTE`)."""
+    ggml's CPU kernels, which reach the FP32 vector rate only (:data:`GGML_CPU_COMPUTE`).
+
+    ``socket_share`` (``--numa replicate`` over S > 1 sockets): the share of one socket's rate each further
+    socket adds, so S sockets give 1 + (S − 1)·share sockets' bandwidth and FLOP/s; 1 = perfect scaling. An
+    engine whose threads on every socket work on each expert from their local copy and synchronise per op
+    (KTransformers' USE_NUMA build) measures less than 1 (capsim/engine/engines.toml)."""
     if not node.cpus:
         raise MissingValueError(node.id, "cpus", "CPU execution (the node lists no CPU entry)")
     cpu, sockets = node.cpus[0]
@@ -223,6 +228,11 @@ def cpu_rates(
     how += f"; {used} socket(s) streaming ({deployment.numa})"
     if deployment.threads is not None:
         how += f"; {threads} of {cores} cores computing"
+    if deployment.numa == "replicate" and used > 1 and socket_share != 1.0:
+        scale = (1.0 + (used - 1) * socket_share) / used
+        peaks = {key: v * scale for key, v in peaks.items()}
+        how += f"; the engine's further sockets add {socket_share:g} of a socket each"
+        return per_socket * used * scale, peaks, used, how
     return per_socket * used, peaks, used, how
 
 

@@ -4,7 +4,9 @@ An engine adds to the device's roofline what its execution costs: with CUDA/HIP 
 kernel (``kernel_latency_s``, a floor under every block of kernels: capsim.engine.roofline.BLOCK_KERNELS); run
 eagerly (PyTorch eager, as Hugging Face transformers and MoE-Infinity run MoE blocks), host dispatch per MoE
 layer and per activated expert, which overlaps the device's work: a pass takes max(host, device); and the
-fraction of dense peak FLOP/s its compute-bound kernels sustain (``compute_fraction``). Values absent from a
+fraction of dense peak FLOP/s its compute-bound kernels sustain (``compute_fraction``); and a time per sequence
+that emits a token in a step (``per_sequence_s``: sampling and per-request bookkeeping, which grows a step with
+the requests in flight). Values absent from a
 profile fall back to the device class's (hardware_db/efficiency.toml). Every value names its source.
 
 An engine's costs change between releases, so a profile may name the ``releases`` it was fitted on and the
@@ -25,8 +27,19 @@ from capsim.errors import DataFileError, ScenarioError
 
 _FILE = Path(__file__).with_name("engines.toml")
 EXECUTIONS = ("graphs", "eager")
-_VALUES = ("kernel_latency_s", "moe_host_s", "expert_host_s", "compute_fraction")
-_FRACTIONS = frozenset({"compute_fraction"})
+_VALUES = (
+    "kernel_latency_s",
+    "moe_host_s",
+    "expert_host_s",
+    "compute_fraction",
+    "cpu_kernel_bw_fraction",
+    "replicate_socket_share",
+    "per_sequence_s",
+    "kv_cache_free_fraction",
+)
+_FRACTIONS = frozenset(
+    {"compute_fraction", "cpu_kernel_bw_fraction", "replicate_socket_share", "kv_cache_free_fraction"}
+)
 
 
 @dataclass(frozen=True)
@@ -43,6 +56,19 @@ class EngineProfile:
     """Eager execution: host dispatch per activated expert per MoE layer (seconds)."""
     compute_fraction: float | None = None
     """Sustained / dense peak FLOP/s of the engine's compute-bound kernels (GEMMs, grouped MoE GEMMs, attention)."""
+    per_sequence_s: float | None = None
+    """Time a step adds per sequence that emits a token in it (sampling, stop checks, per-request bookkeeping of
+    the engine's runtime), on top of the device's roofline; None = none charged."""
+    kv_cache_free_fraction: float | None = None
+    """Share of the device memory left free after weights and activation buffers that the engine gives its KV
+    cache (TensorRT-LLM's free_gpu_memory_fraction); None: weights, buffers and KV together take capacity x the
+    device class's gpu_memory_utilization (vLLM's and SGLang's rule)."""
+    cpu_kernel_bw_fraction: float | None = None
+    """CPU-computed experts: the share of the CPU's sustained bandwidth the engine's expert kernels reach in
+    decode, replacing the cpu class's ``kernel_bw_fraction`` (fitted over several engines); None = the class's."""
+    replicate_socket_share: float | None = None
+    """CPU-computed experts under ``--numa replicate``: the share of one socket's rate each further socket adds
+    (capsim.engine.deployment.cpu_rates); None = 1 (perfect scaling)."""
     sources: tuple[tuple[str, str], ...] = ()
     family: str = ""
     """The engine this profile is a release of (its id when the file names none)."""
@@ -206,7 +232,8 @@ def engine_profile(name: str | None) -> EngineProfile | None:
             version = parse_release(release)
         except ValueError as exc:
             raise ScenarioError(f"engine {name!r}: {exc}; write e.g. {key}@0.10.2") from None
-        for profile in family:
+        # a profile fitted on the release wins over the family's catch-all (no releases named)
+        for profile in sorted(family, key=lambda p: p.releases is None):
             if profile.covers(version):
                 return profile
         known = ", ".join(f"{p.id} ({p.releases_text})" for p in family if p.releases)

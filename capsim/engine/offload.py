@@ -30,6 +30,7 @@ from capsim.engine.deployment import (
     step_expert_ids,
     weight_copies,
 )
+from capsim.engine.engines import engine_profile
 from capsim.engine.memory import MemoryPlan
 from capsim.engine.placement import DEVICE, DRAM, SSD, tier_counts
 from capsim.engine.reports import DeploymentReport, LinkLoad, TierLoad
@@ -213,6 +214,79 @@ def simulate_tiers(
     return CacheOutcome(per_step, miss_rate * per_step, disk_rate * per_step, 1.0 - miss_rate)
 
 
+class DecodeCache:
+    """Steady-state outcomes of one scenario's expert cache under decode batches, per (batch, capacity).
+
+    Analytic for LRU on a synthetic router (:mod:`capsim.engine.cache_model`: the experts' classes are built
+    once here, then any number of (batch, capacity) pairs are evaluated together); otherwise simulated on a
+    routing sample, pair by pair (LFU, Belady's oracle, trace replay, a partial host page cache)."""
+
+    def __init__(
+        self,
+        rs: ResolvedScenario,
+        cacheable: np.ndarray,
+        page_slots: int,
+        policy: str,
+        two_level: bool,
+    ) -> None:
+        self.rs, self.cacheable, self.page_slots = rs, cacheable, page_slots
+        self.policy, self.two_level = policy, two_level
+        router, tiers = rs.router, rs.expert_tiers
+        n_ssd = int((cacheable & (tiers == SSD)).sum())
+        # a host page cache holding some but not all SSD experts sees the device cache's misses, which are
+        # correlated with its own content (an expert missed is one unused for long): simulated, not modelled
+        partial_page_cache = two_level and 0 < page_slots < n_ssd
+        self.classes = None
+        if policy == "lru" and isinstance(router, SyntheticRouter) and not partial_page_cache:
+            from capsim.engine.cache_model import ExpertClasses
+
+            moe = rs.model.moe
+            assert moe is not None
+            self.classes = ExpertClasses.of(router.inclusion, router.new_origin, cacheable, moe.top_k)
+            on_ssd = (tiers[np.nonzero(cacheable)] == SSD).astype(np.float64)
+            # SSD experts' misses are disk reads unless a page cache holds every SSD expert (then none, steadily)
+            self.ssd_per_class = (
+                np.zeros(self.classes.log_first.size)
+                if (two_level and page_slots >= n_ssd)
+                else np.bincount(self.classes.of_item, weights=on_ssd, minlength=self.classes.log_first.size)
+            )
+
+    def outcomes(self, batch: ArrayLike, capacity: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(accesses, misses, SSD reads) per decode step, elementwise over (batch, capacity) pairs."""
+        if self.classes is not None:
+            from capsim.engine.cache_model import lru_outcomes
+
+            accesses, misses, per_expert = lru_outcomes(self.classes, batch, capacity)
+            reads = np.add.accumulate(self.ssd_per_class[:, None] * per_expert, axis=0)[-1]
+            return accesses, misses, np.asarray(reads, dtype=np.float64)
+        b, c = np.broadcast_arrays(np.atleast_1d(batch), np.atleast_1d(capacity))
+        out = np.array(
+            [
+                [o.accesses_per_step, o.misses_per_step, o.ssd_reads_per_step]
+                for o in (self.outcome(int(x), int(y)) for x, y in zip(b.tolist(), c.tolist()))
+            ],
+            dtype=np.float64,
+        ).reshape(b.size, 3)
+        return out[:, 0], out[:, 1], out[:, 2]
+
+    def outcome(self, batch: int, capacity: int) -> CacheOutcome:
+        """The outcome of one decode batch (predict's call)."""
+        if self.classes is not None:
+            accesses, misses, reads = (float(x[0]) for x in self.outcomes(batch, capacity))
+            if accesses <= 0:
+                return CacheOutcome(0.0, 0.0, 0.0, 1.0, "analytic")
+            return CacheOutcome(accesses, misses, reads, 1.0 - misses / accesses, "analytic")
+        rs = self.rs
+        steps = sample_steps(rs, batch, self.cacheable)
+        assert rs.router is not None  # experts are offloaded for MoE models, which always resolve a router
+        ids = step_expert_ids(rs.router, batch, steps, rs.scenario.seed)
+        stream = access_stream_of_ids(ids, rs.expert_tiers.shape[1], self.cacheable)
+        outcome = simulate_tiers(
+            stream, rs.expert_tiers, capacity, self.page_slots, self.policy, self.two_level
+        )
+        return replace(outcome, sampled_steps=stream.steps)
+
+
 def cache_outcome(
     rs: ResolvedScenario,
     batch: int,
@@ -222,40 +296,8 @@ def cache_outcome(
     policy: str,
     two_level: bool,
 ) -> CacheOutcome:
-    """Steady-state cache outcome of a decode batch: analytic for LRU on a synthetic router
-    (:mod:`capsim.engine.cache_model`, sub-millisecond), else simulated on a routing sample (LFU, Belady's oracle,
-    trace replay)."""
-    router, tiers = rs.router, rs.expert_tiers
-    n_ssd = int((cacheable & (tiers == SSD)).sum())
-    # a host page cache holding some but not all SSD experts sees the device cache's misses, which are
-    # correlated with its own content (an expert missed is one unused for long): simulated, not modelled
-    partial_page_cache = two_level and 0 < page_slots < n_ssd
-    if policy == "lru" and isinstance(router, SyntheticRouter) and not partial_page_cache:
-        from capsim.engine.cache_model import device_cache_misses
-
-        moe = rs.model.moe
-        assert moe is not None and router is not None
-        accesses, misses, missed = device_cache_misses(
-            router.inclusion,
-            router.new_origin,
-            cacheable,
-            batch,
-            capacity,
-            moe.top_k,
-        )
-        if accesses <= 0:
-            return CacheOutcome(0.0, 0.0, 0.0, 1.0, "analytic")
-        on_ssd = tiers[np.nonzero(cacheable)] == SSD
-        # SSD experts' misses are disk reads unless a page cache holds every SSD expert (then none, steadily)
-        reads = 0.0 if (two_level and page_slots >= n_ssd) else float(missed[on_ssd].sum())
-        return CacheOutcome(accesses, misses, reads, 1.0 - misses / accesses, "analytic")
-    steps = sample_steps(rs, batch, cacheable)
-    assert router is not None  # experts are offloaded for MoE models, which always resolve a router
-    ids = step_expert_ids(router, batch, steps, rs.scenario.seed)
-    stream = access_stream_of_ids(ids, tiers.shape[1], cacheable)
-    return replace(
-        simulate_tiers(stream, tiers, capacity, page_slots, policy, two_level), sampled_steps=stream.steps
-    )
+    """Steady-state cache outcome of a decode batch (:class:`DecodeCache` for one pair)."""
+    return DecodeCache(rs, cacheable, page_slots, policy, two_level).outcome(batch, capacity)
 
 
 def expert_links(rs: ResolvedScenario) -> tuple[tuple[float, str] | None, tuple[float, str] | None]:
@@ -557,7 +599,11 @@ def apply_cpu_experts(
     host = host_tiers(rs, dram_copies=weight_copies(rs.node, dep))
     prec = rs.sharding.weight_precision["routed_experts"]
     # GGUF experts run in ggml's CPU kernels: the FP32 vector rate (deployment.GGML_CPU_COMPUTE)
-    bandwidth, peaks, sockets, how = cpu_rates(rs.node, dep, ggml=runs_in_ggml_cpu_kernels(prec.name))
+    profile = engine_profile(rs.scenario.engine) if rs.scenario.engine else None
+    share = profile.replicate_socket_share if profile and profile.replicate_socket_share is not None else 1.0
+    bandwidth, peaks, sockets, how = cpu_rates(
+        rs.node, dep, ggml=runs_in_ggml_cpu_kernels(prec.name), socket_share=share
+    )
     cpu, _ = rs.node.cpus[0]
     cpu_eff = (
         rs.cpu_efficiency
@@ -567,7 +613,12 @@ def apply_cpu_experts(
     key = compute_key(prec, frozenset(peaks))
     flops_rate = peaks[key] * cpu_eff.compute_fraction
     # sustained streaming (per CPU entry) x the fraction CPU MoE kernels reach of it (fitted, efficiency.toml)
-    bytes_rate = bandwidth * cpu_eff.memory_bw_fraction * cpu_eff.kernel_bw_fraction
+    kernel_bw = (
+        profile.cpu_kernel_bw_fraction
+        if profile is not None and profile.cpu_kernel_bw_fraction is not None
+        else cpu_eff.kernel_bw_fraction
+    )
+    bytes_rate = bandwidth * cpu_eff.memory_bw_fraction * kernel_bw
     link_bw = rs.node.host_to_gpu_bandwidth() * PCIE_COPY_EFFICIENCY
     # one small host<->device copy: NCCL's base latency plus one PCI hop (the GPU's efficiency entry), standing
     # in for a DMA launch; no measured figure for KTransformers-style hand-offs is in the reference
@@ -632,8 +683,9 @@ def apply_cpu_experts(
         "handoff_latency_s": handoff_latency,
         "cpu_efficiency": {
             "memory_bw_fraction": cpu_eff.memory_bw_fraction,
-            "kernel_bw_fraction": cpu_eff.kernel_bw_fraction,
+            "kernel_bw_fraction": kernel_bw,
             "compute_fraction": cpu_eff.compute_fraction,
+            "replicate_socket_share": share,
         },
         "tiers": host.to_dict(rs),
         "links": paging["links"],

@@ -26,11 +26,13 @@ class TierLoad(TypedDict, total=False):
 
 
 class CpuEfficiencyReport(TypedDict):
-    """The ``cpu`` efficiency class used for CPU-computed experts."""
+    """The ``cpu`` efficiency class used for CPU-computed experts (kernel_bw_fraction: the engine's own where its
+    profile names one)."""
 
     memory_bw_fraction: float
     kernel_bw_fraction: float
     compute_fraction: float
+    replicate_socket_share: float
 
 
 class ExpertParallelReport(TypedDict, total=False):

@@ -20,12 +20,15 @@ comparison, refined until no op flips between two adjacent knots.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from capsim.engine.passes import decode_steps
 from capsim.engine.roofline import RESOURCES, PassTimes
+
+if TYPE_CHECKING:
+    from capsim.engine.offload import DecodeCache
 
 SWEEP_RESOURCES: tuple[str, ...] = (*RESOURCES, "cpu", "link")
 """The roofline's resources plus those the cpu-experts mode charges (CPU compute, PCIe hand-offs), in the
@@ -56,7 +59,8 @@ class ModeAdjust:
     - offload: the expert cache's misses cross the links (:func:`capsim.engine.offload.decode_link_times`,
       :func:`~capsim.engine.offload.prefill_link_times`). The cache holds what a configuration's memory
       leaves (its ``capacity``), so a pass is keyed by (batch, capacity); the steady-state misses per step
-      of each distinct pair come from :func:`capsim.engine.offload.cache_outcome` (predict's call), once.
+      of each distinct pair come from :class:`capsim.engine.offload.DecodeCache` (predict's model), once,
+      the new pairs of a chunk evaluated together.
       A decode step's link time does not depend on its context; with prefetch the step takes
       max(device, link), whose flip :meth:`decode` returns as one more margin for the knots to bracket.
     """
@@ -70,6 +74,7 @@ class ModeAdjust:
         self.offload = mode == "offload" or (mode in ("cpu", "gpu") and off_device)
         self.cpu_experts = mode == "cpu-experts"
         self._outcomes: dict[tuple[int, int], tuple[float, float]] = {}
+        self._cache: DecodeCache | None = None
         self._no_passes: PassTimes | None = None
         if self.offload:
             from capsim.engine.offload import host_tiers
@@ -78,25 +83,27 @@ class ModeAdjust:
             self.cacheable = rs.expert_tiers != DEVICE
 
     def _misses(self, batch: np.ndarray, capacity: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(misses, SSD reads) per decode step of each (batch, capacity), each distinct pair evaluated once."""
-        from capsim.engine.offload import cache_outcome
+        """(misses, SSD reads) per decode step of each (batch, capacity): the pairs not yet seen are evaluated
+        together (:class:`capsim.engine.offload.DecodeCache`, predict's model), each once."""
+        if self._cache is None:
+            from capsim.engine.offload import DecodeCache
 
-        rs, dep = self.rs, self.rs.deployment
+            rs = self.rs
+            self._cache = DecodeCache(
+                rs,
+                self.cacheable,
+                self.host.page_cache_experts,
+                rs.deployment.cache_policy,
+                not rs.device_is_dram,
+            )
         keys = list(zip(batch.astype(np.int64).tolist(), capacity.astype(np.int64).tolist()))
         if len(self._outcomes) > OUTCOMES_KEPT:  # memory follows the chunk, not the grid
             self._outcomes.clear()
-        for key in dict.fromkeys(keys):
-            if key not in self._outcomes:
-                out = cache_outcome(
-                    rs,
-                    key[0],
-                    self.cacheable,
-                    key[1],
-                    self.host.page_cache_experts,
-                    dep.cache_policy,
-                    not rs.device_is_dram,
-                )
-                self._outcomes[key] = (out.misses_per_step, out.ssd_reads_per_step)
+        new = [key for key in dict.fromkeys(keys) if key not in self._outcomes]
+        if new:
+            pairs = np.array(new, dtype=np.int64).reshape(len(new), 2)
+            _, misses, reads = self._cache.outcomes(pairs[:, 0], pairs[:, 1])
+            self._outcomes.update(zip(new, zip(misses.tolist(), reads.tolist())))
         values = np.array([self._outcomes[k] for k in keys], dtype=np.float64).reshape(len(keys), 2)
         return values[:, 0], values[:, 1]
 
