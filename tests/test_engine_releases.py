@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from capsim import Scenario
 from capsim.engine.engines import engine_profile, load_engines, parse_release
+from capsim.engine.memory import largest_batch, usable_bytes
 from capsim.engine.passes import decode_passes, prefill_passes
 from capsim.engine.resolve import resolve
 from capsim.errors import DataFileError, ScenarioError
@@ -196,3 +197,23 @@ def test_shipped_trtllm_017_values_are_a_minimum_of_the_fit() -> None:
     cases = fit.fit_cases()
     assert len(cases) == 18 and all(c.engine_version == "0.17" for c in cases)
     assert fit.best(fit.predictions(cases)) == (1, 1)
+
+
+def test_kv_cache_free_fraction_by_hand() -> None:
+    """TensorRT-LLM 0.17 gives its KV cache 0.9 of the memory left once weights and buffers are in place
+    (kv_cache_free_fraction, TensorRT-LLM's documented default), where capsim's default is 0.9 of the whole device
+    (vLLM's rule). Mixtral-8x7B, FP8 weights, one H100 (80 GB): weights per device = attention 32 x 4096 x (4096 +
+    2 x 1024 + 4096) = 1,342,177,280 B + routed experts 32 x 8 x 3 x 4096 x 14336 = 45,097,156,608 B + router
+    32 x 4096 x 8 x 2 = 2,097,152 B + norms 65 x 4096 x 2 = 532,480 B + embeddings and lm_head 2 x 32000 x 4096 x 2
+    = 524,288,000 B = 46,966,251,520 B; the workspace of an 8,192-token chunk = 8192 x (2 x 4096 + 2 x 2 x 14336)
+    x 2 B = 1,073,741,824 B. Usable = 48,039,993,344 + 0.9 x (80e9 - 48,039,993,344) = 76,803,999,334.4 B, against
+    0.9 x 80e9 = 72e9 B for the bare profile (no fraction)."""
+    kw = dict(model="mixtral-8x7b", hardware="h100-sxm", gpus=1, weight_dtype="fp8", kv_dtype="fp8")
+    rel17, _ = resolve(Scenario(**kw, engine="tensorrt-llm@0.17"))  # type: ignore[arg-type]
+    plain, _ = resolve(Scenario(**kw, engine="tensorrt-llm"))  # type: ignore[arg-type]
+    assert rel17.kv_cache_free_fraction == 0.9 and plain.kv_cache_free_fraction is None
+    assert usable_bytes(rel17) == pytest.approx(76_803_999_334.4, rel=1e-12)
+    assert usable_bytes(plain) == pytest.approx(72e9, rel=1e-12)
+    # more room for KV: more sequences of 1,000 + 1,000 tokens resident
+    p, g = np.array([1000]), np.array([1000])
+    assert largest_batch(rel17, p, g)[0] > largest_batch(plain, p, g)[0]

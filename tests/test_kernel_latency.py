@@ -173,6 +173,7 @@ def test_shipped_profiles_are_sourced() -> None:
                 "compute_fraction",
                 "quantized_compute",
                 "per_sequence_s",
+                "kv_cache_free_fraction",
                 "cpu_kernel_bw_fraction",
                 "replicate_socket_share",
             )

@@ -35,8 +35,11 @@ _VALUES = (
     "cpu_kernel_bw_fraction",
     "replicate_socket_share",
     "per_sequence_s",
+    "kv_cache_free_fraction",
 )
-_FRACTIONS = frozenset({"compute_fraction", "cpu_kernel_bw_fraction", "replicate_socket_share"})
+_FRACTIONS = frozenset(
+    {"compute_fraction", "cpu_kernel_bw_fraction", "replicate_socket_share", "kv_cache_free_fraction"}
+)
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,10 @@ class EngineProfile:
     per_sequence_s: float | None = None
     """Time a step adds per sequence that emits a token in it (sampling, stop checks, per-request bookkeeping of
     the engine's runtime), on top of the device's roofline; None = none charged."""
+    kv_cache_free_fraction: float | None = None
+    """Share of the device memory left free after weights and activation buffers that the engine gives its KV
+    cache (TensorRT-LLM's free_gpu_memory_fraction); None: weights, buffers and KV together take capacity x the
+    device class's gpu_memory_utilization (vLLM's and SGLang's rule)."""
     cpu_kernel_bw_fraction: float | None = None
     """CPU-computed experts: the share of the CPU's sustained bandwidth the engine's expert kernels reach in
     decode, replacing the cpu class's ``kernel_bw_fraction`` (fitted over several engines); None = the class's."""
