@@ -14,10 +14,14 @@ import json
 import re
 from typing import Any
 
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from capsim.cli import app
+from capsim.engine.passes import mixed_passes
 from capsim.engine.scenario import Scenario
 from capsim.errors import ScenarioError
 from capsim.hardware.db import load_hardware_db
@@ -205,3 +209,44 @@ def test_curve_and_fleet_paths_carry_the_engine() -> None:
     assert fleet["engine"] == {"id": "transformers", "selected_by": "--engine transformers"}
     assert fleet["cheapest"]["replicas"] == 1
     assert fleet["cheapest"]["p99_tpot_ms"] == pytest.approx(expected_ms, rel=1e-12)
+
+
+@pytest.fixture(scope="module")
+def eager_cost() -> StepCost:
+    scenario = Scenario(
+        model="mixtral-8x7b", hardware="h100-sxm", gpus=2, engine="transformers", routing="temporal:0.5"
+    )
+    return build_replica(scenario, SchedulerConfig(max_num_seqs=64, max_batched_tokens=256)).cost
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    tokens=st.integers(1, 300),
+    seqs_frac=st.floats(0.0, 1.0),
+    lm_frac=st.floats(0.0, 1.0),
+    pairs=st.floats(0.0, 1e9),
+    kv=st.floats(0.0, 1e8),
+)
+def test_eager_step_equals_engine_and_is_a_max(
+    eager_cost: StepCost, tokens: int, seqs_frac: float, lm_frac: float, pairs: float, kv: float
+) -> None:
+    """For any step (T tokens from S sequences, lm emitting, any attention load), the serving step time equals
+    the engine's mixed_passes and is max(device time, host dispatch + step overhead): never their sum."""
+    cost = eager_cost
+    seqs = max(1, round(seqs_frac * tokens))
+    lm = round(lm_frac * seqs)
+    L = cost.num_layers
+    ref = mixed_passes(
+        cost.rs,
+        np.array([float(tokens)]),
+        np.array([float(seqs)]),
+        np.array([float(lm)]),
+        np.zeros((1, 1)),
+        np.array([[pairs / L]]),
+        np.array([[kv / L]]),
+    )
+    t = cost.time(tokens, seqs, lm, pairs, kv)
+    assert t == pytest.approx(ref.time[0], rel=1e-11)
+    host = next(h[0] for op, h, _ in ref.op_times if op == "host_dispatch")
+    device = ref.time[0] - ref.time_by_op["host_dispatch"][0]
+    assert t == pytest.approx(max(device, host + cost.rs.rates.step_overhead_s), rel=1e-11)
