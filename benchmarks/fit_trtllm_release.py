@@ -1,19 +1,21 @@
 """Fit the TensorRT-LLM 0.17 profile (capsim/engine/engines.toml ``["tensorrt-llm-0.17"]``) to the published
 cases that ran that release.
 
-One value: ``compute_fraction``, the share of dense peak FLOP/s that TensorRT-LLM 0.17's compute-bound kernels
-(FP8 GEMMs, MoE GEMMs and attention of TensorRT engines) sustain. The points are every published case with
-``engine = "tensorrt-llm"`` and ``engine_version`` 0.17: the twelve Mixtral rows of NVIDIA's perf-overview table
-for that release (docs/validation.md §5.8), added to the set and scored before this fit. The kernel latency is
-not fitted: none of the rows is a small-batch decode, where it binds. The fit minimises the sum of
-ln(predicted/measured)^2 over a grid; the leave-one-out check refits without each case and predicts it; the
-split check fits on the Mixtral 8x7B rows only and predicts the Mixtral 8x22B rows (another model, TP8).
+Two values: ``compute_fraction``, the share of dense peak FLOP/s that TensorRT-LLM 0.17's compute-bound kernels
+(FP8 GEMMs, MoE GEMMs and attention of TensorRT engines) sustain, and ``per_sequence_s``, the time a step adds per
+sequence that emits a token in it (sampling, stop checks, per-request bookkeeping of the runtime). The points are
+every published case with ``engine = "tensorrt-llm"`` and ``engine_version`` 0.17: the Mixtral rows of NVIDIA's
+perf-overview table for that release (docs/validation.md §5.9), twelve added and scored before the first fit and
+six more added after it. The kernel latency is not fitted: none of the rows is a small-batch decode, where it
+binds. The fit minimises the sum of ln(predicted/measured)^2 over a grid; the leave-one-out check refits without
+each case and predicts it; the split check fits on the twelve first rows only and predicts the six added later.
 
 Usage: python benchmarks/fit_trtllm_release.py
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import replace
 
@@ -24,7 +26,10 @@ from capsim.engine.engines import parse_release
 from capsim.validation.published import PublishedCase, load_published, predict_case
 
 PROFILE = "tensorrt-llm-0.17"
-COMPUTE_FRACTION_GRID = np.round(np.arange(0.30, 0.8001, 0.01), 2)
+COMPUTE_FRACTION_GRID = np.round(np.arange(0.40, 0.8001, 0.01), 2)
+PER_SEQUENCE_GRID = np.arange(0.0, 16.01, 0.5) * 1e-6
+HELD_OUT_NOTE = "added after the tensorrt-llm-0.17 profile was fitted"
+"""The case note that marks the six rows added after the first fit (the split check predicts them)."""
 
 
 def fit_cases() -> list[PublishedCase]:
@@ -38,24 +43,28 @@ def fit_cases() -> list[PublishedCase]:
 
 
 def predictions(cases: list[PublishedCase]) -> np.ndarray:
-    """ln(predicted/measured) for every compute fraction of the grid x case."""
+    """ln(predicted/measured) for every (compute fraction, per-sequence time) of the grids x case."""
     table = engines.load_engines()  # cached dict: the profile is swapped in place and restored
     shipped = table[PROFILE]
-    out = np.empty((len(COMPUTE_FRACTION_GRID), len(cases)))
+    out = np.empty((len(COMPUTE_FRACTION_GRID), len(PER_SEQUENCE_GRID), len(cases)))
     try:
-        for j, cf in enumerate(COMPUTE_FRACTION_GRID):
-            table[PROFILE] = replace(shipped, compute_fraction=float(cf))
+        for (i, cf), (j, ps) in itertools.product(
+            enumerate(COMPUTE_FRACTION_GRID), enumerate(PER_SEQUENCE_GRID)
+        ):
+            table[PROFILE] = replace(shipped, compute_fraction=float(cf), per_sequence_s=float(ps))
             for k, case in enumerate(cases):
                 r = predict_case(case)
                 assert r.ratio is not None, (case.id, r.reason)
-                out[j, k] = math.log(r.ratio)
+                out[i, j, k] = math.log(r.ratio)
     finally:
         table[PROFILE] = shipped
     return out
 
 
-def best(log_ratio: np.ndarray) -> int:
-    return int(np.argmin((log_ratio**2).sum(axis=-1)))
+def best(log_ratio: np.ndarray) -> tuple[int, int]:
+    loss = (log_ratio**2).sum(axis=-1)
+    i, j = np.unravel_index(int(np.argmin(loss)), loss.shape)
+    return int(i), int(j)
 
 
 def speed(case: PublishedCase, log_ratio: float) -> float:
@@ -63,37 +72,45 @@ def speed(case: PublishedCase, log_ratio: float) -> float:
     return math.exp(-log_ratio if case.is_time else log_ratio)
 
 
+def _label(i: int, j: int) -> str:
+    return f"({COMPUTE_FRACTION_GRID[i]:.2f}, {PER_SEQUENCE_GRID[j] * 1e6:.1f})"
+
+
 def main() -> None:
     cases = fit_cases()
     lr = predictions(cases)
-    j = best(lr)
-    print(f"fit over {len(cases)} cases: compute_fraction = {COMPUTE_FRACTION_GRID[j]:.2f}")
-    print(f"{'case':52s} {'before':>7s} {'fit':>7s} {'leave-one-out':>14s}  (cf)")
-    # 'before': the datacenter-gpu class's 0.70, which these cases took before the profile existed
-    before = int(np.argmin(np.abs(COMPUTE_FRACTION_GRID - 0.70)))
+    i, j = best(lr)
+    print(
+        f"fit over {len(cases)} cases: compute_fraction = {COMPUTE_FRACTION_GRID[i]:.2f}, "
+        f"per_sequence_s = {PER_SEQUENCE_GRID[j] * 1e6:.1f} us"
+    )
+    # 'class': the device class's 0.70 and no per-sequence time, which the cases took before the profile existed
+    c0 = (int(np.argmin(np.abs(COMPUTE_FRACTION_GRID - 0.70))), 0)
+    # 'cf only': the best compute fraction with no per-sequence time (the profile as first fitted, on all rows)
+    c1 = (int(np.argmin((lr[:, 0, :] ** 2).sum(axis=-1))), 0)
+    print(f"{'case':52s} {'class':>6s} {'cf only':>8s} {'fit':>6s} {'left out':>9s}  (cf, us)")
     loo = []
     for k, case in enumerate(cases):
-        a = best(np.delete(lr, k, axis=-1))
-        loo.append(abs(math.exp(lr[a, k]) - 1))
+        a, b = best(np.delete(lr, k, axis=-1))
+        loo.append(abs(math.exp(lr[a, b, k]) - 1))
         print(
-            f"{case.id:52s} {speed(case, lr[before, k]):7.2f} {speed(case, lr[j, k]):7.2f} "
-            f"{speed(case, lr[a, k]):14.2f}  ({COMPUTE_FRACTION_GRID[a]:.2f})"
+            f"{case.id:52s} {speed(case, lr[c0][k]):6.2f} {speed(case, lr[c1][k]):8.2f} "
+            f"{speed(case, lr[i, j, k]):6.2f} {speed(case, lr[a, b, k]):9.2f}  {_label(a, b)}"
         )
-    for name, row in (("class 0.70", before), ("fitted", j)):
-        err = np.abs(np.exp(lr[row]) - 1)
-        geo = math.exp(float(np.mean([math.log(speed(c, lr[row, k])) for k, c in enumerate(cases)])))
+    for name, (a, b) in (("class 0.70", c0), (f"cf only {_label(*c1)}", c1), (f"fit {_label(i, j)}", (i, j))):
+        err = np.abs(np.exp(lr[a, b]) - 1)
+        geo = math.exp(float(np.mean([math.log(speed(c, lr[a, b, k])) for k, c in enumerate(cases)])))
         print(f"{name}: median |error| {np.median(err):.1%}, geo-mean speed ratio {geo:.2f}")
     print(f"leave-one-out: median |error| {np.median(loo):.1%}")
-    train = np.array([c.model == "mixtral-8x7b" for c in cases])
-    a = best(lr[:, train])
-    held = [abs(math.exp(lr[a, k]) - 1) for k in range(len(cases)) if not train[k]]
-    print(
-        f"split: fitted on the {train.sum()} Mixtral 8x7B rows -> compute_fraction {COMPUTE_FRACTION_GRID[a]:.2f}"
-    )
+    late = np.array([any(HELD_OUT_NOTE in n for n in c.notes) for c in cases])
+    a, b = best(lr[..., ~late])
+    print(f"split: fitted on the {int((~late).sum())} first rows -> {_label(a, b)}; predicted:")
+    held = []
     for k, case in enumerate(cases):
-        if not train[k]:
-            print(f"  {case.id:50s} speed ratio {speed(case, lr[a, k]):.2f}")
-    print(f"  median |error| on the {len(held)} held-out Mixtral 8x22B rows: {np.median(held):.1%}")
+        if late[k]:
+            held.append(abs(math.exp(lr[a, b, k]) - 1))
+            print(f"  {case.id:50s} speed ratio {speed(case, lr[a, b, k]):.2f}")
+    print(f"  median |error| on the {len(held)} rows added after the first fit: {np.median(held):.1%}")
 
 
 if __name__ == "__main__":

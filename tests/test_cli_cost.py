@@ -483,7 +483,15 @@ def test_radar_reports_what_it_cannot_draw(cost_dir: Path, tmp_path: Path) -> No
     [
         (["--hardware", "h100-sx"], "error: unknown hardware 'h100-sx'; did you mean 'h100-sxm'"),
         (["--hardware", "h100-sxm", "--cost-axis", "carbon"], "error: --cost-axis 'carbon' is not one of"),
-        (["--hardware", "h100-sxm", "--cost-cap", "-5"], "error: --cost-cap must be a positive number"),
+        (
+            ["--hardware", "h100-sxm", "--cost-cap", "-5"],
+            "error: --cost-cap must be a positive finite number",
+        ),
+        # found by tests/test_cli_fuzz.py: inf gave NaN scores and an uncaught RuntimeWarning
+        (
+            ["--hardware", "h100-sxm", "--cost-cap", "inf"],
+            "error: --cost-cap must be a positive finite number",
+        ),
         (["--hardware", "l4", "--gpus", "1", "--model", "mixtral-8x7b"], "error: no option can be drawn"),
     ],
 )

@@ -33,6 +33,20 @@ def _run(argv: list[str]) -> None:
 @given(argv=any_argv())
 # every input class issue 15 listed, pinned
 @example(argv=["sweep", "--model", "mixtral-8x7b", "--hardware", "h100-sxm", "--out", "/proc/grid.csv"])
+# found by this test on main at d2db18e: an infinite cost cap gave NaN radar scores (uncaught RuntimeWarning)
+@example(
+    argv=[
+        "radar",
+        "--hardware",
+        "h100-sxm",
+        "--out",
+        "radar.png",
+        "--cost-cap",
+        "inf",
+        "--model",
+        "mixtral-8x7b",
+    ]
+)
 @example(argv=["sweep", "--model", "mixtral-8x7b", "--hardware", "h100-sxm", "--out", "corrupt.npz/grid.csv"])
 @example(
     argv=[

@@ -172,6 +172,8 @@ def test_shipped_profiles_are_sourced() -> None:
                 "expert_host_s",
                 "compute_fraction",
                 "quantized_compute",
+                "per_sequence_s",
+                "kv_cache_free_fraction",
                 "cpu_kernel_bw_fraction",
                 "replicate_socket_share",
             )

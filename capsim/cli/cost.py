@@ -878,8 +878,9 @@ def register(app: typer.Typer) -> None:
             check_output_file(out, "--out", "radar.png")
         if cost_axis not in _COST_AXES:
             raise ScenarioError(f"--cost-axis {cost_axis!r} is not one of {', '.join(_COST_AXES)}")
-        if cost_cap is not None and not cost_cap > 0:
-            raise ScenarioError(f"--cost-cap must be a positive number, got {cost_cap}")
+        if cost_cap is not None and not 0 < cost_cap < float("inf"):
+            # inf would make every score inf/inf = NaN
+            raise ScenarioError(f"--cost-cap must be a positive finite number, got {cost_cap}")
         inputs = cost_inputs(
             prices,
             price,

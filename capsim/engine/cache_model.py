@@ -45,8 +45,8 @@ profiles are the same multiset of π with the same ν form one layer class, and 
 uniform routers collapse to one class, the default shuffled Zipf profiles to one layer class), and the bands
 of all pairs are found together. Each pair's numbers do not depend on which other pairs share the call (sums
 over classes run in order with np.add.accumulate: np.sum's grouping depends on the array's shape), so a sweep's
-rows are the same whatever its chunking, and :func:`device_cache_misses` (one pair, predict's call) gives the
-sweep's bits.
+rows are the same whatever its chunking, and predict's call (one pair, through
+:class:`capsim.engine.offload.DecodeCache`) gives the sweep's bits.
 """
 
 from __future__ import annotations

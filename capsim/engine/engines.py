@@ -4,7 +4,9 @@ An engine adds to the device's roofline what its execution costs: with CUDA/HIP 
 kernel (``kernel_latency_s``, a floor under every block of kernels: capsim.engine.roofline.BLOCK_KERNELS); run
 eagerly (PyTorch eager, as Hugging Face transformers and MoE-Infinity run MoE blocks), host dispatch per MoE
 layer and per activated expert, which overlaps the device's work: a pass takes max(host, device); and the
-fraction of dense peak FLOP/s its compute-bound kernels sustain (``compute_fraction``). Values absent from a
+fraction of dense peak FLOP/s its compute-bound kernels sustain (``compute_fraction``); and a time per sequence
+that emits a token in a step (``per_sequence_s``: sampling and per-request bookkeeping, which grows a step with
+the requests in flight). Values absent from a
 profile fall back to the device class's (hardware_db/efficiency.toml). Every value names its source.
 
 An engine's costs change between releases, so a profile may name the ``releases`` it was fitted on and the
@@ -32,8 +34,12 @@ _VALUES = (
     "compute_fraction",
     "cpu_kernel_bw_fraction",
     "replicate_socket_share",
+    "per_sequence_s",
+    "kv_cache_free_fraction",
 )
-_FRACTIONS = frozenset({"compute_fraction", "cpu_kernel_bw_fraction", "replicate_socket_share"})
+_FRACTIONS = frozenset(
+    {"compute_fraction", "cpu_kernel_bw_fraction", "replicate_socket_share", "kv_cache_free_fraction"}
+)
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,13 @@ class EngineProfile:
     """Eager execution: host dispatch per activated expert per MoE layer (seconds)."""
     compute_fraction: float | None = None
     """Sustained / dense peak FLOP/s of the engine's compute-bound kernels (GEMMs, grouped MoE GEMMs, attention)."""
+    per_sequence_s: float | None = None
+    """Time a step adds per sequence that emits a token in it (sampling, stop checks, per-request bookkeeping of
+    the engine's runtime), on top of the device's roofline; None = none charged."""
+    kv_cache_free_fraction: float | None = None
+    """Share of the device memory left free after weights and activation buffers that the engine gives its KV
+    cache (TensorRT-LLM's free_gpu_memory_fraction); None: weights, buffers and KV together take capacity x the
+    device class's gpu_memory_utilization (vLLM's and SGLang's rule)."""
     cpu_kernel_bw_fraction: float | None = None
     """CPU-computed experts: the share of the CPU's sustained bandwidth the engine's expert kernels reach in
     decode, replacing the cpu class's ``kernel_bw_fraction`` (fitted over several engines); None = the class's."""

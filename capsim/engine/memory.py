@@ -183,8 +183,19 @@ def kv_bytes_per_sequence(rs: ResolvedScenario) -> float:
 
 
 def usable_bytes(rs: ResolvedScenario) -> float:
-    """Device memory the serving engine may use: capacity x gpu_memory_utilization."""
-    return rs.device.memory_capacity_gb * GB * rs.efficiency.gpu_memory_utilization
+    """Device memory the serving engine may use: capacity x gpu_memory_utilization; for an engine with a
+    ``kv_cache_free_fraction`` f (capsim.engine.engines), what it holds before its KV cache (the weights and the
+    activation workspace of a full prefill chunk, which it allocates first) plus f of the capacity left over."""
+    capacity = rs.device.memory_capacity_gb * GB
+    free_fraction = rs.kv_cache_free_fraction
+    if free_fraction is None:
+        return capacity * rs.efficiency.gpu_memory_utilization
+    # TensorRT-LLM measures the memory free once the engine and its activation buffers are in place (buffers
+    # sized for max_num_tokens, here the prefill chunk) and gives the KV cache the fraction f of it
+    held = sum(weight_bytes_per_device(rs).values()) + float(
+        activation_bytes(rs, 1, rs.scenario.prefill_chunk_tokens)
+    )
+    return held + free_fraction * (capacity - held)
 
 
 def largest_batch(rs: ResolvedScenario, prompt_len: ArrayLike, gen_len: ArrayLike) -> NDArray[np.int64]:

@@ -191,7 +191,14 @@ def _engine_basis(rs: ResolvedScenario, class_latency: dict[str, Any] | None) ->
         out["kernel_latency_s"] = class_latency
     if profile is not None and profile.releases is not None:
         out["releases"] = profile.to_dict()["releases"]
-    for name in ("moe_host_s", "expert_host_s", "compute_fraction", "quantized_compute"):
+    for name in (
+        "moe_host_s",
+        "expert_host_s",
+        "compute_fraction",
+        "quantized_compute",
+        "per_sequence_s",
+        "kv_cache_free_fraction",
+    ):
         if name in sources:
             out[name] = {"value": getattr(profile, name), "source": sources[name]}
     return out

@@ -251,10 +251,6 @@ class DecodeCache:
                 else np.bincount(self.classes.of_item, weights=on_ssd, minlength=self.classes.log_first.size)
             )
 
-    @property
-    def analytic(self) -> bool:
-        return self.classes is not None
-
     def outcomes(self, batch: ArrayLike, capacity: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(accesses, misses, SSD reads) per decode step, elementwise over (batch, capacity) pairs."""
         if self.classes is not None:

@@ -197,6 +197,7 @@ def resolve_on(scenario: Scenario, db: HardwareDB, model: ModelSpec, count: int 
         else profile.kernel_latency_s,
         eager_moe_host_s=profile.moe_host_s if profile is not None and profile.eager else None,
         eager_expert_host_s=(profile.expert_host_s or 0.0) if profile is not None else 0.0,
+        per_sequence_s=(profile.per_sequence_s or 0.0) if profile is not None else 0.0,
         link_bandwidth=node.gpu_to_gpu_bandwidth()
         if min(layout.expert_ranks, node.accelerator_count) > 1
         else 0.0,
@@ -228,6 +229,7 @@ def resolve_on(scenario: Scenario, db: HardwareDB, model: ModelSpec, count: int 
         layout=layout,
         scale_out_bytes_s=scale_out,
         cpu_efficiency=cpu_eff,
+        kv_cache_free_fraction=None if profile is None else profile.kv_cache_free_fraction,
     )
     if scenario.spec is not None:
         rs = resolve_speculation(rs, db, count)

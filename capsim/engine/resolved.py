@@ -51,6 +51,9 @@ class ResolvedScenario:
     """capsim.engine.speculative.Speculation of ``--spec`` (None: plain decoding)."""
     draft: ResolvedScenario | None = None
     """The draft model resolved on the same devices (``--spec draft:MODEL:K``), else None."""
+    kv_cache_free_fraction: float | None = None
+    """The engine's KV-cache share of the memory left after weights and buffers (capsim.engine.engines); None:
+    usable memory is capacity x efficiency.gpu_memory_utilization (capsim.engine.memory.usable_bytes)."""
 
     @property
     def offloaded(self) -> np.ndarray:

@@ -63,6 +63,9 @@ step at batch 1 is mostly these."""
     takes max(host dispatch, device time). None = CUDA/HIP graphs (no host term beyond the step overhead)."""
     eager_expert_host_s: float = 0.0
     """Eager execution: host dispatch per activated expert per MoE layer."""
+    per_sequence_s: float = 0.0
+    """Engine time per sequence that emits a token in a pass (capsim.engine.engines ``per_sequence_s``): charged
+    as overhead, so a step grows with the requests in flight even where the device's work does not."""
     gemm_overlap: float | None = None
     """Optional exponent p of the weight GEMMs' soft roofline, t = (t_c^p + t_m^p)^(1/p)
     (``gemm_overlap_exponent``): near the ridge a real kernel keeps neither the tensor cores nor the memory
@@ -507,6 +510,9 @@ def pass_times(
         by_resource["interconnect"] += t_ar
 
     overhead = np.full(n, rates.step_overhead_s + n_layers * rates.per_layer_overhead_s)
+    if rates.per_sequence_s:
+        # the engine's per-request work each step (sampling, stop checks, bookkeeping): one per emitted token
+        overhead = overhead + lm_b * rates.per_sequence_s
     time_by_op["overhead"] = overhead
     by_resource["overhead"] += overhead
     if rates.eager_moe_host_s is not None and moe is not None and n_moe:
