@@ -250,3 +250,20 @@ def test_eager_step_equals_engine_and_is_a_max(
     host = next(h[0] for op, h, _ in ref.op_times if op == "host_dispatch")
     device = ref.time[0] - ref.time_by_op["host_dispatch"][0]
     assert t == pytest.approx(max(device, host + cost.rs.rates.step_overhead_s), rel=1e-11)
+
+
+def test_per_sequence_overhead_reaches_the_step() -> None:
+    """tensorrt-llm@0.17 charges 7.5 µs per sequence emitting a token (engines.toml per_sequence_s, inside the
+    pass's overhead): a step of 64 decodes emitting 64 tokens costs its lm_head plus 64 x 7.5 µs = 0.48 ms
+    more than the same step emitting none. (The step model refused this profile while it read the lm term
+    from the lm_head alone.)"""
+    rep = build_replica(
+        Scenario(model="mixtral-8x7b", hardware="h100-sxm", gpus=2, engine="tensorrt-llm@0.17"), SCHED
+    )
+    assert rep.rs.rates.per_sequence_s == 7.5e-6
+    cost = rep.cost
+    z = np.zeros((1, 2))
+    ref = mixed_passes(rep.rs, np.array([64.0, 64.0]), np.array([64.0, 64.0]), np.array([64.0, 0.0]), z, z, z)
+    lm_head = ref.time_by_op["lm_head"][0] - ref.time_by_op["lm_head"][1]
+    emitted = cost.time(64, 64, 64, 0.0, 6400.0) - cost.time(64, 64, 0, 0.0, 6400.0)
+    assert emitted - lm_head == pytest.approx(64 * 7.5e-6, rel=1e-9)  # = 0.48 ms

@@ -3,16 +3,17 @@ at a few microseconds per step.
 
 A step is one forward pass of T tokens from S sequences of which ``lm`` emit a token; its attention scores
 P query-key pairs (prefill-equivalent, summed over layers) and reads K KV tokens (summed over layers). In the
-engine every operation but two depends on T (and S, through the activated experts) only; the lm_head depends
-on ``lm`` only; the attention core is one roofline charge
+engine every operation but the attention core is a part that depends on T (and S, through the activated
+experts) plus a part that depends on ``lm`` only (the lm_head, and an engine's per-sequence overhead
+``per_sequence_s``); the attention core is one roofline charge
 
     t_attn = max(a · P, b · (K + L·T))
 
 (FLOPs linear in the pairs, bytes linear in the tokens read plus the T·L tokens written). So
 
-    t_step(T, S, lm, P, K) = base(T, S) + lm_head(lm) + max(a·P, b·(K + L·T))
+    t_step(T, S, lm, P, K) = base(T, S) + emit(lm) + max(a·P, b·(K + L·T))
 
-with ``base`` and ``lm_head`` tabulated once from the engine over every T and ``lm`` a run can see, and
+with ``base`` and ``emit`` (``lm_time``) tabulated once from the engine over every T and ``lm`` a run can see, and
 a, b read from the engine's own attention charge. An eagerly executed engine (capsim.engine.engines: PyTorch
 eager, as Hugging Face transformers and MoE-Infinity run MoE blocks) dispatches every op from the host while the
 device runs the ones already queued, so its step takes
@@ -50,6 +51,12 @@ def _host_seconds(cost: PassTimes) -> np.ndarray | None:
     return next((np.asarray(host) for op, host, _ in cost.op_times if op == _HOST_OP), None)
 
 
+def _table_seconds(cost: PassTimes) -> np.ndarray:
+    """Step time without the attention core (charged from a and b) and the unhidden host time (a max)."""
+    ops = [t for op, t in cost.time_by_op.items() if op not in ("attn_core", _HOST_OP)]
+    return np.asarray(np.sum(ops, axis=0), dtype=np.float64)
+
+
 def _device_seconds(cost: PassTimes) -> np.ndarray:
     """Step time without the unhidden host time: the sum of every device op and the overheads."""
     return np.asarray(cost.time - cost.time_by_op.get(_HOST_OP, 0.0), dtype=np.float64)
@@ -80,35 +87,33 @@ class StepCost:
         rows = windows.shape[0]
         tokens = np.arange(1, self.max_tokens + 1, dtype=np.float64)
         zeros = np.zeros((rows, tokens.shape[0]))
-        # base(T): everything but the attention core and the lm_head, with S = T (decode-like routing)
+        # base(T): everything but the attention core, with S = T (decode-like routing) and no emitting sequence
         cost = mixed_passes(rs, tokens, tokens, np.zeros_like(tokens), zeros, zeros, zeros)
-        others = [op for op in cost.time_by_op if op not in ("attn_core", "lm_head", _HOST_OP)]
-        base = np.sum([cost.time_by_op[op] for op in others], axis=0)
-        self.base = np.concatenate([[np.nan], base])  # index by T
+        self.base = np.concatenate([[np.nan], _table_seconds(cost)])  # index by T
         # eager execution: host(T) + step overhead, the floor the step's device time is compared with
         host = _host_seconds(cost)
         self.host: np.ndarray | None = (
             None if host is None else np.concatenate([[np.nan], host + rs.rates.step_overhead_s])
         )
-        lm0 = cost.time_by_op["lm_head"][0]  # lm_head with no emitting sequence (0 unless the engine says so)
         # traffic at P = K = 0, lm = 0: the attention core adds FLOPs a_f·P and reads K tokens' KV bytes
         self._w_sparse = np.concatenate([[np.nan], cost.weight_bytes_sparse])
         self._w_dense = np.concatenate([[np.nan], cost.weight_bytes_dense])
         self._f_sparse = np.concatenate([[np.nan], cost.flops_sparse])
         self._f_dense = np.concatenate([[np.nan], cost.flops_dense])
         self.metric_peak_flops = cost.metric_peak_flops
-        # lm_head(lm) for lm = 0..max_lm (T = 1: the lm_head depends on lm only)
+        # what lm emitting sequences add, lm = 0..max_lm (T = 1): the lm_head and the engine's per-sequence
+        # overhead (capsim.engine.roofline: per_sequence_s), which depend on lm only
         lms = np.arange(0, self.max_lm + 1, dtype=np.float64)
         ones = np.ones_like(lms)
         z = np.zeros((rows, lms.shape[0]))
         lm_cost = mixed_passes(rs, ones, ones, lms, z, z, z)
-        self.lm_time = lm_cost.time_by_op["lm_head"] - lm0
+        lm_seconds = _table_seconds(lm_cost)
+        self.lm_time = lm_seconds - lm_seconds[0]
         base_w = lm_cost.weight_bytes_sparse[0]
         self._lm_w_sparse = lm_cost.weight_bytes_sparse - base_w
         self._lm_w_dense = lm_cost.weight_bytes_dense - lm_cost.weight_bytes_dense[0]
         self._lm_f_sparse = lm_cost.flops_sparse - lm_cost.flops_sparse[0]
         self._lm_f_dense = lm_cost.flops_dense - lm_cost.flops_dense[0]
-        self.base = self.base + lm0
         # attention coefficients from the engine's own attn_core charge: (t_compute, t_memory) at a probe
         probe = mixed_passes(
             rs,
