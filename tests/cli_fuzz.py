@@ -448,6 +448,7 @@ COMMANDS: list[Command] = [
             "--hardware": choice(["h100-sxm", "mi300x", "l4"]),
             "--gpus": ints(["2", "8"]),
             "--system": choice(["vllm", "sglang", "trt-llm"]),
+            "--engine": choice(["vllm", "transformers", "none", "vlm", "vllm@0.3"]),
             "--max-num-seqs": ints(["8", "256"]),
             "--max-batched-tokens": ints(["512", "8192"]),
             "--chunked-prefill": None,
