@@ -447,7 +447,8 @@ COMMANDS: list[Command] = [
             "--model": choice(MODELS[:3]),
             "--hardware": choice(["h100-sxm", "mi300x", "l4"]),
             "--gpus": ints(["2", "8"]),
-            "--system": choice(["vllm", "sglang", "trt-llm"]),
+            "--system": choice(["vllm-like", "sglang-like", "trtllm-like", "vllm"]),  # the last: not a preset
+            "--engine": choice(["vllm", "transformers", "none", "vlm", "vllm@0.3"]),
             "--max-num-seqs": ints(["8", "256"]),
             "--max-batched-tokens": ints(["512", "8192"]),
             "--chunked-prefill": None,

@@ -24,6 +24,26 @@ def _ms(seconds: float | None) -> str:
     return "n/a" if seconds is None else f"{seconds * 1e3:,.2f}"
 
 
+def engine_line(engine: dict[str, Any]) -> str:
+    """'vllm — vLLM (0.10-0.11, late 2025): CUDA graphs, kernel latency 6.75 µs, compute fraction 0.26; chosen
+    by --system vllm-like' from capsim.serving.metrics.engine_summary (plus ``selected_by``)."""
+    head = engine["name"] if engine["id"] is None else f"{engine['id']} — {engine['name']}"
+    if engine["execution"] == "eager":
+        how = (
+            f"eager, host dispatch {engine['moe_host_s'] * 1e3:g} ms per MoE layer + "
+            f"{engine['expert_host_s'] * 1e3:g} ms per activated expert"
+        )
+    else:
+        how = f"CUDA graphs, kernel latency {engine['kernel_latency_s'] * 1e6:g} µs"
+    text = f"{head}: {how}, compute fraction {engine['compute_fraction']:g}"
+    if "not_applied" in engine:
+        text += f" ({engine['not_applied']})"
+    by = engine.get("selected_by")
+    if by:
+        text += f"; chosen by {by}" + (" (--engine to choose another)" if by.startswith("--system") else "")
+    return text
+
+
 def render(result: Any, console: Any = None) -> None:
     """Tables in the layout of ``vllm bench serve``'s summary."""
     console = console or out_console()
@@ -40,6 +60,7 @@ def render(result: Any, console: Any = None) -> None:
         f"[bold]{cfg['model']} on {where}  ·  weights {cfg['weight_dtype']}  ·  KV {cfg['kv_dtype']}[/bold]"
     )
     console.print(f"workload: {cfg['workload']}", soft_wrap=True)
+    console.print(f"engine: {engine_line(cfg['engine'])}", soft_wrap=True)
     console.print(
         f"scheduler: max-num-seqs {sched['max_num_seqs']}, max-batched-tokens {sched['max_batched_tokens']}, "
         f"chunked prefill {'on' if sched['chunked_prefill'] else 'off'}, block {sched['block_size']} tokens; "
@@ -79,6 +100,8 @@ def render(result: Any, console: Any = None) -> None:
 
 def render_curve(curve: Any) -> None:
     console = out_console()
+    if curve.engine:
+        console.print(f"engine: {engine_line(curve.engine)}", soft_wrap=True)
     table = Table(title="latency-throughput curve", title_justify="left")
     for col in (
         "rate req/s",
@@ -119,6 +142,10 @@ def render_fleet(plan: Any) -> None:
     console = out_console()
     slo = ", ".join(f"p99 {k} ≤ {v * 1e3:g} ms" for k, v in plan.slo.items())
     console.print(f"[bold]fleets meeting {slo}[/bold]; workload: {plan.workload}", soft_wrap=True)
+    console.print(
+        f"engine: {plan.engine or 'device class defaults'}; chosen by {plan.engine_selected_by}",
+        soft_wrap=True,
+    )
     table = Table(
         title="cheapest first (cloud USD per hour from the hardware database)", title_justify="left"
     )
@@ -185,9 +212,18 @@ def register(app: typer.Typer) -> None:
             str,
             typer.Option(
                 help="scheduler preset: vllm-like, sglang-like or trtllm-like "
-                "(sourced defaults; docs/serving.md)"
+                "(sourced defaults; docs/serving.md); it also picks that engine's profile for the step "
+                "costs (vllm, sglang, tensorrt-llm) unless --engine names one"
             ),
         ] = "vllm-like",
+        engine: Annotated[
+            str | None,
+            typer.Option(
+                help=_help("engine").partition("; default:")[0]
+                + "; default: the --system preset's engine (vllm-like: vllm, the newest vLLM release with data; "
+                "sglang-like: sglang; trtllm-like: tensorrt-llm); none: no profile, the device class's values"
+            ),
+        ] = None,
         max_num_seqs: Annotated[
             int | None, typer.Option(help="most requests running at once (default: the preset's)")
         ] = None,
@@ -296,6 +332,7 @@ def register(app: typer.Typer) -> None:
                 kv_dtype=kv_dtype,
                 routing=routing,
                 seed=seed,
+                engine=engine,
             ),
             system=system,
             max_num_seqs=max_num_seqs,

@@ -44,9 +44,9 @@ batch, capacity) cases.
 profiles are the same multiset of π with the same ν form one layer class, and equal π within it one class;
 uniform routers collapse to one class, the default shuffled Zipf profiles to one layer class), and the bands
 of all pairs are found together. Each pair's numbers do not depend on which other pairs share the call (sums
-over classes run in order with np.add.accumulate: np.sum's grouping depends on the array's shape), so a sweep's
-rows are the same whatever its chunking, and predict's call (one pair, through
-:class:`capsim.engine.offload.DecodeCache`) gives the sweep's bits.
+over classes run in order along the class axis, np.add.accumulate / reduceat: np.sum's grouping depends on the
+array's shape, tests/test_cache_model.py), so a sweep's rows are the same whatever its chunking, and predict's
+call (one pair, through :class:`capsim.engine.offload.DecodeCache`) gives the sweep's bits.
 """
 
 from __future__ import annotations

@@ -11,20 +11,26 @@ from typing import Any
 
 import numpy as np
 
+from capsim.engine.engines import engine_profile
 from capsim.engine.scenario import Scenario
 from capsim.errors import ScenarioError
 from capsim.hardware.db import HardwareDB
-from capsim.serving.metrics import ServeResult, parse_slo
+from capsim.serving.metrics import ServeResult, engine_summary, parse_slo
 from capsim.serving.presets import get_preset
 from capsim.serving.replica import Disaggregation, ReplicaModel
 from capsim.serving.run import build_replica, serve
 from capsim.serving.scheduler import SchedulerConfig
 from capsim.serving.workload import Workload, build_workload, load_request_file, parse_length
 
+ENGINE_NONE = "none"
+"""``--engine none``: no engine profile, the device class's values (hardware_db/efficiency.toml). ``capsim serve``
+only: without ``--engine`` the ``--system`` preset's engine applies, so this is how to ask for none."""
+
 
 @dataclass(frozen=True)
 class ServeRequest:
-    """Every ``capsim serve`` option (None = the preset's or the default)."""
+    """Every ``capsim serve`` option (None = the preset's or the default). ``scenario.engine`` None means the
+    ``system`` preset's engine (:func:`engine_for`)."""
 
     scenario: Scenario = field(default_factory=Scenario)
     system: str = "vllm-like"
@@ -81,6 +87,25 @@ def parse_rates(text: str | float | None) -> list[float] | None:
     if not values or any(not (v > 0 and math.isfinite(v)) for v in values):
         raise ScenarioError(f"--rate must be a positive number of requests/s, got {text!r}")
     return values
+
+
+def engine_for(req: ServeRequest) -> tuple[Scenario, str]:
+    """The scenario every step is costed on, and what chose its engine profile.
+
+    An engine the scenario names wins (``none``: no profile, the device class's values); otherwise the ``system``
+    preset's engine applies (vllm-like: ``vllm``, the newest vLLM release with data; sglang-like: ``sglang``;
+    trtllm-like: ``tensorrt-llm``), so the scheduler and the kernel costs are the same engine's. Unknown names
+    raise :class:`ScenarioError` with the closest profile ids (capsim.engine.engines.engine_profile, as
+    ``capsim predict --engine``)."""
+    scenario = req.scenario
+    named = scenario.engine
+    if named is not None and named.strip().lower() == ENGINE_NONE:
+        return replace(scenario, engine=None), "--engine none"
+    if named is not None:
+        engine_profile(named)  # fails early, with predict's message
+        return scenario, f"--engine {named}"
+    preset = get_preset(req.system)
+    return replace(scenario, engine=preset.engine), f"--system {preset.name}"
 
 
 def scheduler_for(req: ServeRequest, scenario: Scenario, hardware_db: HardwareDB | None) -> SchedulerConfig:
@@ -155,12 +180,15 @@ class Curve:
     rows: list[dict[str, Any]]
     slo: dict[str, float]
     best_rate: float | None
+    engine: dict[str, Any] = field(default_factory=dict)
+    """The engine profile the steps used (capsim.serving.metrics.engine_summary, with ``selected_by``)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "rates": self.rows,
             "slo_ms": {k: v * 1e3 for k, v in self.slo.items()},
             "highest_rate_meeting_slo": self.best_rate,
+            "engine": self.engine,
         }
 
 
@@ -177,11 +205,12 @@ def run(req: ServeRequest, *, hardware_db: HardwareDB | None = None) -> ServeRes
     """Simulate ``req``: one result for a single rate (or none), a :class:`Curve` for several rates."""
     slo = parse_slo(req.slo)
     rates = parse_rates(req.rate)
-    scenario = req.scenario
+    scenario, engine_by = engine_for(req)
     if req.fleet_candidates is not None:
-        return _fleet(req, slo, rates, hardware_db)
+        return _fleet(req, scenario, engine_by, slo, rates, hardware_db)
     sched = scheduler_for(req, scenario, hardware_db)
     replica = build_replica(scenario, sched, hardware_db)
+    engine = {**engine_summary(replica.rs), "selected_by": engine_by}
     if req.system.strip().lower() == "sglang-like" and req.max_num_seqs is None:
         # SGLang caps running requests at half the KV pool's tokens (presets.py): known only after the plan
         kv_tokens = replica.kv_blocks * sched.block_size
@@ -199,7 +228,7 @@ def run(req: ServeRequest, *, hardware_db: HardwareDB | None = None) -> ServeRes
         )
     if rates is None or len(rates) == 1:
         work = workload_for(req, None if rates is None else rates[0])
-        return serve(
+        result = serve(
             scenario,
             sched,
             work,
@@ -209,7 +238,9 @@ def run(req: ServeRequest, *, hardware_db: HardwareDB | None = None) -> ServeRes
             replica=replica,
             hardware_db=hardware_db,
         )
-    return _curve(req, scenario, sched, replica, rates, dis, slo, hardware_db)
+        result.config["engine"] = engine
+        return result
+    return _curve(req, scenario, sched, replica, rates, dis, slo, hardware_db, engine)
 
 
 @dataclass
@@ -220,6 +251,9 @@ class FleetPlan:
     slo: dict[str, float]
     rate: float | None
     workload: str
+    engine: str | None = None
+    """Engine profile id every candidate's steps used (None: the device class's values)."""
+    engine_selected_by: str = ""
 
     @property
     def best(self) -> Any:
@@ -230,13 +264,19 @@ class FleetPlan:
             "rate": self.rate,
             "slo_ms": {k: v * 1e3 for k, v in self.slo.items()},
             "workload": self.workload,
+            "engine": {"id": self.engine, "selected_by": self.engine_selected_by},
             "options": [o.to_dict() for o in self.options],
             "cheapest": None if self.best is None else self.best.to_dict(),
         }
 
 
 def _fleet(
-    req: ServeRequest, slo: dict[str, float], rates: list[float] | None, hardware_db: HardwareDB | None
+    req: ServeRequest,
+    scenario: Scenario,
+    engine_by: str,
+    slo: dict[str, float],
+    rates: list[float] | None,
+    hardware_db: HardwareDB | None,
 ) -> FleetPlan:
     from capsim.serving.fleet import parse_candidates, size_fleet
 
@@ -252,8 +292,16 @@ def _fleet(
     def sched_for(scenario: Scenario) -> SchedulerConfig:
         return scheduler_for(req, scenario, hardware_db)
 
-    options = size_fleet(req.scenario, candidates, sched_for, work, slo, hardware_db)
-    return FleetPlan(options, slo, None if rates is None else rates[0], work.description)
+    options = size_fleet(scenario, candidates, sched_for, work, slo, hardware_db)
+    profile = engine_profile(scenario.engine)
+    return FleetPlan(
+        options,
+        slo,
+        None if rates is None else rates[0],
+        work.description,
+        None if profile is None else profile.id,
+        engine_by,
+    )
 
 
 def _curve(
@@ -265,6 +313,7 @@ def _curve(
     dis: Disaggregation | None,
     slo: dict[str, float],
     hardware_db: HardwareDB | None,
+    engine: dict[str, Any],
 ) -> Curve:
     rows = []
     best = None
@@ -302,7 +351,7 @@ def _curve(
                 "preemptions": res.preemptions,
             }
         )
-    return Curve(rows, slo, best)
+    return Curve(rows, slo, best, engine)
 
 
 def _save(fig: Any, path: Path) -> list[Path]:

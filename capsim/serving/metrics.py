@@ -22,6 +22,7 @@ import numpy as np
 from capsim.errors import ScenarioError
 
 if TYPE_CHECKING:
+    from capsim.engine.resolved import ResolvedScenario
     from capsim.serving.replica import Disaggregation, ReplicaModel
     from capsim.serving.scheduler import ReplicaRun, SchedulerConfig
     from capsim.serving.workload import Workload
@@ -131,6 +132,33 @@ class ServeResult:
         return out
 
 
+def engine_summary(rs: ResolvedScenario) -> dict[str, Any]:
+    """The engine profile (capsim/engine/engines.toml) a replica's step costs used and the values it applied
+    there: ``id`` None = no profile, the device class's values (hardware_db/efficiency.toml)."""
+    from capsim.engine.engines import engine_profile
+
+    profile = engine_profile(rs.scenario.engine)
+    rates = rs.rates
+    out: dict[str, Any] = {
+        "id": None if profile is None else profile.id,
+        "name": "device class defaults" if profile is None else profile.name,
+        "execution": "graphs" if profile is None else profile.execution,
+    }
+    if profile is not None and profile.releases is not None:
+        out["releases"] = profile.releases_text
+    if profile is not None and not profile.applies_to(rs.device.device_class):
+        # capsim.engine.resolve leaves the class's values in place on devices the profile was not fitted on
+        out["not_applied"] = (
+            f"profile fitted on {', '.join(profile.device_classes)}; {rs.device.device_class} class values used"
+        )
+    out["kernel_latency_s"] = rates.kernel_latency_s
+    out["compute_fraction"] = rates.compute_fraction
+    if rates.eager_moe_host_s is not None:
+        out["moe_host_s"] = rates.eager_moe_host_s
+        out["expert_host_s"] = rates.eager_expert_host_s
+    return out
+
+
 def summarize(
     rep: ReplicaModel,
     sched: SchedulerConfig,
@@ -203,6 +231,7 @@ def summarize(
         },
         "workload": work.description,
         "kv_pool_gb_per_device": rep.kv_pool_bytes / 1e9,
+        "engine": engine_summary(rs),
     }
     tl = {k: np.asarray(v) for k, v in run.timeline.items()}
     return ServeResult(

@@ -1,8 +1,11 @@
 """Scheduler presets for ``capsim serve --system``: each engine's documented defaults for the limits the
 simulator models (requests running at once, tokens per step, chunked prefill, KV block size), with the source
 of every value. Where an engine picks a default from the device's memory, the same rule is applied to the
-simulated device. Kernel-level differences between engines are not modelled: two presets with the same limits
-predict the same times.
+simulated device.
+
+Each preset also names its engine's execution profile (capsim/engine/engines.toml, the same id the ``capsim
+predict --system`` presets set): ``capsim serve --system vllm-like`` costs its steps with the vllm profile (the
+newest vLLM release with data) unless ``--engine`` names another (capsim.serving.api.engine_for).
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ class SchedulerPreset:
     name: str
     description: str
     source: str
+    engine: str
+    """Engine profile id (capsim/engine/engines.toml) of the engine whose scheduler this is: its bare id, the
+    newest release with data."""
 
     def config(
         self, device_memory_bytes: float, kv_tokens: int | None = None, device_id: str = ""
@@ -66,6 +72,7 @@ PRESETS: dict[str, SchedulerPreset] = {
             "https://docs.vllm.ai/en/latest/configuration/engine_args.html (--block-size 16, "
             "--enable-chunked-prefill); https://docs.vllm.ai/en/latest/configuration/optimization.html (preemption "
             "by recompute)",
+            "vllm",
         ),
         SchedulerPreset(
             "sglang-like",
@@ -75,6 +82,7 @@ PRESETS: dict[str, SchedulerPreset] = {
             "sgl-project/sglang python/sglang/srt/server_args.py (chunked_prefill_size by gpu_mem, page_size 1) "
             "and managers/scheduler.py (max_running_requests = min(max_total_num_tokens // 2, req_to_token_pool "
             "size)); https://docs.sglang.io/advanced_features/server_arguments.html",
+            "sglang",
         ),
         SchedulerPreset(
             "trtllm-like",
@@ -83,6 +91,7 @@ PRESETS: dict[str, SchedulerPreset] = {
             "NVIDIA/TensorRT-LLM tensorrt_llm/llmapi/llm_args.py (max_batch_size 2048, max_num_tokens 8192, "
             "enable_chunked_prefill False, KvCacheConfig.tokens_per_block 32); "
             "https://nvidia.github.io/TensorRT-LLM/features/paged-attention-ifb-scheduler.html",
+            "tensorrt-llm",
         ),
     )
 }

@@ -3,17 +3,26 @@ at a few microseconds per step.
 
 A step is one forward pass of T tokens from S sequences of which ``lm`` emit a token; its attention scores
 P query-key pairs (prefill-equivalent, summed over layers) and reads K KV tokens (summed over layers). In the
-engine every operation but two depends on T (and S, through the activated experts) only; the lm_head depends
-on ``lm`` only; the attention core is one roofline charge
+engine every operation but the attention core is a part that depends on T (and S, through the activated
+experts) plus a part that depends on ``lm`` only (the lm_head, and an engine's per-sequence overhead
+``per_sequence_s``); the attention core is one roofline charge
 
     t_attn = max(a · P, b · (K + L·T))
 
 (FLOPs linear in the pairs, bytes linear in the tokens read plus the T·L tokens written). So
 
-    t_step(T, S, lm, P, K) = base(T, S) + lm_head(lm) + max(a·P, b·(K + L·T))
+    t_step(T, S, lm, P, K) = base(T, S) + emit(lm) + max(a·P, b·(K + L·T))
 
-with ``base`` and ``lm_head`` tabulated once from the engine over every T and ``lm`` a run can see, and
-a, b read from the engine's own attention charge. Nothing here re-derives a formula: every table entry and
+with ``base`` and ``emit`` (``lm_time``) tabulated once from the engine over every T and ``lm`` a run can see, and
+a, b read from the engine's own attention charge. An eagerly executed engine (capsim.engine.engines: PyTorch
+eager, as Hugging Face transformers and MoE-Infinity run MoE blocks) dispatches every op from the host while the
+device runs the ones already queued, so its step takes
+
+    t_step = max(t_device, host(T, S) + step overhead)
+
+with t_device the sum above and host(T, S) = MoE layers × moe_host_s + expert_host_s × activated experts (a
+function of the step's tokens and sequences only, tabulated like ``base``): the host term is a maximum over the
+whole step, not an operation that adds, so it is kept out of ``base`` (capsim.engine.roofline.pass_times). Nothing here re-derives a formula: every table entry and
 coefficient comes from a ``mixed_passes`` evaluation, and :meth:`StepCost.check` compares the decomposition
 with ``mixed_passes`` on random steps when the model is built (a changed engine that breaks the structure
 fails loudly instead of silently disagreeing with ``predict``).
@@ -27,10 +36,30 @@ import numpy as np
 
 from capsim.engine.passes import attention_window_rows, mixed_passes
 from capsim.engine.resolved import ResolvedScenario
+from capsim.engine.roofline import PassTimes
 from capsim.errors import ScenarioError
 
 _PROBE_PAIRS = 1.0e6
 _PROBE_KV = 1.0e6
+_HOST_OP = "host_dispatch"
+"""The op under which pass_times charges the unhidden host time of eager execution (max(host, device) − device)."""
+
+
+def _host_seconds(cost: PassTimes) -> np.ndarray | None:
+    """Eager execution's host dispatch per step (the ``host`` of pass_times' (host, device) entry); None when the
+    engine replays graphs (no host term)."""
+    return next((np.asarray(host) for op, host, _ in cost.op_times if op == _HOST_OP), None)
+
+
+def _table_seconds(cost: PassTimes) -> np.ndarray:
+    """Step time without the attention core (charged from a and b) and the unhidden host time (a max)."""
+    ops = [t for op, t in cost.time_by_op.items() if op not in ("attn_core", _HOST_OP)]
+    return np.asarray(np.sum(ops, axis=0), dtype=np.float64)
+
+
+def _device_seconds(cost: PassTimes) -> np.ndarray:
+    """Step time without the unhidden host time: the sum of every device op and the overheads."""
+    return np.asarray(cost.time - cost.time_by_op.get(_HOST_OP, 0.0), dtype=np.float64)
 
 
 @dataclass
@@ -58,30 +87,33 @@ class StepCost:
         rows = windows.shape[0]
         tokens = np.arange(1, self.max_tokens + 1, dtype=np.float64)
         zeros = np.zeros((rows, tokens.shape[0]))
-        # base(T): everything but the attention core and the lm_head, with S = T (decode-like routing)
+        # base(T): everything but the attention core, with S = T (decode-like routing) and no emitting sequence
         cost = mixed_passes(rs, tokens, tokens, np.zeros_like(tokens), zeros, zeros, zeros)
-        others = [op for op in cost.time_by_op if op not in ("attn_core", "lm_head")]
-        base = np.sum([cost.time_by_op[op] for op in others], axis=0)
-        self.base = np.concatenate([[np.nan], base])  # index by T
-        lm0 = cost.time_by_op["lm_head"][0]  # lm_head with no emitting sequence (0 unless the engine says so)
+        self.base = np.concatenate([[np.nan], _table_seconds(cost)])  # index by T
+        # eager execution: host(T) + step overhead, the floor the step's device time is compared with
+        host = _host_seconds(cost)
+        self.host: np.ndarray | None = (
+            None if host is None else np.concatenate([[np.nan], host + rs.rates.step_overhead_s])
+        )
         # traffic at P = K = 0, lm = 0: the attention core adds FLOPs a_f·P and reads K tokens' KV bytes
         self._w_sparse = np.concatenate([[np.nan], cost.weight_bytes_sparse])
         self._w_dense = np.concatenate([[np.nan], cost.weight_bytes_dense])
         self._f_sparse = np.concatenate([[np.nan], cost.flops_sparse])
         self._f_dense = np.concatenate([[np.nan], cost.flops_dense])
         self.metric_peak_flops = cost.metric_peak_flops
-        # lm_head(lm) for lm = 0..max_lm (T = 1: the lm_head depends on lm only)
+        # what lm emitting sequences add, lm = 0..max_lm (T = 1): the lm_head and the engine's per-sequence
+        # overhead (capsim.engine.roofline: per_sequence_s), which depend on lm only
         lms = np.arange(0, self.max_lm + 1, dtype=np.float64)
         ones = np.ones_like(lms)
         z = np.zeros((rows, lms.shape[0]))
         lm_cost = mixed_passes(rs, ones, ones, lms, z, z, z)
-        self.lm_time = lm_cost.time_by_op["lm_head"] - lm0
+        lm_seconds = _table_seconds(lm_cost)
+        self.lm_time = lm_seconds - lm_seconds[0]
         base_w = lm_cost.weight_bytes_sparse[0]
         self._lm_w_sparse = lm_cost.weight_bytes_sparse - base_w
         self._lm_w_dense = lm_cost.weight_bytes_dense - lm_cost.weight_bytes_dense[0]
         self._lm_f_sparse = lm_cost.flops_sparse - lm_cost.flops_sparse[0]
         self._lm_f_dense = lm_cost.flops_dense - lm_cost.flops_dense[0]
-        self.base = self.base + lm0
         # attention coefficients from the engine's own attn_core charge: (t_compute, t_memory) at a probe
         probe = mixed_passes(
             rs,
@@ -100,7 +132,7 @@ class StepCost:
             _PROBE_PAIRS * self.num_layers
         )
         self.sequence_dependent = self._routing_depends_on_sequences()
-        self._extra: dict[tuple[int, int], tuple[float, float, float]] = {}
+        self._extra: dict[tuple[int, int], tuple[float, float, float, float]] = {}
         self.check()
 
     def _routing_depends_on_sequences(self) -> bool:
@@ -117,8 +149,9 @@ class StepCost:
             atol=0.0,
         )
 
-    def _sequence_extra(self, tokens: int, sequences: int) -> tuple[float, float, float]:
-        """(time, sparse weight bytes, sparse FLOPs) of base(T, S) − base(T, T) for correlated routers."""
+    def _sequence_extra(self, tokens: int, sequences: int) -> tuple[float, float, float, float]:
+        """(device time, sparse weight bytes, sparse FLOPs, host dispatch) of (T, S) − (T, T) for correlated
+        routers (host dispatch: 0 unless the engine runs eagerly)."""
         key = (tokens, sequences)
         hit = self._extra.get(key)
         if hit is None:
@@ -126,10 +159,13 @@ class StepCost:
             z = np.zeros((rows, 2))
             t = np.array([float(tokens)] * 2)
             c = mixed_passes(self.rs, t, np.array([float(sequences), float(tokens)]), np.zeros(2), z, z, z)
+            device = _device_seconds(c)
+            host = _host_seconds(c)
             hit = (
-                float(c.time[0] - c.time[1]),
+                float(device[0] - device[1]),
                 float(c.weight_bytes_sparse[0] - c.weight_bytes_sparse[1]),
                 float(c.flops_sparse[0] - c.flops_sparse[1]),
+                0.0 if host is None else float(host[0] - host[1]),
             )
             self._extra[key] = hit
         return hit
@@ -140,14 +176,24 @@ class StepCost:
         attn_c = self.a * pairs
         attn_m = self.b * (kv + self.num_layers * tokens)
         t += attn_c if attn_c > attn_m else attn_m  # (a conditional, not max(): this runs once per step)
+        host_extra = 0.0
         if self.sequence_dependent and sequences != tokens:
-            t += self._sequence_extra(tokens, sequences)[0]
+            extra = self._sequence_extra(tokens, sequences)
+            t += extra[0]
+            host_extra = extra[3]
+        if self.host is not None:
+            host = self.host[tokens] + host_extra
+            if host > t:  # eager: the host's dispatch binds the step
+                t = host
         return float(t)
 
     def times(self, tokens: np.ndarray, lm: np.ndarray, pairs: np.ndarray, kv: np.ndarray) -> np.ndarray:
         """Vectorised :meth:`time` for steps whose sequences equal their tokens or whose router ignores S."""
         attn = np.maximum(self.a * pairs, self.b * (kv + self.num_layers * tokens))
-        return np.asarray(self.base[tokens] + self.lm_time[lm] + attn, dtype=np.float64)
+        t = self.base[tokens] + self.lm_time[lm] + attn
+        if self.host is not None:
+            t = np.maximum(t, self.host[tokens])
+        return np.asarray(t, dtype=np.float64)
 
     def traffic(self, tokens: np.ndarray, lm: np.ndarray, pairs: np.ndarray, kv: np.ndarray) -> StepTraffic:
         """Bytes and FLOPs of steps (vectorised); the KV bytes read are separate (:attr:`kv_bytes_per_token_read`)."""
