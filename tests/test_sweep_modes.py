@@ -350,6 +350,23 @@ def test_straggler_factors_of_the_shipped_routers_match_exact_phi(
     assert (np.abs(act - prev_act) <= np.abs(prev_act - exact_act) + 1e-6).all()
 
 
+@pytest.mark.parametrize("redundant", [0, 16])
+def test_straggler_nodes_do_not_depend_on_the_call(default_hardware_db, redundant) -> None:  # type: ignore[no-untyped-def]
+    """A straggler node evaluated alone has the bits it has among 40 others (straggler_factors memoises the
+    first evaluation of each node, whichever call makes it; predict and sweeps must read the same value)."""
+    from capsim.engine.parallel import imbalance
+    from capsim.engine.resolve import resolve
+
+    rs, _ = resolve(
+        Scenario(model="qwen3-30b-a3b", hardware="h100-sxm", gpus=8, tp=8, ep=8), default_hardware_db
+    )
+    tokens = 2.0 ** (np.arange(0, 120, 3) / 8)
+    together = imbalance(rs.inclusion(), 8, tokens, redundant)
+    alone = [imbalance(rs.inclusion(), 8, tokens[j : j + 1], redundant) for j in range(tokens.size)]
+    for k in range(2):
+        assert np.array_equal(together[k], np.concatenate([a[k] for a in alone]))
+
+
 def test_front_rows_are_what_cell_makes_of_each_value(default_hardware_db) -> None:
     """The Pareto rows built column by column equal the rows built value by value through ``cell`` (same
     Python types, NaN as None, same JSON), on a chunk with infeasible rows and a "does not run" group."""

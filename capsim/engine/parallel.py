@@ -50,6 +50,7 @@ that of one replica, memory per device that of one replica. Inference replicas d
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -170,14 +171,20 @@ def expected_max_normal(mean: np.ndarray, var: np.ndarray) -> np.ndarray:
     order = np.argsort(~contender, axis=1, kind="stable")
     mu = np.take_along_axis(mu, order, axis=1)
     sd = np.take_along_axis(sd, order, axis=1)
-    for c in range(1, groups + 1):
-        for r, points in enumerate(MAX_NORMAL_POINTS):
-            for at_point in (False, True):
-                idx = np.nonzero((count == c) & (rule == r) & (pinned == at_point))[0]
-                step = max(1, _BLOCK_ELEMENTS // (c * points))
-                for b in range(0, idx.size, step):
-                    i = idx[b : b + step]
-                    out[i] += _integral_above(mu[i, :c], sd[i, :c], lo[i], width[i], points, at_point)
+    # entries sharing (contenders, points, pinned) are integrated together, in blocks
+    kind = (count * len(MAX_NORMAL_POINTS) + rule) * 2 + pinned
+    todo = np.nonzero(count > 0)[0]
+    todo = todo[np.argsort(kind[todo], kind="stable")]
+    starts = np.concatenate([[0], np.nonzero(np.diff(kind[todo]))[0] + 1, [todo.size]]).tolist()
+    for s0, s1 in itertools.pairwise(starts):
+        if s0 == s1:  # nothing to integrate
+            continue
+        first = todo[s0]
+        c, points, at_point = int(count[first]), MAX_NORMAL_POINTS[int(rule[first])], bool(pinned[first])
+        step = max(1, _BLOCK_ELEMENTS // (c * points))
+        for b in range(s0, s1, step):
+            i = todo[b : min(b + step, s1)]
+            out[i] += _integral_above(mu[i, :c], sd[i, :c], lo[i], width[i], points, at_point)
     return np.asarray(out.reshape(shape), dtype=np.float64)
 
 
@@ -196,7 +203,10 @@ def _integral_above(
     cdf = _erf_in_place(z)  # Φ = (1 + erf(z/√2)) / 2, in place
     cdf += 1.0
     cdf *= 0.5
-    tail = 1.0 - np.prod(cdf, axis=1)  # (entries, points)
+    tail = cdf[:, 0].copy()  # Π_r Φ_r, multiplied in group order (what np.prod over the axis does, faster)
+    for r in range(1, cdf.shape[1]):
+        tail *= cdf[:, r]
+    np.subtract(1.0, tail, out=tail)  # (entries, points)
     if pinned:
         tail *= 3.0 * u**2
     return np.asarray(np.trapezoid(tail, dx=1.0, axis=-1) * width / (points - 1), dtype=np.float64)
@@ -273,17 +283,25 @@ def imbalance(
     cap = tokens[None, :] * min(k, m)  # a group receives at most min(k, m) pairs per token
     emax = np.minimum(expected_max_normal(mean, var), cap)
     tok_f = np.maximum(emax / (tokens[None, :] * k / ep), 1.0)
-    # a_s = 1 − (1 − q_s)^T as 1 − exp(T·log1p(−q_s)): one logarithm per slot, not one power per slot and T
+    # a_s = 1 − (1 − q_s)^T as 1 − exp(T·log1p(−q_s)), and a_s(1 − a_s), once per distinct load and T (the
+    # layers of a router that shuffles experts per layer hold the same E loads), then gathered per slot
+    loads, slot = np.unique(np.clip(q, 0.0, 1.0), return_inverse=True)
     with np.errstate(divide="ignore", over="ignore"):
         # q_s = 1 (an expert every token picks): log1p(−1) = −inf, held finite so that T = 0 still gives a_s = 0
-        log_miss = np.maximum(np.log1p(-np.clip(q, 0.0, 1.0)), np.finfo(np.float64).min)
-        a = -np.expm1(tokens[None, :, None, None] * log_miss[:, None, :, :])  # (rows, n, ep, m)
-    amean = a.sum(axis=3)
-    avar = (a * (1.0 - a)).sum(axis=3)
+        log_miss = np.maximum(np.log1p(-loads), np.finfo(np.float64).min)
+        a_load = -np.expm1(tokens[:, None] * log_miss[None, :])  # (n, distinct loads)
+    at = (np.arange(tokens.shape[0])[None, :, None, None], slot.reshape(q.shape)[:, None, :, :])
+    amean = a_load[at].sum(axis=3)  # (rows, n, ep), summed over an (rows, n, ep, m) array as before
+    avar = (a_load * (1.0 - a_load))[at].sum(axis=3)
     amax = np.minimum(expected_max_normal(amean, avar), float(m))
     act_f = np.maximum(amax / np.maximum(amean.mean(axis=2), 1e-300), 1.0)
-    # the layer average as a sum in row order (a matrix product's rounding may depend on the call's size)
-    return (weights[:, None] * tok_f).sum(axis=0), (weights[:, None] * act_f).sum(axis=0)
+    # the layer average as a sum in row order, one row at a time: numpy sums a one-column array pairwise and a
+    # wider one row by row, and a node's value must not depend on how many nodes its call evaluates
+    tok, act = weights[0] * tok_f[0], weights[0] * act_f[0]
+    for row in range(1, weights.shape[0]):
+        tok += weights[row] * tok_f[row]
+        act += weights[row] * act_f[row]
+    return tok, act
 
 
 _NODE_CACHE: dict[tuple[Any, ...], dict[int, tuple[float, float]]] = {}
