@@ -32,6 +32,19 @@ def test_block_bits_from_the_structs() -> None:
     assert bits("iq2_xxs") == 66 * 8 / 256 == 2.0625
 
 
+def test_mxfp4_moe_file_type() -> None:
+    """LLAMA_FTYPE_MOSTLY_MXFP4_MOE (llama-quant.cpp @ 007dbbf3, llama_tensor_get_type_impl): the 3-D expert
+    tensors MXFP4 (block_mxfp4: 1 E8M0 byte + 16 bytes per 32 weights = 17 x 8 / 32 = 4.25 bits), output.weight
+    and every other tensor Q8_0 (8.5 bits). gpt-oss-20b: experts 24 x 32 x 24,891,840 x 4.25 / 8 = 10.156 GB."""
+    got = group_bits(resolve_model("gpt-oss-20b"), "mxfp4_moe")
+    assert got["routed_experts"] == bits("mxfp4") == 17 * 8 / 32 == 4.25
+    assert {got[g] for g in ("attention", "embeddings", "lm_head")} == {8.5}
+    w = resolve_model("gpt-oss-20b").weight_bytes_by_group("mxfp4_moe")
+    assert w["routed_experts"] == pytest.approx(24 * 32 * 24_891_840 * 4.25 / 8)
+    # capsim's own mxfp4 weight dtype is not a GGUF type: experts MXFP4, the rest bf16 as the checkpoint ships
+    assert weight_precision("mxfp4").native_compute == "fp4"
+
+
 def test_use_more_bits_marks_half_of_48_layers() -> None:
     # n/8 = 6, 7n/8 = 42: layers 0-5 and 42-47, and (i - 6) % 3 == 2 -> 8, 11, ..., 41 (12 layers): 24 of 48
     marked = [i for i in range(48) if use_more_bits(i, 48)]
@@ -66,6 +79,8 @@ def test_eight_expert_models_keep_attn_k_and_v_in_q8_0() -> None:
     [
         ("qwen3-30b-a3b", "q4_k_m", 17.28),  # llama-bench size, EPYC 9B14 case (r/LocalLLaMA 1mieqcb)
         ("mixtral-8x7b", "q4_0", 24.62),  # llama-bench size, llama.cpp PR #4406 (M2 Max case)
+        ("gpt-oss-20b", "mxfp4_moe", 11.27),  # llama-bench size, DGX Spark page (llamacpp-dgxspark-* cases)
+        ("gpt-oss-120b", "mxfp4_moe", 59.02),  # llama-bench size, EPYC 9B14 and nvforum GB10 cases
     ],
 )
 def test_file_sizes_match_published_gguf_files(model: str, ftype: str, published_gib: float) -> None:

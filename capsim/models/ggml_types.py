@@ -55,6 +55,8 @@ FILE_TYPES: dict[str, str] = {
     "iq3_m": "iq3_s",
     "iq4_nl": "iq4_nl",
     "iq4_xs": "iq4_xs",
+    # LLAMA_FTYPE_MOSTLY_MXFP4_MOE (gpt-oss GGUFs): expert tensors MXFP4, every other one Q8_0 (capsim.models.gguf)
+    "mxfp4_moe": "mxfp4",
 }
 """Block types without a file type of that name (q4_k, q5_k, q3_k) mean every quantisable tensor in that type
 (llama-quantize --pure)."""
@@ -65,9 +67,15 @@ FILE_TYPES: dict[str, str] = {
 NATIVE_COMPUTE = "int8"
 
 
+MXFP4_BLOCK = (32, 17)
+"""ggml's block_mxfp4 (ggml-common.h): one E8M0 scale byte + 16 bytes of E2M1 nibbles per 32 weights = 4.25 bits
+(the OCP MX layout). Only inside the MXFP4_MOE file type: a bare ``mxfp4`` weight dtype is capsim's own
+(capsim.models.precision), not a GGUF type."""
+
+
 def bits(ggml_type: str) -> float:
     """Bits per weight of a ggml block type, block bytes x 8 / block weights."""
-    n, size = GGML_BLOCKS[ggml_type]
+    n, size = MXFP4_BLOCK if ggml_type == "mxfp4" else GGML_BLOCKS[ggml_type]
     return size * 8.0 / n
 
 

@@ -10,7 +10,8 @@ Sources (read from the stored copies):
 - Per-tensor types: ggml-org/llama.cpp ``src/llama-quant.cpp`` (commit 007dbbf3),
   ``llama_ftype_get_default_type`` (the file type's default ggml type) and ``llama_tensor_get_type_impl``
   (the exceptions: output.weight in Q6_K, attn_v / ffn_down in Q6_K on ``use_more_bits`` layers for
-  Q4_K_M and Q5_K_M, attn_k / attn_v in Q8_0 for 8-expert models, ...). ``n_layer`` of ``use_more_bits`` is
+  Q4_K_M and Q5_K_M, attn_k / attn_v in Q8_0 for 8-expert models, ...); MXFP4_MOE (gpt-oss GGUFs): the
+  output tensor and every 2-D tensor Q8_0, the 3-D expert tensors MXFP4 (block_mxfp4: 17 bytes per 32). ``n_layer`` of ``use_more_bits`` is
   the model's layer count (``init_quantize_state_counters``).
 
 Modelled without an importance matrix (the Q4_0/Q5_0 imatrix exception of ffn_down is left out) and for the
@@ -156,6 +157,17 @@ def group_bits(model: LayerShapes, name: str) -> dict[str, float]:
     key = name.lower()
     pure = key not in FILE_TYPES
     base = FILE_TYPES.get(key, key)
+    if key == "mxfp4_moe":
+        # llama_tensor_get_type_impl: output.weight Q8_0; 3-D (expert) tensors MXFP4; every other tensor Q8_0
+        q8 = bits("q8_0")
+        return {
+            "attention": q8,
+            "routed_experts": bits("mxfp4"),
+            "shared_experts": q8,
+            "dense_ffn": q8,
+            "embeddings": q8,
+            "lm_head": q8,
+        }
     if pure:
         b = bits(base)
         return dict.fromkeys(

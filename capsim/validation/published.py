@@ -340,13 +340,18 @@ def scenario_for(case: PublishedCase, db: HardwareDB) -> tuple[Scenario, Hardwar
         system = _system_entry(case)
         db = _with_entries(db, [system])
         hardware = system["id"]
+    weight_dtype = case.weight_dtype
+    if case.engine == "llama.cpp" and weight_dtype == "mxfp4":
+        # llama.cpp loads gpt-oss's MXFP4 as a GGUF of file type MXFP4_MOE: experts MXFP4, every other tensor
+        # Q8_0 (capsim.models.gguf), which is the size llama-bench prints (gpt-oss-20b 11.27 GiB, 120b 59.02 GiB)
+        weight_dtype = "mxfp4_moe"
     settings: dict[str, Any] = dict(
         model=case.model,
         hardware=hardware,
         batch=case.batch,
         prompt_len=case.prompt_len,
         gen_len=case.gen_len,
-        weight_dtype=case.weight_dtype,
+        weight_dtype=weight_dtype,
         kv_dtype=case.kv_dtype,
         mode=mode,
         **extra,
