@@ -249,7 +249,21 @@ def _layer_slot_loads(pi: np.ndarray, ep: int, redundant: int) -> tuple[np.ndarr
     layer's q is put in a canonical order (slots ascending within a group, groups in lexicographic order) and
     layers with the same canonical q are evaluated once (R = 0: contiguous blocks; R > 0: EPLB sees only the
     multiset of loads, so layers with the same sorted π share one placement). The routers that shuffle the
-    experts per layer then give one problem per model where every group holds one expert."""
+    experts per layer then give one problem per model where every group holds one expert. Memoised per
+    (π, EP, R): every call for missing straggler nodes asks again."""
+    key = (pi.tobytes(), pi.shape, ep, redundant)
+    if key not in _SLOT_LOADS:
+        if len(_SLOT_LOADS) > 64:
+            _SLOT_LOADS.clear()
+        _SLOT_LOADS[key] = _canonical_slot_loads(pi, ep, redundant)
+    return _SLOT_LOADS[key]
+
+
+_SLOT_LOADS: dict[tuple[Any, ...], tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _canonical_slot_loads(pi: np.ndarray, ep: int, redundant: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_layer_slot_loads`, evaluated."""
     if redundant == 0:
         q = pi.reshape(pi.shape[0], ep, -1)
     else:
