@@ -249,7 +249,21 @@ def _layer_slot_loads(pi: np.ndarray, ep: int, redundant: int) -> tuple[np.ndarr
     layer's q is put in a canonical order (slots ascending within a group, groups in lexicographic order) and
     layers with the same canonical q are evaluated once (R = 0: contiguous blocks; R > 0: EPLB sees only the
     multiset of loads, so layers with the same sorted π share one placement). The routers that shuffle the
-    experts per layer then give one problem per model where every group holds one expert."""
+    experts per layer then give one problem per model where every group holds one expert. Memoised per
+    (π, EP, R): every call for missing straggler nodes asks again."""
+    key = (pi.tobytes(), pi.shape, ep, redundant)
+    if key not in _SLOT_LOADS:
+        if len(_SLOT_LOADS) > 64:
+            _SLOT_LOADS.clear()
+        _SLOT_LOADS[key] = _canonical_slot_loads(pi, ep, redundant)
+    return _SLOT_LOADS[key]
+
+
+_SLOT_LOADS: dict[tuple[Any, ...], tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _canonical_slot_loads(pi: np.ndarray, ep: int, redundant: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_layer_slot_loads`, evaluated."""
     if redundant == 0:
         q = pi.reshape(pi.shape[0], ep, -1)
     else:
@@ -290,9 +304,11 @@ def imbalance(
         # q_s = 1 (an expert every token picks): log1p(−1) = −inf, held finite so that T = 0 still gives a_s = 0
         log_miss = np.maximum(np.log1p(-loads), np.finfo(np.float64).min)
         a_load = -np.expm1(tokens[:, None] * log_miss[None, :])  # (n, distinct loads)
-    at = (np.arange(tokens.shape[0])[None, :, None, None], slot.reshape(q.shape)[:, None, :, :])
-    amean = a_load[at].sum(axis=3)  # (rows, n, ep), summed over an (rows, n, ep, m) array as before
-    avar = (a_load * (1.0 - a_load))[at].sum(axis=3)
+    slot = slot.reshape(q.shape)
+    amean = np.ascontiguousarray(
+        np.take(a_load, slot, axis=1).sum(axis=3).transpose(1, 0, 2)
+    )  # (rows, n, ep)
+    avar = np.ascontiguousarray(np.take(a_load * (1.0 - a_load), slot, axis=1).sum(axis=3).transpose(1, 0, 2))
     amax = np.minimum(expected_max_normal(amean, avar), float(m))
     act_f = np.maximum(amax / np.maximum(amean.mean(axis=2), 1e-300), 1.0)
     # the layer average as a sum in row order, one row at a time: numpy sums a one-column array pairwise and a
