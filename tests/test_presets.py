@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 from typer.testing import CliRunner
 
-from capsim import ScenarioError
+from capsim import ScenarioError, predict
 from capsim.cli import app
 from capsim.engine.presets import PRESETS, apply_preset
 from capsim.engine.scenario import Scenario
@@ -82,3 +83,16 @@ def test_llamacpp_n_cpu_moe_count_places_the_first_layers(default_hardware_db) -
 def test_preset_count_errors(name: str) -> None:
     with pytest.raises(ScenarioError, match="only llamacpp-cpu-moe takes a count"):
         apply_preset(name, Scenario())
+
+
+def test_cpu_expert_presets_name_their_engines() -> None:
+    """ktransformers-like and llamacpp-cpu-moe carry their engines' profiles (capsim/engine/engines.toml): the
+    KTransformers CPU kernel fraction 0.55 and socket share 0.48 reach the CPU-expert report."""
+    assert PRESETS["ktransformers-like"].settings["engine"] == "ktransformers"
+    assert PRESETS["llamacpp-cpu-moe"].settings["engine"] == "llama.cpp"
+    scenario, _ = apply_preset(
+        "ktransformers-like", Scenario(model="qwen3-30b-a3b", hardware="epyc-9654-4090")
+    )
+    report = predict(replace(scenario, weight_dtype="q4_k_m", batch=1, prompt_len=64, gen_len=8)).deployment
+    assert report["cpu_efficiency"]["kernel_bw_fraction"] == 0.55
+    assert report["cpu_efficiency"]["replicate_socket_share"] == 0.48

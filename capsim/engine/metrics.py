@@ -198,6 +198,8 @@ def _engine_basis(rs: ResolvedScenario, class_latency: dict[str, Any] | None) ->
         "quantized_compute",
         "per_sequence_s",
         "kv_cache_free_fraction",
+        "cpu_kernel_bw_fraction",
+        "replicate_socket_share",
     ):
         if name in sources:
             out[name] = {"value": getattr(profile, name), "source": sources[name]}

@@ -110,14 +110,14 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             "ktransformers-like",
-            {"mode": "cpu-experts"},
+            {"mode": "cpu-experts", "engine": "ktransformers"},
             "routed experts computed on the CPU from DRAM (AMX/AVX-512 kernels), attention and shared experts "
             "on the GPU, activations handed over PCIe every MoE layer",
             "https://github.com/kvcache-ai/ktransformers (CPU/GPU hybrid MoE inference)",
         ),
         Preset(
             "llamacpp-cpu-moe",
-            {"mode": "cpu-experts"},
+            {"mode": "cpu-experts", "engine": "llama.cpp"},
             "llama.cpp --cpu-moe: every routed expert computed on the CPU, the rest on the GPU; "
             "llamacpp-cpu-moe:N is --n-cpu-moe N, the routed experts of the first N MoE layers on the CPU",
             "ggml-org/llama.cpp PR #14992 (--cpu-moe) and PR #15077 (--n-cpu-moe: first N layers' experts)",
