@@ -77,8 +77,9 @@ EXACT_CDF_CLASSES = 16
 """Up to this many expert classes P(hit | gap) takes one normal CDF per class (few experts: σ can be ~1, where
 the interpolation in δ is off by up to ~0.03); beyond, it is interpolated."""
 
-DOUBLINGS_PER_CALL = 3
-"""Gaps 1, 2, 4, ... evaluated per call while bracketing the band (most bands start within the first few)."""
+DOUBLINGS_PER_CALL = 4
+"""Gaps 1, 2, 4, ... evaluated per call while bracketing the band (once per batch; most bands start within the
+first few)."""
 
 BLOCK_ELEMENTS = 1 << 15
 """Classes x pairs x gaps evaluated per block: cache-sized blocks (256 KiB arrays) ran the mixed benchmark grid's
@@ -219,8 +220,11 @@ def _misses_per_expert(
 
     def log_absent(d: FloatArray, rows: slice | NDArray[np.int64]) -> FloatArray:
         """(U, p, G) log-probability that an expert is unused for d[p, g] consecutive steps (0 for d = 0)."""
-        dd = d[None, :, :]
-        return np.where(dd > 0, batch[rows][None, :, None] * (lf + (dd - 1.0) * ln), 0.0)
+        b = batch[rows]
+        # B·log(1 − π) + B·(d − 1)·log(1 − νπ): the per-pair factors formed on the small arrays first
+        out = (b[None, :] * classes.log_first[:, None])[:, :, None] + (b[:, None] * (d - 1.0))[None] * ln
+        out[:, d <= 0] = 0.0  # only a band's first edge can be 0
+        return out
 
     def stats(d: FloatArray, rows: slice | NDArray[np.int64]) -> tuple[FloatArray, FloatArray, FloatArray]:
         """(absent (U, p, G), distinct experts used in d steps (p, G), its variance (p, G)) for pairs ``rows``."""
@@ -240,10 +244,18 @@ def _misses_per_expert(
         var = np.maximum(var_ind + cov, 0.0) + 0.25 * mates[rows][:, None]
         return absent, distinct, var
 
-    def margins(d: FloatArray, rows: NDArray[np.int64]) -> tuple[FloatArray, FloatArray]:
+    def margins(
+        d: FloatArray, rows: NDArray[np.int64], shared: bool = False
+    ) -> tuple[FloatArray, FloatArray]:
         """D(d) − (C − ½) ± 6σ(d) for pairs ``rows`` at gaps d (rows x gaps): the + one is < 0 while a window
-        of d steps surely fits the cache, the − one >= 0 once it surely does not."""
-        _, distinct, var = stats(d, rows)
+        of d steps surely fits the cache, the − one >= 0 once it surely does not. ``shared``: every row asks
+        the same gaps, so D and σ (which depend on the batch, not the capacity) are evaluated once per batch."""
+        if shared:
+            _, first_of, inverse = np.unique(batch[rows], return_index=True, return_inverse=True)
+            _, distinct, var = stats(d[first_of], rows[first_of])
+            distinct, var = distinct[inverse.ravel()], var[inverse.ravel()]
+        else:
+            _, distinct, var = stats(d, rows)
         excess = distinct - (capacity[rows] - 0.5)[:, None]
         spread = 6.0 * np.sqrt(var + 1e-12)
         return excess + spread, excess - spread
@@ -266,7 +278,7 @@ def _misses_per_expert(
     pending = np.arange(n_pairs)
     for begin in range(0, doublings.size, DOUBLINGS_PER_CALL):
         gaps = doublings[begin : begin + DOUBLINGS_PER_CALL]
-        plus, minus = margins(np.broadcast_to(gaps, (pending.size, gaps.size)), pending)
+        plus, minus = margins(np.broadcast_to(gaps, (pending.size, gaps.size)), pending, shared=True)
         for side, margin in enumerate((plus, minus)):
             reached = margin >= 0
             now = reached.any(axis=1) & (first[side, pending] < 0)
