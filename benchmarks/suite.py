@@ -49,7 +49,14 @@ from capsim.engine.scenario import Scenario
 from capsim.errors import CapsimError
 from capsim.hardware.db import load_hardware_db
 from capsim.sweep.grid import Grid
-from capsim.sweep.run import Filters, SweepRun, evaluate_chunk, resolve_groups, run_local
+from capsim.sweep.run import (
+    Filters,
+    SweepRun,
+    evaluate_chunk,
+    long_lived_heap,
+    resolve_groups,
+    run_local,
+)
 
 PEERS_MS = {"LLM-Viewer": 0.14, "llm-analysis": 0.55, "GenZ": 260.0}
 """Per-configuration times of the peers on one core, as quoted in issue 16."""
@@ -198,7 +205,8 @@ def evaluation_rate(grids: list[Grid], db: Any, chunk: int, passes: int = 1) -> 
                     rates.feasible += int(cols["feasible"].sum())
                 rates.member_cpu_s.append(time.process_time() - start_cpu)
 
-        wall, cpu = timed(run)
+        with long_lived_heap():  # as run_local evaluates a sweep
+            wall, cpu = timed(run)
         rates.wall, rates.cpu = rows / wall, rows / cpu
         out.append(rates)
     return out

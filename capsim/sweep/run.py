@@ -15,8 +15,10 @@ Memory stays bounded by the chunk: only one chunk's columns are alive at a time 
 
 from __future__ import annotations
 
+import gc
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -211,17 +213,32 @@ def resolve_groups(grid: Grid, db: HardwareDB) -> list[Group]:
     return [resolve_group(grid, key, db) for key in grid.group_keys]
 
 
+@contextmanager
+def long_lived_heap() -> Iterator[None]:
+    """Exempt the objects that exist now (databases, resolved groups, compiled formulas) from Python's cyclic
+    garbage collector while a sweep evaluates: a full collection walks all of them (~47,000, most of them
+    sympy's) and took 14-16 ms, a sixth of the first pass over benchmarks/suite.py's mixed grid. The sweep's
+    own objects are still collected; on exit the exempted ones are collected again as before, so a long-lived
+    process that calls the library does not keep its earlier garbage."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 def run_local(
     run: SweepRun, db: HardwareDB, todo: Iterable[int], on_chunk: Callable[[int, int], None] | None = None
 ) -> int:
     """Evaluate and write the chunks in ``todo`` in this process; returns rows written."""
     groups = resolve_groups(run.grid, db)
     written = 0
-    for index in todo:
-        start, stop = run.rows_of(index)
-        written += run.write_part(index, evaluate_chunk(run.grid, groups, start, stop))
-        if on_chunk:
-            on_chunk(index, stop - start)
+    with long_lived_heap():
+        for index in todo:
+            start, stop = run.rows_of(index)
+            written += run.write_part(index, evaluate_chunk(run.grid, groups, start, stop))
+            if on_chunk:
+                on_chunk(index, stop - start)
     return written
 
 
@@ -253,7 +270,9 @@ def _dask_chunk(
     grid = run.grid
     groups = _worker_groups(grid, extra_db, override)
     start, stop = run.rows_of(index)
-    payload, front, kept = filter_and_encode(evaluate_chunk(grid, groups, start, stop), run.fmt, run.filters)
+    with long_lived_heap():
+        cols = evaluate_chunk(grid, groups, start, stop)
+        payload, front, kept = filter_and_encode(cols, run.fmt, run.filters)
     write_part_file(run, index, payload, front, kept)
     return index, kept, front
 
