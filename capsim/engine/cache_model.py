@@ -223,7 +223,7 @@ def _misses_per_expert(
         b = batch[rows]
         # B·log(1 − π) + B·(d − 1)·log(1 − νπ): the per-pair factors formed on the small arrays first
         out = (b[None, :] * classes.log_first[:, None])[:, :, None] + (b[:, None] * (d - 1.0))[None] * ln
-        out[:, d <= 0] = 0.0  # only a band's first edge can be 0
+        out[:, d <= 0] = 0.0  # N(0) = 1 (a band may start at gap 0, in its first points)
         return out
 
     def stats(d: FloatArray, rows: slice | NDArray[np.int64]) -> tuple[FloatArray, FloatArray, FloatArray]:
