@@ -14,14 +14,18 @@ Usage: PYTHONPATH=. python benchmarks/fit_ktransformers_cpu.py
 
 from __future__ import annotations
 
-import itertools
 import math
-from dataclasses import replace
+import sys
+from pathlib import Path
 
 import numpy as np
 
-from capsim.engine import engines
-from capsim.validation.published import PublishedCase, load_published, predict_case
+from capsim.validation.published import PublishedCase, load_published
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # profile_fit, when loaded by path
+
+import profile_fit
+from profile_fit import best
 
 PROFILE = "ktransformers"
 KERNEL_GRID = np.round(np.arange(0.30, 0.7001, 0.01), 2)
@@ -34,27 +38,9 @@ def fit_cases() -> list[PublishedCase]:
 
 def log_ratios(cases: list[PublishedCase]) -> np.ndarray:
     """ln(predicted/measured), shape (kernel grid, share grid, cases)."""
-    table = engines.load_engines()  # cached dict: the profile is swapped in place and restored
-    shipped = table[PROFILE]
-    out = np.empty((len(KERNEL_GRID), len(SHARE_GRID), len(cases)))
-    try:
-        for (i, kb), (j, sh) in itertools.product(enumerate(KERNEL_GRID), enumerate(SHARE_GRID)):
-            table[PROFILE] = replace(
-                shipped, cpu_kernel_bw_fraction=float(kb), replicate_socket_share=float(sh)
-            )
-            for k, case in enumerate(cases):
-                r = predict_case(case)
-                assert r.ratio is not None, (case.id, r.reason)
-                out[i, j, k] = math.log(r.ratio)
-    finally:
-        table[PROFILE] = shipped
-    return out
-
-
-def best(lr: np.ndarray) -> tuple[int, int]:
-    loss = (lr**2).sum(axis=-1)
-    i, j = np.unravel_index(int(np.argmin(loss)), loss.shape)
-    return int(i), int(j)
+    return profile_fit.log_ratios(
+        PROFILE, ("cpu_kernel_bw_fraction", "replicate_socket_share"), (KERNEL_GRID, SHARE_GRID), cases
+    )
 
 
 def main() -> None:

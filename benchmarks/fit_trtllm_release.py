@@ -15,15 +15,20 @@ Usage: python benchmarks/fit_trtllm_release.py
 
 from __future__ import annotations
 
-import itertools
 import math
-from dataclasses import replace
+import sys
+from pathlib import Path
 
 import numpy as np
 
 from capsim.engine import engines
 from capsim.engine.engines import parse_release
-from capsim.validation.published import PublishedCase, load_published, predict_case
+from capsim.validation.published import PublishedCase, load_published
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # profile_fit, when loaded by path
+
+import profile_fit
+from profile_fit import best
 
 PROFILE = "tensorrt-llm-0.17"
 COMPUTE_FRACTION_GRID = np.round(np.arange(0.40, 0.8001, 0.01), 2)
@@ -44,27 +49,9 @@ def fit_cases() -> list[PublishedCase]:
 
 def predictions(cases: list[PublishedCase]) -> np.ndarray:
     """ln(predicted/measured) for every (compute fraction, per-sequence time) of the grids x case."""
-    table = engines.load_engines()  # cached dict: the profile is swapped in place and restored
-    shipped = table[PROFILE]
-    out = np.empty((len(COMPUTE_FRACTION_GRID), len(PER_SEQUENCE_GRID), len(cases)))
-    try:
-        for (i, cf), (j, ps) in itertools.product(
-            enumerate(COMPUTE_FRACTION_GRID), enumerate(PER_SEQUENCE_GRID)
-        ):
-            table[PROFILE] = replace(shipped, compute_fraction=float(cf), per_sequence_s=float(ps))
-            for k, case in enumerate(cases):
-                r = predict_case(case)
-                assert r.ratio is not None, (case.id, r.reason)
-                out[i, j, k] = math.log(r.ratio)
-    finally:
-        table[PROFILE] = shipped
-    return out
-
-
-def best(log_ratio: np.ndarray) -> tuple[int, int]:
-    loss = (log_ratio**2).sum(axis=-1)
-    i, j = np.unravel_index(int(np.argmin(loss)), loss.shape)
-    return int(i), int(j)
+    return profile_fit.log_ratios(
+        PROFILE, ("compute_fraction", "per_sequence_s"), (COMPUTE_FRACTION_GRID, PER_SEQUENCE_GRID), cases
+    )
 
 
 def speed(case: PublishedCase, log_ratio: float) -> float:

@@ -16,15 +16,20 @@ Usage: python benchmarks/fit_vllm_release.py
 
 from __future__ import annotations
 
-import itertools
 import math
-from dataclasses import replace
+import sys
+from pathlib import Path
 
 import numpy as np
 
 from capsim.engine import engines
 from capsim.engine.engines import parse_release
-from capsim.validation.published import PublishedCase, load_published, predict_case
+from capsim.validation.published import PublishedCase, load_published
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # profile_fit, when loaded by path
+
+import profile_fit
+from profile_fit import best
 
 PROFILE = "vllm"
 KERNEL_LATENCY_GRID = np.arange(4.0, 16.01, 0.25) * 1e-6
@@ -43,27 +48,9 @@ def fit_cases() -> list[PublishedCase]:
 
 def predictions(cases: list[PublishedCase]) -> np.ndarray:
     """ln(predicted/measured) for every (kernel latency, compute fraction) of the grids x case."""
-    table = engines.load_engines()  # cached dict: the profile is swapped in place and restored
-    shipped = table[PROFILE]
-    out = np.empty((len(KERNEL_LATENCY_GRID), len(COMPUTE_FRACTION_GRID), len(cases)))
-    try:
-        for (i, kl), (j, cf) in itertools.product(
-            enumerate(KERNEL_LATENCY_GRID), enumerate(COMPUTE_FRACTION_GRID)
-        ):
-            table[PROFILE] = replace(shipped, kernel_latency_s=float(kl), compute_fraction=float(cf))
-            for k, case in enumerate(cases):
-                r = predict_case(case)
-                assert r.ratio is not None, (case.id, r.reason)
-                out[i, j, k] = math.log(r.ratio)
-    finally:
-        table[PROFILE] = shipped
-    return out
-
-
-def best(log_ratio: np.ndarray) -> tuple[int, int]:
-    loss = (log_ratio**2).sum(axis=-1)
-    i, j = np.unravel_index(int(np.argmin(loss)), loss.shape)
-    return int(i), int(j)
+    return profile_fit.log_ratios(
+        PROFILE, ("kernel_latency_s", "compute_fraction"), (KERNEL_LATENCY_GRID, COMPUTE_FRACTION_GRID), cases
+    )
 
 
 def main() -> None:
