@@ -198,9 +198,8 @@ def lru_outcomes(
     used = -np.expm1(b[None, :] * lf)  # (U, P): an expert of the class is used in a step
     accesses = _sum0(classes.weight[:, None] * used) if n_classes else np.zeros(n_pairs)
     todo = np.nonzero((c < classes.size) & (accesses > 0))[0]
-    step = max(
-        1, BLOCK_ELEMENTS // max(n_classes * 8, 1)
-    )  # the bisection's arrays; the band's are split again
+    # blocks of pairs sized for the bracketing's arrays (a few gaps per pair); the band's are split again
+    step = max(1, BLOCK_ELEMENTS // max(n_classes * 8, 1))
     for begin in range(0, todo.size, step):
         pairs = todo[begin : begin + step]
         per_expert[:, pairs] = _misses_per_expert(classes, b[pairs], c[pairs], used[:, pairs])
