@@ -175,15 +175,12 @@ def _engine_basis(rs: ResolvedScenario, class_latency: dict[str, Any] | None) ->
     """The execution costs the scenario's engine (or the device class) adds, with their sources."""
     from capsim.engine.engines import engine_profile
 
-    profile = engine_profile(rs.scenario.engine) if rs.scenario.engine else None
-    out: dict[str, Any] = {"id": rs.scenario.engine, "execution": profile.execution if profile else "graphs"}
-    if profile is not None and rs.deployment.mode == "cpu":
-        out["not_applied"] = "CPU-only execution: the cpu class's values apply"
-        profile = None
-    elif profile is not None and not profile.applies_to(rs.device.device_class):
-        # fitted on other device classes: the class's values applied (capsim.engine.resolve)
-        out["not_applied"] = f"profile fitted on {', '.join(profile.device_classes)}; class values used"
-        profile = None
+    named = engine_profile(rs.scenario.engine) if rs.scenario.engine else None
+    out: dict[str, Any] = {"id": rs.scenario.engine, "execution": named.execution if named else "graphs"}
+    profile = rs.engine  # what the resolution applied (capsim.engine.resolve decides)
+    reason = rs.engine_not_applied()
+    if reason is not None:
+        out["not_applied"] = reason
     sources = dict(profile.sources) if profile else {}
     if "kernel_latency_s" in sources:
         out["kernel_latency_s"] = {"value": rs.rates.kernel_latency_s, "source": sources["kernel_latency_s"]}

@@ -30,7 +30,6 @@ from capsim.engine.deployment import (
     step_expert_ids,
     weight_copies,
 )
-from capsim.engine.engines import engine_profile
 from capsim.engine.memory import MemoryPlan
 from capsim.engine.placement import DEVICE, DRAM, SSD, tier_counts
 from capsim.engine.reports import DeploymentReport, LinkLoad, TierLoad
@@ -599,7 +598,7 @@ def apply_cpu_experts(
     host = host_tiers(rs, dram_copies=weight_copies(rs.node, dep))
     prec = rs.sharding.weight_precision["routed_experts"]
     # GGUF experts run in ggml's CPU kernels: the FP32 vector rate (deployment.GGML_CPU_COMPUTE)
-    profile = engine_profile(rs.scenario.engine) if rs.scenario.engine else None
+    profile = rs.engine
     share = profile.replicate_socket_share if profile and profile.replicate_socket_share is not None else 1.0
     bandwidth, peaks, sockets, how = cpu_rates(
         rs.node, dep, ggml=runs_in_ggml_cpu_kernels(prec.name), socket_share=share

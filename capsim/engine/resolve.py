@@ -229,7 +229,7 @@ def resolve_on(scenario: Scenario, db: HardwareDB, model: ModelSpec, count: int 
         layout=layout,
         scale_out_bytes_s=scale_out,
         cpu_efficiency=cpu_eff,
-        kv_cache_free_fraction=None if profile is None else profile.kv_cache_free_fraction,
+        engine=profile,
     )
     if scenario.spec is not None:
         rs = resolve_speculation(rs, db, count)

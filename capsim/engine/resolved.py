@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from capsim.engine.deployment import Deployment
+from capsim.engine.engines import EngineProfile, engine_profile
 from capsim.engine.layout import Layout
 from capsim.engine.placement import (
     DEVICE,
@@ -51,9 +52,25 @@ class ResolvedScenario:
     """capsim.engine.speculative.Speculation of ``--spec`` (None: plain decoding)."""
     draft: ResolvedScenario | None = None
     """The draft model resolved on the same devices (``--spec draft:MODEL:K``), else None."""
-    kv_cache_free_fraction: float | None = None
-    """The engine's KV-cache share of the memory left after weights and buffers (capsim.engine.engines); None:
-    usable memory is capacity x efficiency.gpu_memory_utilization (capsim.engine.memory.usable_bytes)."""
+    engine: EngineProfile | None = None
+    """The engine profile whose values this resolution applied (capsim.engine.engines); None: the device class's
+    values, also where a profile was named but does not apply (a CPU-only run, a device class it was not
+    fitted on: capsim.engine.resolve)."""
+
+    def engine_not_applied(self) -> str | None:
+        """Why the named engine profile's values were not applied, or None (applied, or no engine named)."""
+        named = engine_profile(self.scenario.engine) if self.scenario.engine else None
+        if named is None or self.engine is not None:
+            return None
+        if self.deployment.mode == "cpu":
+            return "CPU-only execution: the cpu class's values apply"
+        return f"profile fitted on {', '.join(named.device_classes)}; {self.device.device_class} class values used"
+
+    @property
+    def kv_cache_free_fraction(self) -> float | None:
+        """The engine's KV-cache share of the memory left after weights and buffers; None: usable memory is
+        capacity x efficiency.gpu_memory_utilization (capsim.engine.memory.usable_bytes)."""
+        return None if self.engine is None else self.engine.kv_cache_free_fraction
 
     @property
     def offloaded(self) -> np.ndarray:

@@ -146,11 +146,9 @@ def engine_summary(rs: ResolvedScenario) -> dict[str, Any]:
     }
     if profile is not None and profile.releases is not None:
         out["releases"] = profile.releases_text
-    if profile is not None and not profile.applies_to(rs.device.device_class):
-        # capsim.engine.resolve leaves the class's values in place on devices the profile was not fitted on
-        out["not_applied"] = (
-            f"profile fitted on {', '.join(profile.device_classes)}; {rs.device.device_class} class values used"
-        )
+    reason = rs.engine_not_applied()
+    if reason is not None:
+        out["not_applied"] = reason
     out["kernel_latency_s"] = rates.kernel_latency_s
     out["compute_fraction"] = rates.compute_fraction
     if rates.eager_moe_host_s is not None:
